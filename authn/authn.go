@@ -1,0 +1,325 @@
+// Package authn decides whether an MQTT client may connect, from the JWT it
+// carries in its CONNECT's password (or username): configuration in,
+// decision out, no sockets.
+//
+// Typical usage:
+//
+//	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger))
+//	if err != nil {
+//		return err // names the faulty option, e.g. authentication[0] (jwt): public_key: no PEM block
+//	}
+//	defer chain.Close()
+//	id, err := chain.Verify(ctx, authn.Request{ClientID: "c1", Password: token, HasPassword: true})
+//	if err != nil {
+//		reason := authn.ReasonOf(err) // token_expired, bad_signature, ...
+//	}
+//
+// The options are EMQX 5's, and so are the outcomes. The chain tries its
+// authenticators in order. Each accepts, refuses, or passes to the next;
+// it passes only when its token field is absent or empty and
+// on_missing_jwt is ignore. Any other failure (a bad signature, an unknown
+// kid) refuses at once, without asking later authenticators. When every
+// authenticator passes, the client is refused with
+// ErrNoAuthenticatorAccepted.
+//
+// A token is checked strictly. It must be the compact serialization (three
+// dot-separated segments of unpadded base64url, nothing trimmed) of at
+// most 65,535 bytes. Its alg must be one the configured key allows:
+// HS256/384/512 for a secret; for a public key or JWKS, RS and PS for RSA,
+// the one ES matching an ECDSA key's curve, EdDSA for Ed25519. alg none is
+// never allowed. Keys come only from the configuration: the jwk, jku, x5u
+// and x5c headers are ignored, and a crit header is refused. A static key
+// ignores the token's kid; JWKS selects by it. JSON with a key given twice
+// is refused as malformed. exp, nbf and iat are checked when present,
+// within the leeway, and required when listed in required_claims.
+package authn
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"go.uber.org/zap"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+)
+
+// Request is what the proxy knows of a client when it asks for a decision.
+type Request struct {
+	// ClientID is the CONNECT's client identifier; it may be empty.
+	ClientID string
+	// Username is the CONNECT's user name, valid when HasUsername.
+	Username string
+	// HasUsername is the CONNECT's username flag.
+	HasUsername bool
+	// Password is the CONNECT's password, valid when HasPassword.
+	Password []byte
+	// HasPassword is the CONNECT's password flag.
+	HasPassword bool
+	// CertCommonName is the TLS client certificate's CN; empty without one.
+	CertCommonName string
+	// CertSubject is the TLS client certificate's subject; empty without one.
+	CertSubject string
+}
+
+// Identity is an accepted client.
+type Identity struct {
+	// Authenticator names the authenticator that accepted.
+	Authenticator string
+	// Subject is the sub claim; empty when the token has none.
+	Subject string
+	// Expiry is the exp claim; zero when the token has none.
+	Expiry time.Time
+	// Claims holds every claim. Numbers are json.Number, so that large
+	// integers keep their precision; objects are map[string]any and
+	// arrays []any.
+	Claims map[string]any
+}
+
+// Verifier decides on one client. *Chain implements it.
+type Verifier interface {
+	// Verify returns the accepted client's identity, or an error that
+	// ReasonOf maps to a RefuseReason.
+	Verify(ctx context.Context, req Request) (Identity, error)
+}
+
+var _ Verifier = (*Chain)(nil)
+
+// The outcomes of one Step.
+const (
+	OutcomeAccept = "accept"
+	OutcomeRefuse = "refuse"
+	OutcomePass   = "pass"
+)
+
+// Step is what one authenticator decided, as Explain reports it.
+type Step struct {
+	// Authenticator names the authenticator.
+	Authenticator string
+	// Outcome is OutcomeAccept, OutcomeRefuse or OutcomePass.
+	Outcome string
+	// Identity is the accepted client; zero unless Outcome is OutcomeAccept.
+	Identity Identity
+	// Err is why the authenticator refused or passed; nil on accept.
+	Err error
+}
+
+// Chain is the authentication chain built from the configuration. Its zero
+// value has no authenticator and refuses every client with
+// ErrNoAuthenticatorAccepted. It is safe for concurrent use.
+type Chain struct {
+	authenticators []*authenticator
+}
+
+// New builds the chain from auths, parsing every key and template once.
+// Errors name the authenticator and the option, such as
+// "authentication[0] (jwt): secret: not valid base64: ...". configs.Validate
+// is expected to have run; odd values it would reject are errors here too.
+// Close stops the JWKS refreshers New starts.
+func New(auths []configs.Authenticator, opts ...Option) (*Chain, error) {
+	o := newOptions(opts)
+	c := &Chain{}
+	for i, cfg := range auths {
+		if cfg.Name == "" {
+			cfg.Name = defaultName(i)
+		}
+		a, err := newAuthenticator(cfg, o)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("authentication[%d] (%s): %w", i, cfg.Name, err)
+		}
+		o.logger.Info("authenticator ready",
+			zap.String("authenticator", a.name), zap.String("from", a.from), zap.Stringers("algorithms", a.algorithms))
+		c.authenticators = append(c.authenticators, a)
+	}
+	return c, nil
+}
+
+// defaultName names the i-th authenticator as configs does when the name
+// is left out.
+func defaultName(i int) string {
+	if i == 0 {
+		return "jwt"
+	}
+	return fmt.Sprintf("jwt#%d", i+1)
+}
+
+// Verify runs the chain on req: the first authenticator to accept gives the
+// identity, the first to refuse gives a *RefuseError.
+func (c *Chain) Verify(ctx context.Context, req Request) (Identity, error) {
+	return c.run(ctx, &req, nil)
+}
+
+// Explain runs the chain on req like Verify and reports each
+// authenticator's decision, up to the one that decided, for the verify
+// command.
+func (c *Chain) Explain(ctx context.Context, req Request) []Step {
+	var steps []Step
+	c.run(ctx, &req, func(s Step) { steps = append(steps, s) })
+	return steps
+}
+
+// run is Verify, telling record (when not nil) each authenticator's step.
+func (c *Chain) run(ctx context.Context, req *Request, record func(Step)) (Identity, error) {
+	var passed []string
+	for _, a := range c.authenticators {
+		id, err := a.verify(ctx, req)
+		step := Step{Authenticator: a.name, Identity: id, Err: err}
+		switch {
+		case err == nil:
+			step.Outcome = OutcomeAccept
+		case a.ignoreMissing && ReasonOf(err) == ErrTokenMissing:
+			step.Outcome = OutcomePass
+		default:
+			step.Outcome = OutcomeRefuse
+		}
+		if record != nil {
+			record(step)
+		}
+		if step.Outcome != OutcomePass {
+			return id, err
+		}
+		passed = append(passed, a.name)
+	}
+	return Identity{}, &RefuseError{
+		Reason: ErrNoAuthenticatorAccepted,
+		Err:    fmt.Errorf("every authenticator passed for want of a token: [%s]", strings.Join(passed, ", ")),
+	}
+}
+
+// Close stops the chain's JWKS refreshers. After it, JWKS authenticators
+// refuse with ErrKeysUnavailable.
+func (c *Chain) Close() {
+	for _, a := range c.authenticators {
+		a.keys.close()
+	}
+}
+
+// authenticator is one link of the chain.
+type authenticator struct {
+	name          string
+	from          string // "password" or "username"
+	ignoreMissing bool   // on_missing_jwt: ignore
+	algorithms    []jwa.SignatureAlgorithm
+	keys          keyProvider
+	derSignatures bool // signature_format: der
+	claims        claimRules
+	now           func() time.Time
+}
+
+// newAuthenticator builds one authenticator from cfg. Errors name the option.
+func newAuthenticator(cfg configs.Authenticator, o *options) (*authenticator, error) {
+	if cfg.Mechanism != "jwt" {
+		return nil, fmt.Errorf("mechanism: %q is not supported; use jwt", cfg.Mechanism)
+	}
+	a := &authenticator{name: cfg.Name, from: cfg.From, now: o.now}
+	switch cfg.From {
+	case "":
+		a.from = "password"
+	case "password", "username":
+	default:
+		return nil, fmt.Errorf("from: %q is not one of password, username", cfg.From)
+	}
+	switch cfg.OnMissingJWT {
+	case "", "deny":
+	case "ignore":
+		a.ignoreMissing = true
+	default:
+		return nil, fmt.Errorf("on_missing_jwt: %q is not one of deny, ignore", cfg.OnMissingJWT)
+	}
+	switch cfg.SignatureFormat {
+	case "", "raw":
+	case "der":
+		a.derSignatures = true
+	default:
+		return nil, fmt.Errorf("signature_format: %q is not one of raw, der", cfg.SignatureFormat)
+	}
+	var err error
+	if a.claims, err = newClaimRules(cfg); err != nil {
+		return nil, err
+	}
+	if a.keys, a.algorithms, err = newKeyProvider(cfg, o); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// newKeyProvider returns the keys of cfg and the algorithms they allow.
+func newKeyProvider(cfg configs.Authenticator, o *options) (keyProvider, []jwa.SignatureAlgorithm, error) {
+	switch {
+	case cfg.UseJWKS:
+		p, err := newJWKSProvider(cfg.Name, cfg, o)
+		if err != nil {
+			return nil, nil, err
+		}
+		return p, publicKeyAlgorithms, nil
+	case cfg.Algorithm == "hmac-based":
+		secret, err := hmacSecret(cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		return newStaticKeys(secret, hmacAlgorithms), hmacAlgorithms, nil
+	case cfg.Algorithm == "public-key":
+		key, algs, err := loadPublicKey(cfg.PublicKey)
+		if err != nil {
+			return nil, nil, err
+		}
+		return newStaticKeys(key, algs), algs, nil
+	}
+	return nil, nil, fmt.Errorf("algorithm: %q is not one of hmac-based, public-key (or use_jwks: true)", cfg.Algorithm)
+}
+
+// verify decides on req: an identity, or a *RefuseError.
+func (a *authenticator) verify(ctx context.Context, req *Request) (Identity, error) {
+	token, present := req.Password, req.HasPassword
+	if a.from == "username" {
+		token, present = []byte(req.Username), req.HasUsername
+	}
+	if !present || len(token) == 0 {
+		return Identity{}, refuse(a.name, ErrTokenMissing, fmt.Errorf("no token in the %s", a.from))
+	}
+	id, err := a.verifyToken(ctx, token, req)
+	if err != nil {
+		reason := ReasonOf(err)
+		if reason == "" {
+			// Only key providers return errors without a reason: a
+			// failure to get keys.
+			reason = ErrKeysUnavailable
+		}
+		return Identity{}, refuse(a.name, reason, err)
+	}
+	id.Authenticator = a.name
+	return id, nil
+}
+
+// verifyToken checks the token's form, alg, signature and claims, in that
+// order: nothing of the payload is read before the signature holds.
+func (a *authenticator) verifyToken(ctx context.Context, token []byte, req *Request) (Identity, error) {
+	jws, err := parseCompactJWS(token)
+	if err != nil {
+		return Identity{}, err
+	}
+	if !slices.Contains(a.algorithms, jws.alg) {
+		// %.32q: the alg comes from the token and goes to the log.
+		return Identity{}, fmt.Errorf("%w: %.32q; the configured key allows %s", ErrAlgorithmNotAllowed, jws.alg, a.algorithms)
+	}
+	keys, err := a.keys.keysFor(ctx, jws.kid, jws.alg)
+	if err != nil {
+		return Identity{}, err
+	}
+	if err := jws.verifyWithAny(keys, a.derSignatures); err != nil {
+		return Identity{}, err
+	}
+	claims, err := decodeJSONObject(jws.payload)
+	if err != nil {
+		return Identity{}, fmt.Errorf("%w: claims: %w", ErrTokenMalformed, err)
+	}
+	checked, err := a.claims.check(claims, req, a.now())
+	if err != nil {
+		return Identity{}, err
+	}
+	return Identity{Subject: checked.subject, Expiry: checked.expiry, Claims: claims}, nil
+}

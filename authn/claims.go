@@ -1,0 +1,363 @@
+package authn
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+)
+
+// maxJSONDepth bounds the nesting of header and claims. Real claims (an
+// ACL claim included) nest a few levels; the bound keeps a hostile token
+// from making the decoder recurse 30,000 times.
+const maxJSONDepth = 32
+
+// maxNumericDateSeconds bounds numeric dates, in seconds either side of
+// 1970, so that time.Time arithmetic cannot overflow on a huge exp. It is
+// some 146 billion years: every real date fits.
+const maxNumericDateSeconds = 1 << 62
+
+// errDuplicateKey marks a JSON object naming a member twice. Decoders
+// disagree on which value wins, so such a token means different things to
+// the issuer and to us: it is refused, not interpreted.
+var errDuplicateKey = errors.New("duplicate key")
+
+// decodeJSONObject decodes one JSON object and nothing after it. Numbers
+// stay json.Number so that large integers keep their precision; a key
+// given twice, at any depth, is an error.
+func decodeJSONObject(data []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	start, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	if start != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
+	}
+	obj, err := decodeObjectMembers(dec, 1)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("data after the JSON object")
+	}
+	return obj, nil
+}
+
+// decodeObjectMembers decodes the members of an object whose '{' was read.
+func decodeObjectMembers(dec *json.Decoder, depth int) (map[string]any, error) {
+	obj := map[string]any{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		key := tok.(string) // the decoder allows only strings as object keys
+		if _, dup := obj[key]; dup {
+			return nil, fmt.Errorf("%w %q", errDuplicateKey, key)
+		}
+		if obj[key], err = decodeJSONValue(dec, depth); err != nil {
+			return nil, err
+		}
+	}
+	_, err := dec.Token() // '}'
+	return obj, err
+}
+
+// decodeJSONValue decodes the next value; depth counts the containers
+// around it.
+func decodeJSONValue(dec *json.Decoder, depth int) (any, error) {
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	delim, isDelim := tok.(json.Delim)
+	if !isDelim {
+		return tok, nil
+	}
+	if depth >= maxJSONDepth {
+		return nil, fmt.Errorf("nested deeper than %d levels", maxJSONDepth)
+	}
+	if delim == '{' {
+		return decodeObjectMembers(dec, depth+1)
+	}
+	arr := []any{}
+	for dec.More() {
+		v, err := decodeJSONValue(dec, depth+1)
+		if err != nil {
+			return nil, err
+		}
+		arr = append(arr, v)
+	}
+	_, err = dec.Token() // ']'
+	return arr, err
+}
+
+// claimRules are an authenticator's checks on a token's claims.
+type claimRules struct {
+	leeway   time.Duration
+	required []string        // claims that must be present
+	issuer   string          // iss must equal it, when not empty
+	audience string          // aud must equal or contain it, when not empty
+	expected []expectedClaim // verify_claims, sorted by name
+}
+
+// expectedClaim is one verify_claims entry.
+type expectedClaim struct {
+	name  string
+	value template
+}
+
+// timeClaims are the claims checked against the clock; verify_claims may
+// not name them.
+var timeClaims = []string{"exp", "nbf", "iat"}
+
+// newClaimRules builds the checks from cfg. Errors name the option.
+func newClaimRules(cfg configs.Authenticator) (claimRules, error) {
+	rules := claimRules{
+		leeway:   time.Duration(cfg.Leeway),
+		required: slices.Clone(cfg.RequiredClaims),
+		issuer:   cfg.Issuer,
+		audience: cfg.Audience,
+	}
+	if rules.leeway < 0 {
+		return claimRules{}, fmt.Errorf("leeway: %s is negative", rules.leeway)
+	}
+	for _, name := range rules.required {
+		if name == "" {
+			return claimRules{}, errors.New("required_claims: a claim name is empty")
+		}
+	}
+	for name, value := range cfg.VerifyClaims {
+		if slices.Contains(timeClaims, name) {
+			return claimRules{}, fmt.Errorf("verify_claims: %s may not be named here; it is checked against the clock (see required_claims and leeway)", name)
+		}
+		tmpl, err := parseTemplate(value)
+		if err != nil {
+			return claimRules{}, fmt.Errorf("verify_claims.%s: %w", name, err)
+		}
+		rules.expected = append(rules.expected, expectedClaim{name: name, value: tmpl})
+	}
+	slices.SortFunc(rules.expected, func(a, b expectedClaim) int { return strings.Compare(a.name, b.name) })
+	return rules, nil
+}
+
+// checkedClaims is what the checks learnt of a token's claims.
+type checkedClaims struct {
+	subject string
+	expiry  time.Time // zero without exp
+}
+
+// check applies the rules to claims at now for req, in the order EMQX
+// reports problems: types, presence, time, then values.
+func (r *claimRules) check(claims map[string]any, req *Request, now time.Time) (checkedClaims, error) {
+	var out checkedClaims
+	times := map[string]time.Time{}
+	for _, name := range timeClaims {
+		v, present := claims[name]
+		if !present {
+			continue
+		}
+		t, err := numericDate(v)
+		if err != nil {
+			return out, fmt.Errorf("%w: %s: %w", ErrTokenMalformed, name, err)
+		}
+		times[name] = t
+	}
+	for _, name := range []string{"iss", "sub", "jti"} {
+		if v, present := claims[name]; present {
+			if _, ok := v.(string); !ok {
+				return out, fmt.Errorf("%w: %s is not a string", ErrTokenMalformed, name)
+			}
+		}
+	}
+	if aud, present := claims["aud"]; present && !isStringOrStrings(aud) {
+		return out, fmt.Errorf("%w: aud is neither a string nor an array of strings", ErrTokenMalformed)
+	}
+	for _, name := range r.required {
+		if _, present := claims[name]; !present {
+			return out, fmt.Errorf("%w: required claim %s is missing", ErrClaimMismatch, name)
+		}
+	}
+
+	if exp, ok := times["exp"]; ok {
+		if !exp.After(now.Add(-r.leeway)) {
+			return out, fmt.Errorf("%w: exp %s is not after %s (leeway %s)", ErrTokenExpired, exp.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), r.leeway)
+		}
+		out.expiry = exp
+	}
+	for _, name := range []string{"nbf", "iat"} {
+		if t, ok := times[name]; ok && t.After(now.Add(r.leeway)) {
+			return out, fmt.Errorf("%w: %s %s is after %s (leeway %s)", ErrTokenNotYetValid, name, t.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), r.leeway)
+		}
+	}
+
+	if r.issuer != "" && claims["iss"] != r.issuer {
+		return out, fmt.Errorf("%w: iss is not %q", ErrClaimMismatch, r.issuer)
+	}
+	if r.audience != "" && !claimMatches(claims["aud"], r.audience) {
+		return out, fmt.Errorf("%w: aud does not name %q", ErrClaimMismatch, r.audience)
+	}
+	for _, e := range r.expected {
+		want, ok := e.value.render(req)
+		if !ok {
+			return out, fmt.Errorf("%w: %s: %s is empty for this client, so nothing can match", ErrClaimMismatch, e.name, e.value)
+		}
+		if !claimMatches(claims[e.name], want) {
+			return out, fmt.Errorf("%w: %s does not match %s", ErrClaimMismatch, e.name, e.value)
+		}
+	}
+	out.subject, _ = claims["sub"].(string)
+	return out, nil
+}
+
+// numericDate reads a NumericDate: seconds since 1970 as an integer or a
+// fraction, saturated at ±maxNumericDateSeconds.
+func numericDate(v any) (time.Time, error) {
+	n, ok := v.(json.Number)
+	if !ok {
+		return time.Time{}, fmt.Errorf("%T is not a number", v)
+	}
+	if sec, err := strconv.ParseInt(string(n), 10, 64); err == nil {
+		return time.Unix(min(max(sec, -maxNumericDateSeconds), maxNumericDateSeconds), 0), nil
+	}
+	// Fractions, exponents and integers beyond int64. ParseFloat gives
+	// ±Inf for out-of-range values, which saturate like the rest.
+	f, err := strconv.ParseFloat(string(n), 64)
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
+		return time.Time{}, err
+	}
+	f = min(max(f, -maxNumericDateSeconds), maxNumericDateSeconds)
+	sec, frac := math.Modf(f)
+	return time.Unix(int64(sec), int64(frac*1e9)), nil
+}
+
+func isStringOrStrings(v any) bool {
+	switch v := v.(type) {
+	case string:
+		return true
+	case []any:
+		for _, e := range v {
+			if _, ok := e.(string); !ok {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// claimMatches reports whether a claim's value is want, compared as text:
+// a string as is, a number as written in the token, a boolean as true or
+// false. An array matches when one of its elements does. Absent claims,
+// null and objects match nothing.
+func claimMatches(claim any, want string) bool {
+	switch v := claim.(type) {
+	case string:
+		return v == want
+	case json.Number:
+		return string(v) == want
+	case bool:
+		return strconv.FormatBool(v) == want
+	case []any:
+		return slices.ContainsFunc(v, func(e any) bool {
+			_, nested := e.([]any)
+			return !nested && claimMatches(e, want)
+		})
+	}
+	return false
+}
+
+// placeholders are the ${name} values a verify_claims template may use,
+// and where each comes from.
+var placeholders = map[string]func(*Request) string{
+	"clientid": func(r *Request) string { return r.ClientID },
+	"username": func(r *Request) string {
+		if !r.HasUsername {
+			return ""
+		}
+		return r.Username
+	},
+	"cert_common_name": func(r *Request) string { return r.CertCommonName },
+	"cert_subject":     func(r *Request) string { return r.CertSubject },
+}
+
+// template is a verify_claims value: literal text and placeholders.
+type template struct {
+	text  string // as configured, for errors
+	parts []templatePart
+}
+
+// templatePart is literal text, or a placeholder when value is set.
+type templatePart struct {
+	literal string
+	value   func(*Request) string
+}
+
+// parseTemplate splits s into literal text and ${name} placeholders. A "$"
+// not followed by "{" is literal; an unknown or unterminated placeholder is
+// an error, so that a typo cannot turn into a literal nobody's token holds.
+func parseTemplate(s string) (template, error) {
+	t := template{text: s}
+	rest := s
+	for rest != "" {
+		start := strings.Index(rest, "${")
+		if start < 0 {
+			t.parts = append(t.parts, templatePart{literal: rest})
+			break
+		}
+		if start > 0 {
+			t.parts = append(t.parts, templatePart{literal: rest[:start]})
+		}
+		end := strings.IndexByte(rest[start:], '}')
+		if end < 0 {
+			return template{}, fmt.Errorf("unterminated placeholder in %q", s)
+		}
+		name := rest[start+2 : start+end]
+		value, known := placeholders[name]
+		if !known {
+			return template{}, fmt.Errorf("unknown placeholder ${%s}; known are ${clientid}, ${username}, ${cert_common_name} and ${cert_subject}", name)
+		}
+		t.parts = append(t.parts, templatePart{value: value})
+		rest = rest[start+end+1:]
+	}
+	return t, nil
+}
+
+// render fills the placeholders in with req's values. It reports false
+// when a placeholder's value is empty (no username, no certificate): a
+// token must not be bound to nothing.
+func (t template) render(req *Request) (string, bool) {
+	if len(t.parts) == 1 { // the common case, without building a string
+		return t.parts[0].resolve(req)
+	}
+	var b strings.Builder
+	for _, p := range t.parts {
+		s, ok := p.resolve(req)
+		if !ok {
+			return "", false
+		}
+		b.WriteString(s)
+	}
+	return b.String(), true
+}
+
+func (p templatePart) resolve(req *Request) (string, bool) {
+	if p.value == nil {
+		return p.literal, true
+	}
+	s := p.value(req)
+	return s, s != ""
+}
+
+// String returns the template as configured.
+func (t template) String() string { return strconv.Quote(t.text) }

@@ -1,0 +1,98 @@
+package authn
+
+import (
+	"errors"
+	"strings"
+)
+
+// RefuseReason is why a client was refused. It is an error, so that
+// errors.Is works against the values below, and a short, bounded string fit
+// for logs and metric labels.
+type RefuseReason string
+
+// Error returns the reason itself.
+func (r RefuseReason) Error() string { return string(r) }
+
+// The reasons Verify refuses a client for. The proxy answers the first five
+// with CONNACK 0x86 (bad user name or password) and the others with 0x87
+// (not authorized), as EMQX does.
+const (
+	// ErrTokenMissing: the from field is absent or empty.
+	ErrTokenMissing RefuseReason = "token_missing"
+	// ErrTokenMalformed: not a compact JWS (three dot-separated segments
+	// of strict base64url), bad JSON, duplicate JSON keys, over the size
+	// cap, or a registered claim of the wrong type.
+	ErrTokenMalformed RefuseReason = "token_malformed"
+	// ErrTokenExpired: exp is not after now minus the leeway.
+	ErrTokenExpired RefuseReason = "token_expired"
+	// ErrTokenNotYetValid: nbf, or iat, is after now plus the leeway.
+	ErrTokenNotYetValid RefuseReason = "token_not_yet_valid"
+	// ErrClaimMismatch: verify_claims, issuer, audience or required_claims
+	// do not hold.
+	ErrClaimMismatch RefuseReason = "claim_mismatch"
+	// ErrBadSignature: the signature does not verify with the key.
+	ErrBadSignature RefuseReason = "bad_signature"
+	// ErrAlgorithmNotAllowed: the token's alg is not one the configured
+	// key allows (none, HS against a public key, RS against a secret), or
+	// the token has a crit header.
+	ErrAlgorithmNotAllowed RefuseReason = "algorithm_not_allowed"
+	// ErrNoKey: no key with the token's kid (JWKS).
+	ErrNoKey RefuseReason = "no_key"
+	// ErrKeysUnavailable: the JWKS keys are not loaded, or were dropped
+	// after failed refreshes.
+	ErrKeysUnavailable RefuseReason = "keys_unavailable"
+	// ErrNoAuthenticatorAccepted: every authenticator of the chain passed.
+	ErrNoAuthenticatorAccepted RefuseReason = "not_authorized"
+)
+
+// RefuseError is the error Verify returns when it refuses a client.
+// errors.Is(err, ErrTokenExpired) and the like work through it.
+type RefuseError struct {
+	// Reason is why the client was refused.
+	Reason RefuseReason
+	// Authenticator names the authenticator that decided; empty for
+	// ErrNoAuthenticatorAccepted.
+	Authenticator string
+	// Err is the detail, for logs; it may be nil.
+	Err error
+}
+
+// Error reads "authenticator: reason: detail", leaving out empty parts.
+func (e *RefuseError) Error() string {
+	var b strings.Builder
+	if e.Authenticator != "" {
+		b.WriteString(e.Authenticator)
+		b.WriteString(": ")
+	}
+	b.WriteString(string(e.Reason))
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns the Reason and, when there is one, Err.
+func (e *RefuseError) Unwrap() []error {
+	if e.Err == nil {
+		return []error{e.Reason}
+	}
+	return []error{e.Reason, e.Err}
+}
+
+// ReasonOf returns the RefuseReason in err's chain, or "" if none. For a
+// *RefuseError it is its Reason, even when its detail wraps another.
+func ReasonOf(err error) RefuseReason {
+	if refusal, ok := errors.AsType[*RefuseError](err); ok {
+		return refusal.Reason
+	}
+	if reason, ok := errors.AsType[RefuseReason](err); ok {
+		return reason
+	}
+	return ""
+}
+
+// refuse builds the refusal of authenticator name; err may be nil.
+func refuse(name string, reason RefuseReason, err error) *RefuseError {
+	return &RefuseError{Reason: reason, Authenticator: name, Err: err}
+}

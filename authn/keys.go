@@ -1,0 +1,58 @@
+package authn
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"go.uber.org/zap"
+)
+
+// verifyKey is one key a token may be verified with, and the algorithm it
+// is allowed to verify. The algorithm is decided by the configured key,
+// never by the token's header alone.
+type verifyKey struct {
+	alg jwa.SignatureAlgorithm
+	key any // []byte for HMAC; crypto public key otherwise
+	kid string
+}
+
+// keyProvider gives the keys to try for a token. Static keys (secret,
+// public_key) and JWKS endpoints both implement it.
+type keyProvider interface {
+	// keysFor returns the keys that may verify a token whose header names
+	// kid (possibly empty) and alg. It returns ErrNoKey when none fits and
+	// ErrKeysUnavailable when the keys are not loaded (JWKS down).
+	keysFor(ctx context.Context, kid string, alg jwa.SignatureAlgorithm) ([]verifyKey, error)
+	// close releases background work (refresh loops); it may be called twice.
+	close()
+}
+
+// Option changes how New builds a Chain.
+type Option func(*options)
+
+type options struct {
+	now    func() time.Time
+	client *http.Client
+	logger *zap.Logger
+}
+
+func newOptions(opts []Option) *options {
+	o := &options{now: time.Now, client: http.DefaultClient, logger: zap.NewNop()}
+	for _, opt := range opts {
+		opt(o)
+	}
+	return o
+}
+
+// WithClock replaces time.Now for token time checks and JWKS refresh
+// scheduling. Tests use it to move time without sleeping.
+func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
+
+// WithHTTPClient sets the client used to fetch JWKS. Zero means
+// http.DefaultClient (with the authenticator's ssl settings applied).
+func WithHTTPClient(c *http.Client) Option { return func(o *options) { o.client = c } }
+
+// WithLogger sets the logger for key loading and refresh events.
+func WithLogger(l *zap.Logger) Option { return func(o *options) { o.logger = l } }

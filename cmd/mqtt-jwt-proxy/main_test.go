@@ -1,0 +1,177 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+)
+
+// The example tokens of EMQX's JWT documentation (the project's seeds):
+// HS256 with the secret "secret", and with "emqxsecret" and an exp far
+// in the future.
+const (
+	seedToken     = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkVNUVggQ2xvdWQiLCJpYXQiOjE1MTYyMzkwMjJ9.wGxZTwkCZtYPzkS854aQ9WCnP8YGIQ_erFh5RIznhYk"
+	seedTokenEMQX = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJkYXRhIjp7ImF1dGhvciI6IndpdndpdiIsInNpdGUiOiJodHRwczovL3dpdndpdi5jb20ifSwiZXhwIjoxNTgyMjU1MzYwNjQyMDAwMCwiaWF0IjoxNTgyMjU1MzYwfQ.FdyAx2fYahm6h3g47m88ttyINzptzKy_speimyUcma4"
+)
+
+func TestCheckExampleConfigs(t *testing.T) {
+	t.Setenv("JWT_SECRET", "c2VjcmV0LWZvci10ZXN0cw==")
+	paths, err := filepath.Glob("../../configs/*.yaml")
+	if err != nil || len(paths) < 3 {
+		t.Fatalf("example configs: %v %v", paths, err)
+	}
+	for _, path := range paths {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			if code := run(context.Background(), []string{"check", "-config", path}, &out, &errOut); code != 0 {
+				t.Fatalf("check exited %d: %s", code, errOut.String())
+			}
+			if !strings.Contains(out.String(), "OK") {
+				t.Errorf("check printed %q", out.String())
+			}
+		})
+	}
+}
+
+func TestCheckReportsErrors(t *testing.T) {
+	dir := t.TempDir()
+	cases := map[string]struct{ yaml, want string }{
+		"unknown key": {"listeners: [{bind: ':1883', port: 1}]\n", "field port not found"},
+		"bad base64": {`listeners: [{bind: ":1883"}]
+upstream: {address: "127.0.0.1:1884"}
+authentication:
+  - {mechanism: jwt, algorithm: hmac-based, secret: "%%%", secret_base64_encoded: true}
+`, "secret"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".yaml")
+			os.WriteFile(path, []byte(tc.yaml), 0o600)
+			var out, errOut bytes.Buffer
+			if code := run(context.Background(), []string{"check", "-config", path}, &out, &errOut); code != 1 {
+				t.Errorf("check exited %d, want 1", code)
+			}
+			if !strings.Contains(errOut.String(), tc.want) {
+				t.Errorf("check said %q, want it to mention %q", errOut.String(), tc.want)
+			}
+		})
+	}
+}
+
+func TestUsage(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"frobnicate"}, &out, &errOut); code != 2 {
+		t.Errorf("unknown command exited %d, want 2", code)
+	}
+	if code := run(context.Background(), []string{"check"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "-config FILE is required") {
+		t.Errorf("check without -config exited %d: %q", code, errOut.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), []string{"version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "mqtt-jwt-proxy ") {
+		t.Errorf("version exited %d: %q", code, out.String())
+	}
+}
+
+// TestServeQuickstart runs the proxy as the README's first command does,
+// on the embedded broker, and connects with the seed documents' tokens.
+func TestServeQuickstart(t *testing.T) {
+	for _, tc := range []struct{ config, token string }{
+		{"quickstart.yaml", seedToken},
+		{"emqx4-compat.yaml", seedTokenEMQX},
+	} {
+		t.Run(tc.config, func(t *testing.T) {
+			cfg, err := os.ReadFile(filepath.Join("../../configs", tc.config))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Same file, but on a free port, in front of the embedded broker, logging JSON.
+			text := strings.Replace(string(cfg), `"127.0.0.1:1883"`, `"127.0.0.1:0"`, 1)
+			text = strings.Replace(text, `"127.0.0.1:1884"`, "embedded", 1)
+			text = strings.Replace(text, "format: console", "format: json", 1)
+			path := filepath.Join(t.TempDir(), tc.config)
+			os.WriteFile(path, []byte(text), 0o600)
+
+			ctx, cancel := context.WithCancel(context.Background())
+			logR, logW := io.Pipe()
+			exited := make(chan int, 1)
+			go func() {
+				exited <- run(ctx, []string{"-config", path}, io.Discard, logW)
+				logW.Close()
+			}()
+			lines := logLines(logR)
+			waitForLog(t, lines, "secret published in documentation")
+			addr := waitForLog(t, lines, "listening")["address"].(string)
+
+			for token, want := range map[string]byte{tc.token: 0, tc.token + "x": 5} {
+				c, err := net.Dial("tcp", addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				pk := &packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 4, CleanStart: true, ClientID: "seed",
+					UsernameFlag: true, Username: "any", PasswordFlag: true, Password: []byte(token)}
+				raw, err := pk.Encode()
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Write(raw)
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				ack := make([]byte, 4)
+				if _, err := io.ReadFull(c, ack); err != nil || ack[3] != want {
+					t.Errorf("CONNACK %x (%v), want return code %d", ack, err, want)
+				}
+				c.Close()
+			}
+			cancel()
+			if code := <-exited; code != 0 {
+				t.Errorf("serve exited %d after cancel, want 0", code)
+			}
+			for range lines {
+			}
+		})
+	}
+}
+
+func logLines(r io.Reader) chan map[string]any {
+	lines := make(chan map[string]any, 100)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				lines <- m
+			}
+		}
+	}()
+	return lines
+}
+
+// waitForLog returns the first line whose message contains msg. The lines
+// come in order, so lines before it are passed over.
+func waitForLog(t *testing.T, lines chan map[string]any, msg string) map[string]any {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case m, ok := <-lines:
+			if !ok {
+				t.Fatalf("log ended before %q", msg)
+			}
+			if s, _ := m["msg"].(string); strings.Contains(s, msg) {
+				return m
+			}
+		case <-timeout:
+			t.Fatalf("no log line %q", msg)
+		}
+	}
+}

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+)
+
+// maxStdinToken bounds what verify reads for TOKEN "-". It is well above
+// the largest token a CONNECT field can carry (65,535 bytes), so such a
+// token is still read whole and refused by the chain, not cut short here.
+const maxStdinToken = 1 << 20
+
+// verifyTimeout bounds the decision, which may wait on a JWKS download.
+const verifyTimeout = 30 * time.Second
+
+// errTokenRefused is returned by verify when the chain refuses the token;
+// the reason has already been printed.
+var errTokenRefused = errors.New("token refused")
+
+func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	flags := flag.NewFlagSet("verify", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	flags.Usage = func() {
+		fmt.Fprint(stderr, "usage: mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y] TOKEN\n"+
+			"Runs TOKEN through the configured authenticators as if a client sent it as its\n"+
+			"password, and says which one accepted or why it was refused. TOKEN - reads stdin.\n")
+		flags.PrintDefaults()
+	}
+	configPath := flags.String("config", "", "configuration file (YAML)")
+	clientID := flags.String("client-id", "", "the CONNECT's client ID, for ${clientid} in verify_claims")
+	username := flags.String("username", "", "the CONNECT's user name (default: none, or TOKEN when an authenticator reads from: username)")
+	if err := parseFlags(flags, args, 1); err != nil {
+		return err
+	}
+	if *configPath == "" || flags.NArg() != 1 {
+		fmt.Fprintln(stderr, "verify: -config FILE and TOKEN (or - to read it from stdin) are required")
+		return errUsage
+	}
+	token := flags.Arg(0)
+	if token == "-" {
+		data, err := io.ReadAll(io.LimitReader(stdin, maxStdinToken))
+		if err != nil {
+			return fmt.Errorf("read token from stdin: %w", err)
+		}
+		// A trailing newline from echo or a file is not part of the token.
+		token = strings.TrimSpace(string(data))
+	}
+
+	cfg, err := configs.Load(*configPath)
+	if err != nil {
+		return err
+	}
+	chain, err := authn.New(cfg.Authentication)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", *configPath, err)
+	}
+	defer chain.Close()
+
+	var usernameGiven *string
+	if flagWasSet(flags, "username") {
+		usernameGiven = username
+	}
+	ctx, cancel := context.WithTimeout(ctx, verifyTimeout)
+	defer cancel()
+	steps := chain.Explain(ctx, verifyRequest(cfg.Authentication, token, *clientID, usernameGiven))
+	if reason := printExplanation(stdout, steps); reason != "" {
+		return fmt.Errorf("%w: %s", errTokenRefused, reason)
+	}
+	return nil
+}
+
+// verifyRequest is the CONNECT a client holding token would send: the
+// token as password and, when no username is given and some authenticator
+// reads the token from the username, as username too, so every
+// authenticator sees it wherever it looks.
+func verifyRequest(auths []configs.Authenticator, token, clientID string, username *string) authn.Request {
+	req := authn.Request{
+		ClientID:    clientID,
+		Password:    []byte(token),
+		HasPassword: true,
+	}
+	switch {
+	case username != nil:
+		req.Username, req.HasUsername = *username, true
+	case readsUsername(auths):
+		req.Username, req.HasUsername = token, true
+	}
+	return req
+}
+
+func readsUsername(auths []configs.Authenticator) bool {
+	for _, a := range auths {
+		if a.From == "username" {
+			return true
+		}
+	}
+	return false
+}
+
+// printExplanation writes one line per step and then the chain's decision
+// with the CONNACK a client would get. It returns why the chain refused,
+// or "" when it accepted.
+func printExplanation(w io.Writer, steps []authn.Step) authn.RefuseReason {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "AUTHENTICATOR\tOUTCOME\tREASON\tDETAIL")
+	for _, s := range steps {
+		reason, detail := "-", ""
+		if s.Outcome == authn.OutcomeAccept {
+			detail = identityDetail(s.Identity)
+		} else if s.Err != nil {
+			if r := authn.ReasonOf(s.Err); r != "" {
+				reason = string(r)
+			}
+			detail = strings.TrimPrefix(refusalDetail(s.Err), reason+": ")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Authenticator, s.Outcome, reason, detail)
+	}
+	tw.Flush()
+
+	decider, reason := decision(steps)
+	if reason == "" {
+		fmt.Fprintf(w, "accepted by %s: %s\n", decider, describeConnack(packets.Success))
+		return ""
+	}
+	by := ""
+	if decider != "" {
+		by = " by " + decider
+	}
+	fmt.Fprintf(w, "refused%s (%s): %s\n", by, reason, describeConnack(connackCode(reason)))
+	return reason
+}
+
+// decision is the chain's verdict as Verify reaches it: the first
+// authenticator that accepts or refuses decides (reason is empty when it
+// accepted); when every one passes, the client is refused with
+// ErrNoAuthenticatorAccepted and no authenticator decided.
+func decision(steps []authn.Step) (authenticator string, reason authn.RefuseReason) {
+	for _, s := range steps {
+		switch s.Outcome {
+		case authn.OutcomeAccept:
+			return s.Authenticator, ""
+		case authn.OutcomeRefuse:
+			if r := authn.ReasonOf(s.Err); r != "" {
+				return s.Authenticator, r
+			}
+			// A refusal without a reason is an internal failure, which the
+			// proxy answers as not authorized.
+			return s.Authenticator, authn.ErrNoAuthenticatorAccepted
+		}
+	}
+	return "", authn.ErrNoAuthenticatorAccepted
+}
+
+// refusalDetail is err without the authenticator, which has a column of
+// its own.
+func refusalDetail(err error) string {
+	refusal, ok := errors.AsType[*authn.RefuseError](err)
+	switch {
+	case !ok:
+		return err.Error()
+	case refusal.Err != nil:
+		return refusal.Err.Error()
+	default:
+		return ""
+	}
+}
+
+func identityDetail(id authn.Identity) string {
+	exp := "none"
+	if !id.Expiry.IsZero() {
+		exp = id.Expiry.UTC().Format(time.RFC3339)
+	}
+	return fmt.Sprintf("sub=%s exp=%s", strconv.Quote(id.Subject), exp)
+}
+
+// connackCode is the MQTT 5 reason code the proxy refuses a client with,
+// as EMQX does: a token that is absent, unreadable or whose claims do not
+// hold is a bad user name or password; any other refusal is not authorized.
+func connackCode(reason authn.RefuseReason) packets.ReasonCode {
+	switch reason {
+	case authn.ErrTokenMissing, authn.ErrTokenMalformed, authn.ErrTokenExpired,
+		authn.ErrTokenNotYetValid, authn.ErrClaimMismatch:
+		return packets.BadUserNameOrPassword
+	default:
+		return packets.NotAuthorized
+	}
+}
+
+// describeConnack names code as an MQTT 5 client and an MQTT 3.1.1 client
+// see it.
+func describeConnack(code packets.ReasonCode) string {
+	v3, _ := code.V3ReturnCode() // every code verify reports has a v3 twin
+	return fmt.Sprintf("CONNACK 0x%02X %s (MQTT 5), return code %d (MQTT 3.1.1)", byte(code), code, v3)
+}

@@ -1,0 +1,119 @@
+package configs
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const minimal = `
+listeners:
+  - bind: "127.0.0.1:1883"
+upstream:
+  address: "127.0.0.1:1884"
+authentication:
+  - mechanism: jwt
+    algorithm: hmac-based
+    secret: "s3cr3t-for-tests"
+`
+
+func TestParseMinimalFillsDefaults(t *testing.T) {
+	f, err := Parse([]byte(minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Listeners[0].Name; got != "127.0.0.1:1883" {
+		t.Errorf("listener name = %q, want the bind address", got)
+	}
+	if got := f.Authentication[0].Name; got != "jwt" {
+		t.Errorf("authenticator name = %q, want jwt", got)
+	}
+	if got := f.Upstream.DialTimeout.Or(5 * time.Second); got != 5*time.Second {
+		t.Errorf("dial timeout default = %v", got)
+	}
+}
+
+func TestParseErrorsNameTheKey(t *testing.T) {
+	cases := []struct {
+		name string
+		yaml string
+		want []string // every one must appear in the error
+	}{
+		{"unknown key", minimal + "bogus: 1\n", []string{"line 10", "bogus"}},
+		{"unknown nested key", strings.Replace(minimal, "bind:", "bindd:", 1), []string{"line 3", "bindd"}},
+		{"wrong type", minimal + "limits:\n  max_connect_size: lots\n", []string{"line 11", "lots"}},
+		{"bare number duration", minimal + "limits:\n  connect_timeout: 10\n", []string{"line 11", "with a unit"}},
+		{"empty", "", []string{"empty"}},
+		{"nothing required", "log: {level: info}\n", []string{"listeners:", "upstream.address: required", "authentication: at least one"}},
+		{"bad enums", strings.Replace(minimal, "mechanism: jwt", "mechanism: jwt\n    from: clientid\n    on_missing_jwt: maybe", 1) + "log: {level: loud, format: xml}\n",
+			[]string{"authentication[0].from", "authentication[0].on_missing_jwt", "log.level", "log.format"}},
+		{"hmac without secret", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "", 1), []string{"authentication[0].secret: required"}},
+		{"public-key without key", strings.Replace(minimal, "hmac-based", "public-key", 1), []string{"authentication[0].public_key: required", "authentication[0].secret: not used"}},
+		{"no algorithm", strings.Replace(minimal, "algorithm: hmac-based", "", 1), []string{"authentication[0].algorithm: required"}},
+		{"jwks without endpoint", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "use_jwks: true", 1), []string{"authentication[0].endpoint: required"}},
+		{"bad bind", strings.Replace(minimal, `"127.0.0.1:1883"`, `"1883"`, 1), []string{"listeners[0].bind"}},
+		{"bad upstream", strings.Replace(minimal, `"127.0.0.1:1884"`, `"broker"`, 1), []string{"upstream.address"}},
+		{"tiny connect size", minimal + "limits:\n  max_connect_size: 10\n", []string{"limits.max_connect_size"}},
+		{"two secrets", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret: a\n    secret_env: B", 1), []string{"only one of secret"}},
+		{"unset env", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret_env: MQTT_JWT_PROXY_TEST_UNSET", 1), []string{"secret_env", "MQTT_JWT_PROXY_TEST_UNSET is not set"}},
+		{"two documents", minimal + "---\n" + minimal, []string{"more than one YAML document"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml))
+			if err == nil {
+				t.Fatal("Parse accepted it")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestSecretFromEnvAndFile(t *testing.T) {
+	t.Setenv("MQTT_JWT_PROXY_TEST_SECRET", "from-env")
+	f, err := Parse([]byte(strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret_env: MQTT_JWT_PROXY_TEST_SECRET", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Authentication[0].Secret; got != "from-env" {
+		t.Errorf("secret from env = %q", got)
+	}
+
+	path := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(path, []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err = Parse([]byte(strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret_file: "+path, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Authentication[0].Secret; got != "from-file" {
+		t.Errorf("secret from file = %q, want the trailing newline dropped", got)
+	}
+}
+
+func TestUsesExampleSecret(t *testing.T) {
+	for secret, want := range map[string]bool{"secret": true, "emqxsecret": true, "s3cr3t-for-tests": false} {
+		a := Authenticator{Mechanism: "jwt", Algorithm: "hmac-based", Secret: secret}
+		if got := a.UsesExampleSecret(); got != want {
+			t.Errorf("UsesExampleSecret(%q) = %v, want %v", secret, got, want)
+		}
+	}
+}
+
+func TestLoadNamesTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(path, []byte("listeners: 3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(path)
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "line 1") {
+		t.Fatalf("Load error = %v, want the path and line", err)
+	}
+}

@@ -1,0 +1,232 @@
+package configs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// ExampleSecrets are HMAC secrets published in documentation (EMQX's
+// defaults and examples). They are fine for a first try and wrong anywhere
+// else; the proxy logs a warning when one is configured.
+var ExampleSecrets = []string{"secret", "emqxsecret"}
+
+// Load reads the file at path and returns it decoded and validated.
+// Errors name the file, and the key and line where possible.
+func Load(path string) (*File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	f, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// Parse decodes YAML strictly (unknown keys and wrong types are errors),
+// resolves secret_env and secret_file into secret, fills in names, and
+// validates the result.
+func Parse(data []byte) (*File, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var f File
+	if err := dec.Decode(&f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("the file is empty")
+		}
+		return nil, err
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("the file holds more than one YAML document")
+	}
+	if err := f.resolveSecrets(); err != nil {
+		return nil, err
+	}
+	f.fillNames()
+	if err := f.Validate(); err != nil {
+		return nil, err
+	}
+	return &f, nil
+}
+
+func (f *File) resolveSecrets() error {
+	var errs []error
+	for i := range f.Authentication {
+		a := &f.Authentication[i]
+		at := fmt.Sprintf("authentication[%d]", i)
+		set := 0
+		for _, v := range []string{a.Secret, a.SecretEnv, a.SecretFile} {
+			if v != "" {
+				set++
+			}
+		}
+		if set > 1 {
+			errs = append(errs, fmt.Errorf("%s: give only one of secret, secret_env and secret_file", at))
+			continue
+		}
+		switch {
+		case a.SecretEnv != "":
+			v, ok := os.LookupEnv(a.SecretEnv)
+			if !ok || v == "" {
+				errs = append(errs, fmt.Errorf("%s.secret_env: environment variable %s is not set", at, a.SecretEnv))
+				continue
+			}
+			a.Secret = v
+		case a.SecretFile != "":
+			b, err := os.ReadFile(a.SecretFile)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s.secret_file: %w", at, err))
+				continue
+			}
+			a.Secret = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+			if a.Secret == "" {
+				errs = append(errs, fmt.Errorf("%s.secret_file: %s is empty", at, a.SecretFile))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (f *File) fillNames() {
+	for i := range f.Listeners {
+		if f.Listeners[i].Name == "" {
+			f.Listeners[i].Name = f.Listeners[i].Bind
+		}
+	}
+	for i := range f.Authentication {
+		if f.Authentication[i].Name == "" {
+			f.Authentication[i].Name = "jwt"
+			if i > 0 {
+				f.Authentication[i].Name = fmt.Sprintf("jwt#%d", i+1)
+			}
+		}
+	}
+}
+
+// Validate reports every problem it finds, each naming its key.
+func (f *File) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if len(f.Listeners) == 0 {
+		bad("listeners: at least one listener is required")
+	}
+	names := map[string]bool{}
+	for i, l := range f.Listeners {
+		at := fmt.Sprintf("listeners[%d]", i)
+		if l.Bind == "" {
+			bad("%s.bind: required", at)
+		} else if _, _, err := net.SplitHostPort(l.Bind); err != nil {
+			bad("%s.bind: %q is not host:port: %v", at, l.Bind, err)
+		}
+		if names[l.Name] {
+			bad("%s.name: %q is used by another listener", at, l.Name)
+		}
+		names[l.Name] = true
+	}
+
+	switch u := f.Upstream.Address; {
+	case u == "":
+		bad("upstream.address: required (host:port, or %q for the in-process broker)", EmbeddedAddress)
+	case u == EmbeddedAddress:
+	default:
+		if _, _, err := net.SplitHostPort(u); err != nil {
+			bad("upstream.address: %q is not host:port: %v", u, err)
+		}
+	}
+
+	if len(f.Authentication) == 0 {
+		bad("authentication: at least one authenticator is required; the proxy never runs open")
+	}
+	for i, a := range f.Authentication {
+		errs = append(errs, a.validate(fmt.Sprintf("authentication[%d]", i))...)
+	}
+
+	if f.Limits.MaxConnectSize < 0 {
+		bad("limits.max_connect_size: must not be negative")
+	}
+	if s := f.Limits.MaxConnectSize; s > 0 && s < 128 {
+		bad("limits.max_connect_size: %d bytes cannot hold a CONNECT with a token; use at least 128", s)
+	}
+	if !oneOf(f.Log.Level, "", "debug", "info", "warn", "error") {
+		bad("log.level: %q is not one of debug, info, warn, error", f.Log.Level)
+	}
+	if !oneOf(f.Log.Format, "", "json", "console") {
+		bad("log.format: %q is not one of json, console", f.Log.Format)
+	}
+	return errors.Join(errs...)
+}
+
+func (a Authenticator) validate(at string) []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(at+"."+format, args...)) }
+
+	if a.Mechanism != "jwt" {
+		bad("mechanism: %q is not supported; use jwt", a.Mechanism)
+	}
+	if !oneOf(a.From, "", "password", "username") {
+		bad("from: %q is not one of password, username", a.From)
+	}
+	if !oneOf(a.OnMissingJWT, "", "deny", "ignore") {
+		bad("on_missing_jwt: %q is not one of deny, ignore", a.OnMissingJWT)
+	}
+	if !oneOf(a.SignatureFormat, "", "raw", "der") {
+		bad("signature_format: %q is not one of raw, der", a.SignatureFormat)
+	}
+	if a.UseJWKS {
+		if a.Endpoint == "" {
+			bad("endpoint: required with use_jwks: true")
+		} else if !strings.HasPrefix(a.Endpoint, "http://") && !strings.HasPrefix(a.Endpoint, "https://") {
+			bad("endpoint: %q is not an http or https URL", a.Endpoint)
+		}
+		if a.Secret != "" || a.PublicKey != "" {
+			bad("use_jwks: keys come from the endpoint; remove secret and public_key")
+		}
+		if a.MaxFailCount < 0 {
+			bad("max_fail_count: must not be negative")
+		}
+		return errs
+	}
+	if a.Endpoint != "" {
+		bad("endpoint: set use_jwks: true to fetch keys from it")
+	}
+	switch a.Algorithm {
+	case "hmac-based":
+		if a.Secret == "" {
+			bad("secret: required with algorithm: hmac-based (or secret_env, secret_file)")
+		}
+		if a.PublicKey != "" {
+			bad("public_key: not used with algorithm: hmac-based")
+		}
+	case "public-key":
+		if a.PublicKey == "" {
+			bad("public_key: required with algorithm: public-key")
+		}
+		if a.Secret != "" {
+			bad("secret: not used with algorithm: public-key")
+		}
+	case "":
+		bad("algorithm: required: hmac-based or public-key (or use_jwks: true)")
+	default:
+		bad("algorithm: %q is not one of hmac-based, public-key", a.Algorithm)
+	}
+	return errs
+}
+
+// UsesExampleSecret reports whether a's secret is one published in
+// documentation.
+func (a Authenticator) UsesExampleSecret() bool {
+	return a.Algorithm == "hmac-based" && !a.SecretBase64Encoded && oneOf(a.Secret, ExampleSecrets...)
+}
+
+func oneOf(v string, allowed ...string) bool { return slices.Contains(allowed, v) }

@@ -1,0 +1,176 @@
+package configs
+
+import (
+	"fmt"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// File is the whole configuration file.
+type File struct {
+	// Listeners are the sockets clients connect to. At least one is required.
+	Listeners []Listener `yaml:"listeners"`
+	// Upstream is the broker that authenticated clients are spliced to.
+	Upstream Upstream `yaml:"upstream"`
+	// Authentication is the chain of authenticators, tried in order.
+	// At least one is required: the proxy never runs open.
+	Authentication []Authenticator `yaml:"authentication"`
+	// Limits bound what one client may cost before it is authenticated.
+	Limits Limits `yaml:"limits"`
+	// Log selects the log level and encoding.
+	Log Log `yaml:"log"`
+}
+
+// Listener is one socket the proxy accepts MQTT clients on.
+type Listener struct {
+	// Name labels the listener in logs; defaults to the bind address.
+	Name string `yaml:"name"`
+	// Bind is the host:port to listen on. Required.
+	Bind string `yaml:"bind"`
+}
+
+// EmbeddedAddress is the upstream address that starts the in-process broker.
+const EmbeddedAddress = "embedded"
+
+// Upstream is the broker behind the proxy.
+type Upstream struct {
+	// Address is the broker's host:port, or "embedded" for an in-process
+	// broker on a loopback port (for trying things out and tests). Required.
+	Address string `yaml:"address"`
+	// DialTimeout bounds connecting to the broker. Zero means 5s.
+	DialTimeout Duration `yaml:"dial_timeout"`
+}
+
+// Authenticator configures one link of the authentication chain. Option
+// names are EMQX 5's, so an EMQX JWT authenticator's settings carry over.
+type Authenticator struct {
+	// Name labels the authenticator in logs and decisions; defaults to
+	// "jwt" for the first, "jwt#2" for the second, and so on.
+	Name string `yaml:"name"`
+	// Mechanism is the kind of authenticator; only "jwt" exists. Required.
+	Mechanism string `yaml:"mechanism"`
+	// From is the CONNECT field carrying the token: "password" (default)
+	// or "username".
+	From string `yaml:"from"`
+	// Algorithm is "hmac-based" (HS256/384/512 with Secret) or
+	// "public-key" (RS/PS/ES/EdDSA with PublicKey). Required unless UseJWKS.
+	Algorithm string `yaml:"algorithm"`
+
+	// Secret is the HMAC key. Exactly one of Secret, SecretEnv and
+	// SecretFile is required in hmac-based mode; Load resolves the other
+	// two into Secret.
+	Secret string `yaml:"secret"`
+	// SecretEnv names an environment variable holding the HMAC key.
+	SecretEnv string `yaml:"secret_env"`
+	// SecretFile is a file holding the HMAC key (one trailing newline is dropped).
+	SecretFile string `yaml:"secret_file"`
+	// SecretBase64Encoded decodes Secret as base64 first.
+	SecretBase64Encoded bool `yaml:"secret_base64_encoded"`
+
+	// PublicKey is a PEM public key or certificate, or a path to a PEM file.
+	PublicKey string `yaml:"public_key"`
+	// SignatureFormat is how ECDSA signatures are encoded: "raw" (JWS r||s,
+	// the default) or "der" (ASN.1, as EMQX 4 produced by default).
+	SignatureFormat string `yaml:"signature_format"`
+
+	// UseJWKS fetches keys from Endpoint instead of Secret/PublicKey.
+	UseJWKS bool `yaml:"use_jwks"`
+	// Endpoint is the JWKS URL (HTTP GET).
+	Endpoint string `yaml:"endpoint"`
+	// RefreshInterval is the JWKS refresh period. Zero means 300s; values
+	// under 10s are raised to 10s, as EMQX does.
+	RefreshInterval Duration `yaml:"refresh_interval"`
+	// MinRefreshInterval bounds refetches triggered by an unknown kid.
+	// Zero means 10s.
+	MinRefreshInterval Duration `yaml:"min_refresh_interval"`
+	// MaxFailCount is how many consecutive failed refreshes are tolerated
+	// before the last good key set is dropped. Zero means 5.
+	MaxFailCount int `yaml:"max_fail_count"`
+	// MaxStale is the oldest a key set may be before it is dropped. Zero
+	// means no age limit (only MaxFailCount applies).
+	MaxStale Duration `yaml:"max_stale"`
+	// Headers are sent with the JWKS request. Zero means
+	// Accept: application/json.
+	Headers map[string]string `yaml:"headers"`
+	// SSL configures TLS for the JWKS fetch only.
+	SSL *TLSClient `yaml:"ssl"`
+
+	// VerifyClaims maps claim names to expected values. ${clientid} and
+	// ${username} are replaced by the CONNECT's values. exp, iat and nbf
+	// may not be named here.
+	VerifyClaims map[string]string `yaml:"verify_claims"`
+	// RequiredClaims must be present in every token, for example [exp].
+	RequiredClaims []string `yaml:"required_claims"`
+	// Issuer, when set, must equal the iss claim.
+	Issuer string `yaml:"issuer"`
+	// Audience, when set, must equal or be contained in the aud claim.
+	Audience string `yaml:"audience"`
+	// Leeway is the allowed clock skew for exp, nbf and iat. Zero means none.
+	Leeway Duration `yaml:"leeway"`
+	// OnMissingJWT is "deny" (default) or "ignore": when the From field is
+	// absent, refuse, or let the next authenticator decide.
+	OnMissingJWT string `yaml:"on_missing_jwt"`
+}
+
+// TLSClient configures a TLS client connection.
+type TLSClient struct {
+	// CAFile is a PEM bundle of CAs to trust; zero means the system roots.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are the client certificate, if the server asks.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName overrides the name checked in the server's certificate.
+	ServerName string `yaml:"server_name"`
+	// InsecureSkipVerify disables certificate verification. For tests only.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
+}
+
+// Limits bound what an unauthenticated client may cost.
+type Limits struct {
+	// ConnectTimeout is how long a client has to send its CONNECT after
+	// the TCP connection is accepted. Zero means 10s.
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// MaxConnectSize is the largest CONNECT packet accepted, in bytes,
+	// fixed header included. Zero means 65536.
+	MaxConnectSize int `yaml:"max_connect_size"`
+}
+
+// Log selects the log output.
+type Log struct {
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+	// Format is json (default) or console.
+	Format string `yaml:"format"`
+}
+
+// Duration is a time.Duration written with a unit in YAML ("5s", "1m30s").
+// A bare number is rejected rather than guessed at.
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return fmt.Errorf("line %d: expected a duration such as \"10s\"", n.Line)
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration: write it with a unit, such as \"10s\" or \"5m\"", n.Line, n.Value)
+	}
+	if v < 0 {
+		return fmt.Errorf("line %d: duration %q is negative", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Or returns d as a time.Duration, or def when d is zero.
+func (d Duration) Or(def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}

@@ -1,0 +1,480 @@
+// Package packets reads the first MQTT packet a client sends and writes the
+// CONNACK and DISCONNECT packets a server answers with, for MQTT 3.1, 3.1.1
+// and 5.0. It knows nothing of tokens or sockets: it reads an io.Reader and
+// writes an io.Writer.
+//
+// Typical usage, with a read deadline already set on conn:
+//
+//	pk, err := packets.ReadConnect(conn, 0)
+//	var perr *packets.Error
+//	switch {
+//	case errors.As(err, &perr):
+//		// A bad packet. WriteConnack writes nothing when the client's
+//		// version has no code for the failure.
+//		packets.WriteConnack(conn, perr.Version, perr.Code)
+//		conn.Close()
+//	case err != nil:
+//		conn.Close() // the client went silent, was too slow, or left
+//	default:
+//		// check pk.Password, then send pk.Raw upstream
+//	}
+//
+// ReadConnect reads like a hardened parser: the fixed header a byte at a
+// time, the size limit checked before any allocation that grows with what
+// the client declares, and never a byte past the CONNECT, so whatever the
+// client pipelined behind it stays in the reader for the upstream
+// connection. Decoding and validation are separate steps; every rule the
+// validation applies cites the clause of the specification it enforces, as
+// [MQTT-x.y.z-n] (numbered in the 3.1.1 or 5.0 specification, as stated) or
+// as a section (§x.y.z) where the rule has no number.
+//
+// Limits: ReadConnect does not enforce what a broker decides for itself
+// (client identifier length and characters, topic syntax of the will topic,
+// authentication methods); the broker behind the proxy still does.
+package packets
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"unicode/utf8"
+
+	paho "github.com/eclipse/paho.golang/packets"
+)
+
+// Protocol levels, as sent in the CONNECT variable header.
+const (
+	ProtocolV31  byte = 3 // MQTT 3.1, protocol name "MQIsdp"
+	ProtocolV311 byte = 4 // MQTT 3.1.1, protocol name "MQTT"
+	ProtocolV5   byte = 5 // MQTT 5.0, protocol name "MQTT"
+)
+
+// DefaultMaxConnectSize is the largest CONNECT ReadConnect accepts when its
+// maxSize is 0 or less (64 KiB): room for a client identifier, a user name,
+// a token of several kilobytes and a will message, yet small enough that a
+// crowd of unauthenticated clients cannot hold much memory.
+const DefaultMaxConnectSize = 64 << 10
+
+const (
+	nameMQTT   = "MQTT"
+	nameMQIsdp = "MQIsdp"
+
+	typeConnect    = 1
+	typeConnack    = 2
+	typeDisconnect = 14
+
+	// maxVarintSize is the longest variable byte integer: four bytes
+	// (3.1.1 §2.2.3, 5.0 §1.5.5).
+	maxVarintSize = 4
+	// maxRemainingLength is the largest value four bytes can carry.
+	maxRemainingLength = 268_435_455
+	// maxFixedHeaderSize is the type byte and the longest remaining length.
+	maxFixedHeaderSize = 1 + maxVarintSize
+	// versionProbeSize is the longest protocol name (length prefix and
+	// "MQIsdp") and the level: all ReadConnect reads of an oversize CONNECT.
+	versionProbeSize = 2 + len(nameMQIsdp) + 1
+
+	// Connect flags (3.1.1 §3.1.2.3, 5.0 §3.1.2.3).
+	flagReserved   = 0x01
+	flagCleanStart = 0x02
+	flagWill       = 0x04
+	flagWillQoS    = 0x18
+	flagWillRetain = 0x20
+	flagPassword   = 0x40
+	flagUsername   = 0x80
+	shiftWillQoS   = 3
+)
+
+// Connect is a decoded CONNECT packet.
+//
+// The byte slices of a Connect that ReadConnect returns, those inside
+// Properties and WillProperties included, are sub-slices of Raw: Raw is
+// kept anyway, and sharing it spares an allocation per field. Their
+// capacity ends with the field, so appending to one cannot overwrite Raw.
+//
+// The zero value is no valid CONNECT: Encode needs at least ProtocolName
+// and ProtocolVersion.
+type Connect struct {
+	// ProtocolName is "MQIsdp" for MQTT 3.1 and "MQTT" for later versions.
+	ProtocolName string
+	// ProtocolVersion is the protocol level: ProtocolV31, ProtocolV311 or
+	// ProtocolV5.
+	ProtocolVersion byte
+	// CleanStart is Clean Session in MQTT 3.1 and 3.1.1.
+	CleanStart bool
+	// KeepAlive is the keep alive interval in seconds; 0 turns it off.
+	KeepAlive uint16
+	// ClientID is the client identifier; it may be empty.
+	ClientID string
+	// UsernameFlag says a user name is present; Username is meaningful only
+	// when it is set.
+	UsernameFlag bool
+	Username     string
+	// PasswordFlag says a password is present; Password is meaningful only
+	// when it is set, and may then be empty but not nil.
+	PasswordFlag bool
+	Password     []byte
+	// WillFlag says a will message is present; WillQoS, WillRetain,
+	// WillTopic, WillPayload and WillProperties are meaningful only when it
+	// is set.
+	WillFlag    bool
+	WillQoS     byte
+	WillRetain  bool
+	WillTopic   string
+	WillPayload []byte
+	// Properties are the MQTT 5 CONNECT properties: never nil from
+	// ReadConnect for MQTT 5; nil for 3.1 and 3.1.1, for which Encode
+	// ignores them. Encode writes
+	// only the properties a CONNECT may carry (5.0 §3.1.2.11) and treats nil
+	// as none. An empty string property reads the same as an absent one, so
+	// Encode leaves it out.
+	Properties *paho.Properties
+	// WillProperties are the MQTT 5 will properties (5.0 §3.1.3.2): never
+	// nil from ReadConnect when WillFlag is set on MQTT 5, else nil. Encode
+	// treats them as it treats Properties.
+	WillProperties *paho.Properties
+	// Raw is the exact bytes of the packet as the client sent them, fixed
+	// header included. Encode ignores it.
+	Raw []byte
+}
+
+// ReadConnect reads exactly one packet from r — never a byte past its end,
+// so anything the client pipelined after CONNECT stays unread in r — and
+// decodes it as CONNECT. maxSize caps the whole packet size (fixed header
+// included); maxSize <= 0 means DefaultMaxConnectSize.
+//
+// A packet that is not an acceptable CONNECT gives an *Error wrapping one of
+// ErrNotConnect, ErrMalformed, ErrProtocolViolation, ErrUnsupportedVersion
+// or ErrTooLarge. I/O errors from r (EOF, deadline exceeded) are returned
+// wrapped with context and are not *Error, so callers can tell a silent or
+// slow client (close) from a bad packet (answer). Once the first byte is in,
+// a premature end of input is io.ErrUnexpectedEOF.
+//
+// For an oversize CONNECT, ReadConnect reads at most the protocol name and
+// level behind the fixed header, to learn which version to refuse in, and
+// allocates nothing that grows with the declared length.
+func ReadConnect(r io.Reader, maxSize int) (*Connect, error) {
+	if maxSize <= 0 {
+		maxSize = DefaultMaxConnectSize
+	}
+	// One small buffer holds the fixed header and, for an oversize packet,
+	// the protocol name and level.
+	var buf [max(maxFixedHeaderSize, versionProbeSize)]byte
+	if _, err := io.ReadFull(r, buf[:1]); err != nil {
+		return nil, fmt.Errorf("packets: read first packet: %w", err)
+	}
+	if packetType := buf[0] >> 4; packetType != typeConnect {
+		return nil, newError(0, fmt.Errorf("%w: packet type %d [MQTT-3.1.0-1]", ErrNotConnect, packetType))
+	}
+	if buf[0]&0x0F != 0 {
+		// Reserved fixed header flags: 3.1.1 [MQTT-2.2.2-2] closes, 5.0
+		// §2.1.3 calls the packet malformed.
+		return nil, newError(0, fmt.Errorf("%w: fixed header flags 0x%X, want 0 [MQTT-2.2.2-2]", ErrMalformed, buf[0]&0x0F))
+	}
+
+	// The remaining length is read a byte at a time: a larger read could
+	// consume bytes past the packet.
+	headerLen := 1
+	remaining, err := readVarint("remaining length", func() (byte, error) {
+		if err := readFull(r, buf[headerLen:headerLen+1], "remaining length"); err != nil {
+			return 0, err
+		}
+		headerLen++
+		return buf[headerLen-1], nil
+	})
+	switch {
+	case errors.Is(err, ErrMalformed):
+		return nil, newError(0, err)
+	case err != nil:
+		return nil, err
+	}
+
+	if total := headerLen + remaining; total > maxSize {
+		return nil, tooLarge(r, buf[:versionProbeSize], remaining, total, maxSize)
+	}
+	raw := make([]byte, headerLen+remaining)
+	copy(raw, buf[:headerLen])
+	if err := readFull(r, raw[headerLen:], "CONNECT"); err != nil {
+		return nil, err
+	}
+
+	c := &Connect{Raw: raw}
+	reservedFlag, err := c.decode(raw[headerLen:])
+	if err == nil {
+		err = c.validate(reservedFlag)
+	}
+	if err != nil {
+		return nil, newError(c.ProtocolVersion, err)
+	}
+	return c, nil
+}
+
+// readFull fills p from r for the named part of a packet that has begun,
+// so an end of input is unexpected whether or not part of p arrived.
+func readFull(r io.Reader, p []byte, part string) error {
+	if _, err := io.ReadFull(r, p); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("packets: read %s: %w", part, err)
+	}
+	return nil
+}
+
+// readVarint decodes the named variable byte integer (3.1.1 §2.2.3, 5.0
+// §1.5.5), taking its bytes one at a time from next: at most four, the last
+// without the continuation bit. Non-minimal encodings are decoded, not
+// refused.
+func readVarint(field string, next func() (byte, error)) (int, error) {
+	value := 0
+	for i := range maxVarintSize {
+		b, err := next()
+		if err != nil {
+			return 0, err
+		}
+		value |= int(b&0x7F) << (7 * i)
+		if b&0x80 == 0 {
+			return value, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: %s longer than %d bytes", ErrMalformed, field, maxVarintSize)
+}
+
+// tooLarge refuses an oversize CONNECT. It reads at most the protocol name
+// and level into probe, so the refusal can use the client's version, and
+// never past the declared packet; an I/O failure there leaves Version 0.
+func tooLarge(r io.Reader, probe []byte, remaining, total, maxSize int) *Error {
+	cause := fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, total, maxSize)
+	version, err := probeVersion(r, probe, remaining)
+	if err != nil {
+		cause = fmt.Errorf("%w (version unknown: %w)", cause, err)
+	}
+	return newError(version, cause)
+}
+
+// probeVersion reads the protocol name and level at the start of a CONNECT
+// body of remaining bytes into probe. It returns the version when they name
+// one this package speaks, else 0.
+func probeVersion(r io.Reader, probe []byte, remaining int) (byte, error) {
+	if remaining < 2 {
+		return 0, nil
+	}
+	if err := readFull(r, probe[:2], "protocol name length"); err != nil {
+		return 0, err
+	}
+	nameLen := int(probe[0])<<8 | int(probe[1])
+	if nameLen != len(nameMQTT) && nameLen != len(nameMQIsdp) || remaining < 2+nameLen+1 {
+		return 0, nil
+	}
+	nameAndLevel := probe[2 : 2+nameLen+1]
+	if err := readFull(r, nameAndLevel, "protocol name"); err != nil {
+		return 0, err
+	}
+	if _, version, err := checkProtocol(nameAndLevel[:nameLen], nameAndLevel[nameLen]); err == nil {
+		return version, nil
+	}
+	return 0, nil
+}
+
+// checkProtocol accepts the protocol name and level pairs this package
+// speaks and returns the name as a constant, so decoding allocates none.
+// A wrong name may be refused outright [MQTT-3.1.2-1]; an unsupported level
+// under an MQTT name is answered with return code 1 or reason code 0x84
+// [MQTT-3.1.2-2], so version is then the level as read, else 0.
+func checkProtocol(name []byte, level byte) (canonicalName string, version byte, err error) {
+	switch {
+	case string(name) == nameMQIsdp && level == ProtocolV31:
+		return nameMQIsdp, level, nil
+	case string(name) == nameMQTT && (level == ProtocolV311 || level == ProtocolV5):
+		return nameMQTT, level, nil
+	case string(name) == nameMQIsdp || string(name) == nameMQTT:
+		return "", level, fmt.Errorf("%w: protocol %q level %d [MQTT-3.1.2-2]", ErrUnsupportedVersion, name, level)
+	default:
+		return "", 0, fmt.Errorf("%w: protocol name %q [MQTT-3.1.2-1]", ErrUnsupportedVersion, name)
+	}
+}
+
+// decode parses body, the CONNECT variable header and payload, into c. It
+// sets c.ProtocolVersion as soon as the level is known, so a failure can be
+// answered in the client's version. It returns the reserved connect flag,
+// which Connect has no field for, for validate to judge.
+func (c *Connect) decode(body []byte) (reservedFlag bool, err error) {
+	d := decoder{buf: body}
+	name := d.binary("protocol name")
+	level := d.byte("protocol level")
+	if d.err != nil {
+		return false, d.err
+	}
+	c.ProtocolName, c.ProtocolVersion, err = checkProtocol(name, level)
+	if err != nil {
+		return false, err
+	}
+	v5 := c.ProtocolVersion == ProtocolV5
+
+	flags := d.byte("connect flags")
+	c.CleanStart = flags&flagCleanStart != 0
+	c.WillFlag = flags&flagWill != 0
+	c.WillQoS = (flags & flagWillQoS) >> shiftWillQoS
+	c.WillRetain = flags&flagWillRetain != 0
+	c.PasswordFlag = flags&flagPassword != 0
+	c.UsernameFlag = flags&flagUsername != 0
+	c.KeepAlive = d.uint16("keep alive")
+	if v5 {
+		c.Properties = d.properties(connectProperties)
+	}
+
+	// The payload's fields come in this order, each present when its flag
+	// says so (3.1.1 §3.1.3, 5.0 §3.1.3).
+	c.ClientID = d.string("client identifier")
+	if c.WillFlag {
+		if v5 {
+			c.WillProperties = d.properties(willProperties)
+		}
+		c.WillTopic = d.string("will topic")
+		c.WillPayload = d.binary("will payload")
+	}
+	if c.UsernameFlag {
+		c.Username = d.string("user name")
+	}
+	if c.PasswordFlag {
+		c.Password = d.binary("password")
+	}
+	if d.err == nil && d.off != len(d.buf) {
+		// The remaining length counts exactly the fields the flags announce.
+		return false, fmt.Errorf("%w: %d bytes after the last field", ErrMalformed, len(d.buf)-d.off)
+	}
+	return flags&flagReserved != 0, d.err
+}
+
+// validate applies the rules of a CONNECT that decoding does not, to a
+// decoded Connect or to one about to be encoded.
+func (c *Connect) validate(reservedFlag bool) error {
+	v5 := c.ProtocolVersion == ProtocolV5
+	switch {
+	case reservedFlag:
+		// [MQTT-3.1.2-3] in both: the reserved flag must be 0; 5.0 calls
+		// the packet malformed.
+		return fmt.Errorf("%w: reserved connect flag set [MQTT-3.1.2-3]", ErrMalformed)
+	case c.WillQoS > 2:
+		// 3.1.1 [MQTT-3.1.2-14], 5.0 [MQTT-3.1.2-12]: will QoS 3 is malformed.
+		return fmt.Errorf("%w: will QoS %d [MQTT-3.1.2-14]", ErrMalformed, c.WillQoS)
+	case !c.WillFlag && (c.WillQoS != 0 || c.WillRetain):
+		// 3.1.1 [MQTT-3.1.2-13] and [MQTT-3.1.2-15], 5.0 [MQTT-3.1.2-11]
+		// and [MQTT-3.1.2-13]: without a will, its QoS and retain are 0.
+		return fmt.Errorf("%w: will QoS %d, retain %t without a will [MQTT-3.1.2-13]", ErrMalformed, c.WillQoS, c.WillRetain)
+	case !v5 && c.PasswordFlag && !c.UsernameFlag:
+		// 3.1.1 [MQTT-3.1.2-22], and MQTT 3.1 alike: a password needs a
+		// user name. MQTT 5 drops the rule.
+		return fmt.Errorf("%w: password without user name [MQTT-3.1.2-22]", ErrProtocolViolation)
+	}
+
+	// Fields the flags leave out are not on the wire, so not judged.
+	fields := [...]struct {
+		name, value string
+		present     bool
+	}{
+		{"client identifier", c.ClientID, true},
+		{"will topic", c.WillTopic, c.WillFlag},
+		{"user name", c.Username, c.UsernameFlag},
+	}
+	for _, field := range fields {
+		if problem := stringProblem(field.value); field.present && problem != "" {
+			return fmt.Errorf("%w: %s %q %s", ErrMalformed, field.name, field.value, problem)
+		}
+	}
+	if !v5 {
+		return nil
+	}
+	if err := checkProperties(c.Properties, connectProperties); err != nil {
+		return err
+	}
+	if c.WillFlag {
+		return checkProperties(c.WillProperties, willProperties)
+	}
+	return nil
+}
+
+// stringProblem applies the rules of a UTF-8 encoded string to s and names
+// what breaks them, or returns "". The string must be well-formed UTF-8,
+// which excludes the surrogates U+D800 to U+DFFF (3.1.1 [MQTT-1.5.3-1], 5.0
+// [MQTT-1.5.4-1]), and hold no U+0000 (3.1.1 [MQTT-1.5.3-2], 5.0
+// [MQTT-1.5.4-2]). Either failure is malformed.
+func stringProblem(s string) string {
+	switch {
+	case !utf8.ValidString(s):
+		return "is not valid UTF-8 [MQTT-1.5.4-1]"
+	case strings.IndexByte(s, 0) >= 0:
+		return "contains U+0000 [MQTT-1.5.4-2]"
+	default:
+		return ""
+	}
+}
+
+// decoder reads MQTT data types from a packet held whole in memory,
+// checking each against what is left. The first failure sticks and later
+// reads return zero values, so a run of fields reads straight and the
+// caller checks err once.
+type decoder struct {
+	buf []byte
+	off int
+	err error
+}
+
+// next returns the next n bytes, capped so that appending to them cannot
+// overwrite what follows.
+func (d *decoder) next(n int, field string) []byte {
+	if d.err != nil {
+		return nil
+	}
+	if left := len(d.buf) - d.off; n > left {
+		d.err = fmt.Errorf("%w: %s needs %d bytes, %d left", ErrMalformed, field, n, left)
+		return nil
+	}
+	b := d.buf[d.off : d.off+n : d.off+n]
+	d.off += n
+	return b
+}
+
+func (d *decoder) byte(field string) byte {
+	if b := d.next(1, field); b != nil {
+		return b[0]
+	}
+	return 0
+}
+
+func (d *decoder) uint16(field string) uint16 {
+	if b := d.next(2, field); b != nil {
+		return uint16(b[0])<<8 | uint16(b[1])
+	}
+	return 0
+}
+
+func (d *decoder) uint32(field string) uint32 {
+	if b := d.next(4, field); b != nil {
+		return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	}
+	return 0
+}
+
+// binary reads binary data: a two-byte length, then that many bytes. It
+// returns an empty, non-nil slice for length 0.
+func (d *decoder) binary(field string) []byte {
+	return d.next(int(d.uint16(field)), field)
+}
+
+// string reads a UTF-8 encoded string; validate judges its content.
+func (d *decoder) string(field string) string {
+	return string(d.binary(field))
+}
+
+func (d *decoder) varint(field string) int {
+	v, err := readVarint(field, func() (byte, error) {
+		b := d.byte(field)
+		return b, d.err
+	})
+	if d.err == nil {
+		d.err = err
+	}
+	return v
+}

@@ -1,0 +1,198 @@
+package packets
+
+import (
+	"fmt"
+	"io"
+	"math"
+)
+
+// Encode encodes c as a CONNECT packet of its ProtocolVersion, fixed header
+// included: the inverse of ReadConnect, for tests and for rewriting a
+// client's CONNECT before it goes upstream. Flags come from the fields:
+// UsernameFlag, PasswordFlag and WillFlag decide which fields are written.
+// It refuses, with an error wrapping the sentinel ReadConnect would, a
+// Connect that ReadConnect would not accept, and fields too long for the
+// wire.
+func (c *Connect) Encode() ([]byte, error) {
+	_, _, err := checkProtocol([]byte(c.ProtocolName), c.ProtocolVersion)
+	if err == nil {
+		err = c.validate(false)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("packets: encode CONNECT: %w", err)
+	}
+	v5 := c.ProtocolVersion == ProtocolV5
+
+	// The body goes behind room for the longest fixed header, which is
+	// then written right before it: one allocation when the hint holds.
+	sizeHint := maxFixedHeaderSize + 16 + len(c.ProtocolName) + len(c.ClientID) +
+		len(c.WillTopic) + len(c.WillPayload) + len(c.Username) + len(c.Password)
+	if v5 {
+		sizeHint += 64
+	}
+	e := encoder{buf: make([]byte, maxFixedHeaderSize, sizeHint)}
+	e.string(c.ProtocolName, "protocol name")
+	e.byte(c.ProtocolVersion)
+	e.byte(c.flags())
+	e.uint16(c.KeepAlive)
+	if v5 {
+		e.properties(c.Properties, connectProperties)
+	}
+	e.string(c.ClientID, "client identifier")
+	if c.WillFlag {
+		if v5 {
+			e.properties(c.WillProperties, willProperties)
+		}
+		e.string(c.WillTopic, "will topic")
+		e.binary(c.WillPayload, "will payload")
+	}
+	if c.UsernameFlag {
+		e.string(c.Username, "user name")
+	}
+	if c.PasswordFlag {
+		e.binary(c.Password, "password")
+	}
+	remaining := len(e.buf) - maxFixedHeaderSize
+	if e.err == nil && remaining > maxRemainingLength {
+		e.err = fmt.Errorf("%d bytes, more than the %d a packet holds", remaining, maxRemainingLength)
+	}
+	if e.err != nil {
+		return nil, fmt.Errorf("packets: encode CONNECT: %w", e.err)
+	}
+
+	header := encoder{buf: make([]byte, 0, maxFixedHeaderSize)}
+	header.byte(typeConnect << 4)
+	header.varint(remaining)
+	start := maxFixedHeaderSize - len(header.buf)
+	copy(e.buf[start:], header.buf)
+	return e.buf[start:], nil
+}
+
+// flags packs the connect flags (3.1.1 §3.1.2.3, 5.0 §3.1.2.3).
+func (c *Connect) flags() byte {
+	var f byte
+	if c.CleanStart {
+		f |= flagCleanStart
+	}
+	if c.WillFlag {
+		f |= flagWill | (c.WillQoS<<shiftWillQoS)&flagWillQoS
+		if c.WillRetain {
+			f |= flagWillRetain
+		}
+	}
+	if c.PasswordFlag {
+		f |= flagPassword
+	}
+	if c.UsernameFlag {
+		f |= flagUsername
+	}
+	return f
+}
+
+// WriteConnack writes a CONNACK refusing or accepting a client of the given
+// protocol version, with session present 0 (a refusal must have it 0
+// [MQTT-3.2.2-4]; an acceptance here starts nothing).
+//
+// For ProtocolV5 it writes the reason code and empty properties. For any
+// other version, unsupported levels included, it writes the 4-byte MQTT
+// 3.1/3.1.1 packet with the mapped return code: how a 3.1.1 server answers
+// a level it does not speak [MQTT-3.1.2-2]. It writes nothing and returns an
+// error when the client cannot be answered: version 0 (unknown), a code
+// with no v3 return code for a v3 client, or a v5 code under 0x80 other than
+// Success, which is no CONNACK reason code.
+func WriteConnack(w io.Writer, version byte, code ReasonCode) error {
+	switch version {
+	case 0:
+		return fmt.Errorf("packets: no CONNACK for %v: protocol version unknown", code)
+	case ProtocolV5:
+		if err := checkServerCode(code, "CONNACK"); err != nil {
+			return err
+		}
+		return writePacket(w, "CONNACK", typeConnack<<4, 3, 0, byte(code), 0)
+	default:
+		returnCode, ok := code.V3ReturnCode()
+		if !ok {
+			return fmt.Errorf("packets: no MQTT 3 CONNACK return code for %v", code)
+		}
+		return writePacket(w, "CONNACK", typeConnack<<4, 2, 0, returnCode)
+	}
+}
+
+// WriteDisconnect writes an MQTT 5 DISCONNECT with the reason code and
+// empty properties, as paho writes it; for any other version (MQTT 3 has no
+// server DISCONNECT) it writes nothing and returns nil. A v5 code under
+// 0x80 other than Success is no reason code a server disconnects with, and
+// gives an error.
+func WriteDisconnect(w io.Writer, version byte, code ReasonCode) error {
+	if version != ProtocolV5 {
+		return nil
+	}
+	if err := checkServerCode(code, "DISCONNECT"); err != nil {
+		return err
+	}
+	return writePacket(w, "DISCONNECT", typeDisconnect<<4, 2, byte(code), 0)
+}
+
+// checkServerCode accepts the codes a server sends in CONNACK and
+// DISCONNECT: Success and failures, which are 0x80 and above (5.0 §2.4).
+func checkServerCode(code ReasonCode, packet string) error {
+	if code != Success && code < 0x80 {
+		return fmt.Errorf("packets: %v is no %s reason code", code, packet)
+	}
+	return nil
+}
+
+func writePacket(w io.Writer, name string, packet ...byte) error {
+	if _, err := w.Write(packet); err != nil {
+		return fmt.Errorf("packets: write %s: %w", name, err)
+	}
+	return nil
+}
+
+// encoder appends MQTT data types to buf. The first failure sticks and
+// later writes are dropped.
+type encoder struct {
+	buf []byte
+	err error
+}
+
+func (e *encoder) byte(b byte) { e.buf = append(e.buf, b) }
+
+func (e *encoder) uint16(v uint16) { e.buf = append(e.buf, byte(v>>8), byte(v)) }
+
+func (e *encoder) uint32(v uint32) {
+	e.buf = append(e.buf, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+}
+
+func (e *encoder) binary(b []byte, field string) { appendLengthPrefixed(e, b, field) }
+
+func (e *encoder) string(s string, field string) { appendLengthPrefixed(e, s, field) }
+
+// appendLengthPrefixed writes a two-byte length and v: binary data or a
+// UTF-8 encoded string. Longer than 65,535 bytes is an error, not a silent
+// cut as in paho.
+func appendLengthPrefixed[T string | []byte](e *encoder, v T, field string) {
+	if len(v) > math.MaxUint16 {
+		if e.err == nil {
+			e.err = fmt.Errorf("%s is %d bytes, more than the %d a field holds", field, len(v), math.MaxUint16)
+		}
+		return
+	}
+	e.uint16(uint16(len(v)))
+	e.buf = append(e.buf, v...)
+}
+
+// varint writes v as a variable byte integer, in the fewest bytes. v is at
+// most maxRemainingLength where it matters; a larger v only makes the
+// packet longer than that, which Encode refuses.
+func (e *encoder) varint(v int) {
+	for {
+		b := byte(v & 0x7F)
+		v >>= 7
+		if v == 0 {
+			e.buf = append(e.buf, b)
+			return
+		}
+		e.buf = append(e.buf, b|0x80)
+	}
+}

@@ -1,0 +1,209 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+)
+
+// Reasons logged for connections that end before authentication, beside
+// the authn.RefuseReason values. They are bounded, for logs and metrics.
+const (
+	reasonConnectTimeout      = "connect_timeout"
+	reasonClientClosed        = "client_closed"
+	reasonReadFailed          = "read_failed"
+	reasonNotConnect          = "not_connect"
+	reasonMalformed           = "malformed_connect"
+	reasonProtocolError       = "protocol_error"
+	reasonUnsupportedProtocol = "unsupported_protocol"
+	reasonTooLarge            = "connect_too_large"
+	reasonUpstreamUnavailable = "upstream_unavailable"
+	reasonInternal            = "internal_error"
+)
+
+// serveConn runs one client connection: read CONNECT under the connect
+// deadline, decide, then refuse or dial and splice.
+func (p *Proxy) serveConn(s *session, listener string) {
+	defer p.trackSession(s, false)
+	c := s.client
+	defer c.Close()
+	start := time.Now()
+	log := p.logger().With(zap.String("listener", listener), zap.String("remote", c.RemoteAddr().String()))
+
+	deadline := start.Add(p.connectTimeout())
+	c.SetReadDeadline(deadline)
+	pk, err := packets.ReadConnect(c, p.MaxConnectSize)
+	if err != nil {
+		p.rejectPacket(c, err, log)
+		return
+	}
+	log = log.With(
+		zap.String("client_id", pk.ClientID),
+		zap.String("username", pk.Username),
+		zap.Uint8("protocol_version", pk.ProtocolVersion),
+	)
+
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	id, err := p.Verifier.Verify(ctx, authn.Request{
+		ClientID:    pk.ClientID,
+		Username:    pk.Username,
+		HasUsername: pk.UsernameFlag,
+		Password:    pk.Password,
+		HasPassword: pk.PasswordFlag,
+	})
+	cancel()
+	if err != nil {
+		reason := string(authn.ReasonOf(err))
+		if reason == "" {
+			reason = reasonInternal
+		}
+		log.Info("authentication refused", zap.String("outcome", "refused"), zap.String("reason", reason), zap.Error(err))
+		refuse(c, pk.ProtocolVersion, refuseCode(err))
+		return
+	}
+	log.Info("authentication accepted",
+		zap.String("outcome", "accepted"),
+		zap.String("authenticator", id.Authenticator),
+		zap.String("sub", id.Subject),
+		expiryField(id.Expiry),
+	)
+
+	up, err := p.dial()
+	if err != nil {
+		log.Warn("upstream unavailable", zap.String("outcome", "refused"), zap.String("reason", reasonUpstreamUnavailable), zap.Error(err))
+		refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
+		return
+	}
+	defer up.Close()
+	if !p.setUpstream(s, up) {
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	if _, err := up.Write(pk.Raw); err != nil {
+		log.Warn("upstream write failed", zap.String("reason", reasonUpstreamUnavailable), zap.Error(err))
+		refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
+		return
+	}
+	fromClient, toClient := p.splice(c, up)
+	log.Info("connection closed",
+		zap.Duration("duration", time.Since(start)),
+		zap.Int64("bytes_from_client", fromClient+int64(len(pk.Raw))),
+		zap.Int64("bytes_to_client", toClient),
+	)
+}
+
+// refuseCode maps an authentication failure to its MQTT 5 reason code, as
+// EMQX answers: a token that is absent, unreadable or whose claims do not
+// hold is a bad user name or password; a token whose signature or key does
+// not check out is not authorized.
+func refuseCode(err error) packets.ReasonCode {
+	switch authn.ReasonOf(err) {
+	case authn.ErrTokenMissing, authn.ErrTokenMalformed, authn.ErrTokenExpired,
+		authn.ErrTokenNotYetValid, authn.ErrClaimMismatch:
+		return packets.BadUserNameOrPassword
+	default:
+		return packets.NotAuthorized
+	}
+}
+
+// rejectPacket ends a connection whose first packet could not be read or
+// accepted: with a CONNACK where the client's version has a code for the
+// failure, else by closing.
+func (p *Proxy) rejectPacket(c net.Conn, err error, log *zap.Logger) {
+	reason := reasonReadFailed
+	var perr *packets.Error
+	switch {
+	case errors.As(err, &perr):
+		reason = packetReason(perr)
+		if _, ok := perr.Code.V3ReturnCode(); perr.Version != 0 && (ok || perr.Version == packets.ProtocolV5) {
+			log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", reason), zap.Uint8("protocol_version", perr.Version), zap.Error(err))
+			refuse(c, perr.Version, perr.Code)
+			return
+		}
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		reason = reasonConnectTimeout
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		reason = reasonClientClosed
+	}
+	log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", reason), zap.Error(err))
+	lingerClose(c)
+}
+
+func packetReason(err *packets.Error) string {
+	switch {
+	case errors.Is(err, packets.ErrNotConnect):
+		return reasonNotConnect
+	case errors.Is(err, packets.ErrTooLarge):
+		return reasonTooLarge
+	case errors.Is(err, packets.ErrUnsupportedVersion):
+		return reasonUnsupportedProtocol
+	case errors.Is(err, packets.ErrProtocolViolation):
+		return reasonProtocolError
+	default:
+		return reasonMalformed
+	}
+}
+
+// refuse writes a CONNACK with code under a write deadline and closes c.
+func refuse(c net.Conn, version byte, code packets.ReasonCode) {
+	c.SetWriteDeadline(time.Now().Add(refuseWriteTimeout))
+	if err := packets.WriteConnack(c, version, code); err == nil {
+		lingerClose(c)
+	}
+}
+
+// lingerClose half-closes c and drains what the client still sends, for at
+// most lingerTimeout and lingerBytes, so that the kernel sends FIN rather
+// than RST and the client can read what was written. The drained bytes go
+// nowhere.
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		c.SetReadDeadline(time.Now().Add(lingerTimeout))
+		io.CopyN(io.Discard, c, lingerBytes)
+	}
+	c.Close()
+}
+
+func expiryField(exp time.Time) zap.Field {
+	if exp.IsZero() {
+		return zap.Skip()
+	}
+	return zap.Time("exp", exp)
+}
+
+// splice copies both ways between the client and the upstream until both
+// directions have ended, and returns the bytes each way. When one side
+// closes its sending half, that is passed on and the other direction gets
+// HalfCloseTimeout to finish; when a copy fails, both connections close.
+func (p *Proxy) splice(client, upstream net.Conn) (fromClient, toClient int64) {
+	done := make(chan int64, 1)
+	go func() { done <- p.copyHalf(upstream, client) }()
+	toClient = p.copyHalf(client, upstream)
+	return <-done, toClient
+}
+
+// copyHalf copies src to dst. When both are *net.TCPConn, io.Copy uses
+// splice(2). It is a named function so each direction shows by name in
+// goroutine dumps.
+func (p *Proxy) copyHalf(dst, src net.Conn) int64 {
+	n, err := io.Copy(dst, src)
+	if err == nil {
+		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+			// The other direction may still carry the last packets (a
+			// broker's answer to DISCONNECT); it gets a bounded time.
+			dst.SetReadDeadline(time.Now().Add(p.halfCloseTimeout()))
+			return n
+		}
+	}
+	dst.Close()
+	src.Close()
+	return n
+}

@@ -1,0 +1,192 @@
+package proxytest
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// maxStartAttempts bounds StartMosquitto's retries when the free port it
+// picked is taken before the broker binds it.
+const maxStartAttempts = 5
+
+// Lines mosquitto 2.0 logs (with log_type all), each after a
+// "<unix time>: " prefix:
+//
+//	mosquitto version 2.0.11 running               ready: the listeners are bound
+//	Error: Address already in use                  a listener could not bind; it exits
+//	New connection from 127.0.0.1:45788 on port 18831.
+//	New client connected from 127.0.0.1:45804 as mosq-Yukx4A5dFM8SOG2esy (p1, c1, k60, u'alice').
+//	Sending CONNACK to 127.0.0.1 (0, 5)            refused v3.1 or v3.1.1 client (not authorised)
+//	Sending CONNACK to 127.0.0.1 (0, 135)          refused v5 client (0x87, not authorized)
+//	Client <unknown> disconnected, not authorised.
+const (
+	logVersion       = "mosquitto version "
+	logReady         = " running"
+	logPortTaken     = "Address already in use"
+	logNewConnection = "New connection from "
+)
+
+// errPortTaken means another process bound the broker's port first.
+var errPortTaken = errors.New("port already in use")
+
+// Mosquitto is a mosquitto broker process on a free loopback port, started
+// by StartMosquitto and stopped at test cleanup.
+type Mosquitto struct {
+	// Addr is the broker's MQTT listener, 127.0.0.1:port.
+	Addr string
+	// ConfigFile is the generated configuration the broker runs with.
+	ConfigFile string
+
+	proc *process
+	// syncAddrs are the local addresses of SyncLog's own connections,
+	// which Connections does not count. Guarded by proc.mu.
+	syncAddrs map[string]bool
+}
+
+// StartMosquitto starts mosquitto with a generated config (a listener on
+// 127.0.0.1:<free port>, allow_anonymous true, persistence false, the full
+// log, plus extraConfig lines, which may override those settings: for
+// options given twice mosquitto keeps the last), waits until it is ready by
+// reading its log, and stops it (SIGTERM, then kill) at t.Cleanup. If the
+// port was taken meanwhile, it retries with another port.
+//
+// The broker logs to its standard error (log_dest stderr), not stdout:
+// mosquitto writes its stdout log through stdio, which buffers it in blocks
+// when stdout is a pipe, so the "running" line would arrive only at exit.
+// Run as root it keeps root (user root): it would otherwise switch to the
+// mosquitto user, who cannot read files in the test's temporary directory,
+// such as a password_file passed in extraConfig.
+func StartMosquitto(t testing.TB, extraConfig ...string) *Mosquitto {
+	t.Helper()
+	binary := LookPath(t, "mosquitto")
+	dir := t.TempDir()
+	for attempt := 1; ; attempt++ {
+		m, err := startMosquittoOn(binary, dir, FreePort(t), extraConfig)
+		if err == nil {
+			t.Cleanup(m.Stop)
+			return m
+		}
+		if !errors.Is(err, errPortTaken) || attempt == maxStartAttempts {
+			t.Fatalf("starting mosquitto (attempt %d): %v", attempt, err)
+		}
+		t.Logf("mosquitto attempt %d: %v; retrying on another port", attempt, err)
+	}
+}
+
+// startMosquittoOn writes the config for port into dir and starts the
+// broker, returning once it is ready. A failed broker has exited.
+func startMosquittoOn(binary, dir string, port int, extraConfig []string) (*Mosquitto, error) {
+	config := []string{
+		"listener " + strconv.Itoa(port) + " 127.0.0.1",
+		"allow_anonymous true",
+		"persistence false",
+		"log_dest stderr",
+		"log_type all",
+	}
+	if os.Geteuid() == 0 {
+		config = append(config, "user root")
+	}
+	config = append(config, extraConfig...)
+	configFile := filepath.Join(dir, "mosquitto.conf")
+	if err := os.WriteFile(configFile, []byte(strings.Join(config, "\n")+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("writing config: %w", err)
+	}
+	proc, err := startProcess(exec.Command(binary, "-c", configFile), false)
+	if err != nil {
+		return nil, err
+	}
+	ready := proc.waitLines(DefaultTimeout, func(lines []string) bool {
+		for _, line := range lines {
+			if strings.Contains(line, logVersion) && strings.HasSuffix(line, logReady) {
+				return true
+			}
+		}
+		return false
+	})
+	if ready {
+		return &Mosquitto{
+			Addr:       net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+			ConfigFile: configFile,
+			proc:       proc,
+			syncAddrs:  make(map[string]bool),
+		}, nil
+	}
+	proc.stop()
+	log := proc.output()
+	if strings.Contains(log, logPortTaken) {
+		return nil, fmt.Errorf("port %d: %w\n%s", port, errPortTaken, log)
+	}
+	return nil, fmt.Errorf("not ready within %v (exit: %v); log:\n%s", DefaultTimeout, proc.err, log)
+}
+
+// Stop ends the broker (SIGTERM, then kill after a grace period) and waits
+// until it has exited. StartMosquitto registers it as a cleanup; a test
+// calls it early to make the broker disappear. Safe to call more than once.
+func (m *Mosquitto) Stop() { m.proc.stop() }
+
+// Connections returns how many client TCP connections the broker has
+// logged so far ("New connection from ..."), SyncLog's own excepted. Tests
+// assert it did not change for refused clients; call SyncLog first so the
+// count is not behind the broker.
+func (m *Mosquitto) Connections() int {
+	count := 0
+	m.proc.read(func() {
+		for _, line := range m.proc.lines {
+			_, after, found := strings.Cut(line, logNewConnection)
+			if !found {
+				continue
+			}
+			from, _, _ := strings.Cut(after, " ")
+			if !m.syncAddrs[from] {
+				count++
+			}
+		}
+	})
+	return count
+}
+
+// SyncLog waits until the broker's log holds everything the broker did
+// before the call. The broker writes its log asynchronously to the test,
+// so without it Connections may miss a connection accepted a moment ago.
+// It opens a connection of its own, waits for the broker to log it, and
+// closes it; Connections does not count that connection.
+func (m *Mosquitto) SyncLog(t testing.TB) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", m.Addr, DefaultTimeout)
+	if err != nil {
+		t.Fatalf("connecting to mosquitto to sync its log: %v\n%s", err, m.Log())
+	}
+	defer conn.Close()
+	from := conn.LocalAddr().String()
+	m.proc.change(func() { m.syncAddrs[from] = true })
+	m.WaitForLog(t, logNewConnection+from+" ", DefaultTimeout)
+}
+
+// WaitForLog waits until a log line containing substr appears, counting
+// lines logged before the call, or fails the test after timeout or when
+// the broker exits.
+func (m *Mosquitto) WaitForLog(t testing.TB, substr string, timeout time.Duration) {
+	t.Helper()
+	found := m.proc.waitLines(timeout, func(lines []string) bool {
+		for _, line := range lines {
+			if strings.Contains(line, substr) {
+				return true
+			}
+		}
+		return false
+	})
+	if !found {
+		t.Fatalf("mosquitto logged no line containing %q within %v; log:\n%s", substr, timeout, m.Log())
+	}
+}
+
+// Log returns the whole log so far, for failure messages.
+func (m *Mosquitto) Log() string { return m.proc.output() }

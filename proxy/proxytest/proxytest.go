@@ -1,0 +1,177 @@
+// Package proxytest runs the real parts that end-to-end tests of the proxy
+// need, much as net/http/httptest runs an HTTP server: a mosquitto broker
+// process, the mosquitto_pub and mosquitto_sub clients, and a Recorder that
+// stands in for a broker and keeps every byte it receives.
+//
+// Typical usage:
+//
+//	func TestPublishThroughProxy(t *testing.T) {
+//		proxytest.VerifyNoLeaks(t) // first, so it checks after every cleanup
+//		broker := proxytest.StartMosquitto(t)
+//		proxyAddr := startProxy(t, broker.Addr) // the code under test
+//
+//		sub := proxytest.StartSub(t, append(proxytest.AddrArgs(t, proxyAddr), "-t", "t/1", "-P", token)...)
+//		pub := proxytest.Pub(t, append(proxytest.AddrArgs(t, proxyAddr), "-t", "t/1", "-m", "hello", "-P", token)...)
+//		if pub.Connack != 0 || sub.Connack() != 0 {
+//			t.Fatalf("refused: pub %d, sub %d\n%s", pub.Connack, sub.Connack(), pub.Output)
+//		}
+//		if msg, ok := sub.Next(proxytest.DefaultTimeout); !ok || msg != "hello" {
+//			t.Errorf("subscriber got %q, %v", msg, ok)
+//		}
+//	}
+//
+// Everything started here is stopped at t.Cleanup, and every goroutine the
+// package starts ends with the process or connection it serves, so a
+// goleak check registered before them (VerifyNoLeaks) passes.
+//
+// When the mosquitto binaries are missing the tests that need them are
+// skipped, unless the environment variable named by RequireEnv is set, in
+// which case they fail: CI must not pass by skipping.
+package proxytest
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// RequireEnv names the environment variable that turns "mosquitto is not
+// installed" from a skip into a test failure. CI sets it to 1. Empty, "0"
+// and "false" mean not required.
+const RequireEnv = "MQTT_JWT_PROXY_REQUIRE_MOSQUITTO"
+
+// DefaultTimeout bounds every wait in this package that takes no explicit
+// timeout: broker start-up, a mosquitto_pub run, a subscription, and the
+// Recorder's Wait methods. It is generous because CI machines are slow;
+// waits end as soon as their condition holds.
+const DefaultTimeout = 10 * time.Second
+
+// sbinDirs are searched after PATH because Debian installs the broker in
+// /usr/sbin, which is not on an unprivileged user's PATH.
+var sbinDirs = []string{"/usr/sbin", "/usr/local/sbin"}
+
+// required reports whether RequireEnv asks for missing binaries to fail tests.
+func required() bool {
+	switch strings.ToLower(os.Getenv(RequireEnv)) {
+	case "", "0", "false":
+		return false
+	}
+	return true
+}
+
+// LookPath returns the path of a mosquitto binary (mosquitto, mosquitto_pub,
+// mosquitto_sub) or of another tool the harness runs, searching PATH and
+// then the sbin directories. When it is missing LookPath skips the test, or
+// fails it when RequireEnv is set; it then returns "" (only reachable with
+// a testing.TB whose Skip and Fatal do not stop the goroutine).
+func LookPath(t testing.TB, name string) string {
+	t.Helper()
+	if path, err := exec.LookPath(name); err == nil {
+		return path
+	}
+	for _, dir := range sbinDirs {
+		if path, err := exec.LookPath(filepath.Join(dir, name)); err == nil {
+			return path
+		}
+	}
+	if required() {
+		t.Fatalf("%s not found in PATH or %v, and %s is set: install mosquitto and mosquitto-clients", name, sbinDirs, RequireEnv)
+	} else {
+		t.Skipf("%s not found in PATH or %v (set %s=1 to fail instead of skipping)", name, sbinDirs, RequireEnv)
+	}
+	return ""
+}
+
+// FreePort returns a TCP port that was free on 127.0.0.1 a moment ago.
+// Another process may take it before the caller binds it; StartMosquitto
+// retries in that case.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// AddrArgs returns the mosquitto_pub/mosquitto_sub arguments that point a
+// client at addr (host:port): "-h", host, "-p", port.
+func AddrArgs(t testing.TB, addr string) []string {
+	t.Helper()
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatalf("client address %q: %v", addr, err)
+	}
+	return []string{"-h", host, "-p", port}
+}
+
+// VerifyNoLeaks checks at the end of the test that no goroutine is left
+// over. Call it first in a test: it runs as a cleanup, and cleanups run
+// last-registered first, so it runs after the cleanups that stop brokers,
+// clients and recorders. A deferred goleak.VerifyNone would run before
+// them and see their goroutines still running.
+func VerifyNoLeaks(t testing.TB) {
+	t.Helper()
+	t.Cleanup(func() { goleak.VerifyNone(t) })
+}
+
+// watched is state guarded by mu that goroutines can wait on, with a
+// timeout, until a condition holds. A channel closed on every change
+// rather than a sync.Cond, because a Cond wait cannot time out.
+type watched struct {
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced by change; nil until first used
+}
+
+// changedLocked returns the channel closed by the next change; mu is held.
+func (w *watched) changedLocked() chan struct{} {
+	if w.changed == nil {
+		w.changed = make(chan struct{})
+	}
+	return w.changed
+}
+
+// change runs update under mu and wakes every waiter.
+func (w *watched) change(update func()) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	update()
+	close(w.changedLocked())
+	w.changed = make(chan struct{})
+}
+
+// read runs f under mu.
+func (w *watched) read(f func()) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	f()
+}
+
+// wait calls done under mu, at once and after every change, until it
+// returns true (wait returns true) or timeout passes (wait returns false).
+func (w *watched) wait(timeout time.Duration, done func() bool) bool {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	for {
+		w.mu.Lock()
+		if done() {
+			w.mu.Unlock()
+			return true
+		}
+		changed := w.changedLocked()
+		w.mu.Unlock()
+		select {
+		case <-changed:
+		case <-timer.C:
+			return false
+		}
+	}
+}

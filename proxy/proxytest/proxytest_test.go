@@ -1,0 +1,388 @@
+package proxytest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// outcomeTB is a testing.TB whose Skipf and Fatalf record the outcome and
+// return instead of ending the test, so a test can check that a helper
+// skips or fails.
+type outcomeTB struct {
+	testing.TB
+	skipped, failed bool
+	message         string
+}
+
+func (o *outcomeTB) Helper() {}
+
+func (o *outcomeTB) Skipf(format string, args ...any) {
+	o.skipped, o.message = true, fmt.Sprintf(format, args...)
+}
+
+func (o *outcomeTB) Fatalf(format string, args ...any) {
+	o.failed, o.message = true, fmt.Sprintf(format, args...)
+}
+
+func TestLookPath(t *testing.T) {
+	cases := []struct {
+		name, binary, env    string
+		wantFound            bool
+		wantSkip, wantFailed bool
+	}{
+		{name: "present", binary: "sh", env: "1", wantFound: true},
+		{name: "missing, env unset", binary: "mosquitto_missing", env: "", wantSkip: true},
+		{name: "missing, env 0", binary: "mosquitto_missing", env: "0", wantSkip: true},
+		{name: "missing, env false", binary: "mosquitto_missing", env: "false", wantSkip: true},
+		{name: "missing, env 1", binary: "mosquitto_missing", env: "1", wantFailed: true},
+		{name: "missing, env true", binary: "mosquitto_missing", env: "true", wantFailed: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv(RequireEnv, tc.env)
+			outcome := &outcomeTB{TB: t}
+			path := LookPath(outcome, tc.binary)
+			if found := path != ""; found != tc.wantFound {
+				t.Errorf("LookPath(%q) = %q, want found %v", tc.binary, path, tc.wantFound)
+			}
+			if outcome.skipped != tc.wantSkip || outcome.failed != tc.wantFailed {
+				t.Errorf("skipped %v, failed %v (%q); want skipped %v, failed %v",
+					outcome.skipped, outcome.failed, outcome.message, tc.wantSkip, tc.wantFailed)
+			}
+			if (tc.wantSkip || tc.wantFailed) && !strings.Contains(outcome.message, RequireEnv) {
+				t.Errorf("message %q does not name %s", outcome.message, RequireEnv)
+			}
+		})
+	}
+}
+
+func TestFreePortAndAddrArgs(t *testing.T) {
+	port := FreePort(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("FreePort returned %d, which cannot be bound: %v", port, err)
+	}
+	ln.Close()
+	if got, want := AddrArgs(t, addr), []string{"-h", "127.0.0.1", "-p", strconv.Itoa(port)}; !slices.Equal(got, want) {
+		t.Errorf("AddrArgs(%q) = %q, want %q", addr, got, want)
+	}
+}
+
+// brokerArgs returns the client arguments that reach addr, followed by args.
+func brokerArgs(t *testing.T, addr string, args ...string) []string {
+	return append(AddrArgs(t, addr), args...)
+}
+
+func TestPubSubThroughMosquitto(t *testing.T) {
+	VerifyNoLeaks(t)
+	broker := StartMosquitto(t)
+	cases := []struct{ version, qos string }{
+		{"mqttv31", "1"},
+		{"mqttv311", "0"},
+		{"mqttv311", "1"},
+		{"mqttv5", "0"},
+		{"mqttv5", "1"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.version+"/qos"+tc.qos, func(t *testing.T) {
+			topic := "test/" + tc.version + "/" + tc.qos
+			payload := "hello " + tc.version + " qos " + tc.qos
+			sub := StartSub(t, brokerArgs(t, broker.Addr, "-V", tc.version, "-q", tc.qos, "-t", topic)...)
+			if got := sub.Connack(); got != 0 {
+				t.Fatalf("subscriber CONNACK %d, want 0\n%s", got, sub.Output())
+			}
+			pub := Pub(t, brokerArgs(t, broker.Addr, "-V", tc.version, "-q", tc.qos, "-t", topic, "-m", payload)...)
+			if pub.Connack != 0 || pub.Err != nil {
+				t.Fatalf("publisher CONNACK %d, err %v, want 0, nil\n%s", pub.Connack, pub.Err, pub.Output)
+			}
+			if got, ok := sub.Next(DefaultTimeout); got != payload {
+				t.Errorf("subscriber got %q, %v; want %q\n%s", got, ok, payload, sub.Output())
+			}
+			sub.Stop()
+			if got, ok := sub.Next(time.Minute); ok {
+				t.Errorf("Next after Stop returned %q, want nothing\n%s", got, sub.Output())
+			}
+		})
+	}
+	broker.SyncLog(t)
+	if got, want := broker.Connections(), 2*len(cases); got != want {
+		t.Errorf("Connections() = %d, want %d (a subscriber and a publisher per case)\n%s", got, want, broker.Log())
+	}
+}
+
+func TestSubFormat(t *testing.T) {
+	VerifyNoLeaks(t)
+	broker := StartMosquitto(t)
+	sub := StartSub(t, brokerArgs(t, broker.Addr, "-t", "fmt/#", "-F", "%t %p")...)
+	for _, payload := range []string{"first", "second"} {
+		if pub := Pub(t, brokerArgs(t, broker.Addr, "-t", "fmt/a", "-m", payload)...); pub.Err != nil {
+			t.Fatalf("publishing %q: %v\n%s", payload, pub.Err, pub.Output)
+		}
+	}
+	for _, want := range []string{"fmt/a first", "fmt/a second"} {
+		if got, ok := sub.Next(DefaultTimeout); got != want {
+			t.Errorf("Next() = %q, %v; want %q", got, ok, want)
+		}
+	}
+	if got, ok := sub.Next(50 * time.Millisecond); ok {
+		t.Errorf("Next() = %q with nothing published, want a timeout", got)
+	}
+}
+
+func TestRefusedConnack(t *testing.T) {
+	VerifyNoLeaks(t)
+	broker := StartMosquitto(t, "allow_anonymous false")
+	cases := []struct {
+		version string
+		want    int
+	}{
+		{"mqttv31", 5},   // Connection Refused, not authorized
+		{"mqttv311", 5},  // Connection Refused, not authorized
+		{"mqttv5", 0x87}, // Not authorized
+	}
+	for _, tc := range cases {
+		t.Run(tc.version, func(t *testing.T) {
+			pub := Pub(t, brokerArgs(t, broker.Addr, "-V", tc.version, "-t", "t", "-m", "x")...)
+			if pub.Connack != tc.want {
+				t.Errorf("publisher CONNACK %d, want %d\n%s", pub.Connack, tc.want, pub.Output)
+			}
+			var exitErr *exec.ExitError
+			if !errors.As(pub.Err, &exitErr) || exitErr.ExitCode() != tc.want {
+				t.Errorf("publisher Err = %v, want exit status %d", pub.Err, tc.want)
+			}
+			sub := StartSub(t, brokerArgs(t, broker.Addr, "-V", tc.version, "-t", "t")...)
+			if got := sub.Connack(); got != tc.want {
+				t.Errorf("subscriber CONNACK %d, want %d\n%s", got, tc.want, sub.Output())
+			}
+			if got, ok := sub.Next(time.Minute); ok {
+				t.Errorf("refused subscriber received %q", got)
+			}
+		})
+	}
+	broker.SyncLog(t)
+	broker.SyncLog(t)
+	if got, want := broker.Connections(), 2*len(cases); got != want {
+		t.Errorf("Connections() = %d, want %d: refused clients count, SyncLog's do not\n%s", got, want, broker.Log())
+	}
+	broker.WaitForLog(t, "Sending CONNACK to 127.0.0.1 (0, 135)", DefaultTimeout)
+}
+
+func TestPasswordFileInTempDir(t *testing.T) {
+	VerifyNoLeaks(t)
+	mosquittoPasswd := LookPath(t, "mosquitto_passwd")
+	passwordFile := filepath.Join(t.TempDir(), "passwords")
+	if out, err := exec.Command(mosquittoPasswd, "-b", "-c", passwordFile, "alice", "secret").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd: %v\n%s", err, out)
+	}
+	if err := os.Chmod(passwordFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	broker := StartMosquitto(t, "allow_anonymous false", "password_file "+passwordFile)
+	for password, want := range map[string]int{"secret": 0, "wrong": 5} {
+		pub := Pub(t, brokerArgs(t, broker.Addr, "-u", "alice", "-P", password, "-t", "t", "-m", "x")...)
+		if pub.Connack != want {
+			t.Errorf("password %q: CONNACK %d, want %d\n%s", password, pub.Connack, want, pub.Output)
+		}
+	}
+}
+
+func TestWaitForLogFailsOnTimeout(t *testing.T) {
+	VerifyNoLeaks(t)
+	broker := StartMosquitto(t)
+	outcome := &outcomeTB{TB: t}
+	start := time.Now()
+	broker.WaitForLog(outcome, "no broker logs this", 100*time.Millisecond)
+	if !outcome.failed || !strings.Contains(outcome.message, "running") {
+		t.Errorf("WaitForLog failed %v with %q, want a failure quoting the log", outcome.failed, outcome.message)
+	}
+	if elapsed := time.Since(start); elapsed > 5*time.Second {
+		t.Errorf("WaitForLog took %v with a 100ms timeout", elapsed)
+	}
+	broker.Stop()
+	outcome = &outcomeTB{TB: t}
+	broker.WaitForLog(outcome, "no broker logs this", time.Minute)
+	if !outcome.failed {
+		t.Error("WaitForLog on a stopped broker did not fail")
+	}
+	if !strings.Contains(broker.Log(), "terminating") {
+		t.Errorf("stopped broker did not log its exit:\n%s", broker.Log())
+	}
+}
+
+func TestStartMosquittoPortTaken(t *testing.T) {
+	VerifyNoLeaks(t)
+	binary := LookPath(t, "mosquitto")
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	_, err = startMosquittoOn(binary, t.TempDir(), taken.Addr().(*net.TCPAddr).Port, nil)
+	if !errors.Is(err, errPortTaken) {
+		t.Errorf("starting on a taken port: %v, want errPortTaken", err)
+	}
+}
+
+func TestRecorderRecordsOnly(t *testing.T) {
+	VerifyNoLeaks(t)
+	rec := NewRecorder(t, "")
+	sent := [][]byte{[]byte("first connection"), []byte("second")}
+	var conns []net.Conn
+	for i, b := range sent {
+		conn, err := net.Dial("tcp", rec.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conns = append(conns, conn)
+		rec.WaitAccepted(t, i+1) // keeps the accept order equal to the dial order
+		if _, err := conn.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		rec.WaitReceived(t, i, len(b))
+	}
+	if got := rec.Received(); !slices.EqualFunc(got, sent, bytes.Equal) {
+		t.Errorf("Received() = %q, want %q", got, sent)
+	}
+	if got := rec.Accepted(); got != len(sent) {
+		t.Errorf("Accepted() = %d, want %d", got, len(sent))
+	}
+	conns[0].SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if n, err := conns[0].Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("record-only Recorder answered: %d bytes, %v", n, err)
+	}
+	conns[1].Close()
+	rec.WaitEnded(t, 1)
+	if err := rec.Close(); err != nil {
+		t.Errorf("Close() = %v", err)
+	}
+	if _, err := net.Dial("tcp", rec.Addr); err == nil {
+		t.Error("closed Recorder still accepts connections")
+	}
+}
+
+func TestRecorderRelays(t *testing.T) {
+	VerifyNoLeaks(t)
+	broker := StartMosquitto(t)
+	refusing := StartMosquitto(t, "allow_anonymous false")
+	cases := []struct {
+		name, version string
+		broker        *Mosquitto
+		want          int
+	}{
+		{"accepted v311", "mqttv311", broker, 0},
+		{"accepted v5", "mqttv5", broker, 0},
+		{"refused v311", "mqttv311", refusing, 5},
+		{"refused v5", "mqttv5", refusing, 0x87},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := NewRecorder(t, tc.broker.Addr)
+			pub := Pub(t, brokerArgs(t, rec.Addr, "-V", tc.version, "-i", "relayed", "-t", "relay/t", "-m", "through")...)
+			if pub.Connack != tc.want {
+				t.Fatalf("CONNACK through the Recorder %d, want %d\n%s", pub.Connack, tc.want, pub.Output)
+			}
+			rec.WaitEnded(t, 0)
+			received := rec.Received()
+			if len(received) != 1 || len(received[0]) == 0 || received[0][0] != 0x10 {
+				t.Fatalf("Received() = %x, want one connection starting with CONNECT", received)
+			}
+			if !bytes.Contains(received[0], []byte("relayed")) {
+				t.Errorf("recorded bytes %q lack the client id", received[0])
+			}
+			if wantPublish := tc.want == 0; bytes.Contains(received[0], []byte("through")) != wantPublish {
+				t.Errorf("recorded bytes %q: PUBLISH present should be %v", received[0], wantPublish)
+			}
+		})
+	}
+	for _, b := range []*Mosquitto{broker, refusing} {
+		b.SyncLog(t)
+		if got := b.Connections(); got != 2 {
+			t.Errorf("broker saw %d relayed connections, want 2\n%s", got, b.Log())
+		}
+	}
+}
+
+func TestRecorderForwardUnreachable(t *testing.T) {
+	VerifyNoLeaks(t)
+	rec := NewRecorder(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(FreePort(t))))
+	conn, err := net.Dial("tcp", rec.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(DefaultTimeout))
+	if n, err := conn.Read(make([]byte, 1)); err == nil {
+		t.Errorf("client of an unrelayable connection read %d bytes, want the connection closed", n)
+	}
+	if err := rec.Close(); err == nil || !strings.Contains(err.Error(), "relaying to") {
+		t.Errorf("Close() = %v, want the relay failure", err)
+	}
+}
+
+// closingServer accepts connections and closes each at once, as a server
+// that refuses without a CONNACK does.
+func closingServer(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conn.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+	})
+	return ln.Addr().String()
+}
+
+func TestClientsWithoutConnack(t *testing.T) {
+	VerifyNoLeaks(t)
+	closing := closingServer(t)
+	for _, version := range []string{"mqttv311", "mqttv5"} {
+		t.Run(version, func(t *testing.T) {
+			sub := StartSub(t, brokerArgs(t, closing, "-V", version, "-t", "t")...)
+			if got := sub.Connack(); got != -1 {
+				t.Errorf("subscriber CONNACK %d from a server that sends none, want -1", got)
+			}
+			pub := PubWithTimeout(t, 2*time.Second, brokerArgs(t, closing, "-V", version, "-t", "t", "-m", "x")...)
+			if pub.Connack != -1 || pub.Err == nil {
+				t.Errorf("publisher CONNACK %d, err %v; want -1 and an error\n%s", pub.Connack, pub.Err, pub.Output)
+			}
+		})
+	}
+}
+
+func TestPubTimeout(t *testing.T) {
+	VerifyNoLeaks(t)
+	silent := NewRecorder(t, "")
+	pub := PubWithTimeout(t, 300*time.Millisecond, brokerArgs(t, silent.Addr, "-t", "t", "-m", "x")...)
+	if !errors.Is(pub.Err, context.DeadlineExceeded) || pub.Connack != -1 {
+		t.Errorf("Pub to a silent server: CONNACK %d, err %v; want -1, deadline exceeded", pub.Connack, pub.Err)
+	}
+	silent.WaitReceived(t, 0, 2)
+	if got := silent.Received()[0][0]; got != 0x10 {
+		t.Errorf("first byte the silent server received: %#x, want CONNECT 0x10", got)
+	}
+}
