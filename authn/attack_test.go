@@ -222,8 +222,8 @@ func TestDERSignatures(t *testing.T) {
 	nBytes := append([]byte{0x00}, n.Bytes()...) // positive, minimal: N's top bit is set
 
 	tests := []struct {
-		name            string
-		signature       string
+		name             string
+		signature        string
 		wantRaw, wantDER RefuseReason
 	}{
 		{"raw r||s", raw, "", ""},

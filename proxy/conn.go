@@ -66,7 +66,7 @@ func (p *Proxy) serveConn(s *session, listener string) {
 			reason = reasonInternal
 		}
 		log.Info("authentication refused", zap.String("outcome", "refused"), zap.String("reason", reason), zap.Error(err))
-		refuse(c, pk.ProtocolVersion, refuseCode(err))
+		refuse(c, pk.ProtocolVersion, RefuseCode(authn.ReasonOf(err)))
 		return
 	}
 	log.Info("authentication accepted",
@@ -100,12 +100,13 @@ func (p *Proxy) serveConn(s *session, listener string) {
 	)
 }
 
-// refuseCode maps an authentication failure to its MQTT 5 reason code, as
-// EMQX answers: a token that is absent, unreadable or whose claims do not
-// hold is a bad user name or password; a token whose signature or key does
-// not check out is not authorized.
-func refuseCode(err error) packets.ReasonCode {
-	switch authn.ReasonOf(err) {
+// RefuseCode is the MQTT 5 reason code a client refused for reason gets,
+// as EMQX answers: a token that is absent, unreadable or whose claims do
+// not hold is a bad user name or password; a token whose signature or key
+// does not check out, or a refusal without a reason, is not authorized.
+// packets.ReasonCode.V3ReturnCode gives the MQTT 3.1.1 code.
+func RefuseCode(reason authn.RefuseReason) packets.ReasonCode {
+	switch reason {
 	case authn.ErrTokenMissing, authn.ErrTokenMalformed, authn.ErrTokenExpired,
 		authn.ErrTokenNotYetValid, authn.ErrClaimMismatch:
 		return packets.BadUserNameOrPassword

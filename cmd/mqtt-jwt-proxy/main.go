@@ -6,6 +6,10 @@
 //	mqtt-jwt-proxy serve -config FILE    run the proxy
 //	mqtt-jwt-proxy check -config FILE    validate FILE and exit
 //	mqtt-jwt-proxy version               print the version
+//	mqtt-jwt-proxy token [flags]         mint a test token
+//	mqtt-jwt-proxy keygen [flags]        write a key pair and a JWKS file
+//	mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y] TOKEN
+//	                                     say which authenticator accepts TOKEN, or why not
 package main
 
 import (
@@ -87,15 +91,8 @@ func configFlag(name string, args []string, stderr io.Writer) (string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "configuration file (YAML)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return "", err
-		}
-		return "", errUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "unexpected arguments: %s\n", strings.Join(fs.Args(), " "))
-		return "", errUsage
+	if err := parseFlags(fs, args, 0); err != nil {
+		return "", err
 	}
 	if *path == "" {
 		fmt.Fprintf(stderr, "%s: -config FILE is required\n", name)

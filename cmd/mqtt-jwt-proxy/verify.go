@@ -14,6 +14,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
 )
 
 // maxStdinToken bounds what verify reads for TOKEN "-". It is well above
@@ -137,7 +138,7 @@ func printExplanation(w io.Writer, steps []authn.Step) authn.RefuseReason {
 	if decider != "" {
 		by = " by " + decider
 	}
-	fmt.Fprintf(w, "refused%s (%s): %s\n", by, reason, describeConnack(connackCode(reason)))
+	fmt.Fprintf(w, "refused%s (%s): %s\n", by, reason, describeConnack(proxy.RefuseCode(reason)))
 	return reason
 }
 
@@ -182,19 +183,6 @@ func identityDetail(id authn.Identity) string {
 		exp = id.Expiry.UTC().Format(time.RFC3339)
 	}
 	return fmt.Sprintf("sub=%s exp=%s", strconv.Quote(id.Subject), exp)
-}
-
-// connackCode is the MQTT 5 reason code the proxy refuses a client with,
-// as EMQX does: a token that is absent, unreadable or whose claims do not
-// hold is a bad user name or password; any other refusal is not authorized.
-func connackCode(reason authn.RefuseReason) packets.ReasonCode {
-	switch reason {
-	case authn.ErrTokenMissing, authn.ErrTokenMalformed, authn.ErrTokenExpired,
-		authn.ErrTokenNotYetValid, authn.ErrClaimMismatch:
-		return packets.BadUserNameOrPassword
-	default:
-		return packets.NotAuthorized
-	}
 }
 
 // describeConnack names code as an MQTT 5 client and an MQTT 3.1.1 client

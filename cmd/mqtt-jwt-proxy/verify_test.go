@@ -16,6 +16,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
 )
 
 // writeConfig writes a configuration with the given authentication section
@@ -220,7 +221,7 @@ func TestConnackCode(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(string(tc.reason), func(t *testing.T) {
-			code := connackCode(tc.reason)
+			code := proxy.RefuseCode(tc.reason)
 			v3, ok := code.V3ReturnCode()
 			if code != tc.v5 || v3 != tc.v3 || !ok {
 				t.Errorf("CONNACK 0x%02X / %d (%v), want 0x%02X / %d", byte(code), v3, ok, byte(tc.v5), tc.v3)

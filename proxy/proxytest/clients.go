@@ -117,9 +117,10 @@ func PubWithTimeout(t testing.TB, timeout time.Duration, args ...string) PubResu
 // cleanup.
 type Sub struct {
 	proc *process
-	// nextLine is the index in proc.lines of the first line Next has not
-	// looked at. Guarded by proc.mu.
-	nextLine int
+	// Guarded by proc.mu.
+	nextLine    int  // index in proc.lines of the first line Next has not looked at
+	stopped     bool // Stop was called
+	linesAtStop int  // len(proc.lines) when Stop was called
 }
 
 // StartSub starts mosquitto_sub -d with the arguments and returns once the
@@ -140,7 +141,8 @@ func StartSub(t testing.TB, args ...string) *Sub {
 	if err != nil {
 		t.Fatalf("mosquitto_sub %s: %v", strings.Join(args, " "), err)
 	}
-	t.Cleanup(proc.stop)
+	sub := &Sub{proc: proc}
+	t.Cleanup(sub.Stop)
 	settled := proc.waitLines(DefaultTimeout, func(lines []string) bool {
 		connects := 0
 		for _, line := range lines {
@@ -158,7 +160,7 @@ func StartSub(t testing.TB, args ...string) *Sub {
 	if !settled && !exited {
 		t.Fatalf("mosquitto_sub %s: no SUBACK within %v; output:\n%s", strings.Join(args, " "), DefaultTimeout, proc.output())
 	}
-	return &Sub{proc: proc}
+	return sub
 }
 
 // Connack returns the code of the CONNACK the client reported: a v3 return
@@ -177,11 +179,16 @@ func (s *Sub) Connack() int {
 
 // Next returns the next received message line (the payload, or whatever
 // -F format was passed) within timeout. It returns false on timeout, or at
-// once when the client has exited and every message was returned.
+// once when every message was returned and the client has exited or was
+// stopped.
 func (s *Sub) Next(timeout time.Duration) (string, bool) {
 	message, found := "", false
 	s.proc.wait(timeout, func() bool {
-		for s.nextLine < len(s.proc.lines) {
+		end := len(s.proc.lines)
+		if s.stopped {
+			end = min(end, s.linesAtStop)
+		}
+		for s.nextLine < end {
 			line := s.proc.lines[s.nextLine]
 			s.nextLine++
 			if !debugLine.MatchString(line) {
@@ -189,14 +196,24 @@ func (s *Sub) Next(timeout time.Duration) (string, bool) {
 				return true
 			}
 		}
-		return s.proc.exited
+		return s.proc.exited || s.stopped
 	})
 	return message, found
 }
 
-// Stop ends the client (it sends DISCONNECT) and waits until it has
-// exited. StartSub registers it as a cleanup. Safe to call more than once.
-func (s *Sub) Stop() { s.proc.stop() }
+// Stop ends the client (SIGTERM: it sends DISCONNECT) and waits until it
+// has exited. Next then returns only the lines printed before Stop: on
+// SIGTERM mosquitto_sub logs from its signal handler, which re-enters
+// stdio and can print the last message a second time. StartSub registers
+// Stop as a cleanup. Safe to call more than once.
+func (s *Sub) Stop() {
+	s.proc.change(func() {
+		if !s.stopped {
+			s.stopped, s.linesAtStop = true, len(s.proc.lines)
+		}
+	})
+	s.proc.stop()
+}
 
 // Output returns the client's output so far, for failure messages.
 func (s *Sub) Output() string { return s.proc.output() }
