@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jwk"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
@@ -38,11 +37,7 @@ func TestAttackCorpus(t *testing.T) {
 	}
 	valid := hs256(validClaims)
 	attackerJWK := func(t *testing.T) string {
-		k, err := jwk.FromRaw(keys.attackerRSA.Public())
-		if err != nil {
-			t.Fatal(err)
-		}
-		raw, err := json.Marshal(k)
+		raw, err := json.Marshal(jwksTestKey(t, keys.attackerRSA.Public(), "", nil))
 		if err != nil {
 			t.Fatal(err)
 		}

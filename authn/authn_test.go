@@ -12,8 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,9 +19,7 @@ import (
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jwt"
-	"go.uber.org/goleak"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
@@ -281,8 +277,9 @@ func TestConfigErrors(t *testing.T) {
 // TestNewClosesOnError checks that a config error in a later authenticator
 // stops the JWKS refresher New already started for an earlier one.
 func TestNewClosesOnError(t *testing.T) {
-	verifyNoLeaks(t)
-	server := newJWKSServer(t, jwksOf(t, "k1", testKeys().p256.Public()))
+	verifyNoJWKSLeaks(t)
+	server := newJWKSTestServer(t, false)
+	server.serveKeys(t, jwksTestKey(t, testKeys().p256.Public(), "k1", nil))
 	_, err := New([]configs.Authenticator{
 		{Mechanism: "jwt", UseJWKS: true, Endpoint: server.URL},
 		{Mechanism: "jwt", Algorithm: "hmac-based", Secret: "%", SecretBase64Encoded: true},
@@ -534,55 +531,15 @@ func TestRefuseError(t *testing.T) {
 	}
 }
 
-// verifyNoLeaks fails t if goroutines started during t outlive its
-// cleanups (registered later, so run earlier).
-func verifyNoLeaks(t *testing.T) {
-	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-}
-
-// jwksOf is a JWKS document holding pub under kid.
-func jwksOf(t testing.TB, kid string, pub any) []byte {
-	t.Helper()
-	key, err := jwk.FromRaw(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := key.Set(jwk.KeyIDKey, kid); err != nil {
-		t.Fatal(err)
-	}
-	set := jwk.NewSet()
-	if err := set.AddKey(key); err != nil {
-		t.Fatal(err)
-	}
-	doc, err := json.Marshal(set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return doc
-}
-
-// newJWKSServer serves doc as a JWKS endpoint until the test ends.
-func newJWKSServer(t testing.TB, doc []byte) *httptest.Server {
-	server := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		w.Write(doc)
-	}))
-	t.Cleanup(server.Close)
-	return server
-}
-
 // TestJWKSChain runs tokens through a chain whose keys come from a JWKS
 // endpoint: the chain's part of JWKS (allowlist, kid, reasons), not the
 // provider's (tested with it).
 func TestJWKSChain(t *testing.T) {
-	verifyNoLeaks(t)
+	verifyNoJWKSLeaks(t)
 	keys := testKeys()
-	otherP256, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := newJWKSServer(t, jwksOf(t, "k1", keys.p256.Public()))
+	otherP256 := newJWKSTestECKey(t, elliptic.P256())
+	server := newJWKSTestServer(t, false)
+	server.serveKeys(t, jwksTestKey(t, keys.p256.Public(), "k1", nil))
 	chain := newTestChain(t, configs.Authenticator{Mechanism: "jwt", UseJWKS: true, Endpoint: server.URL})
 
 	tests := []struct {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"slices"
 	"strconv"
@@ -17,7 +16,8 @@ import (
 
 // maxJSONDepth bounds the nesting of header and claims. Real claims (an
 // ACL claim included) nest a few levels; the bound keeps a hostile token
-// from making the decoder recurse 30,000 times.
+// from making the decoder, and the code walking claims, recurse thousands
+// of times.
 const maxJSONDepth = 32
 
 // maxNumericDateSeconds bounds numeric dates, in seconds either side of
@@ -28,78 +28,83 @@ const maxNumericDateSeconds = 1 << 62
 // errDuplicateKey marks a JSON object naming a member twice. Decoders
 // disagree on which value wins, so such a token means different things to
 // the issuer and to us: it is refused, not interpreted.
-var errDuplicateKey = errors.New("duplicate key")
+var errDuplicateKey = errors.New("an object names a key twice")
 
 // decodeJSONObject decodes one JSON object and nothing after it. Numbers
 // stay json.Number so that large integers keep their precision; a key
 // given twice, at any depth, is an error.
 func decodeJSONObject(data []byte) (map[string]any, error) {
+	keys, depth := scanJSON(data)
+	if depth > maxJSONDepth {
+		return nil, fmt.Errorf("nested deeper than %d levels", maxJSONDepth)
+	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
-	start, err := dec.Token()
-	if err != nil {
+	var obj map[string]any
+	if err := dec.Decode(&obj); err != nil {
 		return nil, err
 	}
-	if start != json.Delim('{') {
-		return nil, errors.New("not a JSON object")
+	if obj == nil {
+		return nil, errors.New("null is not a JSON object")
 	}
-	obj, err := decodeObjectMembers(dec, 1)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := dec.Token(); err != io.EOF {
+	if len(bytes.TrimLeft(data[dec.InputOffset():], " \t\r\n")) > 0 {
 		return nil, errors.New("data after the JSON object")
+	}
+	// The decoder keeps one value per key, so a duplicate shows as fewer
+	// keys decoded than written.
+	if decodedKeys(obj) != keys {
+		return nil, errDuplicateKey
 	}
 	return obj, nil
 }
 
-// decodeObjectMembers decodes the members of an object whose '{' was read.
-func decodeObjectMembers(dec *json.Decoder, depth int) (map[string]any, error) {
-	obj := map[string]any{}
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		key := tok.(string) // the decoder allows only strings as object keys
-		if _, dup := obj[key]; dup {
-			return nil, fmt.Errorf("%w %q", errDuplicateKey, key)
-		}
-		if obj[key], err = decodeJSONValue(dec, depth); err != nil {
-			return nil, err
+// scanJSON counts the object keys of data (the strings followed by a
+// colon) and its deepest nesting, without allocating. It does not validate:
+// the decoder does.
+func scanJSON(data []byte) (keys, maxDepth int) {
+	depth := 0
+	for i := 0; i < len(data); i++ {
+		switch data[i] {
+		case '{', '[':
+			depth++
+			maxDepth = max(maxDepth, depth)
+		case '}', ']':
+			depth--
+		case '"':
+			for i++; i < len(data) && data[i] != '"'; i++ {
+				if data[i] == '\\' {
+					i++ // the escaped byte cannot end the string
+				}
+			}
+			j := i + 1
+			for j < len(data) && isJSONSpace(data[j]) {
+				j++
+			}
+			if j < len(data) && data[j] == ':' {
+				keys++
+			}
 		}
 	}
-	_, err := dec.Token() // '}'
-	return obj, err
+	return keys, maxDepth
 }
 
-// decodeJSONValue decodes the next value; depth counts the containers
-// around it.
-func decodeJSONValue(dec *json.Decoder, depth int) (any, error) {
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	delim, isDelim := tok.(json.Delim)
-	if !isDelim {
-		return tok, nil
-	}
-	if depth >= maxJSONDepth {
-		return nil, fmt.Errorf("nested deeper than %d levels", maxJSONDepth)
-	}
-	if delim == '{' {
-		return decodeObjectMembers(dec, depth+1)
-	}
-	arr := []any{}
-	for dec.More() {
-		v, err := decodeJSONValue(dec, depth+1)
-		if err != nil {
-			return nil, err
+func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+// decodedKeys counts the keys of the objects in v, nested ones included.
+func decodedKeys(v any) int {
+	n := 0
+	switch v := v.(type) {
+	case map[string]any:
+		n += len(v)
+		for _, e := range v {
+			n += decodedKeys(e)
 		}
-		arr = append(arr, v)
+	case []any:
+		for _, e := range v {
+			n += decodedKeys(e)
+		}
 	}
-	_, err = dec.Token() // ']'
-	return arr, err
+	return n
 }
 
 // claimRules are an authenticator's checks on a token's claims.
@@ -161,7 +166,7 @@ type checkedClaims struct {
 // reports problems: types, presence, time, then values.
 func (r *claimRules) check(claims map[string]any, req *Request, now time.Time) (checkedClaims, error) {
 	var out checkedClaims
-	times := map[string]time.Time{}
+	times := make(map[string]time.Time, len(timeClaims)) // the time claims present
 	for _, name := range timeClaims {
 		v, present := claims[name]
 		if !present {
@@ -189,14 +194,14 @@ func (r *claimRules) check(claims map[string]any, req *Request, now time.Time) (
 		}
 	}
 
-	if exp, ok := times["exp"]; ok {
+	if exp, present := times["exp"]; present {
 		if !exp.After(now.Add(-r.leeway)) {
 			return out, fmt.Errorf("%w: exp %s is not after %s (leeway %s)", ErrTokenExpired, exp.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), r.leeway)
 		}
 		out.expiry = exp
 	}
 	for _, name := range []string{"nbf", "iat"} {
-		if t, ok := times[name]; ok && t.After(now.Add(r.leeway)) {
+		if t, present := times[name]; present && t.After(now.Add(r.leeway)) {
 			return out, fmt.Errorf("%w: %s %s is after %s (leeway %s)", ErrTokenNotYetValid, name, t.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), r.leeway)
 		}
 	}

@@ -152,6 +152,24 @@ func (f *File) Validate() error {
 		errs = append(errs, a.validate(fmt.Sprintf("authentication[%d]", i))...)
 	}
 
+	for _, v := range []struct {
+		key string
+		n   float64
+	}{
+		{"limits.max_connections", float64(f.Limits.MaxConnections)},
+		{"limits.max_pending_connects", float64(f.Limits.MaxPendingConnects)},
+		{"limits.per_ip_connect_rate", f.Limits.PerIPConnectRate},
+		{"limits.per_ip_connect_burst", float64(f.Limits.PerIPConnectBurst)},
+	} {
+		if v.n < 0 {
+			bad("%s: must not be negative", v.key)
+		}
+	}
+	for i, l := range f.Listeners {
+		if l.MaxConnections < 0 {
+			bad("listeners[%d].max_connections: must not be negative", i)
+		}
+	}
 	if f.Limits.MaxConnectSize < 0 {
 		bad("limits.max_connect_size: must not be negative")
 	}

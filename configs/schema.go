@@ -28,6 +28,9 @@ type Listener struct {
 	Name string `yaml:"name"`
 	// Bind is the host:port to listen on. Required.
 	Bind string `yaml:"bind"`
+	// MaxConnections caps this listener's open connections; over it, new
+	// ones are closed at accept. Zero means no cap of its own.
+	MaxConnections int `yaml:"max_connections"`
 }
 
 // EmbeddedAddress is the upstream address that starts the in-process broker.
@@ -134,6 +137,20 @@ type Limits struct {
 	// MaxConnectSize is the largest CONNECT packet accepted, in bytes,
 	// fixed header included. Zero means 65536.
 	MaxConnectSize int `yaml:"max_connect_size"`
+	// MaxConnections caps open client connections over all listeners;
+	// over it, new ones are closed at accept, before anything is read.
+	// Zero means no cap.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxPendingConnects caps connections that have not finished their
+	// CONNECT; over it the longest-waiting one is closed to make room, so
+	// an idle flood cannot starve real clients. Zero means no cap.
+	MaxPendingConnects int `yaml:"max_pending_connects"`
+	// PerIPConnectRate is how many new connections per second one client
+	// IP may open (token bucket). Zero means no limit.
+	PerIPConnectRate float64 `yaml:"per_ip_connect_rate"`
+	// PerIPConnectBurst is the bucket size. Zero means the rate rounded
+	// up, at least 1.
+	PerIPConnectBurst int `yaml:"per_ip_connect_burst"`
 }
 
 // Log selects the log output.

@@ -31,20 +31,26 @@ const (
 
 // serveConn runs one client connection: read CONNECT under the connect
 // deadline, decide, then refuse or dial and splice.
-func (p *Proxy) serveConn(s *session, listener string) {
-	defer p.trackSession(s, false)
+func (p *Proxy) serveConn(s *session) {
+	defer p.release(s)
 	c := s.client
 	defer c.Close()
 	start := time.Now()
-	log := p.logger().With(zap.String("listener", listener), zap.String("remote", c.RemoteAddr().String()))
+	log := p.logger().With(zap.String("listener", s.listener), zap.String("remote", c.RemoteAddr().String()))
 
-	deadline := start.Add(p.connectTimeout())
+	limits := &s.policy.limits
+	deadline := start.Add(limits.connectTimeout())
 	c.SetReadDeadline(deadline)
-	pk, err := packets.ReadConnect(c, p.MaxConnectSize)
+	pk, err := packets.ReadConnect(c, limits.MaxConnectSize)
 	if err != nil {
-		p.rejectPacket(c, err, log)
+		if s.evicted.Load() {
+			log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", limitPending))
+			return
+		}
+		p.Metrics.decided("refused", p.rejectPacket(c, err, log), time.Since(start))
 		return
 	}
+	read := time.Now()
 	log = log.With(
 		zap.String("client_id", pk.ClientID),
 		zap.String("username", pk.Username),
@@ -52,7 +58,7 @@ func (p *Proxy) serveConn(s *session, listener string) {
 	)
 
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	id, err := p.Verifier.Verify(ctx, authn.Request{
+	id, err := s.policy.verifier.Verify(ctx, authn.Request{
 		ClientID:    pk.ClientID,
 		Username:    pk.Username,
 		HasUsername: pk.UsernameFlag,
@@ -60,15 +66,18 @@ func (p *Proxy) serveConn(s *session, listener string) {
 		HasPassword: pk.PasswordFlag,
 	})
 	cancel()
+	p.decided(s)
 	if err != nil {
 		reason := string(authn.ReasonOf(err))
 		if reason == "" {
 			reason = reasonInternal
 		}
+		p.Metrics.decided("refused", reason, time.Since(read))
 		log.Info("authentication refused", zap.String("outcome", "refused"), zap.String("reason", reason), zap.Error(err))
 		refuse(c, pk.ProtocolVersion, RefuseCode(authn.ReasonOf(err)))
 		return
 	}
+	p.Metrics.decided("accepted", "", time.Since(read))
 	log.Info("authentication accepted",
 		zap.String("outcome", "accepted"),
 		zap.String("authenticator", id.Authenticator),
@@ -93,9 +102,11 @@ func (p *Proxy) serveConn(s *session, listener string) {
 		return
 	}
 	fromClient, toClient := p.splice(c, up)
+	fromClient += int64(len(pk.Raw))
+	p.Metrics.proxied(fromClient, toClient)
 	log.Info("connection closed",
 		zap.Duration("duration", time.Since(start)),
-		zap.Int64("bytes_from_client", fromClient+int64(len(pk.Raw))),
+		zap.Int64("bytes_from_client", fromClient),
 		zap.Int64("bytes_to_client", toClient),
 	)
 }
@@ -117,8 +128,8 @@ func RefuseCode(reason authn.RefuseReason) packets.ReasonCode {
 
 // rejectPacket ends a connection whose first packet could not be read or
 // accepted: with a CONNACK where the client's version has a code for the
-// failure, else by closing.
-func (p *Proxy) rejectPacket(c net.Conn, err error, log *zap.Logger) {
+// failure, else by closing. It returns the reason it logged.
+func (p *Proxy) rejectPacket(c net.Conn, err error, log *zap.Logger) string {
 	reason := reasonReadFailed
 	var perr *packets.Error
 	switch {
@@ -127,7 +138,7 @@ func (p *Proxy) rejectPacket(c net.Conn, err error, log *zap.Logger) {
 		if _, ok := perr.Code.V3ReturnCode(); perr.Version != 0 && (ok || perr.Version == packets.ProtocolV5) {
 			log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", reason), zap.Uint8("protocol_version", perr.Version), zap.Error(err))
 			refuse(c, perr.Version, perr.Code)
-			return
+			return reason
 		}
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		reason = reasonConnectTimeout
@@ -136,6 +147,7 @@ func (p *Proxy) rejectPacket(c net.Conn, err error, log *zap.Logger) {
 	}
 	log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", reason), zap.Error(err))
 	lingerClose(c)
+	return reason
 }
 
 func packetReason(err *packets.Error) string {

@@ -20,11 +20,13 @@
 package proxy
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -66,12 +68,10 @@ type Proxy struct {
 	// DialTimeout bounds connecting to the broker. Zero means
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
-	// ConnectTimeout is how long a client has, from accept, to send its
-	// whole CONNECT and be authenticated. Zero means DefaultConnectTimeout.
-	ConnectTimeout time.Duration
-	// MaxConnectSize caps the CONNECT packet in bytes. Zero means
-	// packets.DefaultMaxConnectSize.
-	MaxConnectSize int
+	// Limits bound what clients may cost before they are authenticated.
+	// The zero value applies the default timeouts and sizes and no cap.
+	// Reload replaces them while the proxy runs.
+	Limits Limits
 	// HalfCloseTimeout is how long the other direction may go on after one
 	// side of a proxied connection has closed its sending half. Zero means
 	// DefaultHalfCloseTimeout.
@@ -79,18 +79,37 @@ type Proxy struct {
 	// Logger receives one line per decision and per closed connection.
 	// Nil means no logs.
 	Logger *zap.Logger
+	// Metrics, if set, records Prometheus metrics (see NewMetrics).
+	Metrics *Metrics
 
-	mu        sync.Mutex
-	closed    bool
-	listeners map[net.Listener]struct{}
-	sessions  map[*session]struct{}
-	wg        sync.WaitGroup
+	policyOnce sync.Once
+	policy     atomic.Pointer[policy]
+
+	mu          sync.Mutex // guards the fields below and session.upstream, session.pending
+	closed      bool
+	listeners   map[net.Listener]struct{}
+	sessions    map[*session]struct{}
+	perListener map[string]int // open sessions per listener name
+	pending     list.List      // sessions still in CONNECT, oldest first
+	wg          sync.WaitGroup
+}
+
+// policy is what Reload replaces: it applies to connections accepted
+// after the change, while established ones keep what they started with.
+type policy struct {
+	verifier authn.Verifier
+	limits   Limits
+	rates    *ipRates
 }
 
 // session is one client connection, from accept to close.
 type session struct {
 	client   net.Conn
-	upstream net.Conn // nil until dialed; guarded by Proxy.mu
+	listener string
+	policy   *policy
+	upstream net.Conn      // nil until dialed
+	pending  *list.Element // in Proxy.pending until the CONNECT is decided
+	evicted  atomic.Bool   // closed to make room for newer pending connects
 }
 
 // Serve accepts connections on ln and serves each in its own goroutine
@@ -126,13 +145,35 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 			return fmt.Errorf("proxy: listener %s: %w", name, err)
 		}
 		backoff = 0
-		s := &session{client: c}
-		if !p.trackSession(s, true) {
+		s := &session{client: c, listener: name, policy: p.currentPolicy()}
+		switch kind, ok := p.admit(s); {
+		case !ok && kind == "":
 			c.Close()
 			return ErrProxyClosed
+		case !ok:
+			p.Metrics.limitHit(kind)
+			p.logger().Info("connection refused by limit", zap.String("listener", name),
+				zap.String("remote", c.RemoteAddr().String()), zap.String("outcome", "refused"), zap.String("reason", kind))
+			c.Close()
+		default:
+			go p.serveConn(s)
 		}
-		go p.serveConn(s, name)
 	}
+}
+
+// Reload makes v and l apply to connections accepted from now on;
+// established connections are untouched. Counters (open and pending
+// connections) carry over; per-IP rate state starts afresh.
+func (p *Proxy) Reload(v authn.Verifier, l Limits) {
+	p.policyOnce.Do(func() {})
+	p.policy.Store(&policy{verifier: v, limits: l, rates: newIPRates(l.PerIPConnectRate, l.PerIPConnectBurst)})
+}
+
+func (p *Proxy) currentPolicy() *policy {
+	p.policyOnce.Do(func() {
+		p.policy.Store(&policy{verifier: p.Verifier, limits: p.Limits, rates: newIPRates(p.Limits.PerIPConnectRate, p.Limits.PerIPConnectBurst)})
+	})
+	return p.policy.Load()
 }
 
 // Close stops every listener and closes every connection at once.
@@ -176,7 +217,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 
 func (p *Proxy) check() error {
 	switch {
-	case p.Verifier == nil:
+	case p.currentPolicy().verifier == nil:
 		return errors.New("proxy: Verifier is required")
 	case p.Upstream == "" && p.DialUpstream == nil:
 		return errors.New("proxy: Upstream or DialUpstream is required")
@@ -207,23 +248,63 @@ func (p *Proxy) trackListener(ln net.Listener, add bool) bool {
 	return true
 }
 
-func (p *Proxy) trackSession(s *session, add bool) bool {
+// admit registers a newly accepted session if the limits allow it. It
+// returns the kind of limit that refused it, or ok; "" and !ok when the
+// proxy is closing. Over MaxPendingConnects, the oldest pending session is
+// evicted instead of refusing the new one.
+func (p *Proxy) admit(s *session) (kind string, ok bool) {
+	l := &s.policy.limits
+	if !s.policy.rates.allow(s.client.RemoteAddr(), time.Now()) {
+		return limitRate, false
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if !add {
-		delete(p.sessions, s)
-		p.wg.Done()
-		return true
+	switch {
+	case p.closed:
+		return "", false
+	case l.MaxConnections > 0 && len(p.sessions) >= l.MaxConnections:
+		return limitMaxConnections, false
+	case l.MaxListenerConnections[s.listener] > 0 && p.perListener[s.listener] >= l.MaxListenerConnections[s.listener]:
+		return limitListenerConnections, false
 	}
-	if p.closed {
-		return false
+	if l.MaxPendingConnects > 0 && p.pending.Len() >= l.MaxPendingConnects {
+		oldest := p.pending.Remove(p.pending.Front()).(*session)
+		oldest.pending = nil
+		oldest.evicted.Store(true)
+		oldest.client.Close()
+		p.Metrics.limitHit(limitPending)
 	}
 	if p.sessions == nil {
 		p.sessions = make(map[*session]struct{})
+		p.perListener = make(map[string]int)
 	}
 	p.sessions[s] = struct{}{}
+	p.perListener[s.listener]++
+	s.pending = p.pending.PushBack(s)
 	p.wg.Add(1)
-	return true
+	p.Metrics.connOpened(s.listener)
+	return "", true
+}
+
+// decided takes s off the pending list: its CONNECT has been answered.
+func (p *Proxy) decided(s *session) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s.pending != nil {
+		p.pending.Remove(s.pending)
+		s.pending = nil
+	}
+}
+
+// release forgets s; it is the last thing serveConn does.
+func (p *Proxy) release(s *session) {
+	p.decided(s)
+	p.mu.Lock()
+	delete(p.sessions, s)
+	p.perListener[s.listener]--
+	p.mu.Unlock()
+	p.Metrics.connClosed(s.listener)
+	p.wg.Done()
 }
 
 // setUpstream records the dialed upstream so Close can reach it; it
@@ -246,21 +327,29 @@ func (p *Proxy) logger() *zap.Logger {
 }
 
 func (p *Proxy) dialTimeout() time.Duration { return orDefault(p.DialTimeout, DefaultDialTimeout) }
-func (p *Proxy) connectTimeout() time.Duration {
-	return orDefault(p.ConnectTimeout, DefaultConnectTimeout)
-}
+
 func (p *Proxy) halfCloseTimeout() time.Duration {
 	return orDefault(p.HalfCloseTimeout, DefaultHalfCloseTimeout)
 }
 
+func (l *Limits) connectTimeout() time.Duration {
+	return orDefault(l.ConnectTimeout, DefaultConnectTimeout)
+}
+
 func (p *Proxy) dial() (net.Conn, error) {
+	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), p.dialTimeout())
 	defer cancel()
+	var c net.Conn
+	var err error
 	if p.DialUpstream != nil {
-		return p.DialUpstream(ctx)
+		c, err = p.DialUpstream(ctx)
+	} else {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, "tcp", p.Upstream)
 	}
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", p.Upstream)
+	p.Metrics.dialed(time.Since(start), err)
+	return c, err
 }
 
 func orDefault(d, def time.Duration) time.Duration {

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -104,7 +103,7 @@ func dial(t *testing.T, addr string) net.Conn {
 }
 
 func TestRefusalConnackCodes(t *testing.T) {
-	verifyNoLeaks(t)
+	proxytest.VerifyNoLeaks(t)
 	rec := proxytest.NewRecorder(t, "")
 	addr := startProxy(t, &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}})
 
@@ -147,7 +146,7 @@ func TestRefusalConnackCodes(t *testing.T) {
 // TestPipelinedBytes: MQTT lets a client send packets right after CONNECT,
 // before CONNACK. They reach the broker only if the CONNECT was accepted.
 func TestPipelinedBytes(t *testing.T) {
-	verifyNoLeaks(t)
+	proxytest.VerifyNoLeaks(t)
 	for _, version := range []byte{packets.ProtocolV311, packets.ProtocolV5} {
 		refused := append(connectPacket(t, version, string(authn.ErrBadSignature)), publishPacket("leak")...)
 		accepted := append(connectPacket(t, version, "good"), publishPacket("hello")...)
@@ -174,14 +173,14 @@ func TestPipelinedBytes(t *testing.T) {
 }
 
 func TestMalformedFirstPackets(t *testing.T) {
-	verifyNoLeaks(t)
+	proxytest.VerifyNoLeaks(t)
 	rec := proxytest.NewRecorder(t, "")
 	core, logs := observer.New(zap.InfoLevel)
 	addr := startProxy(t, &Proxy{
-		Upstream:       rec.Addr,
-		Verifier:       passwordVerifier{},
-		ConnectTimeout: 500 * time.Millisecond,
-		Logger:         zap.New(core),
+		Upstream: rec.Addr,
+		Verifier: passwordVerifier{},
+		Limits:   Limits{ConnectTimeout: 500 * time.Millisecond},
+		Logger:   zap.New(core),
 	})
 
 	good := connectPacket(t, packets.ProtocolV311, "good")
@@ -227,7 +226,7 @@ func TestMalformedFirstPackets(t *testing.T) {
 }
 
 func TestUpstreamUnavailable(t *testing.T) {
-	verifyNoLeaks(t)
+	proxytest.VerifyNoLeaks(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -252,7 +251,7 @@ func TestUpstreamUnavailable(t *testing.T) {
 // half still receives what the broker sends before it closes, and the
 // broker sees the end of the stream.
 func TestHalfClose(t *testing.T) {
-	verifyNoLeaks(t)
+	proxytest.VerifyNoLeaks(t)
 	up, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -298,10 +297,4 @@ func TestServeAfterClose(t *testing.T) {
 	if err := (&Proxy{}).Serve(ln, "x"); err == nil || errors.Is(err, ErrProxyClosed) {
 		t.Errorf("Serve without Verifier = %v, want a configuration error", err)
 	}
-}
-
-// verifyNoLeaks checks, after every other cleanup of t has run (the
-// proxy's Close among them), that no goroutine was left behind.
-func verifyNoLeaks(t *testing.T) {
-	t.Cleanup(func() { goleak.VerifyNone(t) })
 }

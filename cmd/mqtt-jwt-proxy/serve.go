@@ -80,12 +80,11 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 
 	p := &proxy.Proxy{
-		Upstream:       upstream,
-		Verifier:       chain,
-		DialTimeout:    cfg.Upstream.DialTimeout.Or(0),
-		ConnectTimeout: cfg.Limits.ConnectTimeout.Or(0),
-		MaxConnectSize: cfg.Limits.MaxConnectSize,
-		Logger:         logger,
+		Upstream:    upstream,
+		Verifier:    chain,
+		DialTimeout: cfg.Upstream.DialTimeout.Or(0),
+		Limits:      proxyLimits(cfg),
+		Logger:      logger,
 	}
 	listeners := make([]net.Listener, 0, len(cfg.Listeners))
 	for _, l := range cfg.Listeners {
@@ -152,4 +151,24 @@ func brokerLogCore(logger *zap.Logger) zapcore.Core {
 		return warn
 	}
 	return core // already at error level or above
+}
+
+// proxyLimits translates the limits section of cfg for the proxy.
+func proxyLimits(cfg *configs.File) proxy.Limits {
+	l := cfg.Limits
+	perListener := make(map[string]int)
+	for _, ln := range cfg.Listeners {
+		if ln.MaxConnections > 0 {
+			perListener[ln.Name] = ln.MaxConnections
+		}
+	}
+	return proxy.Limits{
+		ConnectTimeout:         l.ConnectTimeout.Or(0),
+		MaxConnectSize:         l.MaxConnectSize,
+		MaxConnections:         l.MaxConnections,
+		MaxListenerConnections: perListener,
+		MaxPendingConnects:     l.MaxPendingConnects,
+		PerIPConnectRate:       l.PerIPConnectRate,
+		PerIPConnectBurst:      l.PerIPConnectBurst,
+	}
 }

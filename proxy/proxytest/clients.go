@@ -68,7 +68,8 @@ func parseConnack(output string) int {
 	return code
 }
 
-// PubResult is what one mosquitto_pub run reported.
+// PubResult is what one mosquitto_pub run reported. The zero value, with
+// Connack 0, reads as an accepted run; only Pub makes one.
 type PubResult struct {
 	// Output is its standard output and standard error, interleaved.
 	Output string
@@ -114,7 +115,7 @@ func PubWithTimeout(t testing.TB, timeout time.Duration, args ...string) PubResu
 }
 
 // Sub is a running mosquitto_sub, started by StartSub and stopped at test
-// cleanup.
+// cleanup. The zero value is not a client; use StartSub.
 type Sub struct {
 	proc *process
 	// Guarded by proc.mu.

@@ -38,7 +38,8 @@ const (
 var errPortTaken = errors.New("port already in use")
 
 // Mosquitto is a mosquitto broker process on a free loopback port, started
-// by StartMosquitto and stopped at test cleanup.
+// by StartMosquitto and stopped at test cleanup. The zero value is not a
+// broker; use StartMosquitto.
 type Mosquitto struct {
 	// Addr is the broker's MQTT listener, 127.0.0.1:port.
 	Addr string
@@ -120,11 +121,13 @@ func startMosquittoOn(binary, dir string, port int, extraConfig []string) (*Mosq
 		}, nil
 	}
 	proc.stop()
+	var exitErr error
+	proc.read(func() { exitErr = proc.err })
 	log := proc.output()
 	if strings.Contains(log, logPortTaken) {
 		return nil, fmt.Errorf("port %d: %w\n%s", port, errPortTaken, log)
 	}
-	return nil, fmt.Errorf("not ready within %v (exit: %v); log:\n%s", DefaultTimeout, proc.err, log)
+	return nil, fmt.Errorf("not ready within %v (exit: %v); log:\n%s", DefaultTimeout, exitErr, log)
 }
 
 // Stop ends the broker (SIGTERM, then kill after a grace period) and waits

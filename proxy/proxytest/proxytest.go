@@ -6,17 +6,19 @@
 // Typical usage:
 //
 //	func TestPublishThroughProxy(t *testing.T) {
-//		proxytest.VerifyNoLeaks(t) // first, so it checks after every cleanup
+//		proxytest.RequireMosquitto(t)   // skip (or fail in CI) before starting anything
+//		proxytest.VerifyNoLeaks(t)      // first cleanup registered, so it runs last
 //		broker := proxytest.StartMosquitto(t)
 //		proxyAddr := startProxy(t, broker.Addr) // the code under test
+//		client := append(proxytest.AddrArgs(t, proxyAddr), "-V", "mqttv5", "-u", "device", "-P", token, "-t", "t/1")
 //
-//		sub := proxytest.StartSub(t, append(proxytest.AddrArgs(t, proxyAddr), "-t", "t/1", "-P", token)...)
-//		pub := proxytest.Pub(t, append(proxytest.AddrArgs(t, proxyAddr), "-t", "t/1", "-m", "hello", "-P", token)...)
+//		sub := proxytest.StartSub(t, client...)
+//		pub := proxytest.Pub(t, append(client, "-m", "hello")...)
 //		if pub.Connack != 0 || sub.Connack() != 0 {
 //			t.Fatalf("refused: pub %d, sub %d\n%s", pub.Connack, sub.Connack(), pub.Output)
 //		}
-//		if msg, ok := sub.Next(proxytest.DefaultTimeout); !ok || msg != "hello" {
-//			t.Errorf("subscriber got %q, %v", msg, ok)
+//		if msg, ok := sub.Next(proxytest.DefaultTimeout); msg != "hello" {
+//			t.Errorf("subscriber got %q, %v; want hello", msg, ok)
 //		}
 //	}
 //
@@ -89,6 +91,20 @@ func LookPath(t testing.TB, name string) string {
 	return ""
 }
 
+// RequireMosquitto looks up every binary the harness runs (mosquitto,
+// mosquitto_pub, mosquitto_sub, and stdbuf for StartSub), skipping or
+// failing the test as LookPath does when one is missing. Call it first in a
+// test that needs them, so the test skips before it starts anything, rather
+// than part-way with its later assertions unchecked.
+func RequireMosquitto(t testing.TB) {
+	t.Helper()
+	for _, name := range []string{"mosquitto", "mosquitto_pub", "mosquitto_sub", "stdbuf"} {
+		if LookPath(t, name) == "" {
+			return
+		}
+	}
+}
+
 // FreePort returns a TCP port that was free on 127.0.0.1 a moment ago.
 // Another process may take it before the caller binds it; StartMosquitto
 // retries in that case.
@@ -113,14 +129,15 @@ func AddrArgs(t testing.TB, addr string) []string {
 	return []string{"-h", host, "-p", port}
 }
 
-// VerifyNoLeaks checks at the end of the test that no goroutine is left
-// over. Call it first in a test: it runs as a cleanup, and cleanups run
-// last-registered first, so it runs after the cleanups that stop brokers,
-// clients and recorders. A deferred goleak.VerifyNone would run before
-// them and see their goroutines still running.
-func VerifyNoLeaks(t testing.TB) {
+// VerifyNoLeaks checks at the end of the test, with goleak.VerifyNone and
+// options, that no goroutine is left over. Call it first in a test: it
+// runs as a cleanup, and cleanups run last-registered first, so it runs
+// after the cleanups that stop brokers, clients and recorders. A deferred
+// goleak.VerifyNone runs before any cleanup and would report their
+// goroutines as leaks.
+func VerifyNoLeaks(t testing.TB, options ...goleak.Option) {
 	t.Helper()
-	t.Cleanup(func() { goleak.VerifyNone(t) })
+	t.Cleanup(func() { goleak.VerifyNone(t, options...) })
 }
 
 // watched is state guarded by mu that goroutines can wait on, with a

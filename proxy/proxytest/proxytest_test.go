@@ -35,13 +35,24 @@ func (o *outcomeTB) Fatalf(format string, args ...any) {
 	o.failed, o.message = true, fmt.Sprintf(format, args...)
 }
 
+func (o *outcomeTB) Error(args ...any) {
+	o.failed, o.message = true, fmt.Sprint(args...)
+}
+
 func TestLookPath(t *testing.T) {
+	// A PATH holding one executable, so the test does not depend on what
+	// the machine has installed.
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "mosquitto_present"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin)
 	cases := []struct {
 		name, binary, env    string
 		wantFound            bool
 		wantSkip, wantFailed bool
 	}{
-		{name: "present", binary: "sh", env: "1", wantFound: true},
+		{name: "present", binary: "mosquitto_present", env: "1", wantFound: true},
 		{name: "missing, env unset", binary: "mosquitto_missing", env: "", wantSkip: true},
 		{name: "missing, env 0", binary: "mosquitto_missing", env: "0", wantSkip: true},
 		{name: "missing, env false", binary: "mosquitto_missing", env: "false", wantSkip: true},
@@ -65,6 +76,14 @@ func TestLookPath(t *testing.T) {
 			}
 		})
 	}
+	t.Run("RequireMosquitto", func(t *testing.T) {
+		t.Setenv(RequireEnv, "")
+		outcome := &outcomeTB{TB: t}
+		RequireMosquitto(outcome) // mosquitto_pub is not in this PATH nor an sbin directory
+		if !outcome.skipped || !strings.Contains(outcome.message, "mosquitto_pub") {
+			t.Errorf("RequireMosquitto without mosquitto_pub: skipped %v (%q), want a skip naming it", outcome.skipped, outcome.message)
+		}
+	})
 }
 
 func TestFreePortAndAddrArgs(t *testing.T) {
@@ -80,12 +99,32 @@ func TestFreePortAndAddrArgs(t *testing.T) {
 	}
 }
 
+func TestVerifyNoLeaksReportsLeftovers(t *testing.T) {
+	outcome := &outcomeTB{TB: t}
+	release := make(chan struct{})
+	// Cleanups run last-registered first: the check, then this assertion,
+	// then the release that ends the deliberately leaked goroutine.
+	t.Cleanup(func() { close(release) })
+	t.Cleanup(func() {
+		if !outcome.failed || !strings.Contains(outcome.message, "leftoverGoroutine") {
+			t.Errorf("VerifyNoLeaks did not report the leftover goroutine: %q", outcome.message)
+		}
+	})
+	VerifyNoLeaks(outcome)
+	go leftoverGoroutine(release)
+}
+
+// leftoverGoroutine blocks until release is closed; its name is what the
+// leak report must show.
+func leftoverGoroutine(release <-chan struct{}) { <-release }
+
 // brokerArgs returns the client arguments that reach addr, followed by args.
 func brokerArgs(t *testing.T, addr string, args ...string) []string {
 	return append(AddrArgs(t, addr), args...)
 }
 
 func TestPubSubThroughMosquitto(t *testing.T) {
+	RequireMosquitto(t)
 	VerifyNoLeaks(t)
 	broker := StartMosquitto(t)
 	cases := []struct{ version, qos string }{
@@ -123,6 +162,7 @@ func TestPubSubThroughMosquitto(t *testing.T) {
 }
 
 func TestSubFormat(t *testing.T) {
+	RequireMosquitto(t)
 	VerifyNoLeaks(t)
 	broker := StartMosquitto(t)
 	sub := StartSub(t, brokerArgs(t, broker.Addr, "-t", "fmt/#", "-F", "%t %p")...)
@@ -142,6 +182,7 @@ func TestSubFormat(t *testing.T) {
 }
 
 func TestRefusedConnack(t *testing.T) {
+	RequireMosquitto(t)
 	VerifyNoLeaks(t)
 	broker := StartMosquitto(t, "allow_anonymous false")
 	cases := []struct {
@@ -180,8 +221,9 @@ func TestRefusedConnack(t *testing.T) {
 }
 
 func TestPasswordFileInTempDir(t *testing.T) {
-	VerifyNoLeaks(t)
+	RequireMosquitto(t)
 	mosquittoPasswd := LookPath(t, "mosquitto_passwd")
+	VerifyNoLeaks(t)
 	passwordFile := filepath.Join(t.TempDir(), "passwords")
 	if out, err := exec.Command(mosquittoPasswd, "-b", "-c", passwordFile, "alice", "secret").CombinedOutput(); err != nil {
 		t.Fatalf("mosquitto_passwd: %v\n%s", err, out)
@@ -274,6 +316,7 @@ func TestRecorderRecordsOnly(t *testing.T) {
 }
 
 func TestRecorderRelays(t *testing.T) {
+	RequireMosquitto(t)
 	VerifyNoLeaks(t)
 	broker := StartMosquitto(t)
 	refusing := StartMosquitto(t, "allow_anonymous false")
@@ -358,6 +401,7 @@ func closingServer(t *testing.T) string {
 }
 
 func TestClientsWithoutConnack(t *testing.T) {
+	RequireMosquitto(t)
 	VerifyNoLeaks(t)
 	closing := closingServer(t)
 	for _, version := range []string{"mqttv311", "mqttv5"} {
@@ -375,6 +419,7 @@ func TestClientsWithoutConnack(t *testing.T) {
 }
 
 func TestPubTimeout(t *testing.T) {
+	RequireMosquitto(t)
 	VerifyNoLeaks(t)
 	silent := NewRecorder(t, "")
 	pub := PubWithTimeout(t, 300*time.Millisecond, brokerArgs(t, silent.Addr, "-t", "t", "-m", "x")...)

@@ -13,7 +13,7 @@ import (
 // connections and records every byte received on each. With a forward
 // address it relays each connection to a real broker, so a client gets
 // real answers while the test sees exactly what went upstream; without
-// one it never answers.
+// one it never answers. The zero value is not a server; use NewRecorder.
 type Recorder struct {
 	// Addr is the loopback address the Recorder listens on, host:port.
 	Addr string
@@ -25,7 +25,7 @@ type Recorder struct {
 	watched
 	// Guarded by mu.
 	received [][]byte          // per accepted connection, in accept order
-	ended    []bool            // per accepted connection: the client's side has ended
+	ended    []bool            // per accepted connection: no more bytes will be recorded
 	open     map[net.Conn]bool // connections to close at Close, client and upstream
 	closed   bool              // Close has begun; new connections are dropped
 	errs     []error           // failures to reach forward
@@ -227,8 +227,9 @@ func (r *Recorder) WaitReceived(t testing.TB, conn, n int) {
 	}
 }
 
-// WaitEnded waits until the client side of connection conn has ended
-// (closed, half-closed or reset), or fails the test after DefaultTimeout.
+// WaitEnded waits until the Recorder stopped reading connection conn (the
+// client closed, half-closed or reset it, or relaying it failed), or fails
+// the test after DefaultTimeout. Received then holds all it will hold.
 func (r *Recorder) WaitEnded(t testing.TB, conn int) {
 	t.Helper()
 	if !r.wait(DefaultTimeout, func() bool { return conn < len(r.ended) && r.ended[conn] }) {
