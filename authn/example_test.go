@@ -54,9 +54,13 @@ func ExampleChain_Explain() {
 
 	req := authn.Request{ClientID: "c1", Username: exampleToken, HasUsername: true}
 	for _, step := range chain.Explain(context.Background(), req) {
-		fmt.Printf("%s: %s %s\n", step.Authenticator, step.Outcome, authn.ReasonOf(step.Err))
+		if step.Err != nil {
+			fmt.Printf("%s: %s (%s)\n", step.Authenticator, step.Outcome, authn.ReasonOf(step.Err))
+			continue
+		}
+		fmt.Printf("%s: %s\n", step.Authenticator, step.Outcome)
 	}
 	// Output:
-	// password: pass token_missing
+	// password: pass (token_missing)
 	// username: accept
 }

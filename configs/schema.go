@@ -20,6 +20,19 @@ type File struct {
 	Limits Limits `yaml:"limits"`
 	// Log selects the log level and encoding.
 	Log Log `yaml:"log"`
+	// Shutdown sets how SIGTERM and SIGINT stop the proxy.
+	Shutdown Shutdown `yaml:"shutdown"`
+}
+
+// DefaultDrainTimeout is Shutdown.DrainTimeout's zero value.
+const DefaultDrainTimeout = 30 * time.Second
+
+// Shutdown sets how the proxy stops.
+type Shutdown struct {
+	// DrainTimeout is how long established connections may go on after
+	// SIGTERM (listeners close at once); then they are closed. Zero means
+	// DefaultDrainTimeout.
+	DrainTimeout Duration `yaml:"drain_timeout"`
 }
 
 // Listener is one socket the proxy accepts MQTT clients on.

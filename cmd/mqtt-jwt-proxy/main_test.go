@@ -142,7 +142,7 @@ func TestServeQuickstart(t *testing.T) {
 }
 
 func logLines(r io.Reader) chan map[string]any {
-	lines := make(chan map[string]any, 100)
+	lines := make(chan map[string]any, 1000) // more than a test logs: the child never blocks on it
 	go func() {
 		defer close(lines)
 		sc := bufio.NewScanner(r)

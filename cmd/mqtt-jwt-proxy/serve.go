@@ -7,6 +7,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"os/signal"
+	"reflect"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -18,9 +22,6 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/embedded"
 )
-
-// shutdownTimeout bounds how long open connections may take to close on a signal.
-const shutdownTimeout = 5 * time.Second
 
 func checkCommand(args []string, stdout, stderr io.Writer) error {
 	path, err := configFlag("check", args, stderr)
@@ -66,7 +67,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
-	defer chain.Close()
+	defer func() { chain.Close() }() // the chain in force at exit, after reloads
 
 	upstream := cfg.Upstream.Address
 	if upstream == configs.EmbeddedAddress {
@@ -105,20 +106,61 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		go func() { errc <- p.Serve(ln, name) }()
 	}
 
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	var serveErr error
-	select {
-	case <-ctx.Done():
-		logger.Info("signal received; shutting down")
-	case serveErr = <-errc:
-		logger.Error("listener failed; shutting down", zap.Error(serveErr))
+	for serving := true; serving; {
+		select {
+		case <-hup:
+			if next, nextChain, err := reload(path, cfg, p, logger); err != nil {
+				logger.Error("reload rejected; the running configuration stays in force", zap.String("config", path), zap.Error(err))
+			} else {
+				// Verifications that began before the swap may still use
+				// the old chain; it is closed once they are past.
+				old := chain
+				time.AfterFunc(cfg.Limits.ConnectTimeout.Or(proxy.DefaultConnectTimeout), old.Close)
+				cfg, chain = next, nextChain
+			}
+		case <-ctx.Done():
+			logger.Info("signal received; draining", zap.Duration("drain_timeout", cfg.Shutdown.DrainTimeout.Or(configs.DefaultDrainTimeout)))
+			serving = false
+		case serveErr = <-errc:
+			logger.Error("listener failed; shutting down", zap.Error(serveErr))
+			serving = false
+		}
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.Shutdown.DrainTimeout.Or(configs.DefaultDrainTimeout))
 	defer cancel()
-	if err := p.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		return err
+	if err := p.Shutdown(sctx); errors.Is(err, context.DeadlineExceeded) {
+		logger.Info("drain timeout reached; closed the remaining connections")
 	}
 	logger.Info("stopped")
 	return serveErr
+}
+
+// reload reads the configuration again and applies to new connections
+// what may change while the proxy runs: authenticators, secrets, keys and
+// limits. Listeners and the upstream stay as they started; a change there
+// is reported and needs a restart. Nothing changes when the new file is
+// invalid.
+func reload(path string, running *configs.File, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
+	cfg, err := configs.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger))
+	if err != nil {
+		return nil, nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if !reflect.DeepEqual(cfg.Listeners, running.Listeners) || !reflect.DeepEqual(cfg.Upstream, running.Upstream) {
+		logger.Warn("listener and upstream changes take effect at the next restart; the rest is reloaded")
+		cfg.Listeners, cfg.Upstream = running.Listeners, running.Upstream
+	}
+	p.Reload(chain, proxyLimits(cfg))
+	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
+	return cfg, chain, nil
 }
 
 // newLogger builds the zap logger the config asks for. Sampling keeps a

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+)
+
+// binary is the command built once for the tests that run it as a real
+// process, to send it real signals.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "mqtt-jwt-proxy-test")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "mqtt-jwt-proxy")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		panic("building the command: " + err.Error() + "\n" + string(out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// process is the proxy running as a child process.
+type process struct {
+	cmd    *exec.Cmd
+	lines  chan map[string]any
+	addr   string
+	config string
+	exited chan error
+}
+
+// startProcess writes config (a YAML text with listener 127.0.0.1:0) and
+// runs the proxy on it until the test ends.
+func startProcess(t *testing.T, config string) *process {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binary, "-config", path)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &process{cmd: cmd, lines: logLines(stderr), config: path, exited: make(chan error, 1)}
+	go func() { p.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.exited
+	})
+	p.addr = waitForLog(t, p.lines, "listening")["address"].(string)
+	return p
+}
+
+func (p *process) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func hsToken(t *testing.T, secret, sub string) string {
+	t.Helper()
+	tok, err := mintToken(tokenRequest{Alg: jwa.HS256, Key: []byte(secret), Subject: sub, TTL: time.Hour}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func proxyConfig(upstream, secret string) string {
+	return `
+listeners: [{name: tcp, bind: "127.0.0.1:0"}]
+upstream: {address: "` + upstream + `"}
+authentication:
+  - {mechanism: jwt, algorithm: hmac-based, secret: "` + secret + `"}
+shutdown: {drain_timeout: 3s}
+log: {format: json}
+`
+}
+
+// TestReload: SIGHUP applies a new secret to new connections, keeps the
+// connections made before it exchanging messages, and rejects a broken
+// file while the running configuration stays in force.
+func TestReload(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	p := startProcess(t, proxyConfig(broker.Addr, "first-secret"))
+	client := func(id, token string, args ...string) []string {
+		return append(append(proxytest.AddrArgs(t, p.addr), "-V", "mqttv311", "-i", id, "-u", id, "-P", token), args...)
+	}
+
+	sub := proxytest.StartSub(t, client("sub", hsToken(t, "first-secret", "sub"), "-t", "reload/#", "-v")...)
+	if sub.Connack() != 0 {
+		t.Fatalf("subscriber refused before reload: %s", sub.Output())
+	}
+
+	os.WriteFile(p.config, []byte(proxyConfig(broker.Addr, "second-secret")), 0o600)
+	p.signal(t, syscall.SIGHUP)
+	waitForLog(t, p.lines, "configuration reloaded")
+
+	if res := proxytest.Pub(t, client("old", hsToken(t, "first-secret", "old"), "-t", "reload/x", "-m", "old")...); res.Connack != 5 {
+		t.Errorf("token with the old secret after reload: CONNACK %d, want 5\n%s", res.Connack, res.Output)
+	}
+	if res := proxytest.Pub(t, client("new", hsToken(t, "second-secret", "new"), "-t", "reload/x", "-m", "new")...); res.Connack != 0 {
+		t.Errorf("token with the new secret after reload: CONNACK %d, want 0\n%s", res.Connack, res.Output)
+	}
+	if msg, ok := sub.Next(10 * time.Second); !ok || msg != "reload/x new" {
+		t.Errorf("subscriber connected before the reload got %q, %v; want the new message", msg, ok)
+	}
+
+	os.WriteFile(p.config, []byte("listeners: [{bind: nowhere}]\n"), 0o600)
+	p.signal(t, syscall.SIGHUP)
+	waitForLog(t, p.lines, "reload rejected")
+	if res := proxytest.Pub(t, client("after", hsToken(t, "second-secret", "after"), "-t", "reload/x", "-m", "still")...); res.Connack != 0 {
+		t.Errorf("after a rejected reload: CONNACK %d, want 0 (the running config)\n%s", res.Connack, res.Output)
+	}
+}
+
+// TestDrain: SIGTERM closes the listeners at once, lets connected clients
+// run until the drain timeout, then closes them and exits 0.
+func TestDrain(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	p := startProcess(t, proxyConfig(broker.Addr, "drain-secret"))
+	sub := proxytest.StartSub(t, append(proxytest.AddrArgs(t, p.addr), "-i", "drainer", "-u", "d", "-P", hsToken(t, "drain-secret", "d"), "-t", "drain/#")...)
+	if sub.Connack() != 0 {
+		t.Fatalf("subscriber refused: %s", sub.Output())
+	}
+
+	start := time.Now()
+	p.signal(t, syscall.SIGTERM)
+	waitForLog(t, p.lines, "draining")
+	if c, err := net.Dial("tcp", p.addr); err == nil {
+		c.Close()
+		t.Error("a new connection was accepted while draining")
+	}
+	select {
+	case err := <-p.exited:
+		took := time.Since(start)
+		if err != nil {
+			t.Errorf("exit: %v, want status 0", err)
+		}
+		if took < 2*time.Second {
+			t.Errorf("exited after %v with a client connected, before the 3s drain timeout", took)
+		}
+		p.exited <- err // for the cleanup
+	case <-time.After(15 * time.Second):
+		t.Fatal("the proxy did not exit within the drain timeout")
+	}
+	sub.Stop()
+	if out := sub.Output(); !strings.Contains(out, "CONNACK") {
+		t.Errorf("subscriber output has no CONNACK: %s", out)
+	}
+}
