@@ -73,6 +73,10 @@ type Identity struct {
 	Subject string
 	// Expiry is the exp claim; zero when the token has none.
 	Expiry time.Time
+	// DisconnectAtExpiry says the session must end at Expiry: the
+	// authenticator's disconnect_after_expire (on by default, as in EMQX)
+	// and a token with exp.
+	DisconnectAtExpiry bool
 	// Claims holds every claim. Numbers are json.Number, so that large
 	// integers keep their precision; objects are map[string]any and
 	// arrays []any.
@@ -200,14 +204,15 @@ func (c *Chain) Close() {
 
 // authenticator is one link of the chain.
 type authenticator struct {
-	name          string
-	from          string // "password" or "username"
-	ignoreMissing bool   // on_missing_jwt: ignore
-	algorithms    []jwa.SignatureAlgorithm
-	keys          keyProvider
-	derSignatures bool // signature_format: der
-	claims        claimRules
-	now           func() time.Time
+	name               string
+	from               string // "password" or "username"
+	ignoreMissing      bool   // on_missing_jwt: ignore
+	algorithms         []jwa.SignatureAlgorithm
+	keys               keyProvider
+	derSignatures      bool // signature_format: der
+	disconnectAtExpiry bool // disconnect_after_expire
+	claims             claimRules
+	now                func() time.Time
 }
 
 // newAuthenticator builds one authenticator from cfg. Errors name the option.
@@ -215,7 +220,8 @@ func newAuthenticator(cfg configs.Authenticator, o *options) (*authenticator, er
 	if cfg.Mechanism != "jwt" {
 		return nil, fmt.Errorf("mechanism: %q is not supported; use jwt", cfg.Mechanism)
 	}
-	a := &authenticator{name: cfg.Name, from: cfg.From, now: o.now}
+	a := &authenticator{name: cfg.Name, from: cfg.From, now: o.now,
+		disconnectAtExpiry: cfg.DisconnectAfterExpire == nil || *cfg.DisconnectAfterExpire}
 	switch cfg.From {
 	case "":
 		a.from = "password"
@@ -321,5 +327,10 @@ func (a *authenticator) verifyToken(ctx context.Context, token []byte, req *Requ
 	if err != nil {
 		return Identity{}, err
 	}
-	return Identity{Subject: checked.subject, Expiry: checked.expiry, Claims: claims}, nil
+	return Identity{
+		Subject:            checked.subject,
+		Expiry:             checked.expiry,
+		DisconnectAtExpiry: a.disconnectAtExpiry && !checked.expiry.IsZero(),
+		Claims:             claims,
+	}, nil
 }

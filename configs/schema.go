@@ -127,6 +127,9 @@ type Authenticator struct {
 	// OnMissingJWT is "deny" (default) or "ignore": when the From field is
 	// absent, refuse, or let the next authenticator decide.
 	OnMissingJWT string `yaml:"on_missing_jwt"`
+	// DisconnectAfterExpire closes a client's connection when its token's
+	// exp passes. Nil (unset) means true, as in EMQX 5.7 and later.
+	DisconnectAfterExpire *bool `yaml:"disconnect_after_expire"`
 }
 
 // TLSClient configures a TLS client connection.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -101,10 +102,27 @@ func (p *Proxy) serveConn(s *session) {
 		refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
 		return
 	}
+	var expired atomic.Bool
+	if id.DisconnectAtExpiry {
+		// One runtime timer per connection, no goroutine until it fires.
+		// Closing both sides without a DISCONNECT makes the broker publish
+		// the client's will, as for any abnormal end.
+		timer := time.AfterFunc(time.Until(id.Expiry), func() {
+			expired.Store(true)
+			c.Close()
+			up.Close()
+		})
+		defer timer.Stop()
+	}
 	fromClient, toClient := p.splice(c, up)
 	fromClient += int64(len(pk.Raw))
 	p.Metrics.proxied(fromClient, toClient)
+	closeReason := zap.Skip()
+	if expired.Load() {
+		closeReason = zap.String("reason", string(authn.ErrTokenExpired))
+	}
 	log.Info("connection closed",
+		closeReason,
 		zap.Duration("duration", time.Since(start)),
 		zap.Int64("bytes_from_client", fromClient),
 		zap.Int64("bytes_to_client", toClient),

@@ -120,3 +120,34 @@ func TestMosquittoThroughProxy(t *testing.T) {
 		})
 	}
 }
+
+// TestExpiryDisconnectsAndPublishesWill: a client whose token expires
+// while connected is disconnected at exp, and the broker publishes its
+// will to a subscriber connected directly.
+func TestExpiryDisconnectsAndPublishesWill(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	broker := proxytest.StartMosquitto(t)
+	chain, err := authn.New([]configs.Authenticator{{Name: "jwt", Mechanism: "jwt", Algorithm: "hmac-based", Secret: e2eSecret}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(chain.Close)
+	addr := startProxy(t, &Proxy{Upstream: broker.Addr, Verifier: chain})
+
+	wills := proxytest.StartSub(t, append(proxytest.AddrArgs(t, broker.Addr), "-t", "wills/#", "-v")...)
+	exp := time.Now().Add(2 * time.Second)
+	token := mint(t, e2eSecret, "short-lived", func(b *jwt.Builder) { b.Expiration(exp) })
+	device := proxytest.StartSub(t, append(proxytest.AddrArgs(t, addr), "-i", "short-lived", "-u", "d", "-P", token,
+		"-t", "cmd/short-lived", "--will-topic", "wills/short-lived", "--will-payload", "gone")...)
+	if device.Connack() != 0 {
+		t.Fatalf("device refused: %s", device.Output())
+	}
+	msg, ok := wills.Next(10 * time.Second)
+	if !ok || msg != "wills/short-lived gone" {
+		t.Fatalf("will subscriber got %q, %v; want the will", msg, ok)
+	}
+	// exp has second precision: the close comes in the second before exp at the earliest.
+	if now := time.Now(); now.Before(exp.Truncate(time.Second)) {
+		t.Errorf("will published at %v, before the token's exp %v", now, exp)
+	}
+}
