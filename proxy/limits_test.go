@@ -1,0 +1,207 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+)
+
+// dialFrom connects to addr from the loopback address src (127.0.0.0/8
+// is all local on Linux), so tests can stand in for different client IPs.
+func dialFrom(t *testing.T, src, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// closedAtAccept reports whether the proxy closed c without a byte.
+func closedAtAccept(t *testing.T, c net.Conn) bool {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	n, err := c.Read(make([]byte, 1))
+	if n == 0 && (err == io.EOF || isReset(err)) {
+		return true
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		return false // still open, waiting for a CONNECT
+	}
+	t.Fatalf("read %d bytes, %v", n, err)
+	return false
+}
+
+func isReset(err error) bool {
+	return err != nil && bytes.Contains([]byte(err.Error()), []byte("connection reset"))
+}
+
+// connectThrough sends a good CONNECT on c and waits until the upstream
+// has it: the client got in.
+func connectThrough(t *testing.T, c net.Conn, rec *proxytest.Recorder, conn int) {
+	t.Helper()
+	pk := connectPacket(t, packets.ProtocolV311, "good")
+	if _, err := c.Write(pk); err != nil {
+		t.Fatal(err)
+	}
+	rec.WaitReceived(t, conn, len(pk))
+}
+
+func TestMaxConnections(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	addr := startProxy(t, &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: Limits{MaxConnections: 2}})
+
+	a, b := dial(t, addr), dial(t, addr)
+	connectThrough(t, a, rec, 0) // one authenticated, one pending: both count
+	if closedAtAccept(t, b) {
+		t.Fatal("second connection closed under a limit of 2")
+	}
+	if !closedAtAccept(t, dial(t, addr)) {
+		t.Error("third connection was not closed at accept")
+	}
+	a.Close()
+	rec.WaitEnded(t, 0)
+	c := dial(t, addr) // room again once one has gone
+	connectThrough(t, c, rec, 1)
+}
+
+func TestMaxListenerConnections(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	addr := startProxy(t, &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{},
+		Limits: Limits{MaxListenerConnections: map[string]int{"test": 1, "other": 5}}})
+	connectThrough(t, dial(t, addr), rec, 0)
+	if !closedAtAccept(t, dial(t, addr)) {
+		t.Error("second connection on a listener capped at 1 was not closed")
+	}
+}
+
+func TestPerIPConnectRate(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	addr := startProxy(t, &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{},
+		Limits: Limits{PerIPConnectRate: 0.01, PerIPConnectBurst: 2}})
+	for i := range 2 {
+		if closedAtAccept(t, dialFrom(t, "127.0.0.2", addr)) {
+			t.Fatalf("connection %d within the burst was closed", i+1)
+		}
+	}
+	if !closedAtAccept(t, dialFrom(t, "127.0.0.2", addr)) {
+		t.Error("third connection from one IP beyond its burst was not closed")
+	}
+	connectThrough(t, dialFrom(t, "127.0.0.3", addr), rec, 0) // another IP has its own bucket
+}
+
+// TestSlowlorisFlood: thousands of sockets that never send a byte do not
+// keep a real client out; the pending cap evicts the idle ones.
+func TestSlowlorisFlood(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: Limits{MaxPendingConnects: 200}}
+	addr := startProxy(t, p)
+
+	const flood = 3000
+	idle := make([]net.Conn, 0, flood)
+	for range flood {
+		idle = append(idle, dialFrom(t, "127.0.0.4", addr))
+	}
+	// The proxy accepts in order: once the last flood socket is pending,
+	// the cap holds.
+	waitFor(t, func() bool { p.mu.Lock(); defer p.mu.Unlock(); return p.pending.Len() == 200 && len(p.sessions) == 200 })
+	if !closedAtAccept(t, idle[0]) {
+		t.Error("the oldest idle socket is still open past the pending cap")
+	}
+	connectThrough(t, dial(t, addr), rec, 0)
+	if got := rec.Accepted(); got != 1 {
+		t.Errorf("upstream saw %d connections, want the real client's only", got)
+	}
+}
+
+// TestNoGrowthAfterCycles: thousands of accepted and refused connections
+// leave no goroutine and no file descriptor behind.
+func TestNoGrowthAfterCycles(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	go func() { // a broker that answers CONNACK and closes at EOF
+		for {
+			c, err := up.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				if _, err := packets.ReadConnect(c, 0); err == nil {
+					c.Write([]byte{0x20, 0x02, 0x00, 0x00})
+					io.Copy(io.Discard, c)
+				}
+			}()
+		}
+	}()
+	p := &Proxy{Upstream: up.Addr().String(), Verifier: passwordVerifier{}}
+	addr := startProxy(t, p)
+	good := connectPacket(t, packets.ProtocolV311, "good")
+	bad := connectPacket(t, packets.ProtocolV311, "bad_signature")
+
+	cycle := func(n int) {
+		for i := range n {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pk := good
+			if i%2 == 1 {
+				pk = bad
+			}
+			c.Write(pk)
+			ack := make([]byte, 4)
+			if _, err := io.ReadFull(c, ack); err != nil {
+				t.Fatalf("cycle %d: %v", i, err)
+			}
+			c.Write([]byte{0xe0, 0x00}) // DISCONNECT
+			c.Close()
+		}
+	}
+	cycle(200) // warm up pools
+	idle := func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.sessions) == 0 }
+	waitFor(t, idle)
+	goroutines, fds := runtime.NumGoroutine(), openFDs(t)
+	cycle(2000)
+	waitFor(t, idle)
+	waitFor(t, func() bool { return runtime.NumGoroutine() <= goroutines+2 && openFDs(t) <= fds+2 })
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	return len(entries)
+}
+
+// waitFor polls cond: it is for state with no signal to wait on, such as
+// counts inside the proxy or the kernel.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 20s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
