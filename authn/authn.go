@@ -36,6 +36,7 @@ package authn
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -188,10 +189,11 @@ func (c *Chain) run(ctx context.Context, req *Request, record func(Step)) (Ident
 		}
 		passed = append(passed, a.name)
 	}
-	return Identity{}, &RefuseError{
-		Reason: ErrNoAuthenticatorAccepted,
-		Err:    fmt.Errorf("every authenticator passed for want of a token: [%s]", strings.Join(passed, ", ")),
+	detail := errors.New("no authenticator is configured")
+	if len(passed) > 0 {
+		detail = fmt.Errorf("every authenticator passed for want of a token: %s", strings.Join(passed, ", "))
 	}
+	return Identity{}, &RefuseError{Reason: ErrNoAuthenticatorAccepted, Err: detail}
 }
 
 // Close stops the chain's JWKS refreshers. After it, JWKS authenticators

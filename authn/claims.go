@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -142,7 +143,9 @@ func newClaimRules(cfg configs.Authenticator) (claimRules, error) {
 			return claimRules{}, errors.New("required_claims: a claim name is empty")
 		}
 	}
-	for name, value := range cfg.VerifyClaims {
+	// In name order, so that the first error reported is always the same.
+	for _, name := range slices.Sorted(maps.Keys(cfg.VerifyClaims)) {
+		value := cfg.VerifyClaims[name]
 		if slices.Contains(timeClaims, name) {
 			return claimRules{}, fmt.Errorf("verify_claims: %s may not be named here; it is checked against the clock (see required_claims and leeway)", name)
 		}
@@ -152,7 +155,6 @@ func newClaimRules(cfg configs.Authenticator) (claimRules, error) {
 		}
 		rules.expected = append(rules.expected, expectedClaim{name: name, value: tmpl})
 	}
-	slices.SortFunc(rules.expected, func(a, b expectedClaim) int { return strings.Compare(a.name, b.name) })
 	return rules, nil
 }
 
@@ -162,8 +164,9 @@ type checkedClaims struct {
 	expiry  time.Time // zero without exp
 }
 
-// check applies the rules to claims at now for req, in the order EMQX
-// reports problems: types, presence, time, then values.
+// check applies the rules to claims at now for req: claim types first (a
+// malformed token says nothing else reliably), then presence, time, and
+// values.
 func (r *claimRules) check(claims map[string]any, req *Request, now time.Time) (checkedClaims, error) {
 	var out checkedClaims
 	times := make(map[string]time.Time, len(timeClaims)) // the time claims present

@@ -202,7 +202,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	for ln := range p.listeners {
 		ln.Close()
 	}
+	open := len(p.sessions)
 	p.mu.Unlock()
+	p.logger().Info("listeners closed; draining", zap.Int("connections", open))
 
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()

@@ -145,7 +145,7 @@ func TestDrain(t *testing.T) {
 
 	start := time.Now()
 	p.signal(t, syscall.SIGTERM)
-	waitForLog(t, p.lines, "draining")
+	waitForLog(t, p.lines, "listeners closed; draining")
 	if c, err := net.Dial("tcp", p.addr); err == nil {
 		c.Close()
 		t.Error("a new connection was accepted while draining")

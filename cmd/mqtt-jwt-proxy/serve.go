@@ -124,7 +124,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 				cfg, chain = next, nextChain
 			}
 		case <-ctx.Done():
-			logger.Info("signal received; draining", zap.Duration("drain_timeout", cfg.Shutdown.DrainTimeout.Or(configs.DefaultDrainTimeout)))
+			logger.Info("signal received; shutting down", zap.Duration("drain_timeout", cfg.Shutdown.DrainTimeout.Or(configs.DefaultDrainTimeout)))
 			serving = false
 		case serveErr = <-errc:
 			logger.Error("listener failed; shutting down", zap.Error(serveErr))
