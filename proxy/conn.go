@@ -221,11 +221,14 @@ func (p *Proxy) splice(client, upstream net.Conn) (fromClient, toClient int64) {
 	return <-done, toClient
 }
 
-// copyHalf copies src to dst. When both are *net.TCPConn, io.Copy uses
-// splice(2). It is a named function so each direction shows by name in
-// goroutine dumps.
+// copyHalf copies src to dst: with splice(2) and no pipe held while idle
+// when both are plain TCP (copyBursts), else with io.Copy. It is a named
+// function so each direction shows by name in goroutine dumps.
 func (p *Proxy) copyHalf(dst, src net.Conn) int64 {
-	n, err := io.Copy(dst, src)
+	n, handled, err := copyBursts(dst, src)
+	if !handled {
+		n, err = io.Copy(dst, src)
+	}
 	if err == nil {
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 			// The other direction may still carry the last packets (a
