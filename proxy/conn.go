@@ -33,9 +33,14 @@ const (
 // serveConn runs one client connection: read CONNECT under the connect
 // deadline, decide, then refuse or dial and splice.
 func (p *Proxy) serveConn(s *session) {
-	defer p.release(s)
 	c := s.client
-	defer c.Close()
+	handedOff := false // set once the relay owns the connection's end
+	defer func() {
+		if !handedOff {
+			c.Close()
+			p.release(s)
+		}
+	}()
 	start := time.Now()
 	log := p.logger().With(zap.String("listener", s.listener), zap.String("remote", c.RemoteAddr().String()))
 
@@ -92,7 +97,11 @@ func (p *Proxy) serveConn(s *session) {
 		refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
 		return
 	}
-	defer up.Close()
+	defer func() {
+		if !handedOff {
+			up.Close()
+		}
+	}()
 	if !p.setUpstream(s, up) {
 		return
 	}
@@ -103,30 +112,42 @@ func (p *Proxy) serveConn(s *session) {
 		return
 	}
 	var expired atomic.Bool
+	var timer *time.Timer
 	if id.DisconnectAtExpiry {
 		// One runtime timer per connection, no goroutine until it fires.
 		// Closing both sides without a DISCONNECT makes the broker publish
 		// the client's will, as for any abnormal end.
-		timer := time.AfterFunc(time.Until(id.Expiry), func() {
+		timer = time.AfterFunc(time.Until(id.Expiry), func() {
 			expired.Store(true)
-			c.Close()
-			up.Close()
+			p.mu.Lock()
+			s.abortLocked()
+			p.mu.Unlock()
 		})
-		defer timer.Stop()
 	}
-	fromClient, toClient := p.splice(c, up)
-	fromClient += int64(len(pk.Raw))
-	p.Metrics.proxied(fromClient, toClient)
-	closeReason := zap.Skip()
-	if expired.Load() {
-		closeReason = zap.String("reason", string(authn.ErrTokenExpired))
-	}
-	log.Info("connection closed",
-		closeReason,
-		zap.Duration("duration", time.Since(start)),
-		zap.Int64("bytes_from_client", fromClient),
-		zap.Int64("bytes_to_client", toClient),
-	)
+	// From here the connection outlives this goroutine: done does what
+	// the deferred calls above would.
+	handedOff = true
+	rawLen := int64(len(pk.Raw))
+	p.relay(s, func(fromClient, toClient int64) {
+		if timer != nil {
+			timer.Stop()
+		}
+		fromClient += rawLen
+		p.Metrics.proxied(fromClient, toClient)
+		closeReason := zap.Skip()
+		if expired.Load() {
+			closeReason = zap.String("reason", string(authn.ErrTokenExpired))
+		}
+		log.Info("connection closed",
+			closeReason,
+			zap.Duration("duration", time.Since(start)),
+			zap.Int64("bytes_from_client", fromClient),
+			zap.Int64("bytes_to_client", toClient),
+		)
+		c.Close()
+		up.Close()
+		p.release(s)
+	})
 }
 
 // RefuseCode is the MQTT 5 reason code a client refused for reason gets,
@@ -210,6 +231,27 @@ func expiryField(exp time.Time) zap.Field {
 	return zap.Time("exp", exp)
 }
 
+// relay joins the client and the upstream until both directions have
+// ended, then calls done with the bytes each way, and returns at once.
+// Plain TCP on both sides goes to the epoll watcher (relay_linux.go): no
+// goroutine, buffer or pipe while idle, splice(2) while bytes flow. Other
+// connections (TLS, WebSocket) get splice's two goroutines.
+func (p *Proxy) relay(s *session, done func(fromClient, toClient int64)) {
+	if w := p.relays(); w != nil {
+		if r, ok := w.startRelay(s.client, s.upstream, p.halfCloseTimeout(), done); ok {
+			p.mu.Lock()
+			s.relay = r
+			closing := p.closed
+			p.mu.Unlock()
+			if closing { // Close may have missed it
+				r.abort()
+			}
+			return
+		}
+	}
+	go func() { done(p.splice(s.client, s.upstream)) }()
+}
+
 // splice copies both ways between the client and the upstream until both
 // directions have ended, and returns the bytes each way. When one side
 // closes its sending half, that is passed on and the other direction gets
@@ -221,14 +263,10 @@ func (p *Proxy) splice(client, upstream net.Conn) (fromClient, toClient int64) {
 	return <-done, toClient
 }
 
-// copyHalf copies src to dst: with splice(2) and no pipe held while idle
-// when both are plain TCP (copyBursts), else with io.Copy. It is a named
-// function so each direction shows by name in goroutine dumps.
+// copyHalf copies src to dst. It is a named function so each direction
+// shows by name in goroutine dumps.
 func (p *Proxy) copyHalf(dst, src net.Conn) int64 {
-	n, handled, err := copyBursts(dst, src)
-	if !handled {
-		n, err = io.Copy(dst, src)
-	}
+	n, err := io.Copy(dst, src)
 	if err == nil {
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 			// The other direction may still carry the last packets (a

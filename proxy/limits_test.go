@@ -59,7 +59,8 @@ func connectThrough(t *testing.T, c net.Conn, rec *proxytest.Recorder, conn int)
 func TestMaxConnections(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	rec := proxytest.NewRecorder(t, "")
-	addr := startProxy(t, &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: Limits{MaxConnections: 2}})
+	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: Limits{MaxConnections: 2}}
+	addr := startProxy(t, p)
 
 	a, b := dial(t, addr), dial(t, addr)
 	connectThrough(t, a, rec, 0) // one authenticated, one pending: both count
@@ -71,6 +72,7 @@ func TestMaxConnections(t *testing.T) {
 	}
 	a.Close()
 	rec.WaitEnded(t, 0)
+	waitFor(t, func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.sessions) == 1 })
 	c := dial(t, addr) // room again once one has gone
 	connectThrough(t, c, rec, 1)
 }

@@ -85,6 +85,9 @@ type Proxy struct {
 	policyOnce sync.Once
 	policy     atomic.Pointer[policy]
 
+	watcherOnce sync.Once
+	watcher     *watcher // nil when epoll is not available: goroutines copy
+
 	mu          sync.Mutex // guards the fields below and session.upstream, session.pending
 	closed      bool
 	listeners   map[net.Listener]struct{}
@@ -109,7 +112,21 @@ type session struct {
 	policy   *policy
 	upstream net.Conn      // nil until dialed
 	pending  *list.Element // in Proxy.pending until the CONNECT is decided
+	relay    *relay        // set once the connection is handed to the watcher
 	evicted  atomic.Bool   // closed to make room for newer pending connects
+}
+
+// abortLocked ends s at once from outside its own goroutine (Close,
+// token expiry). The caller holds Proxy.mu.
+func (s *session) abortLocked() {
+	if s.relay != nil {
+		s.relay.abort() // it closes both sockets, after leaving the epoll set
+		return
+	}
+	s.client.Close()
+	if s.upstream != nil {
+		s.upstream.Close()
+	}
 }
 
 // Serve accepts connections on ln and serves each in its own goroutine
@@ -184,13 +201,11 @@ func (p *Proxy) Close() error {
 		ln.Close()
 	}
 	for s := range p.sessions {
-		s.client.Close()
-		if s.upstream != nil {
-			s.upstream.Close()
-		}
+		s.abortLocked()
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
+	p.stopWatcher()
 	return nil
 }
 
@@ -210,6 +225,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	go func() { p.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		p.stopWatcher()
 		return nil
 	case <-ctx.Done():
 		p.Close()
@@ -307,6 +323,27 @@ func (p *Proxy) release(s *session) {
 	p.mu.Unlock()
 	p.Metrics.connClosed(s.listener)
 	p.wg.Done()
+}
+
+// relays returns the proxy's epoll watcher, starting it on first use.
+func (p *Proxy) relays() *watcher {
+	p.watcherOnce.Do(func() {
+		w, err := newWatcher()
+		if err != nil {
+			p.logger().Warn("idle connections will each hold two goroutines", zap.Error(err))
+			return
+		}
+		p.watcher = w
+	})
+	return p.watcher
+}
+
+// stopWatcher stops the epoll watcher once no relay is left.
+func (p *Proxy) stopWatcher() {
+	p.watcherOnce.Do(func() {}) // none may start after this
+	if p.watcher != nil {
+		p.watcher.stop()
+	}
 }
 
 // setUpstream records the dialed upstream so Close can reach it; it
