@@ -133,27 +133,13 @@ func TestSlowlorisFlood(t *testing.T) {
 // leave no goroutine and no file descriptor behind.
 func TestNoGrowthAfterCycles(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
-	up, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
-	go func() { // a broker that answers CONNACK and closes at EOF
-		for {
-			c, err := up.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				if _, err := packets.ReadConnect(c, 0); err == nil {
-					c.Write([]byte{0x20, 0x02, 0x00, 0x00})
-					io.Copy(io.Discard, c)
-				}
-			}()
+	up := startBroker(t, func(c net.Conn) { // answers CONNACK, then waits for EOF
+		if _, err := packets.ReadConnect(c, 0); err == nil {
+			c.Write([]byte{0x20, 0x02, 0x00, 0x00})
+			io.Copy(io.Discard, c)
 		}
-	}()
-	p := &Proxy{Upstream: up.Addr().String(), Verifier: passwordVerifier{}}
+	})
+	p := &Proxy{Upstream: up, Verifier: passwordVerifier{}}
 	addr := startProxy(t, p)
 	good := connectPacket(t, packets.ProtocolV311, "good")
 	bad := connectPacket(t, packets.ProtocolV311, "bad_signature")

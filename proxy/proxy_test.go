@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -252,25 +253,14 @@ func TestUpstreamUnavailable(t *testing.T) {
 // broker sees the end of the stream.
 func TestHalfClose(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
-	up, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
 	connect := connectPacket(t, packets.ProtocolV311, "good")
 	brokerGot := make(chan []byte, 1)
-	go func() {
-		c, err := up.Accept()
-		if err != nil {
-			brokerGot <- nil
-			return
-		}
-		defer c.Close()
+	up := startBroker(t, func(c net.Conn) {
 		b, _ := io.ReadAll(c) // until the client's FIN arrives through the proxy
 		c.Write([]byte{0x20, 0x02, 0x00, 0x00})
 		brokerGot <- b
-	}()
-	addr := startProxy(t, &Proxy{Upstream: up.Addr().String(), Verifier: passwordVerifier{}})
+	})
+	addr := startProxy(t, &Proxy{Upstream: up, Verifier: passwordVerifier{}})
 
 	c := dial(t, addr)
 	c.Write(connect)
@@ -282,6 +272,36 @@ func TestHalfClose(t *testing.T) {
 	if got, want := <-brokerGot, append(connect, 0xe0, 0x00); !bytes.Equal(got, want) {
 		t.Errorf("broker got %x, want %x", got, want)
 	}
+}
+
+// startBroker is a stand-in broker on a loopback port that runs serve on
+// each connection it accepts, in its own goroutine, and closes the
+// connection after. It stops at cleanup.
+func startBroker(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
 
 func TestServeAfterClose(t *testing.T) {

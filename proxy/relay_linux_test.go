@@ -87,27 +87,18 @@ func TestIdleConnectionsHoldNoPipe(t *testing.T) {
 func TestRelayBulkBothWays(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	const size = 8 << 20
-	up, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer up.Close()
 	toClient := make([]byte, size)
 	rand.Read(toClient)
 	connect := connectPacket(t, packets.ProtocolV311, "good")
 	brokerGot := make(chan []byte, 1)
-	go func() {
-		c, err := up.Accept()
-		if err != nil {
-			brokerGot <- nil
-			return
-		}
-		defer c.Close()
-		go func() { c.Write(toClient); c.(*net.TCPConn).CloseWrite() }()
+	up := startBroker(t, func(c net.Conn) {
+		sent := make(chan struct{})
+		go func() { c.Write(toClient); c.(*net.TCPConn).CloseWrite(); close(sent) }()
 		b, _ := io.ReadAll(c)
+		<-sent
 		brokerGot <- b
-	}()
-	addr := startProxy(t, &Proxy{Upstream: up.Addr().String(), Verifier: passwordVerifier{}})
+	})
+	addr := startProxy(t, &Proxy{Upstream: up, Verifier: passwordVerifier{}})
 
 	c := dial(t, addr)
 	fromClient := make([]byte, size)
