@@ -32,6 +32,13 @@
 // ignores the token's kid; JWKS selects by it. JSON with a key given twice
 // is refused as malformed. exp, nbf and iat are checked when present,
 // within the leeway, and required when listed in required_claims.
+//
+// Template is the placeholder engine of verify_claims, exported for what
+// the proxy forwards upstream, such as a client identifier taken from the
+// token's sub claim:
+//
+//	clientID, err := authn.ParseTemplate("${claims.sub}")
+//	upstreamID, ok := clientID.Render(&req, id.Claims) // false: sub absent, empty or not a scalar
 package authn
 
 import (

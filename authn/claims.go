@@ -9,7 +9,6 @@ import (
 	"math"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
@@ -120,7 +119,7 @@ type claimRules struct {
 // expectedClaim is one verify_claims entry.
 type expectedClaim struct {
 	name  string
-	value template
+	value Template // without ${claims.NAME}
 }
 
 // timeClaims are the claims checked against the clock; verify_claims may
@@ -149,7 +148,7 @@ func newClaimRules(cfg configs.Authenticator) (claimRules, error) {
 		if slices.Contains(timeClaims, name) {
 			return claimRules{}, fmt.Errorf("verify_claims: %s may not be named here; it is checked against the clock (see required_claims and leeway)", name)
 		}
-		tmpl, err := parseTemplate(value)
+		tmpl, err := parseTemplate(value, false)
 		if err != nil {
 			return claimRules{}, fmt.Errorf("verify_claims.%s: %w", name, err)
 		}
@@ -216,7 +215,7 @@ func (r *claimRules) check(claims map[string]any, req *Request, now time.Time) (
 		return out, fmt.Errorf("%w: aud does not name %q", ErrClaimMismatch, r.audience)
 	}
 	for _, e := range r.expected {
-		want, ok := e.value.render(req)
+		want, ok := e.value.Render(req, nil)
 		if !ok {
 			return out, fmt.Errorf("%w: %s: %s is empty for this client, so nothing can match", ErrClaimMismatch, e.name, e.value)
 		}
@@ -264,108 +263,31 @@ func isStringOrStrings(v any) bool {
 	return false
 }
 
-// claimMatches reports whether a claim's value is want, compared as text:
-// a string as is, a number as written in the token, a boolean as true or
-// false. An array matches when one of its elements does. Absent claims,
-// null and objects match nothing.
+// claimMatches reports whether a claim's value is want, compared as text
+// (see claimText). An array matches when one of its elements does. Absent
+// claims, null and objects match nothing.
 func claimMatches(claim any, want string) bool {
-	switch v := claim.(type) {
-	case string:
-		return v == want
-	case json.Number:
-		return string(v) == want
-	case bool:
-		return strconv.FormatBool(v) == want
-	case []any:
+	if v, ok := claim.([]any); ok {
 		return slices.ContainsFunc(v, func(e any) bool {
-			_, nested := e.([]any)
-			return !nested && claimMatches(e, want)
+			text, ok := claimText(e)
+			return ok && text == want
 		})
 	}
-	return false
+	text, ok := claimText(claim)
+	return ok && text == want
 }
 
-// placeholders are the ${name} values a verify_claims template may use,
-// and where each comes from.
-var placeholders = map[string]func(*Request) string{
-	"clientid": func(r *Request) string { return r.ClientID },
-	"username": func(r *Request) string {
-		if !r.HasUsername {
-			return ""
-		}
-		return r.Username
-	},
-	"cert_common_name": func(r *Request) string { return r.CertCommonName },
-	"cert_subject":     func(r *Request) string { return r.CertSubject },
-}
-
-// template is a verify_claims value: literal text and placeholders.
-type template struct {
-	text  string // as configured, for errors
-	parts []templatePart
-}
-
-// templatePart is literal text, or a placeholder when value is set.
-type templatePart struct {
-	literal string
-	value   func(*Request) string
-}
-
-// parseTemplate splits s into literal text and ${name} placeholders. A "$"
-// not followed by "{" is literal; an unknown or unterminated placeholder is
-// an error, so that a typo cannot turn into a literal nobody's token holds.
-func parseTemplate(s string) (template, error) {
-	t := template{text: s}
-	rest := s
-	for rest != "" {
-		start := strings.Index(rest, "${")
-		if start < 0 {
-			t.parts = append(t.parts, templatePart{literal: rest})
-			break
-		}
-		if start > 0 {
-			t.parts = append(t.parts, templatePart{literal: rest[:start]})
-		}
-		end := strings.IndexByte(rest[start:], '}')
-		if end < 0 {
-			return template{}, fmt.Errorf("unterminated placeholder in %q", s)
-		}
-		name := rest[start+2 : start+end]
-		value, known := placeholders[name]
-		if !known {
-			return template{}, fmt.Errorf("unknown placeholder ${%s}; known are ${clientid}, ${username}, ${cert_common_name} and ${cert_subject}", name)
-		}
-		t.parts = append(t.parts, templatePart{value: value})
-		rest = rest[start+end+1:]
+// claimText is a scalar claim as text: a string as is, a number as written
+// in the token, a boolean as true or false. Arrays, objects, null and
+// absent claims have none.
+func claimText(claim any) (string, bool) {
+	switch v := claim.(type) {
+	case string:
+		return v, true
+	case json.Number:
+		return string(v), true
+	case bool:
+		return strconv.FormatBool(v), true
 	}
-	return t, nil
+	return "", false
 }
-
-// render fills the placeholders in with req's values. It reports false
-// when a placeholder's value is empty (no username, no certificate): a
-// token must not be bound to nothing.
-func (t template) render(req *Request) (string, bool) {
-	if len(t.parts) == 1 { // the common case, without building a string
-		return t.parts[0].resolve(req)
-	}
-	var b strings.Builder
-	for _, p := range t.parts {
-		s, ok := p.resolve(req)
-		if !ok {
-			return "", false
-		}
-		b.WriteString(s)
-	}
-	return b.String(), true
-}
-
-func (p templatePart) resolve(req *Request) (string, bool) {
-	if p.value == nil {
-		return p.literal, true
-	}
-	s := p.value(req)
-	return s, s != ""
-}
-
-// String returns the template as configured.
-func (t template) String() string { return strconv.Quote(t.text) }

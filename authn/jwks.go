@@ -89,6 +89,8 @@ type jwksProvider struct {
 	lastErr   error       // why the last fetch failed; nil after a success
 	lastFetch time.Time   // when the last fetch started; spaces fetches out
 	inflight  *jwksFetch  // the fetch under way, shared by every waiter
+	// refreshes and refreshFailures count fetch outcomes, for metrics.
+	refreshes, refreshFailures uint64
 }
 
 // jwksFetch is one fetch that concurrent callers share.
@@ -385,8 +387,10 @@ func (p *jwksProvider) fetch(call *jwksFetch) {
 	switch {
 	case err == nil:
 		p.set, p.loadedAt, p.failures, p.lastErr = set, now, 0, nil
+		p.refreshes++
 	case !closing: // a fetch cut short by close says nothing about the endpoint
 		p.failures++
+		p.refreshFailures++
 		p.lastErr = err
 	}
 	failures := p.failures

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 
@@ -25,7 +26,7 @@ func Load(path string) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	f, err := Parse(data)
+	f, err := parse(data, filepath.Dir(path))
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -34,8 +35,11 @@ func Load(path string) (*File, error) {
 
 // Parse decodes YAML strictly (unknown keys and wrong types are errors),
 // resolves secret_env and secret_file into secret, fills in names, and
-// validates the result.
-func Parse(data []byte) (*File, error) {
+// validates the result. Relative TLS file paths stay relative to the
+// working directory; Load takes them from the file's directory.
+func Parse(data []byte) (*File, error) { return parse(data, "") }
+
+func parse(data []byte, dir string) (*File, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	var f File
@@ -53,6 +57,7 @@ func Parse(data []byte) (*File, error) {
 		return nil, err
 	}
 	f.fillNames()
+	f.resolveTransportPaths(dir)
 	if err := f.Validate(); err != nil {
 		return nil, err
 	}
@@ -133,7 +138,9 @@ func (f *File) Validate() error {
 			bad("%s.name: %q is used by another listener", at, l.Name)
 		}
 		names[l.Name] = true
+		errs = append(errs, l.validateTransport(at)...)
 	}
+	errs = append(errs, f.Upstream.validateTransport()...)
 
 	switch u := f.Upstream.Address; {
 	case u == "":
@@ -161,7 +168,7 @@ func (f *File) Validate() error {
 		{"limits.per_ip_connect_rate", f.Limits.PerIPConnectRate},
 		{"limits.per_ip_connect_burst", float64(f.Limits.PerIPConnectBurst)},
 	} {
-		if v.n < 0 {
+		if !(v.n >= 0) { // refuses .nan too, which a rate limiter takes as no limit
 			bad("%s: must not be negative", v.key)
 		}
 	}
@@ -182,6 +189,7 @@ func (f *File) Validate() error {
 	if !oneOf(f.Log.Format, "", "json", "console") {
 		bad("log.format: %q is not one of json, console", f.Log.Format)
 	}
+	errs = append(errs, f.Metrics.validate(f)...)
 	return errors.Join(errs...)
 }
 

@@ -16,12 +16,17 @@ type File struct {
 	// Authentication is the chain of authenticators, tried in order.
 	// At least one is required: the proxy never runs open.
 	Authentication []Authenticator `yaml:"authentication"`
+	// Forward rewrites the CONNECT sent upstream; the zero value keeps it.
+	Forward Forward `yaml:"forward"`
 	// Limits bound what one client may cost before it is authenticated.
 	Limits Limits `yaml:"limits"`
 	// Log selects the log level and encoding.
 	Log Log `yaml:"log"`
 	// Shutdown sets how SIGTERM and SIGINT stop the proxy.
 	Shutdown Shutdown `yaml:"shutdown"`
+	// Metrics configures the admin endpoint (metrics, health, pprof);
+	// the zero value serves none.
+	Metrics Metrics `yaml:"metrics"`
 }
 
 // DefaultDrainTimeout is Shutdown.DrainTimeout's zero value.
@@ -44,6 +49,14 @@ type Listener struct {
 	// MaxConnections caps this listener's open connections; over it, new
 	// ones are closed at accept. Zero means no cap of its own.
 	MaxConnections int `yaml:"max_connections"`
+	// TLS, when set, makes clients connect over TLS; nil means plain TCP.
+	TLS *ListenerTLS `yaml:"tls"`
+	// WebSocket, when set, serves MQTT over WebSocket; nil means MQTT
+	// straight over the connection.
+	WebSocket *WebSocket `yaml:"websocket"`
+	// ProxyProtocol, when set and enabled, reads a PROXY protocol header
+	// from trusted load balancers; nil means none is read.
+	ProxyProtocol *ProxyProtocol `yaml:"proxy_protocol"`
 }
 
 // EmbeddedAddress is the upstream address that starts the in-process broker.
@@ -56,6 +69,12 @@ type Upstream struct {
 	Address string `yaml:"address"`
 	// DialTimeout bounds connecting to the broker. Zero means 5s.
 	DialTimeout Duration `yaml:"dial_timeout"`
+	// ProxyProtocol is the PROXY protocol header sent to the broker ahead
+	// of each connection: off (the default), v1 or v2 (v2 also carries
+	// the client certificate's common name).
+	ProxyProtocol string `yaml:"proxy_protocol"`
+	// TLS, when set, connects to the broker over TLS; nil means plain TCP.
+	TLS *TLSClient `yaml:"tls"`
 }
 
 // Authenticator configures one link of the authentication chain. Option

@@ -47,6 +47,9 @@ func (p *Proxy) serveConn(s *session) {
 	limits := &s.policy.limits
 	deadline := start.Add(limits.connectTimeout())
 	c.SetReadDeadline(deadline)
+	if !p.handshake(s, start, log) {
+		return
+	}
 	pk, err := packets.ReadConnect(c, limits.MaxConnectSize)
 	if err != nil {
 		if s.evicted.Load() {
@@ -63,16 +66,22 @@ func (p *Proxy) serveConn(s *session) {
 		zap.Uint8("protocol_version", pk.ProtocolVersion),
 	)
 
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	id, err := s.policy.verifier.Verify(ctx, authn.Request{
+	req := authn.Request{
 		ClientID:    pk.ClientID,
 		Username:    pk.Username,
 		HasUsername: pk.UsernameFlag,
 		Password:    pk.Password,
 		HasPassword: pk.PasswordFlag,
-	})
+	}
+	req = withTransport(req, c) // certificate names, a WebSocket upgrade's token
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	id, err := s.policy.verifier.Verify(ctx, req)
 	cancel()
 	p.decided(s)
+	var upstreamConnect []byte // what the broker gets: pk.Raw unless Forward rewrites it
+	if err == nil {
+		upstreamConnect, err = p.Forward.connect(pk, &req, id.Claims, log)
+	}
 	if err != nil {
 		reason := string(authn.ReasonOf(err))
 		if reason == "" {
@@ -92,6 +101,9 @@ func (p *Proxy) serveConn(s *session) {
 	)
 
 	up, err := p.dial()
+	if err == nil {
+		up, err = p.startUpstream(up, c) // PROXY header, TLS
+	}
 	if err != nil {
 		log.Warn("upstream unavailable", zap.String("outcome", "refused"), zap.String("reason", reasonUpstreamUnavailable), zap.Error(err))
 		refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
@@ -106,7 +118,8 @@ func (p *Proxy) serveConn(s *session) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	if _, err := up.Write(pk.Raw); err != nil {
+	c, ahead := p.bareClient(s) // after a PROXY header: the socket, and what was read past the CONNECT
+	if _, err := up.Write(append(upstreamConnect, ahead...)); err != nil {
 		log.Warn("upstream write failed", zap.String("reason", reasonUpstreamUnavailable), zap.Error(err))
 		refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
 		return
@@ -127,7 +140,7 @@ func (p *Proxy) serveConn(s *session) {
 	// From here the connection outlives this goroutine: done does what
 	// the deferred calls above would.
 	handedOff = true
-	rawLen := int64(len(pk.Raw))
+	rawLen := int64(len(pk.Raw) + len(ahead))
 	p.relay(s, func(fromClient, toClient int64) {
 		if timer != nil {
 			timer.Stop()
@@ -183,6 +196,8 @@ func (p *Proxy) rejectPacket(c net.Conn, err error, log *zap.Logger) string {
 		reason = reasonConnectTimeout
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		reason = reasonClientClosed
+	case errors.Is(err, ErrUntrustedProxyHeader):
+		reason = reasonUntrustedProxyHeader
 	}
 	log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", reason), zap.Error(err))
 	lingerClose(c)
@@ -266,7 +281,7 @@ func (p *Proxy) splice(client, upstream net.Conn) (fromClient, toClient int64) {
 // copyHalf copies src to dst. It is a named function so each direction
 // shows by name in goroutine dumps.
 func (p *Proxy) copyHalf(dst, src net.Conn) int64 {
-	n, err := io.Copy(dst, src)
+	n, err := copyPooled(dst, src)
 	if err == nil {
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 			// The other direction may still carry the last packets (a

@@ -22,6 +22,7 @@ package proxy
 import (
 	"container/list"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -61,10 +62,20 @@ type Proxy struct {
 	Upstream string
 	// Verifier decides on each client's CONNECT. Required.
 	Verifier authn.Verifier
+	// Forward, if set, rewrites an accepted client's CONNECT before it
+	// goes upstream (see NewForward). Nil keeps everything: the broker
+	// gets the client's bytes unchanged.
+	Forward *Forward
 	// DialUpstream, if set, opens the connection to the broker instead of
 	// a net.Dialer dialing Upstream. The context carries DialTimeout.
 	// Return a *net.TCPConn to keep the zero-copy path.
 	DialUpstream func(ctx context.Context) (net.Conn, error)
+	// UpstreamProxyHeader is the PROXY protocol header sent to the broker
+	// ahead of everything else (and of TLS). Zero sends none.
+	UpstreamProxyHeader ProxyHeader
+	// UpstreamTLS, if set, speaks TLS to the broker with this client
+	// configuration, within DialTimeout. Nil means plain TCP.
+	UpstreamTLS *tls.Config
 	// DialTimeout bounds connecting to the broker. Zero means
 	// DefaultDialTimeout.
 	DialTimeout time.Duration
@@ -87,6 +98,8 @@ type Proxy struct {
 
 	watcherOnce sync.Once
 	watcher     *watcher // nil when epoll is not available: goroutines copy
+
+	dials dialOutcomes // for Health
 
 	mu          sync.Mutex // guards the fields below and session.upstream, session.pending
 	closed      bool
@@ -388,6 +401,7 @@ func (p *Proxy) dial() (net.Conn, error) {
 		c, err = d.DialContext(ctx, "tcp", p.Upstream)
 	}
 	p.Metrics.dialed(time.Since(start), err)
+	p.dials.record(err)
 	return c, err
 }
 

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"reflect"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,6 +31,9 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 	cfg, err := configs.Load(path)
 	if err != nil {
 		return err
+	}
+	if _, err := proxy.NewForward(cfg.Forward); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
 	}
 	// Building the chain parses keys and secrets, which YAML validation cannot.
 	chain, err := authn.New(cfg.Authentication)
@@ -63,6 +66,10 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 				zap.String("authenticator", a.Name))
 		}
 	}
+	forward, err := proxy.NewForward(cfg.Forward)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
 	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger))
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
@@ -83,20 +90,24 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	p := &proxy.Proxy{
 		Upstream:    upstream,
 		Verifier:    chain,
+		Forward:     forward,
 		DialTimeout: cfg.Upstream.DialTimeout.Or(0),
 		Limits:      proxyLimits(cfg),
 		Logger:      logger,
 	}
-	listeners := make([]net.Listener, 0, len(cfg.Listeners))
-	for _, l := range cfg.Listeners {
-		ln, err := net.Listen("tcp", l.Bind)
-		if err != nil {
-			for _, open := range listeners {
-				open.Close()
-			}
-			return fmt.Errorf("listener %s: %w", l.Name, err)
-		}
-		listeners = append(listeners, ln)
+	if err := upstreamTransport(cfg.Upstream, upstream, p); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	var chains atomic.Pointer[authn.Chain] // the chain in force, for the admin endpoint
+	chains.Store(chain)
+	admin, err := startAdmin(cfg, p, func() []authn.KeySetStatus { return chains.Load().Status() }, logger)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	listeners, certs, err := openListeners(cfg, logger)
+	if err != nil {
+		return err
 	}
 
 	errc := make(chan error, len(listeners))
@@ -114,6 +125,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	for serving := true; serving; {
 		select {
 		case <-hup:
+			certs.reload(logger)
 			if next, nextChain, err := reload(path, cfg, p, logger); err != nil {
 				logger.Error("reload rejected; the running configuration stays in force", zap.String("config", path), zap.Error(err))
 			} else {
@@ -122,6 +134,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 				old := chain
 				time.AfterFunc(cfg.Limits.ConnectTimeout.Or(proxy.DefaultConnectTimeout), old.Close)
 				cfg, chain = next, nextChain
+				chains.Store(chain)
 			}
 		case <-ctx.Done():
 			logger.Info("signal received; shutting down", zap.Duration("drain_timeout", cfg.Shutdown.DrainTimeout.Or(configs.DefaultDrainTimeout)))
@@ -142,13 +155,16 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys and
-// limits. Listeners and the upstream stay as they started; a change there
-// is reported and needs a restart. Nothing changes when the new file is
-// invalid.
+// limits. Listeners, the upstream and forward stay as they started; a
+// change there is reported and needs a restart. Nothing changes when the
+// new file is invalid.
 func reload(path string, running *configs.File, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
 	cfg, err := configs.Load(path)
 	if err != nil {
 		return nil, nil, err
+	}
+	if _, err := proxy.NewForward(cfg.Forward); err != nil {
+		return nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger))
 	if err != nil {
@@ -157,6 +173,10 @@ func reload(path string, running *configs.File, p *proxy.Proxy, logger *zap.Logg
 	if !reflect.DeepEqual(cfg.Listeners, running.Listeners) || !reflect.DeepEqual(cfg.Upstream, running.Upstream) {
 		logger.Warn("listener and upstream changes take effect at the next restart; the rest is reloaded")
 		cfg.Listeners, cfg.Upstream = running.Listeners, running.Upstream
+	}
+	if !reflect.DeepEqual(cfg.Forward, running.Forward) {
+		logger.Warn("forward changes take effect at the next restart; the rest is reloaded")
+		cfg.Forward = running.Forward
 	}
 	p.Reload(chain, proxyLimits(cfg))
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))

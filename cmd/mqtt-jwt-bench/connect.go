@@ -1,0 +1,399 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+)
+
+// maxServerPacket bounds what the tool reads from the server: CONNACK and
+// SUBACK are small, and PUBLISH carries at most the largest -size.
+const maxServerPacket = 16 << 20
+
+// connector opens MQTT connections for one worker. Its buffers are reused
+// from one connection to the next.
+type connector struct {
+	o         *options
+	tokens    *tokenSource
+	keepAlive uint16
+	clientID  []byte // prefix-worker-, then the connection's number
+	idLen     int
+	seq       int
+	reader    *packetReader
+}
+
+func newConnector(o *options, tokens *tokenSource, worker int, keepAlive uint16) *connector {
+	id := fmt.Appendf(nil, "%s-%d-", o.ClientPrefix, worker)
+	return &connector{o: o, tokens: tokens, keepAlive: keepAlive, clientID: id, idLen: len(id), reader: newPacketReader(nil, maxServerPacket)}
+}
+
+// open dials, sends CONNECT and reads the CONNACK. It returns the
+// connection, its deadline cleared, with the CONNACK's code; on error the
+// connection is closed.
+func (w *connector) open() (net.Conn, byte, error) {
+	token, err := w.tokens.token()
+	if err != nil {
+		return nil, 0, err
+	}
+	w.seq++
+	w.clientID = strconv.AppendInt(w.clientID[:w.idLen], int64(w.seq), 10)
+	connect := packets.Connect{
+		ProtocolName:    "MQTT",
+		ProtocolVersion: w.o.Version,
+		CleanStart:      true,
+		KeepAlive:       w.keepAlive,
+		ClientID:        string(w.clientID),
+		UsernameFlag:    true,
+		Username:        "bench",
+	}
+	switch {
+	case token != nil && w.o.From == "username":
+		connect.Username = string(token)
+	case token != nil:
+		connect.PasswordFlag, connect.Password = true, token
+	}
+	packet, err := connect.Encode()
+	if err != nil {
+		return nil, 0, err
+	}
+
+	deadline := time.Now().Add(w.o.Timeout)
+	c, err := net.DialTimeout("tcp", w.o.Addr, w.o.Timeout)
+	if err != nil {
+		return nil, 0, err
+	}
+	c.SetDeadline(deadline)
+	if _, err := c.Write(packet); err != nil {
+		c.Close()
+		return nil, 0, fmt.Errorf("write CONNECT: %w", err)
+	}
+	w.reader.Reset(c)
+	header, body, err := w.reader.next()
+	if err == nil {
+		var code byte
+		if code, err = connackCode(header, body); err == nil {
+			c.SetDeadline(time.Time{})
+			return c, code, nil
+		}
+	}
+	c.Close()
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF // closed before any answer
+	}
+	return nil, 0, fmt.Errorf("read CONNACK: %w", err)
+}
+
+// hangUp ends a connection the way that leaves the TIME_WAIT state to
+// the server: DISCONNECT when the session was accepted, then wait for the
+// server to close first, then close. A client that closes first keeps each
+// of its ports in TIME_WAIT for a minute, and at thousands of connections
+// a second the kernel's search for a free port among them becomes what is
+// measured.
+func (w *connector) hangUp(c net.Conn, accepted bool) error {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(w.o.Timeout))
+	if accepted {
+		if _, err := c.Write(disconnectPacket); err != nil {
+			return fmt.Errorf("write DISCONNECT: %w", err)
+		}
+	}
+	var b [64]byte
+	for {
+		if _, err := c.Read(b[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("wait for the server to close: %w", err)
+		}
+	}
+}
+
+// expectation is which CONNACK outcomes -expect allows.
+type expectation string
+
+const (
+	expectAccept expectation = "accept"
+	expectRefuse expectation = "refuse"
+	expectAny    expectation = "any"
+)
+
+func (e expectation) allows(code byte) bool {
+	return e == expectAny || (code == 0) == (e == expectAccept)
+}
+
+// connectTally is one worker's counts, merged at the end.
+type connectTally struct {
+	accepted, refused, unexpected int64
+	errors                        errorCounter
+	latency                       histogram
+}
+
+func (t *connectTally) merge(o *connectTally) {
+	t.accepted += o.accepted
+	t.refused += o.refused
+	t.unexpected += o.unexpected
+	t.errors.merge(&o.errors)
+	t.latency.merge(&o.latency)
+}
+
+func (t *connectTally) count(code byte, expect expectation) {
+	if code == 0 {
+		t.accepted++
+	} else {
+		t.refused++
+	}
+	if !expect.allows(code) {
+		t.unexpected++
+	}
+}
+
+// fill copies t's counts into r.
+func (t *connectTally) fill(r *result) {
+	r.Accepted, r.Refused, r.Unexpected = t.accepted, t.refused, t.unexpected
+	r.Connects = t.accepted + t.refused
+	r.Errors, r.FirstError = t.errors.counts, t.errors.first
+	r.Latency = t.latency.summary()
+}
+
+func connectCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
+	fs := newFlagSet("connect", &o, stderr, 10*time.Second)
+	workers := fs.Int("c", 16, "concurrent workers, each with one connection at a time")
+	count := fs.Int64("count", 0, "stop after this many connections (0: run for -duration)")
+	expect := fs.String("expect", "accept", "CONNACK outcome that counts as expected: accept, refuse or any")
+	if err := o.parse(fs, args); err != nil {
+		return err
+	}
+	e := expectation(*expect)
+	if e != expectAccept && e != expectRefuse && e != expectAny {
+		return fmt.Errorf("-expect %q: want accept, refuse or any", *expect)
+	}
+	if *workers < 1 || *count < 0 {
+		return fmt.Errorf("-c must be at least 1 and -count not negative")
+	}
+	tokens, err := newTokenSource(o.Tokens)
+	if err != nil {
+		return err
+	}
+	r, err := runConnect(ctx, &o, tokens, *workers, *count, e)
+	if err != nil {
+		return err
+	}
+	if err := r.emit(stdout, stderr); err != nil {
+		return err
+	}
+	if r.Unexpected > 0 || r.Connects == 0 {
+		return fmt.Errorf("%d of %d CONNACKs were not what -expect %s allows", r.Unexpected, r.Connects, e)
+	}
+	return nil
+}
+
+// runConnect runs workers that connect and disconnect until o.Duration
+// has passed or count connections were attempted.
+func runConnect(ctx context.Context, o *options, tokens *tokenSource, workers int, count int64, expect expectation) (*result, error) {
+	if o.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Duration)
+		defer cancel()
+	}
+	before, err := o.Procs.sample()
+	if err != nil {
+		return nil, err
+	}
+	cpu := selfCPU()
+	start := time.Now()
+	var claimed atomic.Int64
+	tallies := make([]connectTally, workers)
+	var wg sync.WaitGroup
+	for i := range workers {
+		wg.Go(func() {
+			w := newConnector(o, tokens, i, 30)
+			t := &tallies[i]
+			for ctx.Err() == nil && (count == 0 || claimed.Add(1) <= count) {
+				began := time.Now()
+				c, code, err := w.open()
+				if err != nil {
+					t.errors.add(err)
+					continue
+				}
+				t.latency.record(time.Since(began))
+				t.count(code, expect)
+				if err := w.hangUp(c, code == 0); err != nil {
+					t.errors.add(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	after, err := o.Procs.sample()
+	if err != nil {
+		return nil, err
+	}
+
+	var total connectTally
+	for i := range tallies {
+		total.merge(&tallies[i])
+	}
+	r := newResult("connect", o)
+	total.fill(r)
+	r.Seconds = roundTo(elapsed.Seconds(), 3)
+	r.Rate = perSecond(r.Connects, elapsed)
+	r.ToolCPUSeconds = roundTo((selfCPU() - cpu).Seconds(), 3)
+	r.Procs = o.Procs.report(before, after, r.Connects, 0)
+	return r, nil
+}
+
+func holdCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var o options
+	fs := newFlagSet("hold", &o, stderr, 10*time.Second)
+	n := fs.Int("n", 1000, "connections to open and hold")
+	workers := fs.Int("c", 64, "connections opened concurrently")
+	settle := fs.Duration("settle", time.Second, "wait after the last connection opened before measuring the -pid processes")
+	if err := o.parse(fs, args); err != nil {
+		return err
+	}
+	if *n < 1 || *workers < 1 {
+		return fmt.Errorf("-n and -c must be at least 1")
+	}
+	tokens, err := newTokenSource(o.Tokens)
+	if err != nil {
+		return err
+	}
+	r, err := runHold(ctx, &o, tokens, *n, *workers, *settle, stderr)
+	if err != nil {
+		return err
+	}
+	if err := r.emit(stdout, stderr); err != nil {
+		return err
+	}
+	if r.Held == 0 {
+		return errors.New("no connection was held")
+	}
+	return nil
+}
+
+// heldConns are the connections a hold run keeps open. A goroutine per
+// connection blocks in Read, so a connection the server drops is noticed
+// when it happens, at no CPU cost while it is idle.
+type heldConns struct {
+	mu      sync.Mutex
+	conns   []net.Conn
+	closing atomic.Bool
+	dropped atomic.Int64
+	readers sync.WaitGroup
+}
+
+func (h *heldConns) add(c net.Conn) {
+	h.mu.Lock()
+	h.conns = append(h.conns, c)
+	h.mu.Unlock()
+	h.readers.Go(func() {
+		var b [64]byte
+		for {
+			if _, err := c.Read(b[:]); err != nil {
+				if !h.closing.Load() {
+					h.dropped.Add(1)
+				}
+				return
+			}
+		}
+	})
+}
+
+// closeAll says goodbye on every connection and waits for the readers.
+func (h *heldConns) closeAll() {
+	h.closing.Store(true)
+	for _, c := range h.conns {
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		c.Write(disconnectPacket)
+		c.Close()
+	}
+	h.readers.Wait()
+}
+
+// runHold opens n connections with workers at a time, samples the
+// watched processes once they are all open and settled, and keeps them
+// for o.Duration (or until ctx ends when it is 0).
+func runHold(ctx context.Context, o *options, tokens *tokenSource, n, workers int, settle time.Duration, stderr io.Writer) (*result, error) {
+	before, err := o.Procs.sample()
+	if err != nil {
+		return nil, err
+	}
+	cpu := selfCPU()
+	start := time.Now()
+	held := &heldConns{}
+	var claimed atomic.Int64
+	tallies := make([]connectTally, workers)
+	var wg sync.WaitGroup
+	for i := range workers {
+		wg.Go(func() {
+			w := newConnector(o, tokens, i, 0) // keep alive 0: idle without PINGREQ
+			t := &tallies[i]
+			for ctx.Err() == nil && claimed.Add(1) <= int64(n) {
+				began := time.Now()
+				c, code, err := w.open()
+				if err != nil {
+					t.errors.add(err)
+					continue
+				}
+				t.latency.record(time.Since(began))
+				t.count(code, expectAccept)
+				if code != 0 {
+					c.Close()
+					continue
+				}
+				held.add(c)
+			}
+		})
+	}
+	wg.Wait()
+	opening := time.Since(start)
+
+	var total connectTally
+	for i := range tallies {
+		total.merge(&tallies[i])
+	}
+	open := len(held.conns)
+	fmt.Fprintf(stderr, "hold: %d of %d connections open after %.1fs; holding for %s\n", open, n, opening.Seconds(), o.Duration)
+	wait(ctx, settle)
+	after, err := o.Procs.sample()
+	if err != nil {
+		held.closeAll()
+		return nil, err
+	}
+	if o.Duration > settle {
+		wait(ctx, o.Duration-settle)
+	} else if o.Duration == 0 {
+		<-ctx.Done()
+	}
+	stillOpen := int64(open) - held.dropped.Load()
+	held.closeAll()
+
+	r := newResult("hold", o)
+	total.fill(r)
+	r.Held = stillOpen
+	r.Seconds = roundTo(time.Since(start).Seconds(), 3)
+	r.Rate = perSecond(r.Connects, opening)
+	r.ToolCPUSeconds = roundTo((selfCPU() - cpu).Seconds(), 3)
+	r.Procs = o.Procs.report(before, after, 0, open)
+	return r, nil
+}
+
+// wait returns after d or when ctx ends, whichever is first.
+func wait(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}

@@ -1,0 +1,310 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
+)
+
+const (
+	// upstreamProbeInterval is how long a dial to the broker, a client's
+	// or the readiness probe's own, answers "is the broker reachable?";
+	// it is also the least time between two probes.
+	upstreamProbeInterval = 5 * time.Second
+	// upstreamProbeTimeout bounds the readiness probe's dial.
+	upstreamProbeTimeout = time.Second
+
+	// adminWriteTimeout is long enough for a 30 s CPU profile or trace
+	// and still bounds a client that stops reading.
+	adminWriteTimeout = 2 * time.Minute
+	// maxConcurrentScrapes bounds the work of gathering metrics (process
+	// statistics are read from /proc) when many scrapers come at once.
+	maxConcurrentScrapes = 4
+)
+
+// adminServer is the admin HTTP endpoint of metrics.bind: Prometheus
+// metrics on /metrics, liveness on /healthz, readiness on /readyz, and
+// with metrics.pprof Go's profiler on /debug/pprof/. A nil *adminServer
+// (no metrics.bind) serves nothing and may be closed.
+type adminServer struct {
+	server *http.Server
+	addr   net.Addr
+	served chan struct{} // closed when server.Serve has returned
+	ready  *readiness
+}
+
+// startAdmin serves the admin endpoint that cfg.Metrics asks for, in front
+// of p, which is to serve cfg's listeners. It sets p.Metrics, so it must
+// run before p serves, and once p's other fields are final: readiness
+// probes dial as p does. keySets reports the key sets of the authentication
+// chain in force. Without metrics.bind it returns nil.
+func startAdmin(cfg *configs.File, p *proxy.Proxy, keySets func() []authn.KeySetStatus, logger *zap.Logger) (*adminServer, error) {
+	if cfg.Metrics.Bind == "" {
+		return nil, nil
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		keySetCollector{keySets: keySets},
+	)
+	p.Metrics = proxy.NewMetrics(reg, buildVersion())
+	ready := &readiness{
+		health:    p.Health,
+		listeners: len(cfg.Listeners),
+		keySets:   keySets,
+		upstream:  &upstreamCheck{dial: upstreamDialer(p), now: time.Now},
+	}
+	ln, err := net.Listen("tcp", cfg.Metrics.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("metrics.bind: %w", err)
+	}
+	a := &adminServer{
+		server: &http.Server{
+			Handler:           adminHandler(reg, ready, cfg.Metrics.Pprof, logger),
+			ReadHeaderTimeout: 5 * time.Second,
+			WriteTimeout:      adminWriteTimeout,
+			IdleTimeout:       time.Minute,
+			ErrorLog:          zap.NewStdLog(logger.Named("admin")),
+		},
+		addr:   ln.Addr(),
+		served: make(chan struct{}),
+		ready:  ready,
+	}
+	go func() {
+		defer close(a.served)
+		a.server.Serve(ln) // returns ErrServerClosed after Close
+	}()
+	logger.Info("admin endpoint started", zap.String("address", a.addr.String()), zap.Bool("pprof", cfg.Metrics.Pprof))
+	return a, nil
+}
+
+// Close stops the endpoint at once and waits for its goroutines, a
+// readiness probe under way included.
+func (a *adminServer) Close() {
+	if a == nil {
+		return
+	}
+	a.server.Close()
+	<-a.served
+	a.ready.upstream.wait()
+}
+
+// upstreamDialer opens a connection to p's broker as p does: with
+// p.DialUpstream when set, else a TCP dial of p.Upstream.
+func upstreamDialer(p *proxy.Proxy) func(context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		if p.DialUpstream != nil {
+			return p.DialUpstream(ctx)
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", p.Upstream)
+	}
+}
+
+// adminHandler routes the admin endpoint's paths.
+func adminHandler(reg *prometheus.Registry, ready *readiness, withPprof bool, logger *zap.Logger) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog: zap.NewStdLog(logger.Named("metrics")),
+		// One failing collector (a /proc file hidden by a sandbox, say)
+		// must not hide every other metric.
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: maxConcurrentScrapes,
+	}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		// The process answers, so it is alive; whether it should get
+		// traffic is /readyz's question.
+		writePlain(w, http.StatusOK, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := ready.check(r.Context()); err != nil {
+			writePlain(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+			return
+		}
+		writePlain(w, http.StatusOK, "ok")
+	})
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
+	return mux
+}
+
+func writePlain(w http.ResponseWriter, status int, text string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	fmt.Fprintln(w, text)
+}
+
+// readiness decides /readyz: the proxy takes clients when every listener
+// serves, it is not draining, every JWKS authenticator holds keys, and the
+// broker was reachable recently.
+type readiness struct {
+	health    func() proxy.Health
+	listeners int // how many the proxy is to serve
+	keySets   func() []authn.KeySetStatus
+	upstream  *upstreamCheck
+}
+
+// check returns nil when the proxy is ready, or why not, briefly.
+func (r *readiness) check(ctx context.Context) error {
+	h := r.health()
+	if h.Draining {
+		return errors.New("draining")
+	}
+	if h.Listeners < r.listeners {
+		return fmt.Errorf("%d of %d listeners serving", h.Listeners, r.listeners)
+	}
+	for _, ks := range r.keySets() {
+		if !ks.Loaded {
+			return fmt.Errorf("authenticator %s has no usable JWKS keys (%d consecutive failed fetches)", ks.Authenticator, ks.ConsecutiveFailures)
+		}
+	}
+	if err := r.upstream.check(ctx, h); err != nil {
+		return fmt.Errorf("upstream: %w", err)
+	}
+	return nil
+}
+
+// errClientDialFailed is the readiness reason when the latest word on the
+// broker is a client's failed connection and a probe ran too recently to
+// run again.
+var errClientDialFailed = errors.New("the last connection to the broker failed")
+
+// upstreamCheck tells whether the broker was reachable recently. The
+// latest of the proxy's own dials and this check's probes answers when it
+// is younger than upstreamProbeInterval and either succeeded or follows a
+// probe; otherwise a probe (a TCP dial, closed at once) decides. Probes
+// are shared by concurrent callers and start at most once per
+// upstreamProbeInterval, so however often /readyz is requested the broker
+// sees at most one connection from it per interval.
+type upstreamCheck struct {
+	dial func(context.Context) (net.Conn, error)
+	now  func() time.Time
+
+	mu       sync.Mutex    // guards the fields below
+	probedAt time.Time     // when the last probe started; zero before one
+	probeErr error         // the last probe's outcome
+	probing  chan struct{} // closed when the probe under way ends; nil when none
+	running  sync.WaitGroup
+}
+
+// check returns nil when the broker was reachable recently, or the latest
+// failure. It waits for a probe, at most upstreamProbeTimeout, unless ctx
+// ends first.
+func (u *upstreamCheck) check(ctx context.Context, h proxy.Health) error {
+	u.mu.Lock()
+	if u.probing == nil {
+		now := u.now()
+		at, err := h.LastDialSuccess, error(nil)
+		if h.LastDialFailure.After(at) {
+			at, err = h.LastDialFailure, errClientDialFailed
+		}
+		if u.probedAt.After(at) {
+			at, err = u.probedAt, u.probeErr
+		}
+		probedRecently := now.Sub(u.probedAt) < upstreamProbeInterval
+		if probedRecently || err == nil && now.Sub(at) < upstreamProbeInterval {
+			u.mu.Unlock()
+			return err
+		}
+		u.startProbeLocked(now)
+	}
+	probing := u.probing
+	u.mu.Unlock()
+
+	select {
+	case <-probing:
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the probe: %w", ctx.Err())
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.probeErr
+}
+
+// startProbeLocked dials the broker in the background. It does not use a
+// caller's context: the probe serves every caller waiting for it.
+func (u *upstreamCheck) startProbeLocked(now time.Time) {
+	probing := make(chan struct{})
+	u.probing, u.probedAt = probing, now
+	u.running.Add(1)
+	go func() {
+		defer u.running.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), upstreamProbeTimeout)
+		defer cancel()
+		c, err := u.dial(ctx)
+		if err == nil {
+			c.Close()
+		}
+		u.mu.Lock()
+		u.probeErr, u.probing = err, nil
+		close(probing)
+		u.mu.Unlock()
+	}()
+}
+
+// wait returns once no probe is under way.
+func (u *upstreamCheck) wait() { u.running.Wait() }
+
+// keySetCollector exports the JWKS key sets' state. It reads
+// authn.Chain.Status at each scrape, so a reload, which builds a new
+// chain, restarts the counters from zero: Prometheus's rate() and
+// increase() take counter resets in their stride.
+type keySetCollector struct {
+	keySets func() []authn.KeySetStatus
+}
+
+var (
+	jwksRefreshesDesc = prometheus.NewDesc("mqtt_jwt_proxy_jwks_refreshes_total",
+		"JWKS fetches per authenticator by result (success, failure), since the authenticator was built.",
+		[]string{"authenticator", "result"}, nil)
+	jwksAgeDesc = prometheus.NewDesc("mqtt_jwt_proxy_jwks_keyset_age_seconds",
+		"Time since the last successful JWKS fetch; absent before the first.",
+		[]string{"authenticator"}, nil)
+	jwksLoadedDesc = prometheus.NewDesc("mqtt_jwt_proxy_jwks_keys_loaded",
+		"1 when the authenticator holds a usable key set, 0 when its tokens are refused with keys_unavailable.",
+		[]string{"authenticator"}, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (keySetCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- jwksRefreshesDesc
+	ch <- jwksAgeDesc
+	ch <- jwksLoadedDesc
+}
+
+// Collect implements prometheus.Collector.
+func (c keySetCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, ks := range c.keySets() {
+		ch <- prometheus.MustNewConstMetric(jwksRefreshesDesc, prometheus.CounterValue, float64(ks.Refreshes), ks.Authenticator, "success")
+		ch <- prometheus.MustNewConstMetric(jwksRefreshesDesc, prometheus.CounterValue, float64(ks.Failures), ks.Authenticator, "failure")
+		if ks.Refreshes > 0 {
+			ch <- prometheus.MustNewConstMetric(jwksAgeDesc, prometheus.GaugeValue, ks.Age.Seconds(), ks.Authenticator)
+		}
+		loaded := 0.0
+		if ks.Loaded {
+			loaded = 1
+		}
+		ch <- prometheus.MustNewConstMetric(jwksLoadedDesc, prometheus.GaugeValue, loaded, ks.Authenticator)
+	}
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"cmp"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
+)
+
+// certReloaders are the TLS listeners' certificates, which SIGHUP reads
+// again (they are also read again whenever their files change).
+type certReloaders []*proxy.CertReloader
+
+func (c certReloaders) reload(logger *zap.Logger) {
+	for _, r := range c {
+		if err := r.Reload(); err != nil {
+			logger.Error("TLS certificate reload failed; the previous one stays in force", zap.Error(err))
+		}
+	}
+}
+
+// openListeners binds every listener of cfg with its transports, in the
+// order they arrive on the wire: the PROXY header first, then TLS, then
+// the WebSocket upgrade. On failure nothing stays open.
+func openListeners(cfg *configs.File, logger *zap.Logger) ([]net.Listener, certReloaders, error) {
+	var listeners []net.Listener
+	var certs certReloaders
+	for _, l := range cfg.Listeners {
+		ln, cert, err := openListener(l, cfg.Limits.ConnectTimeout.Or(0), logger.With(zap.String("listener", l.Name)))
+		if err != nil {
+			for _, open := range listeners {
+				open.Close()
+			}
+			return nil, nil, fmt.Errorf("listener %s: %w", l.Name, err)
+		}
+		listeners = append(listeners, ln)
+		if cert != nil {
+			certs = append(certs, cert)
+		}
+	}
+	return listeners, certs, nil
+}
+
+func openListener(l configs.Listener, handshakeTimeout time.Duration, logger *zap.Logger) (net.Listener, *proxy.CertReloader, error) {
+	ln, err := net.Listen("tcp", l.Bind)
+	if err != nil {
+		return nil, nil, err
+	}
+	if pp := l.ProxyProtocol; pp != nil && pp.Enabled {
+		trusted, err := pp.TrustedPrefixes()
+		if err != nil {
+			ln.Close()
+			return nil, nil, fmt.Errorf("proxy_protocol.trusted_cidrs: %w", err)
+		}
+		ln = (&proxy.ProxyProtocolListener{Listener: ln, Trusted: trusted, Timeout: pp.Timeout.Or(0), Logger: logger}).Start()
+	}
+	var cert *proxy.CertReloader
+	if t := l.TLS; t != nil {
+		if cert, err = proxy.NewCertReloader(tlsFiles(t), logger); err != nil {
+			ln.Close()
+			return nil, nil, err
+		}
+		ln = proxy.NewTLSListener(ln, cert.Config())
+	}
+	if w := l.WebSocket; w != nil {
+		ws := &proxy.WebSocketListener{
+			Listener:               ln,
+			Path:                   w.Path,
+			AllowedOrigins:         w.AllowedOrigins,
+			TokenFromAuthorization: w.TokenFrom == configs.TokenFromAuthorization,
+			HandshakeTimeout:       handshakeTimeout,
+			Logger:                 logger,
+		}
+		if w.TokenFrom == configs.TokenFromQuery {
+			ws.TokenQueryParam = cmp.Or(w.TokenQueryParam, configs.DefaultTokenQueryParam)
+		}
+		ln = ws.Start()
+	}
+	return ln, cert, nil
+}
+
+// tlsFiles translates a listener's tls section.
+func tlsFiles(t *configs.ListenerTLS) proxy.TLSFiles {
+	files := proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile, MinVersion: t.TLSVersion()}
+	switch t.ClientAuth {
+	case configs.ClientAuthOptional:
+		files.ClientAuth = tls.VerifyClientCertIfGiven
+	case configs.ClientAuthRequired:
+		files.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return files
+}
+
+// upstreamTransport sets p's PROXY header and TLS toward the broker at
+// address as u asks.
+func upstreamTransport(u configs.Upstream, address string, p *proxy.Proxy) error {
+	switch u.ProxyProtocol {
+	case configs.ProxyProtocolV1:
+		p.UpstreamProxyHeader = proxy.ProxyHeaderV1
+	case configs.ProxyProtocolV2:
+		p.UpstreamProxyHeader = proxy.ProxyHeaderV2
+	}
+	if u.TLS == nil {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return errors.New("upstream.address: not host:port")
+	}
+	config, err := u.TLS.ClientConfig(host)
+	if err != nil {
+		return fmt.Errorf("upstream.tls.%w", err)
+	}
+	p.UpstreamTLS = config
+	return nil
+}

@@ -1,0 +1,93 @@
+package configs
+
+import (
+	"bytes"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+// FuzzParse feeds arbitrary bytes to Parse. Nothing may panic; a refusal
+// must say why; and whatever Parse accepts must be a fixed point: written
+// back as YAML, it parses again to the same configuration, so that what
+// the proxy runs with is what the file says.
+func FuzzParse(f *testing.F) {
+	examples, err := filepath.Glob("*.yaml")
+	if err != nil || len(examples) == 0 {
+		f.Fatalf("example files: %v (found %d)", err, len(examples))
+	}
+	for _, path := range examples {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	for _, seed := range []string{
+		minimal,
+		minimal + "limits: {connect_timeout: 1m30s, max_connect_size: 128, per_ip_connect_rate: 0.5, per_ip_connect_burst: 3}\n",
+		minimal + "limits:\n  per_ip_connect_rate: .nan\n",
+		minimal + "limits:\n  per_ip_connect_rate: .inf\n",
+		strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "use_jwks: true\n    endpoint: https://idp.example/jwks\n    headers: {Authorization: x}\n    ssl: {insecure_skip_verify: true}", 1),
+		strings.Replace(minimal, "hmac-based", "public-key\n    public_key: |\n      -----BEGIN PUBLIC KEY-----\n      -----END PUBLIC KEY-----", 1),
+		minimal + "shutdown: {drain_timeout: -1s}\n",
+		"a: &a [*a, *a]\n",
+		"listeners: &l [{bind: \"h:1\"}]\nupstream: {address: *l}\n",
+		"- - - - - - - - - - - - - - - - - - - - - - - - -\n",
+		"{",
+		"---\n---\n",
+		"\xef\xbb\xbflisteners: []\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if bytes.Contains(data, []byte("secret_file")) {
+			// Parse reads the file the input names, and a device such as
+			// /dev/zero never ends; TestSecretFromEnvAndFile covers the key.
+			t.Skip("secret_file reads a file named by the input")
+		}
+		parsed, err := Parse(data)
+		if err != nil {
+			if err.Error() == "" {
+				t.Fatal("refusal with an empty message")
+			}
+			return
+		}
+		if err := parsed.Validate(); err != nil {
+			t.Fatalf("Parse accepted a configuration that Validate refuses: %v", err)
+		}
+		if rate := parsed.Limits.PerIPConnectRate; math.IsNaN(rate) {
+			// A limiter compares nothing to NaN and lets every connection in.
+			t.Fatalf("Parse accepted per_ip_connect_rate %v", rate)
+		}
+		written := marshalResolved(t, parsed)
+		again, err := Parse(written)
+		if err != nil {
+			t.Fatalf("Parse accepted\n%s\nbut refuses it written back:\n%s\n%v", data, written, err)
+		}
+		if rewritten := marshalResolved(t, again); !bytes.Equal(rewritten, written) {
+			t.Fatalf("the configuration changed on a round trip:\n%s\nthen\n%s", written, rewritten)
+		}
+	})
+}
+
+// marshalResolved writes f as YAML with its secrets in place: Parse has
+// already resolved secret_env and secret_file into secret.
+func marshalResolved(t *testing.T, f *File) []byte {
+	t.Helper()
+	resolved := *f
+	resolved.Authentication = append([]Authenticator(nil), f.Authentication...)
+	for i := range resolved.Authentication {
+		resolved.Authentication[i].SecretEnv = ""
+		resolved.Authentication[i].SecretFile = ""
+	}
+	out, err := yaml.Marshal(&resolved)
+	if err != nil {
+		t.Fatalf("yaml.Marshal of an accepted configuration: %v", err)
+	}
+	return out
+}

@@ -1,0 +1,41 @@
+package configs
+
+import (
+	"errors"
+	"fmt"
+	"net"
+)
+
+// Metrics configures the admin HTTP endpoint: Prometheus metrics on
+// /metrics, the probes /healthz and /readyz, and optionally pprof. It is
+// meant for operators and scrapers, not clients: bind it to loopback or a
+// private network.
+type Metrics struct {
+	// Bind is the host:port the admin endpoint listens on, such as
+	// "127.0.0.1:9100". Empty means no admin endpoint (and no metrics).
+	Bind string `yaml:"bind"`
+	// Pprof also serves Go's profiler on /debug/pprof/. False (the
+	// default) leaves it off: profiles reveal memory contents and cost CPU.
+	Pprof bool `yaml:"pprof"`
+}
+
+// validate checks m against the rest of f: the admin endpoint must not
+// share an address with a listener.
+func (m Metrics) validate(f *File) []error {
+	var errs []error
+	if m.Bind == "" {
+		if m.Pprof {
+			errs = append(errs, errors.New("metrics.pprof: needs metrics.bind"))
+		}
+		return errs
+	}
+	if _, _, err := net.SplitHostPort(m.Bind); err != nil {
+		errs = append(errs, fmt.Errorf("metrics.bind: %q is not host:port: %w", m.Bind, err))
+	}
+	for i, l := range f.Listeners {
+		if l.Bind == m.Bind {
+			errs = append(errs, fmt.Errorf("metrics.bind: %q is also listeners[%d].bind", m.Bind, i))
+		}
+	}
+	return errs
+}

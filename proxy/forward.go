@@ -1,0 +1,131 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+
+	"go.uber.org/zap"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+)
+
+// Forward rewrites the CONNECT of an accepted client before it goes
+// upstream, as the forward section of the configuration says: the
+// password kept, stripped or replaced by a literal, the user name and the
+// client identifier kept or rendered from templates such as
+// "${claims.sub}". A nil *Forward keeps everything, and so does a Forward
+// whose rewrite gives the client's own values: the client's bytes then go
+// upstream unchanged. Build one with NewForward.
+type Forward struct {
+	stripPassword bool
+	password      []byte          // sent instead of the client's; nil keeps it
+	username      *authn.Template // rendered as the user name; nil keeps it
+	clientID      *authn.Template // rendered as the client identifier; nil keeps it
+}
+
+// NewForward builds the rewrite cfg describes, parsing its templates. It
+// returns nil, and no error, when cfg keeps everything. Errors name the
+// key, such as "forward.username: unknown placeholder ${foo}; ...".
+func NewForward(cfg configs.Forward) (*Forward, error) {
+	f := &Forward{}
+	var errs []error
+	switch cfg.Password {
+	case "", configs.ForwardKeep:
+	case configs.ForwardStrip:
+		f.stripPassword = true
+	default:
+		if len(cfg.Password) > math.MaxUint16 {
+			errs = append(errs, fmt.Errorf("forward.password: %d bytes, more than the %d a CONNECT field holds", len(cfg.Password), math.MaxUint16))
+		}
+		f.password = []byte(cfg.Password)
+	}
+	for _, field := range []struct {
+		key, value string
+		template   **authn.Template
+	}{
+		{"forward.username", cfg.Username, &f.username},
+		{"forward.client_id", cfg.ClientID, &f.clientID},
+	} {
+		if field.value == "" || field.value == configs.ForwardKeep {
+			continue
+		}
+		t, err := authn.ParseTemplate(field.value)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", field.key, err))
+			continue
+		}
+		*field.template = &t
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if !f.stripPassword && f.password == nil && f.username == nil && f.clientID == nil {
+		return nil, nil
+	}
+	return f, nil
+}
+
+// connect returns the CONNECT to send upstream for pk, whose client req
+// was accepted with claims: pk.Raw when nothing changes, else pk
+// re-encoded with the rewritten fields. A template without a value for
+// this client, or a result the CONNECT cannot carry (a claim holding
+// U+0000, say), is an error wrapping authn.ErrClaimMismatch. It logs at
+// debug what it rewrote, never the password.
+func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[string]any, log *zap.Logger) ([]byte, error) {
+	if f == nil {
+		return pk.Raw, nil
+	}
+	out := *pk
+	if f.clientID != nil {
+		id, ok := f.clientID.Render(req, claims)
+		if !ok {
+			return nil, fmt.Errorf("%w: forward.client_id: %s has no value for this client", authn.ErrClaimMismatch, f.clientID)
+		}
+		out.ClientID = id
+	}
+	if f.username != nil {
+		name, ok := f.username.Render(req, claims)
+		if !ok {
+			return nil, fmt.Errorf("%w: forward.username: %s has no value for this client", authn.ErrClaimMismatch, f.username)
+		}
+		out.UsernameFlag, out.Username = true, name
+	}
+	switch {
+	case f.stripPassword:
+		out.PasswordFlag, out.Password = false, nil
+	case f.password != nil:
+		out.PasswordFlag, out.Password = true, f.password
+	}
+	if out.PasswordFlag && !out.UsernameFlag && out.ProtocolVersion != packets.ProtocolV5 {
+		// MQTT 3.1 and 3.1.1 carry a password only behind a user name
+		// [MQTT-3.1.2-22]: an empty one keeps the packet valid.
+		out.UsernameFlag, out.Username = true, ""
+	}
+
+	var rewritten []string
+	fields := make([]zap.Field, 0, 3)
+	if out.ClientID != pk.ClientID {
+		rewritten = append(rewritten, "client_id")
+		fields = append(fields, zap.String("upstream_client_id", out.ClientID))
+	}
+	if out.UsernameFlag != pk.UsernameFlag || out.Username != pk.Username {
+		rewritten = append(rewritten, "username")
+		fields = append(fields, zap.String("upstream_username", out.Username))
+	}
+	if out.PasswordFlag != pk.PasswordFlag || !bytes.Equal(out.Password, pk.Password) {
+		rewritten = append(rewritten, "password")
+	}
+	if len(rewritten) == 0 {
+		return pk.Raw, nil
+	}
+	raw, err := out.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("%w: rewriting %v: %w", authn.ErrClaimMismatch, rewritten, err)
+	}
+	log.Debug("connect rewritten for the upstream", append(fields, zap.Strings("rewritten", rewritten))...)
+	return raw, nil
+}

@@ -1,0 +1,361 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pires/go-proxyproto"
+	"github.com/pires/go-proxyproto/tlvparse"
+	"go.uber.org/zap"
+)
+
+// DefaultProxyProtocolTimeout is ProxyProtocolListener.Timeout's zero value.
+const DefaultProxyProtocolTimeout = 5 * time.Second
+
+// proxyHeaderReadSize is the buffer that reads a PROXY header. go-proxyproto
+// reads a v1 header byte by byte from it and a v2 header in one piece; what
+// it reads past the header (the client's first bytes) is kept for the
+// connection's first reads.
+const proxyHeaderReadSize = 256
+
+// ErrUntrustedProxyHeader is the read error of a connection from a peer
+// outside the trusted CIDRs that began with a PROXY protocol header: such
+// a header could forge any client address, so the connection is refused.
+var ErrUntrustedProxyHeader = errors.New("proxy: PROXY protocol header from a peer that is not trusted to send one")
+
+// ProxyProtocolListener reads the PROXY protocol header (v1 or v2) that a
+// load balancer sends ahead of each connection, so that the proxy logs,
+// limits and forwards the real client address. Its zero value is not
+// usable; set Listener and Trusted, then call Start.
+//
+// A peer in Trusted must send a header, or its connection is closed.
+// Headers are read on goroutines of their own, bounded by Timeout, so a
+// slow peer never holds up Accept; Accept returns connections whose
+// header has been read, with RemoteAddr and LocalAddr the header's source
+// and destination. A peer outside Trusted is served as a direct client:
+// its connection is returned at once, and if it begins with a header its
+// first read fails with ErrUntrustedProxyHeader.
+type ProxyProtocolListener struct {
+	// Listener accepts the TCP connections. Required.
+	Listener net.Listener
+	// Trusted are the load balancers' addresses. Required.
+	Trusted []netip.Prefix
+	// Timeout bounds reading one header. Zero means
+	// DefaultProxyProtocolTimeout.
+	Timeout time.Duration
+	// Logger receives a line for each header refused. Nil means no logs.
+	Logger *zap.Logger
+
+	ready     chan acceptResult
+	done      chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup // the accept loop and the header readers
+
+	mu      sync.Mutex
+	reading map[net.Conn]struct{} // connections whose header is being read, closed by Close
+}
+
+// acceptResult is what the accept loop hands Accept.
+type acceptResult struct {
+	conn net.Conn
+	err  error
+}
+
+var _ net.Listener = (*ProxyProtocolListener)(nil)
+
+// Start begins accepting; it returns l for chaining.
+func (l *ProxyProtocolListener) Start() *ProxyProtocolListener {
+	l.ready = make(chan acceptResult)
+	l.done = make(chan struct{})
+	l.reading = make(map[net.Conn]struct{})
+	l.wg.Add(1)
+	go l.acceptLoop()
+	return l
+}
+
+// Accept returns the next connection, its header read if it came from a
+// trusted peer.
+func (l *ProxyProtocolListener) Accept() (net.Conn, error) {
+	select {
+	case r := <-l.ready:
+		return r.conn, r.err
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops accepting, closes the connections whose header is still
+// being read, and waits for its goroutines to end.
+func (l *ProxyProtocolListener) Close() error {
+	err := net.ErrClosed
+	l.closeOnce.Do(func() {
+		close(l.done)
+		err = l.Listener.Close()
+		l.mu.Lock()
+		for c := range l.reading {
+			c.Close()
+		}
+		l.mu.Unlock()
+	})
+	l.wg.Wait()
+	return err
+}
+
+// Addr is the address the listener is bound to.
+func (l *ProxyProtocolListener) Addr() net.Addr { return l.Listener.Addr() }
+
+// acceptLoop accepts until the listener fails, passing errors on to Accept
+// (which the proxy's accept loop retries with a backoff when temporary).
+func (l *ProxyProtocolListener) acceptLoop() {
+	defer l.wg.Done()
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			if !l.deliver(acceptResult{err: err}) || !isTemporary(err) {
+				return
+			}
+			continue
+		}
+		if !l.trusted(c.RemoteAddr()) {
+			l.deliver(acceptResult{conn: &untrustedConn{Conn: c}})
+			continue
+		}
+		if !l.track(c, true) {
+			c.Close()
+			return
+		}
+		l.wg.Add(1)
+		go l.readHeader(c)
+	}
+}
+
+// deliver hands r to Accept; false when the listener closed first.
+func (l *ProxyProtocolListener) deliver(r acceptResult) bool {
+	select {
+	case l.ready <- r:
+		return true
+	case <-l.done:
+		if r.conn != nil {
+			r.conn.Close()
+		}
+		return false
+	}
+}
+
+func (l *ProxyProtocolListener) trusted(addr net.Addr) bool {
+	ap, err := netip.ParseAddrPort(addr.String())
+	if err != nil {
+		return false
+	}
+	for _, prefix := range l.Trusted {
+		if prefix.Contains(ap.Addr().Unmap()) {
+			return true
+		}
+	}
+	return false
+}
+
+// track adds c to (or removes it from) the connections Close must close;
+// adding fails once Close has begun.
+func (l *ProxyProtocolListener) track(c net.Conn, add bool) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !add {
+		delete(l.reading, c)
+		return true
+	}
+	select {
+	case <-l.done:
+		return false
+	default:
+	}
+	l.reading[c] = struct{}{}
+	return true
+}
+
+// readHeader reads c's header and hands the connection to Accept, or
+// logs why it is refused and closes it.
+func (l *ProxyProtocolListener) readHeader(c net.Conn) {
+	defer l.wg.Done()
+	proxied, err := readProxyHeader(c, orDefault(l.Timeout, DefaultProxyProtocolTimeout))
+	l.track(c, false)
+	if err != nil {
+		if l.Logger != nil {
+			l.Logger.Info("PROXY protocol header refused", zap.String("peer", c.RemoteAddr().String()), zap.Error(err))
+		}
+		c.Close()
+		return
+	}
+	l.deliver(acceptResult{conn: proxied})
+}
+
+// readProxyHeader reads the header c must begin with, within timeout.
+func readProxyHeader(c net.Conn, timeout time.Duration) (*proxiedConn, error) {
+	c.SetReadDeadline(time.Now().Add(timeout))
+	br := bufio.NewReaderSize(c, proxyHeaderReadSize)
+	header, err := proxyproto.Read(br)
+	if err != nil {
+		return nil, fmt.Errorf("reading the PROXY header of a trusted peer: %w", err)
+	}
+	c.SetReadDeadline(time.Time{})
+	pc := &proxiedConn{Conn: c, remote: c.RemoteAddr(), local: c.LocalAddr()}
+	if n := br.Buffered(); n > 0 {
+		ahead, _ := br.Peek(n)
+		pc.ahead = append([]byte(nil), ahead...)
+	}
+	// LOCAL is the balancer's own connection (a health check); UNSPEC
+	// addresses carry nothing usable. Both keep the transport's addresses.
+	if src, dst, ok := header.TCPAddrs(); ok && header.Command.IsProxy() {
+		pc.remote, pc.local = src, dst
+	}
+	return pc, nil
+}
+
+// proxiedConn is a connection whose PROXY header has been read: its
+// addresses are the header's, and it first returns the bytes read past the
+// header. It embeds net.Conn, not *net.TCPConn, so that no promoted
+// WriteTo or ReadFrom can bypass those bytes.
+type proxiedConn struct {
+	net.Conn
+	remote, local net.Addr
+	ahead         []byte // read past the header, not yet returned by Read
+}
+
+func (c *proxiedConn) Read(b []byte) (int, error) {
+	if len(c.ahead) > 0 {
+		n := copy(b, c.ahead)
+		c.ahead = c.ahead[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// CloseWrite half-closes the socket.
+func (c *proxiedConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// RemoteAddr is the client's address, as the header gave it.
+func (c *proxiedConn) RemoteAddr() net.Addr { return c.remote }
+
+// LocalAddr is the address the client connected to, as the header gave it.
+func (c *proxiedConn) LocalAddr() net.Addr { return c.local }
+
+// untrustedConn is a connection from a peer not trusted to send a PROXY
+// header; its first read fails with ErrUntrustedProxyHeader if it starts
+// with one. No MQTT, TLS or HTTP stream begins with either signature's
+// first byte, so one byte decides.
+type untrustedConn struct {
+	net.Conn
+	checked bool
+}
+
+func (c *untrustedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if !c.checked && n > 0 {
+		c.checked = true
+		if b[0] == proxyproto.SIGV1[0] || b[0] == proxyproto.SIGV2[0] {
+			return 0, ErrUntrustedProxyHeader
+		}
+	}
+	return n, err
+}
+
+// CloseWrite half-closes the socket.
+func (c *untrustedConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// closeWrite half-closes c where its transport can.
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
+// bareConn returns the socket under c's PROXY protocol wrapper, and the
+// bytes the wrapper read ahead that its reader has not had, so that the
+// proxy can forward those and splice the socket. A connection without such
+// a wrapper is returned as it is.
+func bareConn(c net.Conn) (net.Conn, []byte) {
+	switch w := c.(type) {
+	case *proxiedConn:
+		ahead := w.ahead
+		w.ahead = nil
+		return w.Conn, ahead
+	case *untrustedConn:
+		return w.Conn, nil
+	}
+	return c, nil
+}
+
+// peekBare is bareConn without taking the bytes: it returns the socket and
+// how many bytes the wrapper still holds.
+func peekBare(c net.Conn) (net.Conn, int) {
+	switch w := c.(type) {
+	case *proxiedConn:
+		return w.Conn, len(w.ahead)
+	case *untrustedConn:
+		return w.Conn, 0
+	}
+	return c, 0
+}
+
+// ProxyHeader is the PROXY protocol header the proxy sends the broker
+// ahead of each connection. The zero value sends none.
+type ProxyHeader byte
+
+// PROXY protocol versions for Proxy.UpstreamProxyHeader.
+const (
+	NoProxyHeader ProxyHeader = 0
+	ProxyHeaderV1 ProxyHeader = 1
+	ProxyHeaderV2 ProxyHeader = 2
+)
+
+// format returns the header for client: its address as the source, the
+// address it connected to as the destination (both as a PROXY header in
+// front of the proxy gave them), and with v2 the TLS facts of a TLS
+// client, the certificate's common name included, in a PP2_TYPE_SSL TLV.
+func (v ProxyHeader) format(client net.Conn) ([]byte, error) {
+	header := proxyproto.HeaderProxyFromAddrs(byte(v), client.RemoteAddr(), client.LocalAddr())
+	if state, ok := tlsState(client); ok && v == ProxyHeaderV2 {
+		tlv, err := sslTLV(state).Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("PROXY header SSL TLV: %w", err)
+		}
+		if err := header.SetTLVs([]proxyproto.TLV{tlv}); err != nil {
+			return nil, fmt.Errorf("PROXY header SSL TLV: %w", err)
+		}
+	}
+	b, err := header.Format()
+	if err != nil {
+		return nil, fmt.Errorf("PROXY header for %s: %w", client.RemoteAddr(), err)
+	}
+	return b, nil
+}
+
+// sslTLV describes a TLS client as HAProxy does: the TLS version, the
+// cipher, and the client certificate's common name when it sent one;
+// verify is zero only when a certificate was sent and verified.
+func sslTLV(state tls.ConnectionState) tlvparse.PP2SSL {
+	ssl := tlvparse.PP2SSL{
+		Client: tlvparse.PP2_BITFIELD_CLIENT_SSL,
+		Verify: 1,
+		TLV: []proxyproto.TLV{
+			{Type: proxyproto.PP2_SUBTYPE_SSL_VERSION, Value: []byte(strings.Replace(tls.VersionName(state.Version), "TLS ", "TLSv", 1))},
+			{Type: proxyproto.PP2_SUBTYPE_SSL_CIPHER, Value: []byte(tls.CipherSuiteName(state.CipherSuite))},
+		},
+	}
+	if len(state.PeerCertificates) > 0 {
+		ssl.Client |= tlvparse.PP2_BITFIELD_CLIENT_CERT_CONN | tlvparse.PP2_BITFIELD_CLIENT_CERT_SESS
+		if len(state.VerifiedChains) > 0 {
+			ssl.Verify = 0
+		}
+		ssl.TLV = append(ssl.TLV, proxyproto.TLV{Type: proxyproto.PP2_SUBTYPE_SSL_CN, Value: []byte(state.PeerCertificates[0].Subject.CommonName)})
+	}
+	return ssl
+}

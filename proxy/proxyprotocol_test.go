@@ -1,0 +1,182 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/pires/go-proxyproto"
+	"github.com/pires/go-proxyproto/tlvparse"
+	"go.uber.org/zap"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+)
+
+// proxyHeader formats a PROXY header of version from src to dst.
+func proxyHeader(t *testing.T, version byte, src, dst string) []byte {
+	t.Helper()
+	h := proxyproto.HeaderProxyFromAddrs(version, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(src)), net.TCPAddrFromAddrPort(netip.MustParseAddrPort(dst)))
+	b, err := h.Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestProxyProtocolIn sends v1 and v2 headers from a trusted and from an
+// untrusted peer. A trusted peer's header gives the client address the
+// proxy logs, and nothing of it goes upstream; an untrusted peer's header
+// is refused; a trusted peer must send one.
+func TestProxyProtocolIn(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	good := connectPacket(t, packets.ProtocolV311, "good")
+	publish := publishPacket("right behind")
+	for _, tc := range []struct {
+		name    string
+		trusted string
+		send    []byte
+		remote  string // logged; "" for the TCP peer's own address
+		reason  string // "" when accepted
+	}{
+		{"trusted v1", "127.0.0.1/32", append(proxyHeader(t, 1, "203.0.113.7:50000", "192.0.2.1:1883"), good...), "203.0.113.7:50000", ""},
+		{"trusted v2", "127.0.0.0/8", append(proxyHeader(t, 2, "[2001:db8::7]:50001", "[2001:db8::1]:1883"), good...), "[2001:db8::7]:50001", ""},
+		{"trusted v2, packets behind the CONNECT", "127.0.0.1", append(append(proxyHeader(t, 2, "198.51.100.9:50002", "192.0.2.1:1883"), good...), publish...), "198.51.100.9:50002", ""},
+		{"trusted, no header", "127.0.0.1/32", good, "", "no header"},
+		{"untrusted v1", "10.0.0.0/8", append(proxyHeader(t, 1, "203.0.113.7:50000", "192.0.2.1:1883"), good...), "", reasonUntrustedProxyHeader},
+		{"untrusted v2", "10.0.0.0/8", append(proxyHeader(t, 2, "203.0.113.7:50000", "192.0.2.1:1883"), good...), "", reasonUntrustedProxyHeader},
+		{"untrusted, no header", "10.0.0.0/8", good, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := proxytest.NewRecorder(t, "")
+			prefix, err := netip.ParsePrefix(tc.trusted)
+			if err != nil {
+				prefix = netip.PrefixFrom(netip.MustParseAddr(tc.trusted), 32)
+			}
+			p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
+			logs := observe(p)
+			ln := listen(t)
+			serveOn(t, p, (&ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{prefix}, Logger: p.Logger}).Start())
+			c := dial(t, ln.Addr().String())
+			if _, err := c.Write(tc.send); err != nil {
+				t.Fatal(err)
+			}
+			remote := tc.remote
+			if remote == "" {
+				remote = c.LocalAddr().String()
+			}
+			switch tc.reason {
+			case "":
+				waitLog(t, logs, "authentication accepted", zap.String("remote", remote))
+				want := tc.send[bytes.Index(tc.send, good):]
+				rec.WaitReceived(t, 0, len(want))
+				if got := rec.Received()[0]; !bytes.Equal(got, want) {
+					t.Errorf("upstream received %x, want %x", got, want)
+				}
+			case "no header":
+				if got := readAll(t, c); len(got) != 0 {
+					t.Errorf("proxy answered %x, want a close", got)
+				}
+				waitLog(t, logs, "PROXY protocol header refused", zap.String("peer", remote))
+			default:
+				if got := readAll(t, c); len(got) != 0 {
+					t.Errorf("proxy answered %x, want a close", got)
+				}
+				waitLog(t, logs, "connect rejected", zap.String("remote", remote), zap.String("reason", tc.reason))
+			}
+			if tc.reason != "" && rec.Accepted() != 0 {
+				t.Error("a refused connection reached the upstream")
+			}
+		})
+	}
+}
+
+// headerRelay stands in for a broker that reads PROXY headers (Debian's
+// mosquitto 2.0 cannot): it reads each connection's header, hands it to
+// the test, and relays the rest to forward.
+func headerRelay(t *testing.T, forward string) (addr string, headers chan *proxyproto.Header) {
+	headers = make(chan *proxyproto.Header, 10)
+	addr = startBroker(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		h, err := proxyproto.Read(br)
+		if err != nil {
+			t.Errorf("relay: reading the PROXY header: %v", err)
+			return
+		}
+		headers <- h
+		up, err := net.Dial("tcp", forward)
+		if err != nil {
+			t.Errorf("relay: %v", err)
+			return
+		}
+		defer up.Close()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			io.Copy(c, up)
+			c.Close()
+		}()
+		io.Copy(up, br)
+		up.Close()
+		<-done
+	})
+	return addr, headers
+}
+
+// TestProxyProtocolOut: the broker gets a PROXY header with the client's
+// address, and with v2 the TLS facts of a TLS client, its certificate's
+// common name among them; the MQTT session then works as usual.
+func TestProxyProtocolOut(t *testing.T) {
+	proxytest.RequireMosquitto(t)
+	proxytest.VerifyNoLeaks(t)
+	broker := proxytest.StartMosquitto(t)
+	relay, headers := headerRelay(t, broker.Addr)
+	accepted := []byte{0x20, 0x02, 0x00, 0x00}
+
+	t.Run("v1 from a TCP client", func(t *testing.T) {
+		addr := startProxy(t, &Proxy{Upstream: relay, Verifier: passwordVerifier{}, UpstreamProxyHeader: ProxyHeaderV1})
+		c := dial(t, addr)
+		c.Write(connectPacket(t, packets.ProtocolV311, "good"))
+		answer := make([]byte, len(accepted))
+		if _, err := io.ReadFull(c, answer); err != nil || !bytes.Equal(answer, accepted) {
+			t.Fatalf("the broker answered %x, %v; want %x", answer, err, accepted)
+		}
+		h := <-headers
+		if h.Version != 1 || h.SourceAddr.String() != c.LocalAddr().String() || h.DestinationAddr.String() != addr {
+			t.Errorf("header v%d %s -> %s, want v1 %s -> %s", h.Version, h.SourceAddr, h.DestinationAddr, c.LocalAddr(), addr)
+		}
+	})
+
+	t.Run("v2 from a TLS client with a certificate", func(t *testing.T) {
+		pki := newTestPKI(t, "devices")
+		serverCert, serverKey := pki.issue(t, "proxy", true)
+		p := &Proxy{Upstream: relay, Verifier: passwordVerifier{}, UpstreamProxyHeader: ProxyHeaderV2}
+		addr, _, _ := startTLSProxy(t, p, TLSFiles{CertFile: serverCert, KeyFile: serverKey, ClientCAFile: pki.CAFile, ClientAuth: tls.RequireAndVerifyClientCert})
+		c, answer, open := tlsConnect(t, addr, pki.clientConfig(t, "device-9"), "good")
+		if !open || !bytes.Equal(answer, accepted) {
+			t.Fatalf("the broker answered %x (connection open: %v), want %x", answer, open, accepted)
+		}
+		h := <-headers
+		if h.Version != 2 || h.SourceAddr.String() != c.LocalAddr().String() {
+			t.Errorf("header v%d from %s, want v2 from %s", h.Version, h.SourceAddr, c.LocalAddr())
+		}
+		tlvs, err := h.TLVs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ssl, ok := tlvparse.FindSSL(tlvs)
+		if !ok {
+			t.Fatalf("no SSL TLV in %v", tlvs)
+		}
+		cn, _ := ssl.ClientCN()
+		version, _ := ssl.SSLVersion()
+		if !ssl.ClientSSL() || !ssl.ClientCertConn() || !ssl.Verified() || cn != "device-9" || version != "TLSv1.3" {
+			t.Errorf("SSL TLV: ssl %v, cert %v, verified %v, CN %q, version %q; want a verified TLSv1.3 client device-9",
+				ssl.ClientSSL(), ssl.ClientCertConn(), ssl.Verified(), cn, version)
+		}
+	})
+}

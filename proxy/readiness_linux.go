@@ -1,0 +1,25 @@
+package proxy
+
+import (
+	"net"
+
+	"golang.org/x/sys/unix"
+)
+
+// socketReadable returns a func that blocks until c has bytes queued, has
+// reached EOF or has failed, through the runtime's poller (so c's read
+// deadline and Close end the wait), without reading anything.
+func socketReadable(c *net.TCPConn) func() error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return func() error {
+		return raw.Read(func(fd uintptr) bool {
+			var b [1]byte
+			_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+			// Bytes, EOF or an error: the next Read returns at once.
+			return err != unix.EAGAIN && err != unix.EINTR
+		})
+	}
+}

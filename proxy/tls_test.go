@@ -1,0 +1,290 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/tls"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwt"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+)
+
+// startTLSProxy serves p on a TLS listener with files and returns the
+// address and the logs.
+func startTLSProxy(t *testing.T, p *Proxy, files TLSFiles) (string, *CertReloader, *observer.ObservedLogs) {
+	t.Helper()
+	logs := observe(p)
+	certs, err := NewCertReloader(files, p.Logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listen(t)
+	serveOn(t, p, NewTLSListener(ln, certs.Config()))
+	return ln.Addr().String(), certs, logs
+}
+
+// TestTLSClientAuth runs mosquitto_pub over TLS through the proxy to a
+// real mosquitto, for each client_auth mode and each kind of client:
+// without a certificate, with one from the proxy's client CA, and with one
+// from another CA. A refused client fails at the TLS layer and never
+// reaches the broker.
+func TestTLSClientAuth(t *testing.T) {
+	proxytest.RequireMosquitto(t)
+	proxytest.VerifyNoLeaks(t)
+	broker := proxytest.StartMosquitto(t)
+	pki := newTestPKI(t, "devices")
+	serverCert, serverKey := pki.issue(t, "proxy", true)
+	goodCert, goodKey := pki.issue(t, "device-1", false)
+	otherCert, otherKey := newTestPKI(t, "other").issue(t, "device-1", false)
+
+	clients := []struct{ name, cert, key string }{
+		{"no certificate", "", ""},
+		{"certificate from the client CA", goodCert, goodKey},
+		{"certificate from another CA", otherCert, otherKey},
+	}
+	for _, mode := range []struct {
+		name     string
+		auth     tls.ClientAuthType
+		accepted []bool // per client above
+	}{
+		{configs.ClientAuthNone, tls.NoClientCert, []bool{true, true, true}},
+		{configs.ClientAuthOptional, tls.VerifyClientCertIfGiven, []bool{true, true, false}},
+		{configs.ClientAuthRequired, tls.RequireAndVerifyClientCert, []bool{false, true, false}},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			files := TLSFiles{CertFile: serverCert, KeyFile: serverKey}
+			if mode.auth != tls.NoClientCert {
+				files.ClientCAFile, files.ClientAuth = pki.CAFile, mode.auth
+			}
+			addr, _, logs := startTLSProxy(t, &Proxy{Upstream: broker.Addr, Verifier: jwtChain(t, boundHS256)}, files)
+			for i, client := range clients {
+				t.Run(client.name, func(t *testing.T) {
+					broker.SyncLog(t)
+					before := broker.Connections()
+					refusals := logs.FilterField(zap.String("reason", reasonTLSHandshake)).Len()
+					id := "tls-" + mode.name + "-" + strconv.Itoa(i)
+					args := append(proxytest.AddrArgs(t, addr), "--cafile", pki.CAFile, "-i", id, "-u", "u",
+						"-P", mint(t, e2eSecret, id, nil), "-t", "tls/"+id, "-q", "1", "-m", "over tls")
+					if client.cert != "" {
+						args = append(args, "--cert", client.cert, "--key", client.key)
+					}
+					res := proxytest.Pub(t, args...)
+					broker.SyncLog(t)
+					if mode.accepted[i] {
+						if res.Err != nil || res.Connack != 0 {
+							t.Fatalf("refused (connack %d, %v); want accepted\n%s", res.Connack, res.Err, res.Output)
+						}
+						if got := broker.Connections() - before; got != 1 {
+							t.Errorf("broker saw %d connections, want 1", got)
+						}
+						return
+					}
+					if res.Connack != -1 || res.Err == nil {
+						t.Fatalf("connack %d, err %v; want the TLS handshake to fail\n%s", res.Connack, res.Err, res.Output)
+					}
+					waitFor(t, func() bool { return logs.FilterField(zap.String("reason", reasonTLSHandshake)).Len() > refusals })
+					if got := broker.Connections() - before; got != 0 {
+						t.Errorf("broker saw %d connections from a client refused at the TLS layer, want 0", got)
+					}
+				})
+			}
+		})
+	}
+}
+
+// tlsConnect connects over TLS with config, sends a v3.1.1 CONNECT
+// carrying password, and returns what the proxy answered within a second,
+// and whether the connection was still open then.
+func tlsConnect(t *testing.T, addr string, config *tls.Config, password string) (c net.Conn, answer []byte, open bool) {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Write(connectPacket(t, packets.ProtocolV311, password)); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	answer, err = io.ReadAll(c)
+	c.SetReadDeadline(time.Time{})
+	return c, answer, isTimeout(err)
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
+
+// TestCertificateNamesInClaims: ${cert_common_name} and ${cert_subject}
+// in verify_claims bind a token to the client's certificate.
+func TestCertificateNamesInClaims(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	pki := newTestPKI(t, "devices")
+	serverCert, serverKey := pki.issue(t, "proxy", true)
+	rec := proxytest.NewRecorder(t, "")
+	chain := jwtChain(t, configs.Authenticator{
+		Name: "jwt", Mechanism: "jwt", Algorithm: "hmac-based", Secret: e2eSecret,
+		VerifyClaims: map[string]string{"sub": "${cert_common_name}", "cert": "${cert_subject}"},
+	})
+	addr, _, _ := startTLSProxy(t, &Proxy{Upstream: rec.Addr, Verifier: chain},
+		TLSFiles{CertFile: serverCert, KeyFile: serverKey, ClientCAFile: pki.CAFile, ClientAuth: tls.VerifyClientCertIfGiven})
+
+	token := func(sub, subject string) string {
+		return mint(t, e2eSecret, sub, func(b *jwt.Builder) { b.Claim("cert", subject) })
+	}
+	refused := []byte{0x20, 0x02, 0x00, 4} // v3.1.1 bad user name or password: claim mismatch
+	for _, tc := range []struct {
+		name, cert, token string
+		want              []byte // nil: accepted
+	}{
+		{"names match", "device-7", token("device-7", "CN=device-7,O=Test Devices"), nil},
+		{"another device's token", "device-7", token("device-8", "CN=device-8,O=Test Devices"), refused},
+		{"subject differs", "device-7", token("device-7", "CN=device-7"), refused},
+		{"no certificate", "", token("device-7", "CN=device-7,O=Test Devices"), refused},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			accepted := rec.Accepted()
+			_, answer, open := tlsConnect(t, addr, pki.clientConfig(t, tc.cert), tc.token)
+			if !bytes.Equal(answer, tc.want) || open != (tc.want == nil) {
+				t.Fatalf("proxy answered %x and left the connection open: %v; want %x (nil: accepted)", answer, open, tc.want)
+			}
+			if tc.want == nil {
+				rec.WaitAccepted(t, accepted+1)
+			} else if rec.Accepted() != accepted {
+				t.Error("a refused client reached the upstream")
+			}
+		})
+	}
+}
+
+// TestCertificateFileSwap: a renewed certificate written over the files
+// serves new connections without a restart (after the files' change is
+// noticed, or at once on Reload), while established connections go on; a
+// broken renewal keeps the last good certificate.
+func TestCertificateFileSwap(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	pki := newTestPKI(t, "devices")
+	certFile, keyFile := pki.issue(t, "proxy", true)
+	rec := proxytest.NewRecorder(t, "")
+	addr, certs, logs := startTLSProxy(t, &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}, TLSFiles{CertFile: certFile, KeyFile: keyFile})
+
+	served := func() string {
+		c, err := tls.Dial("tcp", addr, pki.clientConfig(t, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	// renew writes a new certificate over the files, as a renewal does:
+	// to a temporary file, then renamed, so no reader sees half a file.
+	renew := func(certPEM, keyPEM []byte) {
+		for path, data := range map[string][]byte{certFile: certPEM, keyFile: keyPEM} {
+			if err := os.WriteFile(path+".new", data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(path+".new", path); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	issueNew := func() (certPEM, keyPEM []byte, serial string) {
+		c, k := pki.issue(t, "proxy-renewed", true)
+		certPEM, _ = os.ReadFile(c)
+		keyPEM, _ = os.ReadFile(k)
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return certPEM, keyPEM, cert.Leaf.SerialNumber.String()
+	}
+
+	first := served()
+	established, answer, open := tlsConnect(t, addr, pki.clientConfig(t, ""), "good")
+	if !open {
+		t.Fatalf("refused: %x", answer)
+	}
+
+	certPEM, keyPEM, second := issueNew()
+	renew(certPEM, keyPEM)
+	waitFor(t, func() bool { return served() == second })
+	waitLog(t, logs, "TLS certificate reloaded")
+
+	certPEM, keyPEM, third := issueNew()
+	renew(certPEM, keyPEM)
+	if err := certs.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := served(); got != third {
+		t.Errorf("after Reload the proxy serves serial %s, want %s", got, third)
+	}
+
+	renew([]byte("half written"), keyPEM)
+	if err := certs.Reload(); err == nil {
+		t.Error("Reload of a broken certificate succeeded")
+	}
+	if got := certs.current(time.Now().Add(2 * certCheckInterval)); got.Certificates[0].Leaf.SerialNumber.String() != third {
+		t.Error("a broken renewal replaced the certificate in force")
+	}
+	waitLog(t, logs, "TLS files changed but do not load; the previous certificate stays in force")
+	if got := served(); got != third || got == first {
+		t.Errorf("after a broken renewal the proxy serves serial %s, want %s", got, third)
+	}
+
+	publish := publishPacket("still here")
+	if _, err := established.Write(publish); err != nil {
+		t.Fatalf("the connection established before the renewals: %v", err)
+	}
+	rec.WaitReceived(t, 0, len(connectPacket(t, packets.ProtocolV311, "good"))+len(publish))
+}
+
+// TestUpstreamTLS connects to mosquitto's TLS listener: messages flow
+// through the proxy to a broker that speaks TLS only there, and a broker
+// certificate from an unknown CA makes the client's CONNACK "server
+// unavailable".
+func TestUpstreamTLS(t *testing.T) {
+	proxytest.RequireMosquitto(t)
+	proxytest.VerifyNoLeaks(t)
+	pki := newTestPKI(t, "brokers")
+	certFile, keyFile := pki.issue(t, "mosquitto", true)
+	tlsPort := strconv.Itoa(proxytest.FreePort(t))
+	broker := proxytest.StartMosquitto(t, "listener "+tlsPort+" 127.0.0.1", "certfile "+certFile, "keyfile "+keyFile)
+	tlsAddr := net.JoinHostPort("127.0.0.1", tlsPort)
+
+	addr := startProxy(t, &Proxy{Upstream: tlsAddr, Verifier: jwtChain(t, boundHS256),
+		UpstreamTLS: &tls.Config{RootCAs: pki.pool(), ServerName: "127.0.0.1"}})
+	client := func(id string, args ...string) []string {
+		return append(append(proxytest.AddrArgs(t, addr), "-i", id, "-u", "u", "-P", mint(t, e2eSecret, id, nil)), args...)
+	}
+	sub := proxytest.StartSub(t, client("tls-sub", "-t", "up/tls", "-q", "1")...)
+	if sub.Connack() != 0 {
+		t.Fatalf("subscriber refused: %s", sub.Output())
+	}
+	broker.WaitForLog(t, "on port "+tlsPort+".", proxytest.DefaultTimeout)
+	pub := proxytest.Pub(t, client("tls-pub", "-t", "up/tls", "-q", "1", "-m", "through tls")...)
+	if pub.Err != nil || pub.Connack != 0 {
+		t.Fatalf("publisher: %d %v\n%s", pub.Connack, pub.Err, pub.Output)
+	}
+	if msg, ok := sub.Next(proxytest.DefaultTimeout); !ok || msg != "through tls" {
+		t.Errorf("subscriber got %q, %v", msg, ok)
+	}
+
+	wrongCA := startProxy(t, &Proxy{Upstream: tlsAddr, Verifier: passwordVerifier{},
+		UpstreamTLS: &tls.Config{RootCAs: newTestPKI(t, "other").pool(), ServerName: "127.0.0.1"}})
+	c := dial(t, wrongCA)
+	c.Write(connectPacket(t, packets.ProtocolV311, "good"))
+	if got, want := readAll(t, c), []byte{0x20, 0x02, 0x00, 3}; !bytes.Equal(got, want) {
+		t.Errorf("with an untrusted broker certificate the client got %x, want %x (server unavailable)", got, want)
+	}
+}

@@ -1,0 +1,325 @@
+package proxy
+
+import (
+	"cmp"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Defaults for the zero values of WebSocketListener's fields.
+const (
+	DefaultWebSocketPath = "/mqtt"
+	// maxUpgradeRequestBytes bounds the upgrade request's header: room for
+	// a browser's cookies and a token in the query.
+	maxUpgradeRequestBytes = 32 << 10
+	// closeFrameTimeout bounds sending the WebSocket close frame, which
+	// Close does on the goroutine that closes (Proxy.Close among them).
+	closeFrameTimeout = 100 * time.Millisecond
+)
+
+// WebSocketSubprotocols are the subprotocols of MQTT over WebSocket, in
+// order of preference: "mqtt" (MQTT 3.1.1 and 5) and "mqttv3.1".
+var WebSocketSubprotocols = []string{"mqtt", "mqttv3.1"}
+
+// errTextMessage ends a WebSocket connection that sent a text message:
+// MQTT packets travel in binary messages only [MQTT-6.0.0-1].
+var errTextMessage = errors.New("proxy: WebSocket text message; MQTT over WebSocket is binary only")
+
+// WebSocketListener serves MQTT over WebSocket: it answers HTTP upgrade
+// requests on Path and returns each upgraded connection from Accept as a
+// net.Conn that carries the MQTT byte stream, whatever the message
+// boundaries (a CONNECT may span several messages, and one message may
+// hold several packets). The proxy forwards that stream to the broker as
+// it would a TCP client's, so the broker needs no WebSocket support. Set
+// Listener (TCP, or TLS for wss) and call Start.
+//
+// The upgrade request is read on the HTTP server's goroutine within
+// HandshakeTimeout; the proxy's connect timeout and limits apply from
+// Accept on.
+type WebSocketListener struct {
+	// Listener accepts the connections HTTP is served on. Required.
+	Listener net.Listener
+	// Path is the upgrade's HTTP path. Zero means DefaultWebSocketPath.
+	Path string
+	// AllowedOrigins are the Origin header values accepted, or "*" for
+	// any. A request without Origin (not from a browser) is accepted.
+	// Nil means only an origin whose host is the request's own.
+	AllowedOrigins []string
+	// TokenFromAuthorization takes a client's token from the upgrade
+	// request's "Authorization: Bearer" header when its CONNECT has no
+	// password.
+	TokenFromAuthorization bool
+	// TokenQueryParam, when set, takes a client's token from this query
+	// parameter of the upgrade request when its CONNECT has no password.
+	TokenQueryParam string
+	// HandshakeTimeout bounds reading the upgrade request (and the TLS
+	// handshake before it). Zero means DefaultConnectTimeout.
+	HandshakeTimeout time.Duration
+	// Logger receives refused upgrades, at debug level. Nil means none.
+	Logger *zap.Logger
+
+	server   *http.Server
+	upgrader websocket.Upgrader
+	ready    chan net.Conn
+	served   chan struct{} // closed when the HTTP server has stopped
+	serveErr error         // why it stopped, if not Close
+
+	mu       sync.Mutex
+	closed   bool
+	done     chan struct{} // closed by Close
+	handlers sync.WaitGroup
+}
+
+var _ net.Listener = (*WebSocketListener)(nil)
+
+// Start serves HTTP on Listener; it returns l for chaining.
+func (l *WebSocketListener) Start() *WebSocketListener {
+	logger := l.Logger
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	errorLog, err := zap.NewStdLogAt(logger.Named("websocket"), zapcore.DebugLevel)
+	if err != nil {
+		errorLog = nil // the level is valid; net/http then logs to stderr
+	}
+	l.ready = make(chan net.Conn)
+	l.served = make(chan struct{})
+	l.done = make(chan struct{})
+	l.upgrader = websocket.Upgrader{
+		HandshakeTimeout: orDefault(l.HandshakeTimeout, DefaultConnectTimeout),
+		WriteBufferPool:  &sync.Pool{},
+		Subprotocols:     WebSocketSubprotocols,
+		CheckOrigin:      l.checkOrigin,
+	}
+	l.server = &http.Server{
+		Handler:           http.HandlerFunc(l.serveHTTP),
+		ReadHeaderTimeout: orDefault(l.HandshakeTimeout, DefaultConnectTimeout),
+		MaxHeaderBytes:    maxUpgradeRequestBytes,
+		ErrorLog:          errorLog,
+	}
+	go func() {
+		defer close(l.served)
+		if err := l.server.Serve(l.Listener); !errors.Is(err, http.ErrServerClosed) {
+			l.serveErr = err
+		}
+	}()
+	return l
+}
+
+// Accept returns the next upgraded connection.
+func (l *WebSocketListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ready:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	case <-l.served:
+		if l.serveErr != nil {
+			return nil, fmt.Errorf("proxy: WebSocket listener: %w", l.serveErr)
+		}
+		return nil, net.ErrClosed
+	}
+}
+
+// Close stops the HTTP server and waits for its handlers; connections
+// already returned by Accept are the proxy's to close.
+func (l *WebSocketListener) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return net.ErrClosed
+	}
+	l.closed = true
+	close(l.done)
+	l.mu.Unlock()
+	err := l.server.Close()
+	<-l.served
+	l.handlers.Wait()
+	return err
+}
+
+// Addr is the address the listener is bound to.
+func (l *WebSocketListener) Addr() net.Addr { return l.Listener.Addr() }
+
+// enter registers a handler; false once Close has begun.
+func (l *WebSocketListener) enter() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	l.handlers.Add(1)
+	return true
+}
+
+func (l *WebSocketListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if !l.enter() {
+		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer l.handlers.Done()
+	if r.URL.Path != cmp.Or(l.Path, DefaultWebSocketPath) {
+		http.NotFound(w, r)
+		return
+	}
+	ws, err := l.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		// The upgrader has answered with the HTTP error.
+		if l.Logger != nil {
+			l.Logger.Debug("WebSocket upgrade refused", zap.String("remote", r.RemoteAddr), zap.String("origin", r.Header.Get("Origin")), zap.Error(err))
+		}
+		return
+	}
+	c := &wsConn{ws: ws, tls: r.TLS, token: l.token(r)}
+	select {
+	case l.ready <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+// checkOrigin applies AllowedOrigins.
+func (l *WebSocketListener) checkOrigin(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	if l.AllowedOrigins == nil {
+		u, err := url.Parse(origin)
+		return err == nil && strings.EqualFold(u.Host, r.Host)
+	}
+	for _, allowed := range l.AllowedOrigins {
+		if allowed == "*" || strings.EqualFold(allowed, origin) {
+			return true
+		}
+	}
+	return false
+}
+
+// token returns the token the upgrade request carries where the listener
+// is told to look, or nil.
+func (l *WebSocketListener) token(r *http.Request) []byte {
+	if l.TokenFromAuthorization {
+		scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		if ok && strings.EqualFold(scheme, "Bearer") && token != "" {
+			return []byte(token)
+		}
+	}
+	if l.TokenQueryParam != "" {
+		if token := r.URL.Query().Get(l.TokenQueryParam); token != "" {
+			return []byte(token)
+		}
+	}
+	return nil
+}
+
+// wsConn is an upgraded WebSocket connection seen as the byte stream its
+// binary messages carry. Each Write sends one binary message. It supports
+// one reader and one writer at a time, as the proxy uses it; Close and the
+// deadlines may be called at any time.
+type wsConn struct {
+	ws        *websocket.Conn
+	reader    io.Reader            // the message being read; nil between messages
+	tls       *tls.ConnectionState // the upgrade's TLS state; nil over plain TCP
+	token     []byte               // the upgrade request's token; nil without one
+	closeOnce sync.Once
+}
+
+var _ net.Conn = (*wsConn)(nil)
+
+func (c *wsConn) Read(b []byte) (int, error) {
+	for {
+		if c.reader == nil {
+			if err := c.nextMessage(); err != nil {
+				return 0, err
+			}
+		}
+		n, err := c.reader.Read(b)
+		if errors.Is(err, io.EOF) {
+			c.reader = nil
+			if n == 0 {
+				continue
+			}
+			err = nil
+		}
+		return n, err
+	}
+}
+
+// WriteTo copies the stream to dst, message by message, each through a
+// buffer from copyBuffers, so that a connection waiting for its next
+// message holds none of them.
+func (c *wsConn) WriteTo(dst io.Writer) (int64, error) {
+	var written int64
+	for {
+		if c.reader == nil {
+			if err := c.nextMessage(); errors.Is(err, io.EOF) {
+				return written, nil
+			} else if err != nil {
+				return written, err
+			}
+		}
+		n, err := copyBuffered(dst, c.reader, false)
+		written += n
+		if !errors.Is(err, io.EOF) {
+			return written, err
+		}
+		c.reader = nil
+	}
+}
+
+// nextMessage waits for the next message; a close frame with a normal
+// status is io.EOF.
+func (c *wsConn) nextMessage() error {
+	kind, r, err := c.ws.NextReader()
+	switch {
+	case websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived):
+		return io.EOF
+	case err != nil:
+		return err
+	case kind != websocket.BinaryMessage:
+		return errTextMessage
+	}
+	c.reader = r
+	return nil
+}
+
+// Write sends b as one binary message.
+func (c *wsConn) Write(b []byte) (int, error) {
+	if err := c.ws.WriteMessage(websocket.BinaryMessage, b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// Close sends a close frame (normal closure) if it can at once, and closes
+// the connection.
+func (c *wsConn) Close() error {
+	err := net.ErrClosed
+	c.closeOnce.Do(func() {
+		c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(closeFrameTimeout))
+		err = c.ws.Close()
+	})
+	return err
+}
+
+func (c *wsConn) LocalAddr() net.Addr  { return c.ws.LocalAddr() }
+func (c *wsConn) RemoteAddr() net.Addr { return c.ws.RemoteAddr() }
+
+func (c *wsConn) SetDeadline(t time.Time) error {
+	return errors.Join(c.ws.SetReadDeadline(t), c.ws.SetWriteDeadline(t))
+}
+func (c *wsConn) SetReadDeadline(t time.Time) error  { return c.ws.SetReadDeadline(t) }
+func (c *wsConn) SetWriteDeadline(t time.Time) error { return c.ws.SetWriteDeadline(t) }

@@ -1,0 +1,295 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+)
+
+// anyClientHS256 accepts any client with a token signed with e2eSecret.
+var anyClientHS256 = configs.Authenticator{Name: "jwt", Mechanism: "jwt", Algorithm: "hmac-based", Secret: e2eSecret}
+
+// startWebSocketProxy serves p over WebSocket (wss when tlsFiles is set)
+// and returns the URL of its MQTT path.
+func startWebSocketProxy(t *testing.T, p *Proxy, ws *WebSocketListener, tlsFiles *TLSFiles) string {
+	t.Helper()
+	ln := listen(t)
+	ws.Listener, ws.Logger = ln, p.Logger
+	scheme := "ws"
+	if tlsFiles != nil {
+		certs, err := NewCertReloader(*tlsFiles, p.Logger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws.Listener, scheme = NewTLSListener(ln, certs.Config()), "wss"
+	}
+	serveOn(t, p, ws.Start())
+	return fmt.Sprintf("%s://%s%s", scheme, ln.Addr(), DefaultWebSocketPath)
+}
+
+// nodeClient is a running testdata/mqttjs/client.js.
+type nodeClient struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string // its output lines; closed when it exits
+}
+
+// startMQTTjs runs client.js with args; the client is stopped at cleanup.
+func startMQTTjs(t *testing.T, node string, args ...string) *nodeClient {
+	t.Helper()
+	cmd := exec.Command(node, append([]string{"testdata/mqttjs/client.js"}, args...)...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n := &nodeClient{cmd: cmd, stdin: stdin, lines: make(chan string, 100)}
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		scanner := bufio.NewScanner(stdout)
+		for scanner.Scan() {
+			n.lines <- scanner.Text()
+		}
+		close(n.lines)
+		cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		stdin.Close() // it disconnects and exits
+		select {
+		case <-exited:
+		case <-time.After(proxytest.DefaultTimeout):
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	return n
+}
+
+// next returns the client's next output line, or fails the test.
+func (n *nodeClient) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case line, ok := <-n.lines:
+		if !ok {
+			t.Fatal("MQTT.js exited")
+		}
+		return line
+	case <-time.After(proxytest.DefaultTimeout):
+		t.Fatalf("MQTT.js said nothing within %v", proxytest.DefaultTimeout)
+		return ""
+	}
+}
+
+// TestMQTTjsOverWebSocket runs MQTT.js, over ws:// and wss://, with MQTT
+// 3.1.1 and 5, through the proxy to mosquitto, which speaks plain TCP:
+// messages flow to the browser client and from it; a bad token is refused.
+func TestMQTTjsOverWebSocket(t *testing.T) {
+	node := proxytest.RequireNodeModule(t, "testdata/mqttjs", "mqtt")
+	proxytest.RequireMosquitto(t)
+	proxytest.VerifyNoLeaks(t)
+	broker := proxytest.StartMosquitto(t)
+	pki := newTestPKI(t, "web")
+	certFile, keyFile := pki.issue(t, "proxy", true)
+	p := &Proxy{Upstream: broker.Addr, Verifier: jwtChain(t, anyClientHS256)}
+	observe(p)
+	wsURL := startWebSocketProxy(t, p, &WebSocketListener{TokenQueryParam: "token"}, nil)
+	wssURL := startWebSocketProxy(t, p, &WebSocketListener{}, &TLSFiles{CertFile: certFile, KeyFile: keyFile})
+	token := mint(t, e2eSecret, "browser", nil)
+
+	for _, tc := range []struct {
+		name, url, version, token string
+	}{
+		{"ws, MQTT 3.1.1", wsURL, "4", token},
+		{"ws, MQTT 5", wsURL, "5", token},
+		{"wss, MQTT 3.1.1", wssURL, "4", token},
+		{"wss, MQTT 5", wssURL, "5", token},
+		{"ws, token in the URL", wsURL + "?token=" + token, "5", "-"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := "web/" + strings.NewReplacer(" ", "", ",", "-", ".", "").Replace(tc.name)
+			browser := startMQTTjs(t, node, tc.url, tc.version, tc.token, topic, pki.CAFile)
+			if line := browser.next(t); line != "ready" {
+				t.Fatalf("MQTT.js: %q, want ready", line)
+			}
+			echoes := proxytest.StartSub(t, append(proxytest.AddrArgs(t, broker.Addr), "-t", topic+"/out", "-q", "1")...)
+			pub := proxytest.Pub(t, append(proxytest.AddrArgs(t, broker.Addr), "-t", topic+"/in", "-q", "1", "-m", "to the browser")...)
+			if pub.Err != nil {
+				t.Fatalf("publishing to the browser: %v\n%s", pub.Err, pub.Output)
+			}
+			if line := browser.next(t); line != "got to the browser" {
+				t.Errorf("MQTT.js: %q, want the message", line)
+			}
+			if msg, ok := echoes.Next(proxytest.DefaultTimeout); !ok || msg != "echo to the browser" {
+				t.Errorf("the browser's message reached the broker as %q, %v", msg, ok)
+			}
+		})
+	}
+	t.Run("bad token", func(t *testing.T) {
+		browser := startMQTTjs(t, node, wsURL, "5", token+"x", "web/denied", pki.CAFile)
+		if line := browser.next(t); !strings.HasPrefix(line, "error ") || !strings.Contains(strings.ToLower(line), "not authorized") {
+			t.Errorf("MQTT.js: %q, want a refusal", line)
+		}
+	})
+}
+
+// readPackets reads MQTT packets from the WebSocket's messages, whatever
+// their boundaries, until it has n of them.
+func readPackets(t *testing.T, ws *websocket.Conn, n int) [][]byte {
+	t.Helper()
+	var stream []byte
+	var packets [][]byte
+	ws.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
+	for len(packets) < n {
+		kind, message, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("after %d packets (%x): %v", len(packets), packets, err)
+		}
+		if kind != websocket.BinaryMessage {
+			t.Fatalf("message of kind %d, want binary", kind)
+		}
+		stream = append(stream, message...)
+		// Packets here are short: a one-byte remaining length.
+		for len(stream) >= 2 && len(stream) >= 2+int(stream[1]) {
+			size := 2 + int(stream[1])
+			packets = append(packets, stream[:size])
+			stream = stream[size:]
+		}
+	}
+	return packets
+}
+
+// TestWebSocketFraming: a CONNECT split over three messages, then a
+// SUBSCRIBE and a PUBLISH in one message, reach mosquitto as one stream;
+// its answers come back in binary messages.
+func TestWebSocketFraming(t *testing.T) {
+	proxytest.RequireMosquitto(t)
+	proxytest.VerifyNoLeaks(t)
+	broker := proxytest.StartMosquitto(t)
+	p := &Proxy{Upstream: broker.Addr, Verifier: jwtChain(t, boundHS256)}
+	logs := observe(p)
+	url := startWebSocketProxy(t, p, &WebSocketListener{}, nil)
+
+	ws, resp, err := (&websocket.Dialer{Subprotocols: []string{"mqtt"}}).Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	if got := resp.Header.Get("Sec-WebSocket-Protocol"); got != "mqtt" {
+		t.Errorf("subprotocol %q, want mqtt", got)
+	}
+	connect := connectPacket(t, packets.ProtocolV311, mint(t, e2eSecret, "dev-1", nil))
+	for _, part := range [][]byte{connect[:1], connect[1:9], connect[9:]} {
+		if err := ws.WriteMessage(websocket.BinaryMessage, part); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ws.WriteMessage(websocket.BinaryMessage, append(subscribePacket(packets.ProtocolV311), publishPacket("two in one")...)); err != nil {
+		t.Fatal(err)
+	}
+	got := readPackets(t, ws, 3)
+	want := [][]byte{{0x20, 0x02, 0x00, 0x00}, {0x90, 0x03, 0x00, 0x01, 0x01}, publishPacket("two in one")}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Errorf("packet %d: %x, want %x", i, got[i], want[i])
+		}
+	}
+	waitLog(t, logs, "authentication accepted")
+}
+
+// TestWebSocketUpgrade: the upgrade's path, origin and token options, and
+// a text message, which MQTT over WebSocket forbids.
+func TestWebSocketUpgrade(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
+	observe(p)
+	url := startWebSocketProxy(t, p, &WebSocketListener{AllowedOrigins: []string{"https://app.example.com"}, TokenFromAuthorization: true}, nil)
+	good := connectPacket(t, packets.ProtocolV311, "good")
+	noPassword := connectPacket(t, packets.ProtocolV311, "")
+
+	for _, tc := range []struct {
+		name    string
+		url     string
+		header  http.Header
+		status  int    // of a refused upgrade; 0 when it succeeds
+		send    []byte // sent after the upgrade
+		text    bool   // as a text message
+		connack bool   // the proxy keeps the connection, the recorder gets send
+	}{
+		{"wrong path", strings.TrimSuffix(url, "/mqtt") + "/other", nil, http.StatusNotFound, nil, false, false},
+		{"origin not allowed", url, http.Header{"Origin": {"https://evil.example.com"}}, http.StatusForbidden, nil, false, false},
+		{"origin allowed", url, http.Header{"Origin": {"https://app.example.com"}}, 0, good, false, true},
+		{"no origin (not a browser)", url, nil, 0, good, false, true},
+		{"token in Authorization", url, http.Header{"Authorization": {"Bearer good"}}, 0, noPassword, false, true},
+		{"no token anywhere", url, nil, 0, noPassword, false, false},
+		{"text message", url, nil, 0, good, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			accepted := rec.Accepted()
+			ws, resp, err := websocket.DefaultDialer.Dial(tc.url, tc.header)
+			if tc.status != 0 {
+				if err == nil || resp == nil || resp.StatusCode != tc.status {
+					t.Fatalf("upgrade: %v, %v; want status %d", err, resp, tc.status)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ws.Close()
+			kind := websocket.BinaryMessage
+			if tc.text {
+				kind = websocket.TextMessage
+			}
+			if err := ws.WriteMessage(kind, tc.send); err != nil {
+				t.Fatal(err)
+			}
+			if tc.connack {
+				rec.WaitReceived(t, accepted, len(tc.send))
+				if got := rec.Received()[accepted]; !bytes.Equal(got, tc.send) {
+					t.Errorf("upstream got %x, want %x", got, tc.send)
+				}
+				return
+			}
+			ws.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
+			var answer []byte
+			for {
+				_, message, err := ws.ReadMessage()
+				if err != nil {
+					break
+				}
+				answer = append(answer, message...)
+			}
+			if tc.text && len(answer) != 0 {
+				t.Errorf("a text message was answered with %x, want a close", answer)
+			}
+			if !tc.text && !bytes.Equal(answer, []byte{0x20, 0x02, 0x00, 0x04}) {
+				t.Errorf("answered %x, want CONNACK 4 (no token)", answer)
+			}
+			if rec.Accepted() != accepted {
+				t.Error("a refused client reached the upstream")
+			}
+		})
+	}
+}
+
