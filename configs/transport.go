@@ -10,18 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 )
 
-// Defaults of the transport options' zero values.
-const (
-	// DefaultWebSocketPath is WebSocket.Path's zero value.
-	DefaultWebSocketPath = "/mqtt"
-	// DefaultTokenQueryParam is WebSocket.TokenQueryParam's zero value.
-	DefaultTokenQueryParam = "token"
-	// DefaultProxyProtocolTimeout is ProxyProtocol.Timeout's zero value.
-	DefaultProxyProtocolTimeout = 5 * time.Second
-)
+// DefaultTokenQueryParam is WebSocket.TokenQueryParam's zero value.
+const DefaultTokenQueryParam = "token"
 
 // Values of ListenerTLS.ClientAuth.
 const (
@@ -70,7 +62,7 @@ type ListenerTLS struct {
 // listener has tls: wss). Clients send binary messages; the broker behind
 // the proxy gets plain MQTT and needs no WebSocket support.
 type WebSocket struct {
-	// Path is the HTTP path of the upgrade. Zero means DefaultWebSocketPath.
+	// Path is the HTTP path of the upgrade. Zero means /mqtt.
 	Path string `yaml:"path"`
 	// AllowedOrigins lists the Origin header values accepted, such as
 	// "https://app.example.com", or "*" for any. Requests without an
@@ -98,8 +90,7 @@ type ProxyProtocol struct {
 	// as CIDRs or single IPs. Required when Enabled. A peer outside them
 	// is served as a direct client, and refused if it sends a header.
 	TrustedCIDRs []string `yaml:"trusted_cidrs"`
-	// Timeout bounds reading the header. Zero means
-	// DefaultProxyProtocolTimeout.
+	// Timeout bounds reading the header. Zero means 5s.
 	Timeout Duration `yaml:"timeout"`
 }
 

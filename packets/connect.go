@@ -193,9 +193,8 @@ func ReadConnect(r io.Reader, maxSize int) (*Connect, error) {
 	if total := headerLen + remaining; total > maxSize {
 		return nil, tooLarge(r, buf[:versionProbeSize], remaining, total, maxSize)
 	}
-	raw := make([]byte, headerLen+remaining)
-	copy(raw, buf[:headerLen])
-	if err := readFull(r, raw[headerLen:], "CONNECT"); err != nil {
+	raw, err := readBody(r, buf[:headerLen], remaining)
+	if err != nil {
 		return nil, err
 	}
 
@@ -208,6 +207,35 @@ func ReadConnect(r io.Reader, maxSize int) (*Connect, error) {
 		return nil, newError(c.ProtocolVersion, err)
 	}
 	return c, nil
+}
+
+// bodyChunk is the most ReadConnect allocates for a CONNECT body before
+// its bytes arrive.
+const bodyChunk = 4 << 10
+
+// readBody reads the remaining bytes of the packet whose fixed header is
+// header, and returns the whole packet. The buffer grows as the bytes
+// arrive, at most doubling, rather than to the declared length at once: a
+// client that declares the largest CONNECT allowed and trickles it holds
+// about what it sent, not the limit. A packet whose body fits in
+// bodyChunk takes one allocation of its exact size.
+func readBody(r io.Reader, header []byte, remaining int) ([]byte, error) {
+	total := len(header) + remaining
+	raw := make([]byte, len(header), min(total, len(header)+bodyChunk))
+	copy(raw, header)
+	for {
+		end := cap(raw)
+		if err := readFull(r, raw[len(raw):end], "CONNECT"); err != nil {
+			return nil, err
+		}
+		raw = raw[:end]
+		if end == total {
+			return raw, nil
+		}
+		grown := make([]byte, end, min(total, 2*end))
+		copy(grown, raw)
+		raw = grown
+	}
 }
 
 // readFull fills p from r for the named part of a packet that has begun,

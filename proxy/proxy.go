@@ -17,6 +17,19 @@
 // After authentication, plain TCP on both sides is copied with io.Copy
 // between the two *net.TCPConn values, so Linux moves the bytes with
 // splice(2) and they never enter user space.
+//
+// Edge transports wrap the listener, in the order they arrive on the
+// wire: a ProxyProtocolListener reads a load balancer's PROXY header, a
+// NewTLSListener speaks TLS (certificates from a CertReloader), and a
+// WebSocketListener carries MQTT over WebSocket:
+//
+//	certs, err := proxy.NewCertReloader(proxy.TLSFiles{CertFile: "server.pem", KeyFile: "server.key"}, logger)
+//	if err != nil { ... }
+//	wss := (&proxy.WebSocketListener{Listener: proxy.NewTLSListener(ln, certs.Config())}).Start()
+//	log.Fatal(p.Serve(wss, "wss"))
+//
+// Toward the broker, UpstreamProxyHeader and UpstreamTLS add a PROXY
+// header and TLS.
 package proxy
 
 import (

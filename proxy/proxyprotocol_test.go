@@ -180,3 +180,37 @@ func TestProxyProtocolOut(t *testing.T) {
 		}
 	})
 }
+
+// TestProxyProtocolUnderTLS: a load balancer's header comes before the
+// TLS handshake; the client behind it is logged with the header's address
+// and its bytes are copied without loss past the header's read-ahead.
+func TestProxyProtocolUnderTLS(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	pki := newTestPKI(t, "edge")
+	certFile, keyFile := pki.issue(t, "proxy", true)
+	certs, err := NewCertReloader(TLSFiles{CertFile: certFile, KeyFile: keyFile}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := proxytest.NewRecorder(t, "")
+	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
+	logs := observe(p)
+	ln := listen(t)
+	pp := (&ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, Logger: p.Logger}).Start()
+	serveOn(t, p, NewTLSListener(pp, certs.Config()))
+
+	raw := dial(t, ln.Addr().String())
+	if _, err := raw.Write(proxyHeader(t, 2, "203.0.113.50:40000", "192.0.2.1:8883")); err != nil {
+		t.Fatal(err)
+	}
+	c := tls.Client(raw, pki.clientConfig(t, ""))
+	sent := append(connectPacket(t, packets.ProtocolV311, "good"), publishPacket("behind a balancer, over TLS")...)
+	if _, err := c.Write(sent); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, logs, "authentication accepted", zap.String("remote", "203.0.113.50:40000"))
+	rec.WaitReceived(t, 0, len(sent))
+	if got := rec.Received()[0]; !bytes.Equal(got, sent) {
+		t.Errorf("upstream received %x, want %x", got, sent)
+	}
+}

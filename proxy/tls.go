@@ -217,11 +217,12 @@ func (p *Proxy) handshake(s *session, start time.Time, log *zap.Logger) bool {
 	if err == nil {
 		return true
 	}
+	if s.evicted.Load() {
+		log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", limitPending))
+		return false
+	}
 	reason := reasonTLSHandshake
-	switch {
-	case s.evicted.Load():
-		reason = limitPending
-	case errors.Is(err, ErrUntrustedProxyHeader):
+	if errors.Is(err, ErrUntrustedProxyHeader) {
 		reason = reasonUntrustedProxyHeader
 	}
 	p.Metrics.decided("refused", reason, time.Since(start))
@@ -289,11 +290,30 @@ func (p *Proxy) startUpstream(up net.Conn, client net.Conn) (net.Conn, error) {
 
 // bareClient replaces s's client by the socket under its PROXY protocol
 // wrapper, so that a plain TCP client is spliced, and returns it with the
-// bytes the wrapper read past the CONNECT, which go upstream first.
+// bytes already read from the client past its CONNECT, which go upstream
+// first: what the wrapper read ahead, or for TLS the rest of the record
+// the CONNECT came in, which crypto/tls holds decrypted where waiting on
+// the socket would not see it.
 func (p *Proxy) bareClient(s *session) (net.Conn, []byte) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	bare, ahead := bareConn(s.client)
 	s.client = bare
+	p.mu.Unlock()
+	if tc, ok := bare.(*tls.Conn); ok {
+		ahead = append(ahead, decryptedAhead(tc)...)
+	}
 	return bare, ahead
+}
+
+// decryptedAhead returns the plaintext tc holds that was not read yet. A
+// Read under an expired deadline returns it without touching the socket,
+// or times out at once when there is none; crypto/tls does not hold a
+// read timeout against the connection.
+func decryptedAhead(tc *tls.Conn) []byte {
+	tc.SetReadDeadline(time.Unix(1, 0))
+	defer tc.SetReadDeadline(time.Time{})
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	n, _ := tc.Read(*bp)
+	return append([]byte(nil), (*bp)[:n]...)
 }

@@ -91,7 +91,7 @@ func readiness(c net.Conn) func() error {
 		if !ok {
 			return nil
 		}
-		socket, _ := bareConn(records.Conn)
+		socket, _ := peekBare(records.Conn)
 		tcp, ok := socket.(*net.TCPConn)
 		if !ok {
 			return nil

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
@@ -187,6 +188,40 @@ func BenchmarkThroughput(b *testing.B) {
 			c.Close() // the proxy passes the end on; the sink reports when all arrived
 			if n := <-received; n != int64(len(connect))+int64(b.N)*int64(len(chunk)) {
 				b.Fatalf("the broker received %d bytes, want %d", n, int64(len(connect))+int64(b.N)*int64(len(chunk)))
+			}
+		})
+	}
+}
+
+// TestReadiness: the copy waits on the socket, holding no buffer, for
+// plain TCP and for TLS read through a recordConn (behind a PROXY header
+// too), and cannot for TLS that reads ahead on its own.
+func TestReadiness(t *testing.T) {
+	ln := listen(t)
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	for _, tc := range []struct {
+		name    string
+		conn    net.Conn
+		canWait bool
+	}{
+		{"TCP", server, true},
+		{"TLS over a recordConn", tls.Server(&recordConn{Conn: server}, nil), true},
+		{"TLS over a recordConn behind a PROXY header", tls.Server(&recordConn{Conn: &proxiedConn{Conn: server}}, nil), true},
+		{"TLS reading ahead", tls.Server(server, nil), false},
+		{"a pipe", func() net.Conn { a, _ := net.Pipe(); return a }(), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := readiness(tc.conn) != nil; got != tc.canWait && runtime.GOOS == "linux" {
+				t.Errorf("readiness: %v, want %v", got, tc.canWait)
 			}
 		})
 	}

@@ -109,6 +109,8 @@ func (l *WebSocketListener) Start() *WebSocketListener {
 		MaxHeaderBytes:    maxUpgradeRequestBytes,
 		ErrorLog:          errorLog,
 	}
+	// One upgrade per connection: no idle keep-alive connection to bound.
+	l.server.SetKeepAlivesEnabled(false)
 	go func() {
 		defer close(l.served)
 		if err := l.server.Serve(l.Listener); !errors.Is(err, http.ErrServerClosed) {

@@ -292,4 +292,3 @@ func TestWebSocketUpgrade(t *testing.T) {
 		})
 	}
 }
-

@@ -12,7 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"text/tabwriter"
+	"unicode/utf8"
 )
 
 // figure is one row of the report: what it is called and how it is read
@@ -46,7 +46,7 @@ var figures = map[string][]figure{
 		{"hop RSS KiB idle", procFigure("hop", func(p procReport) float64 { return float64(p.RSSBefore) / 1024 })},
 		{"hop RSS bytes/conn", procFigure("hop", func(p procReport) float64 { return p.BytesPerConn })},
 		{"hop fds/conn", procFigure("hop", func(p procReport) float64 { return p.FDsPerConn })},
-		{"hop pipes held", procFigure("hop", func(p procReport) float64 { return float64(p.PipesAfter) })},
+		{"hop pipes open", procFigure("hop", func(p procReport) float64 { return float64(p.PipesAfter) })},
 		{"broker RSS bytes/conn", procFigure("broker", func(p procReport) float64 { return p.BytesPerConn })},
 	},
 }
@@ -176,13 +176,12 @@ func writeReport(w io.Writer, runs []result, ratios ratioFlag) error {
 	}
 	fmt.Fprintf(w, "Medians of %s runs per scenario and target.\n\n", runsText)
 
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	header := []string{"scenario", "figure"}
 	header = append(header, targets...)
 	for _, ratio := range ratios {
 		header = append(header, ratio[0]+"/"+ratio[1])
 	}
-	fmt.Fprintln(tw, strings.Join(header, "\t")+"\t")
+	rows := [][]string{header}
 	for _, scenario := range scenarios {
 		label := scenario
 		for _, fig := range figures[modes[scenario]] {
@@ -209,10 +208,36 @@ func writeReport(w io.Writer, runs []result, ratios ratioFlag) error {
 					row = append(row, "-")
 				}
 			}
-			fmt.Fprintln(tw, strings.Join(row, "\t")+"\t")
+			rows = append(rows, row)
 		}
 	}
-	return tw.Flush()
+	return writeTable(w, rows)
+}
+
+// writeTable prints rows in columns: the first two (names) aligned left,
+// the rest (numbers) aligned right.
+func writeTable(w io.Writer, rows [][]string) error {
+	widths := make([]int, len(rows[0]))
+	for _, row := range rows {
+		for i, cell := range row {
+			widths[i] = max(widths[i], utf8.RuneCountInString(cell))
+		}
+	}
+	var b strings.Builder
+	for _, row := range rows {
+		for i, cell := range row {
+			pad := strings.Repeat(" ", widths[i]-utf8.RuneCountInString(cell))
+			switch {
+			case i < 2:
+				b.WriteString(cell + pad + "  ")
+			default:
+				b.WriteString("  " + pad + cell)
+			}
+		}
+		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }
 
 // medianOf is the median of fig over the runs that have it.

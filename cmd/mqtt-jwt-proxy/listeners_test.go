@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+)
+
+// TestServeEdgeListeners runs serve with an MQTT-over-TLS listener and a
+// secure WebSocket listener that takes the token from the URL, using the
+// example's test certificates, and connects through each.
+func TestServeEdgeListeners(t *testing.T) {
+	certs, err := filepath.Abs("../../configs/testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := `listeners:
+  - name: mqtts
+    bind: "127.0.0.1:0"
+    tls: {cert_file: ` + certs + `/server.pem, key_file: ` + certs + `/server.key, client_ca_file: ` + certs + `/ca.pem, client_auth: required}
+  - name: wss
+    bind: "127.0.0.1:0"
+    tls: {cert_file: ` + certs + `/server.pem, key_file: ` + certs + `/server.key}
+    websocket: {token_from: query}
+upstream:
+  address: embedded
+authentication:
+  - {mechanism: jwt, algorithm: hmac-based, secret: secret}
+log: {format: json}
+`
+	path := filepath.Join(t.TempDir(), "edge.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	logR, logW := io.Pipe()
+	exited := make(chan int, 1)
+	go func() {
+		exited <- run(ctx, []string{"-config", path}, io.Discard, logW)
+		logW.Close()
+	}()
+	lines := logLines(logR)
+	addrs := map[string]string{}
+	for range 2 {
+		line := waitForLog(t, lines, "listening")
+		addrs[line["listener"].(string)] = line["address"].(string)
+	}
+
+	caPEM, err := os.ReadFile(filepath.Join(certs, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	device, err := tls.LoadX509KeyPair(filepath.Join(certs, "device-1.pem"), filepath.Join(certs, "device-1.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	connect := func(password string) []byte {
+		raw, err := (&packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 4, CleanStart: true, ClientID: "edge",
+			UsernameFlag: true, Username: "any", PasswordFlag: password != "", Password: []byte(password)}).Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	accepted := []byte{0x20, 0x02, 0x00, 0x00}
+
+	t.Run("mqtts with a device certificate", func(t *testing.T) {
+		c, err := tls.Dial("tcp", addrs["mqtts"], &tls.Config{RootCAs: roots, ServerName: "localhost", Certificates: []tls.Certificate{device}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(connect(seedToken))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		ack := make([]byte, 4)
+		if _, err := io.ReadFull(c, ack); err != nil || string(ack) != string(accepted) {
+			t.Errorf("CONNACK %x (%v), want %x", ack, err, accepted)
+		}
+	})
+	t.Run("mqtts without a certificate", func(t *testing.T) {
+		c, err := tls.Dial("tcp", addrs["mqtts"], &tls.Config{RootCAs: roots, ServerName: "localhost"})
+		if err == nil {
+			c.Write(connect(seedToken))
+			_, err = c.Read(make([]byte, 4))
+			c.Close()
+		}
+		if err == nil {
+			t.Error("a client without a certificate got through client_auth: required")
+		}
+	})
+	t.Run("wss with the token in the URL", func(t *testing.T) {
+		u := url.URL{Scheme: "wss", Host: addrs["wss"], Path: "/mqtt", RawQuery: url.Values{"token": {seedToken}}.Encode()}
+		dialer := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "localhost"}, Subprotocols: []string{"mqtt"}}
+		ws, _, err := dialer.Dial(u.String(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ws.Close()
+		ws.WriteMessage(websocket.BinaryMessage, connect(""))
+		ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, ack, err := ws.ReadMessage(); err != nil || string(ack) != string(accepted) {
+			t.Errorf("CONNACK %x (%v), want %x", ack, err, accepted)
+		}
+	})
+
+	cancel()
+	if code := <-exited; code != 0 {
+		t.Errorf("serve exited %d after cancel, want 0", code)
+	}
+	for range lines {
+	}
+}

@@ -1,0 +1,153 @@
+package proxy
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwt"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+)
+
+// benchConnack is what the benchmarks' upstream accepts every client with.
+var benchConnack = []byte{0x20, 0x02, 0x00, 0x00}
+
+// benchDisconnect is an MQTT 3.1.1 DISCONNECT.
+var benchDisconnect = []byte{0xe0, 0x00}
+
+// benchProxy serves a Proxy with a real HS256 authentication chain in
+// front of a minimal upstream: it reads the CONNECT, answers benchConnack,
+// then hands the connection to session, and closes it when session
+// returns, as a broker closes after DISCONNECT. It returns the proxy's
+// address and an accepted client's CONNECT.
+func benchProxy(b *testing.B, session func(net.Conn)) (addr string, connect []byte) {
+	b.Helper()
+	upstream := listen(b)
+	var sessions sync.WaitGroup
+	b.Cleanup(sessions.Wait) // after listen's cleanup closed the listener
+	sessions.Go(func() {
+		for {
+			c, err := upstream.Accept()
+			if err != nil {
+				return
+			}
+			sessions.Go(func() {
+				defer c.Close()
+				if _, err := packets.ReadConnect(c, 0); err == nil {
+					if _, err := c.Write(benchConnack); err == nil {
+						session(c)
+					}
+				}
+			})
+		}
+	})
+
+	chain := jwtChain(b, configs.Authenticator{Name: "jwt", Mechanism: "jwt", Algorithm: "hmac-based", Secret: e2eSecret})
+	ln := listen(b)
+	serveOn(b, &Proxy{Upstream: upstream.Addr().String(), Verifier: chain}, ln)
+
+	token, err := jwt.NewBuilder().Subject("bench").Expiration(time.Now().Add(time.Hour)).Build()
+	if err != nil {
+		b.Fatal(err)
+	}
+	signed, err := jwt.Sign(token, jwt.WithKey(jwa.HS256, []byte(e2eSecret)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ln.Addr().String(), connectAs(b, packets.ProtocolV311, "bench", string(signed))
+}
+
+// benchOpen connects through the proxy and reads the CONNACK.
+func benchOpen(addr string, connect []byte) (net.Conn, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	var connack [4]byte
+	if _, err := c.Write(connect); err == nil {
+		_, err = io.ReadFull(c, connack[:])
+	}
+	if err == nil && !bytes.Equal(connack[:], benchConnack) {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// BenchmarkProxyConnect measures whole client sessions through the proxy:
+// dial, CONNECT with an HS256 token (verified), the upstream dialed and
+// its CONNACK relayed, DISCONNECT, and the close passed back. Allocations
+// count the client's and the upstream's too, which share the process.
+func BenchmarkProxyConnect(b *testing.B) {
+	addr, connect := benchProxy(b, func(c net.Conn) {
+		var disconnect [2]byte
+		io.ReadFull(c, disconnect[:])
+	})
+	b.ReportAllocs()
+	b.SetParallelism(4) // 4 clients per core keep the proxy busy
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			c, err := benchOpen(addr, connect)
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			c.Write(benchDisconnect)
+			io.Copy(io.Discard, c) // until the close comes back through the proxy
+			c.Close()
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "connects/s")
+}
+
+// BenchmarkSplice measures bytes through an authenticated connection: a
+// PUBLISH of each size goes through the proxy to an upstream that echoes
+// it, and comes back. The size is the payload's.
+func BenchmarkSplice(b *testing.B) {
+	addr, connect := benchProxy(b, func(c net.Conn) { io.Copy(c, c) })
+	for _, size := range []int{64, 4 << 10, 64 << 10} {
+		b.Run(strconv.Itoa(size)+"B", func(b *testing.B) {
+			c, err := benchOpen(addr, connect)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			publish := benchPublish(size)
+			echo := make([]byte, len(publish))
+			b.SetBytes(int64(len(publish)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := c.Write(publish); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, echo); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if !bytes.Equal(echo, publish) {
+				b.Fatal("the echo differs from what was sent")
+			}
+		})
+	}
+}
+
+// benchPublish is a QoS 0 PUBLISH to topic b with a payload of size bytes.
+func benchPublish(size int) []byte {
+	remaining := 3 + size
+	p := []byte{0x30}
+	for ; remaining >= 0x80; remaining >>= 7 {
+		p = append(p, byte(remaining&0x7f|0x80))
+	}
+	p = append(p, byte(remaining), 0, 1, 'b')
+	return append(p, bytes.Repeat([]byte{'x'}, size)...)
+}
