@@ -132,9 +132,7 @@ func (p *Proxy) serveConn(s *session) {
 		// the client's will, as for any abnormal end.
 		timer = time.AfterFunc(time.Until(id.Expiry), func() {
 			expired.Store(true)
-			p.mu.Lock()
-			s.abortLocked()
-			p.mu.Unlock()
+			p.abort(s)
 		})
 	}
 	// From here the connection outlives this goroutine: done does what
@@ -253,14 +251,16 @@ func expiryField(exp time.Time) zap.Field {
 // connections (TLS, WebSocket) get splice's two goroutines.
 func (p *Proxy) relay(s *session, done func(fromClient, toClient int64)) {
 	if w := p.relays(); w != nil {
-		if r, ok := w.startRelay(s.client, s.upstream, p.halfCloseTimeout(), done); ok {
-			p.mu.Lock()
-			s.relay = r
-			closing := p.closed
-			p.mu.Unlock()
-			if closing { // Close may have missed it
-				r.abort()
-			}
+		// Under p.mu, so that abort either finds the relay or has marked
+		// the session first; a socket must never close while it is in the
+		// epoll set without the relay knowing.
+		p.mu.Lock()
+		started := false
+		if !s.aborted {
+			s.relay, started = w.startRelay(s.client, s.upstream, p.halfCloseTimeout(), done)
+		}
+		p.mu.Unlock()
+		if started {
 			return
 		}
 	}

@@ -139,19 +139,25 @@ type session struct {
 	upstream net.Conn      // nil until dialed
 	pending  *list.Element // in Proxy.pending until the CONNECT is decided
 	relay    *relay        // set once the connection is handed to the watcher
+	aborted  bool          // abort has begun; no relay may start after it
 	evicted  atomic.Bool   // closed to make room for newer pending connects
 }
 
-// abortLocked ends s at once from outside its own goroutine (Close,
-// token expiry). The caller holds Proxy.mu.
-func (s *session) abortLocked() {
-	if s.relay != nil {
-		s.relay.abort() // it closes both sockets, after leaving the epoll set
+// abort ends s at once from outside its own goroutine (Close, token
+// expiry). Closing happens outside Proxy.mu: a WebSocket close frame may
+// take a while, and accepting must not wait for it.
+func (p *Proxy) abort(s *session) {
+	p.mu.Lock()
+	s.aborted = true
+	r, up := s.relay, s.upstream
+	p.mu.Unlock()
+	if r != nil {
+		r.abort() // it closes both sockets, after leaving the epoll set
 		return
 	}
 	s.client.Close()
-	if s.upstream != nil {
-		s.upstream.Close()
+	if up != nil {
+		up.Close()
 	}
 }
 
@@ -226,10 +232,14 @@ func (p *Proxy) Close() error {
 	for ln := range p.listeners {
 		ln.Close()
 	}
+	open := make([]*session, 0, len(p.sessions))
 	for s := range p.sessions {
-		s.abortLocked()
+		open = append(open, s)
 	}
 	p.mu.Unlock()
+	for _, s := range open {
+		p.abort(s)
+	}
 	p.wg.Wait()
 	p.stopWatcher()
 	return nil
