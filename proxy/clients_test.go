@@ -3,9 +3,11 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -210,9 +212,9 @@ func pahoScenarios() []scenario {
 			watcher := connectPaho(t, addr, pahoConnect(t, "will-watch"))
 			watcher.subscribe(t, "will/#", 1)
 			cp := pahoConnect(t, "will-dev")
-			expiry := uint32(sentExpiry)
 			cp.WillMessage = &paho.WillMessage{Topic: "will/dev", QoS: 1, Payload: []byte("gone")}
-			cp.WillProperties = &paho.WillProperties{MessageExpiry: &expiry, ContentType: "text/plain", User: paho.UserProperties{{Key: "why", Value: "lost"}}}
+			// paho writes no will property but the delay and user properties.
+			cp.WillProperties = &paho.WillProperties{User: paho.UserProperties{{Key: "why", Value: "lost"}}}
 			device := connectPaho(t, addr, cp)
 			device.TerminateConnectionForTest() // no DISCONNECT: the broker publishes the will
 			return []string{describe(watcher.next(t))}
@@ -239,6 +241,45 @@ func pahoScenarios() []scenario {
 			clean := connectPaho(t, addr, pahoConnect(t, "keeper"))
 			return append(transcript, fmt.Sprintf("after a clean start: session present %t", clean.connack.SessionPresent))
 		}},
+	}
+}
+
+// mqttjsScenarios are the paho scenarios played by MQTT.js (MQTT 5 over
+// TCP) with testdata/mqttjs/scenarios.js, whose transcripts have the same
+// format.
+func mqttjsScenarios(t *testing.T) []scenario {
+	node := proxytest.RequireNodeModule(t, "testdata/mqttjs", "mqtt")
+	play := func(name string, ids ...string) func(t *testing.T, addr string) []string {
+		return func(t *testing.T, addr string) []string {
+			tokens := make(map[string]string)
+			for _, id := range ids {
+				tokens[id] = mint(t, e2eSecret, id, nil)
+			}
+			env, err := json.Marshal(tokens)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), proxytest.DefaultTimeout)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, node, "testdata/mqttjs/scenarios.js", name, "mqtt://"+addr)
+			cmd.Env = append(os.Environ(), "MQTTJS_TOKENS="+string(env))
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("MQTT.js scenario %s: %v\n%s", name, err, out)
+			}
+			var transcript []string
+			for line := range strings.Lines(string(out)) {
+				transcript = append(transcript, normalizeCLI(strings.TrimSuffix(line, "\n")))
+			}
+			return transcript
+		}
+	}
+	paho := pahoScenarios()
+	return []scenario{
+		{name: paho[0].name, lines: paho[0].lines, run: play("qos", "qos-sub", "qos-pub")},
+		{name: paho[1].name, lines: paho[1].lines, run: play("retained", "ret-pub", "ret-late")},
+		{name: paho[2].name, lines: paho[2].lines, run: play("will", "will-watch", "will-dev")},
+		{name: paho[3].name, lines: paho[3].lines, run: play("session", "keeper", "queue-pub")},
 	}
 }
 
@@ -388,26 +429,28 @@ func killAfterSubscribe(t *testing.T, args ...string) {
 }
 
 // TestRealClientsSameThroughProxy runs the same pub/sub scenarios with
-// paho.golang (MQTT 5) and with mosquitto_pub and mosquitto_sub (MQTT
-// 3.1.1 and 5) against a mosquitto broker directly and against another
+// paho.golang and MQTT.js (MQTT 5) and with mosquitto_pub and
+// mosquitto_sub (MQTT 3.1.1 and 5) against a mosquitto broker directly and against another
 // through the proxy, and requires identical transcripts: every message
 // with its QoS, retain flag and properties, and the session flags.
 func TestRealClientsSameThroughProxy(t *testing.T) {
 	proxytest.RequireMosquitto(t)
 	proxytest.VerifyNoLeaks(t)
-	suites := map[string][]scenario{
-		"paho":               pahoScenarios(),
-		"mosquitto mqttv311": cliScenarios("mqttv311"),
-		"mosquitto mqttv5":   cliScenarios("mqttv5"),
+	suites := map[string]func(t *testing.T) []scenario{
+		"paho":               func(*testing.T) []scenario { return pahoScenarios() },
+		"MQTT.js":            mqttjsScenarios,
+		"mosquitto mqttv311": func(*testing.T) []scenario { return cliScenarios("mqttv311") },
+		"mosquitto mqttv5":   func(*testing.T) []scenario { return cliScenarios("mqttv5") },
 	}
 	for _, name := range slices.Sorted(maps.Keys(suites)) {
 		t.Run(name, func(t *testing.T) {
+			scenarios := suites[name](t)
 			// Brokers of its own, so that no session or retained message
 			// of another suite is there.
 			direct := proxytest.StartMosquitto(t)
 			behind := proxytest.StartMosquitto(t)
 			proxied := startProxy(t, &Proxy{Upstream: behind.Addr, Verifier: jwtChain(t, boundHS256)})
-			for _, sc := range suites[name] {
+			for _, sc := range scenarios {
 				t.Run(sc.name, func(t *testing.T) {
 					want := sc.run(t, direct.Addr)
 					got := sc.run(t, proxied)

@@ -80,19 +80,17 @@ func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[st
 		return pk.Raw, nil
 	}
 	out := *pk
+	var err error
 	if f.clientID != nil {
-		id, ok := f.clientID.Render(req, claims)
-		if !ok {
-			return nil, fmt.Errorf("%w: forward.client_id: %s has no value for this client", authn.ErrClaimMismatch, f.clientID)
+		if out.ClientID, err = render(f.clientID, "forward.client_id", req, claims); err != nil {
+			return nil, err
 		}
-		out.ClientID = id
 	}
 	if f.username != nil {
-		name, ok := f.username.Render(req, claims)
-		if !ok {
-			return nil, fmt.Errorf("%w: forward.username: %s has no value for this client", authn.ErrClaimMismatch, f.username)
+		if out.Username, err = render(f.username, "forward.username", req, claims); err != nil {
+			return nil, err
 		}
-		out.UsernameFlag, out.Username = true, name
+		out.UsernameFlag = true
 	}
 	switch {
 	case f.stripPassword:
@@ -107,7 +105,7 @@ func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[st
 	}
 
 	var rewritten []string
-	fields := make([]zap.Field, 0, 3)
+	var fields []zap.Field
 	if out.ClientID != pk.ClientID {
 		rewritten = append(rewritten, "client_id")
 		fields = append(fields, zap.String("upstream_client_id", out.ClientID))
@@ -128,4 +126,14 @@ func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[st
 	}
 	log.Debug("connect rewritten for the upstream", append(fields, zap.Strings("rewritten", rewritten))...)
 	return raw, nil
+}
+
+// render is t for this client, or an error wrapping
+// authn.ErrClaimMismatch that names key.
+func render(t *authn.Template, key string, req *authn.Request, claims map[string]any) (string, error) {
+	s, ok := t.Render(req, claims)
+	if !ok {
+		return "", fmt.Errorf("%w: %s: %s has no value for this client", authn.ErrClaimMismatch, key, t)
+	}
+	return s, nil
 }

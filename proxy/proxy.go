@@ -3,7 +3,9 @@
 // broker, byte for byte. Refused clients get a CONNACK with the reason code
 // for their protocol version and never reach the broker: the upstream is
 // dialed only after the token is accepted, and nothing a client sent before
-// or after its CONNECT is forwarded unless it was accepted.
+// or after its CONNECT is forwarded unless it was accepted. A Forward, when
+// set, rewrites the accepted CONNECT on its way (password stripped, client
+// identifier from a claim); everything after it goes through unchanged.
 //
 // Typical usage:
 //

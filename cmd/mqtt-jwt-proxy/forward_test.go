@@ -3,7 +3,17 @@ package main
 import (
 	"strings"
 	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
 )
+
+// hmacChain is an authentication section the forward tests share; the
+// forward section goes after it, at the end of the file.
+const hmacChain = "  - {mechanism: jwt, algorithm: hmac-based, secret: secret}\n"
 
 // TestCheckForward: check parses the forward templates, and its errors
 // name the key.
@@ -20,11 +30,52 @@ func TestCheckForward(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			// The authentication section is the file's last: forward follows it.
-			path := writeConfig(t, "  - {mechanism: jwt, algorithm: hmac-based, secret: secret}\n"+tc.forward)
+			path := writeConfig(t, hmacChain+tc.forward)
 			code, stdout, stderr := runCommand(t, "check", "-config", path)
 			if code != tc.wantCode || !strings.Contains(stdout+stderr, tc.want) {
 				t.Errorf("check exited %d, stdout %q, stderr %q; want %d and %q", code, stdout, stderr, tc.wantCode, tc.want)
+			}
+		})
+	}
+}
+
+// TestReloadForward: a reload keeps the running forward section and says
+// a restart applies a new one; a broken one rejects the reload.
+func TestReloadForward(t *testing.T) {
+	running, err := configs.Load(writeConfig(t, hmacChain+"forward: {password: strip}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name     string
+		forward  string
+		wantErr  string
+		wantWarn bool
+	}{
+		{"unchanged", "forward: {password: strip}\n", "", false},
+		{"changed", "forward: {password: strip, client_id: \"${claims.sub}\"}\n", "", true},
+		{"broken", "forward: {client_id: \"${claims}\"}\n", "forward.client_id: unknown placeholder ${claims}", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			core, logs := observer.New(zap.WarnLevel)
+			next, chain, err := reload(writeConfig(t, hmacChain+tc.forward), running, &proxy.Proxy{}, zap.New(core))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || next != nil {
+					t.Fatalf("reload = %v, %v; want an error containing %q", next, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			chain.Close()
+			if next.Forward != running.Forward {
+				t.Errorf("forward after reload = %+v, want the running %+v", next.Forward, running.Forward)
+			}
+			warned := logs.FilterMessage("forward changes take effect at the next restart; the rest is reloaded").Len() == 1
+			if warned != tc.wantWarn {
+				t.Errorf("restart warning logged: %v, want %v (logs %v)", warned, tc.wantWarn, logs.All())
 			}
 		})
 	}
