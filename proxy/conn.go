@@ -80,7 +80,7 @@ func (p *Proxy) serveConn(s *session) {
 	p.decided(s)
 	var upstreamConnect []byte // what the broker gets: pk.Raw unless Forward rewrites it
 	if err == nil {
-		upstreamConnect, err = p.Forward.connect(pk, &req, id.Claims, log)
+		upstreamConnect, err = s.policy.forward.connect(pk, &req, id.Claims, log)
 	}
 	if err != nil {
 		reason := string(authn.ReasonOf(err))

@@ -78,7 +78,8 @@ type Proxy struct {
 	// Verifier decides on each client's CONNECT. Required.
 	Verifier authn.Verifier
 	// Forward, if set, rewrites an accepted client's CONNECT before it
-	// goes upstream (see NewForward). Nil keeps everything: the broker
+	// goes upstream (see NewForward); Reload replaces it. Nil keeps
+	// everything: the broker
 	// gets the client's bytes unchanged.
 	Forward *Forward
 	// DialUpstream, if set, opens the connection to the broker instead of
@@ -130,6 +131,7 @@ type Proxy struct {
 type policy struct {
 	verifier authn.Verifier
 	limits   Limits
+	forward  *Forward
 	rates    *ipRates
 }
 
@@ -212,17 +214,21 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 	}
 }
 
-// Reload makes v and l apply to connections accepted from now on;
+// Reload makes v, l and f apply to connections accepted from now on;
 // established connections are untouched. Counters (open and pending
 // connections) carry over; per-IP rate state starts afresh.
-func (p *Proxy) Reload(v authn.Verifier, l Limits) {
+func (p *Proxy) Reload(v authn.Verifier, l Limits, f *Forward) {
 	p.policyOnce.Do(func() {})
-	p.policy.Store(&policy{verifier: v, limits: l, rates: newIPRates(l.PerIPConnectRate, l.PerIPConnectBurst)})
+	p.policy.Store(newPolicy(v, l, f))
+}
+
+func newPolicy(v authn.Verifier, l Limits, f *Forward) *policy {
+	return &policy{verifier: v, limits: l, forward: f, rates: newIPRates(l.PerIPConnectRate, l.PerIPConnectBurst)}
 }
 
 func (p *Proxy) currentPolicy() *policy {
 	p.policyOnce.Do(func() {
-		p.policy.Store(&policy{verifier: p.Verifier, limits: p.Limits, rates: newIPRates(p.Limits.PerIPConnectRate, p.Limits.PerIPConnectBurst)})
+		p.policy.Store(newPolicy(p.Verifier, p.Limits, p.Forward))
 	})
 	return p.policy.Load()
 }

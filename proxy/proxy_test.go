@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
@@ -317,4 +318,51 @@ func TestServeAfterClose(t *testing.T) {
 	if err := (&Proxy{}).Serve(ln, "x"); err == nil || errors.Is(err, ErrProxyClosed) {
 		t.Errorf("Serve without Verifier = %v, want a configuration error", err)
 	}
+}
+
+// TestReload: a new verifier and forward apply to connections accepted
+// after Reload, while one accepted before goes on.
+func TestReload(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
+	addr := startProxy(t, p)
+	before := dial(t, addr)
+	connectThrough(t, before, rec, 0)
+
+	strip, err := NewForward(configs.Forward{Password: configs.ForwardStrip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Reload(refuseAll{}, Limits{}, strip)
+	refused := dial(t, addr)
+	refused.Write(connectPacket(t, packets.ProtocolV311, "good"))
+	if got := readAll(t, refused); !bytes.Equal(got, []byte{0x20, 0x02, 0x00, 0x05}) {
+		t.Errorf("after reloading a refusing verifier, a new client got %x, want CONNACK 5", got)
+	}
+
+	p.Reload(passwordVerifier{}, Limits{}, strip)
+	after := dial(t, addr)
+	after.Write(connectPacket(t, packets.ProtocolV311, "good"))
+	rec.WaitAccepted(t, 2)
+	before.Write(publishPacket("still here"))
+	want := append(connectPacket(t, packets.ProtocolV311, "good"), publishPacket("still here")...)
+	rec.WaitReceived(t, 0, len(want))
+	if got := rec.Received()[0]; !bytes.Equal(got, want) {
+		t.Errorf("the connection made before the reloads got %x upstream, want %x", got, want)
+	}
+	stripped := &packets.Connect{ProtocolName: "MQTT", ProtocolVersion: packets.ProtocolV311, CleanStart: true, KeepAlive: 30,
+		ClientID: "dev-1", UsernameFlag: true, Username: "alice"}
+	wantStripped, _ := stripped.Encode()
+	rec.WaitReceived(t, 1, len(wantStripped))
+	if got := rec.Received()[1]; !bytes.Equal(got, wantStripped) {
+		t.Errorf("after reloading forward.password: strip, upstream got %x, want %x", got, wantStripped)
+	}
+}
+
+// refuseAll refuses every client as not authorized.
+type refuseAll struct{}
+
+func (refuseAll) Verify(context.Context, authn.Request) (authn.Identity, error) {
+	return authn.Identity{}, &authn.RefuseError{Reason: authn.ErrBadSignature}
 }

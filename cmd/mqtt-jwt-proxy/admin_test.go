@@ -594,9 +594,11 @@ func TestAdminInProcess(t *testing.T) {
 	proc := startProcess(t, config)
 	base := "http://" + admin
 
-	if status, body := get(t, base+"/readyz"); status != http.StatusOK {
-		t.Errorf("/readyz = %d %q, want 200", status, body)
-	}
+	// The listener is logged just before it serves: ready follows shortly.
+	waitUntil(t, "/readyz to answer 200", func() bool {
+		status, _ := get(t, base+"/readyz")
+		return status == http.StatusOK
+	})
 	c := dialProxy(t, proc.addr)
 	connect := mqttConnect(t, hsToken(t, adminTestSecret, "dev-1"))
 	c.Write(connect)

@@ -154,8 +154,8 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // reload reads the configuration again and applies to new connections
-// what may change while the proxy runs: authenticators, secrets, keys and
-// limits. Listeners, the upstream and forward stay as they started; a
+// what may change while the proxy runs: authenticators, secrets, keys,
+// limits and forward. Listeners and the upstream stay as they started; a
 // change there is reported and needs a restart. Nothing changes when the
 // new file is invalid.
 func reload(path string, running *configs.File, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
@@ -163,7 +163,8 @@ func reload(path string, running *configs.File, p *proxy.Proxy, logger *zap.Logg
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, err := proxy.NewForward(cfg.Forward); err != nil {
+	forward, err := proxy.NewForward(cfg.Forward)
+	if err != nil {
 		return nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger))
@@ -174,11 +175,7 @@ func reload(path string, running *configs.File, p *proxy.Proxy, logger *zap.Logg
 		logger.Warn("listener and upstream changes take effect at the next restart; the rest is reloaded")
 		cfg.Listeners, cfg.Upstream = running.Listeners, running.Upstream
 	}
-	if !reflect.DeepEqual(cfg.Forward, running.Forward) {
-		logger.Warn("forward changes take effect at the next restart; the rest is reloaded")
-		cfg.Forward = running.Forward
-	}
-	p.Reload(chain, proxyLimits(cfg))
+	p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
 	return cfg, chain, nil
 }
