@@ -139,6 +139,16 @@ func (p *Proxy) serveConn(s *session) {
 	// the deferred calls above would.
 	handedOff = true
 	rawLen := int64(len(pk.Raw) + len(ahead))
+	// The closing line is logged from its own fields rather than through
+	// log: a zap.Logger.With clone holds a 1 KB encoder buffer, which an
+	// idle connection would keep for its whole life.
+	closed := []zap.Field{
+		zap.String("listener", s.listener),
+		zap.String("remote", c.RemoteAddr().String()),
+		zap.String("client_id", pk.ClientID),
+		zap.String("username", pk.Username),
+		zap.Uint8("protocol_version", pk.ProtocolVersion),
+	}
 	p.relay(s, func(fromClient, toClient int64) {
 		if timer != nil {
 			timer.Stop()
@@ -149,12 +159,12 @@ func (p *Proxy) serveConn(s *session) {
 		if expired.Load() {
 			closeReason = zap.String("reason", string(authn.ErrTokenExpired))
 		}
-		log.Info("connection closed",
+		p.logger().Info("connection closed", append(closed,
 			closeReason,
 			zap.Duration("duration", time.Since(start)),
 			zap.Int64("bytes_from_client", fromClient),
 			zap.Int64("bytes_to_client", toClient),
-		)
+		)...)
 		c.Close()
 		up.Close()
 		p.release(s)
