@@ -79,9 +79,14 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 	return m
 }
 
-func (m *Metrics) connOpened(listener string) {
+func (m *Metrics) connAccepted(listener string) {
 	if m != nil {
 		m.accepted.WithLabelValues(listener).Inc()
+	}
+}
+
+func (m *Metrics) connOpened(listener string) {
+	if m != nil {
 		m.active.WithLabelValues(listener).Inc()
 	}
 }

@@ -198,6 +198,7 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 			return fmt.Errorf("proxy: listener %s: %w", name, err)
 		}
 		backoff = 0
+		p.Metrics.connAccepted(name)
 		s := &session{client: c, listener: name, policy: p.currentPolicy()}
 		switch kind, ok := p.admit(s); {
 		case !ok && kind == "":

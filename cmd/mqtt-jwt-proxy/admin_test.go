@@ -285,7 +285,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		labels map[string]string
 		want   float64
 	}{
-		{"mqtt_jwt_proxy_connections_accepted_total", map[string]string{"listener": "tcp"}, 3},
+		{"mqtt_jwt_proxy_connections_accepted_total", map[string]string{"listener": "tcp"}, 4}, // the one over the limit too
 		{"mqtt_jwt_proxy_connections_active", map[string]string{"listener": "tcp"}, 0},
 		{"mqtt_jwt_proxy_authentications_total", map[string]string{"outcome": "accepted", "reason": ""}, 1},
 		{"mqtt_jwt_proxy_authentications_total", map[string]string{"outcome": "refused", "reason": "bad_signature"}, 1},

@@ -155,8 +155,8 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
-// limits and forward. Listeners and the upstream stay as they started; a
-// change there is reported and needs a restart. Nothing changes when the
+// limits and forward. Listeners, the upstream and the metrics endpoint stay
+// as they started; a change there is reported and needs a restart. Nothing changes when the
 // new file is invalid.
 func reload(path string, running *configs.File, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
 	cfg, err := configs.Load(path)
@@ -171,9 +171,10 @@ func reload(path string, running *configs.File, p *proxy.Proxy, logger *zap.Logg
 	if err != nil {
 		return nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	if !reflect.DeepEqual(cfg.Listeners, running.Listeners) || !reflect.DeepEqual(cfg.Upstream, running.Upstream) {
-		logger.Warn("listener and upstream changes take effect at the next restart; the rest is reloaded")
-		cfg.Listeners, cfg.Upstream = running.Listeners, running.Upstream
+	if !reflect.DeepEqual(cfg.Listeners, running.Listeners) || !reflect.DeepEqual(cfg.Upstream, running.Upstream) ||
+		cfg.Metrics != running.Metrics {
+		logger.Warn("listener, upstream and metrics changes take effect at the next restart; the rest is reloaded")
+		cfg.Listeners, cfg.Upstream, cfg.Metrics = running.Listeners, running.Upstream, running.Metrics
 	}
 	p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
