@@ -234,13 +234,12 @@ func (a attack) play(addr string, writes [][]byte, answer []byte) ([]byte, error
 	case endHalfClose:
 		c.(*net.TCPConn).CloseWrite()
 	}
-	c.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
-	var got bytes.Buffer
-	if _, err := got.ReadFrom(c); err != nil && !isReset(err) {
-		return nil, fmt.Errorf("reading the answer: %w (got %x)", err, got.Bytes())
+	got, err := readToClose(c)
+	if err != nil {
+		return nil, err
 	}
-	if !bytes.Equal(got.Bytes(), answer) {
-		return nil, fmt.Errorf("proxy answered %x, want %x", got.Bytes(), answer)
+	if !bytes.Equal(got, answer) {
+		return nil, fmt.Errorf("proxy answered %x, want %x", got, answer)
 	}
 	return bytes.Join(writes, nil), nil
 }
@@ -443,13 +442,15 @@ func TestFloods(t *testing.T) {
 		exchange(t, addr, "legit", token)
 		return p, addr, measure(t)
 	}
-	// atCap: the pending cap is reached and the evicted connections are
-	// gone.
-	atCap := func(p *Proxy) func() bool {
+	// settled: the proxy has accepted the flood up to its last socket,
+	// which is pending, and the connections evicted for it are gone.
+	settled := func(p *Proxy, last net.Conn) func() bool {
 		return func() bool {
 			p.mu.Lock()
 			defer p.mu.Unlock()
-			return p.pending.Len() == pendingCap && len(p.sessions) == pendingCap
+			newest := p.pending.Back()
+			return p.pending.Len() == pendingCap && len(p.sessions) == pendingCap &&
+				newest.Value.(*session).client.RemoteAddr().String() == last.LocalAddr().String()
 		}
 	}
 	idle := func(p *Proxy) func() bool {
@@ -481,7 +482,7 @@ func TestFloods(t *testing.T) {
 			start := time.Now()
 			conns := dialMany(t, flood.sockets, "127.0.0.5", addr, flood.first)
 			trickle(t, conns, flood.body, 250*time.Millisecond)
-			waitFor(t, atCap(p))
+			waitFor(t, settled(p, conns[len(conns)-1]))
 			opened := time.Since(start)
 			grown := measure(t).growth(base)
 			took := exchange(t, addr, "legit", legitToken)
@@ -491,8 +492,8 @@ func TestFloods(t *testing.T) {
 			if bound := uint64(flood.sockets)*flood.perSocket + pendingCap*flood.perPending; grown.heap > bound {
 				t.Errorf("heap grew by %d KiB, over the %d KiB the limits allow", grown.heap>>10, bound>>10)
 			}
-			// One per pending connection, and a few dozen for the test's
-			// own helpers and evicted connections still winding down.
+			// One per pending connection; the slack is for the test's own
+			// helpers.
 			if grown.goroutines > pendingCap+50 {
 				t.Errorf("%d more goroutines; about one per pending connection (%d) was expected", grown.goroutines, pendingCap)
 			}
@@ -527,7 +528,12 @@ func TestFloods(t *testing.T) {
 		for range workers {
 			wg.Go(func() {
 				for pk := range bad {
-					if got, err := roundTrip(addr, pk, len(want)); err != nil || !bytes.Equal(got, want) {
+					c, err := net.Dial("tcp", addr)
+					if err == nil {
+						err = expectAnswer(c, pk, want)
+						c.Close()
+					}
+					if err != nil {
 						wrong.Add(1)
 					}
 				}
@@ -540,8 +546,9 @@ func TestFloods(t *testing.T) {
 		waitFor(t, idle(p))
 
 		fetches := keys.requestCount() - fetchesBefore
-		t.Logf("%d bad tokens with random kids in %v by %d clients: %d JWKS fetches (min_refresh_interval %v); peak growth: %v; a legitimate exchange took %v",
-			attempts, elapsed.Round(time.Millisecond), workers, fetches, minRefresh, peak.growth(base), took.Round(time.Millisecond))
+		grown := peak.growth(base)
+		t.Logf("%d bad tokens with random kids in %v by %d clients: %d JWKS fetches (min_refresh_interval %v); peak growth: heap %d KiB (garbage included), %d goroutines; a legitimate exchange took %v",
+			attempts, elapsed.Round(time.Millisecond), workers, fetches, minRefresh, grown.heap>>10, grown.goroutines, took.Round(time.Millisecond))
 		if n := wrong.Load(); n != 0 {
 			t.Errorf("%d of %d bad tokens were not answered CONNACK not authorized", n, attempts)
 		}
@@ -555,8 +562,8 @@ func TestFloods(t *testing.T) {
 		if n := broker.Connections() - brokerBefore; n != 1 {
 			t.Errorf("the broker saw %d connections during the flood, want the legitimate client's only", n)
 		}
-		if g := peak.growth(base).goroutines; g > 4*workers+50 {
-			t.Errorf("%d more goroutines at the peak, for %d concurrent clients", g, workers)
+		if grown.goroutines > 4*workers+50 {
+			t.Errorf("%d more goroutines at the peak, for %d concurrent clients", grown.goroutines, workers)
 		}
 	})
 
@@ -570,10 +577,14 @@ func TestFloods(t *testing.T) {
 			id := fmt.Sprintf("valid-%d", i)
 			packetsByID[i] = connectAs(t, packets.ProtocolV311, id, mint(t, e2eSecret, id, nil))
 		}
+		next := make(chan int, connections)
+		for i := range connections {
+			next <- i
+		}
+		close(next)
 		start := time.Now()
 		conns := make([]net.Conn, connections)
 		errs := make(chan error, connections)
-		next := make(chan int)
 		var wg sync.WaitGroup
 		for range workers {
 			wg.Go(func() {
@@ -589,10 +600,6 @@ func TestFloods(t *testing.T) {
 				}
 			})
 		}
-		for i := range connections {
-			next <- i
-		}
-		close(next)
 		wg.Wait()
 		close(errs)
 		t.Cleanup(func() {
@@ -627,22 +634,6 @@ func TestFloods(t *testing.T) {
 			t.Errorf("heap grew by %d KiB for %d idle connections", grown.heap>>10, connections)
 		}
 	})
-}
-
-// roundTrip dials addr, sends pk and reads n bytes of answer.
-func roundTrip(addr string, pk []byte, n int) ([]byte, error) {
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(proxytest.DefaultTimeout))
-	if _, err := c.Write(pk); err != nil {
-		return nil, err
-	}
-	got := make([]byte, n)
-	_, err = io.ReadFull(c, got)
-	return got, err
 }
 
 // expectAnswer sends pk on c and checks that c then receives want.

@@ -269,12 +269,12 @@ func mqttjsScenarios(t *testing.T) []scenario {
 			}
 			var transcript []string
 			for line := range strings.Lines(string(out)) {
-				transcript = append(transcript, normalizeCLI(strings.TrimSuffix(line, "\n")))
+				transcript = append(transcript, normalizeExpiry(strings.TrimSuffix(line, "\n")))
 			}
 			return transcript
 		}
 	}
-	paho := pahoScenarios()
+	paho := pahoScenarios() // the same scenarios, in the same order
 	return []scenario{
 		{name: paho[0].name, lines: paho[0].lines, run: play("qos", "qos-sub", "qos-pub")},
 		{name: paho[1].name, lines: paho[1].lines, run: play("retained", "ret-pub", "ret-late")},
@@ -287,9 +287,10 @@ func mqttjsScenarios(t *testing.T) []scenario {
 // knows, fields separated by |.
 const cliFormat = "%t|q%q|r%r|%p|user=%P|expiry=%E|content=%C|response=%R|correlation=%D|format=%F"
 
-// normalizeCLI makes a mosquitto_sub line comparable across runs: the
-// expiry field reads as expiryText would show it.
-func normalizeCLI(line string) string {
+// normalizeExpiry makes a transcript line that another program printed
+// (mosquitto_sub, MQTT.js) comparable across runs: its expiry field reads
+// as expiryText shows it.
+func normalizeExpiry(line string) string {
 	fields := strings.Split(line, "|")
 	for i, f := range fields {
 		if value, ok := strings.CutPrefix(f, "expiry="); ok && value != "" {
@@ -335,7 +336,7 @@ func cliScenarios(version string) []scenario {
 		if !ok {
 			t.Fatalf("mosquitto_sub received nothing; output:\n%s", sub.Output())
 		}
-		return normalizeCLI(line)
+		return normalizeExpiry(line)
 	}
 	return []scenario{
 		{name: "QoS 0, 1, 2", lines: 3, run: func(t *testing.T, addr string) []string {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -44,26 +45,23 @@ func startObserved(t *testing.T, p *Proxy) *observedProxy {
 }
 
 // waitLogged waits until a line with message was logged, with the fields
-// given, and returns it.
-func (o *observedProxy) waitLogged(t *testing.T, message string, fields ...zap.Field) observer.LoggedEntry {
+// given.
+func (o *observedProxy) waitLogged(t *testing.T, message string, fields ...zap.Field) {
 	t.Helper()
-	var found []observer.LoggedEntry
-	match := func() bool {
+	found := false
+	defer func() {
+		if !found { // waitFor failed the test: say what was logged instead
+			t.Logf("no log line %q with %v; logged: %v", message, fields, o.logs.All())
+		}
+	}()
+	waitFor(t, func() bool {
 		lines := o.logs.FilterMessage(message)
 		for _, f := range fields {
 			lines = lines.FilterField(f)
 		}
-		found = lines.All()
-		return len(found) > 0
-	}
-	deadline := time.Now().Add(proxytest.DefaultTimeout)
-	for !match() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line %q with %v; logged: %v", message, fields, o.logs.All())
-		}
-		time.Sleep(5 * time.Millisecond) // the proxy logs from its own goroutines: nothing to wait on
-	}
-	return found[0]
+		found = lines.Len() > 0
+		return found
+	})
 }
 
 // metric returns the value of the counter or gauge name with exactly the
@@ -100,18 +98,27 @@ func (o *observedProxy) waitIdle(t *testing.T) {
 	}
 }
 
-// readUntilClosed reads what c receives until the peer closes (EOF or
-// reset), then closes c as a client would; it fails the test if the peer
-// has not closed within DefaultTimeout.
-func readUntilClosed(t *testing.T, c net.Conn) []byte {
-	t.Helper()
-	defer c.Close()
+// readToClose reads what c receives until the peer closes (EOF or
+// reset), for at most DefaultTimeout.
+func readToClose(c net.Conn) ([]byte, error) {
 	c.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
 	var got bytes.Buffer
 	if _, err := got.ReadFrom(c); err != nil && !isReset(err) {
-		t.Fatalf("reading until the proxy closes: %v (got %x)", err, got.Bytes())
+		return got.Bytes(), fmt.Errorf("reading until the peer closes: %w (got %x)", err, got.Bytes())
 	}
-	return got.Bytes()
+	return got.Bytes(), nil
+}
+
+// readUntilClosed is readToClose failing the test on error; then it
+// closes c, as a client would.
+func readUntilClosed(t *testing.T, c net.Conn) []byte {
+	t.Helper()
+	defer c.Close()
+	got, err := readToClose(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
 }
 
 // heapInUse is the live heap after a collection, in bytes.
@@ -186,21 +193,25 @@ func TestUpstreamFaults(t *testing.T) {
 		if got := readUntilClosed(t, c); len(got) != 0 {
 			t.Errorf("client got %x after Close", got)
 		}
-		<-upstreamEnded
+		select {
+		case <-upstreamEnded:
+		case <-time.After(proxytest.DefaultTimeout):
+			t.Fatal("the broker's connection stayed open after Close")
+		}
 		o.waitIdle(t)
 	})
 
 	t.Run("closes mid-stream", func(t *testing.T) {
 		proxytest.VerifyNoLeaks(t)
 		partial := []byte{0x30, 0x0a, 0, 3, 't', '/', '1'} // a PUBLISH cut short
+		want := append(connackFor(t, v5, packets.Success), partial...)
 		up := startBroker(t, func(c net.Conn) {
 			packets.ReadConnect(c, 0)
-			c.Write(append(connackFor(t, v5, packets.Success), partial...))
+			c.Write(want)
 		})
 		o := startObserved(t, &Proxy{Upstream: up, Verifier: jwtChain(t, boundHS256)})
 		c := dial(t, o.addr)
 		c.Write(connectAs(t, v5, "dev", token(t)))
-		want := append(connackFor(t, v5, packets.Success), partial...)
 		if got := readUntilClosed(t, c); !bytes.Equal(got, want) {
 			t.Errorf("client got %x, want everything the broker sent before closing, %x", got, want)
 		}
@@ -214,9 +225,10 @@ func TestUpstreamFaults(t *testing.T) {
 	t.Run("client disappears mid-stream", func(t *testing.T) {
 		proxytest.VerifyNoLeaks(t)
 		upstreamGot := make(chan []byte, 1)
+		connack := connackFor(t, v5, packets.Success)
 		up := startBroker(t, func(c net.Conn) {
 			packets.ReadConnect(c, 0)
-			c.Write(connackFor(t, v5, packets.Success))
+			c.Write(connack)
 			b, _ := io.ReadAll(c) // until the proxy passes the client's end on
 			upstreamGot <- b
 		})
@@ -248,9 +260,10 @@ func TestUpstreamFaults(t *testing.T) {
 func TestBackPressure(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	release := make(chan struct{})
+	connack := connackFor(t, packets.ProtocolV311, packets.Success)
 	up := startBroker(t, func(c net.Conn) {
 		packets.ReadConnect(c, 0)
-		c.Write(connackFor(t, packets.ProtocolV311, packets.Success))
+		c.Write(connack)
 		<-release // reads nothing more
 	})
 	o := startObserved(t, &Proxy{Upstream: up, Verifier: jwtChain(t, boundHS256)})
