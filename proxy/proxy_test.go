@@ -53,28 +53,10 @@ func startProxy(t *testing.T, p *Proxy) string {
 	return ln.Addr().String()
 }
 
+// connectPacket is a CONNECT from client "dev-1" with password as its
+// token (see connectAs).
 func connectPacket(t *testing.T, version byte, password string) []byte {
-	t.Helper()
-	name := "MQTT"
-	if version == packets.ProtocolV31 {
-		name = "MQIsdp"
-	}
-	c := &packets.Connect{
-		ProtocolName:    name,
-		ProtocolVersion: version,
-		CleanStart:      true,
-		KeepAlive:       30,
-		ClientID:        "dev-1",
-		UsernameFlag:    true,
-		Username:        "alice",
-		PasswordFlag:    password != "",
-		Password:        []byte(password),
-	}
-	b, err := c.Encode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return connectAs(t, version, "dev-1", password)
 }
 
 // publishPacket is a QoS 0 PUBLISH of payload to topic t/1.
@@ -351,9 +333,7 @@ func TestReload(t *testing.T) {
 	if got := rec.Received()[0]; !bytes.Equal(got, want) {
 		t.Errorf("the connection made before the reloads got %x upstream, want %x", got, want)
 	}
-	stripped := &packets.Connect{ProtocolName: "MQTT", ProtocolVersion: packets.ProtocolV311, CleanStart: true, KeepAlive: 30,
-		ClientID: "dev-1", UsernameFlag: true, Username: "alice"}
-	wantStripped, _ := stripped.Encode()
+	wantStripped := connectAs(t, packets.ProtocolV311, "dev-1", "")
 	rec.WaitReceived(t, 1, len(wantStripped))
 	if got := rec.Received()[1]; !bytes.Equal(got, wantStripped) {
 		t.Errorf("after reloading forward.password: strip, upstream got %x, want %x", got, wantStripped)
