@@ -31,7 +31,10 @@ func benchProxy(b *testing.B, session func(net.Conn)) (addr string, connect []by
 	b.Helper()
 	upstream := listen(b)
 	var sessions sync.WaitGroup
-	b.Cleanup(sessions.Wait) // after listen's cleanup closed the listener
+	b.Cleanup(func() {
+		upstream.Close()
+		sessions.Wait() // the proxy, closed first, has closed their connections
+	})
 	sessions.Go(func() {
 		for {
 			c, err := upstream.Accept()

@@ -176,8 +176,8 @@ func connectCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 	if e != expectAccept && e != expectRefuse && e != expectAny {
 		return fmt.Errorf("-expect %q: want accept, refuse or any", *expect)
 	}
-	if *workers < 1 || *count < 0 {
-		return fmt.Errorf("-c must be at least 1 and -count not negative")
+	if *workers < 1 || *count < 0 || (*count == 0 && o.Duration == 0) {
+		return fmt.Errorf("-c must be at least 1, -count not negative, and -count or -duration set")
 	}
 	tokens, err := newTokenSource(o.Tokens)
 	if err != nil {

@@ -185,11 +185,11 @@ type result struct {
 	Latency latencySummary `json:"latency_ms"`
 
 	// Connects counts CONNACKs received, Accepted and Refused split them.
-	Connects int64 `json:"connects"`
-	Accepted int64 `json:"accepted"`
-	Refused  int64 `json:"refused"`
+	Connects int64 `json:"connects,omitempty"`
+	Accepted int64 `json:"accepted,omitempty"`
+	Refused  int64 `json:"refused,omitempty"`
 	// Unexpected counts CONNACKs whose outcome -expect did not allow.
-	Unexpected int64 `json:"unexpected"`
+	Unexpected int64 `json:"unexpected,omitempty"`
 	// Errors counts failures by kind (dial, timeout, closed, protocol).
 	Errors     map[string]int64 `json:"errors,omitempty"`
 	FirstError string           `json:"first_error,omitempty"`

@@ -389,7 +389,7 @@ func runPubsub(ctx context.Context, o *options, tokens *tokenSource, cfg pubsubC
 	// Deliveries still under way: wait until all have arrived, or none has
 	// for a while (QoS 0 may lose some), within the timeout.
 	last, quietSince := received(), time.Now()
-	for deadline := time.Now().Add(o.Timeout); received() < published && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(o.Timeout); ctx.Err() == nil && received() < published && time.Now().Before(deadline); {
 		wait(ctx, 20*time.Millisecond)
 		if n := received(); n != last {
 			last, quietSince = n, time.Now()

@@ -146,6 +146,7 @@ func newPacketReader(r io.Reader, maxSize int) *packetReader {
 	return &packetReader{r: bufio.NewReaderSize(r, 64<<10), max: maxSize}
 }
 
+// Reset makes p read from r, dropping what it had buffered.
 func (p *packetReader) Reset(r io.Reader) { p.r.Reset(r) }
 
 // Buffered is how many bytes are read from the connection but not yet

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -47,9 +48,9 @@ type Mosquitto struct {
 	ConfigFile string
 
 	proc *process
-	// syncAddrs are the local addresses of SyncLog's own connections,
-	// which Connections does not count. Guarded by proc.mu.
-	syncAddrs map[string]bool
+	// syncs counts SyncLog's own connections, which Connections does not
+	// count. Guarded by proc.mu.
+	syncs int
 }
 
 // StartMosquitto starts mosquitto with a generated config (a listener on
@@ -117,7 +118,6 @@ func startMosquittoOn(binary, dir string, port int, extraConfig []string) (*Mosq
 			Addr:       net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
 			ConfigFile: configFile,
 			proc:       proc,
-			syncAddrs:  make(map[string]bool),
 		}, nil
 	}
 	proc.stop()
@@ -143,18 +143,16 @@ func (m *Mosquitto) Connections() int {
 	count := 0
 	m.proc.read(func() {
 		for _, line := range m.proc.lines {
-			_, after, found := strings.Cut(line, logNewConnection)
-			if !found {
-				continue
-			}
-			from, _, _ := strings.Cut(after, " ")
-			if !m.syncAddrs[from] {
+			if strings.Contains(line, logNewConnection) {
 				count++
 			}
 		}
 	})
-	return count
+	return count - m.syncs
 }
+
+// syncSerial numbers SyncLog's connections, across brokers.
+var syncSerial atomic.Uint32
 
 // SyncLog waits until the broker's log holds everything the broker did
 // before the call. The broker writes its log asynchronously to the test,
@@ -163,14 +161,19 @@ func (m *Mosquitto) Connections() int {
 // closes it; Connections does not count that connection.
 func (m *Mosquitto) SyncLog(t testing.TB) {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", m.Addr, DefaultTimeout)
+	// From an address of its own in 127/8, so that its log line cannot be
+	// confused with an earlier connection from a reused port.
+	n := syncSerial.Add(1)
+	syncSource := net.IPv4(127, 77, byte(n>>8), byte(n))
+	d := net.Dialer{Timeout: DefaultTimeout, LocalAddr: &net.TCPAddr{IP: syncSource}}
+	conn, err := d.Dial("tcp", m.Addr)
 	if err != nil {
 		t.Fatalf("connecting to mosquitto to sync its log: %v\n%s", err, m.Log())
 	}
 	defer conn.Close()
 	from := conn.LocalAddr().String()
-	m.proc.change(func() { m.syncAddrs[from] = true })
 	m.WaitForLog(t, logNewConnection+from+" ", DefaultTimeout)
+	m.proc.change(func() { m.syncs++ })
 }
 
 // WaitForLog waits until a log line containing substr appears, counting
