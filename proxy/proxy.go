@@ -429,7 +429,7 @@ func (p *Proxy) dial() (net.Conn, error) {
 	if p.DialUpstream != nil {
 		c, err = p.DialUpstream(ctx)
 	} else {
-		var d net.Dialer
+		d := net.Dialer{KeepAlive: -1} // the broker's MQTT keep-alive watches the session
 		c, err = d.DialContext(ctx, "tcp", p.Upstream)
 	}
 	p.Metrics.dialed(time.Since(start), err)

@@ -216,8 +216,11 @@ func (r *relay) wake(i int) {
 // arriving, then re-arms the flow, or ends it at EOF or on an error.
 func (r *relay) move(i int) {
 	f := &r.flows[i]
-	for {
-		queued, eof, err := queuedBytes(f.raw)
+	// Woken by readiness: nothing queued means EOF (or a spurious wake).
+	// After a burst, only the queue is checked: an EOF that arrives then
+	// wakes the re-armed flow again.
+	for afterBurst := false; ; afterBurst = true {
+		queued, eof, err := queuedBytes(f.raw, !afterBurst)
 		if err != nil || eof {
 			r.finish(i, err == nil)
 			return
@@ -312,13 +315,14 @@ func (r *relay) endLocked(i int) {
 	}
 }
 
-// queuedBytes says, without blocking, how many bytes src has queued, or
-// that it has reached EOF.
-func queuedBytes(raw syscall.RawConn) (queued int, eof bool, err error) {
+// queuedBytes says, without blocking, how many bytes src has queued and,
+// when asked to tell EOF apart from an empty queue, whether it has reached
+// EOF (one more system call).
+func queuedBytes(raw syscall.RawConn, checkEOF bool) (queued int, eof bool, err error) {
 	var opErr error
 	err = raw.Control(func(fd uintptr) {
 		queued, opErr = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		if opErr != nil || queued > 0 {
+		if opErr != nil || queued > 0 || !checkEOF {
 			return
 		}
 		var b [1]byte
