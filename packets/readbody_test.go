@@ -30,8 +30,10 @@ func TestReadConnectAllocatesAsBytesArrive(t *testing.T) {
 		run()
 	}
 	runtime.ReadMemStats(&after)
-	if perRun := (after.TotalAlloc - before.TotalAlloc) / runs; perRun > bodyChunk+1024 {
-		t.Errorf("%d bytes allocated for a CONNECT declaring 60,000 bytes and sending 10, want at most %d", perRun, bodyChunk+1024)
+	// TotalAlloc counts every goroutine's allocations (the race detector's
+	// too), so the bound leaves room: the old reader took 60,000.
+	if perRun := (after.TotalAlloc - before.TotalAlloc) / runs; perRun > 2*bodyChunk {
+		t.Errorf("%d bytes allocated for a CONNECT declaring 60,000 bytes and sending 10, want at most %d", perRun, 2*bodyChunk)
 	}
 }
 
