@@ -243,8 +243,10 @@ func TestReadConnectOversizeMemory(t *testing.T) {
 		run()
 	}
 	runtime.ReadMemStats(&after)
-	if perRun := (after.TotalAlloc - before.TotalAlloc) / runs; perRun > 1024 {
-		t.Errorf("%d bytes allocated per 256 MB CONNECT, want at most 1024", perRun)
+	// TotalAlloc counts every goroutine's allocations (the race detector's
+	// too): the bound leaves room, and is still nothing next to 256 MB.
+	if perRun := (after.TotalAlloc - before.TotalAlloc) / runs; perRun > 4096 {
+		t.Errorf("%d bytes allocated per 256 MB CONNECT, want at most 4096", perRun)
 	}
 }
 
