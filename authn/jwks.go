@@ -7,14 +7,12 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net/http"
 	"net/url"
-	"os"
 	"slices"
 	"sync"
 	"time"
@@ -168,16 +166,14 @@ func buildJWKSProvider(name string, cfg configs.Authenticator, o *options) (*jwk
 // WithHTTPClient, or else one built from the ssl settings, together with
 // the transport it built (nil for a given client).
 func jwksHTTPClient(given *http.Client, ssl *configs.TLSClient) (*http.Client, *http.Transport, error) {
-	// Options default to http.DefaultClient, which cannot carry ssl
-	// settings, so it counts as no client given.
-	if given != nil && given != http.DefaultClient {
+	if given != nil {
 		return given, nil, nil
 	}
 	var tlsConfig *tls.Config
 	if ssl != nil {
 		var err error
-		if tlsConfig, err = jwksTLSConfig(ssl); err != nil {
-			return nil, nil, err
+		if tlsConfig, err = ssl.ClientConfig(""); err != nil {
+			return nil, nil, fmt.Errorf("ssl.%w", err) // "ssl.ca_file: ..."
 		}
 	}
 	// Settings as in http.DefaultTransport, which cannot be shared: its
@@ -190,39 +186,6 @@ func jwksHTTPClient(given *http.Client, ssl *configs.TLSClient) (*http.Client, *
 		TLSHandshakeTimeout: 10 * time.Second,
 	}
 	return &http.Client{Transport: transport}, transport, nil
-}
-
-// jwksTLSConfig turns the ssl settings into a TLS client configuration.
-// Certificates are verified unless insecure_skip_verify says otherwise.
-func jwksTLSConfig(ssl *configs.TLSClient) (*tls.Config, error) {
-	cfg := &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		ServerName: ssl.ServerName,
-		// The operator's explicit choice, documented as for tests only.
-		InsecureSkipVerify: ssl.InsecureSkipVerify, //nolint:gosec
-	}
-	if ssl.CAFile != "" {
-		pemBytes, err := os.ReadFile(ssl.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("ssl.ca_file: %w", err)
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pemBytes) {
-			return nil, fmt.Errorf("ssl.ca_file: %s holds no PEM certificate", ssl.CAFile)
-		}
-	}
-	switch {
-	case ssl.CertFile == "" && ssl.KeyFile == "":
-	case ssl.CertFile == "" || ssl.KeyFile == "":
-		return nil, errors.New("ssl.cert_file, ssl.key_file: give both or neither")
-	default:
-		cert, err := tls.LoadX509KeyPair(ssl.CertFile, ssl.KeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("ssl.cert_file, ssl.key_file: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
-	}
-	return cfg, nil
 }
 
 // start begins the first fetch and the refresh loop.

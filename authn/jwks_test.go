@@ -900,8 +900,8 @@ func TestJWKSConfigErrors(t *testing.T) {
 		{name: "endpoint without host", endpoint: "https:///jwks", wantField: "endpoint: "},
 		{name: "missing ca_file", ssl: &configs.TLSClient{CAFile: missing}, wantField: "ssl.ca_file: "},
 		{name: "ca_file without PEM", ssl: &configs.TLSClient{CAFile: notPEM}, wantField: "ssl.ca_file: "},
-		{name: "cert_file without key_file", ssl: &configs.TLSClient{CertFile: notPEM}, wantField: "ssl.cert_file, ssl.key_file: give both"},
-		{name: "unloadable cert_file", ssl: &configs.TLSClient{CertFile: missing, KeyFile: missing}, wantField: "ssl.cert_file, ssl.key_file: "},
+		{name: "cert_file without key_file", ssl: &configs.TLSClient{CertFile: notPEM}, wantField: "ssl.cert_file, key_file: give both"},
+		{name: "unloadable cert_file", ssl: &configs.TLSClient{CertFile: missing, KeyFile: missing}, wantField: "ssl.cert_file, key_file: "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -39,7 +39,7 @@ type options struct {
 }
 
 func newOptions(opts []Option) *options {
-	o := &options{now: time.Now, client: http.DefaultClient, logger: zap.NewNop()}
+	o := &options{now: time.Now, logger: zap.NewNop()}
 	for _, opt := range opts {
 		opt(o)
 	}
@@ -50,8 +50,8 @@ func newOptions(opts []Option) *options {
 // scheduling. Tests use it to move time without sleeping.
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
 
-// WithHTTPClient sets the client used to fetch JWKS. Zero means
-// http.DefaultClient (with the authenticator's ssl settings applied).
+// WithHTTPClient sets the client used to fetch JWKS. Without it, each
+// JWKS authenticator builds its own client from its ssl settings.
 func WithHTTPClient(c *http.Client) Option { return func(o *options) { o.client = c } }
 
 // WithLogger sets the logger for key loading and refresh events.
