@@ -67,7 +67,7 @@ func hmacSecret(cfg configs.Authenticator) ([]byte, error) {
 	if !cfg.SecretBase64Encoded {
 		return []byte(cfg.Secret), nil
 	}
-	secret, err := decodeBase64(cfg.Secret)
+	secret, err := DecodeSecret(cfg.Secret)
 	if err != nil {
 		return nil, fmt.Errorf("secret: not valid base64: %w", err)
 	}
@@ -77,10 +77,11 @@ func hmacSecret(cfg configs.Authenticator) ([]byte, error) {
 	return secret, nil
 }
 
-// decodeBase64 accepts the standard and the URL-safe alphabet, padded or
-// not: secrets are pasted from many tools, and the alphabets only differ in
-// two characters that cannot be confused.
-func decodeBase64(s string) ([]byte, error) {
+// DecodeSecret decodes a base64 HMAC secret as secret_base64_encoded
+// does. It accepts the standard and the URL-safe alphabet, padded or not:
+// secrets are pasted from many tools, and the alphabets only differ in two
+// characters that cannot be confused.
+func DecodeSecret(s string) ([]byte, error) {
 	unpadded := strings.TrimRight(s, "=")
 	secret, err := base64.RawStdEncoding.DecodeString(unpadded)
 	if err == nil {

@@ -6,7 +6,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jws"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 )
 
 // tokenAlgorithms are the algorithms the token command signs with: the
@@ -180,9 +180,9 @@ func signingKey(alg jwa.SignatureAlgorithm, secret string, secretBase64 bool, ke
 		if !secretBase64 {
 			return []byte(secret), nil
 		}
-		decoded, err := decodeBase64(secret)
+		decoded, err := authn.DecodeSecret(secret)
 		if err != nil {
-			return nil, fmt.Errorf("-secret: %w", err)
+			return nil, fmt.Errorf("-secret: not valid base64: %w", err)
 		}
 		return decoded, nil
 	}
@@ -201,22 +201,6 @@ func signingKey(alg jwa.SignatureAlgorithm, secret string, secretBase64 bool, ke
 		return nil, fmt.Errorf("-key %s: %w", keyPath, err)
 	}
 	return key, nil
-}
-
-// decodeBase64 accepts the standard and URL alphabets, padded or not, as
-// the proxy does for secret_base64_encoded.
-func decodeBase64(s string) ([]byte, error) {
-	var firstErr error
-	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
-		decoded, err := enc.DecodeString(s)
-		if err == nil {
-			return decoded, nil
-		}
-		if firstErr == nil {
-			firstErr = err
-		}
-	}
-	return nil, fmt.Errorf("not valid base64: %w", firstErr)
 }
 
 // parsePrivateKeyPEM returns the first private key in data: PKCS8 ("PRIVATE
