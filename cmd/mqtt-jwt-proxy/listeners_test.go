@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
@@ -38,18 +37,7 @@ authentication:
   - {mechanism: jwt, algorithm: hmac-based, secret: secret}
 log: {format: json}
 `
-	path := filepath.Join(t.TempDir(), "edge.yaml")
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	logR, logW := io.Pipe()
-	exited := make(chan int, 1)
-	go func() {
-		exited <- run(ctx, []string{"-config", path}, io.Discard, logW)
-		logW.Close()
-	}()
-	lines := logLines(logR)
+	lines, stop := serveInProcess(t, config)
 	addrs := map[string]string{}
 	for range 2 {
 		line := waitForLog(t, lines, "listening")
@@ -115,10 +103,5 @@ log: {format: json}
 		}
 	})
 
-	cancel()
-	if code := <-exited; code != 0 {
-		t.Errorf("serve exited %d after cancel, want 0", code)
-	}
-	for range lines {
-	}
+	stop()
 }

@@ -98,17 +98,7 @@ func TestServeQuickstart(t *testing.T) {
 			text := strings.Replace(string(cfg), `"127.0.0.1:1883"`, `"127.0.0.1:0"`, 1)
 			text = strings.Replace(text, `"127.0.0.1:1884"`, "embedded", 1)
 			text = strings.Replace(text, "format: console", "format: json", 1)
-			path := filepath.Join(t.TempDir(), tc.config)
-			os.WriteFile(path, []byte(text), 0o600)
-
-			ctx, cancel := context.WithCancel(context.Background())
-			logR, logW := io.Pipe()
-			exited := make(chan int, 1)
-			go func() {
-				exited <- run(ctx, []string{"-config", path}, io.Discard, logW)
-				logW.Close()
-			}()
-			lines := logLines(logR)
+			lines, stop := serveInProcess(t, text)
 			waitForLog(t, lines, "secret published in documentation")
 			addr := waitForLog(t, lines, "listening")["address"].(string)
 
@@ -131,13 +121,35 @@ func TestServeQuickstart(t *testing.T) {
 				}
 				c.Close()
 			}
-			cancel()
-			if code := <-exited; code != 0 {
-				t.Errorf("serve exited %d after cancel, want 0", code)
-			}
-			for range lines {
-			}
+			stop()
 		})
+	}
+}
+
+// serveInProcess runs the serve command on the configuration text in this
+// process, as the binary would, and returns its log lines and a stop
+// function that cancels it and checks it exits 0.
+func serveInProcess(t *testing.T, config string) (lines chan map[string]any, stop func()) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	logR, logW := io.Pipe()
+	exited := make(chan int, 1)
+	go func() {
+		exited <- run(ctx, []string{"-config", path}, io.Discard, logW)
+		logW.Close()
+	}()
+	lines = logLines(logR)
+	return lines, func() {
+		cancel()
+		if code := <-exited; code != 0 {
+			t.Errorf("serve exited %d after cancel, want 0", code)
+		}
+		for range lines {
+		}
 	}
 }
 
