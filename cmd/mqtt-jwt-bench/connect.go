@@ -211,38 +211,15 @@ func runConnect(ctx context.Context, o *options, tokens *tokenSource, workers in
 	cpu := selfCPU()
 	start := time.Now()
 	var claimed atomic.Int64
-	tallies := make([]connectTally, workers)
-	var wg sync.WaitGroup
-	for i := range workers {
-		wg.Go(func() {
-			w := newConnector(o, tokens, i, 30)
-			t := &tallies[i]
-			for ctx.Err() == nil && (count == 0 || claimed.Add(1) <= count) {
-				began := time.Now()
-				c, code, err := w.open()
-				if err != nil {
-					t.errors.add(err)
-					continue
-				}
-				t.latency.record(time.Since(began))
-				t.count(code, expect)
-				if err := w.hangUp(c, code == 0); err != nil {
-					t.errors.add(err)
-				}
-			}
-		})
-	}
-	wg.Wait()
+	total := openLoop(ctx, o, tokens, workers, 30, expect,
+		func() bool { return count == 0 || claimed.Add(1) <= count },
+		func(w *connector, c net.Conn, code byte) error { return w.hangUp(c, code == 0) })
 	elapsed := time.Since(start)
 	after, err := o.Procs.sample()
 	if err != nil {
 		return nil, err
 	}
 
-	var total connectTally
-	for i := range tallies {
-		total.merge(&tallies[i])
-	}
 	r := newResult("connect", o)
 	total.fill(r)
 	r.Seconds = roundTo(elapsed.Seconds(), 3)
@@ -279,6 +256,41 @@ func holdCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return errors.New("no connection was held")
 	}
 	return nil
+}
+
+// openLoop runs workers that open connections while ctx lasts and more
+// allows, timing each CONNECT-to-CONNACK and counting the answer against
+// expect; then keep decides what becomes of the connection. It returns
+// the workers' tallies merged.
+func openLoop(ctx context.Context, o *options, tokens *tokenSource, workers int, keepAlive uint16, expect expectation,
+	more func() bool, keep func(w *connector, c net.Conn, code byte) error) connectTally {
+	tallies := make([]connectTally, workers)
+	var wg sync.WaitGroup
+	for i := range workers {
+		wg.Go(func() {
+			w := newConnector(o, tokens, i, keepAlive)
+			t := &tallies[i]
+			for ctx.Err() == nil && more() {
+				began := time.Now()
+				c, code, err := w.open()
+				if err != nil {
+					t.errors.add(err)
+					continue
+				}
+				t.latency.record(time.Since(began))
+				t.count(code, expect)
+				if err := keep(w, c, code); err != nil {
+					t.errors.add(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var total connectTally
+	for i := range tallies {
+		total.merge(&tallies[i])
+	}
+	return total
 }
 
 // heldConns are the connections a hold run keeps open. A goroutine per
@@ -332,36 +344,18 @@ func runHold(ctx context.Context, o *options, tokens *tokenSource, n, workers in
 	start := time.Now()
 	held := &heldConns{}
 	var claimed atomic.Int64
-	tallies := make([]connectTally, workers)
-	var wg sync.WaitGroup
-	for i := range workers {
-		wg.Go(func() {
-			w := newConnector(o, tokens, i, 0) // keep alive 0: idle without PINGREQ
-			t := &tallies[i]
-			for ctx.Err() == nil && claimed.Add(1) <= int64(n) {
-				began := time.Now()
-				c, code, err := w.open()
-				if err != nil {
-					t.errors.add(err)
-					continue
-				}
-				t.latency.record(time.Since(began))
-				t.count(code, expectAccept)
-				if code != 0 {
-					c.Close()
-					continue
-				}
-				held.add(c)
+	// Keep alive 0: the held connections idle without PINGREQ.
+	total := openLoop(ctx, o, tokens, workers, 0, expectAccept,
+		func() bool { return claimed.Add(1) <= int64(n) },
+		func(_ *connector, c net.Conn, code byte) error {
+			if code != 0 {
+				return c.Close()
 			}
+			held.add(c)
+			return nil
 		})
-	}
-	wg.Wait()
 	opening := time.Since(start)
 
-	var total connectTally
-	for i := range tallies {
-		total.merge(&tallies[i])
-	}
 	open := len(held.conns)
 	fmt.Fprintf(stderr, "hold: %d of %d connections open after %.1fs; holding for %s\n", open, n, opening.Seconds(), o.Duration)
 	wait(ctx, settle)
