@@ -23,9 +23,10 @@ var copyBuffers = sync.Pool{New: func() any {
 }}
 
 // copyPooled copies src to dst as io.Copy would: with splice(2) between
-// two TCP sockets, and elsewhere (TLS, WebSocket) without a buffer held for the connection's life:
-// it waits until src has bytes with nothing in hand (see readiness),
-// then moves them with a buffer from copyBuffers. A WebSocket client is
+// two TCP sockets (when the epoll relay is unavailable), and elsewhere
+// (TLS, WebSocket) without a buffer held for the connection's life: it
+// waits until src has bytes with nothing in hand (see readiness), then
+// moves them with a buffer from copyBuffers. A WebSocket client is
 // copied message by message, each with a buffer of its own. Where src
 // cannot say it is readable, the buffer is held while Read blocks.
 func copyPooled(dst io.Writer, src net.Conn) (int64, error) {
