@@ -72,8 +72,13 @@ const (
 	// maxFixedHeaderSize is the type byte and the longest remaining length.
 	maxFixedHeaderSize = 1 + maxVarintSize
 	// versionProbeSize is the longest protocol name (length prefix and
-	// "MQIsdp") and the level: all ReadConnect reads of an oversize CONNECT.
+	// "MQIsdp") and the level: all ReadConnect reads of an oversize
+	// CONNECT behind its fixed header.
 	versionProbeSize = 2 + len(nameMQIsdp) + 1
+	// minConnectSize is the shortest CONNECT: a two-byte fixed header, the
+	// 3.1.1 variable header (protocol name, level, flags, keep alive) and
+	// an empty client identifier.
+	minConnectSize = 2 + (2 + len(nameMQTT) + 1 + 1 + 2) + 2
 
 	// Connect flags (3.1.1 §3.1.2.3, 5.0 §3.1.2.3).
 	flagReserved   = 0x01
@@ -139,9 +144,10 @@ type Connect struct {
 	Raw []byte
 }
 
-// ReadConnect reads exactly one packet from r — never a byte past its end,
-// so anything the client pipelined after CONNECT stays unread in r — and
-// decodes it as CONNECT. maxSize caps the whole packet size (fixed header
+// ReadConnect reads one packet from r and decodes it as CONNECT. It never
+// reads past the end of a packet it accepts, so anything the client
+// pipelined after CONNECT stays unread in r; it reads the packet with two
+// Reads when r has it all. maxSize caps the whole packet size (fixed header
 // included); maxSize <= 0 means DefaultMaxConnectSize.
 //
 // A packet that is not an acceptable CONNECT gives an *Error wrapping one of
@@ -151,17 +157,21 @@ type Connect struct {
 // slow client (close) from a bad packet (answer). Once the first byte is in,
 // a premature end of input is io.ErrUnexpectedEOF.
 //
-// For an oversize CONNECT, ReadConnect reads at most the protocol name and
-// level behind the fixed header, to learn which version to refuse in, and
+// For an oversize CONNECT, ReadConnect reads at most the fixed header and
+// the protocol name and level, to learn which version to refuse in, and
 // allocates nothing that grows with the declared length.
 func ReadConnect(r io.Reader, maxSize int) (*Connect, error) {
 	if maxSize <= 0 {
 		maxSize = DefaultMaxConnectSize
 	}
-	// One small buffer holds the fixed header and, for an oversize packet,
-	// the protocol name and level.
-	var buf [max(maxFixedHeaderSize, versionProbeSize)]byte
-	if _, err := io.ReadFull(r, buf[:1]); err != nil {
+	// The first read asks for as many bytes as the shortest CONNECT has,
+	// so it cannot go past the end of a packet that is accepted, and for a
+	// typical CONNECT two reads take the whole packet. Past a packet too
+	// short to be a CONNECT it may read a few bytes, which go nowhere: the
+	// packet is refused.
+	var buf [minConnectSize]byte
+	n, err := io.ReadAtLeast(r, buf[:], 1)
+	if err != nil {
 		return nil, fmt.Errorf("packets: read first packet: %w", err)
 	}
 	if packetType := buf[0] >> 4; packetType != typeConnect {
@@ -173,12 +183,17 @@ func ReadConnect(r io.Reader, maxSize int) (*Connect, error) {
 		return nil, newError(0, fmt.Errorf("%w: fixed header flags 0x%X, want 0 [MQTT-2.2.2-2]", ErrMalformed, buf[0]&0x0F))
 	}
 
-	// The remaining length is read a byte at a time: a larger read could
-	// consume bytes past the packet.
 	headerLen := 1
 	remaining, err := readVarint("remaining length", func() (byte, error) {
-		if err := readFull(r, buf[headerLen:headerLen+1], "remaining length"); err != nil {
-			return 0, err
+		if headerLen == n {
+			m, err := io.ReadAtLeast(r, buf[n:], 1)
+			n += m
+			if err != nil {
+				if err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				return 0, fmt.Errorf("packets: read remaining length: %w", err)
+			}
 		}
 		headerLen++
 		return buf[headerLen-1], nil
@@ -190,10 +205,12 @@ func ReadConnect(r io.Reader, maxSize int) (*Connect, error) {
 		return nil, err
 	}
 
-	if total := headerLen + remaining; total > maxSize {
-		return nil, tooLarge(r, buf[:versionProbeSize], remaining, total, maxSize)
+	total := headerLen + remaining
+	body := buf[headerLen:min(n, total)] // what the first reads took of the body
+	if total > maxSize {
+		return nil, tooLarge(r, body, remaining, total, maxSize)
 	}
-	raw, err := readBody(r, buf[:headerLen], remaining)
+	raw, err := readBody(r, buf[:headerLen], body, remaining)
 	if err != nil {
 		return nil, err
 	}
@@ -213,16 +230,16 @@ func ReadConnect(r io.Reader, maxSize int) (*Connect, error) {
 // its bytes arrive.
 const bodyChunk = 4 << 10
 
-// readBody reads the remaining bytes of the packet whose fixed header is
-// header, and returns the whole packet. The buffer grows as the bytes
+// readBody reads the rest of the packet whose fixed header is header and
+// whose body starts with begun, and returns the whole packet. The buffer grows as the bytes
 // arrive, at most doubling, rather than to the declared length at once: a
 // client that declares the largest CONNECT allowed and trickles it holds
 // about what it sent, not the limit. A packet whose body fits in
 // bodyChunk takes one allocation of its exact size.
-func readBody(r io.Reader, header []byte, remaining int) ([]byte, error) {
+func readBody(r io.Reader, header, begun []byte, remaining int) ([]byte, error) {
 	total := len(header) + remaining
-	raw := make([]byte, len(header), min(total, len(header)+bodyChunk))
-	copy(raw, header)
+	raw := make([]byte, 0, min(total, len(header)+bodyChunk))
+	raw = append(append(raw, header...), begun...)
 	for {
 		end := cap(raw)
 		if err := readFull(r, raw[len(raw):end], "CONNECT"); err != nil {
@@ -270,11 +287,12 @@ func readVarint(field string, next func() (byte, error)) (int, error) {
 }
 
 // tooLarge refuses an oversize CONNECT. It reads at most the protocol name
-// and level into probe, so the refusal can use the client's version, and
-// never past the declared packet; an I/O failure there leaves Version 0.
-func tooLarge(r io.Reader, probe []byte, remaining, total, maxSize int) *Error {
+// and level, of which begun holds what has been read already, so the
+// refusal can use the client's version, and never past the declared
+// packet; an I/O failure there leaves Version 0.
+func tooLarge(r io.Reader, begun []byte, remaining, total, maxSize int) *Error {
 	cause := fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, total, maxSize)
-	version, err := probeVersion(r, probe, remaining)
+	version, err := probeVersion(r, begun, remaining)
 	if err != nil {
 		cause = fmt.Errorf("%w (version unknown: %w)", cause, err)
 	}
@@ -282,24 +300,34 @@ func tooLarge(r io.Reader, probe []byte, remaining, total, maxSize int) *Error {
 }
 
 // probeVersion reads the protocol name and level at the start of a CONNECT
-// body of remaining bytes into probe. It returns the version when they name
-// one this package speaks, else 0.
-func probeVersion(r io.Reader, probe []byte, remaining int) (byte, error) {
+// body of remaining bytes, which starts with begun. It returns the version
+// when they name one this package speaks, else 0.
+func probeVersion(r io.Reader, begun []byte, remaining int) (byte, error) {
+	var probe [max(versionProbeSize, minConnectSize)]byte
+	have := copy(probe[:], begun)
+	need := func(n int, part string) error {
+		if have < n {
+			if err := readFull(r, probe[have:n], part); err != nil {
+				return err
+			}
+			have = n
+		}
+		return nil
+	}
 	if remaining < 2 {
 		return 0, nil
 	}
-	if err := readFull(r, probe[:2], "protocol name length"); err != nil {
+	if err := need(2, "protocol name length"); err != nil {
 		return 0, err
 	}
 	nameLen := int(probe[0])<<8 | int(probe[1])
 	if nameLen != len(nameMQTT) && nameLen != len(nameMQIsdp) || remaining < 2+nameLen+1 {
 		return 0, nil
 	}
-	nameAndLevel := probe[2 : 2+nameLen+1]
-	if err := readFull(r, nameAndLevel, "protocol name"); err != nil {
+	if err := need(2+nameLen+1, "protocol name"); err != nil {
 		return 0, err
 	}
-	if _, version, err := checkProtocol(nameAndLevel[:nameLen], nameAndLevel[nameLen]); err == nil {
+	if _, version, err := checkProtocol(probe[2:2+nameLen], probe[2+nameLen]); err == nil {
 		return version, nil
 	}
 	return 0, nil

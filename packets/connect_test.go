@@ -114,6 +114,26 @@ func TestReadConnectLeavesPipelinedBytes(t *testing.T) {
 	}
 }
 
+// TestReadConnectTwoReads: a socket read costs a system call, so a
+// CONNECT that has arrived whole takes two, whatever its size, and the
+// shortest CONNECT is read without touching what follows it.
+func TestReadConnectTwoReads(t *testing.T) {
+	shortest := unhex("10 0c 0004 4d515454 04 02 003c 0000")
+	pipelined := unhex("c0 00")
+	for _, raw := range [][]byte{shortest, validCase("mosquitto_pub mqttv311 token in password").raw, validCases[len(validCases)-1].raw} {
+		input := bytes.NewReader(append(bytes.Clone(raw), pipelined...))
+		r := &countingReader{r: input}
+		c, err := ReadConnect(r, 0)
+		if err != nil {
+			t.Fatalf("ReadConnect(% x): %v", raw, err)
+		}
+		if r.reads > 2 || !bytes.Equal(c.Raw, raw) || input.Len() != len(pipelined) {
+			t.Errorf("%d-byte CONNECT: %d reads, Raw %d bytes, %d bytes left; want at most 2, %d, %d",
+				len(raw), r.reads, len(c.Raw), input.Len(), len(raw), len(pipelined))
+		}
+	}
+}
+
 // errAfterReader returns data, then err.
 type errAfterReader struct {
 	data []byte

@@ -14,13 +14,15 @@ import (
 
 // countingReader counts the bytes read through it.
 type countingReader struct {
-	r io.Reader
-	n int
+	r     io.Reader
+	n     int // bytes read
+	reads int // calls to Read
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n += n
+	c.reads++
 	return n, err
 }
 

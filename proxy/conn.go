@@ -256,9 +256,10 @@ func expiryField(exp time.Time) zap.Field {
 
 // relay joins the client and the upstream until both directions have
 // ended, then calls done with the bytes each way, and returns at once.
-// Plain TCP on both sides goes to the epoll watcher (relay_linux.go): no
-// goroutine, buffer or pipe while idle, splice(2) while bytes flow. Other
-// connections (TLS, WebSocket) get splice's two goroutines.
+// Plain TCP on both sides goes to an epoll watcher (relay_linux.go): no
+// goroutine, buffer or pipe while idle; the watcher moves each burst
+// itself, and bulk traffic goes by splice(2). Other connections (TLS,
+// WebSocket) get splice's two goroutines.
 func (p *Proxy) relay(s *session, done func(fromClient, toClient int64)) {
 	if w := p.relays(); w != nil {
 		// Under p.mu, so that abort either finds the relay or has marked

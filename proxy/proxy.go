@@ -113,7 +113,7 @@ type Proxy struct {
 	policy     atomic.Pointer[policy]
 
 	watcherOnce sync.Once
-	watcher     *watcher // nil when epoll is not available: goroutines copy
+	watchers    *watchers // nil when epoll is not available: goroutines copy
 
 	dials dialOutcomes // for Health
 
@@ -370,24 +370,24 @@ func (p *Proxy) release(s *session) {
 	p.wg.Done()
 }
 
-// relays returns the proxy's epoll watcher, starting it on first use.
-func (p *Proxy) relays() *watcher {
+// relays returns the proxy's epoll watchers, starting them on first use.
+func (p *Proxy) relays() *watchers {
 	p.watcherOnce.Do(func() {
-		w, err := newWatcher()
+		w, err := newWatchers()
 		if err != nil {
 			p.logger().Warn("idle connections will each hold two goroutines", zap.Error(err))
 			return
 		}
-		p.watcher = w
+		p.watchers = w
 	})
-	return p.watcher
+	return p.watchers
 }
 
-// stopWatcher stops the epoll watcher once no relay is left.
+// stopWatcher stops the epoll watchers once no relay is left.
 func (p *Proxy) stopWatcher() {
 	p.watcherOnce.Do(func() {}) // none may start after this
-	if p.watcher != nil {
-		p.watcher.stop()
+	if p.watchers != nil {
+		p.watchers.stop()
 	}
 }
 

@@ -5,71 +5,122 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// A relay joins an authenticated client to its upstream connection. While
-// neither side sends anything, it costs no goroutine, no buffer and no pipe:
-// both sockets wait in one epoll set shared by the whole proxy (the
-// watcher). When a socket becomes readable, a short-lived goroutine moves
-// what is queued with splice(2) (io.CopyN between two *net.TCPConn), goes on
-// while more arrives, and hands the socket back to the watcher when it runs
-// dry. An idle connection therefore costs its two sockets and a few hundred
-// bytes of bookkeeping, where two goroutines parked in io.Copy cost two
-// stacks (about 10 KB measured) and two pipes (four descriptors).
+// A relay joins an authenticated client to its upstream connection, the
+// way an event-driven proxy such as HAProxy does. Both sockets wait in an
+// epoll set shared with other connections (a watcher), so an idle
+// connection costs its two sockets and a few hundred bytes of bookkeeping:
+// no goroutine, no buffer and no pipe, where two goroutines parked in
+// io.Copy cost two stacks (about 10 KB measured) and two pipes (four
+// descriptors).
+//
+// When a socket becomes readable, the watcher's goroutine moves the bytes
+// itself: one read(2) into the watcher's buffer and one write(2) to the
+// other socket, which for an MQTT packet is two system calls where
+// splice(2) takes four (splice in, splice out and the checks around them)
+// plus a goroutine. What cannot go that way leaves the watcher for a
+// short-lived goroutine: a burst that fills the buffer (bulk traffic,
+// which then goes by splice, as io.Copy would send it) and bytes the
+// destination cannot take yet (a slow reader: the goroutine waits for it,
+// holding a pooled buffer until it has drained).
 type relay struct {
 	w         *watcher
+	seq       uint64 // the watcher's key for this relay
 	halfClose time.Duration
 	done      func(fromClient, toClient int64)
 
-	mu      sync.Mutex // guards the flows' states and ended
-	flows   [2]flow    // 0: client to upstream, 1: upstream to client
-	ended   int        // flows that have ended
-	timer   *time.Timer
-	aborted bool
+	mu       sync.Mutex // guards everything below
+	flows    [2]flow    // 0: client to upstream, 1: upstream to client
+	ended    int        // flows that have ended
+	reported bool       // done has been called
+	timer    *time.Timer
+	aborted  bool
 }
 
 // flow is one direction of a relay.
 type flow struct {
 	src, dst *net.TCPConn
-	raw      syscall.RawConn
-	fd       int
-	id       uint64
-	state    flowState
-	n        int64
-	// registered is true while fd is in the epoll set. It is removed
-	// before either socket closes: once closed, the descriptor's number
-	// may belong to another connection.
-	registered bool
+	// Raw descriptors, used by the watcher while it holds relay.mu: a
+	// socket closes only under relay.mu (abort) or after both flows have
+	// ended (done), so they stay valid while the watcher reads or writes.
+	srcFD, dstFD int
+	state        flowState
+	// pending is set when the source became readable while a goroutine
+	// was moving bytes: that goroutine goes on rather than going back to
+	// waiting, so that the edge-triggered event is not lost.
+	pending bool
+	n       int64
 }
 
 type flowState int
 
 const (
-	flowWaiting flowState = iota // armed in the watcher's epoll set
+	flowWaiting flowState = iota // the watcher moves its bytes
 	flowMoving                   // a goroutine is moving its bytes
 	flowEnded
 )
 
-// watcher is one epoll instance and the goroutine that waits on it.
+// watcher is one epoll instance, the goroutine that waits on it, and the
+// buffer that goroutine moves bytes through. The goroutine does not block
+// in epoll_wait(2): the epoll descriptor is itself pollable, so the
+// runtime's poller parks the goroutine until the set has events, as for
+// any socket. A goroutine blocked in a system call would instead cost a
+// thread hand-off at every wake and keep the runtime's monitor thread
+// waking every 20 µs.
 type watcher struct {
-	epfd   int
-	wakeFD int // an eventfd that wakes the loop to stop
+	epfd int
+	file *os.File // epfd, in the runtime's poller
+	buf  []byte
 
-	mu       sync.Mutex
-	nextID   uint64
-	flows    map[uint64]*relayFlowRef
-	stopped  chan struct{}
-	stopOnce sync.Once
+	mu      sync.Mutex
+	nextSeq uint64
+	relays  map[uint64]*relay
+	stopped chan struct{}
 }
 
-type relayFlowRef struct {
-	r *relay
-	i int
+// watchers spreads relays over one watcher per processor, so that moving
+// bytes uses as many cores as the runtime does.
+type watchers struct {
+	all  []*watcher
+	next atomic.Uint32
+}
+
+func newWatchers() (*watchers, error) {
+	ws := &watchers{}
+	for range runtime.GOMAXPROCS(0) {
+		w, err := newWatcher()
+		if err != nil {
+			ws.stop()
+			return nil, err
+		}
+		ws.all = append(ws.all, w)
+	}
+	return ws, nil
+}
+
+// startRelay joins client and upstream on one of the watchers; see
+// watcher.startRelay.
+func (ws *watchers) startRelay(client, upstream net.Conn, halfClose time.Duration, done func(fromClient, toClient int64)) (*relay, bool) {
+	w := ws.all[int(ws.next.Add(1))%len(ws.all)]
+	return w.startRelay(client, upstream, halfClose, done)
+}
+
+// stop ends every watcher's loop. Relays still open must have been
+// aborted first.
+func (ws *watchers) stop() {
+	for _, w := range ws.all {
+		w.stop()
+	}
 }
 
 func newWatcher() (*watcher, error) {
@@ -77,93 +128,78 @@ func newWatcher() (*watcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy: epoll: %w", err)
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
-	if err != nil {
+	// Non-blocking, so that os.NewFile puts it in the runtime's poller.
+	if err := unix.SetNonblock(epfd, true); err != nil {
 		unix.Close(epfd)
-		return nil, fmt.Errorf("proxy: eventfd: %w", err)
-	}
-	// The eventfd's data is 0; flows have odd ids.
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN}); err != nil {
-		unix.Close(epfd)
-		unix.Close(wake)
 		return nil, fmt.Errorf("proxy: epoll: %w", err)
 	}
-	w := &watcher{epfd: epfd, wakeFD: wake, flows: map[uint64]*relayFlowRef{}, stopped: make(chan struct{})}
-	go w.loop()
+	file := os.NewFile(uintptr(epfd), "epoll")
+	raw, err := file.SyscallConn()
+	if err != nil {
+		file.Close()
+		return nil, fmt.Errorf("proxy: epoll: %w", err)
+	}
+	w := &watcher{
+		epfd:    epfd,
+		file:    file,
+		buf:     make([]byte, copyBufferSize),
+		relays:  map[uint64]*relay{},
+		stopped: make(chan struct{}),
+	}
+	go w.loop(raw)
 	return w, nil
 }
 
-// stop ends the loop and releases the epoll set. Relays still open must
-// have been aborted first.
+// stop ends the loop and releases the epoll set.
 func (w *watcher) stop() {
-	w.stopOnce.Do(func() {
-		var one = [8]byte{1}
-		unix.Write(w.wakeFD, one[:])
-		<-w.stopped
-		unix.Close(w.epfd)
-		unix.Close(w.wakeFD)
+	w.file.Close() // ends the loop's wait
+	<-w.stopped
+}
+
+func (w *watcher) loop(raw syscall.RawConn) {
+	defer close(w.stopped)
+	events := make([]unix.EpollEvent, 128)
+	// Read returns when the file closes; until then the func runs each
+	// time the set has events, and returning false waits for more.
+	raw.Read(func(uintptr) bool {
+		for {
+			n, err := rawEpollWait(w.epfd, events)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return true
+			}
+			for _, ev := range events[:n] {
+				key := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+				w.mu.Lock()
+				r := w.relays[key>>1]
+				w.mu.Unlock()
+				if r != nil {
+					// The peer's FIN (or a reset) may have come with the
+					// last bytes, in the same edge.
+					closing := ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+					r.readable(int(key&1), closing, w.buf)
+				}
+			}
+			if n < len(events) {
+				// The set is empty: an event added from now on wakes
+				// the runtime's poller again.
+				return false
+			}
+		}
 	})
 }
 
-func (w *watcher) loop() {
-	defer close(w.stopped)
-	events := make([]unix.EpollEvent, 128)
-	for {
-		n, err := unix.EpollWait(w.epfd, events, -1)
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			return
-		}
-		for _, ev := range events[:n] {
-			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			if id == 0 { // the wake eventfd
-				return
-			}
-			w.mu.Lock()
-			ref := w.flows[id]
-			w.mu.Unlock()
-			if ref != nil {
-				ref.r.wake(ref.i)
-			}
-		}
-	}
-}
-
-// register gives f an id and adds its socket to the epoll set, armed for
-// one readiness event.
-func (w *watcher) register(r *relay, i int) error {
-	f := &r.flows[i]
-	w.mu.Lock()
-	w.nextID++
-	f.id = w.nextID<<1 | 1 // odd, never the wake eventfd's zero data
-	w.flows[f.id] = &relayFlowRef{r: r, i: i}
-	w.mu.Unlock()
-	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, f.fd, f.event()); err != nil {
-		return err
-	}
-	f.registered = true
-	return nil
-}
-
-func (w *watcher) unregister(f *flow) {
-	if f.registered {
-		unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, f.fd, nil)
-		f.registered = false
-	}
-	w.mu.Lock()
-	delete(w.flows, f.id)
-	w.mu.Unlock()
-}
-
-func (f *flow) event() *unix.EpollEvent {
-	// Level-triggered and one-shot: armed while bytes are already queued,
-	// it fires at once; after firing it stays quiet until re-armed.
+// event is the epoll registration of flow i of the relay numbered seq:
+// edge-triggered, so that a flow's socket needs no system call to re-arm
+// after each burst, and none to leave the set: closing it does that.
+func event(seq uint64, i int) *unix.EpollEvent {
+	key := seq<<1 | uint64(i)
 	return &unix.EpollEvent{
-		Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT,
-		Fd:     int32(uint32(f.id)),
-		Pad:    int32(uint32(f.id >> 32)),
+		Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET,
+		Fd:     int32(uint32(key)),
+		Pad:    int32(uint32(key >> 32)),
 	}
 }
 
@@ -176,86 +212,198 @@ func (w *watcher) startRelay(client, upstream net.Conn, halfClose time.Duration,
 	if !ok1 || !ok2 {
 		return nil, false
 	}
-	r = &relay{w: w, halfClose: halfClose, done: done}
-	r.flows[0] = flow{src: c, dst: u}
-	r.flows[1] = flow{src: u, dst: c}
-	for i := range r.flows {
-		f := &r.flows[i]
-		raw, err := f.src.SyscallConn()
-		if err != nil {
-			return nil, false
-		}
-		f.raw = raw
-		if raw.Control(func(fd uintptr) { f.fd = int(fd) }) != nil {
-			return nil, false // closed already
-		}
+	cfd, err1 := socketFD(c)
+	ufd, err2 := socketFD(u)
+	if err1 != nil || err2 != nil {
+		return nil, false
 	}
+	r = &relay{w: w, halfClose: halfClose, done: done}
+	r.flows[0] = flow{src: c, dst: u, srcFD: cfd, dstFD: ufd}
+	r.flows[1] = flow{src: u, dst: c, srcFD: ufd, dstFD: cfd}
+	w.mu.Lock()
+	w.nextSeq++
+	r.seq = w.nextSeq
+	w.relays[r.seq] = r
+	w.mu.Unlock()
+
+	// The watcher may fire as soon as the first socket is in: it waits
+	// for r.mu until both are.
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := range r.flows {
-		if err := w.register(r, i); err != nil {
-			r.endLocked(i)
+		// Bytes already queued make the registration fire at once.
+		if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, r.flows[i].srcFD, event(r.seq, i)); err != nil {
+			// Undone, so that the caller can copy some other way.
+			for j := range i {
+				unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, r.flows[j].srcFD, nil)
+			}
+			r.flows[0].state, r.flows[1].state = flowEnded, flowEnded
+			w.mu.Lock()
+			delete(w.relays, r.seq)
+			w.mu.Unlock()
+			return nil, false
 		}
 	}
 	return r, true
 }
 
-// wake runs on the watcher's loop: flow i is readable.
-func (r *relay) wake(i int) {
-	r.mu.Lock()
-	if r.flows[i].state != flowWaiting {
-		r.mu.Unlock()
-		return
+// socketFD returns c's descriptor.
+func socketFD(c *net.TCPConn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
 	}
-	r.flows[i].state = flowMoving
-	r.mu.Unlock()
-	go r.move(i)
+	fd := -1
+	if err := raw.Control(func(s uintptr) { fd = int(s) }); err != nil {
+		return 0, err
+	}
+	return fd, nil
 }
 
-// move copies what flow i's source has queued, for as long as it keeps
-// arriving, then re-arms the flow, or ends it at EOF or on an error.
-func (r *relay) move(i int) {
+// readable runs on the watcher's goroutine: flow i's source has bytes, or
+// has reached EOF (closing tells that it may have), or has failed. buf is
+// the watcher's.
+func (r *relay) readable(i int, closing bool, buf []byte) {
+	r.mu.Lock()
+	defer r.unlock()
 	f := &r.flows[i]
-	// Woken by readiness: nothing queued means EOF (or a spurious wake).
-	// After a burst, only the queue is checked: an EOF that arrives then
-	// wakes the re-armed flow again.
-	for afterBurst := false; ; afterBurst = true {
-		queued, eof, err := queuedBytes(f.raw, !afterBurst)
+	switch {
+	case f.state == flowMoving:
+		f.pending = true
+		return
+	case f.state == flowEnded || r.aborted:
+		return
+	}
+	for {
+		n, err := rawRead(f.srcFD, buf)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return
+		case err != nil:
+			r.endLocked(i)
+			r.abortLocked()
+			return
+		case n == 0:
+			r.finishLocked(i, true)
+			return
+		}
+		written, err := writeNonblocking(f.dstFD, buf[:n])
+		f.n += int64(written)
+		switch {
+		case err == unix.EAGAIN:
+			// The destination is full: a goroutine waits for it with the
+			// rest, in a buffer of its own.
+			bp := copyBuffers.Get().(*[]byte)
+			rest := copy(*bp, buf[written:n])
+			f.state = flowMoving
+			go r.move(i, bp, rest)
+			return
+		case err != nil:
+			r.endLocked(i)
+			r.abortLocked()
+			return
+		case n == len(buf):
+			// Probably more queued: bulk traffic leaves the watcher.
+			f.state = flowMoving
+			go r.move(i, nil, 0)
+			return
+		case !closing:
+			// A short read emptied the socket; the next bytes are a new
+			// edge.
+			return
+		}
+	}
+}
+
+// writeNonblocking writes b to the non-blocking socket fd until it is all
+// written or the socket is full (unix.EAGAIN) or fails.
+func writeNonblocking(fd int, b []byte) (int, error) {
+	written := 0
+	for written < len(b) {
+		n, err := rawWrite(fd, b[written:])
+		if n > 0 {
+			written += n
+		}
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return written, err
+		}
+	}
+	return written, nil
+}
+
+// move runs on its own goroutine for flow i: it writes the carried bytes
+// (*bp)[:n], if any, waiting for the destination as long as it takes, then
+// moves what the source has queued with splice(2) (io.CopyN between two
+// *net.TCPConn) for as long as more arrives, and hands the flow back to
+// the watcher when the source runs dry.
+func (r *relay) move(i int, bp *[]byte, n int) {
+	f := &r.flows[i]
+	if bp != nil {
+		written, err := f.dst.Write((*bp)[:n])
+		copyBuffers.Put(bp)
+		r.count(f, written)
+		if err != nil {
+			r.finish(i, false)
+			return
+		}
+	}
+	raw, err := f.src.SyscallConn()
+	if err != nil {
+		r.finish(i, false)
+		return
+	}
+	for {
+		queued, eof, err := queuedBytes(raw)
 		if err != nil || eof {
 			r.finish(i, err == nil)
 			return
 		}
 		if queued == 0 {
-			break
+			r.mu.Lock()
+			if f.pending && !r.aborted {
+				f.pending = false
+				r.mu.Unlock()
+				continue
+			}
+			if r.aborted {
+				r.endLocked(i)
+			} else {
+				f.state = flowWaiting
+			}
+			r.unlock()
+			return
 		}
-		n, err := io.CopyN(f.dst, f.src, int64(queued))
-		r.mu.Lock()
-		f.n += n
-		r.mu.Unlock()
+		written, err := io.CopyN(f.dst, f.src, int64(queued))
+		r.count(f, int(written))
 		if err != nil {
 			r.finish(i, errors.Is(err, io.EOF))
 			return
 		}
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.aborted { // the sockets are closing: do not touch the epoll set
-		r.endLocked(i)
-		return
-	}
-	f.state = flowWaiting
-	if err := unix.EpollCtl(r.w.epfd, unix.EPOLL_CTL_MOD, f.fd, f.event()); err != nil {
-		r.endLocked(i)
-		r.abortLocked()
-	}
 }
 
-// finish ends flow i. At a clean EOF the end is passed on (half-close) and
-// the other direction gets halfClose to end by itself; otherwise both
-// connections close.
+func (r *relay) count(f *flow, n int) {
+	r.mu.Lock()
+	f.n += int64(n)
+	r.mu.Unlock()
+}
+
+// finish ends flow i; see finishLocked.
 func (r *relay) finish(i int, cleanEOF bool) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock()
+	r.finishLocked(i, cleanEOF)
+}
+
+// finishLocked ends flow i. At a clean EOF the end is passed on
+// (half-close) and the other direction gets halfClose to end by itself;
+// otherwise both connections close.
+func (r *relay) finishLocked(i int, cleanEOF bool) {
 	f := &r.flows[i]
 	if f.state == flowEnded {
 		return
@@ -277,7 +425,7 @@ func (r *relay) finish(i int, cleanEOF bool) {
 // that is moving bytes ends when its copy fails on the closed sockets.
 func (r *relay) abort() {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	defer r.unlock()
 	r.abortLocked()
 }
 
@@ -289,40 +437,51 @@ func (r *relay) abortLocked() {
 	for i := range r.flows {
 		if r.flows[i].state == flowWaiting {
 			r.endLocked(i)
-		} else {
-			r.w.unregister(&r.flows[i])
 		}
 	}
+	// Closing takes the sockets out of the epoll set.
 	r.flows[0].src.Close()
 	r.flows[1].src.Close()
 }
 
-// endLocked marks flow i ended and, when it is the second, reports.
+// endLocked marks flow i ended.
 func (r *relay) endLocked(i int) {
 	f := &r.flows[i]
 	if f.state == flowEnded {
 		return
 	}
-	r.w.unregister(f)
 	f.state = flowEnded
 	r.ended++
 	if r.ended == 2 {
 		if r.timer != nil {
 			r.timer.Stop()
 		}
-		from, to := r.flows[0].n, r.flows[1].n
+		r.w.mu.Lock()
+		delete(r.w.relays, r.seq)
+		r.w.mu.Unlock()
+	}
+}
+
+// unlock releases r.mu and, once both flows have ended, calls done, once,
+// on a goroutine of its own: it logs and closes, which must not hold up
+// the watcher.
+func (r *relay) unlock() {
+	due := r.ended == 2 && !r.reported
+	r.reported = r.reported || due
+	from, to := r.flows[0].n, r.flows[1].n
+	r.mu.Unlock()
+	if due {
 		go r.done(from, to)
 	}
 }
 
 // queuedBytes says, without blocking, how many bytes src has queued and,
-// when asked to tell EOF apart from an empty queue, whether it has reached
-// EOF (one more system call).
-func queuedBytes(raw syscall.RawConn, checkEOF bool) (queued int, eof bool, err error) {
+// when none, whether it has reached EOF.
+func queuedBytes(raw syscall.RawConn) (queued int, eof bool, err error) {
 	var opErr error
 	err = raw.Control(func(fd uintptr) {
 		queued, opErr = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		if opErr != nil || queued > 0 || !checkEOF {
+		if opErr != nil || queued > 0 {
 			return
 		}
 		var b [1]byte
@@ -341,4 +500,33 @@ func queuedBytes(raw syscall.RawConn, checkEOF bool) (queued int, eof bool, err 
 		err = opErr
 	}
 	return queued, eof, err
+}
+
+// The watcher's system calls never block: its sockets are non-blocking and
+// it polls its epoll set without waiting. So they are made raw, without
+// telling the scheduler, which otherwise hands the processor to another
+// thread whenever a call outlasts its monitor's 20 µs tick (system calls
+// take that long on some virtual machines) and wakes a thread per call.
+
+func rawRead(fd int, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	return rawResult(n, e)
+}
+
+func rawWrite(fd int, b []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+	return rawResult(n, e)
+}
+
+// rawEpollWait returns the events ready now, waiting for none.
+func rawEpollWait(epfd int, events []unix.EpollEvent) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
+	return rawResult(n, e)
+}
+
+func rawResult(n uintptr, e unix.Errno) (int, error) {
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
 }

@@ -116,3 +116,113 @@ func TestRelayBulkBothWays(t *testing.T) {
 		t.Errorf("broker got %d bytes, want the client's %d intact", len(b), len(connect)+size)
 	}
 }
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (dialed, accepted *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	d, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close(); a.Close() })
+	return d.(*net.TCPConn), a.(*net.TCPConn)
+}
+
+// TestRelayCarriesWhatTheDestinationCannotTake: with the broker's side
+// full, the watcher has read bytes it cannot write; a goroutine carries
+// them until the broker reads again, while the client goes on sending.
+// Everything arrives intact and in order, and done reports the counts.
+func TestRelayCarriesWhatTheDestinationCannotTake(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	client, proxyClient := tcpPair(t)
+	proxyUp, broker := tcpPair(t)
+	// Fill the proxy's send buffer and the broker's receive buffer: a
+	// write that cannot finish within the deadline has filled them.
+	filler := make([]byte, 1<<20)
+	var filled int
+	proxyUp.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	for {
+		n, err := proxyUp.Write(filler)
+		filled += n
+		if err != nil {
+			break
+		}
+	}
+	proxyUp.SetWriteDeadline(time.Time{})
+
+	ws, err := newWatchers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.stop()
+	type counts struct{ from, to int64 }
+	done := make(chan counts, 1)
+	r, ok := ws.startRelay(proxyClient, proxyUp, time.Second, func(from, to int64) { done <- counts{from, to} })
+	if !ok {
+		t.Fatal("startRelay did not take two TCP connections")
+	}
+
+	// Small writes, one at a time, each well under the watcher's buffer,
+	// go the watcher's way rather than splice's, until one cannot be
+	// written on. No event says when the watcher is done with a write,
+	// so this polls.
+	sent := make([]byte, 4<<20)
+	rand.Read(sent)
+	next := 0
+	deadline := time.Now().Add(10 * time.Second)
+	for moving := false; !moving; {
+		if next == len(sent) {
+			t.Fatalf("%d bytes went through with the broker not reading", next)
+		}
+		if _, err := client.Write(sent[next : next+1000]); err != nil {
+			t.Fatal(err)
+		}
+		next += 1000
+		for {
+			r.mu.Lock()
+			moving = r.flows[0].state == flowMoving
+			through := r.flows[0].n
+			r.mu.Unlock()
+			if moving || through == int64(next) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the watcher neither wrote nor handed over a small write")
+			}
+			runtime.Gosched()
+		}
+	}
+	// The rest arrives while the goroutine waits.
+	go func() {
+		for b := sent[next:]; len(b) > 0; b = b[min(len(b), 1000):] {
+			if _, err := client.Write(b[:min(len(b), 1000)]); err != nil {
+				return
+			}
+		}
+		client.CloseWrite()
+	}()
+	got, err := io.ReadAll(broker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != filled+len(sent) || !bytes.Equal(got[filled:], sent) {
+		t.Fatalf("broker got %d bytes, want %d of filler and then the client's %d intact", len(got), filled, len(sent))
+	}
+	broker.Write([]byte("bye"))
+	broker.Close()
+	if back := readAll(t, client); string(back) != "bye" {
+		t.Errorf("client got %q, want %q", back, "bye")
+	}
+	if c := <-done; c != (counts{int64(len(sent)), 3}) {
+		t.Errorf("done reported %+v, want {from:%d to:3}", c, len(sent))
+	}
+}
