@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -317,25 +316,6 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 	}
 }
 
-// writeNonblocking writes b to the non-blocking socket fd until it is all
-// written or the socket is full (unix.EAGAIN) or fails.
-func writeNonblocking(fd int, b []byte) (int, error) {
-	written := 0
-	for written < len(b) {
-		n, err := rawWrite(fd, b[written:])
-		if n > 0 {
-			written += n
-		}
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return written, err
-		}
-	}
-	return written, nil
-}
-
 // move runs on its own goroutine for flow i: it writes the carried bytes
 // (*bp)[:n], if any, waiting for the destination as long as it takes, then
 // moves what the source has queued with splice(2) (io.CopyN between two
@@ -409,7 +389,7 @@ func (r *relay) finishLocked(i int, cleanEOF bool) {
 		return
 	}
 	if cleanEOF && !r.aborted {
-		if err := f.dst.CloseWrite(); err == nil {
+		if err := rawShutdownWrite(f.dstFD); err == nil {
 			r.endLocked(i)
 			if r.ended < 2 {
 				r.timer = time.AfterFunc(r.halfClose, r.abort)
@@ -500,33 +480,4 @@ func queuedBytes(raw syscall.RawConn) (queued int, eof bool, err error) {
 		err = opErr
 	}
 	return queued, eof, err
-}
-
-// The watcher's system calls never block: its sockets are non-blocking and
-// it polls its epoll set without waiting. So they are made raw, without
-// telling the scheduler, which otherwise hands the processor to another
-// thread whenever a call outlasts its monitor's 20 µs tick (system calls
-// take that long on some virtual machines) and wakes a thread per call.
-
-func rawRead(fd int, b []byte) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-	return rawResult(n, e)
-}
-
-func rawWrite(fd int, b []byte) (int, error) {
-	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-	return rawResult(n, e)
-}
-
-// rawEpollWait returns the events ready now, waiting for none.
-func rawEpollWait(epfd int, events []unix.EpollEvent) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(unsafe.SliceData(events))), uintptr(len(events)), 0, 0, 0)
-	return rawResult(n, e)
-}
-
-func rawResult(n uintptr, e unix.Errno) (int, error) {
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
 }
