@@ -42,7 +42,8 @@ func (p *Proxy) serveConn(s *session) {
 		}
 	}()
 	start := time.Now()
-	log := p.logger().With(zap.String("listener", s.listener), zap.String("remote", c.RemoteAddr().String()))
+	remote := c.RemoteAddr().String() // the client's, also behind a PROXY header
+	log := p.logger().With(zap.String("listener", s.listener), zap.String("remote", remote))
 
 	limits := &s.policy.limits
 	deadline := start.Add(limits.connectTimeout())
@@ -124,51 +125,67 @@ func (p *Proxy) serveConn(s *session) {
 		refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
 		return
 	}
-	var expired atomic.Bool
-	var timer *time.Timer
+	// What the closing line needs, kept in one small struct for the
+	// connection's life: zap fields would take five times the room, and
+	// a zap.Logger.With clone holds a 1 KB encoder buffer.
+	conn := &openConn{
+		remote:   remote,
+		clientID: pk.ClientID,
+		username: pk.Username,
+		version:  pk.ProtocolVersion,
+		start:    start,
+		rawLen:   int64(len(pk.Raw) + len(ahead)),
+	}
 	if id.DisconnectAtExpiry {
 		// One runtime timer per connection, no goroutine until it fires.
 		// Closing both sides without a DISCONNECT makes the broker publish
 		// the client's will, as for any abnormal end.
-		timer = time.AfterFunc(time.Until(id.Expiry), func() {
-			expired.Store(true)
+		conn.expiry = time.AfterFunc(time.Until(id.Expiry), func() {
+			conn.expired.Store(true)
 			p.abort(s)
 		})
 	}
-	// From here the connection outlives this goroutine: done does what
+	// From here the connection outlives this goroutine: finish does what
 	// the deferred calls above would.
 	handedOff = true
-	rawLen := int64(len(pk.Raw) + len(ahead))
-	// The closing line is logged from its own fields rather than through
-	// log: a zap.Logger.With clone holds a 1 KB encoder buffer, which an
-	// idle connection would keep for its whole life.
-	closed := []zap.Field{
-		zap.String("listener", s.listener),
-		zap.String("remote", c.RemoteAddr().String()),
-		zap.String("client_id", pk.ClientID),
-		zap.String("username", pk.Username),
-		zap.Uint8("protocol_version", pk.ProtocolVersion),
+	p.relay(s, func(fromClient, toClient int64) { p.finish(s, conn, fromClient, toClient) })
+}
+
+// openConn is what a proxied connection keeps until it closes.
+type openConn struct {
+	remote, clientID, username string
+	version                    byte
+	start                      time.Time
+	rawLen                     int64 // the CONNECT and what came with it
+	expiry                     *time.Timer
+	expired                    atomic.Bool
+}
+
+// finish ends a proxied connection once both directions have ended.
+func (p *Proxy) finish(s *session, conn *openConn, fromClient, toClient int64) {
+	if conn.expiry != nil {
+		conn.expiry.Stop()
 	}
-	p.relay(s, func(fromClient, toClient int64) {
-		if timer != nil {
-			timer.Stop()
-		}
-		fromClient += rawLen
-		p.Metrics.proxied(fromClient, toClient)
-		closeReason := zap.Skip()
-		if expired.Load() {
-			closeReason = zap.String("reason", string(authn.ErrTokenExpired))
-		}
-		p.logger().Info("connection closed", append(closed,
-			closeReason,
-			zap.Duration("duration", time.Since(start)),
-			zap.Int64("bytes_from_client", fromClient),
-			zap.Int64("bytes_to_client", toClient),
-		)...)
-		c.Close()
-		up.Close()
-		p.release(s)
-	})
+	fromClient += conn.rawLen
+	p.Metrics.proxied(fromClient, toClient)
+	reason := zap.Skip()
+	if conn.expired.Load() {
+		reason = zap.String("reason", string(authn.ErrTokenExpired))
+	}
+	p.logger().Info("connection closed",
+		zap.String("listener", s.listener),
+		zap.String("remote", conn.remote),
+		zap.String("client_id", conn.clientID),
+		zap.String("username", conn.username),
+		zap.Uint8("protocol_version", conn.version),
+		reason,
+		zap.Duration("duration", time.Since(conn.start)),
+		zap.Int64("bytes_from_client", fromClient),
+		zap.Int64("bytes_to_client", toClient),
+	)
+	s.client.Close()
+	s.upstream.Close()
+	p.release(s)
 }
 
 // RefuseCode is the MQTT 5 reason code a client refused for reason gets,

@@ -77,6 +77,8 @@ func TestProxyProtocolIn(t *testing.T) {
 				if got := rec.Received()[0]; !bytes.Equal(got, want) {
 					t.Errorf("upstream received %x, want %x", got, want)
 				}
+				c.Close()
+				waitLog(t, logs, "connection closed", zap.String("remote", remote))
 			case "no header":
 				if got := readAll(t, c); len(got) != 0 {
 					t.Errorf("proxy answered %x, want a close", got)

@@ -40,34 +40,38 @@ type relay struct {
 
 	mu       sync.Mutex // guards everything below
 	flows    [2]flow    // 0: client to upstream, 1: upstream to client
-	ended    int        // flows that have ended
-	reported bool       // done has been called
 	timer    *time.Timer
+	ended    int8 // flows that have ended
+	reported bool // done has been called
 	aborted  bool
 }
 
-// flow is one direction of a relay.
+// flow is one direction of a relay. Its fields are sized to keep a relay
+// in a 128-byte allocation: one of these lives as long as its connection.
 type flow struct {
-	src, dst *net.TCPConn
+	src *net.TCPConn
 	// Raw descriptors, used by the watcher while it holds relay.mu: a
 	// socket closes only under relay.mu (abort) or after both flows have
 	// ended (done), so they stay valid while the watcher reads or writes.
-	srcFD, dstFD int
+	srcFD, dstFD int32
+	n            int64
 	state        flowState
 	// pending is set when the source became readable while a goroutine
 	// was moving bytes: that goroutine goes on rather than going back to
 	// waiting, so that the edge-triggered event is not lost.
 	pending bool
-	n       int64
 }
 
-type flowState int
+type flowState uint8
 
 const (
 	flowWaiting flowState = iota // the watcher moves its bytes
 	flowMoving                   // a goroutine is moving its bytes
 	flowEnded
 )
+
+// dst is where flow i's bytes go: the other flow's source.
+func (r *relay) dst(i int) *net.TCPConn { return r.flows[1-i].src }
 
 // watcher is one epoll instance, the goroutine that waits on it, and the
 // buffer that goroutine moves bytes through. The goroutine does not block
@@ -217,8 +221,8 @@ func (w *watcher) startRelay(client, upstream net.Conn, halfClose time.Duration,
 		return nil, false
 	}
 	r = &relay{w: w, halfClose: halfClose, done: done}
-	r.flows[0] = flow{src: c, dst: u, srcFD: cfd, dstFD: ufd}
-	r.flows[1] = flow{src: u, dst: c, srcFD: ufd, dstFD: cfd}
+	r.flows[0] = flow{src: c, srcFD: cfd, dstFD: ufd}
+	r.flows[1] = flow{src: u, srcFD: ufd, dstFD: cfd}
 	w.mu.Lock()
 	w.nextSeq++
 	r.seq = w.nextSeq
@@ -231,10 +235,10 @@ func (w *watcher) startRelay(client, upstream net.Conn, halfClose time.Duration,
 	defer r.mu.Unlock()
 	for i := range r.flows {
 		// Bytes already queued make the registration fire at once.
-		if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, r.flows[i].srcFD, event(r.seq, i)); err != nil {
+		if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(r.flows[i].srcFD), event(r.seq, i)); err != nil {
 			// Undone, so that the caller can copy some other way.
 			for j := range i {
-				unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, r.flows[j].srcFD, nil)
+				unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, int(r.flows[j].srcFD), nil)
 			}
 			r.flows[0].state, r.flows[1].state = flowEnded, flowEnded
 			w.mu.Lock()
@@ -247,13 +251,13 @@ func (w *watcher) startRelay(client, upstream net.Conn, halfClose time.Duration,
 }
 
 // socketFD returns c's descriptor.
-func socketFD(c *net.TCPConn) (int, error) {
+func socketFD(c *net.TCPConn) (int32, error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return 0, err
 	}
-	fd := -1
-	if err := raw.Control(func(s uintptr) { fd = int(s) }); err != nil {
+	var fd int32 = -1
+	if err := raw.Control(func(s uintptr) { fd = int32(s) }); err != nil {
 		return 0, err
 	}
 	return fd, nil
@@ -274,7 +278,7 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 		return
 	}
 	for {
-		n, err := rawRead(f.srcFD, buf)
+		n, err := rawRead(int(f.srcFD), buf)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -288,7 +292,7 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 			r.finishLocked(i, true)
 			return
 		}
-		written, err := writeNonblocking(f.dstFD, buf[:n])
+		written, err := writeNonblocking(int(f.dstFD), buf[:n])
 		f.n += int64(written)
 		switch {
 		case err == unix.EAGAIN:
@@ -324,7 +328,7 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 func (r *relay) move(i int, bp *[]byte, n int) {
 	f := &r.flows[i]
 	if bp != nil {
-		written, err := f.dst.Write((*bp)[:n])
+		written, err := r.dst(i).Write((*bp)[:n])
 		copyBuffers.Put(bp)
 		r.count(f, written)
 		if err != nil {
@@ -358,7 +362,7 @@ func (r *relay) move(i int, bp *[]byte, n int) {
 			r.unlock()
 			return
 		}
-		written, err := io.CopyN(f.dst, f.src, int64(queued))
+		written, err := io.CopyN(r.dst(i), f.src, int64(queued))
 		r.count(f, int(written))
 		if err != nil {
 			r.finish(i, errors.Is(err, io.EOF))
@@ -389,7 +393,7 @@ func (r *relay) finishLocked(i int, cleanEOF bool) {
 		return
 	}
 	if cleanEOF && !r.aborted {
-		if err := rawShutdownWrite(f.dstFD); err == nil {
+		if err := rawShutdownWrite(int(f.dstFD)); err == nil {
 			r.endLocked(i)
 			if r.ended < 2 {
 				r.timer = time.AfterFunc(r.halfClose, r.abort)
