@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"reflect"
-	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -256,16 +255,9 @@ func TestReadConnectOversizeMemory(t *testing.T) {
 		t.Fatalf("error %v, want ErrTooLarge", err)
 	}
 
-	const runs = 100
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	for range runs {
-		run()
-	}
-	runtime.ReadMemStats(&after)
 	// TotalAlloc counts every goroutine's allocations (the race detector's
 	// too): the bound leaves room, and is still nothing next to 256 MB.
-	if perRun := (after.TotalAlloc - before.TotalAlloc) / runs; perRun > 4096 {
+	if perRun := bytesPerRun(func() { run() }); perRun > 4096 {
 		t.Errorf("%d bytes allocated per 256 MB CONNECT, want at most 4096", perRun)
 	}
 }
