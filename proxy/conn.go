@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -101,30 +102,16 @@ func (p *Proxy) serveConn(s *session) {
 		expiryField(id.Expiry),
 	)
 
-	up, err := p.dial()
-	if err == nil {
-		up, err = p.startUpstream(up, c) // PROXY header, TLS
-	}
+	// The PROXY header for the broker says what the wrapper around the
+	// client says; from here on only the socket under it is needed.
+	header, err := p.upstreamHeader(c)
 	if err != nil {
 		log.Warn("upstream unavailable", zap.String("outcome", "refused"), zap.String("reason", reasonUpstreamUnavailable), zap.Error(err))
 		refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
 		return
 	}
-	defer func() {
-		if !handedOff {
-			up.Close()
-		}
-	}()
-	if !p.setUpstream(s, up) {
-		return
-	}
 	c.SetReadDeadline(time.Time{})
 	c, ahead := p.bareClient(s) // after a PROXY header: the socket, and what was read past the CONNECT
-	if _, err := up.Write(append(upstreamConnect, ahead...)); err != nil {
-		log.Warn("upstream write failed", zap.String("reason", reasonUpstreamUnavailable), zap.Error(err))
-		refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
-		return
-	}
 	// What the closing line needs, kept in one small struct for the
 	// connection's life: zap fields would take five times the room, and
 	// a zap.Logger.With clone holds a 1 KB encoder buffer.
@@ -145,10 +132,57 @@ func (p *Proxy) serveConn(s *session) {
 			p.abort(s)
 		})
 	}
+	err = p.connectUpstream(s, header, append(upstreamConnect, ahead...), func(fromClient, toClient int64) {
+		p.finish(s, conn, fromClient, toClient)
+	})
+	if err != nil {
+		if conn.expiry != nil {
+			conn.expiry.Stop()
+		}
+		if !errors.Is(err, errSessionEnded) {
+			log.Warn("upstream unavailable", zap.String("outcome", "refused"), zap.String("reason", reasonUpstreamUnavailable), zap.Error(err))
+			refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
+		}
+		return
+	}
 	// From here the connection outlives this goroutine: finish does what
 	// the deferred calls above would.
 	handedOff = true
-	p.relay(s, func(fromClient, toClient int64) { p.finish(s, conn, fromClient, toClient) })
+}
+
+// errSessionEnded says that a connection was closed from outside (Close,
+// token expiry) while its broker connection was being set up.
+var errSessionEnded = errors.New("proxy: connection closed while connecting to the broker")
+
+// connectUpstream dials the broker, sends it header (a PROXY header or
+// nothing) and first (the CONNECT and what the client sent after it), and
+// hands the connection to a relay that calls done once both directions
+// have ended. On an error only the client is left open. A plain TCP client
+// of a plain TCP broker goes to an epoll watcher with a socket the relay
+// dials itself; other connections get a dialed net.Conn (see dial).
+func (p *Proxy) connectUpstream(s *session, header, first []byte, done func(fromClient, toClient int64)) error {
+	if client, ok := s.client.(*net.TCPConn); ok && p.DialUpstream == nil && p.UpstreamTLS == nil {
+		if ws := p.relays(); ws != nil {
+			return p.dialRelay(ws, s, client, append(header, first...), done)
+		}
+	}
+	up, err := p.dial()
+	if err == nil {
+		up, err = p.startUpstream(up, header) // PROXY header, TLS
+	}
+	if err != nil {
+		return err
+	}
+	if !p.setUpstream(s, up) {
+		up.Close()
+		return errSessionEnded
+	}
+	if _, err := up.Write(first); err != nil {
+		up.Close()
+		return fmt.Errorf("writing the CONNECT to the broker: %w", err)
+	}
+	p.relay(s, done)
+	return nil
 }
 
 // openConn is what a proxied connection keeps until it closes.
@@ -184,7 +218,9 @@ func (p *Proxy) finish(s *session, conn *openConn, fromClient, toClient int64) {
 		zap.Int64("bytes_to_client", toClient),
 	)
 	s.client.Close()
-	s.upstream.Close()
+	if s.upstream != nil { // nil when the relay dialed (and has closed) it
+		s.upstream.Close()
+	}
 	p.release(s)
 }
 

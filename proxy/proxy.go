@@ -42,6 +42,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -436,6 +438,73 @@ func (p *Proxy) dial() (net.Conn, error) {
 	p.Metrics.dialed(time.Since(start), err)
 	p.dials.record(err)
 	return c, err
+}
+
+// dialRelay connects to the broker with a socket of the relay's own (see
+// watchers.dialRelay), sends first, and starts relaying, unless the
+// session was aborted meanwhile.
+func (p *Proxy) dialRelay(ws *watchers, s *session, client *net.TCPConn, first []byte, done func(fromClient, toClient int64)) error {
+	start := time.Now()
+	deadline := start.Add(p.dialTimeout())
+	addrs, err := p.upstreamAddrs(deadline)
+	var r *relay
+	if err == nil {
+		r, err = ws.dialRelay(client, addrs, first, deadline, p.halfCloseTimeout(), done)
+	}
+	p.Metrics.dialed(time.Since(start), err)
+	p.dials.record(err)
+	if err != nil {
+		return err
+	}
+	// Under p.mu, so that abort either finds the relay or has marked the
+	// session first; a socket must never close while it is in the epoll
+	// set without the relay knowing.
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s.aborted || p.closed {
+		r.cancel()
+		return errSessionEnded
+	}
+	if err := r.start(); err != nil {
+		return err
+	}
+	s.relay = r
+	return nil
+}
+
+// upstreamAddrs resolves Upstream as the net package's dialer does, at
+// every dial (a broker behind a DNS name may move): an IP address as it
+// is, a name through the resolver, a service name to its port.
+func (p *Proxy) upstreamAddrs(deadline time.Time) ([]netip.AddrPort, error) {
+	host, service, err := net.SplitHostPort(p.Upstream)
+	if err != nil {
+		return nil, fmt.Errorf("upstream %q: %w", p.Upstream, err)
+	}
+	port, err := strconv.ParseUint(service, 10, 16)
+	addr, addrErr := netip.ParseAddr(host)
+	if err == nil && addrErr == nil {
+		return []netip.AddrPort{netip.AddrPortFrom(addr, uint16(port))}, nil
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if err != nil {
+		n, err := net.DefaultResolver.LookupPort(ctx, "tcp", service)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %q: %w", p.Upstream, err)
+		}
+		port = uint64(n)
+	}
+	var addrs []netip.Addr
+	if addrErr == nil {
+		addrs = []netip.Addr{addr}
+	} else if addrs, err = net.DefaultResolver.LookupNetIP(ctx, "ip", host); err != nil {
+		return nil, fmt.Errorf("upstream %q: %w", p.Upstream, err)
+	}
+	out := make([]netip.AddrPort, len(addrs))
+	for i, a := range addrs {
+		out[i] = netip.AddrPortFrom(a.Unmap(), uint16(port))
+	}
+	return out, nil
 }
 
 func orDefault(d, def time.Duration) time.Duration {

@@ -1,16 +1,19 @@
 package proxy
 
 import (
+	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,9 +32,15 @@ import (
 // splice(2) takes four (splice in, splice out and the checks around them)
 // plus a goroutine. What cannot go that way leaves the watcher for a
 // short-lived goroutine: a burst that fills the buffer (bulk traffic,
-// which then goes by splice, as io.Copy would send it) and bytes the
+// which then goes by splice(2) through a pooled pipe) and bytes the
 // destination cannot take yet (a slow reader: the goroutine waits for it,
-// holding a pooled buffer until it has drained).
+// holding a pooled buffer until it has drained). A goroutine that waits
+// for a socket to take bytes is woken by the watcher, which then also
+// watches that socket for writability.
+//
+// The relay can dial the broker itself (dialRelay): its socket then never
+// enters the runtime's poller or the net package, which saves a third of
+// a connection's memory and a quarter of its system calls.
 type relay struct {
 	w         *watcher
 	seq       uint64 // the watcher's key for this relay
@@ -44,15 +53,18 @@ type relay struct {
 	ended    int8 // flows that have ended
 	reported bool // done has been called
 	aborted  bool
+	// ownsUpstream is set when the relay dialed the upstream socket
+	// itself (dialRelay): it closes it before calling done.
+	ownsUpstream bool
+	started      bool // both sockets are in the epoll set
 }
 
 // flow is one direction of a relay. Its fields are sized to keep a relay
 // in a 128-byte allocation: one of these lives as long as its connection.
 type flow struct {
-	src *net.TCPConn
-	// Raw descriptors, used by the watcher while it holds relay.mu: a
-	// socket closes only under relay.mu (abort) or after both flows have
-	// ended (done), so they stay valid while the watcher reads or writes.
+	// Raw descriptors. A socket closes only once both flows have ended
+	// (abort shuts sockets down rather than closing them), so they stay
+	// valid while the watcher or a flow's goroutine uses them.
 	srcFD, dstFD int32
 	n            int64
 	state        flowState
@@ -60,6 +72,13 @@ type flow struct {
 	// was moving bytes: that goroutine goes on rather than going back to
 	// waiting, so that the edge-triggered event is not lost.
 	pending bool
+	// watchOut is set once the source socket's epoll registration also
+	// reports writability: from the first time the other flow had to
+	// wait for this socket to take bytes.
+	watchOut bool
+	// writable wakes this flow's goroutine when it waits for its
+	// destination to take more bytes; made the first time it waits.
+	writable chan struct{}
 }
 
 type flowState uint8
@@ -69,9 +88,6 @@ const (
 	flowMoving                   // a goroutine is moving its bytes
 	flowEnded
 )
-
-// dst is where flow i's bytes go: the other flow's source.
-func (r *relay) dst(i int) *net.TCPConn { return r.flows[1-i].src }
 
 // watcher is one epoll instance, the goroutine that waits on it, and the
 // buffer that goroutine moves bytes through. The goroutine does not block
@@ -111,19 +127,241 @@ func newWatchers() (*watchers, error) {
 	return ws, nil
 }
 
-// startRelay joins client and upstream on one of the watchers; see
-// watcher.startRelay.
-func (ws *watchers) startRelay(client, upstream net.Conn, halfClose time.Duration, done func(fromClient, toClient int64)) (*relay, bool) {
-	w := ws.all[int(ws.next.Add(1))%len(ws.all)]
-	return w.startRelay(client, upstream, halfClose, done)
-}
-
 // stop ends every watcher's loop. Relays still open must have been
 // aborted first.
 func (ws *watchers) stop() {
 	for _, w := range ws.all {
 		w.stop()
 	}
+}
+
+func (ws *watchers) pick() *watcher { return ws.all[int(ws.next.Add(1))%len(ws.all)] }
+
+// startRelay joins client and upstream, both already connected, on one of
+// the watchers and returns at once; done is called exactly once, when both
+// directions have ended, with the bytes each way. handled is false when
+// either is not a plain TCP socket, or when the sockets cannot join the
+// epoll set: the caller copies some other way. The caller closes both
+// sockets, after done.
+func (ws *watchers) startRelay(client, upstream net.Conn, halfClose time.Duration, done func(fromClient, toClient int64)) (r *relay, handled bool) {
+	c, ok1 := client.(*net.TCPConn)
+	u, ok2 := upstream.(*net.TCPConn)
+	if !ok1 || !ok2 {
+		return nil, false
+	}
+	cfd, err1 := socketFD(c)
+	ufd, err2 := socketFD(u)
+	if err1 != nil || err2 != nil {
+		return nil, false
+	}
+	r = ws.pick().newRelay(cfd, halfClose, done)
+	r.setUpstream(ufd)
+	if err := r.start(); err != nil {
+		return nil, false
+	}
+	return r, true
+}
+
+// dialRelay connects to the broker at one of addrs (in turn, until one
+// takes the connection), sends it first, and returns a relay that is yet
+// to start: join then makes it carry bytes between client and the broker,
+// or cancel closes the broker's socket. The socket is the relay's own,
+// outside the runtime's poller and the net package: when the connection
+// or the write must wait (a broker that is not on this host, or a CONNECT
+// larger than the socket's buffer), the watcher wakes the relay. Nothing
+// is read from the broker before join.
+func (ws *watchers) dialRelay(client *net.TCPConn, addrs []netip.AddrPort, first []byte, deadline time.Time, halfClose time.Duration, done func(fromClient, toClient int64)) (*relay, error) {
+	cfd, err := socketFD(client)
+	if err != nil {
+		return nil, err
+	}
+	r := ws.pick().newRelay(cfd, halfClose, done)
+	var firstErr error
+	for _, addr := range addrs {
+		err := r.dial(addr, first, deadline)
+		if err == nil {
+			return r, nil
+		}
+		firstErr = cmp.Or(firstErr, err)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			break
+		}
+	}
+	r.cancel()
+	return nil, firstErr
+}
+
+// newRelay makes a relay for the client socket cfd, known to the watcher
+// but in no epoll set yet: until start, both flows count as moving, so
+// that the watcher leaves them alone.
+func (w *watcher) newRelay(cfd int32, halfClose time.Duration, done func(fromClient, toClient int64)) *relay {
+	r := &relay{w: w, halfClose: halfClose, done: done}
+	r.flows[0] = flow{srcFD: cfd, dstFD: -1, state: flowMoving}
+	r.flows[1] = flow{srcFD: -1, dstFD: cfd, state: flowMoving}
+	w.mu.Lock()
+	w.nextSeq++
+	r.seq = w.nextSeq
+	w.relays[r.seq] = r
+	w.mu.Unlock()
+	return r
+}
+
+func (r *relay) setUpstream(fd int32) {
+	r.mu.Lock()
+	r.flows[0].dstFD = fd
+	r.flows[1].srcFD = fd
+	r.mu.Unlock()
+}
+
+// dial connects r's own upstream socket to addr and writes first to it.
+// On a failure the socket is closed again.
+func (r *relay) dial(addr netip.AddrPort, first []byte, deadline time.Time) (err error) {
+	family := unix.AF_INET
+	if addr.Addr().Is6() {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return fmt.Errorf("dial tcp %s: socket: %w", addr, err)
+	}
+	r.setUpstream(int32(fd))
+	r.ownsUpstream = true
+	defer func() {
+		if err != nil {
+			r.mu.Lock()
+			r.flows[1].watchOut = false
+			r.mu.Unlock()
+			unix.Close(fd) // also leaves the epoll set
+			r.setUpstream(-1)
+			r.ownsUpstream = false
+			err = fmt.Errorf("dial tcp %s: %w", addr, err)
+		}
+	}()
+	// MQTT packets are small and latency counts: no Nagle delay, as the
+	// net package sets for every TCP connection.
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		return err
+	}
+	// A non-blocking connect returns at once; on loopback the handshake
+	// is over by then. The first write tells: it goes through on a
+	// connected socket, returns EAGAIN while the handshake is under way,
+	// and returns the connection's error (ECONNREFUSED) once it failed.
+	if err := rawConnect(fd, addr); err != nil && err != unix.EINPROGRESS && err != unix.EINTR {
+		return err
+	}
+	for sent := 0; ; {
+		n, err := writeNonblocking(fd, first[sent:])
+		sent += n
+		if err == nil {
+			return nil
+		}
+		if err != unix.EAGAIN {
+			return err
+		}
+		if err := r.waitWritable(0, deadline); err != nil {
+			return err
+		}
+	}
+}
+
+// rawConnect starts connecting fd to addr without telling the scheduler:
+// see rawsyscall_linux.go.
+func rawConnect(fd int, addr netip.AddrPort) error {
+	var sa unsafe.Pointer
+	var size uintptr
+	if a := addr.Addr(); a.Is4() || a.Is4In6() {
+		var sa4 unix.RawSockaddrInet4
+		sa4.Family = unix.AF_INET
+		sa4.Addr = a.Unmap().As4()
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:], addr.Port())
+		sa, size = unsafe.Pointer(&sa4), unsafe.Sizeof(sa4)
+	} else {
+		var sa6 unix.RawSockaddrInet6
+		sa6.Family = unix.AF_INET6
+		sa6.Addr = a.As16()
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa6.Port))[:], addr.Port())
+		if zone := a.Zone(); zone != "" {
+			if ifi, err := net.InterfaceByName(zone); err == nil {
+				sa6.Scope_id = uint32(ifi.Index)
+			}
+		}
+		sa, size = unsafe.Pointer(&sa6), unsafe.Sizeof(sa6)
+	}
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(sa), size)
+	_, err := rawResult(0, e)
+	return err
+}
+
+// start puts both sockets in the epoll set; the watcher may fire as soon
+// as the first is in, and waits for r.mu until both are. Bytes already
+// queued make the registration fire at once. On a failure nothing is left
+// registered, and a socket the relay dialed is closed.
+func (r *relay) start() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.started = true
+	for i := range r.flows {
+		f := &r.flows[i]
+		pending := f.pending
+		f.state, f.pending = flowWaiting, false
+		if f.watchOut {
+			// Registered while dialing, and the watcher left its edges
+			// to be taken up here.
+			if pending {
+				f.state = flowMoving
+				go r.move(i, nil, 0)
+			}
+			continue
+		}
+		if err := unix.EpollCtl(r.w.epfd, unix.EPOLL_CTL_ADD, int(f.srcFD), r.event(i)); err != nil {
+			r.undoLocked(i)
+			return fmt.Errorf("proxy: epoll: %w", err)
+		}
+	}
+	return nil
+}
+
+// cancel forgets a relay that did not start, closing its own socket.
+func (r *relay) cancel() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.undoLocked(2)
+}
+
+// undoLocked takes the first n flows' sockets, which start added, out of
+// the epoll set, closes the relay's own socket (which takes it out too)
+// and forgets the relay.
+func (r *relay) undoLocked(n int) {
+	for i := range n {
+		unix.EpollCtl(r.w.epfd, unix.EPOLL_CTL_DEL, int(r.flows[i].srcFD), nil)
+	}
+	if r.ownsUpstream {
+		unix.Close(int(r.flows[1].srcFD))
+		r.ownsUpstream = false
+	}
+	r.flows[0].state, r.flows[1].state = flowEnded, flowEnded
+	r.ended = 2
+	r.reported = true
+	r.w.forget(r.seq)
+}
+
+func (w *watcher) forget(seq uint64) {
+	w.mu.Lock()
+	delete(w.relays, seq)
+	w.mu.Unlock()
+}
+
+// socketFD returns c's descriptor.
+func socketFD(c *net.TCPConn) (int32, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var fd int32 = -1
+	if err := raw.Control(func(s uintptr) { fd = int32(s) }); err != nil {
+		return 0, err
+	}
+	return fd, nil
 }
 
 func newWatcher() (*watcher, error) {
@@ -178,11 +416,19 @@ func (w *watcher) loop(raw syscall.RawConn) {
 				w.mu.Lock()
 				r := w.relays[key>>1]
 				w.mu.Unlock()
-				if r != nil {
+				if r == nil {
+					continue
+				}
+				i := int(key & 1)
+				failed := ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0
+				if ev.Events&unix.EPOLLOUT != 0 || failed {
+					// Flow i's source is the other flow's destination.
+					r.wake(1 - i)
+				}
+				if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 || failed {
 					// The peer's FIN (or a reset) may have come with the
 					// last bytes, in the same edge.
-					closing := ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
-					r.readable(int(key&1), closing, w.buf)
+					r.readable(i, ev.Events&unix.EPOLLRDHUP != 0 || failed, w.buf)
 				}
 			}
 			if n < len(events) {
@@ -194,74 +440,82 @@ func (w *watcher) loop(raw syscall.RawConn) {
 	})
 }
 
-// event is the epoll registration of flow i of the relay numbered seq:
-// edge-triggered, so that a flow's socket needs no system call to re-arm
-// after each burst, and none to leave the set: closing it does that.
-func event(seq uint64, i int) *unix.EpollEvent {
-	key := seq<<1 | uint64(i)
-	return &unix.EpollEvent{
-		Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET,
-		Fd:     int32(uint32(key)),
-		Pad:    int32(uint32(key >> 32)),
+// event is the epoll registration of flow i's source: edge-triggered, so
+// that a socket needs no system call to re-arm after each burst, and none
+// to leave the set: closing it does that.
+func (r *relay) event(i int) *unix.EpollEvent {
+	key := r.seq<<1 | uint64(i)
+	events := uint32(unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET)
+	if r.flows[i].watchOut {
+		events |= unix.EPOLLOUT
 	}
+	return &unix.EpollEvent{Events: events, Fd: int32(uint32(key)), Pad: int32(uint32(key >> 32))}
 }
 
-// startRelay joins client and upstream and returns at once; done is called
-// exactly once, when both directions have ended, with the bytes each way.
-// handled is false when either is not a plain TCP socket.
-func (w *watcher) startRelay(client, upstream net.Conn, halfClose time.Duration, done func(fromClient, toClient int64)) (r *relay, handled bool) {
-	c, ok1 := client.(*net.TCPConn)
-	u, ok2 := upstream.(*net.TCPConn)
-	if !ok1 || !ok2 {
-		return nil, false
-	}
-	cfd, err1 := socketFD(c)
-	ufd, err2 := socketFD(u)
-	if err1 != nil || err2 != nil {
-		return nil, false
-	}
-	r = &relay{w: w, halfClose: halfClose, done: done}
-	r.flows[0] = flow{src: c, srcFD: cfd, dstFD: ufd}
-	r.flows[1] = flow{src: u, srcFD: ufd, dstFD: cfd}
-	w.mu.Lock()
-	w.nextSeq++
-	r.seq = w.nextSeq
-	w.relays[r.seq] = r
-	w.mu.Unlock()
-
-	// The watcher may fire as soon as the first socket is in: it waits
-	// for r.mu until both are.
+// wake tells flow i's goroutine, if it waits, that its destination may
+// take bytes again (or has failed).
+func (r *relay) wake(i int) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	for i := range r.flows {
-		// Bytes already queued make the registration fire at once.
-		if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, int(r.flows[i].srcFD), event(r.seq, i)); err != nil {
-			// Undone, so that the caller can copy some other way.
-			for j := range i {
-				unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, int(r.flows[j].srcFD), nil)
-			}
-			r.flows[0].state, r.flows[1].state = flowEnded, flowEnded
-			w.mu.Lock()
-			delete(w.relays, r.seq)
-			w.mu.Unlock()
-			return nil, false
+	ch := r.flows[i].writable
+	r.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- struct{}{}:
+		default: // already woken
 		}
 	}
-	return r, true
 }
 
-// socketFD returns c's descriptor.
-func socketFD(c *net.TCPConn) (int32, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return 0, err
+// waitWritable waits until flow i's destination may take more bytes, the
+// relay is aborted (errRelayAborted) or deadline passes (zero: no
+// deadline). It may return early: the caller writes again and, on EAGAIN,
+// waits again.
+func (r *relay) waitWritable(i int, deadline time.Time) error {
+	r.mu.Lock()
+	if r.aborted {
+		r.mu.Unlock()
+		return errRelayAborted
 	}
-	var fd int32 = -1
-	if err := raw.Control(func(s uintptr) { fd = int32(s) }); err != nil {
-		return 0, err
+	f, d := &r.flows[i], &r.flows[1-i]
+	if f.writable == nil {
+		f.writable = make(chan struct{}, 1)
 	}
-	return fd, nil
+	if !d.watchOut {
+		// From now on the destination's registration also reports
+		// writability; an EAGAIN already seen makes it fire then.
+		d.watchOut = true
+		op := unix.EPOLL_CTL_MOD
+		if !r.started {
+			op = unix.EPOLL_CTL_ADD // the upstream, while dialing
+		}
+		if err := unix.EpollCtl(r.w.epfd, op, int(d.srcFD), r.event(1-i)); err != nil {
+			d.watchOut = false
+			r.mu.Unlock()
+			return fmt.Errorf("proxy: epoll: %w", err)
+		}
+	}
+	ch := f.writable
+	r.mu.Unlock()
+	if deadline.IsZero() {
+		<-ch
+	} else {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		select {
+		case <-ch:
+		case <-t.C:
+			return os.ErrDeadlineExceeded
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.aborted {
+		return errRelayAborted
+	}
+	return nil
 }
+
+var errRelayAborted = errors.New("proxy: connection aborted")
 
 // readable runs on the watcher's goroutine: flow i's source has bytes, or
 // has reached EOF (closing tells that it may have), or has failed. buf is
@@ -322,27 +576,23 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 
 // move runs on its own goroutine for flow i: it writes the carried bytes
 // (*bp)[:n], if any, waiting for the destination as long as it takes, then
-// moves what the source has queued with splice(2) (io.CopyN between two
-// *net.TCPConn) for as long as more arrives, and hands the flow back to
-// the watcher when the source runs dry.
+// moves what the source has queued with splice(2) for as long as more
+// arrives, and hands the flow back to the watcher when the source runs
+// dry.
 func (r *relay) move(i int, bp *[]byte, n int) {
 	f := &r.flows[i]
 	if bp != nil {
-		written, err := r.dst(i).Write((*bp)[:n])
+		err := r.writeAll(i, (*bp)[:n])
 		copyBuffers.Put(bp)
-		r.count(f, written)
 		if err != nil {
 			r.finish(i, false)
 			return
 		}
 	}
-	raw, err := f.src.SyscallConn()
-	if err != nil {
-		r.finish(i, false)
-		return
-	}
+	var p *pipe
+	defer func() { p.release() }()
 	for {
-		queued, eof, err := queuedBytes(raw)
+		queued, eof, err := queuedBytes(int(f.srcFD))
 		if err != nil || eof {
 			r.finish(i, err == nil)
 			return
@@ -362,16 +612,131 @@ func (r *relay) move(i int, bp *[]byte, n int) {
 			r.unlock()
 			return
 		}
-		written, err := io.CopyN(r.dst(i), f.src, int64(queued))
-		r.count(f, int(written))
+		if p == nil {
+			if p, err = getPipe(); err != nil {
+				r.finish(i, false)
+				return
+			}
+		}
+		err = r.splice(i, p, queued)
 		if err != nil {
-			r.finish(i, errors.Is(err, io.EOF))
+			r.finish(i, false)
 			return
 		}
 	}
 }
 
+// writeAll writes b to flow i's destination, waiting as long as it takes.
+func (r *relay) writeAll(i int, b []byte) error {
+	f := &r.flows[i]
+	for len(b) > 0 {
+		n, err := writeNonblocking(int(f.dstFD), b)
+		r.count(f, n)
+		b = b[n:]
+		switch {
+		case err == unix.EAGAIN:
+			if err := r.waitWritable(i, time.Time{}); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		}
+	}
+	return nil
+}
+
+// splice moves up to n bytes that flow i's source has queued through p to
+// the destination, waiting for the destination as long as it takes.
+func (r *relay) splice(i int, p *pipe, n int) error {
+	f := &r.flows[i]
+	for n > 0 {
+		in, err := unix.Splice(int(f.srcFD), nil, p.w, nil, min(n, maxSpliceSize), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			// Fewer queued than said, or nothing splice can take: one
+			// read and write instead, so that the caller cannot spin.
+			return r.copyOnce(i)
+		case err != nil:
+			return err
+		case in == 0:
+			return nil // EOF: the caller finds it
+		}
+		n -= int(in)
+		p.data += int(in)
+		for p.data > 0 {
+			out, err := unix.Splice(p.r, nil, int(f.dstFD), nil, p.data, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			switch {
+			case err == unix.EINTR:
+			case err == unix.EAGAIN:
+				if err := r.waitWritable(i, time.Time{}); err != nil {
+					return err
+				}
+			case err != nil:
+				return err
+			default:
+				p.data -= int(out)
+				r.count(f, int(out))
+			}
+		}
+	}
+	return nil
+}
+
+// copyOnce moves what one read(2) of flow i's source returns.
+func (r *relay) copyOnce(i int) error {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	n, err := rawRead(int(r.flows[i].srcFD), *bp)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR || n == 0:
+		return nil // nothing, or EOF: the caller finds out
+	case err != nil:
+		return err
+	}
+	return r.writeAll(i, (*bp)[:n])
+}
+
+// maxSpliceSize is what one splice(2) moves at most: a pipe's default
+// capacity, so that the first splice never waits for the pipe.
+const maxSpliceSize = 64 << 10
+
+// pipe is a pipe for splice(2), lent by a pool: bulk traffic takes one
+// while it flows and gives it back, so that an idle connection holds none.
+type pipe struct {
+	r, w int
+	data int // bytes in the pipe
+}
+
+var pipes sync.Pool
+
+func getPipe() (*pipe, error) {
+	if p, ok := pipes.Get().(*pipe); ok {
+		return p, nil
+	}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_CLOEXEC|unix.O_NONBLOCK); err != nil {
+		return nil, fmt.Errorf("proxy: pipe: %w", err)
+	}
+	p := &pipe{r: fds[0], w: fds[1]}
+	// The pool drops pipes it does not need any more.
+	runtime.AddCleanup(p, func(fds [2]int) { unix.Close(fds[0]); unix.Close(fds[1]) }, fds)
+	return p, nil
+}
+
+// release gives p back, unless bytes are stuck in it (a failed write):
+// then the cleanup closes it.
+func (p *pipe) release() {
+	if p != nil && p.data == 0 {
+		pipes.Put(p)
+	}
+}
+
 func (r *relay) count(f *flow, n int) {
+	if n == 0 {
+		return
+	}
 	r.mu.Lock()
 	f.n += int64(n)
 	r.mu.Unlock()
@@ -386,7 +751,7 @@ func (r *relay) finish(i int, cleanEOF bool) {
 
 // finishLocked ends flow i. At a clean EOF the end is passed on
 // (half-close) and the other direction gets halfClose to end by itself;
-// otherwise both connections close.
+// otherwise both connections end.
 func (r *relay) finishLocked(i int, cleanEOF bool) {
 	f := &r.flows[i]
 	if f.state == flowEnded {
@@ -405,8 +770,10 @@ func (r *relay) finishLocked(i int, cleanEOF bool) {
 	r.abortLocked()
 }
 
-// abort closes both connections and ends every flow that is waiting; a flow
-// that is moving bytes ends when its copy fails on the closed sockets.
+// abort ends both directions at once: every flow that is waiting ends
+// now, and a flow that is moving bytes ends when its next system call
+// fails on the sockets, shut down both ways here. The sockets close once
+// both flows have ended.
 func (r *relay) abort() {
 	r.mu.Lock()
 	defer r.unlock()
@@ -423,9 +790,17 @@ func (r *relay) abortLocked() {
 			r.endLocked(i)
 		}
 	}
-	// Closing takes the sockets out of the epoll set.
-	r.flows[0].src.Close()
-	r.flows[1].src.Close()
+	if r.ended < 2 {
+		for i := range r.flows {
+			unix.Shutdown(int(r.flows[i].srcFD), unix.SHUT_RDWR)
+			if ch := r.flows[i].writable; ch != nil {
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}
 }
 
 // endLocked marks flow i ended.
@@ -440,48 +815,46 @@ func (r *relay) endLocked(i int) {
 		if r.timer != nil {
 			r.timer.Stop()
 		}
-		r.w.mu.Lock()
-		delete(r.w.relays, r.seq)
-		r.w.mu.Unlock()
+		r.w.forget(r.seq)
 	}
 }
 
-// unlock releases r.mu and, once both flows have ended, calls done, once,
-// on a goroutine of its own: it logs and closes, which must not hold up
-// the watcher.
+// unlock releases r.mu and, once both flows have ended, ends the relay,
+// once, on a goroutine of its own: done logs and closes, which must not
+// hold up the watcher.
 func (r *relay) unlock() {
 	due := r.ended == 2 && !r.reported
 	r.reported = r.reported || due
 	from, to := r.flows[0].n, r.flows[1].n
 	r.mu.Unlock()
 	if due {
-		go r.done(from, to)
+		go r.end(from, to)
 	}
 }
 
-// queuedBytes says, without blocking, how many bytes src has queued and,
-// when none, whether it has reached EOF.
-func queuedBytes(raw syscall.RawConn) (queued int, eof bool, err error) {
-	var opErr error
-	err = raw.Control(func(fd uintptr) {
-		queued, opErr = unix.IoctlGetInt(int(fd), unix.SIOCINQ)
-		if opErr != nil || queued > 0 {
-			return
-		}
-		var b [1]byte
-		m, _, perr := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		switch {
-		case perr == unix.EAGAIN || perr == unix.EINTR:
-		case perr != nil:
-			opErr = perr
-		case m == 0:
-			eof = true
-		default:
-			queued = m
-		}
-	})
-	if err == nil {
-		err = opErr
+// end closes the socket the relay dialed, which also takes it out of the
+// epoll set, and calls done.
+func (r *relay) end(from, to int64) {
+	if r.ownsUpstream {
+		unix.Close(int(r.flows[1].srcFD))
 	}
-	return queued, eof, err
+	r.done(from, to)
+}
+
+// queuedBytes says, without blocking, how many bytes the socket fd has
+// queued and, when none, whether it has reached EOF.
+func queuedBytes(fd int) (queued int, eof bool, err error) {
+	queued, err = unix.IoctlGetInt(fd, unix.SIOCINQ)
+	if err != nil || queued > 0 {
+		return queued, false, err
+	}
+	var b [1]byte
+	m, _, err := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return 0, false, nil
+	case err != nil:
+		return 0, false, err
+	}
+	return m, m == 0, nil
 }

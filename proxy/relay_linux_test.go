@@ -3,11 +3,14 @@ package proxy
 import (
 	"bytes"
 	"crypto/rand"
+	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -224,5 +227,163 @@ func TestRelayCarriesWhatTheDestinationCannotTake(t *testing.T) {
 	}
 	if c := <-done; c != (counts{int64(len(sent)), 3}) {
 		t.Errorf("done reported %+v, want {from:%d to:3}", c, len(sent))
+	}
+}
+
+// brokerListener listens on loopback and hands each accepted connection to
+// serve on a goroutine of its own.
+func brokerListener(t *testing.T, serve func(c *net.TCPConn)) netip.AddrPort {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); serve(c.(*net.TCPConn)) }()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// TestDialRelayWaitsForTheBroker: a first write larger than the socket
+// buffers makes the relay's own dial wait for the broker through the
+// watcher; it arrives intact once the broker reads, and the relay then
+// carries both ways.
+func TestDialRelayWaitsForTheBroker(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	first := make([]byte, 32<<20)
+	rand.Read(first)
+	startReading := make(chan struct{})
+	brokerGot := make(chan []byte, 1)
+	addr := brokerListener(t, func(c *net.TCPConn) {
+		<-startReading
+		b := make([]byte, len(first))
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Error(err)
+		}
+		brokerGot <- b
+		c.Write([]byte("connack"))
+		io.Copy(io.Discard, c)
+	})
+	client, proxyClient := tcpPair(t)
+	ws, err := newWatchers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.stop()
+	cfd, err := socketFD(proxyClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan int64, 1)
+	r := ws.pick().newRelay(cfd, time.Second, func(from, to int64) { proxyClient.Close(); done <- to })
+	dialed := make(chan error, 1)
+	go func() { dialed <- r.dial(addr, first, time.Now().Add(time.Minute)) }()
+	// The broker reads only once the dial waits on the watcher: no event
+	// says so, so this polls.
+	for waiting := false; !waiting; runtime.Gosched() {
+		r.mu.Lock()
+		waiting = r.flows[1].watchOut
+		r.mu.Unlock()
+		select {
+		case err := <-dialed:
+			t.Fatalf("dial returned %v before the broker read anything", err)
+		default:
+		}
+	}
+	close(startReading)
+	if err := <-dialed; err != nil {
+		t.Fatal(err)
+	}
+	if got := <-brokerGot; !bytes.Equal(got, first) {
+		t.Fatal("the broker did not get the first bytes intact")
+	}
+	if err := r.start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, len("connack"))
+	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "connack" {
+		t.Fatalf("client read %q, %v; want the broker's answer", buf, err)
+	}
+	client.Close()
+	if to := <-done; to != int64(len("connack")) {
+		t.Errorf("done reported %d bytes to the client, want %d", to, len("connack"))
+	}
+}
+
+// TestDialRelayFailures: a refused address is skipped for the next one; a
+// broker that does not read fails the dial at its deadline, and the
+// relay's socket is closed.
+func TestDialRelayFailures(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	ws, err := newWatchers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.stop()
+	_, proxyClient := tcpPair(t)
+
+	refusedLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := refusedLn.Addr().(*net.TCPAddr).AddrPort()
+	refusedLn.Close()
+
+	if _, err := ws.dialRelay(proxyClient, []netip.AddrPort{refused}, []byte("x"), time.Now().Add(5*time.Second), time.Second, nil); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("dial to a closed port: %v, want connection refused", err)
+	}
+
+	got := make(chan string, 1)
+	open := brokerListener(t, func(c *net.TCPConn) {
+		b, _ := io.ReadAll(c)
+		got <- string(b)
+	})
+	r, err := ws.dialRelay(proxyClient, []netip.AddrPort{refused, open}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
+	if err != nil {
+		t.Fatalf("dial with a refused address first: %v, want the next address", err)
+	}
+	r.cancel() // closes the relay's socket: the broker reads EOF
+	if s := <-got; s != "hello" {
+		t.Errorf("broker got %q, want %q", s, "hello")
+	}
+
+	drained := make(chan error, 1)
+	stalled := make(chan struct{})
+	silent := brokerListener(t, func(c *net.TCPConn) {
+		<-stalled
+		_, err := io.Copy(io.Discard, c)
+		drained <- err
+	})
+	_, err = ws.dialRelay(proxyClient, []netip.AddrPort{silent}, make([]byte, 32<<20), time.Now().Add(100*time.Millisecond), time.Second, nil)
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("dial to a broker that does not read: %v, want the deadline exceeded", err)
+	}
+	close(stalled)
+	if err := <-drained; err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("broker read %v after the failed dial, want EOF or a reset: the socket was closed", err)
+	}
+}
+
+// TestUpstreamByName: a broker named by host name is resolved at each
+// dial, and every address is tried in turn (localhost may come first as
+// ::1, where nothing listens).
+func TestUpstreamByName(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	_, port, _ := net.SplitHostPort(rec.Addr)
+	addr := startProxy(t, &Proxy{Upstream: net.JoinHostPort("localhost", port), Verifier: passwordVerifier{}})
+	connect := connectPacket(t, packets.ProtocolV311, "good")
+	c := dial(t, addr)
+	c.Write(connect)
+	rec.WaitReceived(t, 0, len(connect))
+	if got := rec.Received()[0]; !bytes.Equal(got, connect) {
+		t.Errorf("broker got %q, want the CONNECT", got)
 	}
 }

@@ -5,6 +5,7 @@ package proxy
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"time"
 )
 
@@ -18,6 +19,13 @@ type (
 func newWatchers() (*watchers, error) { return nil, errors.New("proxy: no epoll relay on this OS") }
 func (ws *watchers) stop()            {}
 func (r *relay) abort()               {}
+
+func (r *relay) start() error { return errors.New("proxy: no epoll relay on this OS") }
+func (r *relay) cancel()      {}
+
+func (ws *watchers) dialRelay(client *net.TCPConn, addrs []netip.AddrPort, first []byte, deadline time.Time, halfClose time.Duration, done func(fromClient, toClient int64)) (*relay, error) {
+	return nil, errors.New("proxy: no epoll relay on this OS")
+}
 
 func (ws *watchers) startRelay(client, upstream net.Conn, halfClose time.Duration, done func(fromClient, toClient int64)) (*relay, bool) {
 	return nil, false

@@ -260,16 +260,13 @@ func withTransport(req authn.Request, c net.Conn) authn.Request {
 }
 
 // startUpstream makes up, just dialed, ready for the client's CONNECT:
-// it sends the PROXY header for client, then speaks TLS, as the Proxy is
+// it sends header (see upstreamHeader), then speaks TLS, as the Proxy is
 // configured, within DialTimeout. It closes up when it fails.
-func (p *Proxy) startUpstream(up net.Conn, client net.Conn) (net.Conn, error) {
-	if p.UpstreamProxyHeader != NoProxyHeader {
-		header, err := p.UpstreamProxyHeader.format(client)
-		if err == nil {
-			up.SetWriteDeadline(time.Now().Add(p.dialTimeout()))
-			_, err = up.Write(header)
-			up.SetWriteDeadline(time.Time{})
-		}
+func (p *Proxy) startUpstream(up net.Conn, header []byte) (net.Conn, error) {
+	if len(header) > 0 {
+		up.SetWriteDeadline(time.Now().Add(p.dialTimeout()))
+		_, err := up.Write(header)
+		up.SetWriteDeadline(time.Time{})
 		if err != nil {
 			up.Close()
 			return nil, fmt.Errorf("sending the PROXY header: %w", err)
@@ -286,6 +283,15 @@ func (p *Proxy) startUpstream(up net.Conn, client net.Conn) (net.Conn, error) {
 		return nil, fmt.Errorf("TLS to the broker: %w", err)
 	}
 	return tc, nil
+}
+
+// upstreamHeader is the PROXY header the broker gets for client, if
+// UpstreamProxyHeader asks for one.
+func (p *Proxy) upstreamHeader(client net.Conn) ([]byte, error) {
+	if p.UpstreamProxyHeader == NoProxyHeader {
+		return nil, nil
+	}
+	return p.UpstreamProxyHeader.format(client)
 }
 
 // bareClient replaces s's client by the socket under its PROXY protocol
