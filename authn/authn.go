@@ -87,7 +87,8 @@ type Identity struct {
 	DisconnectAtExpiry bool
 	// Claims holds every claim. Numbers are json.Number, so that large
 	// integers keep their precision; objects are map[string]any and
-	// arrays []any.
+	// arrays []any. The map is shared by every connection with the same
+	// token: read it, never change it.
 	Claims map[string]any
 }
 
@@ -222,6 +223,7 @@ type authenticator struct {
 	disconnectAtExpiry bool // disconnect_after_expire
 	claims             claimRules
 	now                func() time.Time
+	verified           verifiedTokens
 }
 
 // newAuthenticator builds one authenticator from cfg. Errors name the option.
@@ -313,27 +315,15 @@ func (a *authenticator) verify(ctx context.Context, req *Request) (Identity, err
 // verifyToken checks the token's form, alg, signature and claims, in that
 // order: nothing of the payload is read before the signature holds.
 func (a *authenticator) verifyToken(ctx context.Context, token []byte, req *Request) (Identity, error) {
-	jws, err := parseCompactJWS(token)
+	claims, err := a.verifiedClaims(ctx, token)
 	if err != nil {
 		return Identity{}, err
-	}
-	if !slices.Contains(a.algorithms, jws.alg) {
-		// %.32q: the alg comes from the token and goes to the log.
-		return Identity{}, fmt.Errorf("%w: %.32q; the configured key allows %s", ErrAlgorithmNotAllowed, jws.alg, a.algorithms)
-	}
-	keys, err := a.keys.keysFor(ctx, jws.kid, jws.alg)
-	if err != nil {
-		return Identity{}, err
-	}
-	if err := jws.verifyWithAny(keys, a.derSignatures); err != nil {
-		return Identity{}, err
-	}
-	claims, err := decodeJSONObject(jws.payload)
-	if err != nil {
-		return Identity{}, fmt.Errorf("%w: claims: %w", ErrTokenMalformed, err)
 	}
 	checked, err := a.claims.check(claims, req, a.now())
 	if err != nil {
+		if r := ReasonOf(err); r == ErrTokenExpired {
+			a.verified.forget(token)
+		}
 		return Identity{}, err
 	}
 	return Identity{
@@ -342,4 +332,37 @@ func (a *authenticator) verifyToken(ctx context.Context, token []byte, req *Requ
 		DisconnectAtExpiry: a.disconnectAtExpiry && !checked.expiry.IsZero(),
 		Claims:             claims,
 	}, nil
+}
+
+// verifiedClaims returns token's claims once its form, alg and signature
+// hold. A token verified before by a key the provider still gives for it
+// is not verified again (see verifiedTokens).
+func (a *authenticator) verifiedClaims(ctx context.Context, token []byte) (map[string]any, error) {
+	if v, ok := a.verified.get(token); ok {
+		if keys, err := a.keys.keysFor(ctx, v.kid, v.key.alg); err == nil && containsKey(keys, v.key) {
+			return v.claims, nil
+		}
+	}
+	jws, err := parseCompactJWS(token)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Contains(a.algorithms, jws.alg) {
+		// %.32q: the alg comes from the token and goes to the log.
+		return nil, fmt.Errorf("%w: %.32q; the configured key allows %s", ErrAlgorithmNotAllowed, jws.alg, a.algorithms)
+	}
+	keys, err := a.keys.keysFor(ctx, jws.kid, jws.alg)
+	if err != nil {
+		return nil, err
+	}
+	key, err := jws.verifyWithAny(keys, a.derSignatures)
+	if err != nil {
+		return nil, err
+	}
+	claims, err := decodeJSONObject(jws.payload)
+	if err != nil {
+		return nil, fmt.Errorf("%w: claims: %w", ErrTokenMalformed, err)
+	}
+	a.verified.put(token, verifiedToken{kid: jws.kid, key: key, claims: claims})
+	return claims, nil
 }

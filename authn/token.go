@@ -113,20 +113,21 @@ func decodeSegment(name string, segment []byte) ([]byte, error) {
 	return decoded[:n], nil
 }
 
-// verifyWithAny checks t's signature with each of keys until one verifies.
-func (t *compactJWS) verifyWithAny(keys []verifyKey, derSignatures bool) error {
+// verifyWithAny checks t's signature with each of keys until one verifies,
+// and returns that one.
+func (t *compactJWS) verifyWithAny(keys []verifyKey, derSignatures bool) (verifyKey, error) {
 	if len(keys) == 0 {
-		return fmt.Errorf("%w: no key for %s", ErrNoKey, t.alg)
+		return verifyKey{}, fmt.Errorf("%w: no key for %s", ErrNoKey, t.alg)
 	}
 	var errs []error
 	for _, key := range keys {
 		err := t.verifySignature(key, derSignatures)
 		if err == nil {
-			return nil
+			return key, nil
 		}
 		errs = append(errs, err)
 	}
-	return fmt.Errorf("%w: %w", ErrBadSignature, errors.Join(errs...))
+	return verifyKey{}, fmt.Errorf("%w: %w", ErrBadSignature, errors.Join(errs...))
 }
 
 // verifySignature checks t's signature with key. derSignatures also
