@@ -163,7 +163,10 @@ var errSessionEnded = errors.New("proxy: connection closed while connecting to t
 func (p *Proxy) connectUpstream(s *session, header, first []byte, done func(fromClient, toClient int64)) error {
 	if client, ok := s.client.(*net.TCPConn); ok && p.DialUpstream == nil && p.UpstreamTLS == nil {
 		if ws := p.relays(); ws != nil {
-			return p.dialRelay(ws, s, client, append(header, first...), done)
+			if len(header) > 0 {
+				first = append(header, first...)
+			}
+			return p.dialRelay(ws, s, client, first, done)
 		}
 	}
 	up, err := p.dial()

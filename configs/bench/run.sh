@@ -234,6 +234,9 @@ connect=(-c 16 -duration "${duration}s")
 scenario connect-hs256 hs256 connect "${connect[@]}" "${hs[@]}"
 scenario connect-rs256 rs256 connect "${connect[@]}" "${rs[@]}"
 scenario connect-es256 es256 connect "${connect[@]}" "${es[@]}"
+# Every connection with a token the proxy has not verified before: more
+# tokens than any target connects in a run (the others reuse 64).
+scenario connect-es256-new es256 connect "${connect[@]}" "${es[@]}" -pool 60000
 scenario refuse-hs256 hs256 connect "${connect[@]}" "${hs[@]}" -invalid
 pubsub=(-duration "${duration}s" "${hs[@]}")
 scenario pubsub-64B-max hs256 pubsub "${pubsub[@]}" -pub 2 -sub 2 -size 64
