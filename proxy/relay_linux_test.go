@@ -387,3 +387,54 @@ func TestUpstreamByName(t *testing.T) {
 		t.Errorf("broker got %q, want the CONNECT", got)
 	}
 }
+
+// TestRelayAbortWakesAWaitingFlow: a flow whose goroutine waits for a
+// destination that does not read ends when the relay is aborted (token
+// expiry, Close): done is called and both peers see the connection end.
+func TestRelayAbortWakesAWaitingFlow(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	client, proxyClient := tcpPair(t)
+	proxyUp, broker := tcpPair(t)
+	ws, err := newWatchers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.stop()
+	done := make(chan struct{})
+	r, ok := ws.startRelay(proxyClient, proxyUp, time.Minute, func(int64, int64) {
+		proxyClient.Close()
+		proxyUp.Close()
+		close(done)
+	})
+	if !ok {
+		t.Fatal("startRelay did not take two TCP connections")
+	}
+	// The broker does not read: the client's bytes pile up until a flow
+	// goroutine waits for the broker's side to drain.
+	go func() {
+		b := make([]byte, 64<<10)
+		for {
+			if _, err := client.Write(b); err != nil {
+				return
+			}
+		}
+	}()
+	for waiting := false; !waiting; runtime.Gosched() {
+		r.mu.Lock()
+		waiting = r.flows[0].state == flowMoving && r.flows[0].writable != nil
+		r.mu.Unlock()
+	}
+	r.abort()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("done was not called after abort with a flow waiting for the broker")
+	}
+	if _, err := io.Copy(io.Discard, broker); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("broker: %v, want the connection to end", err)
+	}
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, client); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+		t.Errorf("client: %v, want the connection to end", err)
+	}
+}
