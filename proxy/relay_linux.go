@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -280,8 +281,10 @@ func rawConnect(fd int, addr netip.AddrPort) error {
 		sa6.Family = unix.AF_INET6
 		sa6.Addr = a.As16()
 		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa6.Port))[:], addr.Port())
-		if zone := a.Zone(); zone != "" {
-			if ifi, err := net.InterfaceByName(zone); err == nil {
+		if zone := a.Zone(); zone != "" { // a link-local address's interface
+			if index, err := strconv.ParseUint(zone, 10, 32); err == nil {
+				sa6.Scope_id = uint32(index)
+			} else if ifi, err := net.InterfaceByName(zone); err == nil {
 				sa6.Scope_id = uint32(ifi.Index)
 			}
 		}

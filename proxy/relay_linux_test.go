@@ -438,3 +438,39 @@ func TestRelayAbortWakesAWaitingFlow(t *testing.T) {
 		t.Errorf("client: %v, want the connection to end", err)
 	}
 }
+
+// TestDialRelayIPv6: the relay's own socket reaches a broker on an IPv6
+// address.
+func TestDialRelayIPv6(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	ln, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	defer ln.Close()
+	got := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c)
+		got <- string(b)
+	}()
+	ws, err := newWatchers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.stop()
+	_, proxyClient := tcpPair(t)
+	r, err := ws.dialRelay(proxyClient, []netip.AddrPort{ln.Addr().(*net.TCPAddr).AddrPort()}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cancel()
+	if s := <-got; s != "hello" {
+		t.Errorf("broker got %q, want %q", s, "hello")
+	}
+}
