@@ -435,9 +435,15 @@ func (p *Proxy) dial() (net.Conn, error) {
 		d := net.Dialer{KeepAlive: -1} // the broker's MQTT keep-alive watches the session
 		c, err = d.DialContext(ctx, "tcp", p.Upstream)
 	}
+	p.dialed(start, err)
+	return c, err
+}
+
+// dialed records how a dial that began at start ended, for metrics and
+// Health.
+func (p *Proxy) dialed(start time.Time, err error) {
 	p.Metrics.dialed(time.Since(start), err)
 	p.dials.record(err)
-	return c, err
 }
 
 // dialRelay connects to the broker with a socket of the relay's own (see
@@ -451,8 +457,7 @@ func (p *Proxy) dialRelay(ws *watchers, s *session, client *net.TCPConn, first [
 	if err == nil {
 		r, err = ws.dialRelay(client, addrs, first, deadline, p.halfCloseTimeout(), done)
 	}
-	p.Metrics.dialed(time.Since(start), err)
-	p.dials.record(err)
+	p.dialed(start, err)
 	if err != nil {
 		return err
 	}

@@ -230,27 +230,6 @@ func TestRelayCarriesWhatTheDestinationCannotTake(t *testing.T) {
 	}
 }
 
-// brokerListener listens on loopback and hands each accepted connection to
-// serve on a goroutine of its own.
-func brokerListener(t *testing.T, serve func(c *net.TCPConn)) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); serve(c.(*net.TCPConn)) }()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).AddrPort()
-}
-
 // TestDialRelayWaitsForTheBroker: a first write larger than the socket
 // buffers makes the relay's own dial wait for the broker through the
 // watcher; it arrives intact once the broker reads, and the relay then
@@ -261,7 +240,7 @@ func TestDialRelayWaitsForTheBroker(t *testing.T) {
 	rand.Read(first)
 	startReading := make(chan struct{})
 	brokerGot := make(chan []byte, 1)
-	addr := brokerListener(t, func(c *net.TCPConn) {
+	addr := netip.MustParseAddrPort(startBroker(t, func(c net.Conn) {
 		<-startReading
 		b := make([]byte, len(first))
 		if _, err := io.ReadFull(c, b); err != nil {
@@ -270,7 +249,7 @@ func TestDialRelayWaitsForTheBroker(t *testing.T) {
 		brokerGot <- b
 		c.Write([]byte("connack"))
 		io.Copy(io.Discard, c)
-	})
+	}))
 	client, proxyClient := tcpPair(t)
 	ws, err := newWatchers()
 	if err != nil {
@@ -341,10 +320,10 @@ func TestDialRelayFailures(t *testing.T) {
 	}
 
 	got := make(chan string, 1)
-	open := brokerListener(t, func(c *net.TCPConn) {
+	open := netip.MustParseAddrPort(startBroker(t, func(c net.Conn) {
 		b, _ := io.ReadAll(c)
 		got <- string(b)
-	})
+	}))
 	r, err := ws.dialRelay(proxyClient, []netip.AddrPort{refused, open}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
 	if err != nil {
 		t.Fatalf("dial with a refused address first: %v, want the next address", err)
@@ -356,11 +335,11 @@ func TestDialRelayFailures(t *testing.T) {
 
 	drained := make(chan error, 1)
 	stalled := make(chan struct{})
-	silent := brokerListener(t, func(c *net.TCPConn) {
+	silent := netip.MustParseAddrPort(startBroker(t, func(c net.Conn) {
 		<-stalled
 		_, err := io.Copy(io.Discard, c)
 		drained <- err
-	})
+	}))
 	_, err = ws.dialRelay(proxyClient, []netip.AddrPort{silent}, make([]byte, 32<<20), time.Now().Add(100*time.Millisecond), time.Second, nil)
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("dial to a broker that does not read: %v, want the deadline exceeded", err)
