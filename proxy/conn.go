@@ -44,7 +44,7 @@ func (p *Proxy) serveConn(s *session) {
 	}()
 	start := time.Now()
 	remote := c.RemoteAddr().String() // the client's, also behind a PROXY header
-	log := p.logger().With(zap.String("listener", s.listener), zap.String("remote", remote))
+	log := newConnLog(p.logger(), zap.String("listener", s.listener), zap.String("remote", remote))
 
 	limits := &s.policy.limits
 	deadline := start.Add(limits.connectTimeout())
@@ -62,7 +62,7 @@ func (p *Proxy) serveConn(s *session) {
 		return
 	}
 	read := time.Now()
-	log = log.With(
+	log.add(
 		zap.String("client_id", pk.ClientID),
 		zap.String("username", pk.Username),
 		zap.Uint8("protocol_version", pk.ProtocolVersion),
@@ -245,7 +245,7 @@ func RefuseCode(reason authn.RefuseReason) packets.ReasonCode {
 // rejectPacket ends a connection whose first packet could not be read or
 // accepted: with a CONNACK where the client's version has a code for the
 // failure, else by closing. It returns the reason it logged.
-func (p *Proxy) rejectPacket(c net.Conn, err error, log *zap.Logger) string {
+func (p *Proxy) rejectPacket(c net.Conn, err error, log *connLog) string {
 	reason := reasonReadFailed
 	var perr *packets.Error
 	switch {

@@ -75,7 +75,7 @@ func NewForward(cfg configs.Forward) (*Forward, error) {
 // this client, or a result the CONNECT cannot carry (a claim holding
 // U+0000, say), is an error wrapping authn.ErrClaimMismatch. It logs at
 // debug what it rewrote, never the password.
-func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[string]any, log *zap.Logger) ([]byte, error) {
+func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[string]any, log *connLog) ([]byte, error) {
 	if f == nil {
 		return pk.Raw, nil
 	}

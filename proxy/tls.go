@@ -206,7 +206,7 @@ func (l *tlsListener) Accept() (net.Conn, error) {
 // timeout that began at start, before its CONNECT is read, so that a
 // failed one is logged as such; it reports whether the connection may go
 // on. Other connections have nothing to do.
-func (p *Proxy) handshake(s *session, start time.Time, log *zap.Logger) bool {
+func (p *Proxy) handshake(s *session, start time.Time, log *connLog) bool {
 	tc, ok := s.client.(*tls.Conn)
 	if !ok {
 		return true
