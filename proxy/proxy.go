@@ -19,7 +19,9 @@
 // After authentication, plain TCP on both sides waits in an epoll set on
 // Linux, holding no goroutine or buffer while idle: an MQTT packet is
 // moved with one read(2) and one write(2), and bulk traffic with splice(2),
-// kernel to kernel (relay_linux.go).
+// kernel to kernel (relay_linux.go). For a plain TCP client of a plain TCP
+// broker, the relay also dials the broker itself, with a socket that stays
+// out of the net package and the runtime's poller.
 //
 // Edge transports wrap the listener, in the order they arrive on the
 // wire: a ProxyProtocolListener reads a load balancer's PROXY header, a
@@ -86,7 +88,7 @@ type Proxy struct {
 	// gets the client's bytes unchanged.
 	Forward *Forward
 	// DialUpstream, if set, opens the connection to the broker instead of
-	// a net.Dialer dialing Upstream. The context carries DialTimeout.
+	// the proxy dialing Upstream. The context carries DialTimeout.
 	// Return a *net.TCPConn to keep the zero-copy path.
 	DialUpstream func(ctx context.Context) (net.Conn, error)
 	// UpstreamProxyHeader is the PROXY protocol header sent to the broker
