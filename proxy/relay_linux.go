@@ -250,19 +250,9 @@ func (r *relay) dial(addr netip.AddrPort, first []byte, deadline time.Time) (err
 	if err := rawConnect(fd, addr); err != nil && err != unix.EINPROGRESS && err != unix.EINTR {
 		return err
 	}
-	for sent := 0; ; {
-		n, err := writeNonblocking(fd, first[sent:])
-		sent += n
-		if err == nil {
-			return nil
-		}
-		if err != unix.EAGAIN {
-			return err
-		}
-		if err := r.waitWritable(0, deadline); err != nil {
-			return err
-		}
-	}
+	// Not counted as relayed: the caller accounts for what it sends first.
+	_, err = r.writeAll(0, first, deadline)
+	return err
 }
 
 // rawConnect starts connecting fd to addr without telling the scheduler:
@@ -585,8 +575,9 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 func (r *relay) move(i int, bp *[]byte, n int) {
 	f := &r.flows[i]
 	if bp != nil {
-		err := r.writeAll(i, (*bp)[:n])
+		written, err := r.writeAll(i, (*bp)[:n], time.Time{})
 		copyBuffers.Put(bp)
+		r.count(f, written)
 		if err != nil {
 			r.finish(i, false)
 			return
@@ -629,23 +620,23 @@ func (r *relay) move(i int, bp *[]byte, n int) {
 	}
 }
 
-// writeAll writes b to flow i's destination, waiting as long as it takes.
-func (r *relay) writeAll(i int, b []byte) error {
-	f := &r.flows[i]
-	for len(b) > 0 {
-		n, err := writeNonblocking(int(f.dstFD), b)
-		r.count(f, n)
-		b = b[n:]
+// writeAll writes b to flow i's destination, waiting for it until
+// deadline (zero: as long as it takes), and returns how much it wrote.
+func (r *relay) writeAll(i int, b []byte, deadline time.Time) (int, error) {
+	written := 0
+	for written < len(b) {
+		n, err := writeNonblocking(int(r.flows[i].dstFD), b[written:])
+		written += n
 		switch {
 		case err == unix.EAGAIN:
-			if err := r.waitWritable(i, time.Time{}); err != nil {
-				return err
+			if err := r.waitWritable(i, deadline); err != nil {
+				return written, err
 			}
 		case err != nil:
-			return err
+			return written, err
 		}
 	}
-	return nil
+	return written, nil
 }
 
 // splice moves up to n bytes that flow i's source has queued through p to
@@ -698,7 +689,9 @@ func (r *relay) copyOnce(i int) error {
 	case err != nil:
 		return err
 	}
-	return r.writeAll(i, (*bp)[:n])
+	written, err := r.writeAll(i, (*bp)[:n], time.Time{})
+	r.count(&r.flows[i], written)
+	return err
 }
 
 // maxSpliceSize is what one splice(2) moves at most: a pipe's default
