@@ -161,12 +161,12 @@ var errSessionEnded = errors.New("proxy: connection closed while connecting to t
 // of a plain TCP broker goes to an epoll watcher with a socket the relay
 // dials itself; other connections get a dialed net.Conn (see dial).
 func (p *Proxy) connectUpstream(s *session, header, first []byte, done func(fromClient, toClient int64)) error {
-	if client, ok := s.client.(*net.TCPConn); ok && p.DialUpstream == nil && p.UpstreamTLS == nil {
-		if ws := p.relays(); ws != nil {
+	if ws := p.relays(); ws != nil && p.DialUpstream == nil && p.UpstreamTLS == nil {
+		if cfd, ok := socketOf(s.client); ok {
 			if len(header) > 0 {
 				first = append(header, first...)
 			}
-			return p.dialRelay(ws, s, client, first, done)
+			return p.dialRelay(ws, s, cfd, first, done)
 		}
 	}
 	up, err := p.dial()

@@ -178,6 +178,12 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 		ln.Close()
 		return err
 	}
+	if tl, ok := ln.(*net.TCPListener); ok && p.relays() != nil {
+		// Plain TCP: accepted sockets stay out of the net package (see fdConn).
+		if rl := p.relays().newRawListener(tl); rl != nil {
+			ln = rl
+		}
+	}
 	if !p.trackListener(ln, true) {
 		ln.Close()
 		return ErrProxyClosed
@@ -451,13 +457,13 @@ func (p *Proxy) dialed(start time.Time, err error) {
 // dialRelay connects to the broker with a socket of the relay's own (see
 // watchers.dialRelay), sends first, and starts relaying, unless the
 // session was aborted meanwhile.
-func (p *Proxy) dialRelay(ws *watchers, s *session, client *net.TCPConn, first []byte, done func(fromClient, toClient int64)) error {
+func (p *Proxy) dialRelay(ws *watchers, s *session, cfd int32, first []byte, done func(fromClient, toClient int64)) error {
 	start := time.Now()
 	deadline := start.Add(p.dialTimeout())
 	addrs, err := p.upstreamAddrs(deadline)
 	var r *relay
 	if err == nil {
-		r, err = ws.dialRelay(client, addrs, first, deadline, p.halfCloseTimeout(), done)
+		r, err = ws.dialRelay(cfd, addrs, first, deadline, p.halfCloseTimeout(), done)
 	}
 	p.dialed(start, err)
 	if err != nil {

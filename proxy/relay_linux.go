@@ -102,10 +102,28 @@ type watcher struct {
 	file *os.File // epfd, in the runtime's poller
 	buf  []byte
 
-	mu      sync.Mutex
-	nextSeq uint64
-	relays  map[uint64]*relay
-	stopped chan struct{}
+	mu       sync.Mutex
+	nextSeq  uint64
+	handlers map[uint64]epollHandler // by sequence number: relays, and clients waiting for their CONNECT
+	stopped  chan struct{}
+}
+
+// epollHandler is what a watcher's registration belongs to. Its key is
+// the handler's sequence number shifted left by one, and a bit that
+// handle gets as i: a relay has two sockets in the set, a client one.
+type epollHandler interface {
+	// handle runs on the watcher's goroutine with the events of
+	// registration i; buf is the watcher's.
+	handle(i int, events uint32, buf []byte)
+}
+
+// add gives h a sequence number in w, for its registrations' keys.
+func (w *watcher) add(h epollHandler) uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.nextSeq++
+	w.handlers[w.nextSeq] = h
+	return w.nextSeq
 }
 
 // watchers spreads relays over one watcher per processor, so that moving
@@ -145,14 +163,9 @@ func (ws *watchers) pick() *watcher { return ws.all[int(ws.next.Add(1))%len(ws.a
 // epoll set: the caller copies some other way. The caller closes both
 // sockets, after done.
 func (ws *watchers) startRelay(client, upstream net.Conn, halfClose time.Duration, done func(fromClient, toClient int64)) (r *relay, handled bool) {
-	c, ok1 := client.(*net.TCPConn)
-	u, ok2 := upstream.(*net.TCPConn)
+	cfd, ok1 := socketOf(client)
+	ufd, ok2 := socketOf(upstream)
 	if !ok1 || !ok2 {
-		return nil, false
-	}
-	cfd, err1 := socketFD(c)
-	ufd, err2 := socketFD(u)
-	if err1 != nil || err2 != nil {
 		return nil, false
 	}
 	r = ws.pick().newRelay(cfd, halfClose, done)
@@ -171,11 +184,7 @@ func (ws *watchers) startRelay(client, upstream net.Conn, halfClose time.Duratio
 // or the write must wait (a broker that is not on this host, or a CONNECT
 // larger than the socket's buffer), the watcher wakes the relay. Nothing
 // is read from the broker before join.
-func (ws *watchers) dialRelay(client *net.TCPConn, addrs []netip.AddrPort, first []byte, deadline time.Time, halfClose time.Duration, done func(fromClient, toClient int64)) (*relay, error) {
-	cfd, err := socketFD(client)
-	if err != nil {
-		return nil, err
-	}
+func (ws *watchers) dialRelay(cfd int32, addrs []netip.AddrPort, first []byte, deadline time.Time, halfClose time.Duration, done func(fromClient, toClient int64)) (*relay, error) {
 	r := ws.pick().newRelay(cfd, halfClose, done)
 	var firstErr error
 	for _, addr := range addrs {
@@ -199,11 +208,7 @@ func (w *watcher) newRelay(cfd int32, halfClose time.Duration, done func(fromCli
 	r := &relay{w: w, halfClose: halfClose, done: done}
 	r.flows[0] = flow{srcFD: cfd, dstFD: -1, state: flowMoving}
 	r.flows[1] = flow{srcFD: -1, dstFD: cfd, state: flowMoving}
-	w.mu.Lock()
-	w.nextSeq++
-	r.seq = w.nextSeq
-	w.relays[r.seq] = r
-	w.mu.Unlock()
+	r.seq = w.add(r)
 	return r
 }
 
@@ -232,7 +237,7 @@ func (r *relay) dial(addr netip.AddrPort, first []byte, deadline time.Time) (err
 			r.mu.Lock()
 			r.flows[1].watchOut = false
 			r.mu.Unlock()
-			unix.Close(fd) // also leaves the epoll set
+			rawClose(fd) // also leaves the epoll set
 			r.setUpstream(-1)
 			r.ownsUpstream = false
 			err = fmt.Errorf("dial tcp %s: %w", addr, err)
@@ -240,7 +245,7 @@ func (r *relay) dial(addr netip.AddrPort, first []byte, deadline time.Time) (err
 	}()
 	// MQTT packets are small and latency counts: no Nagle delay, as the
 	// net package sets for every TCP connection.
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+	if err := rawSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
 		return err
 	}
 	// A non-blocking connect returns at once; on loopback the handshake
@@ -329,7 +334,7 @@ func (r *relay) undoLocked(n int) {
 		unix.EpollCtl(r.w.epfd, unix.EPOLL_CTL_DEL, int(r.flows[i].srcFD), nil)
 	}
 	if r.ownsUpstream {
-		unix.Close(int(r.flows[1].srcFD))
+		rawClose(int(r.flows[1].srcFD))
 		r.ownsUpstream = false
 	}
 	r.flows[0].state, r.flows[1].state = flowEnded, flowEnded
@@ -340,21 +345,26 @@ func (r *relay) undoLocked(n int) {
 
 func (w *watcher) forget(seq uint64) {
 	w.mu.Lock()
-	delete(w.relays, seq)
+	delete(w.handlers, seq)
 	w.mu.Unlock()
 }
 
-// socketFD returns c's descriptor.
-func socketFD(c *net.TCPConn) (int32, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return 0, err
+// socketOf returns the descriptor of c, a plain TCP socket, for a relay
+// to take over; ok is false for any other connection.
+func socketOf(c net.Conn) (fd int32, ok bool) {
+	switch c := c.(type) {
+	case *fdConn:
+		return c.handOff(), true
+	case *net.TCPConn:
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return -1, false
+		}
+		fd = -1
+		err = raw.Control(func(s uintptr) { fd = int32(s) })
+		return fd, err == nil
 	}
-	var fd int32 = -1
-	if err := raw.Control(func(s uintptr) { fd = int32(s) }); err != nil {
-		return 0, err
-	}
-	return fd, nil
+	return -1, false
 }
 
 func newWatcher() (*watcher, error) {
@@ -374,11 +384,11 @@ func newWatcher() (*watcher, error) {
 		return nil, fmt.Errorf("proxy: epoll: %w", err)
 	}
 	w := &watcher{
-		epfd:    epfd,
-		file:    file,
-		buf:     make([]byte, copyBufferSize),
-		relays:  map[uint64]*relay{},
-		stopped: make(chan struct{}),
+		epfd:     epfd,
+		file:     file,
+		buf:      make([]byte, copyBufferSize),
+		handlers: map[uint64]epollHandler{},
+		stopped:  make(chan struct{}),
 	}
 	go w.loop(raw)
 	return w, nil
@@ -407,21 +417,10 @@ func (w *watcher) loop(raw syscall.RawConn) {
 			for _, ev := range events[:n] {
 				key := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 				w.mu.Lock()
-				r := w.relays[key>>1]
+				h := w.handlers[key>>1]
 				w.mu.Unlock()
-				if r == nil {
-					continue
-				}
-				i := int(key & 1)
-				failed := ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0
-				if ev.Events&unix.EPOLLOUT != 0 || failed {
-					// Flow i's source is the other flow's destination.
-					r.wake(1 - i)
-				}
-				if ev.Events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 || failed {
-					// The peer's FIN (or a reset) may have come with the
-					// last bytes, in the same edge.
-					r.readable(i, ev.Events&unix.EPOLLRDHUP != 0 || failed, w.buf)
+				if h != nil {
+					h.handle(int(key&1), ev.Events, w.buf)
 				}
 			}
 			if n < len(events) {
@@ -431,6 +430,20 @@ func (w *watcher) loop(raw syscall.RawConn) {
 			}
 		}
 	})
+}
+
+// handle takes the events of flow i's source.
+func (r *relay) handle(i int, events uint32, buf []byte) {
+	failed := events&(unix.EPOLLHUP|unix.EPOLLERR) != 0
+	if events&unix.EPOLLOUT != 0 || failed {
+		// Flow i's source is the other flow's destination.
+		r.wake(1 - i)
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 || failed {
+		// The peer's FIN (or a reset) may have come with the last
+		// bytes, in the same edge.
+		r.readable(i, events&unix.EPOLLRDHUP != 0 || failed, buf)
+	}
 }
 
 // event is the epoll registration of flow i's source: edge-triggered, so
@@ -832,7 +845,7 @@ func (r *relay) unlock() {
 // epoll set, and calls done.
 func (r *relay) end(from, to int64) {
 	if r.ownsUpstream {
-		unix.Close(int(r.flows[1].srcFD))
+		rawClose(int(r.flows[1].srcFD))
 	}
 	r.done(from, to)
 }

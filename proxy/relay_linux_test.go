@@ -256,9 +256,9 @@ func TestDialRelayWaitsForTheBroker(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ws.stop()
-	cfd, err := socketFD(proxyClient)
-	if err != nil {
-		t.Fatal(err)
+	cfd, ok := socketOf(proxyClient)
+	if !ok {
+		t.Fatal("no descriptor")
 	}
 	done := make(chan int64, 1)
 	r := ws.pick().newRelay(cfd, time.Second, func(from, to int64) { proxyClient.Close(); done <- to })
@@ -307,6 +307,7 @@ func TestDialRelayFailures(t *testing.T) {
 	}
 	defer ws.stop()
 	_, proxyClient := tcpPair(t)
+	cfd, _ := socketOf(proxyClient)
 
 	refusedLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -315,7 +316,7 @@ func TestDialRelayFailures(t *testing.T) {
 	refused := refusedLn.Addr().(*net.TCPAddr).AddrPort()
 	refusedLn.Close()
 
-	if _, err := ws.dialRelay(proxyClient, []netip.AddrPort{refused}, []byte("x"), time.Now().Add(5*time.Second), time.Second, nil); !errors.Is(err, syscall.ECONNREFUSED) {
+	if _, err := ws.dialRelay(cfd, []netip.AddrPort{refused}, []byte("x"), time.Now().Add(5*time.Second), time.Second, nil); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("dial to a closed port: %v, want connection refused", err)
 	}
 
@@ -324,7 +325,7 @@ func TestDialRelayFailures(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		got <- string(b)
 	}))
-	r, err := ws.dialRelay(proxyClient, []netip.AddrPort{refused, open}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
+	r, err := ws.dialRelay(cfd, []netip.AddrPort{refused, open}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
 	if err != nil {
 		t.Fatalf("dial with a refused address first: %v, want the next address", err)
 	}
@@ -340,7 +341,7 @@ func TestDialRelayFailures(t *testing.T) {
 		_, err := io.Copy(io.Discard, c)
 		drained <- err
 	}))
-	_, err = ws.dialRelay(proxyClient, []netip.AddrPort{silent}, make([]byte, 32<<20), time.Now().Add(100*time.Millisecond), time.Second, nil)
+	_, err = ws.dialRelay(cfd, []netip.AddrPort{silent}, make([]byte, 32<<20), time.Now().Add(100*time.Millisecond), time.Second, nil)
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("dial to a broker that does not read: %v, want the deadline exceeded", err)
 	}
@@ -444,7 +445,8 @@ func TestDialRelayIPv6(t *testing.T) {
 	}
 	defer ws.stop()
 	_, proxyClient := tcpPair(t)
-	r, err := ws.dialRelay(proxyClient, []netip.AddrPort{ln.Addr().(*net.TCPAddr).AddrPort()}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
+	cfd, _ := socketOf(proxyClient)
+	r, err := ws.dialRelay(cfd, []netip.AddrPort{ln.Addr().(*net.TCPAddr).AddrPort()}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -85,6 +85,8 @@ func copyBuffered(dst io.Writer, src io.Reader, once bool) (written int64, err e
 // recordConn; on systems without socketReadable nothing can.
 func readiness(c net.Conn) func() error {
 	switch c := c.(type) {
+	case interface{ waitReadable() error }: // an fdConn
+		return c.waitReadable
 	case *net.TCPConn:
 		return socketReadable(c)
 	case *tls.Conn:
