@@ -1,0 +1,184 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+)
+
+// rawPair returns a client's connection and the fdConn a rawListener
+// accepted for it.
+func rawPair(t *testing.T, network, addr string) (client net.Conn, accepted *fdConn) {
+	t.Helper()
+	ws, err := newWatchers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ws.stop)
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Skipf("no %s listener on %s: %v", network, addr, err)
+	}
+	rl := ws.newRawListener(ln.(*net.TCPListener))
+	if rl == nil {
+		t.Fatal("no raw listener")
+	}
+	t.Cleanup(func() { rl.Close() })
+	client, err = net.Dial(network, ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	c, err := rl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return client, c.(*fdConn)
+}
+
+// An accepted socket's calls wait in the watcher when the socket is not
+// ready, and end at their deadline, at a new deadline set while they wait,
+// or at Close.
+func TestFdConnWaits(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	client, c := rawPair(t, "tcp", "127.0.0.1:0")
+	if c.RemoteAddr().String() != client.LocalAddr().String() || c.LocalAddr().String() != client.RemoteAddr().String() {
+		t.Fatalf("addresses %v <- %v, the client has %v -> %v", c.LocalAddr(), c.RemoteAddr(), client.LocalAddr(), client.RemoteAddr())
+	}
+
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	var ne net.Error
+	if _, err := c.Read(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("read with nothing sent: %v, want a timeout", err)
+	}
+
+	// A read waiting without a deadline returns what arrives.
+	c.SetReadDeadline(time.Time{})
+	got := make(chan string, 1)
+	go func() {
+		b := make([]byte, 8)
+		n, err := c.Read(b)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string(b[:n])
+	}()
+	client.Write([]byte("hello"))
+	if s := <-got; s != "hello" {
+		t.Fatalf("read %q, want hello", s)
+	}
+
+	// A deadline set while a read waits (or before it starts) ends it.
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 8))
+		errc <- err
+	}()
+	c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if err := <-errc; !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read after a new deadline: %v, want a timeout", err)
+	}
+
+	// So does Close, and the socket closes: the client reads EOF.
+	c.SetReadDeadline(time.Time{})
+	go func() {
+		_, err := c.Read(make([]byte, 8))
+		errc <- err
+	}()
+	c.Close() // whether the read waits already or starts after
+
+	if err := <-errc; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read after Close: %v, want net.ErrClosed", err)
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := client.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("client read after Close: %v, want EOF", err)
+	}
+	if err := c.Close(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("second Close: %v, want net.ErrClosed", err)
+	}
+}
+
+// A write the client does not read waits for it, up to the write
+// deadline, and goes on once it reads. CloseWrite gives the client EOF,
+// and EOF from the client reads as io.EOF.
+func TestFdConnWrites(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	client, c := rawPair(t, "tcp", "127.0.0.1:0")
+	big := make([]byte, 32<<20) // more than both socket buffers
+	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	n, err := c.Write(big)
+	if !errors.Is(err, os.ErrDeadlineExceeded) || n == 0 || n == len(big) {
+		t.Fatalf("write to a client that does not read: %d bytes, %v; want some, then a timeout", n, err)
+	}
+
+	c.SetWriteDeadline(time.Time{})
+	read := make(chan int64, 1)
+	go func() {
+		n, _ := io.Copy(io.Discard, client)
+		read <- n
+	}()
+	m, err := c.Write(big[n:])
+	if err != nil || m != len(big)-n {
+		t.Fatalf("write once the client reads: %d bytes, %v", m, err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-read; got != int64(len(big)) {
+		t.Fatalf("client read %d bytes before EOF, want %d", got, len(big))
+	}
+
+	client.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read after the client closed: %v, want EOF", err)
+	}
+}
+
+// The accepted address of an IPv6 client is the client's.
+func TestFdConnIPv6(t *testing.T) {
+	client, c := rawPair(t, "tcp6", "[::1]:0")
+	if c.RemoteAddr().String() != client.LocalAddr().String() {
+		t.Fatalf("remote %v, the client is %v", c.RemoteAddr(), client.LocalAddr())
+	}
+}
+
+// Closing the listener a rawListener was made from ends Accept, as it
+// does for the net package's Accept, though the duplicate stays open
+// until then.
+func TestRawListenerClosedDirectly(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	ws, err := newWatchers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.stop()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl := ws.newRawListener(ln.(*net.TCPListener))
+	defer rl.Close()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := rl.Accept()
+		errc <- err
+	}()
+	ln.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Accept after the listener closed: %v, want net.ErrClosed", err)
+		}
+	case <-time.After(5 * listenerCheck):
+		t.Fatal("Accept still waits after the listener closed")
+	}
+}
