@@ -41,6 +41,10 @@ func TestHealth(t *testing.T) {
 			c.Write(connect)
 			if tc.reachable {
 				rec.WaitReceived(t, 0, len(connect))
+				// Bytes after the CONNECT go through once the relay has
+				// started, which is after the dial was recorded.
+				c.Write([]byte{0xc0, 0}) // PINGREQ
+				rec.WaitReceived(t, 0, len(connect)+2)
 			} else {
 				readAll(t, c) // the CONNACK comes after the failed dial
 			}

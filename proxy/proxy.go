@@ -20,8 +20,9 @@
 // Linux, holding no goroutine or buffer while idle: an MQTT packet is
 // moved with one read(2) and one write(2), and bulk traffic with splice(2),
 // kernel to kernel (relay_linux.go). For a plain TCP client of a plain TCP
-// broker, the relay also dials the broker itself, with a socket that stays
-// out of the net package and the runtime's poller.
+// broker, the relay also dials the broker itself, and Serve accepts the
+// client itself from a *net.TCPListener: both sockets stay out of the net
+// package and the runtime's poller (fdconn_linux.go).
 //
 // Edge transports wrap the listener, in the order they arrive on the
 // wire: a ProxyProtocolListener reads a load balancer's PROXY header, a
@@ -173,6 +174,11 @@ func (p *Proxy) abort(s *session) {
 // Serve accepts connections on ln and serves each in its own goroutine
 // until Close or Shutdown; then it returns ErrProxyClosed. name labels the
 // listener in logs. Serve closes ln when it returns.
+//
+// A *net.TCPListener is served on Linux with raw system calls (see
+// fdConn): its sockets get TCP_NODELAY, as from the net package, but no
+// keep-alive probes, whatever the listener was configured with; MQTT's
+// keep-alive watches a session. Its deadline does not apply.
 func (p *Proxy) Serve(ln net.Listener, name string) error {
 	if err := p.check(); err != nil {
 		ln.Close()

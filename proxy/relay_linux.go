@@ -464,12 +464,7 @@ func (r *relay) wake(i int) {
 	r.mu.Lock()
 	ch := r.flows[i].writable
 	r.mu.Unlock()
-	if ch != nil {
-		select {
-		case ch <- struct{}{}:
-		default: // already woken
-		}
-	}
+	notify(ch)
 }
 
 // waitWritable waits until flow i's destination may take more bytes, the
@@ -802,12 +797,7 @@ func (r *relay) abortLocked() {
 	if r.ended < 2 {
 		for i := range r.flows {
 			unix.Shutdown(int(r.flows[i].srcFD), unix.SHUT_RDWR)
-			if ch := r.flows[i].writable; ch != nil {
-				select {
-				case ch <- struct{}{}:
-				default:
-				}
-			}
+			notify(r.flows[i].writable)
 		}
 	}
 }
