@@ -198,28 +198,33 @@ type openConn struct {
 	expired                    atomic.Bool
 }
 
-// finish ends a proxied connection once both directions have ended.
+// finish ends a proxied connection once both directions have ended. It
+// may run on a relay's watcher, which moves other connections' bytes, so
+// it must not block: the closing line, when the sampler keeps it, is
+// written on a goroutine of its own, since the log's output may stall.
 func (p *Proxy) finish(s *session, conn *openConn, fromClient, toClient int64) {
 	if conn.expiry != nil {
 		conn.expiry.Stop()
 	}
 	fromClient += conn.rawLen
 	p.Metrics.proxied(fromClient, toClient)
-	reason := zap.Skip()
-	if conn.expired.Load() {
-		reason = zap.String("reason", string(authn.ErrTokenExpired))
+	if ce := p.logger().Check(zap.InfoLevel, "connection closed"); ce != nil {
+		reason := zap.Skip()
+		if conn.expired.Load() {
+			reason = zap.String("reason", string(authn.ErrTokenExpired))
+		}
+		go ce.Write(
+			zap.String("listener", s.listener),
+			zap.String("remote", conn.remote),
+			zap.String("client_id", conn.clientID),
+			zap.String("username", conn.username),
+			zap.Uint8("protocol_version", conn.version),
+			reason,
+			zap.Duration("duration", time.Since(conn.start)),
+			zap.Int64("bytes_from_client", fromClient),
+			zap.Int64("bytes_to_client", toClient),
+		)
 	}
-	p.logger().Info("connection closed",
-		zap.String("listener", s.listener),
-		zap.String("remote", conn.remote),
-		zap.String("client_id", conn.clientID),
-		zap.String("username", conn.username),
-		zap.Uint8("protocol_version", conn.version),
-		reason,
-		zap.Duration("duration", time.Since(conn.start)),
-		zap.Int64("bytes_from_client", fromClient),
-		zap.Int64("bytes_to_client", toClient),
-	)
 	s.client.Close()
 	if s.upstream != nil { // nil when the relay dialed (and has closed) it
 		s.upstream.Close()

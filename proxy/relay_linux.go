@@ -158,7 +158,8 @@ func (ws *watchers) pick() *watcher { return ws.all[int(ws.next.Add(1))%len(ws.a
 
 // startRelay joins client and upstream, both already connected, on one of
 // the watchers and returns at once; done is called exactly once, when both
-// directions have ended, with the bytes each way. handled is false when
+// directions have ended, with the bytes each way, possibly on the
+// watcher's goroutine: it must not block. handled is false when
 // either is not a plain TCP socket, or when the sockets cannot join the
 // epoll set: the caller copies some other way. The caller closes both
 // sockets, after done.
@@ -819,15 +820,14 @@ func (r *relay) endLocked(i int) {
 }
 
 // unlock releases r.mu and, once both flows have ended, ends the relay,
-// once, on a goroutine of its own: done logs and closes, which must not
-// hold up the watcher.
+// once. done must not block: it may run on the watcher.
 func (r *relay) unlock() {
 	due := r.ended == 2 && !r.reported
 	r.reported = r.reported || due
 	from, to := r.flows[0].n, r.flows[1].n
 	r.mu.Unlock()
 	if due {
-		go r.end(from, to)
+		r.end(from, to)
 	}
 }
 
