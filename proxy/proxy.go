@@ -173,23 +173,14 @@ func (p *Proxy) abort(s *session) {
 
 // Serve accepts connections on ln and serves each in its own goroutine
 // until Close or Shutdown; then it returns ErrProxyClosed. name labels the
-// listener in logs. Serve closes ln when it returns.
-//
-// A *net.TCPListener is served on Linux with raw system calls (see
-// fdConn): its sockets get TCP_NODELAY, as from the net package, but no
-// keep-alive probes, whatever the listener was configured with; MQTT's
-// keep-alive watches a session. Its deadline does not apply.
+// listener in logs. Serve closes ln when it returns. A *net.TCPListener
+// is accepted from as Listener says.
 func (p *Proxy) Serve(ln net.Listener, name string) error {
 	if err := p.check(); err != nil {
 		ln.Close()
 		return err
 	}
-	if tl, ok := ln.(*net.TCPListener); ok && p.relays() != nil {
-		// Plain TCP: accepted sockets stay out of the net package (see fdConn).
-		if rl := p.relays().newRawListener(tl); rl != nil {
-			ln = rl
-		}
-	}
+	ln = p.Listener(ln)
 	if !p.trackListener(ln, true) {
 		ln.Close()
 		return ErrProxyClosed
@@ -230,6 +221,25 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 			go p.serveConn(s)
 		}
 	}
+}
+
+// Listener returns the listener Serve accepts from when given ln. For a
+// *net.TCPListener on Linux, that is one whose sockets stay out of the net
+// package and the runtime's poller, accepted and read with raw system
+// calls (see fdConn): they get TCP_NODELAY, as from the net package, but
+// no keep-alive probes, whatever ln was configured with (MQTT's keep-alive
+// watches a session), and ln's deadline does not apply. Other listeners
+// are returned as they are. Serve calls Listener itself; call it to keep
+// that path under a ProxyProtocolListener:
+//
+//	ln = &proxy.ProxyProtocolListener{Listener: p.Listener(tcp), Trusted: trusted}
+func (p *Proxy) Listener(ln net.Listener) net.Listener {
+	if tl, ok := ln.(*net.TCPListener); ok && p.relays() != nil {
+		if rl := p.relays().newRawListener(tl); rl != nil {
+			return rl
+		}
+	}
+	return ln
 }
 
 // Reload makes v, l and f apply to connections accepted from now on;

@@ -51,49 +51,57 @@ func TestProxyProtocolIn(t *testing.T) {
 		{"untrusted v2", "10.0.0.0/8", append(proxyHeader(t, 2, "203.0.113.7:50000", "192.0.2.1:1883"), good...), "", reasonUntrustedProxyHeader},
 		{"untrusted, no header", "10.0.0.0/8", good, "", ""},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			rec := proxytest.NewRecorder(t, "")
-			prefix, err := netip.ParsePrefix(tc.trusted)
-			if err != nil {
-				prefix = netip.PrefixFrom(netip.MustParseAddr(tc.trusted), 32)
-			}
-			p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
-			logs := observe(p)
-			ln := listen(t)
-			serveOn(t, p, (&ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{prefix}, Logger: p.Logger}).Start())
-			c := dial(t, ln.Addr().String())
-			if _, err := c.Write(tc.send); err != nil {
-				t.Fatal(err)
-			}
-			remote := tc.remote
-			if remote == "" {
-				remote = c.LocalAddr().String()
-			}
-			switch tc.reason {
-			case "":
-				waitLog(t, logs, "authentication accepted", zap.String("remote", remote))
-				want := tc.send[bytes.Index(tc.send, good):]
-				rec.WaitReceived(t, 0, len(want))
-				if got := rec.Received()[0]; !bytes.Equal(got, want) {
-					t.Errorf("upstream received %x, want %x", got, want)
+		// Under the header, a socket from the net package, and one that
+		// Proxy.Listener accepts outside it, as the command does.
+		for _, under := range []string{"net", "Proxy.Listener"} {
+			t.Run(tc.name+", "+under, func(t *testing.T) {
+				rec := proxytest.NewRecorder(t, "")
+				prefix, err := netip.ParsePrefix(tc.trusted)
+				if err != nil {
+					prefix = netip.PrefixFrom(netip.MustParseAddr(tc.trusted), 32)
 				}
-				c.Close()
-				waitLog(t, logs, "connection closed", zap.String("remote", remote))
-			case "no header":
-				if got := readAll(t, c); len(got) != 0 {
-					t.Errorf("proxy answered %x, want a close", got)
+				p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
+				logs := observe(p)
+				ln := listen(t)
+				inner := ln
+				if under == "Proxy.Listener" {
+					inner = p.Listener(ln)
 				}
-				waitLog(t, logs, "PROXY protocol header refused", zap.String("peer", remote))
-			default:
-				if got := readAll(t, c); len(got) != 0 {
-					t.Errorf("proxy answered %x, want a close", got)
+				serveOn(t, p, (&ProxyProtocolListener{Listener: inner, Trusted: []netip.Prefix{prefix}, Logger: p.Logger}).Start())
+				c := dial(t, ln.Addr().String())
+				if _, err := c.Write(tc.send); err != nil {
+					t.Fatal(err)
 				}
-				waitLog(t, logs, "connect rejected", zap.String("remote", remote), zap.String("reason", tc.reason))
-			}
-			if tc.reason != "" && rec.Accepted() != 0 {
-				t.Error("a refused connection reached the upstream")
-			}
-		})
+				remote := tc.remote
+				if remote == "" {
+					remote = c.LocalAddr().String()
+				}
+				switch tc.reason {
+				case "":
+					waitLog(t, logs, "authentication accepted", zap.String("remote", remote))
+					want := tc.send[bytes.Index(tc.send, good):]
+					rec.WaitReceived(t, 0, len(want))
+					if got := rec.Received()[0]; !bytes.Equal(got, want) {
+						t.Errorf("upstream received %x, want %x", got, want)
+					}
+					c.Close()
+					waitLog(t, logs, "connection closed", zap.String("remote", remote))
+				case "no header":
+					if got := readAll(t, c); len(got) != 0 {
+						t.Errorf("proxy answered %x, want a close", got)
+					}
+					waitLog(t, logs, "PROXY protocol header refused", zap.String("peer", remote))
+				default:
+					if got := readAll(t, c); len(got) != 0 {
+						t.Errorf("proxy answered %x, want a close", got)
+					}
+					waitLog(t, logs, "connect rejected", zap.String("remote", remote), zap.String("reason", tc.reason))
+				}
+				if tc.reason != "" && rec.Accepted() != 0 {
+					t.Error("a refused connection reached the upstream")
+				}
+			})
+		}
 	}
 }
 

@@ -29,12 +29,14 @@ func (c certReloaders) reload(logger *zap.Logger) {
 
 // openListeners binds every listener of cfg with its transports, in the
 // order they arrive on the wire: the PROXY header first, then TLS, then
-// the WebSocket upgrade. On failure nothing stays open.
-func openListeners(cfg *configs.File, logger *zap.Logger) ([]net.Listener, certReloaders, error) {
+// the WebSocket upgrade. plain makes a listener's sockets the kind a
+// relay splices best (proxy.Proxy.Listener), for a PROXY header with
+// plain TCP behind it. On failure nothing stays open.
+func openListeners(cfg *configs.File, plain func(net.Listener) net.Listener, logger *zap.Logger) ([]net.Listener, certReloaders, error) {
 	var listeners []net.Listener
 	var certs certReloaders
 	for _, l := range cfg.Listeners {
-		ln, cert, err := openListener(l, cfg.Limits.ConnectTimeout.Or(0), logger.With(zap.String("listener", l.Name)))
+		ln, cert, err := openListener(l, cfg.Limits.ConnectTimeout.Or(0), plain, logger.With(zap.String("listener", l.Name)))
 		if err != nil {
 			for _, open := range listeners {
 				open.Close()
@@ -49,7 +51,7 @@ func openListeners(cfg *configs.File, logger *zap.Logger) ([]net.Listener, certR
 	return listeners, certs, nil
 }
 
-func openListener(l configs.Listener, handshakeTimeout time.Duration, logger *zap.Logger) (net.Listener, *proxy.CertReloader, error) {
+func openListener(l configs.Listener, handshakeTimeout time.Duration, plain func(net.Listener) net.Listener, logger *zap.Logger) (net.Listener, *proxy.CertReloader, error) {
 	// No TCP keep-alive probes: MQTT's own keep-alive, enforced by the
 	// broker, ends dead sessions, and connect_timeout ends silent new
 	// ones. It saves system calls on every accepted connection.
@@ -63,6 +65,9 @@ func openListener(l configs.Listener, handshakeTimeout time.Duration, logger *za
 		if err != nil {
 			ln.Close()
 			return nil, nil, fmt.Errorf("proxy_protocol.trusted_cidrs: %w", err)
+		}
+		if l.TLS == nil && l.WebSocket == nil {
+			ln = plain(ln)
 		}
 		ln = (&proxy.ProxyProtocolListener{Listener: ln, Trusted: trusted, Timeout: pp.Timeout.Or(0), Logger: logger}).Start()
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -15,9 +16,10 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 )
 
-// TestServeEdgeListeners runs serve with an MQTT-over-TLS listener and a
+// TestServeEdgeListeners runs serve with an MQTT-over-TLS listener, a
 // secure WebSocket listener that takes the token from the URL, using the
-// example's test certificates, and connects through each.
+// example's test certificates, and a plain listener behind a load
+// balancer's PROXY header, and connects through each.
 func TestServeEdgeListeners(t *testing.T) {
 	certs, err := filepath.Abs("../../configs/testdata")
 	if err != nil {
@@ -31,6 +33,9 @@ func TestServeEdgeListeners(t *testing.T) {
     bind: "127.0.0.1:0"
     tls: {cert_file: ` + certs + `/server.pem, key_file: ` + certs + `/server.key}
     websocket: {token_from: query}
+  - name: behind-lb
+    bind: "127.0.0.1:0"
+    proxy_protocol: {enabled: true, trusted_cidrs: ["127.0.0.1/32"]}
 upstream:
   address: embedded
 authentication:
@@ -39,7 +44,7 @@ log: {format: json}
 `
 	lines, stop := serveInProcess(t, config)
 	addrs := map[string]string{}
-	for range 2 {
+	for range 3 {
 		line := waitForLog(t, lines, "listening")
 		addrs[line["listener"].(string)] = line["address"].(string)
 	}
@@ -100,6 +105,27 @@ log: {format: json}
 		ws.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if _, ack, err := ws.ReadMessage(); err != nil || string(ack) != string(accepted) {
 			t.Errorf("CONNACK %x (%v), want %x", ack, err, accepted)
+		}
+	})
+
+	t.Run("a PROXY header from a trusted balancer", func(t *testing.T) {
+		c, err := net.Dial("tcp", addrs["behind-lb"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(append([]byte("PROXY TCP4 203.0.113.9 192.0.2.1 40001 1883\r\n"), connect(seedToken)...))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		ack := make([]byte, 4)
+		if _, err := io.ReadFull(c, ack); err != nil || string(ack) != string(accepted) {
+			t.Errorf("CONNACK %x (%v), want %x", ack, err, accepted)
+		}
+		line := waitForLog(t, lines, "authentication accepted")
+		for line["listener"] != "behind-lb" { // the lines of the connections above come first
+			line = waitForLog(t, lines, "authentication accepted")
+		}
+		if line["remote"] != "203.0.113.9:40001" {
+			t.Errorf("accepted %v, want the client the header names", line)
 		}
 	})
 

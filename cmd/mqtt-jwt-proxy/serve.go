@@ -105,7 +105,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer admin.Close()
-	listeners, certs, err := openListeners(cfg, logger)
+	listeners, certs, err := openListeners(cfg, p.Listener, logger)
 	if err != nil {
 		return err
 	}
