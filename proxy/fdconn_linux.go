@@ -55,6 +55,14 @@ type rawListener struct {
 	file *os.File
 	raw  syscall.RawConn
 	ws   *watchers
+
+	// One Accept at a time, as in the net package; these are the
+	// result of accept, made once so that a call allocates nothing.
+	mu     sync.Mutex
+	accept func(lfd uintptr) bool
+	fd     int
+	remote *net.TCPAddr
+	err    error
 }
 
 // newRawListener returns nil when ln's descriptor cannot be had.
@@ -68,7 +76,12 @@ func (ws *watchers) newRawListener(ln *net.TCPListener) net.Listener {
 		file.Close()
 		return nil
 	}
-	return &rawListener{TCPListener: ln, file: file, raw: raw, ws: ws}
+	l := &rawListener{TCPListener: ln, file: file, raw: raw, ws: ws}
+	l.accept = func(lfd uintptr) bool {
+		l.fd, l.remote, l.err = rawAccept(int(lfd))
+		return l.err != unix.EAGAIN
+	}
+	return l
 }
 
 // listenerCheck is how often Accept looks whether the listener it was
@@ -76,18 +89,11 @@ func (ws *watchers) newRawListener(ln *net.TCPListener) net.Listener {
 const listenerCheck = time.Second
 
 func (l *rawListener) Accept() (net.Conn, error) {
-	var (
-		fd     int
-		remote *net.TCPAddr
-		aerr   error
-	)
-	accept := func(lfd uintptr) bool {
-		fd, remote, aerr = rawAccept(int(lfd))
-		return aerr != unix.EAGAIN
-	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	for {
 		l.file.SetReadDeadline(time.Now().Add(listenerCheck))
-		if err := l.raw.Read(accept); err != nil {
+		if err := l.raw.Read(l.accept); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if raw, err := l.TCPListener.SyscallConn(); err == nil && raw.Control(func(uintptr) {}) == nil {
 					continue
@@ -96,18 +102,18 @@ func (l *rawListener) Accept() (net.Conn, error) {
 			}
 			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: err}
 		}
-		switch aerr {
+		switch l.err {
 		case nil:
 		case unix.EINTR, unix.ECONNABORTED: // a client that gave up: the next one
 			continue
 		default:
-			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: os.NewSyscallError("accept4", aerr)}
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: os.NewSyscallError("accept4", l.err)}
 		}
-		if err := rawSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
-			rawClose(fd)
+		if err := rawSetsockoptInt(l.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+			rawClose(l.fd)
 			continue // the client is gone already
 		}
-		return &fdConn{fd: int32(fd), w: l.ws.pick(), remote: remote}, nil
+		return &fdConn{fd: int32(l.fd), w: l.ws.pick(), remote: l.remote}, nil
 	}
 }
 

@@ -432,10 +432,12 @@ func (p *Proxy) setUpstream(s *session, up net.Conn) bool {
 
 func (p *Proxy) logger() *zap.Logger {
 	if p.Logger == nil {
-		return zap.NewNop()
+		return nopLogger
 	}
 	return p.Logger
 }
+
+var nopLogger = zap.NewNop()
 
 func (p *Proxy) dialTimeout() time.Duration { return orDefault(p.DialTimeout, DefaultDialTimeout) }
 
