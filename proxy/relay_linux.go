@@ -763,11 +763,15 @@ func (r *relay) finishLocked(i int, cleanEOF bool) {
 		return
 	}
 	if cleanEOF && !r.aborted {
+		if r.flows[1-i].state == flowEnded {
+			// The other way ended cleanly too: closing the sockets,
+			// which comes next, sends the FIN.
+			r.endLocked(i)
+			return
+		}
 		if err := rawShutdownWrite(int(f.dstFD)); err == nil {
 			r.endLocked(i)
-			if r.ended < 2 {
-				r.timer = time.AfterFunc(r.halfClose, r.abort)
-			}
+			r.timer = time.AfterFunc(r.halfClose, r.abort)
 			return
 		}
 	}

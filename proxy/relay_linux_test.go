@@ -169,7 +169,13 @@ func TestRelayCarriesWhatTheDestinationCannotTake(t *testing.T) {
 	defer ws.stop()
 	type counts struct{ from, to int64 }
 	done := make(chan counts, 1)
-	r, ok := ws.startRelay(proxyClient, proxyUp, time.Second, func(from, to int64) { done <- counts{from, to} })
+	r, ok := ws.startRelay(proxyClient, proxyUp, time.Second, func(from, to int64) {
+		// As the proxy does: the sockets close after done, and the last
+		// FIN goes with the close.
+		proxyClient.Close()
+		proxyUp.Close()
+		done <- counts{from, to}
+	})
 	if !ok {
 		t.Fatal("startRelay did not take two TCP connections")
 	}
