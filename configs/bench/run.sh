@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark on loopback: mosquitto direct, through HAProxy in
 # TCP mode, and through mqtt-jwt-proxy. Every scenario runs once per target
-# in turn (direct, haproxy, proxy, direct, haproxy, proxy, ...) for -rounds
-# rounds, and the table at the end gives each figure's median per target
+# in turn (direct, haproxy, proxy, then haproxy, proxy, direct, ...) for
+# -rounds rounds, and the table at the end gives each figure's median per target
 # with the ratios proxy/haproxy and proxy/direct. The load tool, the proxies
 # and the broker share the machine's cores, so absolute figures say little
 # about another machine; the ratios, taken in one run, are the result.
@@ -203,16 +203,21 @@ summary() {
   if [ -n "$held" ]; then echo "held $held"; else echo "rate ${rate:-?}/s, p99 ${p99:-?} ms"; fi
 }
 
-# scenario name alg mode args...: every round, every target in turn. For
+# scenario name alg mode args...: every round, every target in turn, the
+# order rotating from round to round so that no target always runs right
+# after the same other one (a run leaves the kernel with sockets in
+# TIME_WAIT and timers that the next one pays for). For
 # the refusal scenario the broker accepts what the proxy refuses: the
 # proxy's refusals per second are compared with mosquitto's acceptances.
 scenario() {
   local name=$1 alg=$2 mode=$3
   shift 3
   [[ $name =~ $only ]] || return 0
+  local targets=(direct haproxy proxy)
   for round in $(seq "$rounds"); do
     say "$name, round $round of $rounds"
-    for target in direct haproxy proxy; do
+    local first=$(((round - 1) % 3))
+    for target in "${targets[@]:first}" "${targets[@]:0:first}"; do
       local expect=()
       if [[ $name == refuse-* ]]; then
         if [ "$target" = proxy ]; then expect=(-expect refuse); else expect=(-expect accept); fi
