@@ -16,8 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// fdConn is a client socket that Serve accepted itself from a plain TCP
-// listener: a net.Conn over a raw non-blocking descriptor. Its system
+// fdConn is a client socket accepted from a plain TCP listener by a
+// rawListener (see Proxy.Listener): a net.Conn over a raw non-blocking
+// descriptor. Its system
 // calls are raw (see rawsyscall_linux.go), and a call that would block
 // waits in one of the relay's epoll watchers rather than in the runtime's
 // poller. The socket a relay then takes over was never registered
@@ -429,7 +430,7 @@ func (c *fdConn) handOff() int32 {
 }
 
 func (c *fdConn) opError(op string, err error) error {
-	return &net.OpError{Op: op, Net: "tcp", Source: nil, Addr: c.remote, Err: err}
+	return &net.OpError{Op: op, Net: "tcp", Addr: c.remote, Err: err}
 }
 
 // notify wakes whoever waits on ch, or the next to wait; nil is no one.
