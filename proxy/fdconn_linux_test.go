@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
 
@@ -180,5 +181,29 @@ func TestRawListenerClosedDirectly(t *testing.T) {
 		}
 	case <-time.After(5 * listenerCheck):
 		t.Fatal("Accept still waits after the listener closed")
+	}
+}
+
+// Serve accepts a plain TCP listener's clients as fdConns: from accept to
+// relay, a connection stays out of the net package.
+func TestServeAcceptsOutsideTheNetPackage(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
+	c := dial(t, startProxy(t, p))
+	connect := connectPacket(t, packets.ProtocolV311, "good")
+	c.Write(connect)
+	rec.WaitReceived(t, 0, len(connect))
+	p.mu.Lock()
+	var clients []net.Conn
+	for s := range p.sessions {
+		clients = append(clients, s.client)
+	}
+	p.mu.Unlock()
+	if len(clients) != 1 {
+		t.Fatalf("%d sessions, want 1", len(clients))
+	}
+	if _, ok := clients[0].(*fdConn); !ok {
+		t.Errorf("the client is a %T, want an *fdConn", clients[0])
 	}
 }
