@@ -16,11 +16,7 @@ import (
 // accepted for it.
 func rawPair(t *testing.T, network, addr string) (client net.Conn, accepted *fdConn) {
 	t.Helper()
-	ws, err := newWatchers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(ws.stop)
+	ws := testWatchers(t)
 	ln, err := net.Listen(network, addr)
 	if err != nil {
 		t.Skipf("no %s listener on %s: %v", network, addr, err)
@@ -157,11 +153,7 @@ func TestFdConnIPv6(t *testing.T) {
 // until then.
 func TestRawListenerClosedDirectly(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
-	ws, err := newWatchers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.stop()
+	ws := testWatchers(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

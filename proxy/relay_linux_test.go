@@ -120,6 +120,17 @@ func TestRelayBulkBothWays(t *testing.T) {
 	}
 }
 
+// testWatchers starts epoll watchers that stop when the test ends.
+func testWatchers(t *testing.T) *watchers {
+	t.Helper()
+	ws, err := newWatchers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ws.stop)
+	return ws
+}
+
 // tcpPair returns the two ends of a loopback TCP connection.
 func tcpPair(t *testing.T) (dialed, accepted *net.TCPConn) {
 	t.Helper()
@@ -162,11 +173,7 @@ func TestRelayCarriesWhatTheDestinationCannotTake(t *testing.T) {
 	}
 	proxyUp.SetWriteDeadline(time.Time{})
 
-	ws, err := newWatchers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.stop()
+	ws := testWatchers(t)
 	type counts struct{ from, to int64 }
 	done := make(chan counts, 1)
 	r, ok := ws.startRelay(proxyClient, proxyUp, time.Second, func(from, to int64) {
@@ -257,11 +264,7 @@ func TestDialRelayWaitsForTheBroker(t *testing.T) {
 		io.Copy(io.Discard, c)
 	}))
 	client, proxyClient := tcpPair(t)
-	ws, err := newWatchers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.stop()
+	ws := testWatchers(t)
 	cfd, ok := socketOf(proxyClient)
 	if !ok {
 		t.Fatal("no descriptor")
@@ -307,11 +310,7 @@ func TestDialRelayWaitsForTheBroker(t *testing.T) {
 // relay's socket is closed.
 func TestDialRelayFailures(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
-	ws, err := newWatchers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.stop()
+	ws := testWatchers(t)
 	_, proxyClient := tcpPair(t)
 	cfd, _ := socketOf(proxyClient)
 
@@ -381,11 +380,7 @@ func TestRelayAbortWakesAWaitingFlow(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	client, proxyClient := tcpPair(t)
 	proxyUp, broker := tcpPair(t)
-	ws, err := newWatchers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.stop()
+	ws := testWatchers(t)
 	done := make(chan struct{})
 	r, ok := ws.startRelay(proxyClient, proxyUp, time.Minute, func(int64, int64) {
 		proxyClient.Close()
@@ -445,11 +440,7 @@ func TestDialRelayIPv6(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		got <- string(b)
 	}()
-	ws, err := newWatchers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.stop()
+	ws := testWatchers(t)
 	_, proxyClient := tcpPair(t)
 	cfd, _ := socketOf(proxyClient)
 	r, err := ws.dialRelay(cfd, []netip.AddrPort{ln.Addr().(*net.TCPAddr).AddrPort()}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
