@@ -34,6 +34,9 @@
 //	wss := (&proxy.WebSocketListener{Listener: proxy.NewTLSListener(ln, certs.Config())}).Start()
 //	log.Fatal(p.Serve(wss, "wss"))
 //
+// A PROXY header in front of plain TCP keeps the raw path when the
+// ProxyProtocolListener wraps p.Listener(ln) rather than ln.
+//
 // Toward the broker, UpstreamProxyHeader and UpstreamTLS add a PROXY
 // header and TLS.
 package proxy
