@@ -67,6 +67,14 @@ func FuzzParse(f *testing.F) {
 		written := marshalResolved(t, parsed)
 		again, err := Parse(written)
 		if err != nil {
+			var generic any
+			if yaml.Unmarshal(written, &generic) != nil {
+				// yaml.v3 writes a string that begins with a space or a
+				// line break, inside a list, as a block scalar with a
+				// wrong indentation indicator, and cannot read it back
+				// (yaml/go-yaml#76): a fault of the test's writer.
+				t.Skipf("yaml.v3 cannot read back what it wrote: %v", err)
+			}
 			t.Fatalf("Parse accepted\n%s\nbut refuses it written back:\n%s\n%v", data, written, err)
 		}
 		if rewritten := marshalResolved(t, again); !bytes.Equal(rewritten, written) {
