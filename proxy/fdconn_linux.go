@@ -198,16 +198,15 @@ func (c *fdConn) Write(b []byte) (int, error) {
 		if err != nil {
 			return written, c.opError("write", err)
 		}
-		n, err := rawWrite(fd, b[written:])
+		n, err := writeNonblocking(fd, b[written:])
 		c.end()
 		written += n
 		switch {
-		case err == nil, err == unix.EINTR:
 		case err == unix.EAGAIN:
 			if err := c.wait(1); err != nil {
 				return written, c.opError("write", err)
 			}
-		default:
+		case err != nil:
 			return written, c.opError("write", os.NewSyscallError("write", err))
 		}
 	}
@@ -222,17 +221,13 @@ func (c *fdConn) waitReadable() error {
 		if err != nil {
 			return c.opError("read", err)
 		}
-		var b [1]byte
-		_, _, err = unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		ready := readReady(fd)
 		c.end()
-		switch err {
-		case unix.EINTR:
-		case unix.EAGAIN:
-			if err := c.wait(0); err != nil {
-				return c.opError("read", err)
-			}
-		default: // bytes, EOF or an error: the next Read returns at once
+		if ready {
 			return nil
+		}
+		if err := c.wait(0); err != nil {
+			return c.opError("read", err)
 		}
 	}
 }

@@ -15,11 +15,19 @@ func socketReadable(c *net.TCPConn) func() error {
 		return nil
 	}
 	return func() error {
-		return raw.Read(func(fd uintptr) bool {
-			var b [1]byte
-			_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			// Bytes, EOF or an error: the next Read returns at once.
-			return err != unix.EAGAIN && err != unix.EINTR
-		})
+		return raw.Read(func(fd uintptr) bool { return readReady(int(fd)) })
+	}
+}
+
+// readReady says, without blocking or reading, whether a read of the
+// socket fd would return at once: it has bytes, has reached EOF or has
+// failed.
+func readReady(fd int) bool {
+	for {
+		var b [1]byte
+		_, _, err := unix.Recvfrom(fd, b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err != unix.EINTR {
+			return err != unix.EAGAIN
+		}
 	}
 }

@@ -541,8 +541,7 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 		case err == unix.EAGAIN:
 			return
 		case err != nil:
-			r.endLocked(i)
-			r.abortLocked()
+			r.finishLocked(i, false)
 			return
 		case n == 0:
 			r.finishLocked(i, true)
@@ -560,8 +559,7 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 			go r.move(i, bp, rest)
 			return
 		case err != nil:
-			r.endLocked(i)
-			r.abortLocked()
+			r.finishLocked(i, false)
 			return
 		case n == len(buf):
 			// Probably more queued: bulk traffic leaves the watcher.
