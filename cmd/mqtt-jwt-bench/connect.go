@@ -168,6 +168,7 @@ func connectCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 	fs := newFlagSet("connect", &o, stderr, 10*time.Second)
 	workers := fs.Int("c", 16, "concurrent workers, each with one connection at a time")
 	count := fs.Int64("count", 0, "stop after this many connections (0: run for -duration)")
+	rate := fs.Float64("rate", 0, "connections started per second over all workers, each latency timed from its scheduled start; 0 for as fast as the workers go")
 	expect := fs.String("expect", "accept", "CONNACK outcome that counts as expected: accept, refuse or any")
 	if err := o.parse(fs, args); err != nil {
 		return err
@@ -176,14 +177,14 @@ func connectCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 	if e != expectAccept && e != expectRefuse && e != expectAny {
 		return fmt.Errorf("-expect %q: want accept, refuse or any", *expect)
 	}
-	if *workers < 1 || *count < 0 || (*count == 0 && o.Duration == 0) {
-		return fmt.Errorf("-c must be at least 1, -count not negative, and -count or -duration set")
+	if *workers < 1 || *count < 0 || *rate < 0 || (*count == 0 && o.Duration == 0) {
+		return fmt.Errorf("-c must be at least 1, -count and -rate not negative, and -count or -duration set")
 	}
 	tokens, err := newTokenSource(o.Tokens)
 	if err != nil {
 		return err
 	}
-	r, err := runConnect(ctx, &o, tokens, *workers, *count, e)
+	r, err := runConnect(ctx, &o, tokens, *workers, *count, *rate, e)
 	if err != nil {
 		return err
 	}
@@ -197,8 +198,9 @@ func connectCommand(ctx context.Context, args []string, stdout, stderr io.Writer
 }
 
 // runConnect runs workers that connect and disconnect until o.Duration
-// has passed or count connections were attempted.
-func runConnect(ctx context.Context, o *options, tokens *tokenSource, workers int, count int64, expect expectation) (*result, error) {
+// has passed or count connections were attempted: as fast as they can, or
+// rate connections a second, on a fixed schedule.
+func runConnect(ctx context.Context, o *options, tokens *tokenSource, workers int, count int64, rate float64, expect expectation) (*result, error) {
 	if o.Duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, o.Duration)
@@ -211,8 +213,14 @@ func runConnect(ctx context.Context, o *options, tokens *tokenSource, workers in
 	cpu := selfCPU()
 	start := time.Now()
 	var claimed atomic.Int64
-	total := openLoop(ctx, o, tokens, workers, 30, expect,
-		func() bool { return count == 0 || claimed.Add(1) <= count },
+	next := func() (time.Time, bool) {
+		k := claimed.Add(1)
+		if rate == 0 {
+			return time.Time{}, count == 0 || k <= count
+		}
+		return start.Add(time.Duration(float64(k-1) * float64(time.Second) / rate)), count == 0 || k <= count
+	}
+	total := openLoop(ctx, o, tokens, workers, 30, expect, next,
 		func(w *connector, c net.Conn, code byte) error { return w.hangUp(c, code == 0) })
 	elapsed := time.Since(start)
 	after, err := o.Procs.sample()
@@ -258,20 +266,30 @@ func holdCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	return nil
 }
 
-// openLoop runs workers that open connections while ctx lasts and more
-// allows, timing each CONNECT-to-CONNACK and counting the answer against
-// expect; then keep decides what becomes of the connection. It returns
-// the workers' tallies merged.
+// openLoop runs workers that open connections while ctx lasts and next
+// allows, timing each dial-to-CONNACK and counting the answer against
+// expect; then keep decides what becomes of the connection. A connection
+// that next schedules waits for its time and is timed from it, so that a
+// server that falls behind shows in the latency rather than slowing the
+// schedule. It returns the workers' tallies merged.
 func openLoop(ctx context.Context, o *options, tokens *tokenSource, workers int, keepAlive uint16, expect expectation,
-	more func() bool, keep func(w *connector, c net.Conn, code byte) error) connectTally {
+	next func() (at time.Time, ok bool), keep func(w *connector, c net.Conn, code byte) error) connectTally {
 	tallies := make([]connectTally, workers)
 	var wg sync.WaitGroup
 	for i := range workers {
 		wg.Go(func() {
 			w := newConnector(o, tokens, i, keepAlive)
 			t := &tallies[i]
-			for ctx.Err() == nil && more() {
-				began := time.Now()
+			for ctx.Err() == nil {
+				began, ok := next()
+				if !ok {
+					break
+				}
+				if began.IsZero() {
+					began = time.Now()
+				} else if !sleepUntil(ctx, began) {
+					break
+				}
 				c, code, err := w.open()
 				if err != nil {
 					t.errors.add(err)
@@ -346,7 +364,7 @@ func runHold(ctx context.Context, o *options, tokens *tokenSource, n, workers in
 	var claimed atomic.Int64
 	// Keep alive 0: the held connections idle without PINGREQ.
 	total := openLoop(ctx, o, tokens, workers, 0, expectAccept,
-		func() bool { return claimed.Add(1) <= int64(n) },
+		func() (time.Time, bool) { return time.Time{}, claimed.Add(1) <= int64(n) },
 		func(_ *connector, c net.Conn, code byte) error {
 			if code != 0 {
 				return c.Close()
@@ -384,10 +402,21 @@ func runHold(ctx context.Context, o *options, tokens *tokenSource, n, workers in
 
 // wait returns after d or when ctx ends, whichever is first.
 func wait(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
+	sleepUntil(ctx, time.Now().Add(d))
+}
+
+// sleepUntil returns true at t, or false when ctx ends first.
+func sleepUntil(ctx context.Context, t time.Time) bool {
+	d := time.Until(t)
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
 	select {
-	case <-t.C:
+	case <-timer.C:
+		return true
 	case <-ctx.Done():
+		return false
 	}
 }

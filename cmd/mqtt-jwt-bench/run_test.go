@@ -44,7 +44,7 @@ func TestConnectAgainstBroker(t *testing.T) {
 		t.Run("v"+string('0'+version), func(t *testing.T) {
 			o := testOptions(t, addr, version, 500*time.Millisecond)
 			o.Procs.Set("self=" + strconv.Itoa(os.Getpid()))
-			r, err := runConnect(t.Context(), o, tokens, 4, 0, expectAccept)
+			r, err := runConnect(t.Context(), o, tokens, 4, 0, 0, expectAccept)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -58,6 +58,31 @@ func TestConnectAgainstBroker(t *testing.T) {
 				t.Errorf("the watched process used no CPU: %+v", self)
 			}
 		})
+	}
+}
+
+func TestConnectAtFixedRate(t *testing.T) {
+	addr := startBroker(t)
+	tokens, err := newTokenSource(tokenOptions{Alg: "HS256", Secret: "s", Pool: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 40 connections at 100 a second take 390 ms from the first to the
+	// last start, however fast the broker answers.
+	o := testOptions(t, addr, packets.ProtocolV311, 0)
+	start := time.Now()
+	r, err := runConnect(t.Context(), o, tokens, 8, 40, 100, expectAccept)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < 390*time.Millisecond {
+		t.Errorf("40 connections at -rate 100 took %v; the schedule was not kept", took)
+	}
+	if r.Connects != 40 || r.Accepted != 40 || len(r.Errors) != 0 {
+		t.Errorf("connects %d, accepted %d, errors %v (%s)", r.Connects, r.Accepted, r.Errors, r.FirstError)
+	}
+	if r.Rate > 105 {
+		t.Errorf("rate %.1f/s, above -rate 100", r.Rate)
 	}
 }
 
@@ -89,7 +114,7 @@ func TestConnectCountsAndExpect(t *testing.T) {
 	}{{expectRefuse, false}, {expectAny, false}, {expectAccept, true}} {
 		t.Run(string(tc.expect), func(t *testing.T) {
 			o := testOptions(t, ln.Addr().String(), packets.ProtocolV311, 0)
-			r, err := runConnect(t.Context(), o, nil, 2, 20, tc.expect)
+			r, err := runConnect(t.Context(), o, nil, 2, 20, 0, tc.expect)
 			if err != nil {
 				t.Fatal(err)
 			}
