@@ -187,3 +187,84 @@ func waitForLog(t *testing.T, lines chan map[string]any, msg string) map[string]
 		}
 	}
 }
+
+// writeCounter counts the writes that reach w.
+type writeCounter struct {
+	w      io.Writer
+	writes int
+}
+
+func (c *writeCounter) Write(p []byte) (int, error) {
+	c.writes++
+	return c.w.Write(p)
+}
+
+// TestServeLogsInBatches checks that a burst of decisions reaches stderr
+// in a few writes, and that the lines still waiting when serve stops are
+// written.
+func TestServeLogsInBatches(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	config := `listeners:
+  - name: tcp
+    bind: "127.0.0.1:0"
+upstream:
+  address: embedded
+authentication:
+  - mechanism: jwt
+    algorithm: hmac-based
+    secret: "secret"
+log:
+  format: json
+`
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	logR, logW := io.Pipe()
+	out := &writeCounter{w: logW}
+	exited := make(chan int, 1)
+	go func() {
+		exited <- run(ctx, []string{"-config", path}, io.Discard, out)
+		logW.Close()
+	}()
+	lines := logLines(logR)
+	addr := waitForLog(t, lines, "listening")["address"].(string)
+
+	const clients = 40
+	pk := &packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 4, CleanStart: true, ClientID: "burst",
+		UsernameFlag: true, Username: "any", PasswordFlag: true, Password: []byte(seedToken + "x")}
+	raw, err := pk.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range clients {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(raw)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		ack := make([]byte, 4)
+		if _, err := io.ReadFull(c, ack); err != nil || ack[3] != 5 {
+			t.Fatalf("CONNACK %x (%v), want return code 5", ack, err)
+		}
+		c.Close()
+	}
+	cancel()
+	if code := <-exited; code != 0 {
+		t.Errorf("serve exited %d after cancel, want 0", code)
+	}
+	refused, total := 0, 1 // "listening", read above
+	for m := range lines {
+		total++
+		if m["msg"] == "authentication refused" {
+			refused++
+		}
+	}
+	if refused != clients {
+		t.Errorf("%d refusals logged, want %d", refused, clients)
+	}
+	if out.writes > total/2 {
+		t.Errorf("%d log lines took %d writes; want them batched", total, out.writes)
+	}
+}
