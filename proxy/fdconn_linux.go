@@ -48,14 +48,16 @@ type fdConn struct {
 // rawListener accepts fdConns from a plain TCP listener, waiting in ws.
 // It accepts on a duplicate of the listener's descriptor, which the
 // runtime's poller watches for it: the net package offers no way to wait
-// on a listener's own descriptor. TCP_NODELAY is set on each socket, as
-// the net package does; keep-alive probes are not (MQTT's own keep-alive
-// watches a session).
+// on a listener's own descriptor. Each socket gets TCP_NODELAY, as from
+// the net package, inherited from the listening socket where it was set
+// there (which saves a system call per client); keep-alive probes are not
+// set (MQTT's own keep-alive watches a session).
 type rawListener struct {
 	*net.TCPListener
-	file *os.File
-	raw  syscall.RawConn
-	ws   *watchers
+	file    *os.File
+	raw     syscall.RawConn
+	ws      *watchers
+	noDelay bool // the listening socket has TCP_NODELAY, which accepted sockets inherit
 
 	// One Accept at a time, as in the net package; these are the
 	// result of accept, made once so that a call allocates nothing.
@@ -78,6 +80,9 @@ func (ws *watchers) newRawListener(ln *net.TCPListener) net.Listener {
 		return nil
 	}
 	l := &rawListener{TCPListener: ln, file: file, raw: raw, ws: ws}
+	raw.Control(func(fd uintptr) {
+		l.noDelay = rawSetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 1) == nil
+	})
 	l.accept = func(lfd uintptr) bool {
 		l.fd, l.remote, l.err = rawAccept(int(lfd))
 		return l.err != unix.EAGAIN
@@ -110,9 +115,11 @@ func (l *rawListener) Accept() (net.Conn, error) {
 		default:
 			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: os.NewSyscallError("accept4", l.err)}
 		}
-		if err := rawSetsockoptInt(l.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
-			rawClose(l.fd)
-			continue // the client is gone already
+		if !l.noDelay {
+			if err := rawSetsockoptInt(l.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+				rawClose(l.fd)
+				continue // the client is gone already
+			}
 		}
 		return &fdConn{fd: int32(l.fd), w: l.ws.pick(), remote: l.remote}, nil
 	}

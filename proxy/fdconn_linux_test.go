@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"golang.org/x/sys/unix"
+
 	"errors"
 	"io"
 	"net"
@@ -173,6 +175,40 @@ func TestRawListenerClosedDirectly(t *testing.T) {
 		}
 	case <-time.After(5 * listenerCheck):
 		t.Fatal("Accept still waits after the listener closed")
+	}
+}
+
+// Accepted sockets have TCP_NODELAY, whether the listening socket passed
+// it on or Accept set it.
+func TestRawListenerNoDelay(t *testing.T) {
+	ws := testWatchers(t)
+	for _, inherit := range []bool{true, false} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rl := ws.newRawListener(ln.(*net.TCPListener)).(*rawListener)
+		if !rl.noDelay {
+			t.Fatal("TCP_NODELAY could not be set on the listening socket")
+		}
+		if !inherit {
+			rl.raw.Control(func(fd uintptr) { rawSetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NODELAY, 0) })
+			rl.noDelay = false
+		}
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ac, err := rl.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, err := unix.GetsockoptInt(int(ac.(*fdConn).fd), unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+			t.Errorf("inherited %v: TCP_NODELAY on the accepted socket is %d (%v), want set", inherit, v, err)
+		}
+		ac.Close()
+		c.Close()
+		rl.Close()
 	}
 }
 
