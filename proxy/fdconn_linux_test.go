@@ -1,14 +1,14 @@
 package proxy
 
 import (
-	"golang.org/x/sys/unix"
-
 	"errors"
 	"io"
 	"net"
 	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
