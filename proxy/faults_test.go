@@ -137,7 +137,7 @@ func TestUpstreamFaults(t *testing.T) {
 
 	t.Run("refuses the connection", func(t *testing.T) {
 		proxytest.VerifyNoLeaks(t)
-		o := startObserved(t, &Proxy{Upstream: closedAddr(t), Verifier: jwtChain(t, boundHS256)})
+		o := startObserved(t, &Proxy{Upstream: proxytest.ClosedAddr(t), Verifier: jwtChain(t, boundHS256)})
 		c := dial(t, o.addr)
 		c.Write(connectAs(t, v5, "dev", token(t)))
 		if got, want := readUntilClosed(t, c), connackFor(t, v5, packets.ServerUnavailable); !bytes.Equal(got, want) {

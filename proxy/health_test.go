@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
@@ -23,7 +22,7 @@ func TestHealth(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			proxytest.VerifyNoLeaks(t)
-			upstream := closedAddr(t)
+			upstream := proxytest.ClosedAddr(t)
 			var rec *proxytest.Recorder
 			if tc.reachable {
 				rec = proxytest.NewRecorder(t, "")
@@ -68,16 +67,4 @@ func TestHealth(t *testing.T) {
 			}
 		})
 	}
-}
-
-// closedAddr returns a loopback address nothing listens on.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
 }

@@ -422,11 +422,13 @@ func (p *Proxy) stopWatcher() {
 }
 
 // setUpstream records the dialed upstream so Close can reach it; it
-// reports false (and the caller closes up) when the proxy is closing.
+// reports false (and the caller closes up) when s was aborted meanwhile.
+// A Shutdown that began meanwhile does not count: a client already
+// accepted is drained, not dropped.
 func (p *Proxy) setUpstream(s *session, up net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
+	if s.aborted {
 		return false
 	}
 	s.upstream = up
@@ -492,10 +494,11 @@ func (p *Proxy) dialRelay(ws *watchers, s *session, cfd int32, first []byte, don
 	}
 	// Under p.mu, so that abort either finds the relay or has marked the
 	// session first; a socket must never close while it is in the epoll
-	// set without the relay knowing.
+	// set without the relay knowing. Close aborts every session it finds,
+	// so s.aborted covers it; a Shutdown under way lets s go on.
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if s.aborted || p.closed {
+	if s.aborted {
 		r.cancel()
 		return errSessionEnded
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
@@ -211,13 +212,7 @@ func TestMalformedFirstPackets(t *testing.T) {
 
 func TestUpstreamUnavailable(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closedPort := ln.Addr().String()
-	ln.Close()
-	addr := startProxy(t, &Proxy{Upstream: closedPort, Verifier: passwordVerifier{}})
+	addr := startProxy(t, &Proxy{Upstream: proxytest.ClosedAddr(t), Verifier: passwordVerifier{}})
 
 	for version, want := range map[byte][]byte{
 		packets.ProtocolV311: {0x20, 0x02, 0x00, 0x03},
@@ -254,6 +249,84 @@ func TestHalfClose(t *testing.T) {
 	}
 	if got, want := <-brokerGot, append(connect, 0xe0, 0x00); !bytes.Equal(got, want) {
 		t.Errorf("broker got %x, want %x", got, want)
+	}
+}
+
+// gateVerifier accepts every client, once its gate is open; entered
+// receives one value per verification under way.
+type gateVerifier struct {
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (v gateVerifier) Verify(ctx context.Context, req authn.Request) (authn.Identity, error) {
+	v.entered <- struct{}{}
+	select {
+	case <-v.gate:
+		return authn.Identity{Authenticator: "test", Subject: req.ClientID}, nil
+	case <-ctx.Done():
+		return authn.Identity{}, ctx.Err()
+	}
+}
+
+// TestShutdownDrainsConnectsUnderWay: a client accepted before Shutdown
+// began, and authenticated after, is connected to the broker and drained
+// like the others, on the relay's path and on a dialed connection's.
+func TestShutdownDrainsConnectsUnderWay(t *testing.T) {
+	for _, dialed := range []bool{false, true} {
+		name := "relay"
+		if dialed {
+			name = "DialUpstream"
+		}
+		t.Run(name, func(t *testing.T) {
+			proxytest.VerifyNoLeaks(t)
+			rec := proxytest.NewRecorder(t, "")
+			draining := make(chan struct{})
+			core, _ := observer.New(zap.InfoLevel)
+			logger := zap.New(core, zap.Hooks(func(e zapcore.Entry) error {
+				if e.Message == "listeners closed; draining" {
+					close(draining)
+				}
+				return nil
+			}))
+			v := gateVerifier{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+			p := &Proxy{Upstream: rec.Addr, Verifier: v, Logger: logger}
+			if dialed {
+				p.DialUpstream = func(ctx context.Context) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "tcp", rec.Addr)
+				}
+			}
+			addr := startProxy(t, p)
+			c := dial(t, addr)
+			connect := connectPacket(t, packets.ProtocolV311, "good")
+			c.Write(connect)
+			<-v.entered
+
+			stop, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			shutdown := make(chan error, 1)
+			go func() { shutdown <- p.Shutdown(stop) }()
+			<-draining
+			close(v.gate)
+
+			c.Write([]byte{0xc0, 0x00}) // PINGREQ, relayed once the connection is
+			rec.WaitReceived(t, 0, len(connect)+2)
+			select {
+			case err := <-shutdown:
+				t.Fatalf("Shutdown returned %v with a client connected", err)
+			default:
+			}
+			c.Close()
+			select {
+			case err := <-shutdown:
+				if err != nil {
+					t.Errorf("Shutdown = %v once the last client left, want nil", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Shutdown did not return once the last client left")
+			}
+		})
 	}
 }
 

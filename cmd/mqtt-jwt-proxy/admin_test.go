@@ -347,12 +347,7 @@ func TestReadiness(t *testing.T) {
 			rec := proxytest.NewRecorder(t, "")
 			upstream := rec.Addr
 			if tc.upstreamDown {
-				ln, err := net.Listen("tcp", "127.0.0.1:0")
-				if err != nil {
-					t.Fatal(err)
-				}
-				upstream = ln.Addr().String()
-				ln.Close()
+				upstream = proxytest.ClosedAddr(t)
 			}
 			endpoint := jwksServer(t).URL
 			if tc.jwksDown {
@@ -397,6 +392,7 @@ func drain(t *testing.T, p *proxy.Proxy, addr string, rec *proxytest.Recorder) {
 	waitUntil(t, "Shutdown to begin", func() bool { return p.Health().Draining })
 	select {
 	case err := <-shutdown:
+		shutdown <- err // for the cleanup, which waits for it
 		t.Fatalf("Shutdown returned %v with a client connected", err)
 	default:
 	}

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -84,6 +85,22 @@ func TestLookPath(t *testing.T) {
 			t.Errorf("RequireMosquitto without mosquitto_pub: skipped %v (%q), want a skip naming it", outcome.skipped, outcome.message)
 		}
 	})
+}
+
+func TestClosedAddr(t *testing.T) {
+	addr := ClosedAddr(t)
+	for range 2 {
+		if c, err := net.Dial("tcp", addr); !errors.Is(err, syscall.ECONNREFUSED) {
+			if c != nil {
+				c.Close()
+			}
+			t.Fatalf("dialing ClosedAddr %s: %v, want connection refused", addr, err)
+		}
+	}
+	if ln, err := net.Listen("tcp", addr); err == nil {
+		ln.Close()
+		t.Errorf("listening on ClosedAddr %s succeeded; want its port held", addr)
+	}
 }
 
 func TestFreePortAndAddrArgs(t *testing.T) {
