@@ -52,7 +52,7 @@ func (p *Proxy) serveConn(s *session) {
 	if !p.handshake(s, start, log) {
 		return
 	}
-	pk, err := packets.ReadConnect(c, limits.MaxConnectSize)
+	pk, pastConnect, err := readConnect(c, limits.MaxConnectSize)
 	if err != nil {
 		if s.evicted.Load() {
 			log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", limitPending))
@@ -111,7 +111,8 @@ func (p *Proxy) serveConn(s *session) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	c, ahead := p.bareClient(s) // after a PROXY header: the socket, and what was read past the CONNECT
+	c, ahead := p.bareClient(s)           // after a PROXY header: the socket, and what was read past the CONNECT
+	ahead = append(pastConnect, ahead...) // one of them is empty: a wrapper or the bare socket read ahead
 	// What the closing line needs, kept in one small struct for the
 	// connection's life: zap fields would take five times the room, and
 	// a zap.Logger.With clone holds a 1 KB encoder buffer.

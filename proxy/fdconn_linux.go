@@ -3,6 +3,7 @@ package proxy
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"golang.org/x/sys/unix"
 )
 
@@ -172,6 +174,20 @@ func zoneName(index uint32) string {
 }
 
 func (c *fdConn) Read(b []byte) (int, error) {
+	for {
+		n, err := c.readNow(b)
+		if err != unix.EAGAIN {
+			return n, err
+		}
+		if err := c.wait(0); err != nil {
+			return 0, c.opError("read", err)
+		}
+	}
+}
+
+// readNow is Read without waiting: it returns unix.EAGAIN, bare, when
+// nothing has arrived.
+func (c *fdConn) readNow(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
@@ -185,9 +201,7 @@ func (c *fdConn) Read(b []byte) (int, error) {
 		switch {
 		case err == unix.EINTR:
 		case err == unix.EAGAIN:
-			if err := c.wait(0); err != nil {
-				return 0, c.opError("read", err)
-			}
+			return 0, err
 		case err != nil:
 			return 0, c.opError("read", os.NewSyscallError("read", err))
 		case n == 0:
@@ -440,5 +454,81 @@ func notify(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
 	default:
+	}
+}
+
+// connectReadAhead is how much readConnect takes from a bare socket in
+// its first read. A CONNECT with a token nearly always fits, so that the
+// packet costs one read(2) rather than packets.ReadConnect's two.
+const connectReadAhead = 1024
+
+// readConnect reads the client's CONNECT as packets.ReadConnect does and
+// returns with it what it read past the packet, which is for the broker
+// once the client is authenticated, and for nobody otherwise.
+func readConnect(c net.Conn, maxSize int) (*packets.Connect, []byte, error) {
+	fc, ok := c.(*fdConn)
+	if !ok { // a wrapper keeps what it read ahead itself (see bareClient)
+		pk, err := packets.ReadConnect(c, maxSize)
+		return pk, nil, err
+	}
+	r := &connectReader{c: fc}
+	for {
+		r.store = readAheads.Get().(*[connectReadAhead]byte)
+		n, err := fc.readNow(r.store[:])
+		if err != unix.EAGAIN {
+			r.buf, r.err = r.store[:n], err
+			break
+		}
+		// A client that is yet to send holds no buffer while it waits.
+		readAheads.Put(r.store)
+		if err := fc.wait(0); err != nil {
+			return nil, nil, fmt.Errorf("packets: read first packet: %w", fc.opError("read", err))
+		}
+	}
+	pk, err := packets.ReadConnect(r, maxSize)
+	var past []byte
+	if err == nil && len(r.buf) > 0 {
+		past = append([]byte(nil), r.buf...)
+	}
+	r.release()
+	return pk, past, err
+}
+
+// readAheads are readConnect's buffers, each held from the first bytes of
+// a CONNECT until ReadConnect has had them.
+var readAheads = sync.Pool{New: func() any { return new([connectReadAhead]byte) }}
+
+// connectReader serves packets.ReadConnect what readConnect's first read
+// took, then reads the socket itself, in the exact sizes ReadConnect asks
+// for, so that nothing past a larger CONNECT is read. A client trickling
+// a large CONNECT holds no buffer of its own meanwhile.
+type connectReader struct {
+	c     *fdConn
+	store *[connectReadAhead]byte // nil once released
+	buf   []byte                  // what ReadConnect has not had of the first read
+	err   error                   // the first read's
+}
+
+func (r *connectReader) Read(p []byte) (int, error) {
+	switch {
+	case len(r.buf) > 0:
+		n := copy(p, r.buf)
+		r.buf = r.buf[n:]
+		if len(r.buf) == 0 {
+			r.release()
+		}
+		return n, nil
+	case r.err != nil:
+		return 0, r.err
+	}
+	return r.c.Read(p)
+}
+
+// release returns the buffer to the pool, without the token it held.
+func (r *connectReader) release() {
+	if r.store != nil {
+		clear(r.store[:])
+		readAheads.Put(r.store)
+		r.store, r.buf = nil, nil
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"time"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 )
 
 // The epoll relay is Linux-only; elsewhere each connection copies with two
@@ -33,4 +35,10 @@ func socketOf(net.Conn) (int32, bool) { return -1, false }
 
 func (ws *watchers) startRelay(client, upstream net.Conn, halfClose time.Duration, done func(fromClient, toClient int64)) (*relay, bool) {
 	return nil, false
+}
+
+// readConnect reads the client's CONNECT; it reads nothing past it.
+func readConnect(c net.Conn, maxSize int) (*packets.Connect, []byte, error) {
+	pk, err := packets.ReadConnect(c, maxSize)
+	return pk, nil, err
 }
