@@ -5,11 +5,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"math"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
@@ -25,86 +29,117 @@ const maxJSONDepth = 32
 // some 146 billion years: every real date fits.
 const maxNumericDateSeconds = 1 << 62
 
-// errDuplicateKey marks a JSON object naming a member twice. Decoders
-// disagree on which value wins, so such a token means different things to
-// the issuer and to us: it is refused, not interpreted.
-var errDuplicateKey = errors.New("an object names a key twice")
+// jsonDecoder is a decoder with the reader it reads from, kept together
+// so that decoding reuses both.
+type jsonDecoder struct {
+	dec *jsontext.Decoder
+	src bytes.Reader
+}
+
+// jsonDecoders keeps decoders for reuse: a decoder's buffers cost more to
+// allocate than the header and claims of a token take to decode.
+var jsonDecoders = sync.Pool{New: func() any {
+	d := new(jsonDecoder)
+	d.dec = jsontext.NewDecoder(&d.src)
+	return d
+}}
 
 // decodeJSONObject decodes one JSON object and nothing after it. Numbers
-// stay json.Number so that large integers keep their precision; a key
-// given twice, at any depth, is an error.
+// stay json.Number so that large integers keep their precision. The
+// decoder is strict where decoders disagree, so that a token cannot mean
+// one thing to its issuer and another here: a key given twice in an
+// object (the same after unescaping, at any depth), invalid UTF-8 and
+// anything but whitespace after the object are errors.
 func decodeJSONObject(data []byte) (map[string]any, error) {
-	keys, depth := scanJSON(data)
-	if depth > maxJSONDepth {
-		return nil, fmt.Errorf("nested deeper than %d levels", maxJSONDepth)
+	d := jsonDecoders.Get().(*jsonDecoder)
+	defer func() {
+		d.src.Reset(nil) // a pooled decoder keeps no token
+		jsonDecoders.Put(d)
+	}()
+	d.src.Reset(data)
+	dec := d.dec
+	dec.Reset(&d.src)
+	if kind := dec.PeekKind(); kind != '{' {
+		if _, err := dec.ReadToken(); err == io.EOF {
+			return nil, errors.New("empty, not a JSON object")
+		} else if err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("a JSON %s, not an object", jsonKindName(kind))
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	var obj map[string]any
-	if err := dec.Decode(&obj); err != nil {
+	v, err := decodeJSONValue(dec)
+	if err != nil {
 		return nil, err
 	}
-	if obj == nil {
-		return nil, errors.New("null is not a JSON object")
-	}
-	if len(bytes.TrimLeft(data[dec.InputOffset():], " \t\r\n")) > 0 {
+	if _, err := dec.ReadToken(); err != io.EOF {
 		return nil, errors.New("data after the JSON object")
 	}
-	// The decoder keeps one value per key, so a duplicate shows as fewer
-	// keys decoded than written.
-	if decodedKeys(obj) != keys {
-		return nil, errDuplicateKey
-	}
-	return obj, nil
+	return v.(map[string]any), nil
 }
 
-// scanJSON counts the object keys of data (the strings followed by a
-// colon) and its deepest nesting, without allocating. It does not validate:
-// the decoder does.
-func scanJSON(data []byte) (keys, maxDepth int) {
-	depth := 0
-	for i := 0; i < len(data); i++ {
-		switch data[i] {
-		case '{', '[':
-			depth++
-			maxDepth = max(maxDepth, depth)
-		case '}', ']':
-			depth--
-		case '"':
-			for i++; i < len(data) && data[i] != '"'; i++ {
-				if data[i] == '\\' {
-					i++ // the escaped byte cannot end the string
+// decodeJSONValue decodes the value dec is at, refusing nesting deeper
+// than maxJSONDepth.
+func decodeJSONValue(dec *jsontext.Decoder) (any, error) {
+	tok, err := dec.ReadToken()
+	if err != nil {
+		return nil, err
+	}
+	switch kind := tok.Kind(); kind {
+	case '{', '[':
+		if dec.StackDepth() > maxJSONDepth {
+			return nil, fmt.Errorf("nested deeper than %d levels", maxJSONDepth)
+		}
+		if kind == '[' {
+			arr := []any{}
+			for dec.PeekKind() != ']' {
+				v, err := decodeJSONValue(dec)
+				if err != nil {
+					return nil, err
 				}
+				arr = append(arr, v)
 			}
-			j := i + 1
-			for j < len(data) && isJSONSpace(data[j]) {
-				j++
-			}
-			if j < len(data) && data[j] == ':' {
-				keys++
-			}
+			_, err := dec.ReadToken()
+			return arr, err
 		}
+		obj := make(map[string]any)
+		for dec.PeekKind() != '}' {
+			name, err := dec.ReadToken()
+			if err != nil {
+				return nil, err
+			}
+			key := name.String() // before the next read voids name
+			v, err := decodeJSONValue(dec)
+			if err != nil {
+				return nil, err
+			}
+			obj[key] = v
+		}
+		_, err := dec.ReadToken()
+		return obj, err
+	case '"':
+		return tok.String(), nil
+	case '0':
+		return json.Number(tok.String()), nil // the number as written
+	case 't', 'f':
+		return tok.Bool(), nil
+	default: // 'n'
+		return nil, nil
 	}
-	return keys, maxDepth
 }
 
-func isJSONSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
-
-// decodedKeys counts the keys of the objects in v, nested ones included.
-func decodedKeys(v any) int {
-	n := 0
-	switch v := v.(type) {
-	case map[string]any:
-		n += len(v)
-		for _, e := range v {
-			n += decodedKeys(e)
-		}
-	case []any:
-		for _, e := range v {
-			n += decodedKeys(e)
-		}
+// jsonKindName names a JSON kind for an error.
+func jsonKindName(kind jsontext.Kind) string {
+	switch kind {
+	case '[':
+		return "array"
+	case '"':
+		return "string"
+	case '0':
+		return "number"
+	case 't', 'f':
+		return "boolean"
 	}
-	return n
+	return "null"
 }
 
 // claimRules are an authenticator's checks on a token's claims.
