@@ -84,23 +84,23 @@ func decodeJSONValue(dec *jsontext.Decoder) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	switch kind := tok.Kind(); kind {
-	case '{', '[':
-		if dec.StackDepth() > maxJSONDepth {
-			return nil, fmt.Errorf("nested deeper than %d levels", maxJSONDepth)
-		}
-		if kind == '[' {
-			arr := []any{}
-			for dec.PeekKind() != ']' {
-				v, err := decodeJSONValue(dec)
-				if err != nil {
-					return nil, err
-				}
-				arr = append(arr, v)
+	kind := tok.Kind()
+	if (kind == '{' || kind == '[') && dec.StackDepth() > maxJSONDepth {
+		return nil, fmt.Errorf("nested deeper than %d levels", maxJSONDepth)
+	}
+	switch kind {
+	case '[':
+		arr := []any{}
+		for dec.PeekKind() != ']' {
+			v, err := decodeJSONValue(dec)
+			if err != nil {
+				return nil, err
 			}
-			_, err := dec.ReadToken()
-			return arr, err
+			arr = append(arr, v)
 		}
+		_, err := dec.ReadToken()
+		return arr, err
+	case '{':
 		obj := make(map[string]any)
 		for dec.PeekKind() != '}' {
 			name, err := dec.ReadToken()
