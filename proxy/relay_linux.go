@@ -533,7 +533,7 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 	case f.state == flowEnded || r.aborted:
 		return
 	}
-	for {
+	for full := 0; ; {
 		n, err := rawRead(int(f.srcFD), buf)
 		switch {
 		case err == unix.EINTR:
@@ -561,8 +561,11 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 		case err != nil:
 			r.finishLocked(i, false)
 			return
+		case n == len(buf) && full < watcherFullReads:
+			full++
 		case n == len(buf):
-			// Probably more queued: bulk traffic leaves the watcher.
+			// Still more queued: bulk traffic leaves the watcher, so that
+			// one flow cannot hold up the others it serves.
 			f.state = flowMoving
 			go r.move(i, nil, 0)
 			return
@@ -573,6 +576,13 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 		}
 	}
 }
+
+// watcherFullReads is how many full buffers (256 KiB) a flow moves on the
+// watcher in one wake-up before it leaves for a goroutine and splice(2). A
+// burst of a few messages costs less copied than a goroutine's hand-over:
+// 4 KiB messages at saturation went through 1.10 to 1.14 times as fast as
+// when the first full buffer handed over; 4 full buffers gave 1.04.
+const watcherFullReads = 16
 
 // move runs on its own goroutine for flow i: it writes the carried bytes
 // (*bp)[:n], if any, waiting for the destination as long as it takes, then
