@@ -564,7 +564,7 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 		case n == len(buf) && full < watcherFullReads:
 			full++
 		case n == len(buf):
-			// Still more queued: bulk traffic leaves the watcher, so that
+			// Probably more queued still: bulk traffic leaves the watcher, so that
 			// one flow cannot hold up the others it serves.
 			f.state = flowMoving
 			go r.move(i, nil, 0)
