@@ -44,8 +44,10 @@ type tokenSource struct {
 func newTokenSource(o tokenOptions) (*tokenSource, error) {
 	s := &tokenSource{invalid: o.Invalid}
 	switch {
-	case o.File != "" && (o.Alg != "" || o.Secret != "" || o.KeyFile != ""):
-		return nil, fmt.Errorf("-tokens reads tokens from a file; it does not go with -alg, -secret or -key")
+	// -alg alone mints nothing (it has a default), so only a secret or a
+	// key conflicts with a file.
+	case o.File != "" && (o.Secret != "" || o.KeyFile != ""):
+		return nil, fmt.Errorf("-tokens reads tokens from a file; it does not go with -secret or -key")
 	case o.File != "":
 		data, err := os.ReadFile(o.File)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,6 +121,42 @@ func TestTokenSources(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTokensFlag reads tokens from a file as a user asks for them on the
+// command line, where -alg has its default.
+func TestTokensFlag(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "tokens")
+	if err := os.WriteFile(file, []byte("aaa.bbb.ccc\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args    []string
+		wantErr string // "" when the file's token must be handed out
+	}{
+		{[]string{"-tokens", file}, ""},
+		{[]string{"-tokens", file, "-alg", "RS256"}, ""},
+		{[]string{"-tokens", file, "-secret", "s"}, "does not go with -secret or -key"},
+		{[]string{"-tokens", file, "-key", "k.pem"}, "does not go with -secret or -key"},
+	} {
+		var o options
+		if err := o.parse(newFlagSet("connect", &o, io.Discard, time.Second), tc.args); err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		source, err := newTokenSource(o.Tokens)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%q: got %v, want an error containing %q", tc.args, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		if got, err := source.token(); string(got) != "aaa.bbb.ccc" || err != nil {
+			t.Errorf("%q: token %q, %v; want the file's", tc.args, got, err)
+		}
 	}
 }
 
