@@ -117,3 +117,30 @@ func TestLoadNamesTheFile(t *testing.T) {
 		t.Fatalf("Load error = %v, want the path and line", err)
 	}
 }
+
+func TestUpstreamThatIsAListenerRefused(t *testing.T) {
+	for _, tc := range []struct {
+		bind, upstream string
+		loops          bool
+	}{
+		{"127.0.0.1:1883", "127.0.0.1:1883", true},
+		{"0.0.0.0:8883", "127.0.0.1:8883", true},
+		{":1883", "localhost:1883", true},
+		{"[::]:1883", "127.0.0.1:1883", true},
+		{"[::1]:1883", "localhost:1883", true},
+		{"127.0.0.1:1883", "0.0.0.0:1883", true},
+		{"127.0.0.1:1883", ":1883", true},
+		{"[::ffff:127.0.0.1]:1883", "127.0.0.1:1883", true},
+		{"0.0.0.0:8883", "127.0.0.1:8884", false},
+		{"127.0.0.1:1883", "127.0.0.2:1883", false},
+		{"0.0.0.0:1883", "[::1]:1883", false}, // an IPv4 listener does not take IPv6
+		{"0.0.0.0:1883", "10.1.2.3:1883", false},
+		{"0.0.0.0:1883", "broker.internal:1883", false},
+	} {
+		yaml := strings.Replace(strings.Replace(minimal, `"127.0.0.1:1883"`, `"`+tc.bind+`"`, 1), `"127.0.0.1:1884"`, `"`+tc.upstream+`"`, 1)
+		_, err := Parse([]byte(yaml))
+		if loops := err != nil && strings.Contains(err.Error(), "would connect to itself"); loops != tc.loops {
+			t.Errorf("listener %s, upstream %s: error %v; want a refusal: %v", tc.bind, tc.upstream, err, tc.loops)
+		}
+	}
+}

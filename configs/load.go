@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -150,6 +151,13 @@ func (f *File) Validate() error {
 		if _, _, err := net.SplitHostPort(u); err != nil {
 			bad("upstream.address: %q is not host:port: %v", u, err)
 		}
+		for i, l := range f.Listeners {
+			if dialsListener(u, l.Bind) {
+				// Each accepted client would dial the proxy again, with
+				// the same token, until descriptors run out.
+				bad("upstream.address: %q is listeners[%d] (%q): the proxy would connect to itself", u, i, l.Bind)
+			}
+		}
 	}
 
 	if len(f.Authentication) == 0 {
@@ -253,6 +261,53 @@ func (a Authenticator) validate(at string) []error {
 // documentation.
 func (a Authenticator) UsesExampleSecret() bool {
 	return a.Algorithm == "hmac-based" && !a.SecretBase64Encoded && oneOf(a.Secret, ExampleSecrets...)
+}
+
+// dialsListener reports whether connecting to upstream reaches a socket
+// bound to bind on this host, as far as the addresses alone tell: the same
+// port, and the same address, or an upstream on loopback (or unspecified,
+// which connects to loopback) where the listener binds every address.
+// Host names other than localhost are not resolved.
+func dialsListener(upstream, bind string) bool {
+	uhost, uport, err := net.SplitHostPort(upstream)
+	if err != nil {
+		return false
+	}
+	lhost, lport, err := net.SplitHostPort(bind)
+	if err != nil || uport != lport {
+		return false
+	}
+	uaddrs := hostAddrs(uhost)
+	if len(uaddrs) == 1 && uaddrs[0].IsUnspecified() {
+		uaddrs = hostAddrs("localhost")
+	}
+	for _, u := range uaddrs {
+		for _, l := range hostAddrs(lhost) {
+			switch {
+			case l == u,
+				l == netip.IPv6Unspecified() && u.IsLoopback(), // "::" takes IPv4 too
+				l == netip.IPv4Unspecified() && u.Is4() && u.IsLoopback():
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hostAddrs is what a host in a configured address stands for: an empty
+// host is every address, localhost is loopback.
+func hostAddrs(host string) []netip.Addr {
+	switch host {
+	case "":
+		return []netip.Addr{netip.IPv6Unspecified()}
+	case "localhost":
+		return []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()}
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return nil
+	}
+	return []netip.Addr{a.Unmap()}
 }
 
 func oneOf(v string, allowed ...string) bool { return slices.Contains(allowed, v) }
