@@ -41,10 +41,16 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		yaml string
 		want []string // every one must appear in the error
 	}{
-		{"unknown key", minimal + "bogus: 1\n", []string{"line 10", "bogus"}},
-		{"unknown nested key", strings.Replace(minimal, "bind:", "bindd:", 1), []string{"line 3", "bindd"}},
-		{"wrong type", minimal + "limits:\n  max_connect_size: lots\n", []string{"line 11", "lots"}},
-		{"bare number duration", minimal + "limits:\n  connect_timeout: 10\n", []string{"line 11", "with a unit"}},
+		{"unknown key", minimal + "bogus: 1\n", []string{"bogus: unknown key (line 10)"}},
+		{"unknown nested key", strings.Replace(minimal, "bind:", "bindd:", 1), []string{"listeners[0].bindd: unknown key (line 3)"}},
+		{"wrong type", minimal + "limits:\n  max_connect_size: lots\n", []string{"limits.max_connect_size: `lots` is not a number (line 11)"}},
+		{"bare number duration", minimal + "limits:\n  connect_timeout: 10\n", []string{"limits.connect_timeout: `10` is not a duration", "with a unit", "(line 11)"}},
+		{"negative duration", minimal + "shutdown: {drain_timeout: -1s}\n", []string{"shutdown.drain_timeout: `-1s` is negative (line 10)"}},
+		{"every decoding problem at once", minimal + "limits: {max_connections: 5, connect_timeout: 3, max_connect_size: [1]}\nlog: {levell: info}\n",
+			[]string{"limits.connect_timeout: `3` is not a duration", "limits.max_connect_size: a list is not a number (line 10)", "log.levell: unknown key (line 11)"}},
+		{"flow mapping on one line", "listeners: [{bind: ':1883', port: 1}]\n", []string{"listeners[0].port: unknown key (line 1)"}},
+		{"secret and other problems", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret_env: MQTT_JWT_PROXY_TEST_UNSET", 1) + "log: {level: loud}\n",
+			[]string{"MQTT_JWT_PROXY_TEST_UNSET is not set", "log.level"}},
 		{"empty", "", []string{"empty"}},
 		{"nothing required", "log: {level: info}\n", []string{"listeners:", "upstream.address: required", "authentication: at least one"}},
 		{"bad enums", strings.Replace(minimal, "mechanism: jwt", "mechanism: jwt\n    from: clientid\n    on_missing_jwt: maybe", 1) + "log: {level: loud, format: xml}\n",

@@ -16,7 +16,7 @@ func TestParseForward(t *testing.T) {
 		{"every field", minimal + "forward:\n  password: strip\n  username: \"${claims.tenant}\"\n  client_id: \"${claims.sub}\"\n",
 			Forward{Password: ForwardStrip, Username: "${claims.tenant}", ClientID: "${claims.sub}"}, ""},
 		{"literal password", minimal + "forward: {password: broker-pass}\n", Forward{Password: "broker-pass"}, ""},
-		{"unknown key", minimal + "forward: {clientid: x}\n", Forward{}, "field clientid not found"},
+		{"unknown key", minimal + "forward: {clientid: x}\n", Forward{}, "forward.clientid: unknown key"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -48,21 +49,136 @@ func parse(data []byte, dir string) (*File, error) {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("the file is empty")
 		}
+		if te, ok := err.(*yaml.TypeError); ok {
+			return nil, keyedErrors(data, te)
+		}
 		return nil, err
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, errors.New("the file holds more than one YAML document")
 	}
-	if err := f.resolveSecrets(); err != nil {
-		return nil, err
-	}
+	secretErr := f.resolveSecrets()
 	f.fillNames()
 	f.resolveTransportPaths(dir)
-	if err := f.Validate(); err != nil {
+	if err := errors.Join(secretErr, f.Validate()); err != nil {
 		return nil, err
 	}
 	return &f, nil
+}
+
+// keyedErrors rewrites the problems a YAML decoder lists by line
+// ("line 11: cannot unmarshal !!str `lots` into int") as Validate writes
+// them, naming the key ("limits.max_connect_size: `lots` is not a number
+// (line 11)"), so that one run reports every problem the decoder found.
+func keyedErrors(data []byte, te *yaml.TypeError) error {
+	var root yaml.Node
+	yaml.Unmarshal(data, &root) // it decoded as far as te's problems
+	var errs []error
+	for _, msg := range te.Errors {
+		var line int
+		if _, err := fmt.Sscanf(msg, "line %d: ", &line); err != nil {
+			errs = append(errs, errors.New(msg))
+			continue
+		}
+		problem := msg[strings.Index(msg, ": ")+2:]
+		// Which key on the line the problem is at, as far as it tells.
+		at := func(k, v *yaml.Node) bool { return true }
+		if m := unknownField.FindStringSubmatch(problem); m != nil {
+			problem = "unknown key"
+			at = func(k, v *yaml.Node) bool { return k.Value == m[1] }
+		} else if m := wrongType.FindStringSubmatch(problem); m != nil {
+			problem = wrongTypeProblem(m[1], m[2], m[3])
+			at = func(k, v *yaml.Node) bool {
+				switch m[1] {
+				case "seq":
+					return v.Kind == yaml.SequenceNode
+				case "map":
+					return v.Kind == yaml.MappingNode
+				}
+				return v.Kind == yaml.ScalarNode && strings.HasPrefix(v.Value, strings.TrimSuffix(m[2], "..."))
+			}
+		} else if m := quotedValue.FindStringSubmatch(problem); m != nil {
+			at = func(k, v *yaml.Node) bool { return v.Value == m[1] }
+		}
+		if key := keyAt(&root, line, at); key != "" {
+			errs = append(errs, fmt.Errorf("%s: %s (line %d)", key, problem, line))
+		} else {
+			errs = append(errs, fmt.Errorf("line %d: %s", line, problem))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// The two problems yaml.v3 reports by line, and the value that a
+// problem of the schema's own types (Duration) starts with.
+var (
+	unknownField = regexp.MustCompile(`^field (\S+) not found in type \S+$`)
+	wrongType    = regexp.MustCompile("^cannot unmarshal !!(\\w+)(?: `(.*)`)? into (\\S+)$")
+	quotedValue  = regexp.MustCompile("^`([^`]*)` ")
+)
+
+// wrongTypeProblem says what was wanted, in YAML's terms rather than Go's.
+func wrongTypeProblem(tag, value, goType string) string {
+	want := "a " + goType
+	switch {
+	case strings.HasPrefix(goType, "int"), strings.HasPrefix(goType, "uint"), strings.HasPrefix(goType, "float"):
+		want = "a number"
+	case goType == "bool":
+		want = "true or false"
+	case goType == "string":
+		want = "a string"
+	case strings.HasPrefix(goType, "[]"):
+		want = "a list"
+	case strings.HasPrefix(goType, "map["), strings.HasPrefix(goType, "configs."), strings.HasPrefix(goType, "*configs."):
+		want = "a mapping of keys"
+	}
+	if value != "" {
+		return fmt.Sprintf("`%s` is not %s", value, want)
+	}
+	return fmt.Sprintf("a %s is not %s", map[string]string{"seq": "list", "map": "mapping"}[tag], want)
+}
+
+// keyAt is the path ("listeners[0].bind") of the first key on line for
+// which at is true of it and its value, else of the first key on line; ""
+// when no key is on line.
+func keyAt(root *yaml.Node, line int, at func(k, v *yaml.Node) bool) string {
+	var found, first string
+	var walk func(n *yaml.Node, path string)
+	walk = func(n *yaml.Node, path string) {
+		switch n.Kind {
+		case yaml.DocumentNode:
+			for _, c := range n.Content {
+				walk(c, path)
+			}
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				p := k.Value
+				if path != "" {
+					p = path + "." + k.Value
+				}
+				if k.Line == line || v.Line == line {
+					if first == "" {
+						first = p
+					}
+					if found == "" && at(k, v) {
+						found = p
+					}
+				}
+				walk(v, p)
+			}
+		case yaml.SequenceNode:
+			for i, c := range n.Content {
+				walk(c, fmt.Sprintf("%s[%d]", path, i))
+			}
+		}
+	}
+	walk(root, "")
+	if found == "" {
+		return first
+	}
+	return found
 }
 
 func (f *File) resolveSecrets() error {
@@ -236,7 +352,7 @@ func (a Authenticator) validate(at string) []error {
 	}
 	switch a.Algorithm {
 	case "hmac-based":
-		if a.Secret == "" {
+		if a.Secret == "" && a.SecretEnv == "" && a.SecretFile == "" { // a failed secret_env or secret_file was reported already
 			bad("secret: required with algorithm: hmac-based (or secret_env, secret_file)")
 		}
 		if a.PublicKey != "" {

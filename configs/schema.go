@@ -202,15 +202,20 @@ type Duration time.Duration
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	// A *yaml.TypeError lets the decoder go on and report the file's
+	// other problems with this one.
+	problem := func(format string, args ...any) error {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: ", n.Line) + fmt.Sprintf(format, args...)}}
+	}
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: expected a duration such as \"10s\"", n.Line)
+		return problem("expected a duration such as \"10s\"")
 	}
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration: write it with a unit, such as \"10s\" or \"5m\"", n.Line, n.Value)
+		return problem("`%s` is not a duration: write it with a unit, such as \"10s\" or \"5m\"", n.Value)
 	}
 	if v < 0 {
-		return fmt.Errorf("line %d: duration %q is negative", n.Line, n.Value)
+		return problem("`%s` is negative", n.Value)
 	}
 	*d = Duration(v)
 	return nil

@@ -46,7 +46,7 @@ func TestCheckExampleConfigs(t *testing.T) {
 func TestCheckReportsErrors(t *testing.T) {
 	dir := t.TempDir()
 	cases := map[string]struct{ yaml, want string }{
-		"unknown key": {"listeners: [{bind: ':1883', port: 1}]\n", "field port not found"},
+		"unknown key": {"listeners: [{bind: ':1883', port: 1}]\n", "listeners[0].port: unknown key"},
 		"bad base64": {`listeners: [{bind: ":1883"}]
 upstream: {address: "127.0.0.1:1884"}
 authentication:
