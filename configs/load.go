@@ -37,8 +37,8 @@ func Load(path string) (*File, error) {
 
 // Parse decodes YAML strictly (unknown keys and wrong types are errors),
 // resolves secret_env and secret_file into secret, fills in names, and
-// validates the result. Relative TLS file paths stay relative to the
-// working directory; Load takes them from the file's directory.
+// validates the result. Relative file paths stay relative to the working
+// directory; Load takes them from the file's directory.
 func Parse(data []byte) (*File, error) { return parse(data, "") }
 
 func parse(data []byte, dir string) (*File, error) {
@@ -58,9 +58,9 @@ func parse(data []byte, dir string) (*File, error) {
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, errors.New("the file holds more than one YAML document")
 	}
+	f.resolvePaths(dir)
 	secretErr := f.resolveSecrets()
 	f.fillNames()
-	f.resolveTransportPaths(dir)
 	if err := errors.Join(secretErr, f.Validate()); err != nil {
 		return nil, err
 	}

@@ -131,16 +131,25 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return prefix.Masked(), nil
 }
 
-// resolveTransportPaths makes the TLS file paths that are relative
-// absolute, taking them from dir (the configuration file's directory), so
-// that a configuration and its certificates can move together.
-func (f *File) resolveTransportPaths(dir string) {
+// resolvePaths makes the file paths that are relative absolute, taking
+// them from dir (the configuration file's directory), so that a
+// configuration and its keys and certificates can move together and the
+// proxy finds them whatever directory it runs from: TLS files, secret_file
+// and public_key (when it is a path rather than PEM text).
+func (f *File) resolvePaths(dir string) {
 	if dir == "" {
 		return
 	}
 	resolve := func(p *string) {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
+		}
+	}
+	resolveTLS := func(t *TLSClient) {
+		if t != nil {
+			resolve(&t.CAFile)
+			resolve(&t.CertFile)
+			resolve(&t.KeyFile)
 		}
 	}
 	for i := range f.Listeners {
@@ -150,10 +159,14 @@ func (f *File) resolveTransportPaths(dir string) {
 			resolve(&t.ClientCAFile)
 		}
 	}
-	if t := f.Upstream.TLS; t != nil {
-		resolve(&t.CAFile)
-		resolve(&t.CertFile)
-		resolve(&t.KeyFile)
+	resolveTLS(f.Upstream.TLS)
+	for i := range f.Authentication {
+		a := &f.Authentication[i]
+		resolveTLS(a.SSL)
+		resolve(&a.SecretFile)
+		if !strings.Contains(a.PublicKey, "-----BEGIN") {
+			resolve(&a.PublicKey)
+		}
 	}
 }
 

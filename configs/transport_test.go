@@ -92,3 +92,47 @@ func TestLoadResolvesCertificatePaths(t *testing.T) {
 		t.Error("Parse found certs/ relative to the working directory, where there is none")
 	}
 }
+
+// TestLoadResolvesKeyPaths: secret_file, a public_key path and the JWKS
+// fetch's ssl files are taken from the configuration file's directory too;
+// a public_key of PEM text is left as it is.
+func TestLoadResolvesKeyPaths(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "keys", "secret"), []byte("from-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const pemText = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+	config := `
+listeners: [{bind: "127.0.0.1:1883"}]
+upstream: {address: "127.0.0.1:1884"}
+authentication:
+  - {mechanism: jwt, algorithm: hmac-based, secret_file: keys/secret}
+  - {mechanism: jwt, algorithm: public-key, public_key: keys/public.pem}
+  - {mechanism: jwt, algorithm: public-key, public_key: "` + strings.ReplaceAll(pemText, "\n", `\n`) + `"}
+  - {mechanism: jwt, use_jwks: true, endpoint: "https://idp.example/jwks", ssl: {ca_file: keys/ca.pem}}
+`
+	path := filepath.Join(dir, "proxy.yaml")
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := f.Authentication
+	if a[0].Secret != "from-file" {
+		t.Errorf("secret from keys/secret = %q, want from-file", a[0].Secret)
+	}
+	if got, want := a[1].PublicKey, filepath.Join(dir, "keys", "public.pem"); got != want {
+		t.Errorf("public_key = %q, want %q", got, want)
+	}
+	if a[2].PublicKey != pemText {
+		t.Errorf("public_key PEM text became %q", a[2].PublicKey)
+	}
+	if got, want := a[3].SSL.CAFile, filepath.Join(dir, "keys", "ca.pem"); got != want {
+		t.Errorf("ssl.ca_file = %q, want %q", got, want)
+	}
+}
