@@ -280,7 +280,7 @@ func newKeyProvider(cfg configs.Authenticator, o *options) (keyProvider, []jwa.S
 		}
 		return newStaticKeys(secret, hmacAlgorithms), hmacAlgorithms, nil
 	case cfg.Algorithm == "public-key":
-		key, algs, err := loadPublicKey(cfg.PublicKey)
+		key, algs, err := loadPublicKey(cfg)
 		if err != nil {
 			return nil, nil, err
 		}

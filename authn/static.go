@@ -93,13 +93,13 @@ func DecodeSecret(s string) ([]byte, error) {
 	return nil, err
 }
 
-// loadPublicKey returns the key of public_key, which is PEM text or else
-// the path of a PEM file, together with the algorithms it may verify.
-func loadPublicKey(value string) (any, []jwa.SignatureAlgorithm, error) {
-	pemBytes := []byte(value)
-	if !strings.Contains(value, "-----BEGIN") {
+// loadPublicKey returns the key of cfg's public_key, which is PEM text or
+// else the path of a PEM file, together with the algorithms it may verify.
+func loadPublicKey(cfg configs.Authenticator) (any, []jwa.SignatureAlgorithm, error) {
+	pemBytes := []byte(cfg.PublicKey)
+	if !cfg.PublicKeyIsPEM() {
 		var err error
-		if pemBytes, err = os.ReadFile(value); err != nil {
+		if pemBytes, err = os.ReadFile(cfg.PublicKey); err != nil {
 			return nil, nil, fmt.Errorf("public_key: not PEM text, and not a readable file: %w", err)
 		}
 	}

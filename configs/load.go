@@ -373,6 +373,10 @@ func (a Authenticator) validate(at string) []error {
 	return errs
 }
 
+// PublicKeyIsPEM reports whether public_key holds the PEM text itself
+// rather than the path of a file.
+func (a Authenticator) PublicKeyIsPEM() bool { return strings.Contains(a.PublicKey, "-----BEGIN") }
+
 // UsesExampleSecret reports whether a's secret is one published in
 // documentation.
 func (a Authenticator) UsesExampleSecret() bool {

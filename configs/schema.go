@@ -103,7 +103,8 @@ type Authenticator struct {
 	// SecretBase64Encoded decodes Secret as base64 first.
 	SecretBase64Encoded bool `yaml:"secret_base64_encoded"`
 
-	// PublicKey is a PEM public key or certificate, or a path to a PEM file.
+	// PublicKey is a PEM public key or certificate, or a path to a PEM
+	// file (see PublicKeyIsPEM).
 	PublicKey string `yaml:"public_key"`
 	// SignatureFormat is how ECDSA signatures are encoded: "raw" (JWS r||s,
 	// the default) or "der" (ASN.1, as EMQX 4 produced by default).

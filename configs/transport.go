@@ -164,7 +164,7 @@ func (f *File) resolvePaths(dir string) {
 		a := &f.Authentication[i]
 		resolveTLS(a.SSL)
 		resolve(&a.SecretFile)
-		if !strings.Contains(a.PublicKey, "-----BEGIN") {
+		if !a.PublicKeyIsPEM() {
 			resolve(&a.PublicKey)
 		}
 	}
