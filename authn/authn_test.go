@@ -503,6 +503,9 @@ func TestRefuseError(t *testing.T) {
 			[]error{ErrNoAuthenticatorAccepted}, []error{ErrTokenMissing}},
 		{"reason wins over a wrapped reason", &RefuseError{Reason: ErrNoKey, Err: fmt.Errorf("%w: kid", ErrKeysUnavailable)},
 			ErrNoKey, "no_key: keys_unavailable: kid", []error{ErrNoKey, ErrKeysUnavailable}, nil},
+		{"detail that wraps the reason says it once", &RefuseError{Reason: ErrBadSignature, Authenticator: "jwt", Err: fmt.Errorf("%w: HMAC does not match", ErrBadSignature)},
+			ErrBadSignature, "jwt: bad_signature: HMAC does not match", []error{ErrBadSignature}, nil},
+		{"detail that is the reason", &RefuseError{Reason: ErrNoKey, Err: ErrNoKey}, ErrNoKey, "no_key", []error{ErrNoKey}, nil},
 		{"bare reason", fmt.Errorf("x: %w", ErrBadSignature), ErrBadSignature, "x: bad_signature", []error{ErrBadSignature}, nil},
 		{"other error", errors.New("boom"), "", "boom", nil, []error{ErrBadSignature}},
 	}

@@ -66,8 +66,12 @@ func (e *RefuseError) Error() string {
 	}
 	b.WriteString(string(e.Reason))
 	if e.Err != nil {
-		b.WriteString(": ")
-		b.WriteString(e.Err.Error())
+		// A detail that wraps the reason itself starts with it: say it once.
+		detail := strings.TrimPrefix(e.Err.Error(), string(e.Reason)+": ")
+		if detail != string(e.Reason) {
+			b.WriteString(": ")
+			b.WriteString(detail)
+		}
 	}
 	return b.String()
 }

@@ -200,7 +200,7 @@ func (f *File) resolveSecrets() error {
 		case a.SecretEnv != "":
 			v, ok := os.LookupEnv(a.SecretEnv)
 			if !ok || v == "" {
-				errs = append(errs, fmt.Errorf("%s.secret_env: environment variable %s is not set", at, a.SecretEnv))
+				errs = append(errs, fmt.Errorf("%s.secret_env: environment variable %s is not set or is empty", at, a.SecretEnv))
 				continue
 			}
 			a.Secret = v
