@@ -14,10 +14,13 @@
 package embedded
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"sync"
+	"syscall"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
@@ -45,7 +48,7 @@ func Start(log *slog.Logger) (*Broker, error) {
 		ln.Close()
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
-	if err := s.AddListener(listeners.NewNet("embedded", ln)); err != nil {
+	if err := s.AddListener(&listener{ln: ln}); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
@@ -61,3 +64,59 @@ func (b *Broker) Addr() string { return b.addr }
 
 // Close stops the broker and disconnects its clients.
 func (b *Broker) Close() error { return b.server.Close() }
+
+// listener serves the broker's clients on a net.Listener. It stands in for
+// mochi's listeners.Net, which logs the end of every connection, a client
+// that simply went away included, as a warning without a message.
+type listener struct {
+	ln    net.Listener
+	log   *slog.Logger
+	close sync.Once
+}
+
+func (l *listener) ID() string       { return "embedded" }
+func (l *listener) Address() string  { return l.ln.Addr().String() }
+func (l *listener) Protocol() string { return "tcp" }
+
+func (l *listener) Init(log *slog.Logger) error {
+	l.log = log
+	return nil
+}
+
+// Serve accepts until the listener is closed, running each client on its
+// own goroutine.
+func (l *listener) Serve(establish listeners.EstablishFn) {
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			err := establish(l.ID(), conn)
+			if wentAway(err) {
+				l.log.Debug("client connection ended", "remote", conn.RemoteAddr().String(), "error", err)
+				return
+			}
+			l.log.Warn("client connection failed", "remote", conn.RemoteAddr().String(), "error", err)
+		}()
+	}
+}
+
+// Close disconnects the listener's clients and stops accepting.
+func (l *listener) Close(closeClients listeners.CloseFn) {
+	l.close.Do(func() {
+		closeClients(l.ID())
+		l.ln.Close()
+	})
+}
+
+// wentAway reports whether a connection ended the ordinary way: a
+// DISCONNECT, or the client (here, the proxy relaying for it) closing or
+// resetting its side.
+func wentAway(err error) bool {
+	return err == nil ||
+		errors.Is(err, io.EOF) ||
+		errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) ||
+		errors.Is(err, mqtt.ErrConnectionClosed)
+}
