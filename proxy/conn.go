@@ -64,7 +64,7 @@ func (p *Proxy) serveConn(s *session) {
 	read := time.Now()
 	log.add(
 		zap.String("client_id", pk.ClientID),
-		zap.String("username", pk.Username),
+		zap.String("username", loggedUsername(pk.Username)),
 		zap.Uint8("protocol_version", pk.ProtocolVersion),
 	)
 
@@ -119,7 +119,7 @@ func (p *Proxy) serveConn(s *session) {
 	conn := &openConn{
 		remote:   remote,
 		clientID: pk.ClientID,
-		username: pk.Username,
+		username: loggedUsername(pk.Username),
 		version:  pk.ProtocolVersion,
 		start:    start,
 		rawLen:   int64(len(pk.Raw) + len(ahead)),

@@ -1,7 +1,13 @@
 package proxy
 
 import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,7 +16,10 @@ import (
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/embedded"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+	"go.uber.org/zap"
 )
 
 const e2eSecret = "e2e-secret-not-for-production"
@@ -149,5 +158,84 @@ func TestExpiryDisconnectsAndPublishesWill(t *testing.T) {
 	// exp has second precision: the close comes in the second before exp at the earliest.
 	if now := time.Now(); now.Before(exp.Truncate(time.Second)) {
 		t.Errorf("will published at %v, before the token's exp %v", now, exp)
+	}
+}
+
+// TestTokenInUsernameIsNotLogged: with from: username the user name is
+// the client's token. No log line holds it, whether the client is
+// accepted or refused; the lines name the client by the token's hash.
+func TestTokenInUsernameIsNotLogged(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	broker, err := embedded.Start(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { broker.Close() })
+	chain, err := authn.New([]configs.Authenticator{{Name: "jwt", Mechanism: "jwt", Algorithm: "hmac-based", Secret: e2eSecret, From: "username"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(chain.Close)
+	p := &Proxy{Upstream: broker.Addr(), Verifier: chain}
+	logs := observe(p)
+	addr := startProxy(t, p)
+
+	good := mint(t, e2eSecret, "dev-1", nil)
+	forged := mint(t, "not-the-secret", "dev-1", nil)
+	for _, tc := range []struct {
+		token   string
+		connack []byte
+	}{
+		{good, []byte{0x20, 0x02, 0x00, 0x00}},
+		{forged, []byte{0x20, 0x02, 0x00, 0x05}},
+	} {
+		pk := clientConnect(t, packets.ProtocolV311, func(c *packets.Connect) {
+			c.Username, c.PasswordFlag, c.Password = tc.token, false, nil
+			c.WillFlag, c.WillQoS, c.WillTopic, c.WillPayload = false, 0, "", nil
+		})
+		c := dial(t, addr)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write(pk.Raw); err != nil {
+			t.Fatal(err)
+		}
+		connack := make([]byte, 4)
+		if _, err := io.ReadFull(c, connack); err != nil || !bytes.Equal(connack, tc.connack) {
+			t.Fatalf("CONNACK %x, %v; want %x", connack, err, tc.connack)
+		}
+		c.Close()
+	}
+
+	hash := func(token string) string {
+		sum := sha256.Sum256([]byte(token))
+		return "jwt:" + hex.EncodeToString(sum[:6])
+	}
+	waitLog(t, logs, "connection closed", zap.String("username", hash(good)))
+	waitLog(t, logs, "authentication accepted", zap.String("username", hash(good)))
+	waitLog(t, logs, "authentication refused", zap.String("username", hash(forged)))
+	for _, e := range logs.All() {
+		line, _ := json.Marshal(map[string]any{"message": e.Message, "fields": e.ContextMap()})
+		for _, token := range []string{good, forged} {
+			signature := token[strings.LastIndexByte(token, '.')+1:]
+			if bytes.Contains(line, []byte(signature)) {
+				t.Errorf("a log line holds a token: %s", line)
+			}
+		}
+	}
+}
+
+func TestLoggedUsername(t *testing.T) {
+	token := mint(t, e2eSecret, "dev-1", nil)
+	sum := sha256.Sum256([]byte(token))
+	for _, tc := range []struct{ username, want string }{
+		{"", ""},
+		{"alice", "alice"},
+		{"alice@example.com", "alice@example.com"},
+		{"a.b.c", "a.b.c"},                                       // dots, but the first part is not JSON
+		{"eyJhbGciOiJIUzI1NiJ9.e30", "eyJhbGciOiJIUzI1NiJ9.e30"}, // one dot: not a JWS
+		{token, "jwt:" + hex.EncodeToString(sum[:6])},
+	} {
+		if got := loggedUsername(tc.username); got != tc.want {
+			t.Errorf("loggedUsername(%q) = %q, want %q", tc.username, got, tc.want)
+		}
 	}
 }

@@ -112,7 +112,7 @@ func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[st
 	}
 	if out.UsernameFlag != pk.UsernameFlag || out.Username != pk.Username {
 		rewritten = append(rewritten, "username")
-		fields = append(fields, zap.String("upstream_username", out.Username))
+		fields = append(fields, zap.String("upstream_username", loggedUsername(out.Username)))
 	}
 	if out.PasswordFlag != pk.PasswordFlag || !bytes.Equal(out.Password, pk.Password) {
 		rewritten = append(rewritten, "password")
