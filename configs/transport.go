@@ -78,6 +78,10 @@ type WebSocket struct {
 	// TokenQueryParam names the query parameter with TokenFrom: query.
 	// Zero means DefaultTokenQueryParam.
 	TokenQueryParam string `yaml:"token_query_param"`
+	// FailIfNoSubprotocol refuses, with 400 Bad Request, an upgrade that
+	// offers neither "mqtt" nor "mqttv3.1" (EMQX's option of the same
+	// name). False, the default, serves it without a subprotocol.
+	FailIfNoSubprotocol bool `yaml:"fail_if_no_subprotocol"`
 }
 
 // ProxyProtocol makes a listener read a PROXY protocol header (v1 or v2)

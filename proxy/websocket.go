@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -64,6 +65,11 @@ type WebSocketListener struct {
 	// TokenQueryParam, when set, takes a client's token from this query
 	// parameter of the upgrade request when its CONNECT has no password.
 	TokenQueryParam string
+	// RequireSubprotocol refuses, with 400 Bad Request, an upgrade that
+	// does not offer one of WebSocketSubprotocols. By default such an
+	// upgrade is served without a subprotocol, as EMQX does unless
+	// fail_if_no_subprotocol is set.
+	RequireSubprotocol bool
 	// HandshakeTimeout bounds reading the upgrade request (and the TLS
 	// handshake before it). Zero means DefaultConnectTimeout.
 	HandshakeTimeout time.Duration
@@ -176,12 +182,14 @@ func (l *WebSocketListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
+	if l.RequireSubprotocol && !offersMQTT(r) {
+		http.Error(w, "Bad Request: the upgrade offers no MQTT subprotocol (mqtt or mqttv3.1)", http.StatusBadRequest)
+		l.refused(r, errNoSubprotocol)
+		return
+	}
 	ws, err := l.upgrader.Upgrade(w, r, nil)
 	if err != nil {
-		// The upgrader has answered with the HTTP error.
-		if l.Logger != nil {
-			l.Logger.Debug("WebSocket upgrade refused", zap.String("remote", r.RemoteAddr), zap.String("origin", r.Header.Get("Origin")), zap.Error(err))
-		}
+		l.refused(r, err) // the upgrader has answered with the HTTP error
 		return
 	}
 	c := &wsConn{ws: ws, tls: r.TLS, token: l.token(r)}
@@ -189,6 +197,26 @@ func (l *WebSocketListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case l.ready <- c:
 	case <-l.done:
 		c.Close()
+	}
+}
+
+var errNoSubprotocol = errors.New("proxy: WebSocket upgrade offers no MQTT subprotocol")
+
+// offersMQTT reports whether the upgrade request offers one of
+// WebSocketSubprotocols.
+func offersMQTT(r *http.Request) bool {
+	for _, offered := range websocket.Subprotocols(r) {
+		if slices.Contains(WebSocketSubprotocols, offered) {
+			return true
+		}
+	}
+	return false
+}
+
+// refused logs an upgrade that was answered with an HTTP error.
+func (l *WebSocketListener) refused(r *http.Request, err error) {
+	if l.Logger != nil {
+		l.Logger.Debug("WebSocket upgrade refused", zap.String("remote", r.RemoteAddr), zap.String("origin", r.Header.Get("Origin")), zap.Error(err))
 	}
 }
 

@@ -292,3 +292,48 @@ func TestWebSocketUpgrade(t *testing.T) {
 		})
 	}
 }
+
+// TestWebSocketSubprotocol: an upgrade that offers mqtt or mqttv3.1 gets
+// it; one that offers neither is served without a subprotocol, or refused
+// with 400 when RequireSubprotocol is set (fail_if_no_subprotocol).
+func TestWebSocketSubprotocol(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	for _, require := range []bool{false, true} {
+		p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
+		logs := observe(p)
+		url := startWebSocketProxy(t, p, &WebSocketListener{RequireSubprotocol: require}, nil)
+		for _, tc := range []struct {
+			offered []string
+			want    string // the subprotocol agreed, or "refused"
+		}{
+			{[]string{"mqtt"}, "mqtt"},
+			{[]string{"mqttv3.1"}, "mqttv3.1"},
+			{[]string{"chat", "mqttv3.1", "mqtt"}, "mqtt"},
+			{nil, "refused"},
+			{[]string{"chat"}, "refused"},
+		} {
+			want := tc.want
+			if want == "refused" && !require {
+				want = ""
+			}
+			t.Run(fmt.Sprintf("require=%v/offered=%v", require, tc.offered), func(t *testing.T) {
+				ws, resp, err := (&websocket.Dialer{Subprotocols: tc.offered}).Dial(url, nil)
+				if want == "refused" {
+					if err == nil || resp == nil || resp.StatusCode != http.StatusBadRequest {
+						t.Fatalf("upgrade: %v, %v; want status 400", err, resp)
+					}
+					waitLog(t, logs, "WebSocket upgrade refused")
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer ws.Close()
+				if got := ws.Subprotocol(); got != want {
+					t.Errorf("subprotocol %q, want %q", got, want)
+				}
+			})
+		}
+	}
+}

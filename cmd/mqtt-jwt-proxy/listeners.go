@@ -85,6 +85,7 @@ func openListener(l configs.Listener, handshakeTimeout time.Duration, plain func
 			Path:                   w.Path,
 			AllowedOrigins:         w.AllowedOrigins,
 			TokenFromAuthorization: w.TokenFrom == configs.TokenFromAuthorization,
+			RequireSubprotocol:     w.FailIfNoSubprotocol,
 			HandshakeTimeout:       handshakeTimeout,
 			Logger:                 logger,
 		}

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -32,7 +33,7 @@ func TestServeEdgeListeners(t *testing.T) {
   - name: wss
     bind: "127.0.0.1:0"
     tls: {cert_file: ` + certs + `/server.pem, key_file: ` + certs + `/server.key}
-    websocket: {token_from: query}
+    websocket: {token_from: query, fail_if_no_subprotocol: true}
   - name: behind-lb
     bind: "127.0.0.1:0"
     proxy_protocol: {enabled: true, trusted_cidrs: ["127.0.0.1/32"]}
@@ -105,6 +106,17 @@ log: {format: json}
 		ws.SetReadDeadline(time.Now().Add(10 * time.Second))
 		if _, ack, err := ws.ReadMessage(); err != nil || string(ack) != string(accepted) {
 			t.Errorf("CONNACK %x (%v), want %x", ack, err, accepted)
+		}
+	})
+	t.Run("wss without the mqtt subprotocol", func(t *testing.T) {
+		u := url.URL{Scheme: "wss", Host: addrs["wss"], Path: "/mqtt", RawQuery: url.Values{"token": {seedToken}}.Encode()}
+		dialer := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "localhost"}}
+		ws, resp, err := dialer.Dial(u.String(), nil)
+		if err == nil {
+			ws.Close()
+		}
+		if resp == nil || resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("upgrade: %v, %v; want 400 with fail_if_no_subprotocol", err, resp)
 		}
 	})
 
