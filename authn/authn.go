@@ -135,20 +135,41 @@ type Chain struct {
 func New(auths []configs.Authenticator, opts ...Option) (*Chain, error) {
 	o := newOptions(opts)
 	c := &Chain{}
+	var errs []error // every authenticator's problems, so that check lists them all
 	for i, cfg := range auths {
 		if cfg.Name == "" {
 			cfg.Name = defaultName(i)
 		}
 		a, err := newAuthenticator(cfg, o)
 		if err != nil {
-			c.Close()
-			return nil, fmt.Errorf("authentication[%d] (%s): %w", i, cfg.Name, err)
+			for _, err := range unjoin(err) {
+				errs = append(errs, fmt.Errorf("authentication[%d] (%s): %w", i, cfg.Name, err))
+			}
+			continue
 		}
 		o.logger.Info("authenticator ready",
 			zap.String("authenticator", a.name), zap.String("from", a.from), zap.Stringers("algorithms", a.algorithms))
 		c.authenticators = append(c.authenticators, a)
 	}
+	if err := errors.Join(errs...); err != nil {
+		c.Close()
+		return nil, err
+	}
 	return c, nil
+}
+
+// unjoin lists the errors errors.Join joined in err, however nested, so
+// that each can be given its context; any other error is a list of one.
+func unjoin(err error) []error {
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []error{err}
+	}
+	var errs []error
+	for _, e := range joined.Unwrap() {
+		errs = append(errs, unjoin(e)...)
+	}
+	return errs
 }
 
 // defaultName names the i-th authenticator as configs does when the name
@@ -226,39 +247,47 @@ type authenticator struct {
 	verified           verifiedTokens
 }
 
-// newAuthenticator builds one authenticator from cfg. Errors name the option.
+// newAuthenticator builds one authenticator from cfg. Errors name the
+// option; all of cfg's problems are reported at once, joined.
 func newAuthenticator(cfg configs.Authenticator, o *options) (*authenticator, error) {
 	if cfg.Mechanism != "jwt" {
 		return nil, fmt.Errorf("mechanism: %q is not supported; use jwt", cfg.Mechanism)
 	}
 	a := &authenticator{name: cfg.Name, from: cfg.From, now: o.now,
 		disconnectAtExpiry: cfg.DisconnectAfterExpire == nil || *cfg.DisconnectAfterExpire}
+	var errs []error
 	switch cfg.From {
 	case "":
 		a.from = "password"
 	case "password", "username":
 	default:
-		return nil, fmt.Errorf("from: %q is not one of password, username", cfg.From)
+		errs = append(errs, fmt.Errorf("from: %q is not one of password, username", cfg.From))
 	}
 	switch cfg.OnMissingJWT {
 	case "", "deny":
 	case "ignore":
 		a.ignoreMissing = true
 	default:
-		return nil, fmt.Errorf("on_missing_jwt: %q is not one of deny, ignore", cfg.OnMissingJWT)
+		errs = append(errs, fmt.Errorf("on_missing_jwt: %q is not one of deny, ignore", cfg.OnMissingJWT))
 	}
 	switch cfg.SignatureFormat {
 	case "", "raw":
 	case "der":
 		a.derSignatures = true
 	default:
-		return nil, fmt.Errorf("signature_format: %q is not one of raw, der", cfg.SignatureFormat)
+		errs = append(errs, fmt.Errorf("signature_format: %q is not one of raw, der", cfg.SignatureFormat))
 	}
 	var err error
 	if a.claims, err = newClaimRules(cfg); err != nil {
-		return nil, err
+		errs = append(errs, err)
 	}
 	if a.keys, a.algorithms, err = newKeyProvider(cfg, o); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		if a.keys != nil {
+			a.keys.close() // a JWKS provider has begun fetching
+		}
 		return nil, err
 	}
 	return a, nil

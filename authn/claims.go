@@ -169,25 +169,29 @@ func newClaimRules(cfg configs.Authenticator) (claimRules, error) {
 		issuer:   cfg.Issuer,
 		audience: cfg.Audience,
 	}
+	var errs []error
 	if rules.leeway < 0 {
-		return claimRules{}, fmt.Errorf("leeway: %s is negative", rules.leeway)
+		errs = append(errs, fmt.Errorf("leeway: %s is negative", rules.leeway))
 	}
-	for _, name := range rules.required {
-		if name == "" {
-			return claimRules{}, errors.New("required_claims: a claim name is empty")
-		}
+	if slices.Contains(rules.required, "") {
+		errs = append(errs, errors.New("required_claims: a claim name is empty"))
 	}
-	// In name order, so that the first error reported is always the same.
+	// In name order, so that the errors are always reported alike.
 	for _, name := range slices.Sorted(maps.Keys(cfg.VerifyClaims)) {
 		value := cfg.VerifyClaims[name]
 		if slices.Contains(timeClaims, name) {
-			return claimRules{}, fmt.Errorf("verify_claims: %s may not be named here; it is checked against the clock (see required_claims and leeway)", name)
+			errs = append(errs, fmt.Errorf("verify_claims: %s may not be named here; it is checked against the clock (see required_claims and leeway)", name))
+			continue
 		}
 		tmpl, err := parseTemplate(value, false)
 		if err != nil {
-			return claimRules{}, fmt.Errorf("verify_claims.%s: %w", name, err)
+			errs = append(errs, fmt.Errorf("verify_claims.%s: %w", name, err))
+			continue
 		}
 		rules.expected = append(rules.expected, expectedClaim{name: name, value: tmpl})
+	}
+	if err := errors.Join(errs...); err != nil {
+		return claimRules{}, err
 	}
 	return rules, nil
 }

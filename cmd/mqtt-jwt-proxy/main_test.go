@@ -45,13 +45,30 @@ func TestCheckExampleConfigs(t *testing.T) {
 
 func TestCheckReportsErrors(t *testing.T) {
 	dir := t.TempDir()
-	cases := map[string]struct{ yaml, want string }{
-		"unknown key": {"listeners: [{bind: ':1883', port: 1}]\n", "listeners[0].port: unknown key"},
+	cases := map[string]struct {
+		yaml string
+		want []string
+	}{
+		"unknown key": {"listeners: [{bind: ':1883', port: 1}]\n", []string{"listeners[0].port: unknown key"}},
 		"bad base64": {`listeners: [{bind: ":1883"}]
 upstream: {address: "127.0.0.1:1884"}
 authentication:
   - {mechanism: jwt, algorithm: hmac-based, secret: "%%%", secret_base64_encoded: true}
-`, "secret"},
+`, []string{"secret"}},
+		// The checks YAML validation cannot make, each reported.
+		"every build problem": {`listeners: [{bind: ":1883"}]
+upstream: {address: "127.0.0.1:1884"}
+forward: {username: "${claims.}"}
+authentication:
+  - mechanism: jwt
+    algorithm: hmac-based
+    secret: s
+    verify_claims: {sub: "${clientid", tenant: "${nope}"}
+  - mechanism: jwt
+    algorithm: public-key
+    public_key: "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"
+    verify_claims: {exp: "1"}
+`, []string{"forward.username:", "authentication[0] (jwt): verify_claims.sub:", "authentication[0] (jwt): verify_claims.tenant:", "authentication[1] (jwt#2): verify_claims: exp may not be named", "authentication[1] (jwt#2): public_key:"}},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -61,8 +78,10 @@ authentication:
 			if code := run(context.Background(), []string{"check", "-config", path}, &out, &errOut); code != 1 {
 				t.Errorf("check exited %d, want 1", code)
 			}
-			if !strings.Contains(errOut.String(), tc.want) {
-				t.Errorf("check said %q, want it to mention %q", errOut.String(), tc.want)
+			for _, want := range tc.want {
+				if !strings.Contains(errOut.String(), want) {
+					t.Errorf("check said %q, want it to mention %q", errOut.String(), want)
+				}
 			}
 		})
 	}

@@ -32,12 +32,11 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if _, err := proxy.NewForward(cfg.Forward); err != nil {
-		return fmt.Errorf("config %s: %w", path, err)
-	}
-	// Building the chain parses keys and secrets, which YAML validation cannot.
-	chain, err := authn.New(cfg.Authentication)
-	if err != nil {
+	// Building the chain parses keys, secrets and templates, which YAML
+	// validation cannot; both steps run, so that every problem is listed.
+	_, forwardErr := proxy.NewForward(cfg.Forward)
+	chain, chainErr := authn.New(cfg.Authentication)
+	if err := errors.Join(forwardErr, chainErr); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	chain.Close()
