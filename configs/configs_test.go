@@ -65,6 +65,10 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"two secrets", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret: a\n    secret_env: B", 1), []string{"only one of secret"}},
 		{"unset env", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret_env: MQTT_JWT_PROXY_TEST_UNSET", 1), []string{"secret_env", "MQTT_JWT_PROXY_TEST_UNSET is not set"}},
 		{"two documents", minimal + "---\n" + minimal, []string{"more than one YAML document"}},
+		{"fraction in a whole number", strings.Replace(minimal, `bind: "127.0.0.1:1883"`, `{bind: "127.0.0.1:1883", max_connections: 1.5}`, 1) + "limits: {per_ip_connect_burst: .inf}\n",
+			[]string{"listeners[0].max_connections: `1.5` is not a whole number (line 3)", "limits.per_ip_connect_burst: `.inf` is not a number (line 10)"}},
+		{"fraction beside a decoding problem", minimal + "limits: {max_connections: 2.5, connect_timeout: 3}\n",
+			[]string{"limits.max_connections: `2.5` is not a whole number", "limits.connect_timeout: `3` is not a duration"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -78,6 +82,18 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestParseWholeNumberAsFloat: a whole number written as a float decodes;
+// yaml.v3 gives it the !!float tag, which must not read as a fraction.
+func TestParseWholeNumberAsFloat(t *testing.T) {
+	f, err := Parse([]byte(minimal + "limits: {max_connections: 2e3, max_pending_connects: 100.0}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Limits.MaxConnections != 2000 || f.Limits.MaxPendingConnects != 100 {
+		t.Errorf("max_connections %d, max_pending_connects %d; want 2000 and 100", f.Limits.MaxConnections, f.Limits.MaxPendingConnects)
 	}
 }
 

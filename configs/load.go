@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -50,8 +52,11 @@ func parse(data []byte, dir string) (*File, error) {
 			return nil, errors.New("the file is empty")
 		}
 		if te, ok := err.(*yaml.TypeError); ok {
-			return nil, keyedErrors(data, te)
+			return nil, errors.Join(keyedErrors(data, te), fractionsInWholeNumbers(data))
 		}
+		return nil, err
+	}
+	if err := fractionsInWholeNumbers(data); err != nil {
 		return nil, err
 	}
 	var extra yaml.Node
@@ -110,6 +115,86 @@ func keyedErrors(data []byte, te *yaml.TypeError) error {
 	return errors.Join(errs...)
 }
 
+// fractionsInWholeNumbers reports the numbers with a fraction given for
+// whole-number keys (max_connections: 1.5), which yaml.v3 truncates
+// without a word; data has already decoded once.
+func fractionsInWholeNumbers(data []byte) error {
+	var root yaml.Node
+	if yaml.Unmarshal(data, &root) != nil || len(root.Content) == 0 {
+		return nil
+	}
+	var errs []error
+	var walk func(n *yaml.Node, t reflect.Type, path string)
+	walk = func(n *yaml.Node, t reflect.Type, path string) {
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+		if reflect.PointerTo(t).Implements(reflect.TypeFor[yaml.Unmarshaler]()) {
+			return // the type checks its own values (Duration)
+		}
+		switch t.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+			reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+			if n.Kind == yaml.ScalarNode && n.ShortTag() == "!!float" && hasFraction(n) {
+				errs = append(errs, fmt.Errorf("%s: `%s` is not a whole number (line %d)", path, n.Value, n.Line))
+			}
+		case reflect.Struct:
+			if n.Kind != yaml.MappingNode {
+				return
+			}
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if f, ok := fieldByKey(t, n.Content[i].Value); ok {
+					walk(n.Content[i+1], f.Type, joinKey(path, n.Content[i].Value))
+				}
+			}
+		case reflect.Map:
+			if n.Kind != yaml.MappingNode {
+				return
+			}
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				walk(n.Content[i+1], t.Elem(), joinKey(path, n.Content[i].Value))
+			}
+		case reflect.Slice:
+			if n.Kind != yaml.SequenceNode {
+				return
+			}
+			for i, c := range n.Content {
+				walk(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i))
+			}
+		}
+	}
+	walk(root.Content[0], reflect.TypeFor[File](), "")
+	return errors.Join(errs...)
+}
+
+// hasFraction reports whether the YAML float n has a fraction (1.5, not
+// 2e3). Infinities and NaN are left to the decoder, which refuses them.
+func hasFraction(n *yaml.Node) bool {
+	var v float64
+	if err := n.Decode(&v); err != nil || math.IsInf(v, 0) || math.IsNaN(v) {
+		return false
+	}
+	return v != math.Trunc(v)
+}
+
+// fieldByKey is the field of struct type t that YAML key decodes into.
+func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if name, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); name == key {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+func joinKey(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
 // The two problems yaml.v3 reports by line, and the value that a
 // problem of the schema's own types (Duration) starts with.
 var (
@@ -154,10 +239,7 @@ func keyAt(root *yaml.Node, line int, at func(k, v *yaml.Node) bool) string {
 		case yaml.MappingNode:
 			for i := 0; i+1 < len(n.Content); i += 2 {
 				k, v := n.Content[i], n.Content[i+1]
-				p := k.Value
-				if path != "" {
-					p = path + "." + k.Value
-				}
+				p := joinKey(path, k.Value)
 				if k.Line == line || v.Line == line {
 					if first == "" {
 						first = p
