@@ -166,3 +166,33 @@ func TestUpstreamThatIsAListenerRefused(t *testing.T) {
 		}
 	}
 }
+
+func TestBindsOverlap(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"127.0.0.1:1883", "127.0.0.1:1883", true},
+		{"0.0.0.0:1883", "127.0.0.1:1883", true},
+		{":1883", "[::1]:1883", true},
+		{"[::]:1883", "0.0.0.0:1883", true},
+		{"localhost:1883", "127.0.0.1:1883", true},
+		{"broker.example:1883", "broker.example:1883", true},
+		{"127.0.0.1:1883", "127.0.0.1:1884", false},
+		{"127.0.0.1:1883", "127.0.0.2:1883", false},
+		{"127.0.0.1:1883", "[::1]:1883", false},
+		{"127.0.0.1:0", "127.0.0.1:0", false}, // each gets a free port
+	} {
+		if got := bindsOverlap(tc.a, tc.b); got != tc.want {
+			t.Errorf("bindsOverlap(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
+
+func TestListenersOnOnePort(t *testing.T) {
+	two := strings.Replace(minimal, `  - bind: "127.0.0.1:1883"`, "  - bind: \"127.0.0.1:1883\"\n  - {name: all, bind: \":1883\"}", 1)
+	_, err := Parse([]byte(two))
+	if err == nil || !strings.Contains(err.Error(), `listeners[1].bind: ":1883" takes the port of listeners[0] ("127.0.0.1:1883")`) {
+		t.Errorf("Parse = %v, want the second listener refused", err)
+	}
+}

@@ -336,6 +336,11 @@ func (f *File) Validate() error {
 		if names[l.Name] {
 			bad("%s.name: %q is used by another listener", at, l.Name)
 		}
+		for j, other := range f.Listeners[:i] {
+			if bindsOverlap(l.Bind, other.Bind) {
+				bad("%s.bind: %q takes the port of listeners[%d] (%q)", at, l.Bind, j, other.Bind)
+			}
+		}
 		names[l.Name] = true
 		errs = append(errs, l.validateTransport(at)...)
 	}
@@ -489,6 +494,33 @@ func dialsListener(upstream, bind string) bool {
 			case l == u,
 				l == netip.IPv6Unspecified() && u.IsLoopback(), // "::" takes IPv4 too
 				l == netip.IPv4Unspecified() && u.Is4() && u.IsLoopback():
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// bindsOverlap reports whether sockets bound to a and b (host:port) would
+// take the same port on a shared address, so that the second bind fails
+// with "address already in use": the same port, and the same address or a
+// wildcard (empty host, 0.0.0.0, ::) on either side. Port 0 picks a free
+// port and overlaps nothing.
+func bindsOverlap(a, b string) bool {
+	ahost, aport, err := net.SplitHostPort(a)
+	if err != nil {
+		return false
+	}
+	bhost, bport, err := net.SplitHostPort(b)
+	if err != nil || aport != bport || aport == "0" {
+		return false
+	}
+	if ahost == bhost {
+		return true
+	}
+	for _, x := range hostAddrs(ahost) {
+		for _, y := range hostAddrs(bhost) {
+			if x == y || x.IsUnspecified() || y.IsUnspecified() {
 				return true
 			}
 		}

@@ -33,8 +33,8 @@ func (m Metrics) validate(f *File) []error {
 		errs = append(errs, fmt.Errorf("metrics.bind: %q is not host:port: %w", m.Bind, err))
 	}
 	for i, l := range f.Listeners {
-		if l.Bind == m.Bind {
-			errs = append(errs, fmt.Errorf("metrics.bind: %q is also listeners[%d].bind", m.Bind, i))
+		if bindsOverlap(m.Bind, l.Bind) {
+			errs = append(errs, fmt.Errorf("metrics.bind: %q takes the port of listeners[%d] (%q)", m.Bind, i, l.Bind))
 		}
 	}
 	return errs

@@ -16,7 +16,9 @@ func TestMetricsSection(t *testing.T) {
 		{name: "bind", section: "metrics: {bind: \"127.0.0.1:9100\"}\n", want: Metrics{Bind: "127.0.0.1:9100"}},
 		{name: "bind and pprof", section: "metrics: {bind: \":9100\", pprof: true}\n", want: Metrics{Bind: ":9100", Pprof: true}},
 		{name: "bad bind", section: "metrics: {bind: \"9100\"}\n", wantErr: []string{"metrics.bind", "not host:port"}},
-		{name: "same as a listener", section: "metrics: {bind: \"127.0.0.1:1883\"}\n", wantErr: []string{"metrics.bind", "listeners[0].bind"}},
+		{name: "same as a listener", section: "metrics: {bind: \"127.0.0.1:1883\"}\n", wantErr: []string{"metrics.bind: \"127.0.0.1:1883\" takes the port of listeners[0]"}},
+		{name: "wildcard over a listener", section: "metrics: {bind: \":1883\"}\n", wantErr: []string{"metrics.bind: \":1883\" takes the port of listeners[0] (\"127.0.0.1:1883\")"}},
+		{name: "another address, same port", section: "metrics: {bind: \"127.0.0.2:1883\"}\n", want: Metrics{Bind: "127.0.0.2:1883"}},
 		{name: "pprof without bind", section: "metrics: {pprof: true}\n", wantErr: []string{"metrics.pprof: needs metrics.bind"}},
 		{name: "unknown key", section: "metrics: {port: 9100}\n", wantErr: []string{"port"}},
 	}
