@@ -180,8 +180,7 @@ func hasFraction(n *yaml.Node) bool {
 // fieldByKey is the field of struct type t that YAML key decodes into.
 func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
 	for i := range t.NumField() {
-		f := t.Field(i)
-		if name, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); name == key {
+		if f := t.Field(i); yamlKey(f) == key {
 			return f, true
 		}
 	}

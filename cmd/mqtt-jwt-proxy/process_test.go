@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -124,6 +125,17 @@ func TestReload(t *testing.T) {
 	if msg, ok := sub.Next(10 * time.Second); !ok || msg != "reload/x new" {
 		t.Errorf("subscriber connected before the reload got %q, %v; want the new message", msg, ok)
 	}
+
+	// What a reload cannot apply is named, key by key, and left as it was.
+	changed := strings.Replace(proxyConfig(broker.Addr, "second-secret"), "log: {format: json}", "log: {format: console}", 1)
+	changed = strings.Replace(changed, `upstream: {address: "`+broker.Addr+`"}`, `upstream: {address: "`+broker.Addr+`", dial_timeout: 2s}`, 1)
+	os.WriteFile(p.config, []byte(changed), 0o600)
+	p.signal(t, syscall.SIGHUP)
+	warning := waitForLog(t, p.lines, "these changes take effect at the next restart; the rest is reloaded")
+	if keys := fmt.Sprint(warning["keys"]); keys != "[upstream.dial_timeout log.format]" {
+		t.Errorf("the reload warning names %s, want [upstream.dial_timeout log.format]", keys)
+	}
+	waitForLog(t, p.lines, "configuration reloaded") // still JSON: the log was kept
 
 	os.WriteFile(p.config, []byte("listeners: [{bind: nowhere}]\n"), 0o600)
 	p.signal(t, syscall.SIGHUP)

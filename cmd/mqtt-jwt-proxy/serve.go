@@ -8,7 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"reflect"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -153,11 +153,16 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	return serveErr
 }
 
+// restartOnly are the sections read once, at start: sockets, the upstream
+// and the logger are not rebuilt by a reload.
+var restartOnly = map[string]bool{"listeners": true, "upstream": true, "metrics": true, "log": true}
+
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
-// limits and forward. Listeners, the upstream and the metrics endpoint stay
-// as they started; a change there is reported and needs a restart. Nothing changes when the
-// new file is invalid.
+// limits, forward and the drain timeout. Listeners, the upstream, the
+// metrics endpoint and the log stay as they started; a change there is
+// logged, key by key, and needs a restart. Nothing changes when the new
+// file is invalid.
 func reload(path string, running *configs.File, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
 	cfg, err := configs.Load(path)
 	if err != nil {
@@ -171,10 +176,19 @@ func reload(path string, running *configs.File, p *proxy.Proxy, logger *zap.Logg
 	if err != nil {
 		return nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	if !reflect.DeepEqual(cfg.Listeners, running.Listeners) || !reflect.DeepEqual(cfg.Upstream, running.Upstream) ||
-		cfg.Metrics != running.Metrics {
-		logger.Warn("listener, upstream and metrics changes take effect at the next restart; the rest is reloaded")
-		cfg.Listeners, cfg.Upstream, cfg.Metrics = running.Listeners, running.Upstream, running.Metrics
+	var needRestart []string
+	for _, key := range configs.Diff(running, cfg) {
+		section := key
+		if i := strings.IndexAny(key, ".["); i >= 0 {
+			section = key[:i]
+		}
+		if restartOnly[section] {
+			needRestart = append(needRestart, key)
+		}
+	}
+	if len(needRestart) > 0 {
+		logger.Warn("these changes take effect at the next restart; the rest is reloaded", zap.Strings("keys", needRestart))
+		cfg.Listeners, cfg.Upstream, cfg.Metrics, cfg.Log = running.Listeners, running.Upstream, running.Metrics, running.Log
 	}
 	p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
