@@ -33,7 +33,7 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	flags := flag.NewFlagSet("verify", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	flags.Usage = func() {
-		fmt.Fprint(stderr, "usage: mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y] TOKEN\n"+
+		fmt.Fprint(stderr, "usage: mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y | -from username] TOKEN\n"+
 			"Runs TOKEN through the configured authenticators as if a client sent it as its\n"+
 			"password, and says which one accepted or why it was refused. TOKEN - reads stdin.\n")
 		flags.PrintDefaults()
@@ -41,11 +41,20 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	configPath := flags.String("config", "", "configuration file (YAML)")
 	clientID := flags.String("client-id", "", "the CONNECT's client ID, for ${clientid} in verify_claims")
 	username := flags.String("username", "", "the CONNECT's user name (default: none, or TOKEN when an authenticator reads from: username)")
+	from := flags.String("from", "", "send TOKEN in one `field` only: password, or username (and no password) (default: the password, and the username too when an authenticator reads from: username)")
 	if err := parseFlags(flags, args, 1); err != nil {
 		return err
 	}
 	if *configPath == "" || flags.NArg() != 1 {
 		fmt.Fprintln(stderr, "verify: -config FILE and TOKEN (or - to read it from stdin) are required")
+		return errUsage
+	}
+	switch {
+	case *from != "" && *from != "password" && *from != "username":
+		fmt.Fprintf(stderr, "verify: -from %q: want password or username\n", *from)
+		return errUsage
+	case *from == "username" && flagWasSet(flags, "username"):
+		fmt.Fprintln(stderr, "verify: -from username sends TOKEN as the user name; -username cannot also be given")
 		return errUsage
 	}
 	token := flags.Arg(0)
@@ -74,27 +83,29 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, verifyTimeout)
 	defer cancel()
-	steps := chain.Explain(ctx, verifyRequest(cfg.Authentication, token, *clientID, usernameGiven))
+	steps := chain.Explain(ctx, verifyRequest(cfg.Authentication, token, *clientID, usernameGiven, *from))
 	if reason := printExplanation(stdout, steps); reason != "" {
 		return fmt.Errorf("%w: %s", errTokenRefused, reason)
 	}
 	return nil
 }
 
-// verifyRequest is the CONNECT a client holding token would send: the
-// token as password and, when no username is given and some authenticator
-// reads the token from the username, as username too, so every
-// authenticator sees it wherever it looks.
-func verifyRequest(auths []configs.Authenticator, token, clientID string, username *string) authn.Request {
-	req := authn.Request{
-		ClientID:    clientID,
-		Password:    []byte(token),
-		HasPassword: true,
+// verifyRequest is the CONNECT a client holding token would send. With
+// from "password" or "username" the token is in that field only. With
+// from "" it is the password and, when no username is given and some
+// authenticator reads the token from the username, the username too, so
+// every authenticator sees it wherever it looks.
+func verifyRequest(auths []configs.Authenticator, token, clientID string, username *string, from string) authn.Request {
+	req := authn.Request{ClientID: clientID}
+	if from == "username" {
+		req.Username, req.HasUsername = token, true
+		return req
 	}
+	req.Password, req.HasPassword = []byte(token), true
 	switch {
 	case username != nil:
 		req.Username, req.HasUsername = *username, true
-	case readsUsername(auths):
+	case from == "" && readsUsername(auths):
 		req.Username, req.HasUsername = token, true
 	}
 	return req

@@ -70,6 +70,13 @@ func TestVerify(t *testing.T) {
 	tampered := strings.Split(device, ".")[0] + "." + strings.Split(admin, ".")[1] + "." + strings.Split(device, ".")[2]
 
 	hmac := "  - {mechanism: jwt, algorithm: hmac-based, secret: secret}\n"
+	// Devices put their token in the password; users, in the user name with no password.
+	devicesThenUsers := "  - {name: devices, mechanism: jwt, algorithm: hmac-based, secret: secret, on_missing_jwt: ignore}\n" +
+		"  - {name: users, mechanism: jwt, from: username, algorithm: hmac-based, secret: users-secret}\n"
+	userToken, err := mintToken(tokenRequest{Alg: jwa.HS256, Key: []byte("users-secret"), Subject: "alice", TTL: time.Hour}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name       string
 		auth       string
@@ -102,6 +109,10 @@ func TestVerify(t *testing.T) {
 			[]string{"-username", "alice", device}, 1, []string{" token_malformed "}, "token refused: token_malformed"},
 		{"chain passes to the next", "  - {name: users, mechanism: jwt, from: username, algorithm: hmac-based, secret: other, on_missing_jwt: ignore}\n" + hmac,
 			[]string{"-username", "", device}, 0, []string{"users ", " pass ", " token_missing ", "accepted by jwt#2"}, ""},
+		{"-from username reaches the users' authenticator", devicesThenUsers,
+			[]string{"-from", "username", userToken}, 0, []string{"devices ", " pass ", " token_missing ", "users ", " accept ", "accepted by users"}, ""},
+		{"without -from the devices' authenticator refuses it", devicesThenUsers,
+			[]string{userToken}, 1, []string{"devices ", " bad_signature ", "refused by devices"}, "token refused: bad_signature"},
 		{"every authenticator passes", "  - {mechanism: jwt, from: username, algorithm: hmac-based, secret: secret, on_missing_jwt: ignore}\n",
 			[]string{"-username", "", device}, 1, []string{" pass ", "refused (not_authorized): CONNACK 0x87 not authorized (MQTT 5), return code 5"},
 			"token refused: not_authorized"},
@@ -161,6 +172,8 @@ func TestVerifyUsage(t *testing.T) {
 		{"two tokens", []string{"-config", good, seedToken, seedToken}, 2, "unexpected arguments"},
 		{"missing config file", []string{"-config", filepath.Join(t.TempDir(), "absent.yaml"), seedToken}, 1, "read config"},
 		{"bad key in config", []string{"-config", badKey, seedToken}, 1, "authentication[0] (jwt): public_key"},
+		{"bad -from", []string{"-config", good, "-from", "clientid", seedToken}, 2, `-from "clientid": want password or username`},
+		{"-from username and -username", []string{"-config", good, "-from", "username", "-username", "bob", seedToken}, 2, "-username cannot also be given"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -180,20 +193,27 @@ func TestVerifyRequest(t *testing.T) {
 		name     string
 		auths    []configs.Authenticator
 		username *string
+		from     string
 		want     authn.Request
 	}{
-		{"password only", password, nil,
+		{"password only", password, nil, "",
 			authn.Request{ClientID: "c", Password: []byte("T"), HasPassword: true}},
-		{"username given", password, &alice,
+		{"username given", password, &alice, "",
 			authn.Request{ClientID: "c", Username: "alice", HasUsername: true, Password: []byte("T"), HasPassword: true}},
-		{"token as username", both, nil,
+		{"token as username", both, nil, "",
 			authn.Request{ClientID: "c", Username: "T", HasUsername: true, Password: []byte("T"), HasPassword: true}},
-		{"given username wins", both, &alice,
+		{"given username wins", both, &alice, "",
 			authn.Request{ClientID: "c", Username: "alice", HasUsername: true, Password: []byte("T"), HasPassword: true}},
+		{"-from password", both, nil, "password",
+			authn.Request{ClientID: "c", Password: []byte("T"), HasPassword: true}},
+		{"-from password with a username", both, &alice, "password",
+			authn.Request{ClientID: "c", Username: "alice", HasUsername: true, Password: []byte("T"), HasPassword: true}},
+		{"-from username", both, nil, "username",
+			authn.Request{ClientID: "c", Username: "T", HasUsername: true}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := verifyRequest(tc.auths, "T", "c", tc.username); !reflect.DeepEqual(got, tc.want) {
+			if got := verifyRequest(tc.auths, "T", "c", tc.username, tc.from); !reflect.DeepEqual(got, tc.want) {
 				t.Errorf("got %+v, want %+v", got, tc.want)
 			}
 		})
