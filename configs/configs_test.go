@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -194,5 +195,28 @@ func TestListenersOnOnePort(t *testing.T) {
 	_, err := Parse([]byte(two))
 	if err == nil || !strings.Contains(err.Error(), `listeners[1].bind: ":1883" takes the port of listeners[0] ("127.0.0.1:1883")`) {
 		t.Errorf("Parse = %v, want the second listener refused", err)
+	}
+}
+
+// TestReadmeReference: the full configuration README gives under
+// "## Configuration" decodes: every key it shows exists and has the type
+// it shows. (Its files, such as certificates, are not here, so the
+// checks that open them fail; those are not what this test is about.)
+func TestReadmeReference(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## Configuration\n")
+	_, block, ok2 := strings.Cut(section, "```yaml\n")
+	block, _, ok3 := strings.Cut(block, "```")
+	if !ok || !ok2 || !ok3 || !strings.Contains(block, "listeners:") {
+		t.Fatal("README has no yaml block under ## Configuration")
+	}
+	_, err = Parse([]byte(block))
+	for _, line := range strings.Split(fmt.Sprint(err), "\n") {
+		if strings.Contains(line, "unknown key") || strings.Contains(line, " is not a") {
+			t.Errorf("README's reference configuration: %s", line)
+		}
 	}
 }
