@@ -154,3 +154,21 @@ func benchPublish(size int) []byte {
 	p = append(p, byte(remaining), 0, 1, 'b')
 	return append(p, bytes.Repeat([]byte{'x'}, size)...)
 }
+
+// BenchmarkLoggedUsername is what every connection pays to keep tokens out
+// of the logs: a plain user name, and a token in the user name.
+func BenchmarkLoggedUsername(b *testing.B) {
+	token := "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+	for _, username := range []string{"sensor-7", token} {
+		name := "plain"
+		if username == token {
+			name = "token"
+		}
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				loggedUsername(username)
+			}
+		})
+	}
+}
