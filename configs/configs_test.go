@@ -62,6 +62,8 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"jwks without endpoint", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "use_jwks: true", 1), []string{"authentication[0].endpoint: required"}},
 		{"bad bind", strings.Replace(minimal, `"127.0.0.1:1883"`, `"1883"`, 1), []string{"listeners[0].bind"}},
 		{"bad upstream", strings.Replace(minimal, `"127.0.0.1:1884"`, `"broker"`, 1), []string{"upstream.address"}},
+		{"negative client ID rate", minimal + "limits: {per_client_id_connect_rate: -1, per_client_id_connect_burst: -2}\n",
+			[]string{"limits.per_client_id_connect_rate: must not be negative", "limits.per_client_id_connect_burst: must not be negative"}},
 		{"tiny connect size", minimal + "limits:\n  max_connect_size: 10\n", []string{"limits.max_connect_size"}},
 		{"two secrets", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret: a\n    secret_env: B", 1), []string{"only one of secret"}},
 		{"unset env", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret_env: MQTT_JWT_PROXY_TEST_UNSET", 1), []string{"secret_env", "MQTT_JWT_PROXY_TEST_UNSET is not set"}},

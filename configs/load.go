@@ -377,6 +377,8 @@ func (f *File) Validate() error {
 		{"limits.max_pending_connects", float64(f.Limits.MaxPendingConnects)},
 		{"limits.per_ip_connect_rate", f.Limits.PerIPConnectRate},
 		{"limits.per_ip_connect_burst", float64(f.Limits.PerIPConnectBurst)},
+		{"limits.per_client_id_connect_rate", f.Limits.PerClientIDConnectRate},
+		{"limits.per_client_id_connect_burst", float64(f.Limits.PerClientIDConnectBurst)},
 	} {
 		if !(v.n >= 0) { // refuses .nan too, which a rate limiter takes as no limit
 			bad("%s: must not be negative", v.key)

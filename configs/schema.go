@@ -165,7 +165,8 @@ type TLSClient struct {
 	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
 }
 
-// Limits bound what an unauthenticated client may cost.
+// Limits bound what a client may cost, most of them before it is
+// authenticated.
 type Limits struct {
 	// ConnectTimeout is how long a client has to send its CONNECT after
 	// the TCP connection is accepted. Zero means 10s.
@@ -187,6 +188,14 @@ type Limits struct {
 	// PerIPConnectBurst is the bucket size. Zero means the rate rounded
 	// up, at least 1.
 	PerIPConnectBurst int `yaml:"per_ip_connect_burst"`
+	// PerClientIDConnectRate is how many connections per second one
+	// client ID may make once authenticated (token bucket); over it the
+	// client gets CONNACK 0x9F connection rate exceeded and the broker is
+	// not dialed. Zero means no limit.
+	PerClientIDConnectRate float64 `yaml:"per_client_id_connect_rate"`
+	// PerClientIDConnectBurst is that bucket's size. Zero means the rate
+	// rounded up, at least 1.
+	PerClientIDConnectBurst int `yaml:"per_client_id_connect_burst"`
 }
 
 // Log selects the log output.

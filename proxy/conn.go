@@ -81,8 +81,9 @@ func (p *Proxy) serveConn(s *session) {
 	cancel()
 	p.decided(s)
 	var upstreamConnect []byte // what the broker gets: pk.Raw unless Forward rewrites it
+	var upstreamClientID string
 	if err == nil {
-		upstreamConnect, err = s.policy.forward.connect(pk, &req, id.Claims, log)
+		upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, id.Claims, log)
 	}
 	if err != nil {
 		reason := string(authn.ReasonOf(err))
@@ -101,6 +102,12 @@ func (p *Proxy) serveConn(s *session) {
 		zap.String("sub", id.Subject),
 		expiryField(id.Expiry),
 	)
+	if upstreamClientID != "" && !s.policy.idRates.allow(upstreamClientID, time.Now()) {
+		p.Metrics.limitHit(limitClientIDRate)
+		log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", limitClientIDRate))
+		refuse(c, pk.ProtocolVersion, packets.ConnectionRateExceeded)
+		return
+	}
 
 	// The PROXY header for the broker says what the wrapper around the
 	// client says; from here on only the socket under it is needed.

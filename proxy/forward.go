@@ -70,25 +70,24 @@ func NewForward(cfg configs.Forward) (*Forward, error) {
 }
 
 // connect returns the CONNECT to send upstream for pk, whose client req
-// was accepted with claims: pk.Raw when nothing changes, else pk
-// re-encoded with the rewritten fields. A template without a value for
+// was accepted with claims, and the client ID in it: pk.Raw when nothing
+// changes, else pk re-encoded with the rewritten fields. A template without a value for
 // this client, or a result the CONNECT cannot carry (a claim holding
 // U+0000, say), is an error wrapping authn.ErrClaimMismatch. It logs at
 // debug what it rewrote, never the password.
-func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[string]any, log *connLog) ([]byte, error) {
+func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[string]any, log *connLog) (raw []byte, clientID string, err error) {
 	if f == nil {
-		return pk.Raw, nil
+		return pk.Raw, pk.ClientID, nil
 	}
 	out := *pk
-	var err error
 	if f.clientID != nil {
 		if out.ClientID, err = render(f.clientID, "forward.client_id", req, claims); err != nil {
-			return nil, err
+			return nil, "", err
 		}
 	}
 	if f.username != nil {
 		if out.Username, err = render(f.username, "forward.username", req, claims); err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		out.UsernameFlag = true
 	}
@@ -118,14 +117,13 @@ func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[st
 		rewritten = append(rewritten, "password")
 	}
 	if len(rewritten) == 0 {
-		return pk.Raw, nil
+		return pk.Raw, pk.ClientID, nil
 	}
-	raw, err := out.Encode()
-	if err != nil {
-		return nil, fmt.Errorf("%w: rewriting %v: %w", authn.ErrClaimMismatch, rewritten, err)
+	if raw, err = out.Encode(); err != nil {
+		return nil, "", fmt.Errorf("%w: rewriting %v: %w", authn.ErrClaimMismatch, rewritten, err)
 	}
 	log.Debug("connect rewritten for the upstream", append(fields, zap.Strings("rewritten", rewritten))...)
-	return raw, nil
+	return raw, out.ClientID, nil
 }
 
 // render is t for this client, or an error wrapping

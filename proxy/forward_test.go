@@ -154,7 +154,7 @@ func TestForwardConnect(t *testing.T) {
 				}
 				pk := clientConnect(t, version, tc.client)
 				req := requestOf(pk)
-				got, err := f.connect(pk, &req, claims, newConnLog(zap.NewNop()))
+				got, _, err := f.connect(pk, &req, claims, newConnLog(zap.NewNop()))
 				if err != nil {
 					t.Fatalf("connect: %v", err)
 				}
@@ -201,7 +201,7 @@ func TestForwardConnectRefuses(t *testing.T) {
 			}
 			pk := clientConnect(t, packets.ProtocolV311, nil)
 			req := requestOf(pk)
-			got, err := f.connect(pk, &req, claims, newConnLog(zap.NewNop()))
+			got, _, err := f.connect(pk, &req, claims, newConnLog(zap.NewNop()))
 			if got != nil || !errors.Is(err, authn.ErrClaimMismatch) || authn.ReasonOf(err) != authn.ErrClaimMismatch {
 				t.Fatalf("connect = %x, %v; want a claim_mismatch error", got, err)
 			}
@@ -222,7 +222,7 @@ func TestForwardConnectLogs(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	pk := clientConnect(t, packets.ProtocolV5, nil)
 	req := requestOf(pk)
-	if _, err := f.connect(pk, &req, map[string]any{"sub": "sensor-7"}, newConnLog(zap.New(core))); err != nil {
+	if _, _, err := f.connect(pk, &req, map[string]any{"sub": "sensor-7"}, newConnLog(zap.New(core))); err != nil {
 		t.Fatal(err)
 	}
 	entries := logs.FilterMessage("connect rewritten for the upstream").All()

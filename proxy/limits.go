@@ -38,6 +38,19 @@ type Limits struct {
 	// PerIPConnectBurst is the token bucket's size. Zero means the rate
 	// rounded up, at least 1.
 	PerIPConnectBurst int
+	// PerClientIDConnectRate is how many connections per second one
+	// client ID may make once authenticated, with bursts of
+	// PerClientIDConnectBurst: a device reconnecting in a loop costs the
+	// broker a session takeover each time. Over it the client is refused
+	// with CONNACK 0x9F connection rate exceeded (3 in MQTT 3.1.1) before
+	// the upstream is dialed. The ID is the one the broker gets (after
+	// Forward); an empty ID is not limited. Only authenticated clients
+	// count, so bad tokens cannot use up another client's rate. Zero
+	// means no limit.
+	PerClientIDConnectRate float64
+	// PerClientIDConnectBurst is that token bucket's size. Zero means the
+	// rate rounded up, at least 1.
+	PerClientIDConnectBurst int
 }
 
 // Kinds of limit, for logs and the limit_rejections_total metric.
@@ -46,17 +59,19 @@ const (
 	limitListenerConnections = "max_listener_connections"
 	limitPending             = "max_pending_connects"
 	limitRate                = "per_ip_connect_rate"
+	limitClientIDRate        = "per_client_id_connect_rate"
 )
 
-// maxTrackedIPs bounds the per-IP rate limiter's memory: at most twice
-// this many limiters (about 100 bytes each) are kept.
-const maxTrackedIPs = 100_000
+// maxTrackedKeys bounds a rate limiter's memory: at most twice this many
+// token buckets (about 100 bytes each) are kept.
+const maxTrackedKeys = 100_000
 
-// ipRates is a per-IP token bucket with bounded memory. Limiters live in
-// two generations; when the current one is full it becomes the previous
-// one and the oldest generation is dropped. An IP dropped that way starts
-// again with a full bucket, which errs on the side of letting a client in.
-type ipRates struct {
+// keyedRates is a token bucket per key (a client IP, a client ID) with
+// bounded memory. Buckets live in two generations; when the current one
+// is full it becomes the previous one and the oldest generation is
+// dropped. A key dropped that way starts again with a full bucket, which
+// errs on the side of letting a client in.
+type keyedRates struct {
 	limit rate.Limit
 	burst int
 
@@ -64,37 +79,44 @@ type ipRates struct {
 	cur, prev map[string]*rate.Limiter
 }
 
-func newIPRates(perSecond float64, burst int) *ipRates {
+// newKeyedRates is nil, which allows everything, when perSecond is not
+// positive.
+func newKeyedRates(perSecond float64, burst int) *keyedRates {
 	if perSecond <= 0 {
 		return nil
 	}
 	if burst <= 0 {
 		burst = max(1, int(math.Ceil(perSecond)))
 	}
-	return &ipRates{limit: rate.Limit(perSecond), burst: burst, cur: map[string]*rate.Limiter{}}
+	return &keyedRates{limit: rate.Limit(perSecond), burst: burst, cur: map[string]*rate.Limiter{}}
 }
 
-// allow reports whether a new connection from addr fits its IP's rate.
-// A nil *ipRates allows everything.
-func (r *ipRates) allow(addr net.Addr, now time.Time) bool {
+// allow reports whether one more connection for key fits its rate. A nil
+// *keyedRates allows everything.
+func (r *keyedRates) allow(key string, now time.Time) bool {
 	if r == nil {
 		return true
 	}
-	ip := addr.String()
-	if host, _, err := net.SplitHostPort(ip); err == nil {
-		ip = host
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	l, ok := r.cur[ip]
+	l, ok := r.cur[key]
 	if !ok {
-		if l, ok = r.prev[ip]; !ok {
+		if l, ok = r.prev[key]; !ok {
 			l = rate.NewLimiter(r.limit, r.burst)
 		}
-		if len(r.cur) >= maxTrackedIPs {
+		if len(r.cur) >= maxTrackedKeys {
 			r.prev, r.cur = r.cur, make(map[string]*rate.Limiter, len(r.cur))
 		}
-		r.cur[ip] = l
+		r.cur[key] = l
 	}
 	return l.AllowN(now, 1)
+}
+
+// hostOf is addr's IP, the key of the per-IP rate.
+func hostOf(addr net.Addr) string {
+	host, _, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	return host
 }

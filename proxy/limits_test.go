@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
@@ -192,4 +195,76 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// TestPerClientIDConnectRate: authenticated connections per client ID
+// are rate limited before the upstream is dialed, with CONNACK 0x9F (3 in
+// MQTT 3.1.1); refused tokens and empty IDs do not count, and the ID is
+// the one the broker would get.
+func TestPerClientIDConnectRate(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	limits := Limits{PerClientIDConnectRate: 0.01, PerClientIDConnectBurst: 2}
+	rateExceeded := map[byte][]byte{
+		packets.ProtocolV311: {0x20, 0x02, 0x00, 0x03},
+		packets.ProtocolV5:   {0x20, 0x03, 0x00, 0x9f, 0x00},
+	}
+
+	t.Run("client IDs", func(t *testing.T) {
+		rec := proxytest.NewRecorder(t, "")
+		p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: limits}
+		logs := observe(p)
+		addr := startProxy(t, p)
+		through := 0
+		connect := func(version byte, id, password string) {
+			t.Helper()
+			pk := connectAs(t, version, id, password)
+			if _, err := dial(t, addr).Write(pk); err != nil {
+				t.Fatal(err)
+			}
+			rec.WaitReceived(t, through, len(pk))
+			through++
+		}
+		refused := func(version byte, id, password string, want []byte) {
+			t.Helper()
+			c := dial(t, addr)
+			c.Write(connectAs(t, version, id, password))
+			if got := readAll(t, c); !bytes.Equal(got, want) {
+				t.Errorf("%s: answered %x, want %x", id, got, want)
+			}
+		}
+		for range 3 {
+			refused(packets.ProtocolV311, "dev-1", "bad_signature", []byte{0x20, 0x02, 0x00, 0x05})
+		}
+		connect(packets.ProtocolV311, "dev-1", "good") // the refusals used up nothing
+		connect(packets.ProtocolV5, "dev-1", "good")
+		for version, want := range rateExceeded {
+			refused(version, "dev-1", "good", want)
+		}
+		connect(packets.ProtocolV311, "dev-2", "good") // another ID has its own bucket
+		for range 3 {
+			connect(packets.ProtocolV311, "", "good") // the broker assigns one: not limited
+		}
+		if got := rec.Accepted(); got != through {
+			t.Errorf("upstream saw %d connections, want %d: a limited client was dialed", got, through)
+		}
+		waitLog(t, logs, "connect rejected", zap.String("reason", "per_client_id_connect_rate"), zap.String("client_id", "dev-1"))
+	})
+
+	t.Run("the ID the broker gets", func(t *testing.T) {
+		rec := proxytest.NewRecorder(t, "")
+		forward, err := NewForward(configs.Forward{ClientID: "fleet"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := startProxy(t, &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: limits, Forward: forward})
+		for i, id := range []string{"dev-a", "dev-b"} {
+			dial(t, addr).Write(connectAs(t, packets.ProtocolV311, id, "good"))
+			rec.WaitReceived(t, i, 1)
+		}
+		c := dial(t, addr)
+		c.Write(connectAs(t, packets.ProtocolV311, "dev-c", "good"))
+		if got := readAll(t, c); !bytes.Equal(got, rateExceeded[packets.ProtocolV311]) {
+			t.Errorf("a third client sent upstream as \"fleet\": answered %x, want %x", got, rateExceeded[packets.ProtocolV311])
+		}
+	})
 }

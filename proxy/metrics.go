@@ -61,7 +61,7 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 		}, []string{"direction"}),
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "limit_rejections_total",
-			Help: "Connections closed by a limit before authentication, by kind.",
+			Help: "Connections refused by a limit, by kind: all before authentication but per_client_id_connect_rate, just after.",
 		}, []string{"kind"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
@@ -73,7 +73,7 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 	// Authentication outcomes and limit kinds are known in advance: export
 	// them at zero so that rate() works from the first event.
 	m.authentications.WithLabelValues("accepted", "")
-	for _, kind := range []string{limitMaxConnections, limitListenerConnections, limitPending, limitRate} {
+	for _, kind := range []string{limitMaxConnections, limitListenerConnections, limitPending, limitRate, limitClientIDRate} {
 		m.limited.WithLabelValues(kind)
 	}
 	return m

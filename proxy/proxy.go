@@ -141,7 +141,8 @@ type policy struct {
 	verifier authn.Verifier
 	limits   Limits
 	forward  *Forward
-	rates    *ipRates
+	ipRates  *keyedRates // per client IP, at accept
+	idRates  *keyedRates // per client ID, once authenticated
 }
 
 // session is one client connection, from accept to close.
@@ -254,7 +255,10 @@ func (p *Proxy) Reload(v authn.Verifier, l Limits, f *Forward) {
 }
 
 func newPolicy(v authn.Verifier, l Limits, f *Forward) *policy {
-	return &policy{verifier: v, limits: l, forward: f, rates: newIPRates(l.PerIPConnectRate, l.PerIPConnectBurst)}
+	return &policy{verifier: v, limits: l, forward: f,
+		ipRates: newKeyedRates(l.PerIPConnectRate, l.PerIPConnectBurst),
+		idRates: newKeyedRates(l.PerClientIDConnectRate, l.PerClientIDConnectBurst),
+	}
 }
 
 func (p *Proxy) currentPolicy() *policy {
@@ -347,7 +351,7 @@ func (p *Proxy) trackListener(ln net.Listener, add bool) bool {
 // evicted instead of refusing the new one.
 func (p *Proxy) admit(s *session) (kind string, ok bool) {
 	l := &s.policy.limits
-	if !s.policy.rates.allow(s.client.RemoteAddr(), time.Now()) {
+	if !s.policy.ipRates.allow(hostOf(s.client.RemoteAddr()), time.Now()) {
 		return limitRate, false
 	}
 	p.mu.Lock()

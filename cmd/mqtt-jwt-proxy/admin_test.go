@@ -294,6 +294,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		{"mqtt_jwt_proxy_bytes_total", map[string]string{"direction": "to_client"}, 0},
 		{"mqtt_jwt_proxy_limit_rejections_total", map[string]string{"kind": "max_connections"}, 1},
 		{"mqtt_jwt_proxy_limit_rejections_total", map[string]string{"kind": "per_ip_connect_rate"}, 0},
+		{"mqtt_jwt_proxy_limit_rejections_total", map[string]string{"kind": "per_client_id_connect_rate"}, 0},
 		{"mqtt_jwt_proxy_upstream_dial_seconds", nil, 1},
 		{"mqtt_jwt_proxy_upstream_dial_failures_total", nil, 0},
 		{"mqtt_jwt_proxy_connect_decision_seconds", nil, 3},

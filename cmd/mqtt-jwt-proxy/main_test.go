@@ -9,11 +9,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
 )
 
 // The example tokens of EMQX's JWT documentation (the project's seeds):
@@ -285,5 +288,40 @@ log:
 	}
 	if out.writes > total/2 {
 		t.Errorf("%d log lines took %d writes; want them batched", total, out.writes)
+	}
+}
+
+// TestProxyLimits: every limit of the file reaches the proxy.
+func TestProxyLimits(t *testing.T) {
+	cfg, err := configs.Parse([]byte(`listeners: [{name: edge, bind: "127.0.0.1:1883", max_connections: 7}]
+upstream: {address: embedded}
+authentication: [{mechanism: jwt, algorithm: hmac-based, secret: s}]
+limits:
+  connect_timeout: 3s
+  max_connect_size: 4096
+  max_connections: 100
+  max_pending_connects: 50
+  per_ip_connect_rate: 5
+  per_ip_connect_burst: 10
+  per_client_id_connect_rate: 0.5
+  per_client_id_connect_burst: 2
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := proxyLimits(cfg)
+	want := proxy.Limits{
+		ConnectTimeout: 3 * time.Second, MaxConnectSize: 4096, MaxConnections: 100,
+		MaxListenerConnections: map[string]int{"edge": 7}, MaxPendingConnects: 50,
+		PerIPConnectRate: 5, PerIPConnectBurst: 10, PerClientIDConnectRate: 0.5, PerClientIDConnectBurst: 2,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("proxyLimits = %+v, want %+v", got, want)
+	}
+	v := reflect.ValueOf(want)
+	for i := range v.NumField() {
+		if v.Field(i).IsZero() {
+			t.Errorf("the test leaves proxy.Limits.%s unset: add its key above", v.Type().Field(i).Name)
+		}
 	}
 }

@@ -247,12 +247,14 @@ func proxyLimits(cfg *configs.File) proxy.Limits {
 		}
 	}
 	return proxy.Limits{
-		ConnectTimeout:         l.ConnectTimeout.Or(0),
-		MaxConnectSize:         l.MaxConnectSize,
-		MaxConnections:         l.MaxConnections,
-		MaxListenerConnections: perListener,
-		MaxPendingConnects:     l.MaxPendingConnects,
-		PerIPConnectRate:       l.PerIPConnectRate,
-		PerIPConnectBurst:      l.PerIPConnectBurst,
+		ConnectTimeout:          l.ConnectTimeout.Or(0),
+		MaxConnectSize:          l.MaxConnectSize,
+		MaxConnections:          l.MaxConnections,
+		MaxListenerConnections:  perListener,
+		MaxPendingConnects:      l.MaxPendingConnects,
+		PerIPConnectRate:        l.PerIPConnectRate,
+		PerIPConnectBurst:       l.PerIPConnectBurst,
+		PerClientIDConnectRate:  l.PerClientIDConnectRate,
+		PerClientIDConnectBurst: l.PerClientIDConnectBurst,
 	}
 }
