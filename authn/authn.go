@@ -71,6 +71,10 @@ type Request struct {
 	CertCommonName string
 	// CertSubject is the TLS client certificate's subject; empty without one.
 	CertSubject string
+	// CertVerified says the client presented a TLS certificate that the
+	// listener verified against its client CA: what a certificate
+	// authenticator accepts.
+	CertVerified bool
 }
 
 // Identity is an accepted client.
@@ -124,7 +128,21 @@ type Step struct {
 // value has no authenticator and refuses every client with
 // ErrNoAuthenticatorAccepted. It is safe for concurrent use.
 type Chain struct {
-	authenticators []*authenticator
+	links []link
+}
+
+// link is one authenticator of the chain.
+type link interface {
+	// label is the authenticator's name.
+	label() string
+	// verify returns the accepted client's identity, or why it was not
+	// accepted.
+	verify(ctx context.Context, req *Request) (Identity, error)
+	// passes reports whether err, from verify, leaves the client to the
+	// next authenticator rather than refusing it.
+	passes(err error) bool
+	// close stops what the link runs in the background.
+	close()
 }
 
 // New builds the chain from auths, parsing every key and template once.
@@ -138,7 +156,12 @@ func New(auths []configs.Authenticator, opts ...Option) (*Chain, error) {
 	var errs []error // every authenticator's problems, so that check lists them all
 	for i, cfg := range auths {
 		if cfg.Name == "" {
-			cfg.Name = defaultName(i)
+			cfg.Name = cfg.DefaultName(i)
+		}
+		if cfg.Mechanism == configs.MechanismCertificate {
+			o.logger.Info("authenticator ready", zap.String("authenticator", cfg.Name), zap.String("mechanism", cfg.Mechanism))
+			c.links = append(c.links, certificateLink{name: cfg.Name})
+			continue
 		}
 		a, err := newAuthenticator(cfg, o)
 		if err != nil {
@@ -149,7 +172,7 @@ func New(auths []configs.Authenticator, opts ...Option) (*Chain, error) {
 		}
 		o.logger.Info("authenticator ready",
 			zap.String("authenticator", a.name), zap.String("from", a.from), zap.Stringers("algorithms", a.algorithms))
-		c.authenticators = append(c.authenticators, a)
+		c.links = append(c.links, a)
 	}
 	if err := errors.Join(errs...); err != nil {
 		c.Close()
@@ -172,15 +195,6 @@ func unjoin(err error) []error {
 	return errs
 }
 
-// defaultName names the i-th authenticator as configs does when the name
-// is left out.
-func defaultName(i int) string {
-	if i == 0 {
-		return "jwt"
-	}
-	return fmt.Sprintf("jwt#%d", i+1)
-}
-
 // Verify runs the chain on req: the first authenticator to accept gives the
 // identity, the first to refuse gives a *RefuseError.
 func (c *Chain) Verify(ctx context.Context, req Request) (Identity, error) {
@@ -199,13 +213,13 @@ func (c *Chain) Explain(ctx context.Context, req Request) []Step {
 // run is Verify, telling record (when not nil) each authenticator's step.
 func (c *Chain) run(ctx context.Context, req *Request, record func(Step)) (Identity, error) {
 	var passed []string
-	for _, a := range c.authenticators {
-		id, err := a.verify(ctx, req)
-		step := Step{Authenticator: a.name, Identity: id, Err: err}
+	for _, l := range c.links {
+		id, err := l.verify(ctx, req)
+		step := Step{Authenticator: l.label(), Identity: id, Err: err}
 		switch {
 		case err == nil:
 			step.Outcome = OutcomeAccept
-		case a.ignoreMissing && ReasonOf(err) == ErrTokenMissing:
+		case l.passes(err):
 			step.Outcome = OutcomePass
 		default:
 			step.Outcome = OutcomeRefuse
@@ -216,11 +230,11 @@ func (c *Chain) run(ctx context.Context, req *Request, record func(Step)) (Ident
 		if step.Outcome != OutcomePass {
 			return id, err
 		}
-		passed = append(passed, a.name)
+		passed = append(passed, l.label())
 	}
 	detail := errors.New("no authenticator is configured")
 	if len(passed) > 0 {
-		detail = fmt.Errorf("every authenticator passed for want of a token: %s", strings.Join(passed, ", "))
+		detail = fmt.Errorf("every authenticator passed for want of a credential: %s", strings.Join(passed, ", "))
 	}
 	return Identity{}, &RefuseError{Reason: ErrNoAuthenticatorAccepted, Err: detail}
 }
@@ -228,8 +242,8 @@ func (c *Chain) run(ctx context.Context, req *Request, record func(Step)) (Ident
 // Close stops the chain's JWKS refreshers. After it, JWKS authenticators
 // refuse with ErrKeysUnavailable.
 func (c *Chain) Close() {
-	for _, a := range c.authenticators {
-		a.keys.close()
+	for _, l := range c.links {
+		l.close()
 	}
 }
 
@@ -247,11 +261,19 @@ type authenticator struct {
 	verified           verifiedTokens
 }
 
+func (a *authenticator) label() string { return a.name }
+
+func (a *authenticator) passes(err error) bool {
+	return a.ignoreMissing && ReasonOf(err) == ErrTokenMissing
+}
+
+func (a *authenticator) close() { a.keys.close() }
+
 // newAuthenticator builds one authenticator from cfg. Errors name the
 // option; all of cfg's problems are reported at once, joined.
 func newAuthenticator(cfg configs.Authenticator, o *options) (*authenticator, error) {
 	if cfg.Mechanism != "jwt" {
-		return nil, fmt.Errorf("mechanism: %q is not supported; use jwt", cfg.Mechanism)
+		return nil, fmt.Errorf("mechanism: %q is not one of jwt, certificate", cfg.Mechanism)
 	}
 	a := &authenticator{name: cfg.Name, from: cfg.From, now: o.now,
 		disconnectAtExpiry: cfg.DisconnectAfterExpire == nil || *cfg.DisconnectAfterExpire}

@@ -243,7 +243,7 @@ func TestConfigErrors(t *testing.T) {
 		{"negative leeway", func(a *configs.Authenticator) { a.Leeway = configs.Duration(-time.Second) },
 			"authentication[0] (jwt): leeway: -1s is negative"},
 		{"unknown mechanism", func(a *configs.Authenticator) { a.Mechanism = "" },
-			`authentication[0] (jwt): mechanism: "" is not supported`},
+			`authentication[0] (jwt): mechanism: "" is not one of jwt, certificate`},
 		{"unknown algorithm", func(a *configs.Authenticator) { a.Algorithm = "hmac" },
 			`authentication[0] (jwt): algorithm: "hmac" is not one of hmac-based, public-key`},
 		{"unknown from", func(a *configs.Authenticator) { a.From = "client_id" },
@@ -386,6 +386,7 @@ func TestChain(t *testing.T) {
 		a.Name, a.From, a.OnMissingJWT = name, from, onMissing
 		return a
 	}
+	cert := configs.Authenticator{Name: "devices", Mechanism: configs.MechanismCertificate}
 	type step struct {
 		authenticator, outcome string
 		reason                 RefuseReason
@@ -443,6 +444,42 @@ func TestChain(t *testing.T) {
 			wantSteps: []step{{"pw", OutcomePass, ErrTokenMissing}, {"user", OutcomePass, ErrTokenMissing}},
 		},
 		{
+			name:      "certificate accepted, token not read",
+			auths:     []configs.Authenticator{cert, auth("pw", "", "")},
+			req:       Request{ClientID: "c1", Password: []byte(forged), HasPassword: true, CertCommonName: "device-1", CertVerified: true},
+			wantBy:    "devices",
+			wantSteps: []step{{"devices", OutcomeAccept, ""}},
+		},
+		{
+			name:      "no certificate, token accepted",
+			auths:     []configs.Authenticator{cert, auth("pw", "", "")},
+			req:       passwordRequest(token),
+			wantBy:    "pw",
+			wantSteps: []step{{"devices", OutcomePass, ""}, {"pw", OutcomeAccept, ""}},
+		},
+		{
+			name:      "certificate names without verification are no certificate",
+			auths:     []configs.Authenticator{cert, auth("pw", "", "")},
+			req:       Request{ClientID: "c1", CertCommonName: "device-1", CertSubject: "CN=device-1"},
+			want:      ErrTokenMissing,
+			wantBy:    "pw",
+			wantSteps: []step{{"devices", OutcomePass, ""}, {"pw", OutcomeRefuse, ErrTokenMissing}},
+		},
+		{
+			name:      "token missing, certificate after it accepts",
+			auths:     []configs.Authenticator{auth("pw", "", "ignore"), cert},
+			req:       Request{ClientID: "c1", CertCommonName: "device-1", CertVerified: true},
+			wantBy:    "devices",
+			wantSteps: []step{{"pw", OutcomePass, ErrTokenMissing}, {"devices", OutcomeAccept, ""}},
+		},
+		{
+			name:      "certificate alone, none given",
+			auths:     []configs.Authenticator{cert},
+			req:       passwordRequest(token),
+			want:      ErrNoAuthenticatorAccepted,
+			wantSteps: []step{{"devices", OutcomePass, ""}},
+		},
+		{
 			name:      "no authenticator",
 			req:       passwordRequest(token),
 			want:      ErrNoAuthenticatorAccepted,
@@ -462,6 +499,9 @@ func TestChain(t *testing.T) {
 			}
 			if by != tt.wantBy {
 				t.Errorf("decided by %q, want %q", by, tt.wantBy)
+			}
+			if by == cert.Name && err == nil && (id.Subject != tt.req.CertCommonName || id.Claims != nil || !id.Expiry.IsZero()) {
+				t.Errorf("certificate identity = %+v, want the common name %q as subject, no claims, no expiry", id, tt.req.CertCommonName)
 			}
 
 			var steps []step

@@ -41,7 +41,7 @@ func BenchmarkVerify(b *testing.B) {
 			if _, err := chain.Verify(b.Context(), req); err != nil {
 				b.Fatalf("Verify: %v", err)
 			}
-			verified := &chain.authenticators[0].verified
+			verified := &chain.links[0].(*authenticator).verified
 			b.Run("new", func(b *testing.B) {
 				b.ReportAllocs()
 				for b.Loop() {

@@ -25,7 +25,11 @@ type KeySetStatus struct {
 // their keys cannot go missing. It is safe for concurrent use.
 func (c *Chain) Status() []KeySetStatus {
 	var out []KeySetStatus
-	for _, a := range c.authenticators {
+	for _, l := range c.links {
+		a, ok := l.(*authenticator)
+		if !ok {
+			continue
+		}
 		p, ok := a.keys.(*jwksProvider)
 		if !ok {
 			continue

@@ -25,8 +25,8 @@ func TestChainStatus(t *testing.T) {
 		t.Fatalf("New: %v", err)
 	}
 	t.Cleanup(chain.Close)
-	for _, a := range chain.authenticators {
-		if p, ok := a.keys.(*jwksProvider); ok {
+	for _, l := range chain.links {
+		if p, ok := l.(*authenticator).keys.(*jwksProvider); ok {
 			waitJWKSFetch(t, p)
 		}
 	}

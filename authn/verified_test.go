@@ -29,7 +29,7 @@ func TestVerifiedTokenIsCheckedAgain(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(c.Close)
-		a := c.authenticators[0]
+		a := c.links[0].(*authenticator)
 		p := a.keys.(*jwksProvider)
 		waitJWKSFetch(t, p)
 
@@ -68,7 +68,7 @@ func TestVerifiedTokenIsCheckedAgain(t *testing.T) {
 		if _, err := c.Verify(t.Context(), passwordRequest(token)); ReasonOf(err) != ErrTokenExpired {
 			t.Errorf("Verify after exp = %v, want %s", err, ErrTokenExpired)
 		}
-		if _, ok := c.authenticators[0].verified.get([]byte(token)); ok {
+		if _, ok := c.links[0].(*authenticator).verified.get([]byte(token)); ok {
 			t.Error("an expired token is still remembered")
 		}
 	})

@@ -308,12 +308,23 @@ func (f *File) fillNames() {
 	}
 	for i := range f.Authentication {
 		if f.Authentication[i].Name == "" {
-			f.Authentication[i].Name = "jwt"
-			if i > 0 {
-				f.Authentication[i].Name = fmt.Sprintf("jwt#%d", i+1)
-			}
+			f.Authentication[i].Name = f.Authentication[i].DefaultName(i)
 		}
 	}
+}
+
+// DefaultName is the name of the i-th authenticator when it has none: its
+// mechanism, numbered from the second authenticator on ("jwt",
+// "certificate#2", "jwt#3").
+func (a Authenticator) DefaultName(i int) string {
+	name := MechanismJWT
+	if a.Mechanism == MechanismCertificate {
+		name = MechanismCertificate
+	}
+	if i > 0 {
+		return fmt.Sprintf("%s#%d", name, i+1)
+	}
+	return name
 }
 
 // Validate reports every problem it finds, each naming its key.
@@ -367,6 +378,10 @@ func (f *File) Validate() error {
 	}
 	for i, a := range f.Authentication {
 		errs = append(errs, a.validate(fmt.Sprintf("authentication[%d]", i))...)
+		if a.Mechanism == MechanismCertificate && !f.verifiesClientCertificates() {
+			bad("authentication[%d].mechanism: certificate accepts a client certificate that a listener verified, "+
+				"and no listener asks for one (listeners[].tls.client_auth: optional or required)", i)
+		}
 	}
 
 	for _, v := range []struct {
@@ -409,8 +424,21 @@ func (a Authenticator) validate(at string) []error {
 	var errs []error
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(at+"."+format, args...)) }
 
-	if a.Mechanism != "jwt" {
-		bad("mechanism: %q is not supported; use jwt", a.Mechanism)
+	switch a.Mechanism {
+	case MechanismJWT:
+	case MechanismCertificate:
+		// Its only option is its name: anything else set is a JWT option
+		// that would silently do nothing.
+		v := reflect.ValueOf(a)
+		for i := range v.NumField() {
+			f := v.Type().Field(i)
+			if key := yamlKey(f); key != "name" && key != "mechanism" && !v.Field(i).IsZero() {
+				bad("%s: not used with mechanism: certificate", key)
+			}
+		}
+		return errs
+	default:
+		bad("mechanism: %q is not one of jwt, certificate", a.Mechanism)
 	}
 	if !oneOf(a.From, "", "password", "username") {
 		bad("from: %q is not one of password, username", a.From)

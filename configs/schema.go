@@ -77,13 +77,26 @@ type Upstream struct {
 	TLS *TLSClient `yaml:"tls"`
 }
 
+// Values of Authenticator.Mechanism.
+const (
+	// MechanismJWT verifies a JSON Web Token in the CONNECT.
+	MechanismJWT = "jwt"
+	// MechanismCertificate accepts a client whose TLS client certificate
+	// the listener verified (tls.client_auth optional or required), and
+	// passes a client without one to the next authenticator: put it
+	// before a jwt authenticator for "a certificate or a token".
+	MechanismCertificate = "certificate"
+)
+
 // Authenticator configures one link of the authentication chain. Option
 // names are EMQX 5's, so an EMQX JWT authenticator's settings carry over.
 type Authenticator struct {
-	// Name labels the authenticator in logs and decisions; defaults to
-	// "jwt" for the first, "jwt#2" for the second, and so on.
+	// Name labels the authenticator in logs and decisions; see DefaultName
+	// for the name it gets without one.
 	Name string `yaml:"name"`
-	// Mechanism is the kind of authenticator; only "jwt" exists. Required.
+	// Mechanism is the kind of authenticator, MechanismJWT or
+	// MechanismCertificate. Required. The options below are the JWT
+	// authenticator's; a certificate authenticator takes none of them.
 	Mechanism string `yaml:"mechanism"`
 	// From is the CONNECT field carrying the token: "password" (default)
 	// or "username".

@@ -295,3 +295,15 @@ func (t *TLSClient) ClientConfig(defaultServerName string) (*tls.Config, error) 
 	}
 	return cfg, nil
 }
+
+// verifiesClientCertificates reports whether some listener asks clients
+// for a TLS certificate and verifies it, which a certificate
+// authenticator needs to ever accept.
+func (f *File) verifiesClientCertificates() bool {
+	for _, l := range f.Listeners {
+		if l.TLS != nil && oneOf(l.TLS.ClientAuth, ClientAuthOptional, ClientAuthRequired) {
+			return true
+		}
+	}
+	return false
+}

@@ -136,3 +136,54 @@ authentication:
 		t.Errorf("ssl.ca_file = %q, want %q", got, want)
 	}
 }
+
+// TestCertificateAuthenticator: mechanism: certificate takes no JWT option
+// and needs a listener that verifies client certificates; it is named
+// after its mechanism.
+func TestCertificateAuthenticator(t *testing.T) {
+	const mtls = "    tls: {cert_file: testdata/server.pem, key_file: testdata/server.key, client_ca_file: testdata/ca.pem, client_auth: optional}\n"
+	file := func(listener, auths string) string {
+		return "listeners:\n  - bind: \"127.0.0.1:8883\"\n" + listener +
+			"upstream:\n  address: \"127.0.0.1:1883\"\nauthentication:\n" + auths
+	}
+	const jwt = "  - {mechanism: jwt, algorithm: hmac-based, secret: s3cr3t-for-tests}\n"
+	for _, tc := range []struct {
+		name, listener, auths string
+		want                  []string // in the error; none when valid
+		wantNames             []string
+	}{
+		{"certificate or token", mtls, "  - mechanism: certificate\n" + jwt, nil, []string{"certificate", "jwt#2"}},
+		{"token, then certificate", mtls, jwt + "  - {mechanism: certificate}\n", nil, []string{"jwt", "certificate#2"}},
+		{"certificate alone, named", mtls, "  - {mechanism: certificate, name: devices}\n", nil, []string{"devices"}},
+		{"no listener verifies certificates", "", "  - mechanism: certificate\n" + jwt,
+			[]string{"authentication[0].mechanism: certificate accepts a client certificate that a listener verified, and no listener asks for one"}, nil},
+		{"JWT options", mtls, "  - {mechanism: certificate, secret: s, verify_claims: {sub: x}, disconnect_after_expire: false}\n",
+			[]string{"authentication[0].secret: not used with mechanism: certificate", "authentication[0].verify_claims: not used", "authentication[0].disconnect_after_expire: not used"}, nil},
+		{"unknown mechanism", "", "  - {mechanism: password}\n", []string{`authentication[0].mechanism: "password" is not one of jwt, certificate`}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := Parse([]byte(file(tc.listener, tc.auths)))
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				var names []string
+				for _, a := range f.Authentication {
+					names = append(names, a.Name)
+				}
+				if strings.Join(names, " ") != strings.Join(tc.wantNames, " ") {
+					t.Errorf("names = %v, want %v", names, tc.wantNames)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}

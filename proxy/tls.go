@@ -246,12 +246,15 @@ func tlsState(c net.Conn) (tls.ConnectionState, bool) {
 
 // withTransport adds to req what the client's transport says about it:
 // its TLS certificate's common name and subject (RFC 2253, as Go's
-// pkix.Name prints it), and for a WebSocket client whose CONNECT has no
+// pkix.Name prints it) and that it was verified, and for a WebSocket client whose CONNECT has no
 // password, the token of its upgrade request, as the password.
 func withTransport(req authn.Request, c net.Conn) authn.Request {
 	if state, ok := tlsState(c); ok && len(state.PeerCertificates) > 0 {
 		req.CertCommonName = state.PeerCertificates[0].Subject.CommonName
 		req.CertSubject = state.PeerCertificates[0].Subject.String()
+		// Verified by the handshake: with client_auth optional or
+		// required, Go keeps no peer certificate it could not verify.
+		req.CertVerified = len(state.VerifiedChains) > 0
 	}
 	if ws, ok := c.(*wsConn); ok && !req.HasPassword && ws.token != nil {
 		req.Password, req.HasPassword = ws.token, true

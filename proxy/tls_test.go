@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
@@ -97,6 +98,76 @@ func TestTLSClientAuth(t *testing.T) {
 						t.Errorf("broker saw %d connections from a client refused at the TLS layer, want 0", got)
 					}
 				})
+			}
+		})
+	}
+}
+
+// TestCertificateOrToken: a chain [certificate, jwt] on a listener with
+// client_auth: optional lets mosquitto_pub in with a verified certificate
+// and no password, or with a token and no certificate, and refuses a
+// client with neither with the jwt authenticator's CONNACK.
+func TestCertificateOrToken(t *testing.T) {
+	proxytest.RequireMosquitto(t)
+	proxytest.VerifyNoLeaks(t)
+	broker := proxytest.StartMosquitto(t)
+	pki := newTestPKI(t, "devices")
+	serverCert, serverKey := pki.issue(t, "proxy", true)
+	deviceCert, deviceKey := pki.issue(t, "device-1", false)
+	chain, err := authn.New([]configs.Authenticator{{Name: "devices", Mechanism: configs.MechanismCertificate}, boundHS256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(chain.Close)
+	addr, _, logs := startTLSProxy(t, &Proxy{Upstream: broker.Addr, Verifier: chain},
+		TLSFiles{CertFile: serverCert, KeyFile: serverKey, ClientCAFile: pki.CAFile, ClientAuth: tls.VerifyClientCertIfGiven})
+
+	for _, tc := range []struct {
+		name, id, password string
+		cert               bool
+		connack            int    // 0: accepted
+		wantBy, wantSub    string // authenticator and sub logged on accept
+	}{
+		{"certificate, no password", "device-1", "", true, 0, "devices", "device-1"},
+		{"certificate and a wrong token: the certificate decides", "device-1b", "not-a-token", true, 0, "devices", "device-1"},
+		{"token, no certificate", "app-1", mint(t, e2eSecret, "app-1", nil), false, 0, "jwt", "app-1"},
+		{"neither", "app-2", "", false, 4, "", ""},                                  // token_missing: bad user name or password
+		{"a wrong token, no certificate", "app-3", "not-a-token", false, 4, "", ""}, // token_malformed
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			broker.SyncLog(t)
+			before := broker.Connections()
+			args := append(proxytest.AddrArgs(t, addr), "--cafile", pki.CAFile, "-i", tc.id, "-t", "cert/"+tc.id, "-m", "hello")
+			if tc.password != "" {
+				args = append(args, "-u", "u", "-P", tc.password)
+			}
+			if tc.cert {
+				args = append(args, "--cert", deviceCert, "--key", deviceKey)
+			}
+			res := proxytest.Pub(t, args...)
+			broker.SyncLog(t)
+			if res.Connack != tc.connack {
+				t.Fatalf("connack %d (%v), want %d\n%s", res.Connack, res.Err, tc.connack, res.Output)
+			}
+			if tc.connack != 0 {
+				if got := broker.Connections() - before; got != 0 {
+					t.Errorf("broker saw %d connections from a refused client", got)
+				}
+				return
+			}
+			if res.Err != nil {
+				t.Fatalf("mosquitto_pub: %v\n%s", res.Err, res.Output)
+			}
+			if got := broker.Connections() - before; got != 1 {
+				t.Errorf("broker saw %d connections, want 1", got)
+			}
+			accepted := logs.FilterMessage("authentication accepted").FilterField(zap.String("client_id", tc.id)).All()
+			if len(accepted) != 1 {
+				t.Fatalf("%d accept lines for %s, want 1", len(accepted), tc.id)
+			}
+			fields := accepted[0].ContextMap()
+			if fields["authenticator"] != tc.wantBy || fields["sub"] != tc.wantSub {
+				t.Errorf("accepted by %v as %v, want %s as %s", fields["authenticator"], fields["sub"], tc.wantBy, tc.wantSub)
 			}
 		})
 	}

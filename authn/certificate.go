@@ -1,0 +1,32 @@
+package authn
+
+import (
+	"context"
+	"errors"
+)
+
+// errNoCertificate is why a certificate authenticator passes a client.
+var errNoCertificate = errors.New("no verified client certificate")
+
+// certificateLink is a certificate authenticator (mechanism: certificate).
+// The TLS handshake has done the verifying, against the listener's client
+// CA; the link accepts a client that came through it with a certificate,
+// as the certificate's common name, and passes any other client to the
+// next authenticator, so that [certificate, jwt] takes a certificate or a
+// token.
+type certificateLink struct {
+	name string
+}
+
+func (l certificateLink) label() string { return l.name }
+
+func (l certificateLink) verify(_ context.Context, req *Request) (Identity, error) {
+	if !req.CertVerified {
+		return Identity{}, errNoCertificate
+	}
+	return Identity{Authenticator: l.name, Subject: req.CertCommonName}, nil
+}
+
+func (l certificateLink) passes(err error) bool { return errors.Is(err, errNoCertificate) }
+
+func (certificateLink) close() {}
