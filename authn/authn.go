@@ -15,9 +15,11 @@
 //	}
 //
 // The options are EMQX 5's, and so are the outcomes. The chain tries its
-// authenticators in order. Each accepts, refuses, or passes to the next;
-// it passes only when its token field is absent or empty and
-// on_missing_jwt is ignore. Any other failure (a bad signature, an unknown
+// authenticators in order. Each accepts, refuses, or passes to the next.
+// A jwt authenticator passes only when its token field is absent or empty
+// and on_missing_jwt is ignore; a certificate authenticator accepts a
+// client whose TLS certificate the listener verified (Request.CertVerified)
+// and passes every other one. Any other failure (a bad signature, an unknown
 // kid) refuses at once, without asking later authenticators. When every
 // authenticator passes, the client is refused with
 // ErrNoAuthenticatorAccepted.
