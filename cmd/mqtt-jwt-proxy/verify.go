@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509/pkix"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,7 +34,7 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	flags := flag.NewFlagSet("verify", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	flags.Usage = func() {
-		fmt.Fprint(stderr, "usage: mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y | -from username] TOKEN\n"+
+		fmt.Fprint(stderr, "usage: mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y | -from username] [-cert-common-name CN] TOKEN\n"+
 			"Runs TOKEN through the configured authenticators as if a client sent it as its\n"+
 			"password, and says which one accepted or why it was refused. TOKEN - reads stdin.\n")
 		flags.PrintDefaults()
@@ -41,6 +42,8 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	configPath := flags.String("config", "", "configuration file (YAML)")
 	clientID := flags.String("client-id", "", "the CONNECT's client ID, for ${clientid} in verify_claims")
 	username := flags.String("username", "", "the CONNECT's user name (default: none, or TOKEN when an authenticator reads from: username)")
+	certCN := flags.String("cert-common-name", "", "as if the client presented a TLS certificate the listener verified, with this common name, for ${cert_common_name} and certificate authenticators")
+	certSubject := flags.String("cert-subject", "", "that certificate's subject, for ${cert_subject}, such as CN=device-1,O=Example (default: CN= and -cert-common-name)")
 	from := flags.String("from", "", "send TOKEN in one `field` only: password, or username (and no password) (default: the password, and the username too when an authenticator reads from: username)")
 	if err := parseFlags(flags, args, 1); err != nil {
 		return err
@@ -83,7 +86,14 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	}
 	ctx, cancel := context.WithTimeout(ctx, verifyTimeout)
 	defer cancel()
-	steps := chain.Explain(ctx, verifyRequest(cfg.Authentication, token, *clientID, usernameGiven, *from))
+	req := verifyRequest(cfg.Authentication, token, *clientID, usernameGiven, *from)
+	if flagWasSet(flags, "cert-common-name") || flagWasSet(flags, "cert-subject") {
+		req.CertCommonName, req.CertSubject, req.CertVerified = *certCN, *certSubject, true
+		if !flagWasSet(flags, "cert-subject") {
+			req.CertSubject = pkix.Name{CommonName: *certCN}.String()
+		}
+	}
+	steps := chain.Explain(ctx, req)
 	if reason := printExplanation(stdout, steps); reason != "" {
 		return fmt.Errorf("%w: %s", errTokenRefused, reason)
 	}

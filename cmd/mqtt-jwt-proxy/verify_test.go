@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -131,6 +132,59 @@ func TestVerify(t *testing.T) {
 			}
 			if !strings.Contains(stderr, tc.wantStderr) || (tc.wantStderr == "") != (stderr == "") {
 				t.Errorf("stderr %q, want %q", stderr, tc.wantStderr)
+			}
+		})
+	}
+}
+
+// TestVerifyCertificate: -cert-common-name and -cert-subject stand for a
+// verified client certificate, for certificate authenticators and the
+// ${cert_...} placeholders.
+func TestVerifyCertificate(t *testing.T) {
+	testdata, err := filepath.Abs("../../configs/testdata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtls := fmt.Sprintf("listeners: [{bind: \"127.0.0.1:8883\", tls: {cert_file: %[1]s/server.pem, key_file: %[1]s/server.key, client_ca_file: %[1]s/ca.pem, client_auth: optional}}]\n"+
+		"upstream: {address: \"127.0.0.1:1884\"}\nauthentication:\n", testdata)
+	token := hs256(t, time.Now(), "device-1", nil)
+	certOrToken := "  - {name: devices, mechanism: certificate}\n  - {mechanism: jwt, algorithm: hmac-based, secret: secret}\n"
+	bound := "  - {mechanism: jwt, algorithm: hmac-based, secret: secret, verify_claims: {sub: \"${cert_common_name}\", org: \"${cert_subject}\"}}\n"
+	orgToken := hs256(t, time.Now(), "device-1", map[string]any{"org": "CN=device-1,O=Example"})
+	for _, tc := range []struct {
+		name, auth string
+		args       []string
+		wantCode   int
+		wantStdout []string
+	}{
+		{"certificate accepts", certOrToken, []string{"-cert-common-name", "device-1", "whatever"}, 0,
+			[]string{"devices ", " accept ", `sub="device-1" exp=none`, "accepted by devices"}},
+		{"no certificate: the token decides", certOrToken, []string{token}, 0,
+			[]string{"devices ", " pass ", "no verified client certificate", "accepted by jwt#2"}},
+		{"no certificate, a bad token", certOrToken, []string{"whatever"}, 1,
+			[]string{" pass ", "refused by jwt#2 (token_malformed)"}},
+		{"token bound to the certificate", bound, []string{"-cert-common-name", "device-1", "-cert-subject", "CN=device-1,O=Example", orgToken}, 0,
+			[]string{"accepted by jwt"}},
+		{"subject defaults to CN= and the common name", bound, []string{"-cert-common-name", "device-1",
+			hs256(t, time.Now(), "device-1", map[string]any{"org": "CN=device-1"})}, 0, []string{"accepted by jwt"}},
+		{"the default subject is not another", bound, []string{"-cert-common-name", "device-1", orgToken}, 1,
+			[]string{" claim_mismatch "}},
+		{"another device's certificate", bound, []string{"-cert-common-name", "device-2", "-cert-subject", "CN=device-1,O=Example", orgToken}, 1,
+			[]string{" claim_mismatch "}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "config.yaml")
+			if err := os.WriteFile(path, []byte(mtls+tc.auth), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			code, stdout, stderr := runCommand(t, append([]string{"verify", "-config", path}, tc.args...)...)
+			if code != tc.wantCode {
+				t.Errorf("exit %d, want %d; stderr %q", code, tc.wantCode, stderr)
+			}
+			for _, want := range tc.wantStdout {
+				if !strings.Contains(stdout, want) {
+					t.Errorf("stdout lacks %q:\n%s", want, stdout)
+				}
 			}
 		})
 	}
