@@ -96,6 +96,12 @@ type ProxyProtocol struct {
 	TrustedCIDRs []string `yaml:"trusted_cidrs"`
 	// Timeout bounds reading the header. Zero means 5s.
 	Timeout Duration `yaml:"timeout"`
+	// ClientCertificates takes, from a v2 header's PP2_TYPE_SSL TLV, the
+	// common name of a client certificate the balancer verified, as if
+	// the listener had verified it: for ${cert_common_name} and
+	// certificate authenticators, behind a balancer that terminates TLS
+	// (HAProxy: send-proxy-v2-ssl-cn). Not with the listener's own tls.
+	ClientCertificates bool `yaml:"client_certificates"`
 }
 
 // TLSVersion returns the crypto/tls version constant for MinVersion.
@@ -222,6 +228,12 @@ func (l Listener) validateTransport(at string) []error {
 			bad("proxy_protocol.trusted_cidrs: required with enabled: true (the load balancers allowed to send a header)")
 		case !p.Enabled && len(p.TrustedCIDRs) > 0:
 			bad("proxy_protocol.enabled: set it to true to use trusted_cidrs")
+		case !p.Enabled && p.ClientCertificates:
+			bad("proxy_protocol.enabled: set it to true to use client_certificates")
+		}
+		if p.ClientCertificates && l.TLS != nil {
+			bad("proxy_protocol.client_certificates: the listener does TLS itself and verifies client certificates with tls.client_auth; " +
+				"a balancer in front of it passes TCP and has no certificate to report")
 		}
 		for _, s := range p.TrustedCIDRs {
 			if _, err := parsePrefix(s); err != nil {
@@ -297,11 +309,12 @@ func (t *TLSClient) ClientConfig(defaultServerName string) (*tls.Config, error) 
 }
 
 // verifiesClientCertificates reports whether some listener asks clients
-// for a TLS certificate and verifies it, which a certificate
-// authenticator needs to ever accept.
+// for a TLS certificate and verifies it, or takes one its balancer
+// verified, which a certificate authenticator needs to ever accept.
 func (f *File) verifiesClientCertificates() bool {
 	for _, l := range f.Listeners {
-		if l.TLS != nil && oneOf(l.TLS.ClientAuth, ClientAuthOptional, ClientAuthRequired) {
+		if l.TLS != nil && oneOf(l.TLS.ClientAuth, ClientAuthOptional, ClientAuthRequired) ||
+			l.ProxyProtocol != nil && l.ProxyProtocol.Enabled && l.ProxyProtocol.ClientCertificates {
 			return true
 		}
 	}

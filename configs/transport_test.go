@@ -37,6 +37,10 @@ func TestTransportOptions(t *testing.T) {
 		{"proxy protocol", "    proxy_protocol: {enabled: true, trusted_cidrs: [10.0.0.0/8, 192.0.2.7, \"2001:db8::/32\"], timeout: 3s}\n", "", ""},
 		{"proxy protocol without trusted peers", "    proxy_protocol: {enabled: true}\n", "", "proxy_protocol.trusted_cidrs: required with enabled: true"},
 		{"trusted peers while disabled", "    proxy_protocol: {trusted_cidrs: [10.0.0.0/8]}\n", "", "proxy_protocol.enabled: set it to true"},
+		{"proxy protocol client certificates", "    proxy_protocol: {enabled: true, trusted_cidrs: [10.0.0.0/8], client_certificates: true}\n", "", ""},
+		{"client certificates while disabled", "    proxy_protocol: {client_certificates: true}\n", "", "proxy_protocol.enabled: set it to true to use client_certificates"},
+		{"client certificates under the listener's TLS", "    tls: {cert_file: testdata/server.pem, key_file: testdata/server.key}\n    proxy_protocol: {enabled: true, trusted_cidrs: [10.0.0.0/8], client_certificates: true}\n", "",
+			"proxy_protocol.client_certificates: the listener does TLS itself"},
 		{"bad CIDR", "    proxy_protocol: {enabled: true, trusted_cidrs: [10.0.0.0/33]}\n", "", "\"10.0.0.0/33\" is not a CIDR"},
 		{"upstream proxy protocol off", "", "  proxy_protocol: off\n", ""},
 		{"upstream proxy protocol v2", "", "  proxy_protocol: v2\n", ""},
@@ -138,7 +142,8 @@ authentication:
 }
 
 // TestCertificateAuthenticator: mechanism: certificate takes no JWT option
-// and needs a listener that verifies client certificates; it is named
+// and needs a listener that verifies client certificates, or takes those
+// its balancer verified; it is named
 // after its mechanism.
 func TestCertificateAuthenticator(t *testing.T) {
 	const mtls = "    tls: {cert_file: testdata/server.pem, key_file: testdata/server.key, client_ca_file: testdata/ca.pem, client_auth: optional}\n"
@@ -155,6 +160,8 @@ func TestCertificateAuthenticator(t *testing.T) {
 		{"certificate or token", mtls, "  - mechanism: certificate\n" + jwt, nil, []string{"certificate", "jwt#2"}},
 		{"token, then certificate", mtls, jwt + "  - {mechanism: certificate}\n", nil, []string{"jwt", "certificate#2"}},
 		{"certificate alone, named", mtls, "  - {mechanism: certificate, name: devices}\n", nil, []string{"devices"}},
+		{"behind a balancer that verifies them", "    proxy_protocol: {enabled: true, trusted_cidrs: [10.0.0.0/8], client_certificates: true}\n",
+			"  - mechanism: certificate\n" + jwt, nil, []string{"certificate", "jwt#2"}},
 		{"no listener verifies certificates", "", "  - mechanism: certificate\n" + jwt,
 			[]string{"authentication[0].mechanism: certificate accepts a client certificate that a listener verified, and no listener asks for one"}, nil},
 		{"JWT options", mtls, "  - {mechanism: certificate, secret: s, verify_claims: {sub: x}, disconnect_after_expire: false}\n",

@@ -52,6 +52,13 @@ type ProxyProtocolListener struct {
 	Timeout time.Duration
 	// Logger receives a line for each header refused. Nil means no logs.
 	Logger *zap.Logger
+	// ClientCertificates takes from a v2 header's PP2_TYPE_SSL TLV the
+	// common name of a client certificate that the balancer verified
+	// (the TLV says a certificate came with the connection and verify is
+	// 0), as a certificate this proxy verified: for ${cert_common_name}
+	// and certificate authenticators, when the balancer terminates TLS
+	// (HAProxy: send-proxy-v2-ssl-cn). False ignores the TLV.
+	ClientCertificates bool
 
 	ready     chan acceptResult
 	done      chan struct{}
@@ -184,7 +191,7 @@ func (l *ProxyProtocolListener) track(c net.Conn, add bool) bool {
 // logs why it is refused and closes it.
 func (l *ProxyProtocolListener) readHeader(c net.Conn) {
 	defer l.wg.Done()
-	proxied, err := readProxyHeader(c, orDefault(l.Timeout, DefaultProxyProtocolTimeout))
+	proxied, err := readProxyHeader(c, orDefault(l.Timeout, DefaultProxyProtocolTimeout), l.ClientCertificates)
 	l.track(c, false)
 	if err != nil {
 		if l.Logger != nil {
@@ -196,8 +203,9 @@ func (l *ProxyProtocolListener) readHeader(c net.Conn) {
 	l.deliver(acceptResult{conn: proxied})
 }
 
-// readProxyHeader reads the header c must begin with, within timeout.
-func readProxyHeader(c net.Conn, timeout time.Duration) (*proxiedConn, error) {
+// readProxyHeader reads the header c must begin with, within timeout, and
+// with certs the verified client certificate's name in it.
+func readProxyHeader(c net.Conn, timeout time.Duration, certs bool) (*proxiedConn, error) {
 	c.SetReadDeadline(time.Now().Add(timeout))
 	br := bufio.NewReaderSize(c, proxyHeaderReadSize)
 	header, err := proxyproto.Read(br)
@@ -214,8 +222,27 @@ func readProxyHeader(c net.Conn, timeout time.Duration) (*proxiedConn, error) {
 	// addresses carry nothing usable. Both keep the transport's addresses.
 	if src, dst, ok := header.TCPAddrs(); ok && header.Command.IsProxy() {
 		pc.remote, pc.local = src, dst
+		if certs {
+			pc.certCN = verifiedCommonName(header)
+		}
 	}
 	return pc, nil
+}
+
+// verifiedCommonName is the common name of the client certificate that
+// header's SSL TLV reports verified, or "". Verify is 0 also when the
+// client sent no certificate, so the certificate flag must be set too.
+func verifiedCommonName(header *proxyproto.Header) string {
+	tlvs, err := header.TLVs()
+	if err != nil {
+		return ""
+	}
+	ssl, ok := tlvparse.FindSSL(tlvs)
+	if !ok || !ssl.ClientSSL() || !ssl.ClientCertConn() || !ssl.Verified() {
+		return ""
+	}
+	cn, _ := ssl.ClientCN()
+	return cn
 }
 
 // proxiedConn is a connection whose PROXY header has been read: its
@@ -226,6 +253,7 @@ type proxiedConn struct {
 	net.Conn
 	remote, local net.Addr
 	ahead         []byte // read past the header, not yet returned by Read
+	certCN        string // the balancer's verified client certificate (ClientCertificates)
 }
 
 func (c *proxiedConn) Read(b []byte) (int, error) {

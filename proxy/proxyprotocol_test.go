@@ -8,11 +8,15 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/pires/go-proxyproto"
 	"github.com/pires/go-proxyproto/tlvparse"
 	"go.uber.org/zap"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
@@ -222,5 +226,119 @@ func TestProxyProtocolUnderTLS(t *testing.T) {
 	rec.WaitReceived(t, 0, len(sent))
 	if got := rec.Received()[0]; !bytes.Equal(got, sent) {
 		t.Errorf("upstream received %x, want %x", got, sent)
+	}
+}
+
+// sslHeader is a v2 PROXY header from a balancer that terminated TLS,
+// with a PP2_TYPE_SSL TLV of client flags, verify result and, when cn is
+// set, the client certificate's common name.
+func sslHeader(t *testing.T, client uint8, verify uint32, cn string) []byte {
+	t.Helper()
+	h := proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(netip.MustParseAddrPort("203.0.113.9:40000")),
+		net.TCPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.1:8883")))
+	ssl := tlvparse.PP2SSL{Client: client, Verify: verify, TLV: []proxyproto.TLV{{Type: proxyproto.PP2_SUBTYPE_SSL_VERSION, Value: []byte("TLSv1.3")}}}
+	if cn != "" {
+		ssl.TLV = append(ssl.TLV, proxyproto.TLV{Type: proxyproto.PP2_SUBTYPE_SSL_CN, Value: []byte(cn)})
+	}
+	tlv, err := ssl.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.SetTLVs([]proxyproto.TLV{tlv}); err != nil {
+		t.Fatal(err)
+	}
+	b, err := h.Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestProxyProtocolClientCertificate: with ClientCertificates, the client
+// certificate a balancer verified, named in the header's SSL TLV, is
+// accepted by a certificate authenticator, over TCP and WebSocket; a
+// certificate the balancer did not verify, a TLV without one, and any
+// TLV while ClientCertificates is off count as no certificate, and the
+// CONNECT without a token is refused.
+func TestProxyProtocolClientCertificate(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	chain, err := authn.New([]configs.Authenticator{{Name: "devices", Mechanism: configs.MechanismCertificate}, anyClientHS256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(chain.Close)
+	const withCert = tlvparse.PP2_BITFIELD_CLIENT_SSL | tlvparse.PP2_BITFIELD_CLIENT_CERT_CONN
+	noToken := connectAs(t, packets.ProtocolV311, "dev-9", "")
+	for _, tc := range []struct {
+		name     string
+		certs    bool // ClientCertificates
+		header   []byte
+		accepted bool
+	}{
+		{"verified certificate", true, sslHeader(t, withCert, 0, "device-9"), true},
+		{"certificate not verified", true, sslHeader(t, withCert, 20, "device-9"), false},
+		{"TLS without a certificate", true, sslHeader(t, tlvparse.PP2_BITFIELD_CLIENT_SSL, 0, ""), false},
+		{"no SSL TLV", true, proxyHeader(t, 2, "203.0.113.9:40000", "192.0.2.1:8883"), false},
+		{"ClientCertificates off", false, sslHeader(t, withCert, 0, "device-9"), false},
+	} {
+		for _, transport := range []string{"tcp", "websocket"} {
+			t.Run(tc.name+", "+transport, func(t *testing.T) {
+				rec := proxytest.NewRecorder(t, "")
+				p := &Proxy{Upstream: rec.Addr, Verifier: chain}
+				logs := observe(p)
+				ln := listen(t)
+				pp := (&ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+					ClientCertificates: tc.certs, Logger: p.Logger}).Start()
+				var answer func() []byte // the proxy's first packet
+				if transport == "tcp" {
+					serveOn(t, p, pp)
+					c := dial(t, ln.Addr().String())
+					if _, err := c.Write(append(append([]byte(nil), tc.header...), noToken...)); err != nil {
+						t.Fatal(err)
+					}
+					answer = func() []byte {
+						b := make([]byte, 4)
+						c.SetReadDeadline(time.Now().Add(10 * time.Second))
+						if _, err := io.ReadFull(c, b); err != nil {
+							t.Fatal(err)
+						}
+						return b
+					}
+				} else {
+					serveOn(t, p, (&WebSocketListener{Listener: pp, Logger: p.Logger}).Start())
+					dialer := websocket.Dialer{Subprotocols: []string{"mqtt"}, NetDial: func(network, addr string) (net.Conn, error) {
+						c, err := net.Dial(network, addr)
+						if err == nil {
+							_, err = c.Write(tc.header)
+						}
+						return c, err
+					}}
+					ws, _, err := dialer.Dial("ws://"+ln.Addr().String()+DefaultWebSocketPath, nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer ws.Close()
+					if err := ws.WriteMessage(websocket.BinaryMessage, noToken); err != nil {
+						t.Fatal(err)
+					}
+					answer = func() []byte { return readPackets(t, ws, 1)[0] }
+				}
+				if !tc.accepted {
+					if got, want := answer(), []byte{0x20, 0x02, 0x00, 4}; !bytes.Equal(got, want) {
+						t.Fatalf("answer %x, want %x: no certificate and no token", got, want)
+					}
+					if rec.Accepted() != 0 {
+						t.Error("a refused client reached the upstream")
+					}
+					return
+				}
+				// The recorder is no broker: the CONNECT reaching it is the acceptance.
+				rec.WaitReceived(t, 0, len(noToken))
+				entry := waitLog(t, logs, "authentication accepted", zap.String("remote", "203.0.113.9:40000"))
+				if f := entry.ContextMap(); f["authenticator"] != "devices" || f["sub"] != "device-9" {
+					t.Errorf("accepted by %v as %v, want devices as device-9", f["authenticator"], f["sub"])
+				}
+			})
+		}
 	}
 }

@@ -246,7 +246,9 @@ func tlsState(c net.Conn) (tls.ConnectionState, bool) {
 
 // withTransport adds to req what the client's transport says about it:
 // its TLS certificate's common name and subject (RFC 2253, as Go's
-// pkix.Name prints it) and that it was verified, and for a WebSocket client whose CONNECT has no
+// pkix.Name prints it) and that it was verified, or the common name of the
+// certificate a load balancer verified (ProxyProtocolListener's
+// ClientCertificates), and for a WebSocket client whose CONNECT has no
 // password, the token of its upgrade request, as the password.
 func withTransport(req authn.Request, c net.Conn) authn.Request {
 	if state, ok := tlsState(c); ok && len(state.PeerCertificates) > 0 {
@@ -255,11 +257,26 @@ func withTransport(req authn.Request, c net.Conn) authn.Request {
 		// Verified by the handshake: with client_auth optional or
 		// required, Go keeps no peer certificate it could not verify.
 		req.CertVerified = len(state.VerifiedChains) > 0
+	} else if cn := balancerCertCN(c); cn != "" {
+		// The balancer verified it and names only its common name.
+		req.CertCommonName, req.CertVerified = cn, true
 	}
 	if ws, ok := c.(*wsConn); ok && !req.HasPassword && ws.token != nil {
 		req.Password, req.HasPassword = ws.token, true
 	}
 	return req
+}
+
+// balancerCertCN is the common name of the client certificate that the
+// load balancer in front of c verified, or "".
+func balancerCertCN(c net.Conn) string {
+	switch c := c.(type) {
+	case *proxiedConn:
+		return c.certCN
+	case *wsConn:
+		return c.certCN
+	}
+	return ""
 }
 
 // startUpstream makes up, just dialed, ready for the client's CONNECT:

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"cmp"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -114,6 +115,7 @@ func (l *WebSocketListener) Start() *WebSocketListener {
 		ReadHeaderTimeout: orDefault(l.HandshakeTimeout, DefaultConnectTimeout),
 		MaxHeaderBytes:    maxUpgradeRequestBytes,
 		ErrorLog:          errorLog,
+		ConnContext:       withBalancerCert,
 	}
 	// One upgrade per connection: no idle keep-alive connection to bound.
 	l.server.SetKeepAlivesEnabled(false)
@@ -172,6 +174,20 @@ func (l *WebSocketListener) enter() bool {
 	return true
 }
 
+// balancerCertKey is the context key of the common name of the client
+// certificate a load balancer verified, from the PROXY header of the
+// connection an upgrade came on.
+type balancerCertKey struct{}
+
+// withBalancerCert is the HTTP server's ConnContext: it keeps that name
+// for the upgrade, which sees only the request.
+func withBalancerCert(ctx context.Context, c net.Conn) context.Context {
+	if pc, ok := c.(*proxiedConn); ok && pc.certCN != "" {
+		return context.WithValue(ctx, balancerCertKey{}, pc.certCN)
+	}
+	return ctx
+}
+
 func (l *WebSocketListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !l.enter() {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
@@ -192,7 +208,8 @@ func (l *WebSocketListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		l.refused(r, err) // the upgrader has answered with the HTTP error
 		return
 	}
-	c := &wsConn{ws: ws, tls: r.TLS, token: l.token(r)}
+	cn, _ := r.Context().Value(balancerCertKey{}).(string)
+	c := &wsConn{ws: ws, tls: r.TLS, token: l.token(r), certCN: cn}
 	select {
 	case l.ready <- c:
 	case <-l.done:
@@ -264,6 +281,7 @@ type wsConn struct {
 	reader    io.Reader            // the message being read; nil between messages
 	tls       *tls.ConnectionState // the upgrade's TLS state; nil over plain TCP
 	token     []byte               // the upgrade request's token; nil without one
+	certCN    string               // the balancer's verified client certificate; see proxiedConn
 	closeOnce sync.Once
 }
 

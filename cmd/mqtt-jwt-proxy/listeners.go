@@ -69,7 +69,8 @@ func openListener(l configs.Listener, handshakeTimeout time.Duration, plain func
 		if l.TLS == nil && l.WebSocket == nil {
 			ln = plain(ln)
 		}
-		ln = (&proxy.ProxyProtocolListener{Listener: ln, Trusted: trusted, Timeout: pp.Timeout.Or(0), Logger: logger}).Start()
+		ln = (&proxy.ProxyProtocolListener{Listener: ln, Trusted: trusted, Timeout: pp.Timeout.Or(0),
+			ClientCertificates: pp.ClientCertificates, Logger: logger}).Start()
 	}
 	var cert *proxy.CertReloader
 	if t := l.TLS; t != nil {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/pires/go-proxyproto"
+	"github.com/pires/go-proxyproto/tlvparse"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 )
@@ -20,7 +22,8 @@ import (
 // TestServeEdgeListeners runs serve with an MQTT-over-TLS listener, a
 // secure WebSocket listener that takes the token from the URL, using the
 // example's test certificates, and a plain listener behind a load
-// balancer's PROXY header, and connects through each.
+// balancer's PROXY header, with the client certificate it verified, and
+// connects through each.
 func TestServeEdgeListeners(t *testing.T) {
 	certs, err := filepath.Abs("../../configs/testdata")
 	if err != nil {
@@ -36,10 +39,11 @@ func TestServeEdgeListeners(t *testing.T) {
     websocket: {token_from: query, fail_if_no_subprotocol: true}
   - name: behind-lb
     bind: "127.0.0.1:0"
-    proxy_protocol: {enabled: true, trusted_cidrs: ["127.0.0.1/32"]}
+    proxy_protocol: {enabled: true, trusted_cidrs: ["127.0.0.1/32"], client_certificates: true}
 upstream:
   address: embedded
 authentication:
+  - {mechanism: certificate, name: devices}
   - {mechanism: jwt, algorithm: hmac-based, secret: secret}
 log: {format: json}
 `
@@ -138,6 +142,40 @@ log: {format: json}
 		}
 		if line["remote"] != "203.0.113.9:40001" {
 			t.Errorf("accepted %v, want the client the header names", line)
+		}
+	})
+
+	t.Run("a certificate the balancer verified", func(t *testing.T) {
+		h := proxyproto.HeaderProxyFromAddrs(2, &net.TCPAddr{IP: net.IPv4(203, 0, 113, 9), Port: 40002}, &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 8883})
+		tlv, err := tlvparse.PP2SSL{Client: tlvparse.PP2_BITFIELD_CLIENT_SSL | tlvparse.PP2_BITFIELD_CLIENT_CERT_CONN, TLV: []proxyproto.TLV{
+			{Type: proxyproto.PP2_SUBTYPE_SSL_VERSION, Value: []byte("TLSv1.3")},
+			{Type: proxyproto.PP2_SUBTYPE_SSL_CN, Value: []byte("device-2")},
+		}}.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.SetTLVs([]proxyproto.TLV{tlv})
+		header, err := h.Format()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := net.Dial("tcp", addrs["behind-lb"])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(append(header, connect("")...))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		ack := make([]byte, 4)
+		if _, err := io.ReadFull(c, ack); err != nil || string(ack) != string(accepted) {
+			t.Errorf("CONNACK %x (%v), want %x", ack, err, accepted)
+		}
+		line := waitForLog(t, lines, "authentication accepted")
+		for line["remote"] != "203.0.113.9:40002" {
+			line = waitForLog(t, lines, "authentication accepted")
+		}
+		if line["authenticator"] != "devices" || line["sub"] != "device-2" {
+			t.Errorf("accepted %v, want by devices as device-2", line)
 		}
 	})
 
