@@ -74,8 +74,9 @@ type Request struct {
 	// CertSubject is the TLS client certificate's subject; empty without one.
 	CertSubject string
 	// CertVerified says the client presented a TLS certificate that the
-	// listener verified against its client CA: what a certificate
-	// authenticator accepts.
+	// listener verified against its client CA, or that a trusted load
+	// balancer verified and named: what a certificate authenticator
+	// accepts.
 	CertVerified bool
 }
 

@@ -10,7 +10,7 @@ var errNoCertificate = errors.New("no verified client certificate")
 
 // certificateLink is a certificate authenticator (mechanism: certificate).
 // The TLS handshake has done the verifying, against the listener's client
-// CA; the link accepts a client that came through it with a certificate,
+// CA or at a load balancer in front; the link accepts a client that came through it with a certificate,
 // as the certificate's common name, and passes any other client to the
 // next authenticator, so that [certificate, jwt] takes a certificate or a
 // token.

@@ -380,7 +380,8 @@ func (f *File) Validate() error {
 		errs = append(errs, a.validate(fmt.Sprintf("authentication[%d]", i))...)
 		if a.Mechanism == MechanismCertificate && !f.verifiesClientCertificates() {
 			bad("authentication[%d].mechanism: certificate accepts a client certificate that a listener verified, "+
-				"and no listener asks for one (listeners[].tls.client_auth: optional or required)", i)
+				"and no listener asks for one (listeners[].tls.client_auth: optional or required, "+
+				"or proxy_protocol.client_certificates behind a balancer that verifies them)", i)
 		}
 	}
 

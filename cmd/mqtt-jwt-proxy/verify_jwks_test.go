@@ -4,7 +4,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -66,15 +65,7 @@ func TestVerifyJWKS(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			path := writeConfig(t, tc.auth)
-			code, stdout, stderr := runCommand(t, append([]string{"verify", "-config", path}, tc.args...)...)
-			if code != tc.wantCode {
-				t.Errorf("exit %d, want %d; stderr %q", code, tc.wantCode, stderr)
-			}
-			for _, want := range tc.wantStdout {
-				if !strings.Contains(stdout, want) {
-					t.Errorf("stdout lacks %q:\n%s", want, stdout)
-				}
-			}
+			runVerify(t, path, tc.args, tc.wantCode, tc.wantStdout)
 		})
 	}
 }

@@ -55,6 +55,22 @@ func mustSigningKey(t *testing.T, path string) any {
 	return key
 }
 
+// runVerify runs verify -config path args, checks its exit code and that
+// its output holds each of wantStdout, and returns its standard error.
+func runVerify(t *testing.T, path string, args []string, wantCode int, wantStdout []string) (stderr string) {
+	t.Helper()
+	code, stdout, stderr := runCommand(t, append([]string{"verify", "-config", path}, args...)...)
+	if code != wantCode {
+		t.Errorf("exit %d, want %d; stderr %q", code, wantCode, stderr)
+	}
+	for _, want := range wantStdout {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, stdout)
+		}
+	}
+	return stderr
+}
+
 func TestVerify(t *testing.T) {
 	keyDir := t.TempDir()
 	if code, _, stderr := runCommand(t, "keygen", "-out", keyDir); code != 0 {
@@ -121,15 +137,7 @@ func TestVerify(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			path := writeConfig(t, tc.auth)
-			code, stdout, stderr := runCommand(t, append([]string{"verify", "-config", path}, tc.args...)...)
-			if code != tc.wantCode {
-				t.Errorf("exit %d, want %d; stderr %q", code, tc.wantCode, stderr)
-			}
-			for _, want := range tc.wantStdout {
-				if !strings.Contains(stdout, want) {
-					t.Errorf("stdout lacks %q:\n%s", want, stdout)
-				}
-			}
+			stderr := runVerify(t, path, tc.args, tc.wantCode, tc.wantStdout)
 			if !strings.Contains(stderr, tc.wantStderr) || (tc.wantStderr == "") != (stderr == "") {
 				t.Errorf("stderr %q, want %q", stderr, tc.wantStderr)
 			}
@@ -177,15 +185,7 @@ func TestVerifyCertificate(t *testing.T) {
 			if err := os.WriteFile(path, []byte(mtls+tc.auth), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			code, stdout, stderr := runCommand(t, append([]string{"verify", "-config", path}, tc.args...)...)
-			if code != tc.wantCode {
-				t.Errorf("exit %d, want %d; stderr %q", code, tc.wantCode, stderr)
-			}
-			for _, want := range tc.wantStdout {
-				if !strings.Contains(stdout, want) {
-					t.Errorf("stdout lacks %q:\n%s", want, stdout)
-				}
-			}
+			runVerify(t, path, tc.args, tc.wantCode, tc.wantStdout)
 		})
 	}
 }
