@@ -21,10 +21,14 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
 
-// proxyHeader formats a PROXY header of version from src to dst.
-func proxyHeader(t *testing.T, version byte, src, dst string) []byte {
+// proxyHeader formats a PROXY header of version from src to dst, with
+// tlvs (v2 only).
+func proxyHeader(t *testing.T, version byte, src, dst string, tlvs ...proxyproto.TLV) []byte {
 	t.Helper()
 	h := proxyproto.HeaderProxyFromAddrs(version, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(src)), net.TCPAddrFromAddrPort(netip.MustParseAddrPort(dst)))
+	if err := h.SetTLVs(tlvs); err != nil {
+		t.Fatal(err)
+	}
 	b, err := h.Format()
 	if err != nil {
 		t.Fatal(err)
@@ -234,8 +238,6 @@ func TestProxyProtocolUnderTLS(t *testing.T) {
 // set, the client certificate's common name.
 func sslHeader(t *testing.T, client uint8, verify uint32, cn string) []byte {
 	t.Helper()
-	h := proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(netip.MustParseAddrPort("203.0.113.9:40000")),
-		net.TCPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.1:8883")))
 	ssl := tlvparse.PP2SSL{Client: client, Verify: verify, TLV: []proxyproto.TLV{{Type: proxyproto.PP2_SUBTYPE_SSL_VERSION, Value: []byte("TLSv1.3")}}}
 	if cn != "" {
 		ssl.TLV = append(ssl.TLV, proxyproto.TLV{Type: proxyproto.PP2_SUBTYPE_SSL_CN, Value: []byte(cn)})
@@ -244,14 +246,7 @@ func sslHeader(t *testing.T, client uint8, verify uint32, cn string) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.SetTLVs([]proxyproto.TLV{tlv}); err != nil {
-		t.Fatal(err)
-	}
-	b, err := h.Format()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return proxyHeader(t, 2, "203.0.113.9:40000", "192.0.2.1:8883", tlv)
 }
 
 // TestProxyProtocolClientCertificate: with ClientCertificates, the client
