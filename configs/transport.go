@@ -100,7 +100,8 @@ type ProxyProtocol struct {
 	// common name of a client certificate the balancer verified, as if
 	// the listener had verified it: for ${cert_common_name} and
 	// certificate authenticators, behind a balancer that terminates TLS
-	// (HAProxy: send-proxy-v2-ssl-cn). Not with the listener's own tls.
+	// (HAProxy: send-proxy-v2-ssl-cn); a v2 header sent upstream passes
+	// the TLV on. Not with the listener's own tls.
 	ClientCertificates bool `yaml:"client_certificates"`
 }
 

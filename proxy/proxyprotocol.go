@@ -57,7 +57,8 @@ type ProxyProtocolListener struct {
 	// (the TLV says a certificate came with the connection and verify is
 	// 0), as a certificate this proxy verified: for ${cert_common_name}
 	// and certificate authenticators, when the balancer terminates TLS
-	// (HAProxy: send-proxy-v2-ssl-cn). False ignores the TLV.
+	// (HAProxy: send-proxy-v2-ssl-cn). The TLV, as it came, is also
+	// passed on in a v2 header sent upstream. False ignores the TLV.
 	ClientCertificates bool
 
 	ready     chan acceptResult
@@ -223,26 +224,39 @@ func readProxyHeader(c net.Conn, timeout time.Duration, certs bool) (*proxiedCon
 	if src, dst, ok := header.TCPAddrs(); ok && header.Command.IsProxy() {
 		pc.remote, pc.local = src, dst
 		if certs {
-			pc.certCN = verifiedCommonName(header)
+			pc.balancer = balancerTLSOf(header)
 		}
 	}
 	return pc, nil
 }
 
-// verifiedCommonName is the common name of the client certificate that
-// header's SSL TLV reports verified, or "". Verify is 0 also when the
-// client sent no certificate, so the certificate flag must be set too.
-func verifiedCommonName(header *proxyproto.Header) string {
+// balancerTLS is what a load balancer that terminated a client's TLS said
+// of it in a v2 header's PP2_TYPE_SSL TLV (ClientCertificates).
+type balancerTLS struct {
+	tlv    proxyproto.TLV // passed on, as it came, in a v2 header sent upstream
+	certCN string         // the common name of the client certificate it verified, or ""
+}
+
+// balancerTLSOf reads header's first well-formed SSL TLV, or returns nil.
+// Verify is 0 also when the client sent no certificate, so a certificate
+// counts only when the certificate flag is set too.
+func balancerTLSOf(header *proxyproto.Header) *balancerTLS {
 	tlvs, err := header.TLVs()
 	if err != nil {
-		return ""
+		return nil
 	}
-	ssl, ok := tlvparse.FindSSL(tlvs)
-	if !ok || !ssl.ClientSSL() || !ssl.ClientCertConn() || !ssl.Verified() {
-		return ""
+	for _, tlv := range tlvs {
+		ssl, err := tlvparse.SSL(tlv)
+		if err != nil {
+			continue
+		}
+		b := &balancerTLS{tlv: tlv}
+		if ssl.ClientSSL() && ssl.ClientCertConn() && ssl.Verified() {
+			b.certCN, _ = ssl.ClientCN()
+		}
+		return b
 	}
-	cn, _ := ssl.ClientCN()
-	return cn
+	return nil
 }
 
 // proxiedConn is a connection whose PROXY header has been read: its
@@ -252,8 +266,8 @@ func verifiedCommonName(header *proxyproto.Header) string {
 type proxiedConn struct {
 	net.Conn
 	remote, local net.Addr
-	ahead         []byte // read past the header, not yet returned by Read
-	certCN        string // the balancer's verified client certificate (ClientCertificates)
+	ahead         []byte       // read past the header, not yet returned by Read
+	balancer      *balancerTLS // the balancer's SSL TLV (ClientCertificates), or nil
 }
 
 func (c *proxiedConn) Read(b []byte) (int, error) {
@@ -346,17 +360,27 @@ const (
 
 // format returns the header for client: its address as the source, the
 // address it connected to as the destination (both as a PROXY header in
-// front of the proxy gave them), and with v2 the TLS facts of a TLS
-// client, the certificate's common name included, in a PP2_TYPE_SSL TLV.
+// front of the proxy gave them), and with v2 a PP2_TYPE_SSL TLV for a
+// client over TLS: the facts of the proxy's own handshake, the
+// certificate's common name included, or the TLV of the balancer that
+// terminated the client's TLS, as it came (ClientCertificates).
 func (v ProxyHeader) format(client net.Conn) ([]byte, error) {
 	header := proxyproto.HeaderProxyFromAddrs(byte(v), client.RemoteAddr(), client.LocalAddr())
-	if state, ok := tlsState(client); ok && v == ProxyHeaderV2 {
-		tlv, err := sslTLV(state).Marshal()
-		if err != nil {
-			return nil, fmt.Errorf("PROXY header SSL TLV: %w", err)
+	if v == ProxyHeaderV2 {
+		var ssl proxyproto.TLV
+		if state, ok := tlsState(client); ok {
+			tlv, err := sslTLV(state).Marshal()
+			if err != nil {
+				return nil, fmt.Errorf("PROXY header SSL TLV: %w", err)
+			}
+			ssl = tlv
+		} else if b := balancerOf(client); b != nil {
+			ssl = b.tlv
 		}
-		if err := header.SetTLVs([]proxyproto.TLV{tlv}); err != nil {
-			return nil, fmt.Errorf("PROXY header SSL TLV: %w", err)
+		if ssl.Type != 0 {
+			if err := header.SetTLVs([]proxyproto.TLV{ssl}); err != nil {
+				return nil, fmt.Errorf("PROXY header SSL TLV: %w", err)
+			}
 		}
 	}
 	b, err := header.Format()

@@ -254,7 +254,8 @@ func sslHeader(t *testing.T, client uint8, verify uint32, cn string) []byte {
 // accepted by a certificate authenticator, over TCP and WebSocket; a
 // certificate the balancer did not verify, a TLV without one, and any
 // TLV while ClientCertificates is off count as no certificate, and the
-// CONNECT without a token is refused.
+// CONNECT without a token is refused. The v2 header sent upstream carries
+// the balancer's TLV as it came, and none while ClientCertificates is off.
 func TestProxyProtocolClientCertificate(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	chain, err := authn.New([]configs.Authenticator{{Name: "devices", Mechanism: configs.MechanismCertificate}, anyClientHS256})
@@ -264,22 +265,29 @@ func TestProxyProtocolClientCertificate(t *testing.T) {
 	t.Cleanup(chain.Close)
 	const withCert = tlvparse.PP2_BITFIELD_CLIENT_SSL | tlvparse.PP2_BITFIELD_CLIENT_CERT_CONN
 	noToken := connectAs(t, packets.ProtocolV311, "dev-9", "")
+	withToken := connectAs(t, packets.ProtocolV311, "dev-9", mint(t, e2eSecret, "dev-9", nil))
+	verified := sslHeader(t, withCert, 0, "device-9")
+	noTLV := proxyHeader(t, 2, "203.0.113.9:40000", "192.0.2.1:8883")
 	for _, tc := range []struct {
 		name     string
 		certs    bool // ClientCertificates
 		header   []byte
-		accepted bool
+		connect  []byte
+		accepted string // by this authenticator, or "" for refused
+		upstream []byte // the PROXY header sent upstream
 	}{
-		{"verified certificate", true, sslHeader(t, withCert, 0, "device-9"), true},
-		{"certificate not verified", true, sslHeader(t, withCert, 20, "device-9"), false},
-		{"TLS without a certificate", true, sslHeader(t, tlvparse.PP2_BITFIELD_CLIENT_SSL, 0, ""), false},
-		{"no SSL TLV", true, proxyHeader(t, 2, "203.0.113.9:40000", "192.0.2.1:8883"), false},
-		{"ClientCertificates off", false, sslHeader(t, withCert, 0, "device-9"), false},
+		{"verified certificate", true, verified, noToken, "devices", verified},
+		{"certificate not verified", true, sslHeader(t, withCert, 20, "device-9"), noToken, "", nil},
+		{"TLS without a certificate", true, sslHeader(t, tlvparse.PP2_BITFIELD_CLIENT_SSL, 0, ""), noToken, "", nil},
+		{"no SSL TLV", true, noTLV, noToken, "", nil},
+		{"ClientCertificates off", false, verified, noToken, "", nil},
+		{"certificate not verified, with a token", true, sslHeader(t, withCert, 20, "device-9"), withToken, "jwt", sslHeader(t, withCert, 20, "device-9")},
+		{"ClientCertificates off, with a token", false, verified, withToken, "jwt", noTLV},
 	} {
 		for _, transport := range []string{"tcp", "websocket"} {
 			t.Run(tc.name+", "+transport, func(t *testing.T) {
 				rec := proxytest.NewRecorder(t, "")
-				p := &Proxy{Upstream: rec.Addr, Verifier: chain}
+				p := &Proxy{Upstream: rec.Addr, Verifier: chain, UpstreamProxyHeader: ProxyHeaderV2}
 				logs := observe(p)
 				ln := listen(t)
 				pp := (&ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
@@ -288,7 +296,7 @@ func TestProxyProtocolClientCertificate(t *testing.T) {
 				if transport == "tcp" {
 					serveOn(t, p, pp)
 					c := dial(t, ln.Addr().String())
-					if _, err := c.Write(append(append([]byte(nil), tc.header...), noToken...)); err != nil {
+					if _, err := c.Write(append(append([]byte(nil), tc.header...), tc.connect...)); err != nil {
 						t.Fatal(err)
 					}
 					answer = func() []byte {
@@ -313,12 +321,12 @@ func TestProxyProtocolClientCertificate(t *testing.T) {
 						t.Fatal(err)
 					}
 					defer ws.Close()
-					if err := ws.WriteMessage(websocket.BinaryMessage, noToken); err != nil {
+					if err := ws.WriteMessage(websocket.BinaryMessage, tc.connect); err != nil {
 						t.Fatal(err)
 					}
 					answer = func() []byte { return readPackets(t, ws, 1)[0] }
 				}
-				if !tc.accepted {
+				if tc.accepted == "" {
 					if got, want := answer(), []byte{0x20, 0x02, 0x00, 4}; !bytes.Equal(got, want) {
 						t.Fatalf("answer %x, want %x: no certificate and no token", got, want)
 					}
@@ -328,10 +336,15 @@ func TestProxyProtocolClientCertificate(t *testing.T) {
 					return
 				}
 				// The recorder is no broker: the CONNECT reaching it is the acceptance.
-				rec.WaitReceived(t, 0, len(noToken))
+				want := append(append([]byte(nil), tc.upstream...), tc.connect...)
+				rec.WaitReceived(t, 0, len(want))
+				if got := rec.Received()[0]; !bytes.Equal(got, want) {
+					t.Errorf("upstream received %x,\nwant the header %x and the CONNECT", got, tc.upstream)
+				}
 				entry := waitLog(t, logs, "authentication accepted", zap.String("remote", "203.0.113.9:40000"))
-				if f := entry.ContextMap(); f["authenticator"] != "devices" || f["sub"] != "device-9" {
-					t.Errorf("accepted by %v as %v, want devices as device-9", f["authenticator"], f["sub"])
+				sub := map[string]string{"devices": "device-9", "jwt": "dev-9"}[tc.accepted]
+				if f := entry.ContextMap(); f["authenticator"] != tc.accepted || f["sub"] != sub {
+					t.Errorf("accepted by %v as %v, want %s as %s", f["authenticator"], f["sub"], tc.accepted, sub)
 				}
 			})
 		}

@@ -257,9 +257,9 @@ func withTransport(req authn.Request, c net.Conn) authn.Request {
 		// Verified by the handshake: with client_auth optional or
 		// required, Go keeps no peer certificate it could not verify.
 		req.CertVerified = len(state.VerifiedChains) > 0
-	} else if cn := balancerCertCN(c); cn != "" {
+	} else if b := balancerOf(c); b != nil && b.certCN != "" {
 		// The balancer verified it and names only its common name.
-		req.CertCommonName, req.CertVerified = cn, true
+		req.CertCommonName, req.CertVerified = b.certCN, true
 	}
 	if ws, ok := c.(*wsConn); ok && !req.HasPassword && ws.token != nil {
 		req.Password, req.HasPassword = ws.token, true
@@ -267,16 +267,16 @@ func withTransport(req authn.Request, c net.Conn) authn.Request {
 	return req
 }
 
-// balancerCertCN is the common name of the client certificate that the
-// load balancer in front of c verified, or "".
-func balancerCertCN(c net.Conn) string {
+// balancerOf is what the load balancer in front of c said of the
+// client's TLS, or nil.
+func balancerOf(c net.Conn) *balancerTLS {
 	switch c := c.(type) {
 	case *proxiedConn:
-		return c.certCN
+		return c.balancer
 	case *wsConn:
-		return c.certCN
+		return c.balancer
 	}
-	return ""
+	return nil
 }
 
 // startUpstream makes up, just dialed, ready for the client's CONNECT:

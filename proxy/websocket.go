@@ -115,7 +115,7 @@ func (l *WebSocketListener) Start() *WebSocketListener {
 		ReadHeaderTimeout: orDefault(l.HandshakeTimeout, DefaultConnectTimeout),
 		MaxHeaderBytes:    maxUpgradeRequestBytes,
 		ErrorLog:          errorLog,
-		ConnContext:       withBalancerCert,
+		ConnContext:       withBalancer,
 	}
 	// One upgrade per connection: no idle keep-alive connection to bound.
 	l.server.SetKeepAlivesEnabled(false)
@@ -174,16 +174,16 @@ func (l *WebSocketListener) enter() bool {
 	return true
 }
 
-// balancerCertKey is the context key of the common name of the client
-// certificate a load balancer verified, from the PROXY header of the
-// connection an upgrade came on.
-type balancerCertKey struct{}
+// balancerKey is the context key of what a load balancer said of the
+// client's TLS (balancerTLS), from the PROXY header of the connection an
+// upgrade came on.
+type balancerKey struct{}
 
-// withBalancerCert is the HTTP server's ConnContext: it keeps that name
-// for the upgrade, which sees only the request.
-func withBalancerCert(ctx context.Context, c net.Conn) context.Context {
-	if pc, ok := c.(*proxiedConn); ok && pc.certCN != "" {
-		return context.WithValue(ctx, balancerCertKey{}, pc.certCN)
+// withBalancer is the HTTP server's ConnContext: it keeps that for the
+// upgrade, which sees only the request.
+func withBalancer(ctx context.Context, c net.Conn) context.Context {
+	if pc, ok := c.(*proxiedConn); ok && pc.balancer != nil {
+		return context.WithValue(ctx, balancerKey{}, pc.balancer)
 	}
 	return ctx
 }
@@ -208,8 +208,8 @@ func (l *WebSocketListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		l.refused(r, err) // the upgrader has answered with the HTTP error
 		return
 	}
-	cn, _ := r.Context().Value(balancerCertKey{}).(string)
-	c := &wsConn{ws: ws, tls: r.TLS, token: l.token(r), certCN: cn}
+	balancer, _ := r.Context().Value(balancerKey{}).(*balancerTLS)
+	c := &wsConn{ws: ws, tls: r.TLS, token: l.token(r), balancer: balancer}
 	select {
 	case l.ready <- c:
 	case <-l.done:
@@ -281,7 +281,7 @@ type wsConn struct {
 	reader    io.Reader            // the message being read; nil between messages
 	tls       *tls.ConnectionState // the upgrade's TLS state; nil over plain TCP
 	token     []byte               // the upgrade request's token; nil without one
-	certCN    string               // the balancer's verified client certificate; see proxiedConn
+	balancer  *balancerTLS         // the balancer's SSL TLV; see proxiedConn
 	closeOnce sync.Once
 }
 
