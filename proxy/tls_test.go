@@ -5,8 +5,11 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -103,12 +106,19 @@ func TestTLSClientAuth(t *testing.T) {
 	}
 }
 
-// TestCertificateOrToken: a chain [certificate, jwt] on a listener with
-// client_auth: optional lets mosquitto_pub in with a verified certificate
-// and no password, or with a token and no certificate, and refuses a
-// client with neither with the jwt authenticator's CONNACK.
+// TestCertificateOrToken: a chain [certificate, jwt] lets mosquitto_pub in
+// with a verified certificate and no password, or with a token and no
+// certificate, and refuses a client with neither with the jwt
+// authenticator's CONNACK. Two fronts verify the certificate: the proxy's
+// own TLS listener with client_auth: optional, and a real HAProxy that
+// terminates TLS (verify optional) and names the certificate in the PROXY
+// header's SSL TLV (send-proxy-v2-ssl-cn) to a listener with
+// proxy_protocol.client_certificates. HAProxy connects from 127.0.0.2, so
+// the client's address logged, 127.0.0.1, can only have come from its
+// header.
 func TestCertificateOrToken(t *testing.T) {
 	proxytest.RequireMosquitto(t)
+	proxytest.LookPath(t, "haproxy")
 	proxytest.VerifyNoLeaks(t)
 	broker := proxytest.StartMosquitto(t)
 	pki := newTestPKI(t, "devices")
@@ -119,55 +129,93 @@ func TestCertificateOrToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(chain.Close)
-	addr, _, logs := startTLSProxy(t, &Proxy{Upstream: broker.Addr, Verifier: chain},
-		TLSFiles{CertFile: serverCert, KeyFile: serverKey, ClientCAFile: pki.CAFile, ClientAuth: tls.VerifyClientCertIfGiven})
 
-	for _, tc := range []struct {
-		name, id, password string
-		cert               bool
-		connack            int    // 0: accepted
-		wantBy, wantSub    string // authenticator and sub logged on accept
+	fronts := []struct {
+		name  string
+		start func(t *testing.T, p *Proxy) (addr string, logs *observer.ObservedLogs)
 	}{
-		{"certificate, no password", "device-1", "", true, 0, "devices", "device-1"},
-		{"certificate and a wrong token: the certificate decides", "device-1b", "not-a-token", true, 0, "devices", "device-1"},
-		{"token, no certificate", "app-1", mint(t, e2eSecret, "app-1", nil), false, 0, "jwt", "app-1"},
-		{"neither", "app-2", "", false, 4, "", ""},                                  // token_missing: bad user name or password
-		{"a wrong token, no certificate", "app-3", "not-a-token", false, 4, "", ""}, // token_malformed
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			broker.SyncLog(t)
-			before := broker.Connections()
-			args := append(proxytest.AddrArgs(t, addr), "--cafile", pki.CAFile, "-i", tc.id, "-t", "cert/"+tc.id, "-m", "hello")
-			if tc.password != "" {
-				args = append(args, "-u", "u", "-P", tc.password)
-			}
-			if tc.cert {
-				args = append(args, "--cert", deviceCert, "--key", deviceKey)
-			}
-			res := proxytest.Pub(t, args...)
-			broker.SyncLog(t)
-			if res.Connack != tc.connack {
-				t.Fatalf("connack %d (%v), want %d\n%s", res.Connack, res.Err, tc.connack, res.Output)
-			}
-			if tc.connack != 0 {
-				if got := broker.Connections() - before; got != 0 {
-					t.Errorf("broker saw %d connections from a refused client", got)
+		{"own TLS", func(t *testing.T, p *Proxy) (string, *observer.ObservedLogs) {
+			addr, _, logs := startTLSProxy(t, p,
+				TLSFiles{CertFile: serverCert, KeyFile: serverKey, ClientCAFile: pki.CAFile, ClientAuth: tls.VerifyClientCertIfGiven})
+			return addr, logs
+		}},
+		{"HAProxy", func(t *testing.T, p *Proxy) (string, *observer.ObservedLogs) {
+			logs := observe(p)
+			ln := listen(t)
+			serveOn(t, p, (&ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")},
+				ClientCertificates: true, Logger: p.Logger}).Start())
+			// HAProxy reads its certificate and key from one file.
+			pem := filepath.Join(t.TempDir(), "haproxy.pem")
+			var both []byte
+			for _, f := range []string{serverCert, serverKey} {
+				b, err := os.ReadFile(f)
+				if err != nil {
+					t.Fatal(err)
 				}
-				return
+				both = append(both, b...)
 			}
-			if res.Err != nil {
-				t.Fatalf("mosquitto_pub: %v\n%s", res.Err, res.Output)
+			if err := os.WriteFile(pem, both, 0o600); err != nil {
+				t.Fatal(err)
 			}
-			if got := broker.Connections() - before; got != 1 {
-				t.Errorf("broker saw %d connections, want 1", got)
-			}
-			accepted := logs.FilterMessage("authentication accepted").FilterField(zap.String("client_id", tc.id)).All()
-			if len(accepted) != 1 {
-				t.Fatalf("%d accept lines for %s, want 1", len(accepted), tc.id)
-			}
-			fields := accepted[0].ContextMap()
-			if fields["authenticator"] != tc.wantBy || fields["sub"] != tc.wantSub {
-				t.Errorf("accepted by %v as %v, want %s as %s", fields["authenticator"], fields["sub"], tc.wantBy, tc.wantSub)
+			h := proxytest.StartHAProxy(t, "ssl crt "+pem+" ca-file "+pki.CAFile+" verify optional",
+				ln.Addr().String(), "source 127.0.0.2 send-proxy-v2-ssl-cn")
+			return h.Addr, logs
+		}},
+	}
+	for _, front := range fronts {
+		t.Run(front.name, func(t *testing.T) {
+			addr, logs := front.start(t, &Proxy{Upstream: broker.Addr, Verifier: chain})
+			for _, tc := range []struct {
+				name, id, password string
+				cert               bool
+				connack            int    // 0: accepted
+				wantBy, wantSub    string // authenticator and sub logged on accept
+			}{
+				{"certificate, no password", "device-1", "", true, 0, "devices", "device-1"},
+				{"certificate and a wrong token: the certificate decides", "device-1b", "not-a-token", true, 0, "devices", "device-1"},
+				{"token, no certificate", "app-1", mint(t, e2eSecret, "app-1", nil), false, 0, "jwt", "app-1"},
+				{"neither", "app-2", "", false, 4, "", ""},                                  // token_missing: bad user name or password
+				{"a wrong token, no certificate", "app-3", "not-a-token", false, 4, "", ""}, // token_malformed
+			} {
+				t.Run(tc.name, func(t *testing.T) {
+					broker.SyncLog(t)
+					before := broker.Connections()
+					args := append(proxytest.AddrArgs(t, addr), "--cafile", pki.CAFile, "-i", tc.id, "-t", "cert/"+tc.id, "-m", "hello")
+					if tc.password != "" {
+						args = append(args, "-u", "u", "-P", tc.password)
+					}
+					if tc.cert {
+						args = append(args, "--cert", deviceCert, "--key", deviceKey)
+					}
+					res := proxytest.Pub(t, args...)
+					broker.SyncLog(t)
+					if res.Connack != tc.connack {
+						t.Fatalf("connack %d (%v), want %d\n%s", res.Connack, res.Err, tc.connack, res.Output)
+					}
+					if tc.connack != 0 {
+						if got := broker.Connections() - before; got != 0 {
+							t.Errorf("broker saw %d connections from a refused client", got)
+						}
+						return
+					}
+					if res.Err != nil {
+						t.Fatalf("mosquitto_pub: %v\n%s", res.Err, res.Output)
+					}
+					if got := broker.Connections() - before; got != 1 {
+						t.Errorf("broker saw %d connections, want 1", got)
+					}
+					accepted := logs.FilterMessage("authentication accepted").FilterField(zap.String("client_id", tc.id)).All()
+					if len(accepted) != 1 {
+						t.Fatalf("%d accept lines for %s, want 1", len(accepted), tc.id)
+					}
+					fields := accepted[0].ContextMap()
+					if fields["authenticator"] != tc.wantBy || fields["sub"] != tc.wantSub {
+						t.Errorf("accepted by %v as %v, want %s as %s", fields["authenticator"], fields["sub"], tc.wantBy, tc.wantSub)
+					}
+					if remote, _ := fields["remote"].(string); !strings.HasPrefix(remote, "127.0.0.1:") {
+						t.Errorf("remote %q, want the client's address, 127.0.0.1:port", remote)
+					}
+				})
 			}
 		})
 	}

@@ -1,7 +1,8 @@
 // Package proxytest runs the real parts that end-to-end tests of the proxy
 // need, much as net/http/httptest runs an HTTP server: a mosquitto broker
-// process, the mosquitto_pub and mosquitto_sub clients, and a Recorder that
-// stands in for a broker and keeps every byte it receives.
+// process, the mosquitto_pub and mosquitto_sub clients, an HAProxy in front
+// of the proxy, and a Recorder that stands in for a broker and keeps every
+// byte it receives.
 //
 // Typical usage:
 //
@@ -26,7 +27,7 @@
 // package starts ends with the process or connection it serves, so a
 // goleak check registered before them (VerifyNoLeaks) passes.
 //
-// When the mosquitto binaries are missing the tests that need them are
+// When the mosquitto binaries (or haproxy) are missing the tests that need them are
 // skipped, unless the environment variable named by RequireEnv is set, in
 // which case they fail: CI must not pass by skipping.
 package proxytest
@@ -46,9 +47,10 @@ import (
 	"go.uber.org/goleak"
 )
 
-// RequireEnv names the environment variable that turns "mosquitto is not
-// installed" from a skip into a test failure. CI sets it to 1. Empty, "0"
-// and "false" mean not required.
+// RequireEnv names the environment variable that turns "mosquitto (or
+// another binary the harness runs, such as haproxy) is not installed" from
+// a skip into a test failure. CI sets it to 1. Empty, "0" and "false" mean
+// not required.
 const RequireEnv = "MQTT_JWT_PROXY_REQUIRE_MOSQUITTO"
 
 // DefaultTimeout bounds every wait in this package that takes no explicit
@@ -86,7 +88,7 @@ func LookPath(t testing.TB, name string) string {
 		}
 	}
 	if required() {
-		t.Fatalf("%s not found in PATH or %v, and %s is set: install mosquitto and mosquitto-clients", name, sbinDirs, RequireEnv)
+		t.Fatalf("%s not found in PATH or %v, and %s is set: install it (Debian: mosquitto, mosquitto-clients, haproxy)", name, sbinDirs, RequireEnv)
 	} else {
 		t.Skipf("%s not found in PATH or %v (set %s=1 to fail instead of skipping)", name, sbinDirs, RequireEnv)
 	}
