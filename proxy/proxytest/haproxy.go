@@ -1,7 +1,6 @@
 package proxytest
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -47,21 +46,12 @@ type HAProxy struct {
 func StartHAProxy(t testing.TB, bindOptions, server, serverOptions string) *HAProxy {
 	t.Helper()
 	binary := LookPath(t, "haproxy")
-	if binary == "" {
-		return nil
-	}
 	dir := t.TempDir()
-	for attempt := 1; ; attempt++ {
-		h, err := startHAProxyOn(binary, dir, FreePort(t), bindOptions, server, serverOptions)
-		if err == nil {
-			t.Cleanup(h.proc.stop)
-			return h
-		}
-		if !errors.Is(err, errPortTaken) || attempt == maxStartAttempts {
-			t.Fatalf("starting haproxy (attempt %d): %v", attempt, err)
-		}
-		t.Logf("haproxy attempt %d: %v; retrying on another port", attempt, err)
-	}
+	h := onFreePort(t, "haproxy", func(port int) (*HAProxy, error) {
+		return startHAProxyOn(binary, dir, port, bindOptions, server, serverOptions)
+	})
+	t.Cleanup(h.proc.stop)
+	return h
 }
 
 // startHAProxyOn writes the config for port into dir and starts HAProxy,
@@ -85,29 +75,12 @@ func startHAProxyOn(binary, dir string, port int, bindOptions, server, serverOpt
 		return nil, fmt.Errorf("writing config: %w", err)
 	}
 	// -W: the master reports the worker's start; -db: in the foreground.
-	proc, err := startProcess(exec.Command(binary, "-W", "-db", "-f", configFile), false)
+	ready := func(line string) bool { return strings.Contains(line, logHAProxyReady) }
+	proc, err := startReady(exec.Command(binary, "-W", "-db", "-f", configFile), port, ready, logHAProxyPortTaken)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w\nconfig:\n%s", err, config)
 	}
-	ready := proc.waitLines(DefaultTimeout, func(lines []string) bool {
-		for _, line := range lines {
-			if strings.Contains(line, logHAProxyReady) {
-				return true
-			}
-		}
-		return false
-	})
-	if ready {
-		return &HAProxy{Addr: addr, ConfigFile: configFile, proc: proc}, nil
-	}
-	proc.stop()
-	var exitErr error
-	proc.read(func() { exitErr = proc.err })
-	log := proc.output()
-	if strings.Contains(log, logHAProxyPortTaken) {
-		return nil, fmt.Errorf("port %d: %w\n%s", port, errPortTaken, log)
-	}
-	return nil, fmt.Errorf("not ready within %v (exit: %v); log:\n%s\nconfig:\n%s", DefaultTimeout, exitErr, log, config)
+	return &HAProxy{Addr: addr, ConfigFile: configFile, proc: proc}, nil
 }
 
 // Log returns what HAProxy printed so far, for failure messages.

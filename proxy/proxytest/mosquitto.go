@@ -1,7 +1,6 @@
 package proxytest
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -13,10 +12,6 @@ import (
 	"testing"
 	"time"
 )
-
-// maxStartAttempts bounds StartMosquitto's retries when the free port it
-// picked is taken before the broker binds it.
-const maxStartAttempts = 5
 
 // Lines mosquitto 2.0 logs (with log_type all), each after a
 // "<unix time>: " prefix:
@@ -34,9 +29,6 @@ const (
 	logPortTaken     = "Address already in use"
 	logNewConnection = "New connection from "
 )
-
-// errPortTaken means another process bound the broker's port first.
-var errPortTaken = errors.New("port already in use")
 
 // Mosquitto is a mosquitto broker process on a free loopback port, started
 // by StartMosquitto and stopped at test cleanup. The zero value is not a
@@ -70,17 +62,11 @@ func StartMosquitto(t testing.TB, extraConfig ...string) *Mosquitto {
 	t.Helper()
 	binary := LookPath(t, "mosquitto")
 	dir := t.TempDir()
-	for attempt := 1; ; attempt++ {
-		m, err := startMosquittoOn(binary, dir, FreePort(t), extraConfig)
-		if err == nil {
-			t.Cleanup(m.Stop)
-			return m
-		}
-		if !errors.Is(err, errPortTaken) || attempt == maxStartAttempts {
-			t.Fatalf("starting mosquitto (attempt %d): %v", attempt, err)
-		}
-		t.Logf("mosquitto attempt %d: %v; retrying on another port", attempt, err)
-	}
+	m := onFreePort(t, "mosquitto", func(port int) (*Mosquitto, error) {
+		return startMosquittoOn(binary, dir, port, extraConfig)
+	})
+	t.Cleanup(m.Stop)
+	return m
 }
 
 // startMosquittoOn writes the config for port into dir and starts the
@@ -101,33 +87,16 @@ func startMosquittoOn(binary, dir string, port int, extraConfig []string) (*Mosq
 	if err := os.WriteFile(configFile, []byte(strings.Join(config, "\n")+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("writing config: %w", err)
 	}
-	proc, err := startProcess(exec.Command(binary, "-c", configFile), false)
+	ready := func(line string) bool { return strings.Contains(line, logVersion) && strings.HasSuffix(line, logReady) }
+	proc, err := startReady(exec.Command(binary, "-c", configFile), port, ready, logPortTaken)
 	if err != nil {
 		return nil, err
 	}
-	ready := proc.waitLines(DefaultTimeout, func(lines []string) bool {
-		for _, line := range lines {
-			if strings.Contains(line, logVersion) && strings.HasSuffix(line, logReady) {
-				return true
-			}
-		}
-		return false
-	})
-	if ready {
-		return &Mosquitto{
-			Addr:       net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
-			ConfigFile: configFile,
-			proc:       proc,
-		}, nil
-	}
-	proc.stop()
-	var exitErr error
-	proc.read(func() { exitErr = proc.err })
-	log := proc.output()
-	if strings.Contains(log, logPortTaken) {
-		return nil, fmt.Errorf("port %d: %w\n%s", port, errPortTaken, log)
-	}
-	return nil, fmt.Errorf("not ready within %v (exit: %v); log:\n%s", DefaultTimeout, exitErr, log)
+	return &Mosquitto{
+		Addr:       net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		ConfigFile: configFile,
+		proc:       proc,
+	}, nil
 }
 
 // Stop ends the broker (SIGTERM, then kill after a grace period) and waits

@@ -2,12 +2,15 @@ package proxytest
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -129,4 +132,50 @@ func (p *process) waitLines(timeout time.Duration, match func(lines []string) bo
 		return matched || p.exited
 	})
 	return matched
+}
+
+// maxStartAttempts bounds onFreePort's retries when the free port it
+// picked is taken before the process binds it.
+const maxStartAttempts = 5
+
+// errPortTaken means another process bound the port first.
+var errPortTaken = errors.New("port already in use")
+
+// onFreePort runs start, which starts a server named name on port, with a
+// free port, and again with another one while it fails with errPortTaken,
+// up to maxStartAttempts times. Any other failure fails the test.
+func onFreePort[S any](t testing.TB, name string, start func(port int) (S, error)) S {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		s, err := start(FreePort(t))
+		if err == nil {
+			return s
+		}
+		if !errors.Is(err, errPortTaken) || attempt == maxStartAttempts {
+			t.Fatalf("starting %s (attempt %d): %v", name, attempt, err)
+		}
+		t.Logf("%s attempt %d: %v; retrying on another port", name, attempt, err)
+	}
+}
+
+// startReady starts cmd, a server that is to listen on port, and waits
+// until one of its output lines is ready, within DefaultTimeout. When it
+// is not, it stops the process and returns an error, errPortTaken when
+// its output contains portTaken.
+func startReady(cmd *exec.Cmd, port int, ready func(line string) bool, portTaken string) (*process, error) {
+	proc, err := startProcess(cmd, false)
+	if err != nil {
+		return nil, err
+	}
+	if proc.waitLines(DefaultTimeout, func(lines []string) bool { return slices.ContainsFunc(lines, ready) }) {
+		return proc, nil
+	}
+	proc.stop()
+	var exitErr error
+	proc.read(func() { exitErr = proc.err })
+	log := proc.output()
+	if strings.Contains(log, portTaken) {
+		return nil, fmt.Errorf("port %d: %w\n%s", port, errPortTaken, log)
+	}
+	return nil, fmt.Errorf("not ready within %v (exit: %v); log:\n%s", DefaultTimeout, exitErr, log)
 }

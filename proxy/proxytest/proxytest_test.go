@@ -280,17 +280,31 @@ func TestWaitForLogFailsOnTimeout(t *testing.T) {
 	}
 }
 
-func TestStartMosquittoPortTaken(t *testing.T) {
+// TestStartPortTaken: a server started on a port another socket holds
+// fails with errPortTaken, which StartMosquitto and StartHAProxy retry.
+func TestStartPortTaken(t *testing.T) {
 	VerifyNoLeaks(t)
-	binary := LookPath(t, "mosquitto")
-	taken, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer taken.Close()
-	_, err = startMosquittoOn(binary, t.TempDir(), taken.Addr().(*net.TCPAddr).Port, nil)
-	if !errors.Is(err, errPortTaken) {
-		t.Errorf("starting on a taken port: %v, want errPortTaken", err)
+	for name, start := range map[string]func(binary, dir string, port int) error{
+		"mosquitto": func(binary, dir string, port int) error {
+			_, err := startMosquittoOn(binary, dir, port, nil)
+			return err
+		},
+		"haproxy": func(binary, dir string, port int) error {
+			_, err := startHAProxyOn(binary, dir, port, "", "127.0.0.1:1", "")
+			return err
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			binary := LookPath(t, name)
+			taken, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer taken.Close()
+			if err := start(binary, t.TempDir(), taken.Addr().(*net.TCPAddr).Port); !errors.Is(err, errPortTaken) {
+				t.Errorf("starting on a taken port: %v, want errPortTaken", err)
+			}
+		})
 	}
 }
 
