@@ -210,10 +210,17 @@ func waitForLog(t *testing.T, lines chan map[string]any, msg string) map[string]
 	}
 }
 
-// writeCounter counts the writes that reach w.
+// writeCounter counts the writes that reach w, and the syncs asked of
+// it, as of a file.
 type writeCounter struct {
 	w      io.Writer
 	writes int
+	syncs  int
+}
+
+func (c *writeCounter) Sync() error {
+	c.syncs++
+	return nil
 }
 
 func (c *writeCounter) Write(p []byte) (int, error) {
@@ -222,8 +229,8 @@ func (c *writeCounter) Write(p []byte) (int, error) {
 }
 
 // TestServeLogsInBatches checks that a burst of decisions reaches stderr
-// in a few writes, and that the lines still waiting when serve stops are
-// written.
+// in a few writes, that the lines still waiting when serve stops are
+// written, and that stderr is never fsynced.
 func TestServeLogsInBatches(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "config.yaml")
 	config := `listeners:
@@ -288,6 +295,9 @@ log:
 	}
 	if out.writes > total/2 {
 		t.Errorf("%d log lines took %d writes; want them batched", total, out.writes)
+	}
+	if out.syncs != 0 {
+		t.Errorf("stderr was synced %d times; want flushes only", out.syncs)
 	}
 }
 
