@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -106,16 +108,17 @@ func TestTLSClientAuth(t *testing.T) {
 	}
 }
 
-// TestCertificateOrToken: a chain [certificate, jwt] lets mosquitto_pub in
+// TestCertificateOrToken: a chain [certificate, jwt] lets a client in
 // with a verified certificate and no password, or with a token and no
 // certificate, and refuses a client with neither with the jwt
-// authenticator's CONNACK. Two fronts verify the certificate: the proxy's
-// own TLS listener with client_auth: optional, and a real HAProxy that
-// terminates TLS (verify optional) and names the certificate in the PROXY
-// header's SSL TLV (send-proxy-v2-ssl-cn) to a listener with
-// proxy_protocol.client_certificates. HAProxy connects from 127.0.0.2, so
-// the client's address logged, 127.0.0.1, can only have come from its
-// header.
+// authenticator's CONNACK; an accepted client's message reaches the
+// broker. Three fronts verify the certificate: the proxy's own TLS
+// listener with client_auth: optional (mosquitto_pub), and a real HAProxy
+// that terminates TLS (verify optional) and names the certificate in the
+// PROXY header's SSL TLV (send-proxy-v2-ssl-cn) to a listener with
+// proxy_protocol.client_certificates, plain MQTT (mosquitto_pub) or
+// WebSocket (a wss client). HAProxy connects from 127.0.0.2, so the
+// client's address logged, 127.0.0.1, can only have come from its header.
 func TestCertificateOrToken(t *testing.T) {
 	proxytest.RequireMosquitto(t)
 	proxytest.LookPath(t, "haproxy")
@@ -130,36 +133,69 @@ func TestCertificateOrToken(t *testing.T) {
 	}
 	t.Cleanup(chain.Close)
 
+	// behindHAProxy serves p behind HAProxy, on a PROXY protocol listener
+	// that trusts HAProxy's TLV, wrapped by wrap, and returns HAProxy's
+	// address and p's logs.
+	behindHAProxy := func(t *testing.T, p *Proxy, wrap func(net.Listener) net.Listener) (string, *observer.ObservedLogs) {
+		logs := observe(p)
+		ln := listen(t)
+		serveOn(t, p, wrap((&ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")},
+			ClientCertificates: true, Logger: p.Logger}).Start()))
+		// HAProxy reads its certificate and key from one file.
+		pem := filepath.Join(t.TempDir(), "haproxy.pem")
+		var both []byte
+		for _, f := range []string{serverCert, serverKey} {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			both = append(both, b...)
+		}
+		if err := os.WriteFile(pem, both, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		h := proxytest.StartHAProxy(t, "ssl crt "+pem+" ca-file "+pki.CAFile+" verify optional",
+			ln.Addr().String(), "source 127.0.0.2 send-proxy-v2-ssl-cn")
+		return h.Addr, logs
+	}
+	mosquittoPub := func(t *testing.T, addr, id, password string, cert bool) proxytest.PubResult {
+		args := append(proxytest.AddrArgs(t, addr), "--cafile", pki.CAFile, "-i", id, "-t", "cert/"+id, "-m", "hello")
+		if password != "" {
+			args = append(args, "-u", "u", "-P", password)
+		}
+		if cert {
+			args = append(args, "--cert", deviceCert, "--key", deviceKey)
+		}
+		return proxytest.Pub(t, args...)
+	}
 	fronts := []struct {
 		name  string
 		start func(t *testing.T, p *Proxy) (addr string, logs *observer.ObservedLogs)
+		pub   func(t *testing.T, addr, id, password string, cert bool) proxytest.PubResult
 	}{
 		{"own TLS", func(t *testing.T, p *Proxy) (string, *observer.ObservedLogs) {
 			addr, _, logs := startTLSProxy(t, p,
 				TLSFiles{CertFile: serverCert, KeyFile: serverKey, ClientCAFile: pki.CAFile, ClientAuth: tls.VerifyClientCertIfGiven})
 			return addr, logs
-		}},
+		}, mosquittoPub},
 		{"HAProxy", func(t *testing.T, p *Proxy) (string, *observer.ObservedLogs) {
-			logs := observe(p)
-			ln := listen(t)
-			serveOn(t, p, (&ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")},
-				ClientCertificates: true, Logger: p.Logger}).Start())
-			// HAProxy reads its certificate and key from one file.
-			pem := filepath.Join(t.TempDir(), "haproxy.pem")
-			var both []byte
-			for _, f := range []string{serverCert, serverKey} {
-				b, err := os.ReadFile(f)
+			return behindHAProxy(t, p, func(ln net.Listener) net.Listener { return ln })
+		}, mosquittoPub},
+		{"HAProxy, WebSocket", func(t *testing.T, p *Proxy) (string, *observer.ObservedLogs) {
+			addr, logs := behindHAProxy(t, p, func(ln net.Listener) net.Listener {
+				return (&WebSocketListener{Listener: ln, Logger: p.Logger}).Start()
+			})
+			return "wss://" + addr + DefaultWebSocketPath, logs
+		}, func(t *testing.T, url, id, password string, cert bool) proxytest.PubResult {
+			config := &tls.Config{RootCAs: pki.pool(), ServerName: "127.0.0.1"}
+			if cert {
+				pair, err := tls.LoadX509KeyPair(deviceCert, deviceKey)
 				if err != nil {
 					t.Fatal(err)
 				}
-				both = append(both, b...)
+				config.Certificates = []tls.Certificate{pair}
 			}
-			if err := os.WriteFile(pem, both, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			h := proxytest.StartHAProxy(t, "ssl crt "+pem+" ca-file "+pki.CAFile+" verify optional",
-				ln.Addr().String(), "source 127.0.0.2 send-proxy-v2-ssl-cn")
-			return h.Addr, logs
+			return wsPub(t, url, config, id, password)
 		}},
 	}
 	for _, front := range fronts {
@@ -178,16 +214,13 @@ func TestCertificateOrToken(t *testing.T) {
 				{"a wrong token, no certificate", "app-3", "not-a-token", false, 4, "", ""}, // token_malformed
 			} {
 				t.Run(tc.name, func(t *testing.T) {
+					var sub *proxytest.Sub
+					if tc.connack == 0 {
+						sub = proxytest.StartSub(t, append(proxytest.AddrArgs(t, broker.Addr), "-t", "cert/"+tc.id)...)
+					}
 					broker.SyncLog(t)
 					before := broker.Connections()
-					args := append(proxytest.AddrArgs(t, addr), "--cafile", pki.CAFile, "-i", tc.id, "-t", "cert/"+tc.id, "-m", "hello")
-					if tc.password != "" {
-						args = append(args, "-u", "u", "-P", tc.password)
-					}
-					if tc.cert {
-						args = append(args, "--cert", deviceCert, "--key", deviceKey)
-					}
-					res := proxytest.Pub(t, args...)
+					res := front.pub(t, addr, tc.id, tc.password, tc.cert)
 					broker.SyncLog(t)
 					if res.Connack != tc.connack {
 						t.Fatalf("connack %d (%v), want %d\n%s", res.Connack, res.Err, tc.connack, res.Output)
@@ -199,10 +232,13 @@ func TestCertificateOrToken(t *testing.T) {
 						return
 					}
 					if res.Err != nil {
-						t.Fatalf("mosquitto_pub: %v\n%s", res.Err, res.Output)
+						t.Fatalf("publishing: %v\n%s", res.Err, res.Output)
 					}
 					if got := broker.Connections() - before; got != 1 {
 						t.Errorf("broker saw %d connections, want 1", got)
+					}
+					if msg, ok := sub.Next(proxytest.DefaultTimeout); !ok || msg != "hello" {
+						t.Errorf("the broker delivered %q, %v; want hello", msg, ok)
 					}
 					accepted := logs.FilterMessage("authentication accepted").FilterField(zap.String("client_id", tc.id)).All()
 					if len(accepted) != 1 {
@@ -219,6 +255,35 @@ func TestCertificateOrToken(t *testing.T) {
 			}
 		})
 	}
+}
+
+// wsPub is mosquitto_pub over WebSocket, which mosquitto_pub cannot do: it
+// connects to url with config, sends a v3.1.1 CONNECT as id with password
+// (none when empty) and, when the CONNACK accepts, a QoS 0 PUBLISH of
+// "hello" to cert/id and a DISCONNECT. Connack is -1 when none came.
+func wsPub(t *testing.T, url string, config *tls.Config, id, password string) proxytest.PubResult {
+	t.Helper()
+	dialer := websocket.Dialer{Subprotocols: []string{"mqtt"}, TLSClientConfig: config, HandshakeTimeout: proxytest.DefaultTimeout}
+	ws, _, err := dialer.Dial(url, nil)
+	if err != nil {
+		return proxytest.PubResult{Connack: -1, Err: fmt.Errorf("dialing %s: %w", url, err)}
+	}
+	defer ws.Close()
+	if err := ws.WriteMessage(websocket.BinaryMessage, connectAs(t, packets.ProtocolV311, id, password)); err != nil {
+		return proxytest.PubResult{Connack: -1, Err: err}
+	}
+	ack := readPackets(t, ws, 1)[0]
+	if len(ack) != 4 || ack[0] != 0x20 {
+		return proxytest.PubResult{Connack: -1, Err: fmt.Errorf("answer %x, want a CONNACK", ack)}
+	}
+	res := proxytest.PubResult{Connack: int(ack[3])}
+	if res.Connack == 0 {
+		topic := "cert/" + id
+		body := append([]byte{0, byte(len(topic))}, topic...)
+		publish := append([]byte{0x30, byte(len(body) + 5)}, append(body, "hello"...)...)
+		res.Err = ws.WriteMessage(websocket.BinaryMessage, append(publish, 0xe0, 0))
+	}
+	return res
 }
 
 // tlsConnect connects over TLS with config, sends a v3.1.1 CONNECT
