@@ -187,15 +187,11 @@ func TestCertificateOrToken(t *testing.T) {
 			})
 			return "wss://" + addr + DefaultWebSocketPath, logs
 		}, func(t *testing.T, url, id, password string, cert bool) proxytest.PubResult {
-			config := &tls.Config{RootCAs: pki.pool(), ServerName: "127.0.0.1"}
+			cn := ""
 			if cert {
-				pair, err := tls.LoadX509KeyPair(deviceCert, deviceKey)
-				if err != nil {
-					t.Fatal(err)
-				}
-				config.Certificates = []tls.Certificate{pair}
+				cn = "device-1"
 			}
-			return wsPub(t, url, config, id, password)
+			return wsPub(t, url, pki.clientConfig(t, cn), id, password)
 		}},
 	}
 	for _, front := range fronts {
