@@ -10,10 +10,10 @@ var errNoCertificate = errors.New("no verified client certificate")
 
 // certificateLink is a certificate authenticator (mechanism: certificate).
 // The TLS handshake has done the verifying, against the listener's client
-// CA or at a load balancer in front; the link accepts a client that came through it with a certificate,
-// as the certificate's common name, and passes any other client to the
-// next authenticator, so that [certificate, jwt] takes a certificate or a
-// token.
+// CA or at a load balancer in front; the link accepts a client that came
+// through it with a certificate, as the certificate's common name, and
+// passes any other client to the next authenticator, so that
+// [certificate, jwt] takes a certificate or a token.
 type certificateLink struct {
 	name string
 }

@@ -29,8 +29,6 @@ const (
 type HAProxy struct {
 	// Addr is its frontend's listener, 127.0.0.1:port.
 	Addr string
-	// ConfigFile is the generated configuration it runs with.
-	ConfigFile string
 
 	proc *process
 }
@@ -80,8 +78,5 @@ func startHAProxyOn(binary, dir string, port int, bindOptions, server, serverOpt
 	if err != nil {
 		return nil, fmt.Errorf("%w\nconfig:\n%s", err, config)
 	}
-	return &HAProxy{Addr: addr, ConfigFile: configFile, proc: proc}, nil
+	return &HAProxy{Addr: addr, proc: proc}, nil
 }
-
-// Log returns what HAProxy printed so far, for failure messages.
-func (h *HAProxy) Log() string { return h.proc.output() }
