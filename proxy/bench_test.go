@@ -74,7 +74,8 @@ func benchOpen(addr string, connect []byte) (net.Conn, error) {
 		return nil, err
 	}
 	var connack [4]byte
-	if _, err := c.Write(connect); err == nil {
+	_, err = c.Write(connect)
+	if err == nil {
 		_, err = io.ReadFull(c, connack[:])
 	}
 	if err == nil && !bytes.Equal(connack[:], benchConnack) {
