@@ -27,9 +27,9 @@
 // package starts ends with the process or connection it serves, so a
 // goleak check registered before them (VerifyNoLeaks) passes.
 //
-// When the mosquitto binaries (or haproxy) are missing the tests that need them are
-// skipped, unless the environment variable named by RequireEnv is set, in
-// which case they fail: CI must not pass by skipping.
+// When the mosquitto binaries (or haproxy) are missing, the tests that
+// need them are skipped, unless the environment variable named by
+// RequireEnv is set, in which case they fail: CI must not pass by skipping.
 package proxytest
 
 import (
