@@ -212,14 +212,26 @@ func (c *fdConn) readNow(b []byte) (int, error) {
 	}
 }
 
-func (c *fdConn) Write(b []byte) (int, error) {
+func (c *fdConn) Write(b []byte) (int, error) { return c.write(b, 0) }
+
+// lastWrite returns a writer whose bytes the kernel holds (MSG_MORE)
+// until CloseWrite or Close, which sends them with the FIN: a refusal's
+// CONNACK and FIN leave in one segment, which the client acknowledges
+// once, rather than in two.
+func (c *fdConn) lastWrite() io.Writer { return heldWriter{c} }
+
+type heldWriter struct{ c *fdConn }
+
+func (w heldWriter) Write(b []byte) (int, error) { return w.c.write(b, unix.MSG_MORE) }
+
+func (c *fdConn) write(b []byte, flags int) (int, error) {
 	written := 0
 	for written < len(b) {
 		fd, err := c.begin(1)
 		if err != nil {
 			return written, c.opError("write", err)
 		}
-		n, err := writeNonblocking(fd, b[written:])
+		n, err := writeNonblocking(fd, b[written:], flags)
 		c.end()
 		written += n
 		switch {

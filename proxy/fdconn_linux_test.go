@@ -294,3 +294,41 @@ func TestReadConnectAhead(t *testing.T) {
 		t.Error("a pooled buffer kept the token")
 	}
 }
+
+// A refusal's CONNACK, written with lastWrite, leaves with the FIN in one
+// segment; written plainly, it takes a segment of its own. Either way the
+// client reads the whole CONNACK, then EOF.
+func TestFdConnLastWriteSendsWithFIN(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	var connack bytes.Buffer
+	if err := packets.WriteConnack(&connack, 4, packets.NotAuthorized); err != nil {
+		t.Fatal(err)
+	}
+	segmentsOut := func(held bool) uint32 {
+		client, c := rawPair(t, "tcp", "127.0.0.1:0")
+		w := io.Writer(c)
+		if held {
+			w = c.lastWrite()
+		}
+		if _, err := w.Write(connack.Bytes()); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		info, err := unix.GetsockoptTCPInfo(int(c.fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			t.Fatal(err)
+		}
+		client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		got, err := io.ReadAll(client)
+		if err != nil || !bytes.Equal(got, connack.Bytes()) {
+			t.Fatalf("held %v: the client read % x, %v; want % x then EOF", held, got, err, connack.Bytes())
+		}
+		return info.Segs_out
+	}
+	plain, held := segmentsOut(false), segmentsOut(true)
+	if held != plain-1 {
+		t.Fatalf("segments sent: %d with lastWrite, %d with Write; want one fewer", held, plain)
+	}
+}

@@ -29,6 +29,12 @@ func rawWrite(fd int, b []byte) (int, error) {
 	return rawResult(n, e)
 }
 
+// rawSend is rawWrite with send(2)'s flags.
+func rawSend(fd int, b []byte, flags int) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)), uintptr(flags), 0, 0)
+	return rawResult(n, e)
+}
+
 func rawShutdownWrite(fd int) error {
 	_, _, e := unix.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), unix.SHUT_WR, 0)
 	_, err := rawResult(0, e)
@@ -61,12 +67,19 @@ func rawResult(n uintptr, e unix.Errno) (int, error) {
 	return int(n), nil
 }
 
-// writeNonblocking writes b to the non-blocking socket fd until it is all
-// written or the socket is full (unix.EAGAIN) or fails.
-func writeNonblocking(fd int, b []byte) (int, error) {
+// writeNonblocking writes b to the non-blocking socket fd, with send(2)'s
+// flags, until it is all written or the socket is full (unix.EAGAIN) or
+// fails.
+func writeNonblocking(fd int, b []byte, flags int) (int, error) {
 	written := 0
 	for written < len(b) {
-		n, err := rawWrite(fd, b[written:])
+		var n int
+		var err error
+		if flags == 0 {
+			n, err = rawWrite(fd, b[written:])
+		} else {
+			n, err = rawSend(fd, b[written:], flags)
+		}
 		written += n
 		if err == unix.EINTR {
 			continue

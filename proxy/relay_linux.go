@@ -547,7 +547,7 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 			r.finishLocked(i, true)
 			return
 		}
-		written, err := writeNonblocking(int(f.dstFD), buf[:n])
+		written, err := writeNonblocking(int(f.dstFD), buf[:n], 0)
 		f.n += int64(written)
 		switch {
 		case err == unix.EAGAIN:
@@ -643,7 +643,7 @@ func (r *relay) move(i int, bp *[]byte, n int) {
 func (r *relay) writeAll(i int, b []byte, deadline time.Time) (int, error) {
 	written := 0
 	for written < len(b) {
-		n, err := writeNonblocking(int(r.flows[i].dstFD), b[written:])
+		n, err := writeNonblocking(int(r.flows[i].dstFD), b[written:], 0)
 		written += n
 		switch {
 		case err == unix.EAGAIN:
