@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/hmac"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/sha512"
@@ -127,22 +126,26 @@ func (t *compactJWS) verifyWithAny(keys []verifyKey, derSignatures bool) (verify
 		}
 		errs = append(errs, err)
 	}
-	return verifyKey{}, fmt.Errorf("%w: %w", ErrBadSignature, errors.Join(errs...))
+	err := errs[0]
+	if len(errs) > 1 {
+		err = errors.Join(errs...)
+	}
+	return verifyKey{}, fmt.Errorf("%w: %w", ErrBadSignature, err)
 }
+
+var errHMACMismatch = errors.New("HMAC does not match")
 
 // verifySignature checks t's signature with key. derSignatures also
 // accepts ECDSA signatures in ASN.1 DER, as EMQX 4 produced them.
 func (t *compactJWS) verifySignature(key verifyKey, derSignatures bool) error {
 	switch key.alg {
 	case jwa.HS256, jwa.HS384, jwa.HS512:
-		secret, ok := key.key.([]byte)
+		secret, ok := key.key.(*hmacKey)
 		if !ok {
 			return fmt.Errorf("%s needs a secret, the key is %T", key.alg, key.key)
 		}
-		mac := hmac.New(hashFor(key.alg).New, secret)
-		mac.Write(t.signingInput)
-		if !hmac.Equal(mac.Sum(nil), t.signature) {
-			return errors.New("HMAC does not match")
+		if !secret.verify(t.signingInput, t.signature) {
+			return errHMACMismatch
 		}
 		return nil
 	case jwa.RS256, jwa.RS384, jwa.RS512, jwa.PS256, jwa.PS384, jwa.PS512:

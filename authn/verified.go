@@ -1,7 +1,6 @@
 package authn
 
 import (
-	"bytes"
 	"crypto"
 	"sync"
 )
@@ -77,9 +76,8 @@ func containsKey(keys []verifyKey, key verifyKey) bool {
 
 func sameKey(a, b any) bool {
 	switch a := a.(type) {
-	case []byte: // an HMAC secret
-		b, ok := b.([]byte)
-		return ok && bytes.Equal(a, b)
+	case *hmacKey: // made once per configured secret and algorithm
+		return a == b
 	case interface{ Equal(crypto.PublicKey) bool }: // RSA, ECDSA, Ed25519
 		return a.Equal(b)
 	}

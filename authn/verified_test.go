@@ -3,6 +3,7 @@ package authn
 import (
 	"crypto/elliptic"
 	"fmt"
+	"maps"
 	"testing"
 	"time"
 
@@ -52,6 +53,46 @@ func TestVerifiedTokenIsCheckedAgain(t *testing.T) {
 			t.Errorf("Verify after the key changed = %v, want %s", err, ErrBadSignature)
 		}
 	})
+
+	// What is remembered is used: the marker put in the remembered claims
+	// comes back, so the signature was not checked again. An authenticator
+	// with another key does not honour it.
+	keys := testKeys()
+	otherP256 := newJWKSTestECKey(t, elliptic.P256())
+	for _, tt := range []struct {
+		alg           jwa.SignatureAlgorithm
+		signKey       any
+		config, other configs.Authenticator
+	}{
+		{jwa.HS256, []byte("secret"), hmacAuthenticator("secret"), hmacAuthenticator("another secret")},
+		{jwa.ES256, keys.p256, publicKeyAuthenticator(t, keys.p256.Public()), publicKeyAuthenticator(t, otherP256.Public())},
+	} {
+		t.Run("remembered "+tt.alg.String(), func(t *testing.T) {
+			c := newTestChain(t, tt.config)
+			token := signToken(t, tt.alg, tt.signKey, headerFor(tt.alg), validClaims)
+			if _, err := c.Verify(t.Context(), passwordRequest(token)); err != nil {
+				t.Fatalf("Verify: %v", err)
+			}
+			a := c.links[0].(*authenticator)
+			v, ok := a.verified.get([]byte(token))
+			if !ok {
+				t.Fatal("the verified token is not remembered")
+			}
+			v.claims = maps.Clone(v.claims)
+			v.claims["marker"] = "remembered"
+			a.verified.put([]byte(token), v)
+			id, err := c.Verify(t.Context(), passwordRequest(token))
+			if err != nil || id.Claims["marker"] != "remembered" {
+				t.Fatalf("Verify again = %v, claims %v: the remembered verification was not used", err, id.Claims)
+			}
+
+			other := newTestChain(t, tt.other)
+			other.links[0].(*authenticator).verified.put([]byte(token), v)
+			if _, err := other.Verify(t.Context(), passwordRequest(token)); ReasonOf(err) != ErrBadSignature {
+				t.Errorf("Verify with another key, the token remembered = %v, want %s", err, ErrBadSignature)
+			}
+		})
+	}
 
 	t.Run("expiry", func(t *testing.T) {
 		now := testNow
