@@ -3,6 +3,7 @@ package authn
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -15,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -179,6 +181,40 @@ func TestSecretBase64(t *testing.T) {
 			if _, err := newTestChain(t, cfg).Verify(t.Context(), passwordRequest(token)); err != nil {
 				t.Errorf("Verify: %v", err)
 			}
+		})
+	}
+}
+
+// TestHMACKeyReuse: a MAC taken back after a match or a mismatch starts
+// clean, for each hash and from several goroutines at once, so that no
+// token's bytes leak into the next one's check.
+func TestHMACKeyReuse(t *testing.T) {
+	secret := []byte("a secret of a decent length, 32+")
+	for _, alg := range []jwa.SignatureAlgorithm{jwa.HS256, jwa.HS384, jwa.HS512} {
+		t.Run(alg.String(), func(t *testing.T) {
+			k := newHMACKey(hashFor(alg), secret)
+			var wg sync.WaitGroup
+			for g := range 4 {
+				wg.Go(func() {
+					for i := range 50 {
+						data := fmt.Appendf(nil, "header.payload-%d-%d", g, i)
+						mac := hmac.New(hashFor(alg).New, secret)
+						mac.Write(data)
+						sig := mac.Sum(nil)
+						if !k.verify(data, sig) {
+							t.Errorf("the MAC of %q does not verify", data)
+						}
+						sig[0] ^= 1
+						if k.verify(data, sig) {
+							t.Errorf("a changed MAC of %q verifies", data)
+						}
+						if k.verify(data[:len(data)-1], sig) {
+							t.Errorf("the MAC of %q verifies a shorter input", data)
+						}
+					}
+				})
+			}
+			wg.Wait()
 		})
 	}
 }

@@ -1,6 +1,7 @@
 package authn
 
 import (
+	"crypto"
 	"crypto/elliptic"
 	"fmt"
 	"maps"
@@ -160,16 +161,17 @@ func TestVerifiedTokensBound(t *testing.T) {
 
 func TestSameKey(t *testing.T) {
 	a, b := newJWKSTestECKey(t, elliptic.P256()), newJWKSTestECKey(t, elliptic.P256())
+	s := newHMACKey(crypto.SHA256, []byte("s"))
 	for _, c := range []struct {
 		x, y any
 		want bool
 	}{
-		{[]byte("s"), []byte("s"), true},
-		{[]byte("s"), []byte("t"), false},
+		{s, s, true},
+		{s, newHMACKey(crypto.SHA256, []byte("t")), false},
 		{&a.PublicKey, &a.PublicKey, true},
 		{&a.PublicKey, &b.PublicKey, false},
-		{&a.PublicKey, []byte("s"), false},
-		{[]byte("s"), &a.PublicKey, false},
+		{&a.PublicKey, s, false},
+		{s, &a.PublicKey, false},
 	} {
 		if got := sameKey(c.x, c.y); got != c.want {
 			t.Errorf("sameKey(%T, %T) = %v, want %v", c.x, c.y, got, c.want)
