@@ -14,7 +14,7 @@ import (
 // never by the token's header alone.
 type verifyKey struct {
 	alg jwa.SignatureAlgorithm
-	key any // []byte for HMAC; crypto public key otherwise
+	key any // *hmacKey for HMAC; crypto public key otherwise
 	kid string
 }
 

@@ -140,11 +140,11 @@ var errHMACMismatch = errors.New("HMAC does not match")
 func (t *compactJWS) verifySignature(key verifyKey, derSignatures bool) error {
 	switch key.alg {
 	case jwa.HS256, jwa.HS384, jwa.HS512:
-		secret, ok := key.key.(*hmacKey)
+		mac, ok := key.key.(*hmacKey)
 		if !ok {
 			return fmt.Errorf("%s needs a secret, the key is %T", key.alg, key.key)
 		}
-		if !secret.verify(t.signingInput, t.signature) {
+		if !mac.verify(t.signingInput, t.signature) {
 			return errHMACMismatch
 		}
 		return nil
