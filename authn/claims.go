@@ -51,6 +51,27 @@ var jsonDecoders = sync.Pool{New: func() any {
 // object (the same after unescaping, at any depth), invalid UTF-8 and
 // anything but whitespace after the object are errors.
 func decodeJSONObject(data []byte) (map[string]any, error) {
+	obj := make(map[string]any)
+	if err := readJSONObject(data, memberInto(obj)); err != nil {
+		return nil, err
+	}
+	return obj, nil
+}
+
+// memberInto returns a member function that decodes each member into obj.
+func memberInto(obj map[string]any) func(string, *jsontext.Decoder) error {
+	return func(name string, dec *jsontext.Decoder) error {
+		v, err := decodeJSONValue(dec)
+		obj[name] = v
+		return err
+	}
+}
+
+// readJSONObject reads data as decodeJSONObject does, and calls member
+// with each member's name and dec at its value, which member must read
+// whole (decodeJSONValue reads any): a caller that wants a few members
+// need not build a map of all.
+func readJSONObject(data []byte, member func(name string, dec *jsontext.Decoder) error) error {
 	d := jsonDecoders.Get().(*jsonDecoder)
 	defer func() {
 		d.src.Reset(nil) // a pooled decoder keeps no token
@@ -59,22 +80,38 @@ func decodeJSONObject(data []byte) (map[string]any, error) {
 	d.src.Reset(data)
 	dec := d.dec
 	dec.Reset(&d.src)
-	if kind := dec.PeekKind(); kind != '{' {
-		if _, err := dec.ReadToken(); err == io.EOF {
-			return nil, errors.New("empty, not a JSON object")
-		} else if err != nil {
-			return nil, err
-		}
-		return nil, fmt.Errorf("a JSON %s, not an object", jsonKindName(kind))
+	tok, err := dec.ReadToken()
+	switch {
+	case err == io.EOF:
+		return errors.New("empty, not a JSON object")
+	case err != nil:
+		return err
+	case tok.Kind() != '{':
+		return fmt.Errorf("a JSON %s, not an object", jsonKindName(tok.Kind()))
 	}
-	v, err := decodeJSONValue(dec)
-	if err != nil {
-		return nil, err
+	if err := readMembers(dec, member); err != nil {
+		return err
 	}
 	if _, err := dec.ReadToken(); err != io.EOF {
-		return nil, errors.New("data after the JSON object")
+		return errors.New("data after the JSON object")
 	}
-	return v.(map[string]any), nil
+	return nil
+}
+
+// readMembers reads the members of the object whose '{' dec has just
+// read, calling member for each, and then its '}'.
+func readMembers(dec *jsontext.Decoder, member func(name string, dec *jsontext.Decoder) error) error {
+	for dec.PeekKind() != '}' {
+		name, err := dec.ReadToken()
+		if err != nil {
+			return err
+		}
+		if err := member(name.String(), dec); err != nil {
+			return err
+		}
+	}
+	_, err := dec.ReadToken()
+	return err
 }
 
 // decodeJSONValue decodes the value dec is at, refusing nesting deeper
@@ -102,20 +139,10 @@ func decodeJSONValue(dec *jsontext.Decoder) (any, error) {
 		return arr, err
 	case '{':
 		obj := make(map[string]any)
-		for dec.PeekKind() != '}' {
-			name, err := dec.ReadToken()
-			if err != nil {
-				return nil, err
-			}
-			key := name.String() // before the next read voids name
-			v, err := decodeJSONValue(dec)
-			if err != nil {
-				return nil, err
-			}
-			obj[key] = v
+		if err := readMembers(dec, memberInto(obj)); err != nil {
+			return nil, err
 		}
-		_, err := dec.ReadToken()
-		return obj, err
+		return obj, nil
 	case '"':
 		return tok.String(), nil
 	case '0':

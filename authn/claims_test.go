@@ -64,6 +64,57 @@ func TestDecodeJSONObject(t *testing.T) {
 	}
 }
 
+// TestReadHeader pins what a token's header may hold, and which reason a
+// bad one gets when it is wrong in more than one way: a header that is not
+// strict JSON is malformed whatever it names, then alg, then kid, then crit.
+func TestReadHeader(t *testing.T) {
+	tests := []struct {
+		header, alg, kid string
+		reason           RefuseReason // "" for read
+	}{
+		{`{"alg":"HS256","typ":"JWT"}`, "HS256", "", ""},
+		{`{"typ":"JWT","kid":"k1","alg":"ES256","x5c":["a"],"jwk":{"kty":"EC"}}`, "ES256", "k1", ""},
+		{`{"\u0061lg":"RS256","kid":"\u006b"}`, "RS256", "k", ""},
+		{`{"alg":"HS256","kid":""}`, "HS256", "", ""},
+		{`{}`, "", "", ErrTokenMalformed},
+		{`{"alg":5}`, "", "", ErrTokenMalformed},
+		{`{"alg":null}`, "", "", ErrTokenMalformed},
+		{`{"alg":["HS256"]}`, "", "", ErrTokenMalformed},
+		{`{"alg":"HS256","kid":7}`, "", "", ErrTokenMalformed},
+		{`{"alg":"HS256","kid":null}`, "", "", ErrTokenMalformed},
+		{`{"alg":"HS256","alg":"none"}`, "", "", ErrTokenMalformed},
+		{`{"alg":"HS256","\u0061lg":"none"}`, "", "", ErrTokenMalformed},
+		{`{"alg":"HS256","x":` + strings.Repeat("[", 32) + strings.Repeat("]", 32) + `}`, "", "", ErrTokenMalformed},
+		{"{\"alg\":\"HS\xff\"}", "", "", ErrTokenMalformed},
+		{`{"alg":"HS256"} x`, "", "", ErrTokenMalformed},
+		{`["alg","HS256"]`, "", "", ErrTokenMalformed},
+		{`{"alg":"HS256","crit":["exp"]}`, "", "", ErrAlgorithmNotAllowed},
+		{`{"alg":"HS256","crit":[]}`, "", "", ErrAlgorithmNotAllowed},
+		// Wrong in several ways: the first reason in the order above.
+		{`{"crit":["x"],"alg":"HS256","a":1,"a":2}`, "", "", ErrTokenMalformed},
+		{`{"crit":["x"],"kid":7}`, "", "", ErrTokenMalformed},
+		{`{"crit":["x"],"alg":"HS256","kid":7}`, "", "", ErrTokenMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.header, func(t *testing.T) {
+			var jws compactJWS
+			err := jws.readHeader([]byte(tt.header))
+			if tt.reason != "" {
+				if got := ReasonOf(err); got != tt.reason {
+					t.Fatalf("readHeader = %v (%s), want %s", err, got, tt.reason)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("readHeader: %v", err)
+			}
+			if string(jws.alg) != tt.alg || jws.kid != tt.kid {
+				t.Errorf("alg %q kid %q, want %q %q", jws.alg, jws.kid, tt.alg, tt.kid)
+			}
+		})
+	}
+}
+
 // nest returns n empty arrays, each inside the one before.
 func nest(n int) any {
 	if n == 1 {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math/big"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/lestrrat-go/jwx/v2/jwa"
 )
 
@@ -76,21 +77,41 @@ func parseCompactJWS(token []byte) (*compactJWS, error) {
 // and the key-locating jwk, jku, x5u, x5c) are ignored: keys come from the
 // configuration only.
 func (t *compactJWS) readHeader(headerJSON []byte) error {
-	header, err := decodeJSONObject(headerJSON)
-	if err != nil {
-		return fmt.Errorf("%w: header: %w", ErrTokenMalformed, err)
-	}
-	alg, ok := header["alg"].(string)
-	if !ok {
-		return fmt.Errorf("%w: header: alg is missing or not a string", ErrTokenMalformed)
-	}
-	t.alg = jwa.SignatureAlgorithm(alg)
-	if kid, present := header["kid"]; present {
-		if t.kid, ok = kid.(string); !ok {
-			return fmt.Errorf("%w: header: kid is not a string", ErrTokenMalformed)
+	// Read member by member rather than into a map: a header is read for
+	// every token, refused ones too. Every member is read whole, so the
+	// header is as strictly checked as the claims.
+	var algOK, kidPresent, kidOK, crit bool
+	err := readJSONObject(headerJSON, func(name string, dec *jsontext.Decoder) error {
+		switch name {
+		case "alg", "kid":
+			kidPresent = kidPresent || name == "kid"
+			if dec.PeekKind() != '"' {
+				break
+			}
+			tok, err := dec.ReadToken()
+			if err != nil {
+				return err
+			}
+			if name == "alg" {
+				t.alg, algOK = jwa.SignatureAlgorithm(tok.String()), true
+			} else {
+				t.kid, kidOK = tok.String(), true
+			}
+			return nil
+		case "crit":
+			crit = true
 		}
-	}
-	if _, present := header["crit"]; present {
+		_, err := decodeJSONValue(dec)
+		return err
+	})
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: header: %w", ErrTokenMalformed, err)
+	case !algOK:
+		return fmt.Errorf("%w: header: alg is missing or not a string", ErrTokenMalformed)
+	case kidPresent && !kidOK:
+		return fmt.Errorf("%w: header: kid is not a string", ErrTokenMalformed)
+	case crit:
 		return fmt.Errorf("%w: header: crit names extensions this verifier does not implement", ErrAlgorithmNotAllowed)
 	}
 	return nil
