@@ -80,25 +80,21 @@ func (t *compactJWS) readHeader(headerJSON []byte) error {
 	// Read member by member rather than into a map: a header is read for
 	// every token, refused ones too. Every member is read whole, so the
 	// header is as strictly checked as the claims.
-	var algOK, kidPresent, kidOK, crit bool
+	var algOK, kidNotString, crit bool
 	err := readJSONObject(headerJSON, func(name string, dec *jsontext.Decoder) error {
-		switch name {
-		case "alg", "kid":
-			kidPresent = kidPresent || name == "kid"
-			if dec.PeekKind() != '"' {
-				break
-			}
-			tok, err := dec.ReadToken()
-			if err != nil {
-				return err
-			}
-			if name == "alg" {
-				t.alg, algOK = jwa.SignatureAlgorithm(tok.String()), true
-			} else {
-				t.kid, kidOK = tok.String(), true
-			}
-			return nil
-		case "crit":
+		isString := dec.PeekKind() == '"'
+		switch {
+		case name == "alg" && isString:
+			alg, err := readString(dec)
+			t.alg, algOK = jwa.SignatureAlgorithm(alg), err == nil
+			return err
+		case name == "kid" && isString:
+			var err error
+			t.kid, err = readString(dec)
+			return err
+		case name == "kid":
+			kidNotString = true
+		case name == "crit":
 			crit = true
 		}
 		_, err := decodeJSONValue(dec)
@@ -109,12 +105,21 @@ func (t *compactJWS) readHeader(headerJSON []byte) error {
 		return fmt.Errorf("%w: header: %w", ErrTokenMalformed, err)
 	case !algOK:
 		return fmt.Errorf("%w: header: alg is missing or not a string", ErrTokenMalformed)
-	case kidPresent && !kidOK:
+	case kidNotString:
 		return fmt.Errorf("%w: header: kid is not a string", ErrTokenMalformed)
 	case crit:
 		return fmt.Errorf("%w: header: crit names extensions this verifier does not implement", ErrAlgorithmNotAllowed)
 	}
 	return nil
+}
+
+// readString reads the string dec is at.
+func readString(dec *jsontext.Decoder) (string, error) {
+	tok, err := dec.ReadToken()
+	if err != nil {
+		return "", err
+	}
+	return tok.String(), nil
 }
 
 func isBase64URL(c byte) bool {
