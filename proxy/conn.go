@@ -55,7 +55,7 @@ func (p *Proxy) serveConn(s *session) {
 	pk, pastConnect, err := readConnect(c, limits.MaxConnectSize)
 	if err != nil {
 		if s.evicted.Load() {
-			log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", limitPending))
+			logEvicted(log)
 			return
 		}
 		p.Metrics.decided("refused", p.rejectPacket(c, err, log), time.Since(start))
@@ -79,7 +79,12 @@ func (p *Proxy) serveConn(s *session) {
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	id, err := s.policy.verifier.Verify(ctx, req)
 	cancel()
-	p.decided(s)
+	if !p.decided(s) { // evicted or closed while the token was checked: its socket is closed
+		if s.evicted.Load() {
+			logEvicted(log)
+		}
+		return
+	}
 	var upstreamConnect []byte // what the broker gets: pk.Raw unless Forward rewrites it
 	var upstreamClientID string
 	if err == nil {
@@ -170,11 +175,11 @@ var errSessionEnded = errors.New("proxy: connection closed while connecting to t
 // dials itself; other connections get a dialed net.Conn (see dial).
 func (p *Proxy) connectUpstream(s *session, header, first []byte, done func(fromClient, toClient int64)) error {
 	if ws := p.relays(); ws != nil && p.DialUpstream == nil && p.UpstreamTLS == nil {
-		if cfd, ok := socketOf(s.client); ok {
+		if isSocket(s.client) {
 			if len(header) > 0 {
 				first = append(header, first...)
 			}
-			return p.dialRelay(ws, s, cfd, first, done)
+			return p.dialRelay(ws, s, first, done)
 		}
 	}
 	up, err := p.dial()
@@ -279,6 +284,12 @@ func (p *Proxy) rejectPacket(c net.Conn, err error, log *connLog) string {
 	log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", reason), zap.Error(err))
 	lingerClose(c)
 	return reason
+}
+
+// logEvicted says that a pending connection was closed to make room for a
+// newer one (MaxPendingConnects).
+func logEvicted(log *connLog) {
+	log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", limitPending))
 }
 
 func packetReason(err *packets.Error) string {

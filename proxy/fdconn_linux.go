@@ -445,16 +445,20 @@ func (c *fdConn) handle(_ int, events uint32, _ []byte) {
 
 // handOff gives the socket to a relay: it leaves the watcher's set, if
 // it was there, and the relay registers it under its own key. The fdConn
-// still closes it, once the relay is done.
-func (c *fdConn) handOff() int32 {
+// still closes it, once the relay is done. ok is false once Close was
+// called: the descriptor may be closed already.
+func (c *fdConn) handOff() (fd int32, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.closing {
+		return -1, false
+	}
 	if c.seq != 0 {
 		unix.EpollCtl(c.w.epfd, unix.EPOLL_CTL_DEL, int(c.fd), nil)
 		c.w.forget(c.seq)
 		c.seq = 0
 	}
-	return c.fd
+	return c.fd, true
 }
 
 func (c *fdConn) opError(op string, err error) error {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"os"
@@ -10,7 +11,9 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
@@ -267,4 +270,53 @@ func TestPerClientIDConnectRate(t *testing.T) {
 			t.Errorf("a third client sent upstream as \"fleet\": answered %x, want %x", got, rateExceeded[packets.ProtocolV311])
 		}
 	})
+}
+
+// blockingVerifier accepts every client once release is closed; entered
+// gets a value as each Verify begins.
+type blockingVerifier struct{ entered, release chan struct{} }
+
+func (v blockingVerifier) Verify(_ context.Context, req authn.Request) (authn.Identity, error) {
+	v.entered <- struct{}{}
+	<-v.release
+	return authn.Identity{Authenticator: "test", Subject: req.ClientID}, nil
+}
+
+// TestEvictedWhileVerifying: a pending connection evicted while its token
+// is checked (a JWKS fetch for a new kid, say) goes no further when the
+// check then accepts it. Its broker connection is never opened, and the
+// descriptor it had, whose number the next accepted socket gets, is not
+// joined to the broker: that socket never sent a CONNECT.
+func TestEvictedWhileVerifying(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	v := blockingVerifier{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	core, logs := observer.New(zap.InfoLevel)
+	p := &Proxy{Upstream: rec.Addr, Verifier: v, Limits: Limits{MaxPendingConnects: 1}, Logger: zap.New(core)}
+	addr := startProxy(t, p)
+
+	victim := dial(t, addr)
+	if _, err := victim.Write(connectAs(t, packets.ProtocolV311, "victim", "good")); err != nil {
+		t.Fatal(err)
+	}
+	<-v.entered
+	evictor := dial(t, addr)
+	if !closedAtAccept(t, victim) {
+		t.Fatal("the pending victim was not evicted")
+	}
+	taker := dial(t, addr) // evicts the evictor; the lowest free descriptor is the victim's old one
+	if !closedAtAccept(t, evictor) {
+		t.Fatal("the pending evictor was not evicted")
+	}
+	close(v.release)
+	waitLog(t, logs, "connect rejected", zap.String("client_id", "victim"), zap.String("reason", limitPending))
+	if n := logs.FilterMessage("authentication accepted").Len(); n != 0 {
+		t.Errorf("%d clients logged as accepted, want none", n)
+	}
+	if closedAtAccept(t, taker) {
+		t.Error("the newest pending socket was closed")
+	}
+	if got := rec.Accepted(); got != 0 {
+		t.Errorf("upstream saw %d connections, want none", got)
+	}
 }

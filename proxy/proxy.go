@@ -153,8 +153,8 @@ type session struct {
 	upstream net.Conn      // nil until dialed
 	pending  *list.Element // in Proxy.pending until the CONNECT is decided
 	relay    *relay        // set once the connection is handed to the watcher
-	aborted  bool          // abort has begun; no relay may start after it
-	evicted  atomic.Bool   // closed to make room for newer pending connects
+	aborted  bool          // abort or eviction has begun; no relay may start after it
+	evicted  atomic.Bool   // closed to make room for newer pending connects (aborted too)
 }
 
 // abort ends s at once from outside its own goroutine (Close, token
@@ -368,6 +368,10 @@ func (p *Proxy) admit(s *session) (kind string, ok bool) {
 		oldest := p.pending.Remove(p.pending.Front()).(*session)
 		oldest.pending = nil
 		oldest.evicted.Store(true)
+		// Aborted too: a session whose CONNECT is being verified must not
+		// go on to the broker, nor hand on a descriptor closed here, whose
+		// number the next accepted socket may get.
+		oldest.aborted = true
 		oldest.client.Close()
 		p.Metrics.limitHit(limitPending)
 	}
@@ -384,13 +388,16 @@ func (p *Proxy) admit(s *session) (kind string, ok bool) {
 }
 
 // decided takes s off the pending list: its CONNECT has been answered.
-func (p *Proxy) decided(s *session) {
+// It reports false when s was ended from outside meanwhile (evicted,
+// Close), so that nothing more is done for it.
+func (p *Proxy) decided(s *session) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if s.pending != nil {
 		p.pending.Remove(s.pending)
 		s.pending = nil
 	}
+	return !s.aborted
 }
 
 // release forgets s; it is the last thing serveConn does.
@@ -484,13 +491,13 @@ func (p *Proxy) dialed(start time.Time, err error) {
 // dialRelay connects to the broker with a socket of the relay's own (see
 // watchers.dialRelay), sends first, and starts relaying, unless the
 // session was aborted meanwhile.
-func (p *Proxy) dialRelay(ws *watchers, s *session, cfd int32, first []byte, done func(fromClient, toClient int64)) error {
+func (p *Proxy) dialRelay(ws *watchers, s *session, first []byte, done func(fromClient, toClient int64)) error {
 	start := time.Now()
 	deadline := start.Add(p.dialTimeout())
 	addrs, err := p.upstreamAddrs(deadline)
 	var r *relay
 	if err == nil {
-		r, err = ws.dialRelay(cfd, addrs, first, deadline, p.halfCloseTimeout(), done)
+		r, err = ws.dialRelay(addrs, first, deadline, p.halfCloseTimeout(), done)
 	}
 	p.dialed(start, err)
 	if err != nil {
@@ -499,13 +506,20 @@ func (p *Proxy) dialRelay(ws *watchers, s *session, cfd int32, first []byte, don
 	// Under p.mu, so that abort either finds the relay or has marked the
 	// session first; a socket must never close while it is in the epoll
 	// set without the relay knowing. Close aborts every session it finds,
-	// so s.aborted covers it; a Shutdown under way lets s go on.
+	// and eviction marks it too, so s.aborted covers them; a Shutdown
+	// under way lets s go on. The client's descriptor is taken only here:
+	// once the session was aborted, its number may be another socket's.
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if s.aborted {
+	cfd, ok := int32(-1), false
+	if !s.aborted {
+		cfd, ok = socketOf(s.client)
+	}
+	if !ok {
 		r.cancel()
 		return errSessionEnded
 	}
+	r.setClient(cfd)
 	if err := r.start(); err != nil {
 		return err
 	}

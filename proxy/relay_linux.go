@@ -185,8 +185,8 @@ func (ws *watchers) startRelay(client, upstream net.Conn, halfClose time.Duratio
 // or the write must wait (a broker that is not on this host, or a CONNECT
 // larger than the socket's buffer), the watcher wakes the relay. Nothing
 // is read from the broker before join.
-func (ws *watchers) dialRelay(cfd int32, addrs []netip.AddrPort, first []byte, deadline time.Time, halfClose time.Duration, done func(fromClient, toClient int64)) (*relay, error) {
-	r := ws.pick().newRelay(cfd, halfClose, done)
+func (ws *watchers) dialRelay(addrs []netip.AddrPort, first []byte, deadline time.Time, halfClose time.Duration, done func(fromClient, toClient int64)) (*relay, error) {
+	r := ws.pick().newRelay(-1, halfClose, done)
 	var firstErr error
 	for _, addr := range addrs {
 		err := r.dial(addr, first, deadline)
@@ -202,15 +202,27 @@ func (ws *watchers) dialRelay(cfd int32, addrs []netip.AddrPort, first []byte, d
 	return nil, firstErr
 }
 
-// newRelay makes a relay for the client socket cfd, known to the watcher
-// but in no epoll set yet: until start, both flows count as moving, so
-// that the watcher leaves them alone.
+// newRelay makes a relay for the client socket cfd (-1: set by setClient
+// before start), known to the watcher but in no epoll set yet: until
+// start, both flows count as moving, so that the watcher leaves them
+// alone.
 func (w *watcher) newRelay(cfd int32, halfClose time.Duration, done func(fromClient, toClient int64)) *relay {
 	r := &relay{w: w, halfClose: halfClose, done: done}
 	r.flows[0] = flow{srcFD: cfd, dstFD: -1, state: flowMoving}
 	r.flows[1] = flow{srcFD: -1, dstFD: cfd, state: flowMoving}
 	r.seq = w.add(r)
 	return r
+}
+
+// setClient gives a dialed relay its client socket, which it does not use
+// before start: the caller takes the socket only once it knows the
+// session is still open, so that the relay never holds a descriptor
+// that was closed (and whose number may have gone to another socket).
+func (r *relay) setClient(fd int32) {
+	r.mu.Lock()
+	r.flows[0].srcFD = fd
+	r.flows[1].dstFD = fd
+	r.mu.Unlock()
 }
 
 func (r *relay) setUpstream(fd int32) {
@@ -320,11 +332,14 @@ func (r *relay) start() error {
 	return nil
 }
 
-// cancel forgets a relay that did not start, closing its own socket.
+// cancel forgets a relay that did not start, closing its own socket
+// (which takes it out of the epoll set, where dialing may have put it).
+// The client's socket was never added: it is left alone, even when its
+// number is another socket's by now.
 func (r *relay) cancel() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.undoLocked(2)
+	r.undoLocked(0)
 }
 
 // undoLocked takes the first n flows' sockets, which start added, out of
@@ -350,12 +365,23 @@ func (w *watcher) forget(seq uint64) {
 	w.mu.Unlock()
 }
 
+// isSocket reports whether c is a plain TCP socket, which a relay can take
+// over (see socketOf).
+func isSocket(c net.Conn) bool {
+	switch c.(type) {
+	case *fdConn, *net.TCPConn:
+		return true
+	}
+	return false
+}
+
 // socketOf returns the descriptor of c, a plain TCP socket, for a relay
-// to take over; ok is false for any other connection.
+// to take over; ok is false for any other connection, and for one that
+// was closed.
 func socketOf(c net.Conn) (fd int32, ok bool) {
 	switch c := c.(type) {
 	case *fdConn:
-		return c.handOff(), true
+		return c.handOff()
 	case *net.TCPConn:
 		raw, err := c.SyscallConn()
 		if err != nil {

@@ -314,8 +314,6 @@ func TestDialRelayWaitsForTheBroker(t *testing.T) {
 func TestDialRelayFailures(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	ws := testWatchers(t)
-	_, proxyClient := tcpPair(t)
-	cfd, _ := socketOf(proxyClient)
 
 	refusedLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -324,7 +322,7 @@ func TestDialRelayFailures(t *testing.T) {
 	refused := refusedLn.Addr().(*net.TCPAddr).AddrPort()
 	refusedLn.Close()
 
-	if _, err := ws.dialRelay(cfd, []netip.AddrPort{refused}, []byte("x"), time.Now().Add(5*time.Second), time.Second, nil); !errors.Is(err, syscall.ECONNREFUSED) {
+	if _, err := ws.dialRelay([]netip.AddrPort{refused}, []byte("x"), time.Now().Add(5*time.Second), time.Second, nil); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("dial to a closed port: %v, want connection refused", err)
 	}
 
@@ -333,7 +331,7 @@ func TestDialRelayFailures(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		got <- string(b)
 	}))
-	r, err := ws.dialRelay(cfd, []netip.AddrPort{refused, open}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
+	r, err := ws.dialRelay([]netip.AddrPort{refused, open}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
 	if err != nil {
 		t.Fatalf("dial with a refused address first: %v, want the next address", err)
 	}
@@ -349,7 +347,7 @@ func TestDialRelayFailures(t *testing.T) {
 		_, err := io.Copy(io.Discard, c)
 		drained <- err
 	}))
-	_, err = ws.dialRelay(cfd, []netip.AddrPort{silent}, make([]byte, 32<<20), time.Now().Add(100*time.Millisecond), time.Second, nil)
+	_, err = ws.dialRelay([]netip.AddrPort{silent}, make([]byte, 32<<20), time.Now().Add(100*time.Millisecond), time.Second, nil)
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("dial to a broker that does not read: %v, want the deadline exceeded", err)
 	}
@@ -444,9 +442,7 @@ func TestDialRelayIPv6(t *testing.T) {
 		got <- string(b)
 	}()
 	ws := testWatchers(t)
-	_, proxyClient := tcpPair(t)
-	cfd, _ := socketOf(proxyClient)
-	r, err := ws.dialRelay(cfd, []netip.AddrPort{ln.Addr().(*net.TCPAddr).AddrPort()}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
+	r, err := ws.dialRelay([]netip.AddrPort{ln.Addr().(*net.TCPAddr).AddrPort()}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

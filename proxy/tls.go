@@ -218,7 +218,7 @@ func (p *Proxy) handshake(s *session, start time.Time, log *connLog) bool {
 		return true
 	}
 	if s.evicted.Load() {
-		log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", limitPending))
+		logEvicted(log)
 		return false
 	}
 	reason := reasonTLSHandshake
