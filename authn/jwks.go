@@ -515,9 +515,15 @@ func newJWKSKey(k jwk.Key) (jwksKey, error) {
 
 // signatureAlgorithmsFor lists the algorithms a public key of this type may
 // verify: EMQX's JWKS allowlist, narrowed to what fits the key.
+// A key that could not verify safely is refused here, for public_key and
+// JWKS alike: an RSA key under minRSABits, and an Ed25519 key of the wrong
+// length, which jwx parses and ed25519.Verify panics on.
 func signatureAlgorithmsFor(key any) ([]jwa.SignatureAlgorithm, error) {
 	switch k := key.(type) {
 	case *rsa.PublicKey:
+		if bits := k.N.BitLen(); bits < minRSABits {
+			return nil, fmt.Errorf("RSA key of %d bits is under the minimum of %d", bits, minRSABits)
+		}
 		return []jwa.SignatureAlgorithm{jwa.RS256, jwa.RS384, jwa.RS512, jwa.PS256, jwa.PS384, jwa.PS512}, nil
 	case *ecdsa.PublicKey:
 		switch k.Curve {
@@ -530,6 +536,9 @@ func signatureAlgorithmsFor(key any) ([]jwa.SignatureAlgorithm, error) {
 		}
 		return nil, fmt.Errorf("EC curve %s is not one of P-256, P-384, P-521", k.Curve.Params().Name)
 	case ed25519.PublicKey:
+		if len(k) != ed25519.PublicKeySize {
+			return nil, fmt.Errorf("Ed25519 key of %d bytes, not %d", len(k), ed25519.PublicKeySize)
+		}
 		return []jwa.SignatureAlgorithm{jwa.EdDSA}, nil
 	}
 	return nil, fmt.Errorf("%T is not a signature verification key", key)

@@ -302,6 +302,10 @@ func TestJWKSKeySelection(t *testing.T) {
 	if err != nil {
 		t.Fatalf("generate Ed25519 key: %v", err)
 	}
+	smallRSA, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatalf("generate RSA key: %v", err)
+	}
 
 	s := newJWKSTestServer(t, false)
 	s.serveKeys(t,
@@ -322,6 +326,10 @@ func TestJWKSKeySelection(t *testing.T) {
 		jwksTestKey(t, &ec256.PublicKey, "ec-as-rsa", map[string]any{jwk.AlgorithmKey: jwa.RS256}),
 		jwksTestKey(t, &ec256.PublicKey, "ec-as-hmac", map[string]any{jwk.AlgorithmKey: jwa.HS256}),
 		jwksParseKey(t, `{"kty":"OKP","crv":"X25519","kid":"x25519","x":"hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"}`),
+		// jwx parses these; ed25519.Verify panics on the first two.
+		jwksParseKey(t, `{"kty":"OKP","crv":"Ed25519","kid":"ed-short","x":"AAAA"}`),
+		jwksParseKey(t, `{"kty":"OKP","crv":"Ed25519","kid":"ed-empty","x":""}`),
+		jwksTestKey(t, &smallRSA.PublicKey, "rsa-1024", nil),
 	)
 	clock := newJWKSTestClock()
 	o, logs := jwksTestOptions(clock)
@@ -357,6 +365,9 @@ func TestJWKSKeySelection(t *testing.T) {
 		{name: "EC key with alg RS256 ignored", kid: "ec-as-rsa", alg: jwa.RS256},
 		{name: "EC key with alg HS256 ignored", kid: "ec-as-hmac", alg: jwa.HS256},
 		{name: "X25519 key ignored", kid: "x25519", alg: jwa.EdDSA},
+		{name: "Ed25519 key of 3 bytes ignored", kid: "ed-short", alg: jwa.EdDSA},
+		{name: "Ed25519 key of 0 bytes ignored", kid: "ed-empty", alg: jwa.EdDSA},
+		{name: "RSA key of 1024 bits ignored", kid: "rsa-1024", alg: jwa.RS256},
 		{name: "unknown kid", kid: "nobody", alg: jwa.RS256},
 		{name: "no kid with many keys", kid: "", alg: jwa.RS256},
 	}
@@ -397,8 +408,8 @@ func TestJWKSKeySelection(t *testing.T) {
 	if fields["keys"] != int64(10) || fields["authenticator"] != "jwt" || fields["endpoint"] != s.URL {
 		t.Errorf("loaded log fields = %v, want keys 10, authenticator jwt, endpoint %s", fields, s.URL)
 	}
-	if skipped, _ := fields["skipped"].([]any); len(skipped) != 6 {
-		t.Errorf("loaded log lists %d skipped keys, want 6: %v", len(skipped), fields["skipped"])
+	if skipped, _ := fields["skipped"].([]any); len(skipped) != 9 {
+		t.Errorf("loaded log lists %d skipped keys, want 9: %v", len(skipped), fields["skipped"])
 	}
 }
 

