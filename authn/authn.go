@@ -88,10 +88,12 @@ type Identity struct {
 	Subject string
 	// Expiry is the exp claim; zero when the token has none.
 	Expiry time.Time
-	// DisconnectAtExpiry says the session must end at Expiry: the
-	// authenticator's disconnect_after_expire (on by default, as in EMQX)
-	// and a token with exp.
-	DisconnectAtExpiry bool
+	// DisconnectAt, when not zero, is when the session must end: Expiry
+	// plus the leeway that let the token in, for an authenticator with
+	// disconnect_after_expire (on by default, as in EMQX) and a token with
+	// exp. Without the leeway, a token accepted just past its exp would be
+	// cut off as soon as it was let in.
+	DisconnectAt time.Time
 	// Claims holds every claim. Numbers are json.Number, so that large
 	// integers keep their precision; objects are map[string]any and
 	// arrays []any. The map is shared by every connection with the same
@@ -380,12 +382,11 @@ func (a *authenticator) verifyToken(ctx context.Context, token []byte, req *Requ
 		}
 		return Identity{}, err
 	}
-	return Identity{
-		Subject:            checked.subject,
-		Expiry:             checked.expiry,
-		DisconnectAtExpiry: a.disconnectAtExpiry && !checked.expiry.IsZero(),
-		Claims:             claims,
-	}, nil
+	id := Identity{Subject: checked.subject, Expiry: checked.expiry, Claims: claims}
+	if a.disconnectAtExpiry && !checked.expiry.IsZero() {
+		id.DisconnectAt = checked.expiry.Add(a.claims.leeway)
+	}
+	return id, nil
 }
 
 // verifiedClaims returns token's claims once its form, alg and signature

@@ -11,7 +11,9 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
 
-func TestDisconnectAtExpiry(t *testing.T) {
+// TestDisconnectAt: a token with exp ends its session at exp plus the
+// leeway, unless disconnect_after_expire is off; one without exp never.
+func TestDisconnectAt(t *testing.T) {
 	off := false
 	sign := func(b *jwt.Builder) []byte {
 		tok, err := b.Build()
@@ -24,21 +26,29 @@ func TestDisconnectAtExpiry(t *testing.T) {
 		}
 		return signed
 	}
-	withExp := sign(jwt.NewBuilder().Subject("a").Expiration(time.Now().Add(time.Hour)))
+	inAnHour := time.Now().Add(time.Hour).Truncate(time.Second)
+	aMinuteAgo := time.Now().Add(-time.Minute).Truncate(time.Second)
+	withExp := sign(jwt.NewBuilder().Subject("a").Expiration(inAnHour))
+	expired := sign(jwt.NewBuilder().Subject("a").Expiration(aMinuteAgo))
 	noExp := sign(jwt.NewBuilder().Subject("a"))
 	for _, tc := range []struct {
 		name    string
 		setting *bool
+		leeway  time.Duration
 		token   []byte
-		want    bool
+		want    time.Time
 	}{
-		{"default, exp", nil, withExp, true},
-		{"default, no exp", nil, noExp, false},
-		{"off, exp", &off, withExp, false},
+		{"default, exp", nil, 0, withExp, inAnHour},
+		{"default, exp, leeway", nil, 30 * time.Second, withExp, inAnHour.Add(30 * time.Second)},
+		// Let in by the leeway: the session lasts as long as the leeway
+		// lets the token in, not until a moment already past.
+		{"default, exp past, within leeway", nil, 5 * time.Minute, expired, aMinuteAgo.Add(5 * time.Minute)},
+		{"default, no exp", nil, 0, noExp, time.Time{}},
+		{"off, exp", &off, 0, withExp, time.Time{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := New([]configs.Authenticator{{Name: "jwt", Mechanism: "jwt", Algorithm: "hmac-based",
-				Secret: "expiry-secret", DisconnectAfterExpire: tc.setting}})
+				Secret: "expiry-secret", DisconnectAfterExpire: tc.setting, Leeway: configs.Duration(tc.leeway)}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -47,8 +57,8 @@ func TestDisconnectAtExpiry(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if id.DisconnectAtExpiry != tc.want {
-				t.Errorf("DisconnectAtExpiry = %v, want %v", id.DisconnectAtExpiry, tc.want)
+			if !id.DisconnectAt.Equal(tc.want) {
+				t.Errorf("DisconnectAt = %v, want %v", id.DisconnectAt, tc.want)
 			}
 		})
 	}

@@ -136,11 +136,11 @@ func (p *Proxy) serveConn(s *session) {
 		start:    start,
 		rawLen:   int64(len(pk.Raw) + len(ahead)),
 	}
-	if id.DisconnectAtExpiry {
+	if !id.DisconnectAt.IsZero() {
 		// One runtime timer per connection, no goroutine until it fires.
 		// Closing both sides without a DISCONNECT makes the broker publish
 		// the client's will, as for any abnormal end.
-		conn.expiry = time.AfterFunc(time.Until(id.Expiry), func() {
+		conn.expiry = time.AfterFunc(time.Until(id.DisconnectAt), func() {
 			conn.expired.Store(true)
 			p.abort(s)
 		})

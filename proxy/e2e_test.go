@@ -131,12 +131,16 @@ func TestMosquittoThroughProxy(t *testing.T) {
 }
 
 // TestExpiryDisconnectsAndPublishesWill: a client whose token expires
-// while connected is disconnected at exp, and the broker publishes its
-// will to a subscriber connected directly.
+// while connected is disconnected at exp plus the leeway, and the broker
+// publishes its will to a subscriber connected directly. The token's exp
+// has passed already when it connects: the leeway lets it in, and keeps it
+// in for as long.
 func TestExpiryDisconnectsAndPublishesWill(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	broker := proxytest.StartMosquitto(t)
-	chain, err := authn.New([]configs.Authenticator{{Name: "jwt", Mechanism: "jwt", Algorithm: "hmac-based", Secret: e2eSecret}})
+	const leeway = 3 * time.Second
+	chain, err := authn.New([]configs.Authenticator{{Name: "jwt", Mechanism: "jwt", Algorithm: "hmac-based", Secret: e2eSecret,
+		Leeway: configs.Duration(leeway)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +148,7 @@ func TestExpiryDisconnectsAndPublishesWill(t *testing.T) {
 	addr := startProxy(t, &Proxy{Upstream: broker.Addr, Verifier: chain})
 
 	wills := proxytest.StartSub(t, append(proxytest.AddrArgs(t, broker.Addr), "-t", "wills/#", "-v")...)
-	exp := time.Now().Add(2 * time.Second)
+	exp := time.Now().Add(-time.Second)
 	token := mint(t, e2eSecret, "short-lived", func(b *jwt.Builder) { b.Expiration(exp) })
 	device := proxytest.StartSub(t, append(proxytest.AddrArgs(t, addr), "-i", "short-lived", "-u", "d", "-P", token,
 		"-t", "cmd/short-lived", "--will-topic", "wills/short-lived", "--will-payload", "gone")...)
@@ -155,9 +159,10 @@ func TestExpiryDisconnectsAndPublishesWill(t *testing.T) {
 	if !ok || msg != "wills/short-lived gone" {
 		t.Fatalf("will subscriber got %q, %v; want the will", msg, ok)
 	}
-	// exp has second precision: the close comes in the second before exp at the earliest.
-	if now := time.Now(); now.Before(exp.Truncate(time.Second)) {
-		t.Errorf("will published at %v, before the token's exp %v", now, exp)
+	// exp has second precision: the close comes in the second before exp
+	// plus the leeway at the earliest.
+	if now, end := time.Now(), exp.Truncate(time.Second).Add(leeway); now.Before(end) {
+		t.Errorf("will published at %v, before the token's exp plus the leeway %v", now, end)
 	}
 }
 
