@@ -56,7 +56,10 @@ var errAlgNotAllowedForKey = errors.New("alg not allowed for key")
 // triggers a refetch at most once per minRefreshInterval, shared by all
 // callers. Failed fetches keep the last good set until maxFailCount
 // consecutive failures or an age over maxStale; then keysFor fails closed
-// with ErrKeysUnavailable until a fetch succeeds.
+// with ErrKeysUnavailable until a fetch succeeds. Failures count at most
+// once per refreshInterval: fetches for unknown kids, which any client can
+// trigger every minRefreshInterval, must not drop the set sooner than the
+// scheduled refreshes would.
 type jwksProvider struct {
 	name     string
 	endpoint string
@@ -83,7 +86,8 @@ type jwksProvider struct {
 	mu        sync.Mutex  // guards the fields below
 	set       *jwksKeySet // last good set; nil until a fetch succeeds
 	loadedAt  time.Time   // when set was fetched
-	failures  int         // consecutive failed fetches
+	failures  int         // consecutive failed fetches, at most one per refreshInterval
+	counted   time.Time   // when the last failed fetch that counted started
 	lastErr   error       // why the last fetch failed; nil after a success
 	lastFetch time.Time   // when the last fetch started; spaces fetches out
 	inflight  *jwksFetch  // the fetch under way, shared by every waiter
@@ -93,7 +97,8 @@ type jwksProvider struct {
 
 // jwksFetch is one fetch that concurrent callers share.
 type jwksFetch struct {
-	done chan struct{} // closed once the result is stored in the provider
+	done    chan struct{} // closed once the result is stored in the provider
+	started time.Time
 }
 
 // jwksStatus is a provider's health, for readiness probes and metrics.
@@ -101,7 +106,7 @@ type jwksFetch struct {
 type jwksStatus struct {
 	loaded              bool          // keysFor serves a key set
 	age                 time.Duration // since the last successful fetch; zero before one
-	consecutiveFailures int           // failed fetches since the last success
+	consecutiveFailures int           // failed fetches since the last success, as counted for maxFailCount
 }
 
 // newJWKSProvider builds the provider for one authenticator with
@@ -323,7 +328,7 @@ func (p *jwksProvider) startFetchLocked(now time.Time) *jwksFetch {
 	if p.ctx.Err() != nil {
 		return nil
 	}
-	call := &jwksFetch{done: make(chan struct{})}
+	call := &jwksFetch{done: make(chan struct{}), started: now}
 	p.inflight = call
 	p.lastFetch = now
 	p.wg.Add(1)
@@ -352,7 +357,10 @@ func (p *jwksProvider) fetch(call *jwksFetch) {
 		p.set, p.loadedAt, p.failures, p.lastErr = set, now, 0, nil
 		p.refreshes++
 	case !closing: // a fetch cut short by close says nothing about the endpoint
-		p.failures++
+		if p.failures == 0 || call.started.Sub(p.counted) >= p.refreshInterval {
+			p.failures++
+			p.counted = call.started
+		}
 		p.refreshFailures++
 		p.lastErr = err
 	}

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -653,6 +654,49 @@ func TestJWKSFailClosed(t *testing.T) {
 		}
 		if st := p.status(); st != (jwksStatus{loaded: true}) {
 			t.Errorf("status after recovery = %+v, want loaded with no failures", st)
+		}
+	})
+
+	// Any client can trigger a fetch every min_refresh_interval with a
+	// made-up kid. During an outage those fetches fail too, but they must
+	// not count faster than the scheduled refreshes would: else one client
+	// drops every client's keys within max_fail_count x 10 s.
+	t.Run("not sooner for fetches of unknown kids", func(t *testing.T) {
+		verifyNoJWKSLeaks(t)
+		s := newJWKSTestServer(t, false)
+		s.serveKeys(t, jwksTestECJWK(t, "k"))
+		clock := newJWKSTestClock()
+		o, _ := jwksTestOptions(clock)
+		cfg := jwksConfig(s.URL)
+		cfg.MaxFailCount = 3
+		p := startJWKSTestProvider(t, cfg, o, nil)
+
+		s.serve(jwksServeError)
+		misses := int(defaultJWKSRefreshInterval/defaultJWKSMinRefreshInterval) + 1 // 31: the first and last a refresh_interval apart
+		for i := range misses {
+			clock.Advance(defaultJWKSMinRefreshInterval)
+			if _, err := p.keysFor(t.Context(), fmt.Sprintf("made-up-%d", i), jwa.ES256); !errors.Is(err, ErrNoKey) {
+				t.Fatalf("keysFor a made-up kid, miss %d: %v, want ErrNoKey", i, err)
+			}
+		}
+		if n := s.requests.Load(); n != int64(misses)+1 {
+			t.Fatalf("server saw %d requests, want %d: one per miss", n, misses+1)
+		}
+		// 31 failed fetches count as 2: the first and the one a full
+		// refresh_interval after it.
+		if _, err := p.keysFor(t.Context(), "k", jwa.ES256); err != nil {
+			t.Fatalf("keysFor a real kid after %d failed fetches of unknown kids: %v", misses, err)
+		}
+		if st := p.status(); st.consecutiveFailures != 2 || !st.loaded {
+			t.Errorf("status = %+v, want loaded with 2 failures counted", st)
+		}
+		// The next refresh a full interval later is the third, as it would
+		// be without the misses.
+		clock.Advance(defaultJWKSRefreshInterval)
+		p.keysFor(t.Context(), "k", jwa.ES256)
+		waitJWKSFetch(t, p)
+		if _, err := p.keysFor(t.Context(), "k", jwa.ES256); !errors.Is(err, ErrKeysUnavailable) {
+			t.Fatalf("keysFor after max_fail_count scheduled failures = %v, want ErrKeysUnavailable", err)
 		}
 	})
 
