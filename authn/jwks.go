@@ -304,6 +304,8 @@ func (p *jwksProvider) refetch(ctx context.Context) (*jwksKeySet, error) {
 func (p *jwksProvider) usableLocked(now time.Time) (*jwksKeySet, error) {
 	var reason string
 	switch {
+	case p.ctx.Err() != nil: // closed: the set is refreshed no more
+		reason = "authenticator closed"
 	case p.set == nil:
 		reason = "no key set loaded yet"
 	case p.failures >= p.maxFailCount:

@@ -1101,6 +1101,23 @@ func TestJWKSStartAndClose(t *testing.T) {
 	}
 }
 
+// TestJWKSRefusesAfterClose: a closed authenticator refreshes its set no
+// more, so it does not serve it either, as Chain.Close says.
+func TestJWKSRefusesAfterClose(t *testing.T) {
+	verifyNoJWKSLeaks(t)
+	s := newJWKSTestServer(t, false)
+	s.serveKeys(t, jwksTestECJWK(t, "k"))
+	o, _ := jwksTestOptions(newJWKSTestClock())
+	p := startJWKSTestProvider(t, jwksConfig(s.URL), o, nil)
+	if _, err := p.keysFor(t.Context(), "k", jwa.ES256); err != nil {
+		t.Fatalf("keysFor before close: %v", err)
+	}
+	p.close()
+	if _, err := p.keysFor(t.Context(), "k", jwa.ES256); !errors.Is(err, ErrKeysUnavailable) {
+		t.Errorf("keysFor after close = %v, want ErrKeysUnavailable", err)
+	}
+}
+
 func BenchmarkJWKSKeysFor(b *testing.B) {
 	s := newJWKSTestServer(b, false)
 	// Five keys, as an identity provider in rotation publishes.
