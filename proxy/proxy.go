@@ -47,8 +47,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -147,7 +149,7 @@ type policy struct {
 
 // session is one client connection, from accept to close.
 type session struct {
-	client   net.Conn
+	client   net.Conn // for a WebSocket, its TCP connection until the upgrade (see Proxy.upgraded)
 	listener string
 	policy   *policy
 	upstream net.Conn      // nil until dialed
@@ -163,13 +165,13 @@ type session struct {
 func (p *Proxy) abort(s *session) {
 	p.mu.Lock()
 	s.aborted = true
-	r, up := s.relay, s.upstream
+	r, up, client := s.relay, s.upstream, s.client
 	p.mu.Unlock()
 	if r != nil {
 		r.abort() // it closes both sockets, after leaving the epoll set
 		return
 	}
-	s.client.Close()
+	client.Close()
 	if up != nil {
 		up.Close()
 	}
@@ -191,6 +193,9 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 	}
 	defer p.trackListener(ln, false)
 	defer ln.Close()
+	if wl, ok := ln.(*WebSocketListener); ok {
+		wl.setGate(&wsGate{p: p, listener: name})
+	}
 
 	var backoff time.Duration
 	for {
@@ -210,21 +215,56 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 			return fmt.Errorf("proxy: listener %s: %w", name, err)
 		}
 		backoff = 0
-		p.Metrics.connAccepted(name)
-		s := &session{client: c, listener: name, policy: p.currentPolicy()}
-		switch kind, ok := p.admit(s); {
-		case !ok && kind == "":
-			c.Close()
-			return ErrProxyClosed
-		case !ok:
-			p.Metrics.limitHit(kind)
-			p.logger().Info("connection refused by limit", zap.String("listener", name),
-				zap.String("remote", c.RemoteAddr().String()), zap.String("outcome", "refused"), zap.String("reason", kind))
-			c.Close()
-		default:
+		if s := admittedAtAccept(c); s != nil {
+			if p.upgraded(s, c) {
+				go p.serveConn(s)
+			}
+			continue
+		}
+		s, err := p.accepted(c, name)
+		if err != nil {
+			return err
+		}
+		if s != nil {
 			go p.serveConn(s)
 		}
 	}
+}
+
+// accepted admits c, just accepted on the listener called name, under
+// the limits: it returns its session, or nil when a limit refused c, which
+// is then closed; ErrProxyClosed when the proxy is closing.
+func (p *Proxy) accepted(c net.Conn, name string) (*session, error) {
+	p.Metrics.connAccepted(name)
+	s := &session{client: c, listener: name, policy: p.currentPolicy()}
+	switch kind, ok := p.admit(s); {
+	case !ok && kind == "":
+		c.Close()
+		return nil, ErrProxyClosed
+	case !ok:
+		p.Metrics.limitHit(kind)
+		p.logger().Info("connection refused by limit", zap.String("listener", name),
+			zap.String("remote", c.RemoteAddr().String()), zap.String("outcome", "refused"), zap.String("reason", kind))
+		c.Close()
+		return nil, nil
+	}
+	return s, nil
+}
+
+// upgraded gives s, admitted with its TCP connection, the connection c
+// that an upgrade made of it; false (c closed, s released) when s was
+// evicted or aborted meanwhile.
+func (p *Proxy) upgraded(s *session, c net.Conn) bool {
+	p.mu.Lock()
+	if !s.aborted {
+		s.client = c
+		p.mu.Unlock()
+		return true
+	}
+	p.mu.Unlock()
+	c.Close()
+	p.release(s)
+	return false
 }
 
 // Listener returns the listener Serve accepts from when given ln. For a
@@ -268,13 +308,23 @@ func (p *Proxy) currentPolicy() *policy {
 	return p.policy.Load()
 }
 
-// Close stops every listener and closes every connection at once.
-func (p *Proxy) Close() error {
+// closeListeners marks the proxy closed and closes its listeners, outside
+// p.mu: closing a WebSocket listener waits for its handlers, which may
+// release sessions. A listener Serve gets from now on is refused.
+func (p *Proxy) closeListeners() {
 	p.mu.Lock()
 	p.closed = true
-	for ln := range p.listeners {
+	listeners := slices.Collect(maps.Keys(p.listeners))
+	p.mu.Unlock()
+	for _, ln := range listeners {
 		ln.Close()
 	}
+}
+
+// Close stops every listener and closes every connection at once.
+func (p *Proxy) Close() error {
+	p.closeListeners()
+	p.mu.Lock()
 	open := make([]*session, 0, len(p.sessions))
 	for s := range p.sessions {
 		open = append(open, s)
@@ -291,11 +341,8 @@ func (p *Proxy) Close() error {
 // Shutdown stops every listener, then waits for the open connections to
 // end by themselves until ctx is done, and then closes the rest.
 func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.closeListeners()
 	p.mu.Lock()
-	p.closed = true
-	for ln := range p.listeners {
-		ln.Close()
-	}
 	open := len(p.sessions)
 	p.mu.Unlock()
 	p.logger().Info("listeners closed; draining", zap.Int("connections", open))

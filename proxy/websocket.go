@@ -48,8 +48,11 @@ var errTextMessage = errors.New("proxy: WebSocket text message; MQTT over WebSoc
 // Listener (TCP, or TLS for wss) and call Start.
 //
 // The upgrade request is read on the HTTP server's goroutine within
-// HandshakeTimeout; the proxy's connect timeout and limits apply from
-// Accept on.
+// HandshakeTimeout; the proxy's connect timeout applies from Accept on.
+// Served by Proxy.Serve, each TCP connection is admitted under the
+// proxy's limits as it is accepted, before a byte of the upgrade is read,
+// and counts as pending until its CONNECT is decided, as on a TCP
+// listener.
 type WebSocketListener struct {
 	// Listener accepts the connections HTTP is served on. Required.
 	Listener net.Listener
@@ -87,6 +90,98 @@ type WebSocketListener struct {
 	closed   bool
 	done     chan struct{} // closed by Close
 	handlers sync.WaitGroup
+	gate     *wsGate               // set by Proxy.Serve; nil: connections are admitted at Accept
+	admitted map[net.Conn]*session // TCP connections admitted by gate, until upgraded or closed
+}
+
+// wsGate admits a WebSocketListener's TCP connections under the limits of
+// the proxy serving it, so that a flood of connections that never finish
+// their upgrade is bounded as on a TCP listener.
+type wsGate struct {
+	p        *Proxy
+	listener string
+}
+
+// setGate makes the listener admit the connections it accepts from now on
+// through g.
+func (l *WebSocketListener) setGate(g *wsGate) {
+	l.mu.Lock()
+	l.gate = g
+	l.mu.Unlock()
+}
+
+// gatedListener is what the HTTP server accepts from: it passes each
+// connection through the listener's gate, once there is one. Connections
+// go through unwrapped: the HTTP server must see a *tls.Conn as such.
+type gatedListener struct {
+	net.Listener
+	l *WebSocketListener
+}
+
+func (g gatedListener) Accept() (net.Conn, error) {
+	for {
+		c, err := g.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		g.l.mu.Lock()
+		gate := g.l.gate
+		g.l.mu.Unlock()
+		if gate == nil {
+			return c, nil
+		}
+		s, _ := gate.p.accepted(c, gate.listener)
+		if s == nil { // refused by a limit, or the proxy is closing: c is closed
+			continue
+		}
+		g.l.mu.Lock()
+		if g.l.admitted == nil {
+			g.l.admitted = make(map[net.Conn]*session)
+		}
+		g.l.admitted[c] = s
+		g.l.mu.Unlock()
+		return c, nil
+	}
+}
+
+// take returns the session admitted with the TCP connection c, once: the
+// caller either hands it to Serve with the upgraded connection or
+// releases it.
+func (l *WebSocketListener) take(c net.Conn) (*session, *wsGate) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.admitted[c]
+	if s == nil {
+		return nil, nil
+	}
+	delete(l.admitted, c)
+	return s, l.gate
+}
+
+// release frees the session of a TCP connection that ends without an
+// upgrade handed to Serve; it does nothing for one that was.
+func (l *WebSocketListener) release(c net.Conn) {
+	if s, gate := l.take(c); s != nil {
+		gate.p.release(s)
+	}
+}
+
+// connState releases a connection the HTTP server closed (a malformed
+// request, or one not finished within HandshakeTimeout, which never
+// reaches serveHTTP); a hijacked one is serveHTTP's.
+func (l *WebSocketListener) connState(c net.Conn, state http.ConnState) {
+	if state == http.StateClosed {
+		l.release(c)
+	}
+}
+
+// admittedAtAccept returns the session c was admitted with at its TCP
+// accept: c is an upgraded connection from a gated WebSocketListener.
+func admittedAtAccept(c net.Conn) *session {
+	if wc, ok := c.(*wsConn); ok {
+		return wc.session
+	}
+	return nil
 }
 
 var _ net.Listener = (*WebSocketListener)(nil)
@@ -115,13 +210,14 @@ func (l *WebSocketListener) Start() *WebSocketListener {
 		ReadHeaderTimeout: orDefault(l.HandshakeTimeout, DefaultConnectTimeout),
 		MaxHeaderBytes:    maxUpgradeRequestBytes,
 		ErrorLog:          errorLog,
-		ConnContext:       withBalancer,
+		ConnContext:       withConn,
+		ConnState:         l.connState,
 	}
 	// One upgrade per connection: no idle keep-alive connection to bound.
 	l.server.SetKeepAlivesEnabled(false)
 	go func() {
 		defer close(l.served)
-		if err := l.server.Serve(l.Listener); !errors.Is(err, http.ErrServerClosed) {
+		if err := l.server.Serve(gatedListener{l.Listener, l}); !errors.Is(err, http.ErrServerClosed) {
 			l.serveErr = err
 		}
 	}()
@@ -174,21 +270,20 @@ func (l *WebSocketListener) enter() bool {
 	return true
 }
 
-// balancerKey is the context key of what a load balancer said of the
-// client's TLS (balancerTLS), from the PROXY header of the connection an
-// upgrade came on.
-type balancerKey struct{}
+// connKey is the context key of the TCP connection an upgrade request came
+// on.
+type connKey struct{}
 
-// withBalancer is the HTTP server's ConnContext: it keeps that for the
-// upgrade, which sees only the request.
-func withBalancer(ctx context.Context, c net.Conn) context.Context {
-	if pc, ok := c.(*proxiedConn); ok && pc.balancer != nil {
-		return context.WithValue(ctx, balancerKey{}, pc.balancer)
-	}
-	return ctx
+// withConn is the HTTP server's ConnContext: it keeps the connection for
+// the upgrade, which sees only the request.
+func withConn(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
 }
 
 func (l *WebSocketListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	raw, _ := r.Context().Value(connKey{}).(net.Conn)
+	// Unless handed to Serve below, the connection's session ends here.
+	defer l.release(raw)
 	if !l.enter() {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
@@ -208,12 +303,19 @@ func (l *WebSocketListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		l.refused(r, err) // the upgrader has answered with the HTTP error
 		return
 	}
-	balancer, _ := r.Context().Value(balancerKey{}).(*balancerTLS)
+	var balancer *balancerTLS
+	if pc, ok := raw.(*proxiedConn); ok {
+		balancer = pc.balancer
+	}
 	c := &wsConn{ws: ws, tls: r.TLS, token: l.token(r), balancer: balancer}
+	c.session, c.gate = l.take(raw)
 	select {
 	case l.ready <- c:
 	case <-l.done:
 		c.Close()
+		if c.session != nil {
+			c.gate.p.release(c.session)
+		}
 	}
 }
 
@@ -283,6 +385,10 @@ type wsConn struct {
 	token     []byte               // the upgrade request's token; nil without one
 	balancer  *balancerTLS         // the balancer's SSL TLV; see proxiedConn
 	closeOnce sync.Once
+	// session is what the TCP connection was admitted with, by gate; nil
+	// when it is to be admitted at Accept.
+	session *session
+	gate    *wsGate
 }
 
 var _ net.Conn = (*wsConn)(nil)

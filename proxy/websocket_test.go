@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"strings"
@@ -336,4 +337,97 @@ func TestWebSocketSubprotocol(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestWebSocketLimitsAtAccept: on a WebSocket listener the limits apply
+// to each TCP connection as it is accepted, before its upgrade is read, as
+// on a TCP listener: sockets that send half an upgrade request are
+// bounded by the pending cap, the per-IP rate and the connection cap,
+// and a real client still gets in.
+func TestWebSocketLimitsAtAccept(t *testing.T) {
+	halfUpgrade := func(t *testing.T, src, addr string) net.Conn {
+		c := dialFrom(t, src, addr)
+		if _, err := io.WriteString(c, "GET /mqtt HTTP/1.1\r\nHost: x\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	start := func(t *testing.T, l Limits) (p *Proxy, rec *proxytest.Recorder, addr, url string) {
+		rec = proxytest.NewRecorder(t, "")
+		p = &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: l}
+		observe(p)
+		ws := &WebSocketListener{}
+		url = startWebSocketProxy(t, p, ws, nil)
+		// Serve runs on a goroutine of its own: wait until it gates.
+		waitFor(t, func() bool { ws.mu.Lock(); defer ws.mu.Unlock(); return ws.gate != nil })
+		return p, rec, ws.Listener.Addr().String(), url
+	}
+	// through connects a WebSocket client from src that sends a good
+	// CONNECT, and waits until the broker has it.
+	through := func(t *testing.T, src, url string, rec *proxytest.Recorder, conn int) {
+		d := websocket.Dialer{NetDialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}).DialContext}
+		ws, _, err := d.Dial(url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ws.Close() })
+		pk := connectPacket(t, packets.ProtocolV311, "good")
+		if err := ws.WriteMessage(websocket.BinaryMessage, pk); err != nil {
+			t.Fatal(err)
+		}
+		rec.WaitReceived(t, conn, len(pk))
+	}
+	sessions := func(p *Proxy) (open, pending int) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.sessions), p.pending.Len()
+	}
+
+	t.Run("pending cap", func(t *testing.T) {
+		proxytest.VerifyNoLeaks(t)
+		p, rec, addr, url := start(t, Limits{MaxPendingConnects: 3})
+		var idle []net.Conn
+		for range 20 {
+			idle = append(idle, halfUpgrade(t, "127.0.0.4", addr))
+		}
+		waitFor(t, func() bool { open, pending := sessions(p); return open == 3 && pending == 3 })
+		if !closedAtAccept(t, idle[0]) {
+			t.Error("the oldest half upgrade is still open past the pending cap")
+		}
+		through(t, "127.0.0.5", url, rec, 0)
+		for _, c := range idle {
+			c.Close()
+		}
+		// Each half upgrade's session ends with its socket.
+		waitFor(t, func() bool { open, pending := sessions(p); return open == 1 && pending == 0 })
+	})
+
+	t.Run("per-IP rate", func(t *testing.T) {
+		proxytest.VerifyNoLeaks(t)
+		_, rec, addr, url := start(t, Limits{PerIPConnectRate: 0.01, PerIPConnectBurst: 2})
+		for i := range 2 {
+			if closedAtAccept(t, halfUpgrade(t, "127.0.0.2", addr)) {
+				t.Fatalf("half upgrade %d within the burst was closed", i+1)
+			}
+		}
+		if !closedAtAccept(t, halfUpgrade(t, "127.0.0.2", addr)) {
+			t.Error("third connection from one IP beyond its burst was not closed at accept")
+		}
+		through(t, "127.0.0.3", url, rec, 0) // counted once, at accept: not again once upgraded
+	})
+
+	t.Run("connection cap", func(t *testing.T) {
+		proxytest.VerifyNoLeaks(t)
+		p, rec, addr, url := start(t, Limits{MaxConnections: 2})
+		through(t, "127.0.0.6", url, rec, 0)
+		half := halfUpgrade(t, "127.0.0.6", addr)
+		if closedAtAccept(t, half) {
+			t.Fatal("second connection closed under a limit of 2")
+		}
+		if !closedAtAccept(t, halfUpgrade(t, "127.0.0.6", addr)) {
+			t.Error("third connection was not closed at accept")
+		}
+		half.Close()
+		waitFor(t, func() bool { open, _ := sessions(p); return open == 1 })
+	})
 }
