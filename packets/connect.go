@@ -337,14 +337,18 @@ func probeVersion(r io.Reader, begun []byte, remaining int) (byte, error) {
 // speaks and returns the name as a constant, so decoding allocates none.
 // A wrong name may be refused outright [MQTT-3.1.2-1]; an unsupported level
 // under an MQTT name is answered with return code 1 or reason code 0x84
-// [MQTT-3.1.2-2], so version is then the level as read, else 0.
+// [MQTT-3.1.2-2], so version is then the level as read (3.1 for MQIsdp),
+// else 0.
 func checkProtocol(name []byte, level byte) (canonicalName string, version byte, err error) {
 	switch {
 	case string(name) == nameMQIsdp && level == ProtocolV31:
 		return nameMQIsdp, level, nil
 	case string(name) == nameMQTT && (level == ProtocolV311 || level == ProtocolV5):
 		return nameMQTT, level, nil
-	case string(name) == nameMQIsdp || string(name) == nameMQTT:
+	case string(name) == nameMQIsdp:
+		// Not an MQTT 5 client whatever its level: answered as 3.1 is.
+		return "", ProtocolV31, fmt.Errorf("%w: protocol %q level %d [MQTT-3.1.2-2]", ErrUnsupportedVersion, name, level)
+	case string(name) == nameMQTT:
 		return "", level, fmt.Errorf("%w: protocol %q level %d [MQTT-3.1.2-2]", ErrUnsupportedVersion, name, level)
 	default:
 		return "", 0, fmt.Errorf("%w: protocol name %q [MQTT-3.1.2-1]", ErrUnsupportedVersion, name)
@@ -524,11 +528,18 @@ func (d *decoder) string(field string) string {
 	return string(d.binary(field))
 }
 
+// varint reads a variable byte integer inside the packet (an MQTT 5
+// property length), which must be minimally encoded [MQTT-1.5.5-1], as
+// mosquitto requires: a last byte of 0 after the first is refused.
 func (d *decoder) varint(field string) int {
+	start := d.off
 	v, err := readVarint(field, func() (byte, error) {
 		b := d.byte(field)
 		return b, d.err
 	})
+	if err == nil && d.err == nil && d.off-start > 1 && d.buf[d.off-1] == 0 {
+		err = fmt.Errorf("%w: %s not minimally encoded [MQTT-1.5.5-1]", ErrMalformed, field)
+	}
 	if d.err == nil {
 		d.err = err
 	}

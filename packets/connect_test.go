@@ -488,3 +488,21 @@ func TestPahoAgrees(t *testing.T) {
 		})
 	}
 }
+
+// TestLongPropertiesRead: property lengths of two bytes and more, minimally
+// encoded, are read; only a non-minimal encoding is refused.
+func TestLongPropertiesRead(t *testing.T) {
+	c := fullV5()
+	c.Properties.User = append(c.Properties.User, paho.User{Key: "long", Value: strings.Repeat("x", 300)})
+	raw, err := c.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadConnect(bytes.NewReader(raw), 4096)
+	if err != nil {
+		t.Fatalf("ReadConnect of properties over 128 bytes: %v", err)
+	}
+	if n := len(got.Properties.User); n != 3 {
+		t.Errorf("%d user properties, want 3", n)
+	}
+}

@@ -287,7 +287,14 @@ var invalidCases = []connectCase{
 	{
 		name:    "level 4 under MQIsdp",
 		raw:     connectPacket("0006 4d5149736470 04", "02 003c 0000"),
-		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 4,
+		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 3,
+	},
+	{
+		// A client calling itself MQIsdp is no MQTT 5 client: it gets the
+		// 3.1 CONNACK (return code 1), not a five-byte MQTT 5 one.
+		name:    "level 5 under MQIsdp",
+		raw:     connectPacket("0006 4d5149736470 05", "02 003c 0000"),
+		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 3,
 	},
 	{
 		name:    "unknown protocol name",
@@ -387,6 +394,13 @@ var invalidCases = []connectCase{
 	{
 		name:    "mqttv5 property length of five bytes",
 		raw:     connectPacket(mqtt5, "02 003c", "80 80 80 80 00", "0000"),
+		wantErr: ErrMalformed, wantCode: MalformedPacket, wantVersion: 5,
+	},
+	{
+		// mosquitto closes such a CONNECT: the proxy must not let it
+		// through to be refused there, after the broker was dialed.
+		name:    "mqttv5 property length not minimally encoded",
+		raw:     connectPacket(mqtt5, "02 003c", "80 00", "0000"),
 		wantErr: ErrMalformed, wantCode: MalformedPacket, wantVersion: 5,
 	},
 	{
