@@ -119,8 +119,28 @@ func newJWKSProvider(name string, cfg configs.Authenticator, o *options) (*jwksP
 	if err != nil {
 		return nil, err
 	}
+	if prev := o.previous.jwksProvider(name); prev != nil && prev.endpoint == p.endpoint {
+		prev.mu.Lock()
+		p.set, p.loadedAt = prev.set, prev.loadedAt
+		prev.mu.Unlock()
+	}
 	p.start()
 	return p, nil
+}
+
+// jwksProvider returns the key provider of c's JWKS authenticator called
+// name, or nil.
+func (c *Chain) jwksProvider(name string) *jwksProvider {
+	if c == nil {
+		return nil
+	}
+	for _, l := range c.links {
+		if a, ok := l.(*authenticator); ok && a.name == name {
+			p, _ := a.keys.(*jwksProvider)
+			return p
+		}
+	}
+	return nil
 }
 
 // buildJWKSProvider is newJWKSProvider without the start, so that tests can

@@ -1206,3 +1206,38 @@ func TestJWKSThroughChain(t *testing.T) {
 		t.Errorf("server saw %d requests, want 2", n)
 	}
 }
+
+// TestJWKSKeysKeptAcrossReload: a chain built WithPrevious serves the keys
+// the running chain's JWKS authenticator holds, while its own first fetch
+// fails; an authenticator whose endpoint changed starts without them.
+func TestJWKSKeysKeptAcrossReload(t *testing.T) {
+	verifyNoJWKSLeaks(t)
+	s := newJWKSTestServer(t, false)
+	s.serveKeys(t, jwksTestKey(t, &testKeys().p256.PublicKey, "k", nil))
+	running := newTestChain(t, jwksConfig(s.URL))
+	waitJWKSFetch(t, running.jwksProvider("jwt"))
+	tok := signToken(t, jwa.ES256, testKeys().p256, `{"alg":"ES256","kid":"k"}`,
+		fmt.Sprintf(`{"sub":"c1","exp":%d}`, time.Now().Add(time.Hour).Unix()))
+
+	s.serve(jwksServeError) // the identity provider goes down, then the proxy reloads
+	reloaded, err := New([]configs.Authenticator{jwksConfig(s.URL)}, WithPrevious(running))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reloaded.Close)
+	waitJWKSFetch(t, reloaded.jwksProvider("jwt"))
+	if _, err := reloaded.Verify(t.Context(), passwordRequest(tok)); err != nil {
+		t.Errorf("Verify after a reload while the endpoint is down: %v, want the running keys", err)
+	}
+
+	moved := jwksConfig(s.URL + "/elsewhere")
+	other, err := New([]configs.Authenticator{moved}, WithPrevious(running))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(other.Close)
+	waitJWKSFetch(t, other.jwksProvider("jwt"))
+	if _, err := other.Verify(t.Context(), passwordRequest(tok)); ReasonOf(err) != ErrKeysUnavailable {
+		t.Errorf("Verify with a changed endpoint = %v, want %s: keys of another endpoint are not carried over", err, ErrKeysUnavailable)
+	}
+}

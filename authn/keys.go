@@ -33,9 +33,10 @@ type keyProvider interface {
 type Option func(*options)
 
 type options struct {
-	now    func() time.Time
-	client *http.Client
-	logger *zap.Logger
+	now      func() time.Time
+	client   *http.Client
+	logger   *zap.Logger
+	previous *Chain
 }
 
 func newOptions(opts []Option) *options {
@@ -53,6 +54,13 @@ func WithClock(now func() time.Time) Option { return func(o *options) { o.now = 
 // WithHTTPClient sets the client used to fetch JWKS. Without it, each
 // JWKS authenticator builds its own client from its ssl settings.
 func WithHTTPClient(c *http.Client) Option { return func(o *options) { o.client = c } }
+
+// WithPrevious gives each JWKS authenticator the last good key set of the
+// authenticator of c with the same name and endpoint, as a reload needs: the
+// new one fetches at once, as always, but serves those keys until then and
+// through failed fetches, as the old one would have, rather than refusing
+// every token while the endpoint is down.
+func WithPrevious(c *Chain) Option { return func(o *options) { o.previous = c } }
 
 // WithLogger sets the logger for key loading and refresh events.
 func WithLogger(l *zap.Logger) Option { return func(o *options) { o.logger = l } }

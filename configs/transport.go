@@ -252,6 +252,8 @@ func (u Upstream) validateTransport() []error {
 
 	if !oneOf(u.ProxyProtocol, "", ProxyProtocolOff, ProxyProtocolV1, ProxyProtocolV2) {
 		bad("proxy_protocol: %q is not one of off, v1, v2", u.ProxyProtocol)
+	} else if oneOf(u.ProxyProtocol, ProxyProtocolV1, ProxyProtocolV2) && u.Address == EmbeddedAddress {
+		bad("proxy_protocol: the embedded broker reads no PROXY header")
 	}
 	if t := u.TLS; t != nil {
 		if u.Address == EmbeddedAddress {

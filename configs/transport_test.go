@@ -194,3 +194,24 @@ func TestCertificateAuthenticator(t *testing.T) {
 		})
 	}
 }
+
+// TestEmbeddedUpstreamTransport: the embedded broker speaks plain MQTT
+// over TCP: neither TLS nor a PROXY header can be sent to it.
+func TestEmbeddedUpstreamTransport(t *testing.T) {
+	for _, tc := range []struct{ upstream, want string }{
+		{"{address: embedded}", ""},
+		{"{address: embedded, proxy_protocol: off}", ""},
+		{"{address: embedded, proxy_protocol: v2}", "upstream.proxy_protocol: the embedded broker reads no PROXY header"},
+		{"{address: embedded, proxy_protocol: v1}", "upstream.proxy_protocol: the embedded broker reads no PROXY header"},
+		{"{address: embedded, tls: {}}", "upstream.tls: the embedded broker speaks plain TCP only"},
+	} {
+		_, err := Parse([]byte("listeners:\n  - bind: \"127.0.0.1:8883\"\nupstream: " + tc.upstream +
+			"\nauthentication:\n  - {mechanism: jwt, algorithm: hmac-based, secret: s3cr3t-for-tests}\n"))
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v, want valid", tc.upstream, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %v, want %q", tc.upstream, err, tc.want)
+		}
+	}
+}

@@ -57,7 +57,7 @@ func TestReloadForward(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			next, chain, err := reload(writeConfig(t, hmacChain+tc.forward), running, &proxy.Proxy{}, zap.NewNop())
+			next, chain, err := reload(writeConfig(t, hmacChain+tc.forward), running, nil, &proxy.Proxy{}, zap.NewNop())
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || next != nil {
 					t.Fatalf("reload = %v, %v; want an error containing %q", next, err, tc.wantErr)

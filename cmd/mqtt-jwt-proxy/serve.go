@@ -45,6 +45,12 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 }
 
 func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
+	// At once: until then a SIGHUP (systemctl reload right after start)
+	// would kill the process. One that comes before the proxy serves is a
+	// reload once it does.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	path, err := configFlag("serve", args, stderr)
 	if err != nil {
 		return err
@@ -119,16 +125,12 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		go func() { errc <- p.Serve(ln, name) }()
 	}
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-
 	var serveErr error
 	for serving := true; serving; {
 		select {
 		case <-hup:
 			certs.reload(logger)
-			if next, nextChain, err := reload(path, cfg, p, logger); err != nil {
+			if next, nextChain, err := reload(path, cfg, chain, p, logger); err != nil {
 				logger.Error("reload rejected; the running configuration stays in force", zap.String("config", path), zap.Error(err))
 			} else {
 				// Verifications that began before the swap may still use
@@ -165,7 +167,7 @@ var restartOnly = map[string]bool{"listeners": true, "upstream": true, "metrics"
 // metrics endpoint and the log stay as they started; a change there is
 // logged, key by key, and needs a restart. Nothing changes when the new
 // file is invalid.
-func reload(path string, running *configs.File, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
+func reload(path string, running *configs.File, runningChain *authn.Chain, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
 	cfg, err := configs.Load(path)
 	if err != nil {
 		return nil, nil, err
@@ -174,7 +176,9 @@ func reload(path string, running *configs.File, p *proxy.Proxy, logger *zap.Logg
 	if err != nil {
 		return nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger))
+	// JWKS authenticators keep their last good keys: a reload while the
+	// identity provider is down must not refuse every token.
+	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger), authn.WithPrevious(runningChain))
 	if err != nil {
 		return nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
