@@ -171,10 +171,22 @@ func (p *Proxy) abort(s *session) {
 		r.abort() // it closes both sockets, after leaving the epoll set
 		return
 	}
-	client.Close()
+	closeTransport(client)
 	if up != nil {
 		up.Close()
 	}
+}
+
+// closeTransport closes c from outside the goroutine serving it. A TLS
+// connection's socket is closed first: tls.Conn.Close waits for a write
+// under way, and a client that makes the server's Read write (TLS 1.3
+// KeyUpdate requests) and never reads can keep one blocked for good,
+// here under Proxy.mu when evicting.
+func closeTransport(c net.Conn) {
+	if tc, ok := c.(*tls.Conn); ok {
+		tc.NetConn().Close()
+	}
+	c.Close()
 }
 
 // Serve accepts connections on ln and serves each in its own goroutine
@@ -419,7 +431,7 @@ func (p *Proxy) admit(s *session) (kind string, ok bool) {
 		// go on to the broker, nor hand on a descriptor closed here, whose
 		// number the next accepted socket may get.
 		oldest.aborted = true
-		oldest.client.Close()
+		closeTransport(oldest.client)
 		p.Metrics.limitHit(limitPending)
 	}
 	if p.sessions == nil {
