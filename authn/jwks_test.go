@@ -609,18 +609,24 @@ func TestJWKSEndpointDownAtStart(t *testing.T) {
 	}
 }
 
+// startFailingJWKSProvider starts a provider with max_fail_count 3 whose
+// endpoint gave it key "k", then fails every fetch.
+func startFailingJWKSProvider(t *testing.T) (*jwksTestServer, *jwksTestClock, *observer.ObservedLogs, configs.Authenticator, *jwksProvider) {
+	verifyNoJWKSLeaks(t)
+	s := newJWKSTestServer(t, false)
+	s.serveKeys(t, jwksTestECJWK(t, "k"))
+	clock := newJWKSTestClock()
+	o, logs := jwksTestOptions(clock)
+	cfg := jwksConfig(s.URL)
+	cfg.MaxFailCount = 3
+	p := startJWKSTestProvider(t, cfg, o, nil)
+	s.serve(jwksServeError)
+	return s, clock, logs, cfg, p
+}
+
 func TestJWKSFailClosed(t *testing.T) {
 	t.Run("after max_fail_count consecutive failures", func(t *testing.T) {
-		verifyNoJWKSLeaks(t)
-		s := newJWKSTestServer(t, false)
-		s.serveKeys(t, jwksTestECJWK(t, "k"))
-		clock := newJWKSTestClock()
-		o, logs := jwksTestOptions(clock)
-		cfg := jwksConfig(s.URL)
-		cfg.MaxFailCount = 3
-		p := startJWKSTestProvider(t, cfg, o, nil)
-
-		s.serve(jwksServeError)
+		s, clock, logs, cfg, p := startFailingJWKSProvider(t)
 		for failures := 1; failures <= cfg.MaxFailCount; failures++ {
 			clock.Advance(defaultJWKSRefreshInterval)
 			// The last good set is served while the refresh fails.
@@ -662,16 +668,7 @@ func TestJWKSFailClosed(t *testing.T) {
 	// not count faster than the scheduled refreshes would: else one client
 	// drops every client's keys within max_fail_count x 10 s.
 	t.Run("not sooner for fetches of unknown kids", func(t *testing.T) {
-		verifyNoJWKSLeaks(t)
-		s := newJWKSTestServer(t, false)
-		s.serveKeys(t, jwksTestECJWK(t, "k"))
-		clock := newJWKSTestClock()
-		o, _ := jwksTestOptions(clock)
-		cfg := jwksConfig(s.URL)
-		cfg.MaxFailCount = 3
-		p := startJWKSTestProvider(t, cfg, o, nil)
-
-		s.serve(jwksServeError)
+		s, clock, _, _, p := startFailingJWKSProvider(t)
 		misses := int(defaultJWKSRefreshInterval/defaultJWKSMinRefreshInterval) + 1 // 31: the first and last a refresh_interval apart
 		for i := range misses {
 			clock.Advance(defaultJWKSMinRefreshInterval)

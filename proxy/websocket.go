@@ -308,13 +308,14 @@ func (l *WebSocketListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		balancer = pc.balancer
 	}
 	c := &wsConn{ws: ws, tls: r.TLS, token: l.token(r), balancer: balancer}
-	c.session, c.gate = l.take(raw)
+	s, gate := l.take(raw)
+	c.session = s
 	select {
 	case l.ready <- c:
 	case <-l.done:
 		c.Close()
-		if c.session != nil {
-			c.gate.p.release(c.session)
+		if s != nil {
+			gate.p.release(s)
 		}
 	}
 }
@@ -385,10 +386,9 @@ type wsConn struct {
 	token     []byte               // the upgrade request's token; nil without one
 	balancer  *balancerTLS         // the balancer's SSL TLV; see proxiedConn
 	closeOnce sync.Once
-	// session is what the TCP connection was admitted with, by gate; nil
-	// when it is to be admitted at Accept.
+	// session is what the TCP connection was admitted with, by the
+	// listener's gate; nil when it is to be admitted at Accept.
 	session *session
-	gate    *wsGate
 }
 
 var _ net.Conn = (*wsConn)(nil)
