@@ -621,10 +621,10 @@ func TestFloods(t *testing.T) {
 		if n := broker.Connections() - brokerBefore; n != connections+1 {
 			t.Errorf("the broker saw %d connections, want %d", n, connections+1)
 		}
-		// Idle authenticated connections wait in the relay's epoll set:
-		// no goroutine each (two each where epoll is unavailable).
+		// Idle authenticated connections wait in the epoll engine's
+		// sets: no goroutine each (two each with the portable engine).
 		perConnection := 0
-		if p.relays() == nil {
+		if p.relayKind() == RelayPortable {
 			perConnection = 2
 		}
 		if grown.goroutines > perConnection*connections+20 {

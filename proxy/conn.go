@@ -2,8 +2,8 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
 
 // Reasons logged for connections that end before authentication, beside
@@ -29,6 +30,11 @@ const (
 	reasonTooLarge            = "connect_too_large"
 	reasonUpstreamUnavailable = "upstream_unavailable"
 	reasonInternal            = "internal_error"
+	// reasonTLSHandshake: the TLS handshake failed (no or a wrong client
+	// certificate, an old TLS version, a timeout).
+	reasonTLSHandshake = "tls_handshake_failed"
+	// reasonUntrustedProxyHeader: see transport.ErrUntrustedProxyHeader.
+	reasonUntrustedProxyHeader = "untrusted_proxy_header"
 )
 
 // serveConn runs one client connection: read CONNECT under the connect
@@ -116,14 +122,14 @@ func (p *Proxy) serveConn(s *session) {
 
 	// The PROXY header for the broker says what the wrapper around the
 	// client says; from here on only the socket under it is needed.
-	header, err := p.upstreamHeader(c)
+	header, err := p.UpstreamProxyHeader.Format(c)
 	if err != nil {
 		log.Warn("upstream unavailable", zap.String("outcome", "refused"), zap.String("reason", reasonUpstreamUnavailable), zap.Error(err))
 		refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	c, ahead := p.bareClient(s)           // after a PROXY header: the socket, and what was read past the CONNECT
+	bare, ahead := transport.Detach(c)    // after a PROXY header: the socket, and what was read past the CONNECT
 	ahead = append(pastConnect, ahead...) // one of them is empty: a wrapper or the bare socket read ahead
 	// What the closing line needs, kept in one small struct for the
 	// connection's life: zap fields would take five times the room, and
@@ -145,7 +151,7 @@ func (p *Proxy) serveConn(s *session) {
 			p.abort(s)
 		})
 	}
-	err = p.connectUpstream(s, header, append(upstreamConnect, ahead...), func(fromClient, toClient int64) {
+	err = p.connectUpstream(s, bare, header, append(upstreamConnect, ahead...), func(fromClient, toClient int64) {
 		p.finish(s, conn, fromClient, toClient)
 	})
 	if err != nil {
@@ -163,44 +169,6 @@ func (p *Proxy) serveConn(s *session) {
 	handedOff = true
 }
 
-// errSessionEnded says that a connection was closed from outside (Close,
-// token expiry) while its broker connection was being set up.
-var errSessionEnded = errors.New("proxy: connection closed while connecting to the broker")
-
-// connectUpstream dials the broker, sends it header (a PROXY header or
-// nothing) and first (the CONNECT and what the client sent after it), and
-// hands the connection to a relay that calls done once both directions
-// have ended. On an error only the client is left open. A plain TCP client
-// of a plain TCP broker goes to an epoll watcher with a socket the relay
-// dials itself; other connections get a dialed net.Conn (see dial).
-func (p *Proxy) connectUpstream(s *session, header, first []byte, done func(fromClient, toClient int64)) error {
-	if ws := p.relays(); ws != nil && p.DialUpstream == nil && p.UpstreamTLS == nil {
-		if isSocket(s.client) {
-			if len(header) > 0 {
-				first = append(header, first...)
-			}
-			return p.dialRelay(ws, s, first, done)
-		}
-	}
-	up, err := p.dial()
-	if err == nil {
-		up, err = p.startUpstream(up, header) // PROXY header, TLS
-	}
-	if err != nil {
-		return err
-	}
-	if !p.setUpstream(s, up) {
-		up.Close()
-		return errSessionEnded
-	}
-	if _, err := up.Write(first); err != nil {
-		up.Close()
-		return fmt.Errorf("writing the CONNECT to the broker: %w", err)
-	}
-	p.relay(s, done)
-	return nil
-}
-
 // openConn is what a proxied connection keeps until it closes.
 type openConn struct {
 	remote, clientID, username string
@@ -211,9 +179,9 @@ type openConn struct {
 	expired                    atomic.Bool
 }
 
-// finish ends a proxied connection once both directions have ended. It
-// may run on a relay's watcher, which moves other connections' bytes, so
-// it must not block: the closing line, when the sampler keeps it, is
+// finish ends a proxied connection once both directions have ended and
+// the engine has closed both sides. It may run on an engine's goroutine,
+// which moves other connections' bytes, so it must not block: the closing line, when the sampler keeps it, is
 // written on a goroutine of its own, since the log's output may stall.
 func (p *Proxy) finish(s *session, conn *openConn, fromClient, toClient int64) {
 	if conn.expiry != nil {
@@ -237,10 +205,6 @@ func (p *Proxy) finish(s *session, conn *openConn, fromClient, toClient int64) {
 			zap.Int64("bytes_from_client", fromClient),
 			zap.Int64("bytes_to_client", toClient),
 		)
-	}
-	s.client.Close()
-	if s.upstream != nil { // nil when the relay dialed (and has closed) it
-		s.upstream.Close()
 	}
 	p.release(s)
 }
@@ -278,7 +242,7 @@ func (p *Proxy) rejectPacket(c net.Conn, err error, log *connLog) string {
 		reason = reasonConnectTimeout
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		reason = reasonClientClosed
-	case errors.Is(err, ErrUntrustedProxyHeader):
+	case errors.Is(err, transport.ErrUntrustedProxyHeader):
 		reason = reasonUntrustedProxyHeader
 	}
 	log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", reason), zap.Error(err))
@@ -313,8 +277,8 @@ func packetReason(err *packets.Error) string {
 func refuse(c net.Conn, version byte, code packets.ReasonCode) {
 	c.SetWriteDeadline(time.Now().Add(refuseWriteTimeout))
 	var w io.Writer = c
-	if fc, ok := c.(interface{ lastWrite() io.Writer }); ok {
-		w = fc.lastWrite()
+	if lw, ok := c.(interface{ LastWriter() io.Writer }); ok {
+		w = lw.LastWriter()
 	}
 	if err := packets.WriteConnack(w, version, code); err == nil {
 		lingerClose(c)
@@ -340,54 +304,43 @@ func expiryField(exp time.Time) zap.Field {
 	return zap.Time("exp", exp)
 }
 
-// relay joins the client and the upstream until both directions have
-// ended, then calls done with the bytes each way, and returns at once.
-// Plain TCP on both sides goes to an epoll watcher (relay_linux.go): no
-// goroutine, buffer or pipe while idle; the watcher moves each burst
-// itself, and bulk traffic goes by splice(2). Other connections (TLS,
-// WebSocket) get splice's two goroutines.
-func (p *Proxy) relay(s *session, done func(fromClient, toClient int64)) {
-	if w := p.relays(); w != nil {
-		// Under p.mu, so that abort either finds the relay or has marked
-		// the session first; a socket must never close while it is in the
-		// epoll set without the relay knowing.
-		p.mu.Lock()
-		started := false
-		if !s.aborted {
-			s.relay, started = w.startRelay(s.client, s.upstream, p.halfCloseTimeout(), done)
-		}
-		p.mu.Unlock()
-		if started {
-			return
-		}
+// handshake completes a TLS client's handshake, within the connect
+// timeout that began at start, before its CONNECT is read, so that a
+// failed one is logged as such; it reports whether the connection may go
+// on. Other connections have nothing to do.
+func (p *Proxy) handshake(s *session, start time.Time, log *connLog) bool {
+	tc, ok := s.client.(*tls.Conn)
+	if !ok {
+		return true
 	}
-	go func() { done(p.splice(s.client, s.upstream)) }()
-}
-
-// splice copies both ways between the client and the upstream until both
-// directions have ended, and returns the bytes each way. When one side
-// closes its sending half, that is passed on and the other direction gets
-// HalfCloseTimeout to finish; when a copy fails, both connections close.
-func (p *Proxy) splice(client, upstream net.Conn) (fromClient, toClient int64) {
-	done := make(chan int64, 1)
-	go func() { done <- p.copyHalf(upstream, client) }()
-	toClient = p.copyHalf(client, upstream)
-	return <-done, toClient
-}
-
-// copyHalf copies src to dst. It is a named function so each direction
-// shows by name in goroutine dumps.
-func (p *Proxy) copyHalf(dst, src net.Conn) int64 {
-	n, err := copyPooled(dst, src)
+	ctx, cancel := context.WithDeadline(context.Background(), start.Add(s.policy.limits.connectTimeout()))
+	defer cancel()
+	err := tc.HandshakeContext(ctx)
 	if err == nil {
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-			// The other direction may still carry the last packets (a
-			// broker's answer to DISCONNECT); it gets a bounded time.
-			dst.SetReadDeadline(time.Now().Add(p.halfCloseTimeout()))
-			return n
-		}
+		return true
 	}
-	dst.Close()
-	src.Close()
-	return n
+	if s.evicted.Load() {
+		logEvicted(log)
+		return false
+	}
+	reason := reasonTLSHandshake
+	if errors.Is(err, transport.ErrUntrustedProxyHeader) {
+		reason = reasonUntrustedProxyHeader
+	}
+	p.Metrics.decided("refused", reason, time.Since(start))
+	log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", reason), zap.Error(err))
+	return false
+}
+
+// withTransport adds to req what the client's transports say about it:
+// its certificate's common name and subject and whether it was verified,
+// and for a WebSocket client whose CONNECT has no password, the token of
+// its upgrade request, as the password.
+func withTransport(req authn.Request, c net.Conn) authn.Request {
+	info := transport.InfoOf(c)
+	req.CertCommonName, req.CertSubject, req.CertVerified = info.ClientCertificate()
+	if !req.HasPassword && info.Token != nil {
+		req.Password, req.HasPassword = info.Token, true
+	}
+	return req
 }

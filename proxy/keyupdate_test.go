@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
 
 // keyUpdater is a TLS 1.3 client that, after the handshake, writes its
@@ -152,7 +153,7 @@ func TestEvictingStuckTLSClient(t *testing.T) {
 	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: Limits{MaxPendingConnects: 1}}
 	pki := newTestPKI(t, "ca")
 	cert, key := pki.issue(t, "proxy", true)
-	tlsAddr, _, _ := startTLSProxy(t, p, TLSFiles{CertFile: cert, KeyFile: key})
+	tlsAddr, _, _ := startTLSProxy(t, p, transport.TLSFiles{CertFile: cert, KeyFile: key})
 	plain := listen(t)
 	go p.Serve(plain, "plain") // ends with the proxy, at cleanup
 

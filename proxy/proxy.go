@@ -16,26 +16,25 @@
 //	if err != nil { ... }
 //	log.Fatal(p.Serve(ln, "tcp"))
 //
-// After authentication, plain TCP on both sides waits in an epoll set on
-// Linux, holding no goroutine or buffer while idle: an MQTT packet is
-// moved with one read(2) and one write(2), and bulk traffic with splice(2),
-// kernel to kernel (relay_linux.go). For a plain TCP client of a plain TCP
-// broker, the relay also dials the broker itself, and Serve accepts the
-// client itself from a *net.TCPListener: both sockets stay out of the net
-// package and the runtime's poller (fdconn_linux.go).
+// A connection's path: Serve accepts it and admits it under the Limits
+// (session.go); serveConn reads its CONNECT (connect.go), decides
+// (decide.go), and either refuses it, in one place (refuse.go), or dials
+// the broker (upstream.go) and hands both connections to the relay
+// engine, which owns them from then on (proxy/internal/engine): on Linux
+// an epoll engine in which an idle connection holds no goroutine or
+// buffer, elsewhere, or with Relay set to RelayPortable, two goroutines
+// per connection that copy through pooled buffers.
 //
-// Edge transports wrap the listener, in the order they arrive on the
-// wire: a ProxyProtocolListener reads a load balancer's PROXY header, a
-// NewTLSListener speaks TLS (certificates from a CertReloader), and a
-// WebSocketListener carries MQTT over WebSocket:
+// Transports (TLS, the PROXY protocol, WebSocket) are listeners of
+// package transport, stacked in the order they arrive on the wire:
 //
-//	certs, err := proxy.NewCertReloader(proxy.TLSFiles{CertFile: "server.pem", KeyFile: "server.key"}, logger)
+//	certs, err := transport.NewCertReloader(transport.TLSFiles{CertFile: "server.pem", KeyFile: "server.key"}, logger)
 //	if err != nil { ... }
-//	wss := (&proxy.WebSocketListener{Listener: proxy.NewTLSListener(ln, certs.Config())}).Start()
+//	wss := (&transport.WebSocketListener{Listener: transport.NewTLSListener(ln, certs.Config())}).Start()
 //	log.Fatal(p.Serve(wss, "wss"))
 //
-// A PROXY header in front of plain TCP keeps the raw path when the
-// ProxyProtocolListener wraps p.Listener(ln) rather than ln.
+// A PROXY header in front of plain TCP keeps the engine's own sockets
+// when the ProxyProtocolListener wraps p.Listener(ln) rather than ln.
 //
 // Toward the broker, UpstreamProxyHeader and UpstreamTLS add a PROXY
 // header and TLS.
@@ -49,9 +48,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"net/netip"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -59,6 +56,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
 
 // Defaults for the zero values of Proxy's fields.
@@ -95,11 +94,11 @@ type Proxy struct {
 	Forward *Forward
 	// DialUpstream, if set, opens the connection to the broker instead of
 	// the proxy dialing Upstream. The context carries DialTimeout.
-	// Return a *net.TCPConn to keep the zero-copy path.
+	// Return a *net.TCPConn for the epoll engine to take over.
 	DialUpstream func(ctx context.Context) (net.Conn, error)
 	// UpstreamProxyHeader is the PROXY protocol header sent to the broker
 	// ahead of everything else (and of TLS). Zero sends none.
-	UpstreamProxyHeader ProxyHeader
+	UpstreamProxyHeader transport.ProxyHeader
 	// UpstreamTLS, if set, speaks TLS to the broker with this client
 	// configuration, within DialTimeout. Nil means plain TCP.
 	UpstreamTLS *tls.Config
@@ -119,12 +118,15 @@ type Proxy struct {
 	Logger *zap.Logger
 	// Metrics, if set, records Prometheus metrics (see NewMetrics).
 	Metrics *Metrics
+	// Relay is the engine that carries accepted connections' bytes. Zero
+	// means RelayEpoll on Linux and RelayPortable elsewhere.
+	Relay RelayEngine
 
 	policyOnce sync.Once
 	policy     atomic.Pointer[policy]
 
-	watcherOnce sync.Once
-	watchers    *watchers // nil when epoll is not available: goroutines copy
+	engineOnce sync.Once
+	engine     engine.Engine // nil until first used, or when it could not start
 
 	dials dialOutcomes // for Health
 
@@ -147,48 +149,6 @@ type policy struct {
 	idRates  *keyedRates // per client ID, once authenticated
 }
 
-// session is one client connection, from accept to close.
-type session struct {
-	client   net.Conn // for a WebSocket, its TCP connection until the upgrade (see Proxy.upgraded)
-	listener string
-	policy   *policy
-	upstream net.Conn      // nil until dialed
-	pending  *list.Element // in Proxy.pending until the CONNECT is decided
-	relay    *relay        // set once the connection is handed to the watcher
-	aborted  bool          // abort or eviction has begun; no relay may start after it
-	evicted  atomic.Bool   // closed to make room for newer pending connects (aborted too)
-}
-
-// abort ends s at once from outside its own goroutine (Close, token
-// expiry). Closing happens outside Proxy.mu: a WebSocket close frame may
-// take a while, and accepting must not wait for it.
-func (p *Proxy) abort(s *session) {
-	p.mu.Lock()
-	s.aborted = true
-	r, up, client := s.relay, s.upstream, s.client
-	p.mu.Unlock()
-	if r != nil {
-		r.abort() // it closes both sockets, after leaving the epoll set
-		return
-	}
-	closeTransport(client)
-	if up != nil {
-		up.Close()
-	}
-}
-
-// closeTransport closes c from outside the goroutine serving it. A TLS
-// connection's socket is closed first: tls.Conn.Close waits for a write
-// under way, and a client that makes the server's Read write (TLS 1.3
-// KeyUpdate requests) and never reads can keep one blocked for good,
-// here under Proxy.mu when evicting.
-func closeTransport(c net.Conn) {
-	if tc, ok := c.(*tls.Conn); ok {
-		tc.NetConn().Close()
-	}
-	c.Close()
-}
-
 // Serve accepts connections on ln and serves each in its own goroutine
 // until Close or Shutdown; then it returns ErrProxyClosed. name labels the
 // listener in logs. Serve closes ln when it returns. A *net.TCPListener
@@ -199,15 +159,15 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 		return err
 	}
 	ln = p.Listener(ln)
+	if wl, ok := ln.(interface{ SetAdmitter(transport.Admitter) }); ok {
+		wl.SetAdmitter(wsAdmitter{p: p, listener: name})
+	}
 	if !p.trackListener(ln, true) {
 		ln.Close()
 		return ErrProxyClosed
 	}
 	defer p.trackListener(ln, false)
 	defer ln.Close()
-	if wl, ok := ln.(*WebSocketListener); ok {
-		wl.setGate(&wsGate{p: p, listener: name})
-	}
 
 	var backoff time.Duration
 	for {
@@ -227,9 +187,9 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 			return fmt.Errorf("proxy: listener %s: %w", name, err)
 		}
 		backoff = 0
-		if s := admittedAtAccept(c); s != nil {
-			if p.upgraded(s, c) {
-				go p.serveConn(s)
+		if a, ok := transport.AdmissionOf(c).(*wsAdmission); ok {
+			if p.upgraded(a.s, c) {
+				go p.serveConn(a.s)
 			}
 			continue
 		}
@@ -243,57 +203,19 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 	}
 }
 
-// accepted admits c, just accepted on the listener called name, under
-// the limits: it returns its session, or nil when a limit refused c, which
-// is then closed; ErrProxyClosed when the proxy is closing.
-func (p *Proxy) accepted(c net.Conn, name string) (*session, error) {
-	p.Metrics.connAccepted(name)
-	s := &session{client: c, listener: name, policy: p.currentPolicy()}
-	switch kind, ok := p.admit(s); {
-	case !ok && kind == "":
-		c.Close()
-		return nil, ErrProxyClosed
-	case !ok:
-		p.Metrics.limitHit(kind)
-		p.logger().Info("connection refused by limit", zap.String("listener", name),
-			zap.String("remote", c.RemoteAddr().String()), zap.String("outcome", "refused"), zap.String("reason", kind))
-		c.Close()
-		return nil, nil
-	}
-	return s, nil
-}
-
-// upgraded gives s, admitted with its TCP connection, the connection c
-// that an upgrade made of it; false (c closed, s released) when s was
-// evicted or aborted meanwhile.
-func (p *Proxy) upgraded(s *session, c net.Conn) bool {
-	p.mu.Lock()
-	if !s.aborted {
-		s.client = c
-		p.mu.Unlock()
-		return true
-	}
-	p.mu.Unlock()
-	c.Close()
-	p.release(s)
-	return false
-}
-
-// Listener returns the listener Serve accepts from when given ln. For a
-// *net.TCPListener on Linux, that is one whose sockets stay out of the net
-// package and the runtime's poller, accepted and read with raw system
-// calls (see fdConn): they get TCP_NODELAY, as from the net package, but
-// no keep-alive probes, whatever ln was configured with (MQTT's keep-alive
+// Listener returns the listener Serve accepts from when given ln. With
+// the epoll engine, for a *net.TCPListener, that is one whose sockets stay
+// out of the net package and the runtime's poller, accepted and read with
+// raw system calls: they get TCP_NODELAY, as from the net package, but no
+// keep-alive probes, whatever ln was configured with (MQTT's keep-alive
 // watches a session), and ln's deadline does not apply. Other listeners
 // are returned as they are. Serve calls Listener itself; call it to keep
 // that path under a ProxyProtocolListener:
 //
-//	ln = &proxy.ProxyProtocolListener{Listener: p.Listener(tcp), Trusted: trusted}
+//	ln = (&transport.ProxyProtocolListener{Listener: p.Listener(tcp), Trusted: trusted}).Start()
 func (p *Proxy) Listener(ln net.Listener) net.Listener {
-	if tl, ok := ln.(*net.TCPListener); ok && p.relays() != nil {
-		if rl := p.relays().newRawListener(tl); rl != nil {
-			return rl
-		}
+	if e := p.relayEngine(); e != nil {
+		return e.Listener(ln)
 	}
 	return ln
 }
@@ -346,7 +268,7 @@ func (p *Proxy) Close() error {
 		p.abort(s)
 	}
 	p.wg.Wait()
-	p.stopWatcher()
+	p.stopEngine()
 	return nil
 }
 
@@ -363,7 +285,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	go func() { p.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-		p.stopWatcher()
+		p.stopEngine()
 		return nil
 	case <-ctx.Done():
 		p.Close()
@@ -378,7 +300,7 @@ func (p *Proxy) check() error {
 	case p.Upstream == "" && p.DialUpstream == nil:
 		return errors.New("proxy: Upstream or DialUpstream is required")
 	}
-	return nil
+	return p.Relay.check()
 }
 
 func (p *Proxy) isClosed() bool {
@@ -404,107 +326,6 @@ func (p *Proxy) trackListener(ln net.Listener, add bool) bool {
 	return true
 }
 
-// admit registers a newly accepted session if the limits allow it. It
-// returns the kind of limit that refused it, or ok; "" and !ok when the
-// proxy is closing. Over MaxPendingConnects, the oldest pending session is
-// evicted instead of refusing the new one.
-func (p *Proxy) admit(s *session) (kind string, ok bool) {
-	l := &s.policy.limits
-	if !s.policy.ipRates.allow(hostOf(s.client.RemoteAddr()), time.Now()) {
-		return limitRate, false
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	switch {
-	case p.closed:
-		return "", false
-	case l.MaxConnections > 0 && len(p.sessions) >= l.MaxConnections:
-		return limitMaxConnections, false
-	case l.MaxListenerConnections[s.listener] > 0 && p.perListener[s.listener] >= l.MaxListenerConnections[s.listener]:
-		return limitListenerConnections, false
-	}
-	if l.MaxPendingConnects > 0 && p.pending.Len() >= l.MaxPendingConnects {
-		oldest := p.pending.Remove(p.pending.Front()).(*session)
-		oldest.pending = nil
-		oldest.evicted.Store(true)
-		// Aborted too: a session whose CONNECT is being verified must not
-		// go on to the broker, nor hand on a descriptor closed here, whose
-		// number the next accepted socket may get.
-		oldest.aborted = true
-		closeTransport(oldest.client)
-		p.Metrics.limitHit(limitPending)
-	}
-	if p.sessions == nil {
-		p.sessions = make(map[*session]struct{})
-		p.perListener = make(map[string]int)
-	}
-	p.sessions[s] = struct{}{}
-	p.perListener[s.listener]++
-	s.pending = p.pending.PushBack(s)
-	p.wg.Add(1)
-	p.Metrics.connOpened(s.listener)
-	return "", true
-}
-
-// decided takes s off the pending list: its CONNECT has been answered.
-// It reports false when s was ended from outside meanwhile (evicted,
-// Close), so that nothing more is done for it.
-func (p *Proxy) decided(s *session) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if s.pending != nil {
-		p.pending.Remove(s.pending)
-		s.pending = nil
-	}
-	return !s.aborted
-}
-
-// release forgets s; it is the last thing serveConn does.
-func (p *Proxy) release(s *session) {
-	p.decided(s)
-	p.mu.Lock()
-	delete(p.sessions, s)
-	p.perListener[s.listener]--
-	p.mu.Unlock()
-	p.Metrics.connClosed(s.listener)
-	p.wg.Done()
-}
-
-// relays returns the proxy's epoll watchers, starting them on first use.
-func (p *Proxy) relays() *watchers {
-	p.watcherOnce.Do(func() {
-		w, err := newWatchers()
-		if err != nil {
-			p.logger().Warn("idle connections will each hold two goroutines", zap.Error(err))
-			return
-		}
-		p.watchers = w
-	})
-	return p.watchers
-}
-
-// stopWatcher stops the epoll watchers once no relay is left.
-func (p *Proxy) stopWatcher() {
-	p.watcherOnce.Do(func() {}) // none may start after this
-	if p.watchers != nil {
-		p.watchers.stop()
-	}
-}
-
-// setUpstream records the dialed upstream so Close can reach it; it
-// reports false (and the caller closes up) when s was aborted meanwhile.
-// A Shutdown that began meanwhile does not count: a client already
-// accepted is drained, not dropped.
-func (p *Proxy) setUpstream(s *session, up net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if s.aborted {
-		return false
-	}
-	s.upstream = up
-	return true
-}
-
 func (p *Proxy) logger() *zap.Logger {
 	if p.Logger == nil {
 		return nopLogger
@@ -522,103 +343,6 @@ func (p *Proxy) halfCloseTimeout() time.Duration {
 
 func (l *Limits) connectTimeout() time.Duration {
 	return orDefault(l.ConnectTimeout, DefaultConnectTimeout)
-}
-
-func (p *Proxy) dial() (net.Conn, error) {
-	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), p.dialTimeout())
-	defer cancel()
-	var c net.Conn
-	var err error
-	if p.DialUpstream != nil {
-		c, err = p.DialUpstream(ctx)
-	} else {
-		d := net.Dialer{KeepAlive: -1} // the broker's MQTT keep-alive watches the session
-		c, err = d.DialContext(ctx, "tcp", p.Upstream)
-	}
-	p.dialed(start, err)
-	return c, err
-}
-
-// dialed records how a dial that began at start ended, for metrics and
-// Health.
-func (p *Proxy) dialed(start time.Time, err error) {
-	p.Metrics.dialed(time.Since(start), err)
-	p.dials.record(err)
-}
-
-// dialRelay connects to the broker with a socket of the relay's own (see
-// watchers.dialRelay), sends first, and starts relaying, unless the
-// session was aborted meanwhile.
-func (p *Proxy) dialRelay(ws *watchers, s *session, first []byte, done func(fromClient, toClient int64)) error {
-	start := time.Now()
-	deadline := start.Add(p.dialTimeout())
-	addrs, err := p.upstreamAddrs(deadline)
-	var r *relay
-	if err == nil {
-		r, err = ws.dialRelay(addrs, first, deadline, p.halfCloseTimeout(), done)
-	}
-	p.dialed(start, err)
-	if err != nil {
-		return err
-	}
-	// Under p.mu, so that abort either finds the relay or has marked the
-	// session first; a socket must never close while it is in the epoll
-	// set without the relay knowing. Close aborts every session it finds,
-	// and eviction marks it too, so s.aborted covers them; a Shutdown
-	// under way lets s go on. The client's descriptor is taken only here:
-	// once the session was aborted, its number may be another socket's.
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	cfd, ok := int32(-1), false
-	if !s.aborted {
-		cfd, ok = socketOf(s.client)
-	}
-	if !ok {
-		r.cancel()
-		return errSessionEnded
-	}
-	r.setClient(cfd)
-	if err := r.start(); err != nil {
-		return err
-	}
-	s.relay = r
-	return nil
-}
-
-// upstreamAddrs resolves Upstream as the net package's dialer does, at
-// every dial (a broker behind a DNS name may move): an IP address as it
-// is, a name through the resolver, a service name to its port.
-func (p *Proxy) upstreamAddrs(deadline time.Time) ([]netip.AddrPort, error) {
-	host, service, err := net.SplitHostPort(p.Upstream)
-	if err != nil {
-		return nil, fmt.Errorf("upstream %q: %w", p.Upstream, err)
-	}
-	port, err := strconv.ParseUint(service, 10, 16)
-	addr, addrErr := netip.ParseAddr(host)
-	if err == nil && addrErr == nil {
-		return []netip.AddrPort{netip.AddrPortFrom(addr, uint16(port))}, nil
-	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	if err != nil {
-		n, err := net.DefaultResolver.LookupPort(ctx, "tcp", service)
-		if err != nil {
-			return nil, fmt.Errorf("upstream %q: %w", p.Upstream, err)
-		}
-		port = uint64(n)
-	}
-	var addrs []netip.Addr
-	if addrErr == nil {
-		addrs = []netip.Addr{addr}
-	} else if addrs, err = net.DefaultResolver.LookupNetIP(ctx, "ip", host); err != nil {
-		return nil, fmt.Errorf("upstream %q: %w", p.Upstream, err)
-	}
-	out := make([]netip.AddrPort, len(addrs))
-	for i, a := range addrs {
-		out[i] = netip.AddrPortFrom(a.Unmap(), uint16(port))
-	}
-	return out, nil
 }
 
 func orDefault(d, def time.Duration) time.Duration {

@@ -19,6 +19,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
 
 // proxyHeader formats a PROXY header of version from src to dst, with
@@ -75,7 +76,7 @@ func TestProxyProtocolIn(t *testing.T) {
 				if under == "Proxy.Listener" {
 					inner = p.Listener(ln)
 				}
-				serveOn(t, p, (&ProxyProtocolListener{Listener: inner, Trusted: []netip.Prefix{prefix}, Logger: p.Logger}).Start())
+				serveOn(t, p, (&transport.ProxyProtocolListener{Listener: inner, Trusted: []netip.Prefix{prefix}, Logger: p.Logger}).Start())
 				c := dial(t, ln.Addr().String())
 				if _, err := c.Write(tc.send); err != nil {
 					t.Fatal(err)
@@ -156,7 +157,7 @@ func TestProxyProtocolOut(t *testing.T) {
 	accepted := []byte{0x20, 0x02, 0x00, 0x00}
 
 	t.Run("v1 from a TCP client", func(t *testing.T) {
-		addr := startProxy(t, &Proxy{Upstream: relay, Verifier: passwordVerifier{}, UpstreamProxyHeader: ProxyHeaderV1})
+		addr := startProxy(t, &Proxy{Upstream: relay, Verifier: passwordVerifier{}, UpstreamProxyHeader: transport.ProxyHeaderV1})
 		c := dial(t, addr)
 		c.Write(connectPacket(t, packets.ProtocolV311, "good"))
 		answer := make([]byte, len(accepted))
@@ -172,8 +173,8 @@ func TestProxyProtocolOut(t *testing.T) {
 	t.Run("v2 from a TLS client with a certificate", func(t *testing.T) {
 		pki := newTestPKI(t, "devices")
 		serverCert, serverKey := pki.issue(t, "proxy", true)
-		p := &Proxy{Upstream: relay, Verifier: passwordVerifier{}, UpstreamProxyHeader: ProxyHeaderV2}
-		addr, _, _ := startTLSProxy(t, p, TLSFiles{CertFile: serverCert, KeyFile: serverKey, ClientCAFile: pki.CAFile, ClientAuth: tls.RequireAndVerifyClientCert})
+		p := &Proxy{Upstream: relay, Verifier: passwordVerifier{}, UpstreamProxyHeader: transport.ProxyHeaderV2}
+		addr, _, _ := startTLSProxy(t, p, transport.TLSFiles{CertFile: serverCert, KeyFile: serverKey, ClientCAFile: pki.CAFile, ClientAuth: tls.RequireAndVerifyClientCert})
 		c, answer, open := tlsConnect(t, addr, pki.clientConfig(t, "device-9"), "good")
 		if !open || !bytes.Equal(answer, accepted) {
 			t.Fatalf("the broker answered %x (connection open: %v), want %x", answer, open, accepted)
@@ -206,7 +207,7 @@ func TestProxyProtocolUnderTLS(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	pki := newTestPKI(t, "edge")
 	certFile, keyFile := pki.issue(t, "proxy", true)
-	certs, err := NewCertReloader(TLSFiles{CertFile: certFile, KeyFile: keyFile}, nil)
+	certs, err := transport.NewCertReloader(transport.TLSFiles{CertFile: certFile, KeyFile: keyFile}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,8 +215,8 @@ func TestProxyProtocolUnderTLS(t *testing.T) {
 	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
 	logs := observe(p)
 	ln := listen(t)
-	pp := (&ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, Logger: p.Logger}).Start()
-	serveOn(t, p, NewTLSListener(pp, certs.Config()))
+	pp := (&transport.ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, Logger: p.Logger}).Start()
+	serveOn(t, p, transport.NewTLSListener(pp, certs.Config()))
 
 	raw := dial(t, ln.Addr().String())
 	if _, err := raw.Write(proxyHeader(t, 2, "203.0.113.50:40000", "192.0.2.1:8883")); err != nil {
@@ -284,16 +285,16 @@ func TestProxyProtocolClientCertificate(t *testing.T) {
 		{"certificate not verified, with a token", true, sslHeader(t, withCert, 20, "device-9"), withToken, "jwt", sslHeader(t, withCert, 20, "device-9")},
 		{"ClientCertificates off, with a token", false, verified, withToken, "jwt", noTLV},
 	} {
-		for _, transport := range []string{"tcp", "websocket"} {
-			t.Run(tc.name+", "+transport, func(t *testing.T) {
+		for _, wire := range []string{"tcp", "websocket"} {
+			t.Run(tc.name+", "+wire, func(t *testing.T) {
 				rec := proxytest.NewRecorder(t, "")
-				p := &Proxy{Upstream: rec.Addr, Verifier: chain, UpstreamProxyHeader: ProxyHeaderV2}
+				p := &Proxy{Upstream: rec.Addr, Verifier: chain, UpstreamProxyHeader: transport.ProxyHeaderV2}
 				logs := observe(p)
 				ln := listen(t)
-				pp := (&ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
+				pp := (&transport.ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
 					ClientCertificates: tc.certs, Logger: p.Logger}).Start()
 				var answer func() []byte // the proxy's first packet
-				if transport == "tcp" {
+				if wire == "tcp" {
 					serveOn(t, p, pp)
 					c := dial(t, ln.Addr().String())
 					if _, err := c.Write(append(append([]byte(nil), tc.header...), tc.connect...)); err != nil {
@@ -308,7 +309,7 @@ func TestProxyProtocolClientCertificate(t *testing.T) {
 						return b
 					}
 				} else {
-					serveOn(t, p, (&WebSocketListener{Listener: pp, Logger: p.Logger}).Start())
+					serveOn(t, p, (&transport.WebSocketListener{Listener: pp, Logger: p.Logger}).Start())
 					dialer := websocket.Dialer{Subprotocols: []string{"mqtt"}, NetDial: func(network, addr string) (net.Conn, error) {
 						c, err := net.Dial(network, addr)
 						if err == nil {
@@ -316,7 +317,7 @@ func TestProxyProtocolClientCertificate(t *testing.T) {
 						}
 						return c, err
 					}}
-					ws, _, err := dialer.Dial("ws://"+ln.Addr().String()+DefaultWebSocketPath, nil)
+					ws, _, err := dialer.Dial("ws://"+ln.Addr().String()+transport.DefaultWebSocketPath, nil)
 					if err != nil {
 						t.Fatal(err)
 					}

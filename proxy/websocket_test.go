@@ -17,6 +17,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
 
 // anyClientHS256 accepts any client with a token signed with e2eSecret.
@@ -24,20 +25,20 @@ var anyClientHS256 = configs.Authenticator{Name: "jwt", Mechanism: "jwt", Algori
 
 // startWebSocketProxy serves p over WebSocket (wss when tlsFiles is set)
 // and returns the URL of its MQTT path.
-func startWebSocketProxy(t *testing.T, p *Proxy, ws *WebSocketListener, tlsFiles *TLSFiles) string {
+func startWebSocketProxy(t *testing.T, p *Proxy, ws *transport.WebSocketListener, tlsFiles *transport.TLSFiles) string {
 	t.Helper()
 	ln := listen(t)
 	ws.Listener, ws.Logger = ln, p.Logger
 	scheme := "ws"
 	if tlsFiles != nil {
-		certs, err := NewCertReloader(*tlsFiles, p.Logger)
+		certs, err := transport.NewCertReloader(*tlsFiles, p.Logger)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ws.Listener, scheme = NewTLSListener(ln, certs.Config()), "wss"
+		ws.Listener, scheme = transport.NewTLSListener(ln, certs.Config()), "wss"
 	}
 	serveOn(t, p, ws.Start())
-	return fmt.Sprintf("%s://%s%s", scheme, ln.Addr(), DefaultWebSocketPath)
+	return fmt.Sprintf("%s://%s%s", scheme, ln.Addr(), transport.DefaultWebSocketPath)
 }
 
 // nodeClient is a running testdata/mqttjs/client.js.
@@ -113,8 +114,8 @@ func TestMQTTjsOverWebSocket(t *testing.T) {
 	certFile, keyFile := pki.issue(t, "proxy", true)
 	p := &Proxy{Upstream: broker.Addr, Verifier: jwtChain(t, anyClientHS256)}
 	observe(p)
-	wsURL := startWebSocketProxy(t, p, &WebSocketListener{TokenQueryParam: "token"}, nil)
-	wssURL := startWebSocketProxy(t, p, &WebSocketListener{}, &TLSFiles{CertFile: certFile, KeyFile: keyFile})
+	wsURL := startWebSocketProxy(t, p, &transport.WebSocketListener{TokenQueryParam: "token"}, nil)
+	wssURL := startWebSocketProxy(t, p, &transport.WebSocketListener{}, &transport.TLSFiles{CertFile: certFile, KeyFile: keyFile})
 	token := mint(t, e2eSecret, "browser", nil)
 
 	for _, tc := range []struct {
@@ -188,7 +189,7 @@ func TestWebSocketFraming(t *testing.T) {
 	broker := proxytest.StartMosquitto(t)
 	p := &Proxy{Upstream: broker.Addr, Verifier: jwtChain(t, boundHS256)}
 	logs := observe(p)
-	url := startWebSocketProxy(t, p, &WebSocketListener{}, nil)
+	url := startWebSocketProxy(t, p, &transport.WebSocketListener{}, nil)
 
 	ws, resp, err := (&websocket.Dialer{Subprotocols: []string{"mqtt"}}).Dial(url, nil)
 	if err != nil {
@@ -224,7 +225,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 	rec := proxytest.NewRecorder(t, "")
 	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
 	observe(p)
-	url := startWebSocketProxy(t, p, &WebSocketListener{AllowedOrigins: []string{"https://app.example.com"}, TokenFromAuthorization: true}, nil)
+	url := startWebSocketProxy(t, p, &transport.WebSocketListener{AllowedOrigins: []string{"https://app.example.com"}, TokenFromAuthorization: true}, nil)
 	good := connectPacket(t, packets.ProtocolV311, "good")
 	noPassword := connectPacket(t, packets.ProtocolV311, "")
 
@@ -303,7 +304,7 @@ func TestWebSocketSubprotocol(t *testing.T) {
 	for _, require := range []bool{false, true} {
 		p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
 		logs := observe(p)
-		url := startWebSocketProxy(t, p, &WebSocketListener{RequireSubprotocol: require}, nil)
+		url := startWebSocketProxy(t, p, &transport.WebSocketListener{RequireSubprotocol: require}, nil)
 		for _, tc := range []struct {
 			offered []string
 			want    string // the subprotocol agreed, or "refused"
@@ -356,10 +357,11 @@ func TestWebSocketLimitsAtAccept(t *testing.T) {
 		rec = proxytest.NewRecorder(t, "")
 		p = &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: l}
 		observe(p)
-		ws := &WebSocketListener{}
+		ws := &transport.WebSocketListener{}
 		url = startWebSocketProxy(t, p, ws, nil)
-		// Serve runs on a goroutine of its own: wait until it gates.
-		waitFor(t, func() bool { ws.mu.Lock(); defer ws.mu.Unlock(); return ws.gate != nil })
+		// Serve runs on a goroutine of its own: wait until it serves,
+		// which it does once the listener admits through it.
+		waitFor(t, func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.listeners) == 1 })
 		return p, rec, ws.Listener.Addr().String(), url
 	}
 	// through connects a WebSocket client from src that sends a good

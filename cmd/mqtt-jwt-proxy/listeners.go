@@ -13,11 +13,12 @@ import (
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
 
 // certReloaders are the TLS listeners' certificates, which SIGHUP reads
 // again (they are also read again whenever their files change).
-type certReloaders []*proxy.CertReloader
+type certReloaders []*transport.CertReloader
 
 func (c certReloaders) reload(logger *zap.Logger) {
 	for _, r := range c {
@@ -51,7 +52,7 @@ func openListeners(cfg *configs.File, plain func(net.Listener) net.Listener, log
 	return listeners, certs, nil
 }
 
-func openListener(l configs.Listener, handshakeTimeout time.Duration, plain func(net.Listener) net.Listener, logger *zap.Logger) (net.Listener, *proxy.CertReloader, error) {
+func openListener(l configs.Listener, handshakeTimeout time.Duration, plain func(net.Listener) net.Listener, logger *zap.Logger) (net.Listener, *transport.CertReloader, error) {
 	// No TCP keep-alive probes: MQTT's own keep-alive, enforced by the
 	// broker, ends dead sessions, and connect_timeout ends silent new
 	// ones. It saves system calls on every accepted connection.
@@ -69,19 +70,19 @@ func openListener(l configs.Listener, handshakeTimeout time.Duration, plain func
 		if l.TLS == nil && l.WebSocket == nil {
 			ln = plain(ln)
 		}
-		ln = (&proxy.ProxyProtocolListener{Listener: ln, Trusted: trusted, Timeout: pp.Timeout.Or(0),
+		ln = (&transport.ProxyProtocolListener{Listener: ln, Trusted: trusted, Timeout: pp.Timeout.Or(0),
 			ClientCertificates: pp.ClientCertificates, Logger: logger}).Start()
 	}
-	var cert *proxy.CertReloader
+	var cert *transport.CertReloader
 	if t := l.TLS; t != nil {
-		if cert, err = proxy.NewCertReloader(tlsFiles(t), logger); err != nil {
+		if cert, err = transport.NewCertReloader(tlsFiles(t), logger); err != nil {
 			ln.Close()
 			return nil, nil, err
 		}
-		ln = proxy.NewTLSListener(ln, cert.Config())
+		ln = transport.NewTLSListener(ln, cert.Config())
 	}
 	if w := l.WebSocket; w != nil {
-		ws := &proxy.WebSocketListener{
+		ws := &transport.WebSocketListener{
 			Listener:               ln,
 			Path:                   w.Path,
 			AllowedOrigins:         w.AllowedOrigins,
@@ -99,8 +100,8 @@ func openListener(l configs.Listener, handshakeTimeout time.Duration, plain func
 }
 
 // tlsFiles translates a listener's tls section.
-func tlsFiles(t *configs.ListenerTLS) proxy.TLSFiles {
-	files := proxy.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile, MinVersion: t.TLSVersion()}
+func tlsFiles(t *configs.ListenerTLS) transport.TLSFiles {
+	files := transport.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile, MinVersion: t.TLSVersion()}
 	switch t.ClientAuth {
 	case configs.ClientAuthOptional:
 		files.ClientAuth = tls.VerifyClientCertIfGiven
@@ -115,9 +116,9 @@ func tlsFiles(t *configs.ListenerTLS) proxy.TLSFiles {
 func upstreamTransport(u configs.Upstream, address string, p *proxy.Proxy) error {
 	switch u.ProxyProtocol {
 	case configs.ProxyProtocolV1:
-		p.UpstreamProxyHeader = proxy.ProxyHeaderV1
+		p.UpstreamProxyHeader = transport.ProxyHeaderV1
 	case configs.ProxyProtocolV2:
-		p.UpstreamProxyHeader = proxy.ProxyHeaderV2
+		p.UpstreamProxyHeader = transport.ProxyHeaderV2
 	}
 	if u.TLS == nil {
 		return nil

@@ -1,6 +1,10 @@
-package proxy
+package engine
 
 import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"strconv"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -89,4 +93,85 @@ func writeNonblocking(fd int, b []byte, flags int) (int, error) {
 		}
 	}
 	return written, nil
+}
+
+// rawConnect starts connecting fd to addr.
+func rawConnect(fd int, addr netip.AddrPort) error {
+	var sa unsafe.Pointer
+	var size uintptr
+	if a := addr.Addr(); a.Is4() || a.Is4In6() {
+		var sa4 unix.RawSockaddrInet4
+		sa4.Family = unix.AF_INET
+		sa4.Addr = a.Unmap().As4()
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa4.Port))[:], addr.Port())
+		sa, size = unsafe.Pointer(&sa4), unsafe.Sizeof(sa4)
+	} else {
+		var sa6 unix.RawSockaddrInet6
+		sa6.Family = unix.AF_INET6
+		sa6.Addr = a.As16()
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa6.Port))[:], addr.Port())
+		if zone := a.Zone(); zone != "" { // a link-local address's interface
+			if index, err := strconv.ParseUint(zone, 10, 32); err == nil {
+				sa6.Scope_id = uint32(index)
+			} else if ifi, err := net.InterfaceByName(zone); err == nil {
+				sa6.Scope_id = uint32(ifi.Index)
+			}
+		}
+		sa, size = unsafe.Pointer(&sa6), unsafe.Sizeof(sa6)
+	}
+	_, _, e := unix.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(sa), size)
+	_, err := rawResult(0, e)
+	return err
+}
+
+// rawAccept takes a connection from the listening socket lfd, without
+// waiting (unix.EAGAIN when none is queued).
+func rawAccept(lfd int) (int, *net.TCPAddr, error) {
+	var rsa unix.RawSockaddrAny
+	size := uint32(unsafe.Sizeof(rsa))
+	fd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&size)),
+		unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, nil, e
+	}
+	return int(fd), tcpAddr(&rsa), nil
+}
+
+// rawLocalAddr is getsockname(2) of the socket fd, or nil.
+func rawLocalAddr(fd int) *net.TCPAddr {
+	var rsa unix.RawSockaddrAny
+	size := uint32(unsafe.Sizeof(rsa))
+	_, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&size)))
+	if e != 0 {
+		return nil
+	}
+	return tcpAddr(&rsa)
+}
+
+// tcpAddr converts a socket address the kernel wrote.
+func tcpAddr(rsa *unix.RawSockaddrAny) *net.TCPAddr {
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), port))
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+		addr := netip.AddrFrom16(sa.Addr)
+		if sa.Scope_id != 0 {
+			addr = addr.WithZone(zoneName(sa.Scope_id))
+		}
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, port))
+	}
+	return &net.TCPAddr{}
+}
+
+// zoneName names interface index as the net package does: by name when
+// the interface is known, else by number.
+func zoneName(index uint32) string {
+	if ifi, err := net.InterfaceByIndex(int(index)); err == nil {
+		return ifi.Name
+	}
+	return strconv.FormatUint(uint64(index), 10)
 }

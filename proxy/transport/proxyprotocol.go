@@ -1,13 +1,11 @@
-package proxy
+package transport
 
 import (
 	"bufio"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
@@ -230,17 +228,19 @@ func readProxyHeader(c net.Conn, timeout time.Duration, certs bool) (*proxiedCon
 	return pc, nil
 }
 
-// balancerTLS is what a load balancer that terminated a client's TLS said
+// BalancerTLS is what a load balancer that terminated a client's TLS said
 // of it in a v2 header's PP2_TYPE_SSL TLV (ClientCertificates).
-type balancerTLS struct {
-	tlv    proxyproto.TLV // passed on, as it came, in a v2 header sent upstream
-	certCN string         // the common name of the client certificate it verified, or ""
+type BalancerTLS struct {
+	// CertCommonName is the common name of the client certificate the
+	// balancer verified, or "".
+	CertCommonName string
+	tlv            proxyproto.TLV // passed on, as it came, in a v2 header sent upstream
 }
 
 // balancerTLSOf reads header's first well-formed SSL TLV, or returns nil.
 // Verify is 0 also when the client sent no certificate, so a certificate
 // counts only when the certificate flag is set too.
-func balancerTLSOf(header *proxyproto.Header) *balancerTLS {
+func balancerTLSOf(header *proxyproto.Header) *BalancerTLS {
 	tlvs, err := header.TLVs()
 	if err != nil {
 		return nil
@@ -250,9 +250,9 @@ func balancerTLSOf(header *proxyproto.Header) *balancerTLS {
 		if err != nil {
 			continue
 		}
-		b := &balancerTLS{tlv: tlv}
+		b := &BalancerTLS{tlv: tlv}
 		if ssl.ClientSSL() && ssl.ClientCertConn() && ssl.Verified() {
-			b.certCN, _ = ssl.ClientCN()
+			b.CertCommonName, _ = ssl.ClientCN()
 		}
 		return b
 	}
@@ -267,7 +267,7 @@ type proxiedConn struct {
 	net.Conn
 	remote, local net.Addr
 	ahead         []byte       // read past the header, not yet returned by Read
-	balancer      *balancerTLS // the balancer's SSL TLV (ClientCertificates), or nil
+	balancer      *BalancerTLS // the balancer's SSL TLV (ClientCertificates), or nil
 }
 
 func (c *proxiedConn) Read(b []byte) (int, error) {
@@ -281,6 +281,19 @@ func (c *proxiedConn) Read(b []byte) (int, error) {
 
 // CloseWrite half-closes the socket.
 func (c *proxiedConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// NetConn is the socket the header was read from.
+func (c *proxiedConn) NetConn() net.Conn { return c.Conn }
+
+// Pending reports whether bytes read past the header are still to be
+// returned.
+func (c *proxiedConn) Pending() bool { return len(c.ahead) > 0 }
+
+func (c *proxiedConn) describe(info *Info) {
+	if info.Balancer == nil {
+		info.Balancer = c.balancer
+	}
+}
 
 // RemoteAddr is the client's address, as the header gave it.
 func (c *proxiedConn) RemoteAddr() net.Addr { return c.remote }
@@ -311,6 +324,12 @@ func (c *untrustedConn) Read(b []byte) (int, error) {
 // CloseWrite half-closes the socket.
 func (c *untrustedConn) CloseWrite() error { return closeWrite(c.Conn) }
 
+// NetConn is the socket.
+func (c *untrustedConn) NetConn() net.Conn { return c.Conn }
+
+// Pending is false: the first read is checked as it is returned.
+func (c *untrustedConn) Pending() bool { return false }
+
 // closeWrite half-closes c where its transport can.
 func closeWrite(c net.Conn) error {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
@@ -319,95 +338,17 @@ func closeWrite(c net.Conn) error {
 	return errors.ErrUnsupported
 }
 
-// bareConn returns the socket under c's PROXY protocol wrapper, and the
-// bytes the wrapper read ahead that its reader has not had, so that the
-// proxy can forward those and splice the socket. A connection without such
-// a wrapper is returned as it is.
-func bareConn(c net.Conn) (net.Conn, []byte) {
-	switch w := c.(type) {
-	case *proxiedConn:
-		ahead := w.ahead
-		w.ahead = nil
-		return w.Conn, ahead
-	case *untrustedConn:
-		return w.Conn, nil
+// orDefault is d, or def when d is zero or negative.
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
 	}
-	return c, nil
+	return d
 }
 
-// peekBare is bareConn without taking the bytes: it returns the socket and
-// how many bytes the wrapper still holds.
-func peekBare(c net.Conn) (net.Conn, int) {
-	switch w := c.(type) {
-	case *proxiedConn:
-		return w.Conn, len(w.ahead)
-	case *untrustedConn:
-		return w.Conn, 0
-	}
-	return c, 0
-}
-
-// ProxyHeader is the PROXY protocol header the proxy sends the broker
-// ahead of each connection. The zero value sends none.
-type ProxyHeader byte
-
-// PROXY protocol versions for Proxy.UpstreamProxyHeader.
-const (
-	NoProxyHeader ProxyHeader = 0
-	ProxyHeaderV1 ProxyHeader = 1
-	ProxyHeaderV2 ProxyHeader = 2
-)
-
-// format returns the header for client: its address as the source, the
-// address it connected to as the destination (both as a PROXY header in
-// front of the proxy gave them), and with v2 a PP2_TYPE_SSL TLV for a
-// client over TLS: the facts of the proxy's own handshake, the
-// certificate's common name included, or the TLV of the balancer that
-// terminated the client's TLS, as it came (ClientCertificates).
-func (v ProxyHeader) format(client net.Conn) ([]byte, error) {
-	header := proxyproto.HeaderProxyFromAddrs(byte(v), client.RemoteAddr(), client.LocalAddr())
-	if v == ProxyHeaderV2 {
-		var ssl proxyproto.TLV
-		if state, ok := tlsState(client); ok {
-			tlv, err := sslTLV(state).Marshal()
-			if err != nil {
-				return nil, fmt.Errorf("PROXY header SSL TLV: %w", err)
-			}
-			ssl = tlv
-		} else if b := balancerOf(client); b != nil {
-			ssl = b.tlv
-		}
-		if ssl.Type != 0 {
-			if err := header.SetTLVs([]proxyproto.TLV{ssl}); err != nil {
-				return nil, fmt.Errorf("PROXY header SSL TLV: %w", err)
-			}
-		}
-	}
-	b, err := header.Format()
-	if err != nil {
-		return nil, fmt.Errorf("PROXY header for %s: %w", client.RemoteAddr(), err)
-	}
-	return b, nil
-}
-
-// sslTLV describes a TLS client as HAProxy does: the TLS version, the
-// cipher, and the client certificate's common name when it sent one;
-// verify is zero only when a certificate was sent and verified.
-func sslTLV(state tls.ConnectionState) tlvparse.PP2SSL {
-	ssl := tlvparse.PP2SSL{
-		Client: tlvparse.PP2_BITFIELD_CLIENT_SSL,
-		Verify: 1,
-		TLV: []proxyproto.TLV{
-			{Type: proxyproto.PP2_SUBTYPE_SSL_VERSION, Value: []byte(strings.Replace(tls.VersionName(state.Version), "TLS ", "TLSv", 1))},
-			{Type: proxyproto.PP2_SUBTYPE_SSL_CIPHER, Value: []byte(tls.CipherSuiteName(state.CipherSuite))},
-		},
-	}
-	if len(state.PeerCertificates) > 0 {
-		ssl.Client |= tlvparse.PP2_BITFIELD_CLIENT_CERT_CONN | tlvparse.PP2_BITFIELD_CLIENT_CERT_SESS
-		if len(state.VerifiedChains) > 0 {
-			ssl.Verify = 0
-		}
-		ssl.TLV = append(ssl.TLV, proxyproto.TLV{Type: proxyproto.PP2_SUBTYPE_SSL_CN, Value: []byte(state.PeerCertificates[0].Subject.CommonName)})
-	}
-	return ssl
+// isTemporary reports whether a listener's error passes (out of
+// descriptors, say).
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
 }

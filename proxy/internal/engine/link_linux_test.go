@@ -1,4 +1,4 @@
-package proxy
+package engine
 
 import (
 	"bytes"
@@ -9,116 +9,13 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
-	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
-
-// settledPipes counts pipes once the runtime's splice pipe pool has been
-// emptied: pooled pipes are closed by finalizers after two GCs. There is
-// no signal for finalizers having run, so it polls for a short while.
-func settledPipes(t *testing.T) int {
-	t.Helper()
-	n, same := openPipes(t), 0
-	for same < 5 {
-		runtime.GC()
-		time.Sleep(2 * time.Millisecond)
-		m := openPipes(t)
-		if m == n {
-			same++
-		} else {
-			same = 0
-		}
-		n = m
-	}
-	return n
-}
-
-// openPipes counts the pipe descriptors this process holds.
-func openPipes(t *testing.T) int {
-	t.Helper()
-	entries, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Skip("no /proc/self/fd")
-	}
-	pipes := 0
-	for _, e := range entries {
-		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && strings.HasPrefix(target, "pipe:") {
-			pipes++
-		}
-	}
-	return pipes
-}
-
-// TestIdleConnectionsHoldNoPipe: with io.Copy, 100 idle spliced
-// connections would hold 400 pipe descriptors; the epoll relay holds none
-// once the runtime's splice pool has let go of the pipes it caches.
-func TestIdleConnectionsHoldNoPipe(t *testing.T) {
-	proxytest.VerifyNoLeaks(t)
-	rec := proxytest.NewRecorder(t, "")
-	addr := startProxy(t, &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}})
-
-	connect := connectPacket(t, packets.ProtocolV311, "good")
-	publish := publishPacket(strings.Repeat("x", 100))
-	open := func(from, to int) {
-		for i := from; i < to; i++ {
-			c := dial(t, addr)
-			c.Write(connect)
-			c.Write(publish) // traffic after the CONNECT goes through the burst copy
-			rec.WaitReceived(t, i, len(connect)+len(publish))
-		}
-	}
-	before := settledPipes(t) // the test binary's own stdout and stderr are pipes
-	open(0, 100)
-	if held := settledPipes(t) - before; held != 0 {
-		t.Errorf("100 idle proxied connections hold %d pipes, want 0 (io.Copy would hold 400)", held)
-	}
-	for i, got := range rec.Received() {
-		if want := string(connect) + string(publish); string(got) != want {
-			t.Fatalf("connection %d: upstream got %d bytes, want exactly the client's %d", i, len(got), len(want))
-		}
-	}
-}
-
-// TestRelayBulkBothWays: megabytes each way at once arrive intact and in
-// order, through many bursts and re-arms of the epoll relay, and the
-// upstream's half-close reaches the client after the last byte.
-func TestRelayBulkBothWays(t *testing.T) {
-	proxytest.VerifyNoLeaks(t)
-	const size = 8 << 20
-	toClient := make([]byte, size)
-	rand.Read(toClient)
-	connect := connectPacket(t, packets.ProtocolV311, "good")
-	brokerGot := make(chan []byte, 1)
-	up := startBroker(t, func(c net.Conn) {
-		sent := make(chan struct{})
-		go func() { c.Write(toClient); c.(*net.TCPConn).CloseWrite(); close(sent) }()
-		b, _ := io.ReadAll(c)
-		<-sent
-		brokerGot <- b
-	})
-	addr := startProxy(t, &Proxy{Upstream: up, Verifier: passwordVerifier{}})
-
-	c := dial(t, addr)
-	fromClient := make([]byte, size)
-	rand.Read(fromClient)
-	go func() {
-		c.Write(connect)
-		c.Write(fromClient)
-		c.(*net.TCPConn).CloseWrite()
-	}()
-	got := readAll(t, c)
-	if !bytes.Equal(got, toClient) {
-		t.Errorf("client got %d bytes, want the broker's %d intact", len(got), len(toClient))
-	}
-	if b := <-brokerGot; !bytes.Equal(b, append(connect, fromClient...)) {
-		t.Errorf("broker got %d bytes, want the client's %d intact", len(b), len(connect)+size)
-	}
-}
 
 // testWatchers starts epoll watchers that stop when the test ends.
 func testWatchers(t *testing.T) *watchers {
@@ -129,6 +26,41 @@ func testWatchers(t *testing.T) *watchers {
 	}
 	t.Cleanup(ws.stop)
 	return ws
+}
+
+// testEpoll starts an epoll engine that stops when the test ends.
+func testEpoll(t *testing.T) *epoll {
+	t.Helper()
+	return &epoll{ws: testWatchers(t)}
+}
+
+// startBroker serves each connection to a loopback listener with serve,
+// on a goroutine of its own, until the test ends; it returns the address.
+func startBroker(t *testing.T, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
 
 // tcpPair returns the two ends of a loopback TCP connection.
@@ -173,21 +105,17 @@ func TestRelayCarriesWhatTheDestinationCannotTake(t *testing.T) {
 	}
 	proxyUp.SetWriteDeadline(time.Time{})
 
-	ws := testWatchers(t)
+	e := testEpoll(t)
 	type counts struct{ from, to int64 }
 	done := make(chan counts, 1)
 	// The half-close bound is long: after the client's FIN the broker
 	// still reads megabytes from its socket buffers before it answers,
 	// which under -race on a busy machine has taken more than a second.
-	r, ok := ws.startRelay(proxyClient, proxyUp, time.Minute, func(from, to int64) {
-		// As the proxy does: the sockets close after done, and the last
-		// FIN goes with the close.
-		proxyClient.Close()
-		proxyUp.Close()
+	l, ok := e.Join(proxyClient, proxyUp, Options{HalfClose: time.Minute, Done: func(from, to int64) {
 		done <- counts{from, to}
-	})
+	}}).(*epollLink)
 	if !ok {
-		t.Fatal("startRelay did not take two TCP connections")
+		t.Fatal("Join did not take two TCP connections over")
 	}
 
 	// Small writes, one at a time, each well under the watcher's buffer,
@@ -207,10 +135,10 @@ func TestRelayCarriesWhatTheDestinationCannotTake(t *testing.T) {
 		}
 		next += 1000
 		for {
-			r.mu.Lock()
-			moving = r.flows[0].state == flowMoving
-			through := r.flows[0].n
-			r.mu.Unlock()
+			l.mu.Lock()
+			moving = l.flows[0].state == flowMoving
+			through := l.flows[0].n
+			l.mu.Unlock()
 			if moving || through == int64(next) {
 				break
 			}
@@ -238,7 +166,8 @@ func TestRelayCarriesWhatTheDestinationCannotTake(t *testing.T) {
 	}
 	broker.Write([]byte("bye"))
 	broker.Close()
-	if back := readAll(t, client); string(back) != "bye" {
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if back, err := io.ReadAll(client); err != nil || string(back) != "bye" {
 		t.Errorf("client got %q, want %q", back, "bye")
 	}
 	if c := <-done; c != (counts{int64(len(sent)), 3}) {
@@ -246,11 +175,11 @@ func TestRelayCarriesWhatTheDestinationCannotTake(t *testing.T) {
 	}
 }
 
-// TestDialRelayWaitsForTheBroker: a first write larger than the socket
-// buffers makes the relay's own dial wait for the broker through the
-// watcher; it arrives intact once the broker reads, and the relay then
+// TestDialWaitsForTheBroker: a first write larger than the socket
+// buffers makes the engine's own dial wait for the broker through the
+// watcher; it arrives intact once the broker reads, and the link then
 // carries both ways.
-func TestDialRelayWaitsForTheBroker(t *testing.T) {
+func TestDialWaitsForTheBroker(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	first := make([]byte, 32<<20)
 	rand.Read(first)
@@ -267,37 +196,36 @@ func TestDialRelayWaitsForTheBroker(t *testing.T) {
 		io.Copy(io.Discard, c)
 	}))
 	client, proxyClient := tcpPair(t)
-	ws := testWatchers(t)
-	cfd, ok := socketOf(proxyClient)
-	if !ok {
-		t.Fatal("no descriptor")
+	e := testEpoll(t)
+	type dialed struct {
+		c   net.Conn
+		err error
 	}
-	done := make(chan int64, 1)
-	r := ws.pick().newRelay(cfd, time.Second, func(from, to int64) { proxyClient.Close(); done <- to })
-	dialed := make(chan error, 1)
-	go func() { dialed <- r.dial(addr, first, time.Now().Add(time.Minute)) }()
-	// The broker reads only once the dial waits on the watcher: no event
+	dialing := make(chan dialed, 1)
+	go func() {
+		c, err := e.Dial([]netip.AddrPort{addr}, first, time.Now().Add(time.Minute))
+		dialing <- dialed{c, err}
+	}()
+	// The broker reads only once the dial waits on a watcher: no event
 	// says so, so this polls.
-	for waiting := false; !waiting; runtime.Gosched() {
-		r.mu.Lock()
-		waiting = r.flows[1].watchOut
-		r.mu.Unlock()
+	for !waitingInWatcher(e.ws) {
 		select {
-		case err := <-dialed:
-			t.Fatalf("dial returned %v before the broker read anything", err)
+		case d := <-dialing:
+			t.Fatalf("dial returned %v before the broker read anything", d.err)
 		default:
+			runtime.Gosched()
 		}
 	}
 	close(startReading)
-	if err := <-dialed; err != nil {
-		t.Fatal(err)
+	d := <-dialing
+	if d.err != nil {
+		t.Fatal(d.err)
 	}
 	if got := <-brokerGot; !bytes.Equal(got, first) {
 		t.Fatal("the broker did not get the first bytes intact")
 	}
-	if err := r.start(); err != nil {
-		t.Fatal(err)
-	}
+	done := make(chan int64, 1)
+	e.Join(proxyClient, d.c, Options{HalfClose: time.Second, Done: func(from, to int64) { done <- to }})
 	buf := make([]byte, len("connack"))
 	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "connack" {
 		t.Fatalf("client read %q, %v; want the broker's answer", buf, err)
@@ -308,12 +236,27 @@ func TestDialRelayWaitsForTheBroker(t *testing.T) {
 	}
 }
 
-// TestDialRelayFailures: a refused address is skipped for the next one; a
+// waitingInWatcher reports whether an fdConn waits in one of ws.
+func waitingInWatcher(ws *watchers) bool {
+	for _, w := range ws.all {
+		w.mu.Lock()
+		for _, h := range w.handlers {
+			if _, ok := h.(*fdConn); ok {
+				w.mu.Unlock()
+				return true
+			}
+		}
+		w.mu.Unlock()
+	}
+	return false
+}
+
+// TestDialFailures: a refused address is skipped for the next one; a
 // broker that does not read fails the dial at its deadline, and the
-// relay's socket is closed.
-func TestDialRelayFailures(t *testing.T) {
+// engine's socket is closed.
+func TestDialFailures(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
-	ws := testWatchers(t)
+	e := testEpoll(t)
 
 	refusedLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -322,7 +265,7 @@ func TestDialRelayFailures(t *testing.T) {
 	refused := refusedLn.Addr().(*net.TCPAddr).AddrPort()
 	refusedLn.Close()
 
-	if _, err := ws.dialRelay([]netip.AddrPort{refused}, []byte("x"), time.Now().Add(5*time.Second), time.Second, nil); !errors.Is(err, syscall.ECONNREFUSED) {
+	if _, err := e.Dial([]netip.AddrPort{refused}, []byte("x"), time.Now().Add(5*time.Second)); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("dial to a closed port: %v, want connection refused", err)
 	}
 
@@ -331,11 +274,11 @@ func TestDialRelayFailures(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		got <- string(b)
 	}))
-	r, err := ws.dialRelay([]netip.AddrPort{refused, open}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
+	c, err := e.Dial([]netip.AddrPort{refused, open}, []byte("hello"), time.Now().Add(5*time.Second))
 	if err != nil {
 		t.Fatalf("dial with a refused address first: %v, want the next address", err)
 	}
-	r.cancel() // closes the relay's socket: the broker reads EOF
+	c.Close() // the broker reads EOF
 	if s := <-got; s != "hello" {
 		t.Errorf("broker got %q, want %q", s, "hello")
 	}
@@ -347,7 +290,7 @@ func TestDialRelayFailures(t *testing.T) {
 		_, err := io.Copy(io.Discard, c)
 		drained <- err
 	}))
-	_, err = ws.dialRelay([]netip.AddrPort{silent}, make([]byte, 32<<20), time.Now().Add(100*time.Millisecond), time.Second, nil)
+	_, err = e.Dial([]netip.AddrPort{silent}, make([]byte, 32<<20), time.Now().Add(100*time.Millisecond))
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("dial to a broker that does not read: %v, want the deadline exceeded", err)
 	}
@@ -357,39 +300,18 @@ func TestDialRelayFailures(t *testing.T) {
 	}
 }
 
-// TestUpstreamByName: a broker named by host name is resolved at each
-// dial, and every address is tried in turn (localhost may come first as
-// ::1, where nothing listens).
-func TestUpstreamByName(t *testing.T) {
-	proxytest.VerifyNoLeaks(t)
-	rec := proxytest.NewRecorder(t, "")
-	_, port, _ := net.SplitHostPort(rec.Addr)
-	addr := startProxy(t, &Proxy{Upstream: net.JoinHostPort("localhost", port), Verifier: passwordVerifier{}})
-	connect := connectPacket(t, packets.ProtocolV311, "good")
-	c := dial(t, addr)
-	c.Write(connect)
-	rec.WaitReceived(t, 0, len(connect))
-	if got := rec.Received()[0]; !bytes.Equal(got, connect) {
-		t.Errorf("broker got %q, want the CONNECT", got)
-	}
-}
-
-// TestRelayAbortWakesAWaitingFlow: a flow whose goroutine waits for a
-// destination that does not read ends when the relay is aborted (token
+// TestAbortWakesAWaitingFlow: a flow whose goroutine waits for a
+// destination that does not read ends when the link is aborted (token
 // expiry, Close): done is called and both peers see the connection end.
-func TestRelayAbortWakesAWaitingFlow(t *testing.T) {
+func TestAbortWakesAWaitingFlow(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	client, proxyClient := tcpPair(t)
 	proxyUp, broker := tcpPair(t)
-	ws := testWatchers(t)
+	e := testEpoll(t)
 	done := make(chan struct{})
-	r, ok := ws.startRelay(proxyClient, proxyUp, time.Minute, func(int64, int64) {
-		proxyClient.Close()
-		proxyUp.Close()
-		close(done)
-	})
+	r, ok := e.Join(proxyClient, proxyUp, Options{HalfClose: time.Minute, Done: func(int64, int64) { close(done) }}).(*epollLink)
 	if !ok {
-		t.Fatal("startRelay did not take two TCP connections")
+		t.Fatal("Join did not take two TCP connections over")
 	}
 	// The broker does not read: the client's bytes pile up until a flow
 	// goroutine waits for the broker's side to drain.
@@ -406,7 +328,7 @@ func TestRelayAbortWakesAWaitingFlow(t *testing.T) {
 		waiting = r.flows[0].state == flowMoving && r.flows[0].writable != nil
 		r.mu.Unlock()
 	}
-	r.abort()
+	r.Abort()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
@@ -421,9 +343,9 @@ func TestRelayAbortWakesAWaitingFlow(t *testing.T) {
 	}
 }
 
-// TestDialRelayIPv6: the relay's own socket reaches a broker on an IPv6
+// TestDialIPv6: the engine's own socket reaches a broker on an IPv6
 // address.
-func TestDialRelayIPv6(t *testing.T) {
+func TestDialIPv6(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	ln, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
@@ -441,12 +363,12 @@ func TestDialRelayIPv6(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		got <- string(b)
 	}()
-	ws := testWatchers(t)
-	r, err := ws.dialRelay([]netip.AddrPort{ln.Addr().(*net.TCPAddr).AddrPort()}, []byte("hello"), time.Now().Add(5*time.Second), time.Second, nil)
+	e := testEpoll(t)
+	c, err := e.Dial([]netip.AddrPort{ln.Addr().(*net.TCPAddr).AddrPort()}, []byte("hello"), time.Now().Add(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.cancel()
+	c.Close()
 	if s := <-got; s != "hello" {
 		t.Errorf("broker got %q, want %q", s, "hello")
 	}

@@ -1,4 +1,4 @@
-package proxy
+package engine
 
 import (
 	"bytes"
@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
 
@@ -24,7 +23,7 @@ func rawPair(t *testing.T, network, addr string) (client net.Conn, accepted *fdC
 	if err != nil {
 		t.Skipf("no %s listener on %s: %v", network, addr, err)
 	}
-	rl := ws.newRawListener(ln.(*net.TCPListener))
+	rl := newRawListener(ws, ln.(*net.TCPListener))
 	if rl == nil {
 		t.Fatal("no raw listener")
 	}
@@ -161,7 +160,7 @@ func TestRawListenerClosedDirectly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rl := ws.newRawListener(ln.(*net.TCPListener))
+	rl := newRawListener(ws, ln.(*net.TCPListener))
 	defer rl.Close()
 	errc := make(chan error, 1)
 	go func() {
@@ -188,7 +187,7 @@ func TestRawListenerNoDelay(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rl := ws.newRawListener(ln.(*net.TCPListener)).(*rawListener)
+		rl := newRawListener(ws, ln.(*net.TCPListener))
 		if !rl.noDelay {
 			t.Fatal("TCP_NODELAY could not be set on the listening socket")
 		}
@@ -204,7 +203,7 @@ func TestRawListenerNoDelay(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if v, err := unix.GetsockoptInt(int(ac.(*fdConn).fd), unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
+		if v, err := unix.GetsockoptInt(int(ac.(*fdConn).sock.num), unix.IPPROTO_TCP, unix.TCP_NODELAY); err != nil || v == 0 {
 			t.Errorf("inherited %v: TCP_NODELAY on the accepted socket is %d (%v), want set", inherit, v, err)
 		}
 		ac.Close()
@@ -213,117 +212,32 @@ func TestRawListenerNoDelay(t *testing.T) {
 	}
 }
 
-// Serve accepts a plain TCP listener's clients as fdConns: from accept to
-// relay, a connection stays out of the net package.
-func TestServeAcceptsOutsideTheNetPackage(t *testing.T) {
+// Bytes written with LastWriter (a refusal's CONNACK) leave with the FIN
+// in one segment; written plainly, they take a segment of their own.
+// Either way the client reads them all, then EOF.
+func TestFdConnLastWriterSendsWithFIN(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
-	rec := proxytest.NewRecorder(t, "")
-	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
-	c := dial(t, startProxy(t, p))
-	connect := connectPacket(t, packets.ProtocolV311, "good")
-	c.Write(connect)
-	rec.WaitReceived(t, 0, len(connect))
-	p.mu.Lock()
-	var clients []net.Conn
-	for s := range p.sessions {
-		clients = append(clients, s.client)
-	}
-	p.mu.Unlock()
-	if len(clients) != 1 {
-		t.Fatalf("%d sessions, want 1", len(clients))
-	}
-	if _, ok := clients[0].(*fdConn); !ok {
-		t.Errorf("the client is a %T, want an *fdConn", clients[0])
-	}
-}
-
-// readConnect takes a CONNECT from a bare socket in one read when it has
-// arrived, and returns what came after it in that read; a CONNECT larger
-// than the read-ahead is read to its end and no further, and one that
-// arrives in pieces is waited for.
-func TestReadConnectAhead(t *testing.T) {
-	long := make([]byte, 3*connectReadAhead)
-	for i := range long {
-		long[i] = 'x'
-	}
-	small := connectPacket(t, packets.ProtocolV311, "good")
-	large := connectPacket(t, packets.ProtocolV311, string(long))
-	publish := publishPacket("after")
-	cases := []struct {
-		name       string
-		writes     [][]byte
-		connect    []byte
-		wantPast   []byte
-		wantUnread []byte // still in the socket after readConnect
-	}{
-		{name: "CONNECT alone", writes: [][]byte{small}, connect: small},
-		{name: "PUBLISH in the same read", writes: [][]byte{append(append([]byte(nil), small...), publish...)}, connect: small, wantPast: publish},
-		{name: "larger than the read-ahead", writes: [][]byte{append(append([]byte(nil), large...), publish...)}, connect: large, wantUnread: publish},
-		{name: "in pieces", writes: [][]byte{small[:3], small[3:20], small[20:]}, connect: small},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			client, c := rawPair(t, "tcp", "127.0.0.1:0")
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			go func() {
-				for _, w := range tc.writes {
-					client.Write(w)
-				}
-			}()
-			pk, past, err := readConnect(c, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(pk.Raw, tc.connect) {
-				t.Errorf("CONNECT of %d bytes, want %d", len(pk.Raw), len(tc.connect))
-			}
-			if !bytes.Equal(past, tc.wantPast) {
-				t.Errorf("read past the CONNECT %x, want %x", past, tc.wantPast)
-			}
-			if len(tc.wantUnread) > 0 {
-				unread := make([]byte, len(tc.wantUnread))
-				if _, err := io.ReadFull(c, unread); err != nil || !bytes.Equal(unread, tc.wantUnread) {
-					t.Errorf("socket then held %x (%v), want %x", unread, err, tc.wantUnread)
-				}
-			}
-		})
-	}
-	b := readAheads.Get().(*[connectReadAhead]byte)
-	defer readAheads.Put(b)
-	if bytes.Contains(b[:], []byte("good")) {
-		t.Error("a pooled buffer kept the token")
-	}
-}
-
-// A refusal's CONNACK, written with lastWrite, leaves with the FIN in one
-// segment; written plainly, it takes a segment of its own. Either way the
-// client reads the whole CONNACK, then EOF.
-func TestFdConnLastWriteSendsWithFIN(t *testing.T) {
-	proxytest.VerifyNoLeaks(t)
-	var connack bytes.Buffer
-	if err := packets.WriteConnack(&connack, 4, packets.NotAuthorized); err != nil {
-		t.Fatal(err)
-	}
+	connack := []byte{0x20, 0x02, 0x00, 0x05}
 	segmentsOut := func(held bool) uint32 {
 		client, c := rawPair(t, "tcp", "127.0.0.1:0")
 		w := io.Writer(c)
 		if held {
-			w = c.lastWrite()
+			w = c.LastWriter()
 		}
-		if _, err := w.Write(connack.Bytes()); err != nil {
+		if _, err := w.Write(connack); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.CloseWrite(); err != nil {
 			t.Fatal(err)
 		}
-		info, err := unix.GetsockoptTCPInfo(int(c.fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+		info, err := unix.GetsockoptTCPInfo(int(c.sock.num), unix.IPPROTO_TCP, unix.TCP_INFO)
 		if err != nil {
 			t.Fatal(err)
 		}
 		client.SetReadDeadline(time.Now().Add(5 * time.Second))
 		got, err := io.ReadAll(client)
-		if err != nil || !bytes.Equal(got, connack.Bytes()) {
-			t.Fatalf("held %v: the client read % x, %v; want % x then EOF", held, got, err, connack.Bytes())
+		if err != nil || !bytes.Equal(got, connack) {
+			t.Fatalf("held %v: the client read % x, %v; want % x then EOF", held, got, err, connack)
 		}
 		return info.Segs_out
 	}

@@ -1,9 +1,8 @@
-package proxy
+package transport
 
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -23,11 +22,14 @@ import (
 // Defaults for the zero values of WebSocketListener's fields.
 const (
 	DefaultWebSocketPath = "/mqtt"
+	// DefaultHandshakeTimeout is the proxy's default connect timeout.
+	DefaultHandshakeTimeout = 10 * time.Second
 	// maxUpgradeRequestBytes bounds the upgrade request's header: room for
 	// a browser's cookies and a token in the query.
 	maxUpgradeRequestBytes = 32 << 10
 	// closeFrameTimeout bounds sending the WebSocket close frame, which
-	// Close does on the goroutine that closes (Proxy.Close among them).
+	// Close does on the goroutine that closes (the proxy's Close among
+	// them).
 	closeFrameTimeout = 100 * time.Millisecond
 )
 
@@ -37,7 +39,7 @@ var WebSocketSubprotocols = []string{"mqtt", "mqttv3.1"}
 
 // errTextMessage ends a WebSocket connection that sent a text message:
 // MQTT packets travel in binary messages only [MQTT-6.0.0-1].
-var errTextMessage = errors.New("proxy: WebSocket text message; MQTT over WebSocket is binary only")
+var errTextMessage = errors.New("transport: WebSocket text message; MQTT over WebSocket is binary only")
 
 // WebSocketListener serves MQTT over WebSocket: it answers HTTP upgrade
 // requests on Path and returns each upgraded connection from Accept as a
@@ -49,10 +51,10 @@ var errTextMessage = errors.New("proxy: WebSocket text message; MQTT over WebSoc
 //
 // The upgrade request is read on the HTTP server's goroutine within
 // HandshakeTimeout; the proxy's connect timeout applies from Accept on.
-// Served by Proxy.Serve, each TCP connection is admitted under the
-// proxy's limits as it is accepted, before a byte of the upgrade is read,
-// and counts as pending until its CONNECT is decided, as on a TCP
-// listener.
+// With an Admitter (the proxy sets one when it serves the listener), each
+// TCP connection is admitted as it is accepted, before a byte of the
+// upgrade is read: under the proxy's limits, counted as pending until its
+// CONNECT is decided, as on a TCP listener.
 type WebSocketListener struct {
 	// Listener accepts the connections HTTP is served on. Required.
 	Listener net.Listener
@@ -75,7 +77,7 @@ type WebSocketListener struct {
 	// fail_if_no_subprotocol is set.
 	RequireSubprotocol bool
 	// HandshakeTimeout bounds reading the upgrade request (and the TLS
-	// handshake before it). Zero means DefaultConnectTimeout.
+	// handshake before it). Zero means DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
 	// Logger receives refused upgrades, at debug level. Nil means none.
 	Logger *zap.Logger
@@ -90,79 +92,94 @@ type WebSocketListener struct {
 	closed   bool
 	done     chan struct{} // closed by Close
 	handlers sync.WaitGroup
-	gate     *wsGate               // set by Proxy.Serve; nil: connections are admitted at Accept
-	admitted map[net.Conn]*session // TCP connections admitted by gate, until upgraded or closed
+	admitter Admitter               // nil: connections are admitted at Accept
+	admitted map[net.Conn]Admission // TCP connections admitted, until upgraded or closed
 }
 
-// wsGate admits a WebSocketListener's TCP connections under the limits of
-// the proxy serving it, so that a flood of connections that never finish
-// their upgrade is bounded as on a TCP listener.
-type wsGate struct {
-	p        *Proxy
-	listener string
+// An Admitter decides, as each TCP connection is accepted and before a
+// byte of it is read, whether it may go on: the proxy's limits, so that a
+// flood of connections that never finish their upgrade is bounded as on a
+// TCP listener.
+type Admitter interface {
+	// Admit returns c's admission, or false when c is refused; c is then
+	// closed.
+	Admit(c net.Conn) (Admission, bool)
 }
 
-// setGate makes the listener admit the connections it accepts from now on
-// through g.
-func (l *WebSocketListener) setGate(g *wsGate) {
+// An Admission is a connection's place under the Admitter's limits. The
+// upgraded connection that Accept returns carries it (AdmissionOf); a
+// connection that ends before is released.
+type Admission interface {
+	Release()
+}
+
+// SetAdmitter makes the listener admit the connections it accepts from
+// now on through a.
+func (l *WebSocketListener) SetAdmitter(a Admitter) {
 	l.mu.Lock()
-	l.gate = g
+	l.admitter = a
 	l.mu.Unlock()
 }
 
-// gatedListener is what the HTTP server accepts from: it passes each
-// connection through the listener's gate, once there is one. Connections
-// go through unwrapped: the HTTP server must see a *tls.Conn as such.
-type gatedListener struct {
+// AdmissionOf returns the admission c was accepted with, when c is an
+// upgraded connection from a WebSocketListener with an Admitter; else nil.
+func AdmissionOf(c net.Conn) Admission {
+	if wc, ok := c.(*wsConn); ok && wc.admission != nil {
+		return wc.admission
+	}
+	return nil
+}
+
+// admittingListener is what the HTTP server accepts from: it passes each
+// connection through the listener's Admitter, once there is one.
+// Connections go through unwrapped: the HTTP server must see a *tls.Conn
+// as such.
+type admittingListener struct {
 	net.Listener
 	l *WebSocketListener
 }
 
-func (g gatedListener) Accept() (net.Conn, error) {
+func (a admittingListener) Accept() (net.Conn, error) {
 	for {
-		c, err := g.Listener.Accept()
+		c, err := a.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
-		g.l.mu.Lock()
-		gate := g.l.gate
-		g.l.mu.Unlock()
-		if gate == nil {
+		a.l.mu.Lock()
+		admitter := a.l.admitter
+		a.l.mu.Unlock()
+		if admitter == nil {
 			return c, nil
 		}
-		s, _ := gate.p.accepted(c, gate.listener)
-		if s == nil { // refused by a limit, or the proxy is closing: c is closed
+		admission, ok := admitter.Admit(c)
+		if !ok { // refused by a limit, or the proxy is closing: c is closed
 			continue
 		}
-		g.l.mu.Lock()
-		if g.l.admitted == nil {
-			g.l.admitted = make(map[net.Conn]*session)
+		a.l.mu.Lock()
+		if a.l.admitted == nil {
+			a.l.admitted = make(map[net.Conn]Admission)
 		}
-		g.l.admitted[c] = s
-		g.l.mu.Unlock()
+		a.l.admitted[c] = admission
+		a.l.mu.Unlock()
 		return c, nil
 	}
 }
 
-// take returns the session admitted with the TCP connection c, once: the
-// caller either hands it to Serve with the upgraded connection or
-// releases it.
-func (l *WebSocketListener) take(c net.Conn) (*session, *wsGate) {
+// take returns the admission of the TCP connection c, once: the caller
+// either hands it to Accept with the upgraded connection or releases it.
+func (l *WebSocketListener) take(c net.Conn) Admission {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s := l.admitted[c]
-	if s == nil {
-		return nil, nil
-	}
+	a := l.admitted[c]
 	delete(l.admitted, c)
-	return s, l.gate
+	return a
 }
 
-// release frees the session of a TCP connection that ends without an
-// upgrade handed to Serve; it does nothing for one that was.
+// release frees the admission of a TCP connection that ends without an
+// upgrade handed to Accept; it does nothing for one that was.
 func (l *WebSocketListener) release(c net.Conn) {
-	if s, gate := l.take(c); s != nil {
-		gate.p.release(s)
+	if a := l.take(c); a != nil {
+		a.Release()
 	}
 }
 
@@ -173,15 +190,6 @@ func (l *WebSocketListener) connState(c net.Conn, state http.ConnState) {
 	if state == http.StateClosed {
 		l.release(c)
 	}
-}
-
-// admittedAtAccept returns the session c was admitted with at its TCP
-// accept: c is an upgraded connection from a gated WebSocketListener.
-func admittedAtAccept(c net.Conn) *session {
-	if wc, ok := c.(*wsConn); ok {
-		return wc.session
-	}
-	return nil
 }
 
 var _ net.Listener = (*WebSocketListener)(nil)
@@ -200,14 +208,14 @@ func (l *WebSocketListener) Start() *WebSocketListener {
 	l.served = make(chan struct{})
 	l.done = make(chan struct{})
 	l.upgrader = websocket.Upgrader{
-		HandshakeTimeout: orDefault(l.HandshakeTimeout, DefaultConnectTimeout),
+		HandshakeTimeout: orDefault(l.HandshakeTimeout, DefaultHandshakeTimeout),
 		WriteBufferPool:  &sync.Pool{},
 		Subprotocols:     WebSocketSubprotocols,
 		CheckOrigin:      l.checkOrigin,
 	}
 	l.server = &http.Server{
 		Handler:           http.HandlerFunc(l.serveHTTP),
-		ReadHeaderTimeout: orDefault(l.HandshakeTimeout, DefaultConnectTimeout),
+		ReadHeaderTimeout: orDefault(l.HandshakeTimeout, DefaultHandshakeTimeout),
 		MaxHeaderBytes:    maxUpgradeRequestBytes,
 		ErrorLog:          errorLog,
 		ConnContext:       withConn,
@@ -217,7 +225,7 @@ func (l *WebSocketListener) Start() *WebSocketListener {
 	l.server.SetKeepAlivesEnabled(false)
 	go func() {
 		defer close(l.served)
-		if err := l.server.Serve(gatedListener{l.Listener, l}); !errors.Is(err, http.ErrServerClosed) {
+		if err := l.server.Serve(admittingListener{l.Listener, l}); !errors.Is(err, http.ErrServerClosed) {
 			l.serveErr = err
 		}
 	}()
@@ -233,7 +241,7 @@ func (l *WebSocketListener) Accept() (net.Conn, error) {
 		return nil, net.ErrClosed
 	case <-l.served:
 		if l.serveErr != nil {
-			return nil, fmt.Errorf("proxy: WebSocket listener: %w", l.serveErr)
+			return nil, fmt.Errorf("transport: WebSocket listener: %w", l.serveErr)
 		}
 		return nil, net.ErrClosed
 	}
@@ -303,24 +311,18 @@ func (l *WebSocketListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		l.refused(r, err) // the upgrader has answered with the HTTP error
 		return
 	}
-	var balancer *balancerTLS
-	if pc, ok := raw.(*proxiedConn); ok {
-		balancer = pc.balancer
-	}
-	c := &wsConn{ws: ws, tls: r.TLS, token: l.token(r), balancer: balancer}
-	s, gate := l.take(raw)
-	c.session = s
+	c := &wsConn{ws: ws, token: l.token(r), admission: l.take(raw)}
 	select {
 	case l.ready <- c:
 	case <-l.done:
 		c.Close()
-		if s != nil {
-			gate.p.release(s)
+		if c.admission != nil {
+			c.admission.Release()
 		}
 	}
 }
 
-var errNoSubprotocol = errors.New("proxy: WebSocket upgrade offers no MQTT subprotocol")
+var errNoSubprotocol = errors.New("transport: WebSocket upgrade offers no MQTT subprotocol")
 
 // offersMQTT reports whether the upgrade request offers one of
 // WebSocketSubprotocols.
@@ -381,14 +383,12 @@ func (l *WebSocketListener) token(r *http.Request) []byte {
 // deadlines may be called at any time.
 type wsConn struct {
 	ws        *websocket.Conn
-	reader    io.Reader            // the message being read; nil between messages
-	tls       *tls.ConnectionState // the upgrade's TLS state; nil over plain TCP
-	token     []byte               // the upgrade request's token; nil without one
-	balancer  *balancerTLS         // the balancer's SSL TLV; see proxiedConn
+	reader    io.Reader // the message being read; nil between messages
+	token     []byte    // the upgrade request's token; nil without one
 	closeOnce sync.Once
-	// session is what the TCP connection was admitted with, by the
-	// listener's gate; nil when it is to be admitted at Accept.
-	session *session
+	// admission is what the TCP connection was admitted with, by the
+	// listener's Admitter; nil when it is to be admitted at Accept.
+	admission Admission
 }
 
 var _ net.Conn = (*wsConn)(nil)
@@ -412,25 +412,26 @@ func (c *wsConn) Read(b []byte) (int, error) {
 	}
 }
 
-// WriteTo copies the stream to dst, message by message, each through a
-// buffer from copyBuffers, so that a connection waiting for its next
-// message holds none of them.
-func (c *wsConn) WriteTo(dst io.Writer) (int64, error) {
-	var written int64
-	for {
-		if c.reader == nil {
-			if err := c.nextMessage(); errors.Is(err, io.EOF) {
-				return written, nil
-			} else if err != nil {
-				return written, err
-			}
+// NextMessage returns the rest of the message being read, if any, else
+// waits for the next one; it returns io.EOF at the stream's normal end.
+// A copy that reads message by message holds no buffer between messages.
+func (c *wsConn) NextMessage() (io.Reader, error) {
+	if c.reader == nil {
+		if err := c.nextMessage(); err != nil {
+			return nil, err
 		}
-		n, err := copyBuffered(dst, c.reader, false)
-		written += n
-		if !errors.Is(err, io.EOF) {
-			return written, err
-		}
-		c.reader = nil
+	}
+	r := c.reader
+	c.reader = nil
+	return r, nil
+}
+
+// NetConn is the connection the WebSocket runs on.
+func (c *wsConn) NetConn() net.Conn { return c.ws.NetConn() }
+
+func (c *wsConn) describe(info *Info) {
+	if info.Token == nil {
+		info.Token = c.token
 	}
 }
 

@@ -6,11 +6,11 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
-	"runtime"
 	"testing"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
 
 // echoUpstream is a stand-in broker that reads the CONNECT (of size
@@ -57,7 +57,7 @@ func TestTLSBulkBothWays(t *testing.T) {
 				p.UpstreamTLS = &tls.Config{RootCAs: pki.pool(), ServerName: "127.0.0.1"}
 			}
 			p.Upstream = echoUpstream(t, len(connect), brokerTLS)
-			addr, _, _ := startTLSProxy(t, p, TLSFiles{CertFile: certFile, KeyFile: keyFile})
+			addr, _, _ := startTLSProxy(t, p, transport.TLSFiles{CertFile: certFile, KeyFile: keyFile})
 			c, err := tls.Dial("tcp", addr, pki.clientConfig(t, ""))
 			if err != nil {
 				t.Fatal(err)
@@ -82,52 +82,10 @@ func TestTLSBulkBothWays(t *testing.T) {
 	}
 }
 
-// TestRecordConn: crypto/tls reading through a recordConn gets one record
-// at a time, so after each Read nothing is left pending above the socket.
-func TestRecordConn(t *testing.T) {
-	records := []byte{
-		0x17, 0x03, 0x03, 0x00, 0x03, 'a', 'b', 'c', // a record of 3 bytes
-		0x17, 0x03, 0x03, 0x00, 0x00, // an empty one
-		0x17, 0x03, 0x03, 0x00, 0x02, 'd', 'e',
-	}
-	client, server := net.Pipe()
-	defer client.Close()
-	go func() {
-		client.Write(records)
-		client.Close()
-	}()
-	rc := &recordConn{Conn: server}
-	var reads [][]byte
-	buf := make([]byte, 64)
-	for {
-		n, err := rc.Read(buf)
-		if n > 0 {
-			reads = append(reads, append([]byte(nil), buf[:n]...))
-		}
-		if err != nil {
-			break
-		}
-		if rc.pending() != (rc.bodyLeft > 0 || rc.headerLen > 0) {
-			t.Fatal("pending disagrees with the record state")
-		}
-	}
-	want := [][]byte{records[0:5], records[5:8], records[8:13], records[13:18], records[18:20]}
-	if len(reads) != len(want) {
-		t.Fatalf("reads %x, want %x", reads, want)
-	}
-	for i := range want {
-		if !bytes.Equal(reads[i], want[i]) {
-			t.Errorf("read %d: %x, want %x", i, reads[i], want[i])
-		}
-	}
-	if rc.pending() {
-		t.Error("pending after the last record")
-	}
-}
-
 // BenchmarkThroughput moves bytes from a client through the proxy to a
-// broker that discards them, over plain TCP (the epoll relay splices) and
-// over TLS from the client (decrypted and copied through user space).
+// broker that discards them, over plain TCP (socket to socket: the epoll engine
+// splices bulk traffic) and over TLS from the client (decrypted and
+// copied through user space).
 //
 //	go test -run '^$' -bench Throughput -benchtime 2000x ./proxy
 func BenchmarkThroughput(b *testing.B) {
@@ -144,8 +102,8 @@ func BenchmarkThroughput(b *testing.B) {
 	chunk := make([]byte, 64<<10)
 	rand.Read(chunk)
 
-	for _, transport := range []string{"tcp", "tls"} {
-		b.Run(transport, func(b *testing.B) {
+	for _, wire := range []string{"tcp", "tls"} {
+		b.Run(wire, func(b *testing.B) {
 			received := make(chan int64, 1)
 			sink := listen(b)
 			go func() {
@@ -161,12 +119,12 @@ func BenchmarkThroughput(b *testing.B) {
 			p := &Proxy{Upstream: sink.Addr().String(), Verifier: passwordVerifier{}}
 			ln := listen(b)
 			dial := func() (net.Conn, error) { return net.Dial("tcp", ln.Addr().String()) }
-			if transport == "tls" {
-				certs, err := NewCertReloader(TLSFiles{CertFile: certFile, KeyFile: keyFile}, nil)
+			if wire == "tls" {
+				certs, err := transport.NewCertReloader(transport.TLSFiles{CertFile: certFile, KeyFile: keyFile}, nil)
 				if err != nil {
 					b.Fatal(err)
 				}
-				serveOn(b, p, NewTLSListener(ln, certs.Config()))
+				serveOn(b, p, transport.NewTLSListener(ln, certs.Config()))
 				dial = func() (net.Conn, error) { return tls.Dial("tcp", ln.Addr().String(), pki.clientConfig(b, "")) }
 			} else {
 				serveOn(b, p, ln)
@@ -188,40 +146,6 @@ func BenchmarkThroughput(b *testing.B) {
 			c.Close() // the proxy passes the end on; the sink reports when all arrived
 			if n := <-received; n != int64(len(connect))+int64(b.N)*int64(len(chunk)) {
 				b.Fatalf("the broker received %d bytes, want %d", n, int64(len(connect))+int64(b.N)*int64(len(chunk)))
-			}
-		})
-	}
-}
-
-// TestReadiness: the copy waits on the socket, holding no buffer, for
-// plain TCP and for TLS read through a recordConn (behind a PROXY header
-// too), and cannot for TLS that reads ahead on its own.
-func TestReadiness(t *testing.T) {
-	ln := listen(t)
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
-	for _, tc := range []struct {
-		name    string
-		conn    net.Conn
-		canWait bool
-	}{
-		{"TCP", server, true},
-		{"TLS over a recordConn", tls.Server(&recordConn{Conn: server}, nil), true},
-		{"TLS over a recordConn behind a PROXY header", tls.Server(&recordConn{Conn: &proxiedConn{Conn: server}}, nil), true},
-		{"TLS reading ahead", tls.Server(server, nil), false},
-		{"a pipe", func() net.Conn { a, _ := net.Pipe(); return a }(), false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := readiness(tc.conn) != nil; got != tc.canWait && runtime.GOOS == "linux" {
-				t.Errorf("readiness: %v, want %v", got, tc.canWait)
 			}
 		})
 	}

@@ -1,4 +1,6 @@
-package proxy
+//go:build unix
+
+package engine
 
 import (
 	"net"
