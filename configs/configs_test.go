@@ -200,25 +200,34 @@ func TestListenersOnOnePort(t *testing.T) {
 	}
 }
 
-// TestReadmeReference: the full configuration README gives under
-// "## Configuration" decodes: every key it shows exists and has the type
-// it shows. (Its files, such as certificates, are not here, so the
-// checks that open them fail; those are not what this test is about.)
-func TestReadmeReference(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(readme), "\n## Configuration\n")
-	_, block, ok2 := strings.Cut(section, "```yaml\n")
-	block, _, ok3 := strings.Cut(block, "```")
-	if !ok || !ok2 || !ok3 || !strings.Contains(block, "listeners:") {
-		t.Fatal("README has no yaml block under ## Configuration")
-	}
-	_, err = Parse([]byte(block))
-	for _, line := range strings.Split(fmt.Sprint(err), "\n") {
-		if strings.Contains(line, "unknown key") || strings.Contains(line, " is not a") {
-			t.Errorf("README's reference configuration: %s", line)
-		}
+// TestDocumentedConfigurations: the configurations the documentation
+// shows decode: every key exists and has the type shown. The full one
+// under "## The whole file" in docs/configuration.md, and README's minimal
+// one under "## Configuration". (Their files, such as certificates, are
+// not here, so the checks that open them fail; those are not what this
+// test is about.)
+func TestDocumentedConfigurations(t *testing.T) {
+	for _, tc := range []struct{ file, heading string }{
+		{"../docs/configuration.md", "## The whole file"},
+		{"../README.md", "## Configuration"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			doc, err := os.ReadFile(tc.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, section, ok := strings.Cut(string(doc), "\n"+tc.heading+"\n")
+			_, block, ok2 := strings.Cut(section, "```yaml\n")
+			block, _, ok3 := strings.Cut(block, "```")
+			if !ok || !ok2 || !ok3 || !strings.Contains(block, "listeners:") {
+				t.Fatalf("%s has no yaml block under %s", tc.file, tc.heading)
+			}
+			_, err = Parse([]byte(block))
+			for _, line := range strings.Split(fmt.Sprint(err), "\n") {
+				if strings.Contains(line, "unknown key") || strings.Contains(line, " is not a") {
+					t.Errorf("%s: %s", tc.file, line)
+				}
+			}
+		})
 	}
 }
