@@ -24,8 +24,7 @@ import (
 // epoll set shared with other connections (a watcher), so an idle
 // connection costs its two sockets and a few hundred bytes of bookkeeping:
 // no goroutine, no buffer and no pipe, where two goroutines parked in
-// io.Copy cost two stacks (about 10 KB measured) and two pipes (four
-// descriptors).
+// io.Copy cost two stacks and two pipes (four descriptors).
 //
 // When a socket becomes readable, the watcher's goroutine moves the bytes
 // itself: one read(2) into the watcher's buffer and one write(2) to the
@@ -605,10 +604,9 @@ func (r *relay) readable(i int, closing bool, buf []byte) {
 
 // watcherFullReads is how many full buffers (256 KiB) a flow moves on the
 // watcher in one wake-up before it leaves for a goroutine and splice(2). A
-// burst of a few messages costs less copied than a goroutine's hand-over:
-// 4 KiB messages at saturation went 1.14 times as fast as when the first
-// full buffer handed over (4 full buffers: 1.04), and the bound keeps one
-// flow from holding up the others on its watcher.
+// burst of a few messages costs less copied than a goroutine's hand-over
+// (measured against other bounds in docs/performance.md), and the bound
+// keeps one flow from holding up the others on its watcher.
 const watcherFullReads = 16
 
 // move runs on its own goroutine for flow i: it writes the carried bytes

@@ -204,8 +204,8 @@ func reload(path string, running *configs.File, runningChain *authn.Chain, p *pr
 // The log goes out at most every logFlushInterval, or when logBufferSize
 // bytes are waiting. A write to stderr is a blocking system call, and
 // each one wakes the Go runtime's monitor thread, which then polls for a
-// while: at a few hundred lines a second (the sampler's 100 per message
-// and second), line by line was three times as many wake-ups.
+// while, at up to a few hundred lines a second (the sampler's 100 per
+// message and second); docs/performance.md has what batching saved.
 const (
 	logFlushInterval = 100 * time.Millisecond
 	logBufferSize    = 64 << 10
