@@ -96,7 +96,7 @@ func (p *Proxy) serveConn(s *session) {
 			reason = reasonInternal
 		}
 		p.Metrics.decided("refused", reason, time.Since(read))
-		log.Info("authentication refused", zap.String("outcome", "refused"), zap.String("reason", reason), zap.Error(err))
+		log.Info("authentication refused", zap.String("outcome", "refused"), zap.String("reason", reason), bridgeField(pk.Bridge), zap.Error(err))
 		refuse(c, pk.ProtocolVersion, RefuseCode(authn.ReasonOf(err)))
 		return
 	}
@@ -106,6 +106,7 @@ func (p *Proxy) serveConn(s *session) {
 		zap.String("authenticator", id.Authenticator),
 		zap.String("sub", id.Subject),
 		expiryField(id.Expiry),
+		bridgeField(pk.Bridge),
 	)
 	if upstreamClientID != "" && !s.policy.idRates.allow(upstreamClientID, time.Now()) {
 		p.Metrics.limitHit(limitClientIDRate)
@@ -133,6 +134,7 @@ func (p *Proxy) serveConn(s *session) {
 		clientID: pk.ClientID,
 		username: loggedUsername(pk.Username),
 		version:  pk.ProtocolVersion,
+		bridge:   pk.Bridge,
 		start:    start,
 		rawLen:   int64(len(pk.Raw) + len(ahead)),
 	}
@@ -205,6 +207,7 @@ func (p *Proxy) connectUpstream(s *session, header, first []byte, done func(from
 type openConn struct {
 	remote, clientID, username string
 	version                    byte
+	bridge                     bool
 	start                      time.Time
 	rawLen                     int64 // the CONNECT and what came with it
 	expiry                     *time.Timer
@@ -232,6 +235,7 @@ func (p *Proxy) finish(s *session, conn *openConn, fromClient, toClient int64) {
 			zap.String("client_id", conn.clientID),
 			zap.String("username", conn.username),
 			zap.Uint8("protocol_version", conn.version),
+			bridgeField(conn.bridge),
 			reason,
 			zap.Duration("duration", time.Since(conn.start)),
 			zap.Int64("bytes_from_client", fromClient),
@@ -331,6 +335,15 @@ func lingerClose(c net.Conn) {
 		io.CopyN(io.Discard, c, lingerBytes)
 	}
 	c.Close()
+}
+
+// bridgeField marks the lines of a broker's bridge (packets.Connect.Bridge)
+// with bridge: true; other clients' lines go without the field.
+func bridgeField(bridge bool) zap.Field {
+	if !bridge {
+		return zap.Skip()
+	}
+	return zap.Bool("bridge", true)
 }
 
 func expiryField(exp time.Time) zap.Field {
