@@ -36,10 +36,9 @@ type Bridge struct {
 }
 
 // Config returns the bridge's configuration lines, a connection named
-// "bridge". The bridge retries a second after a failed connection
-// (restart_timeout 1) rather than after mosquitto's default back-off of 5
-// seconds and more, so a test waiting for it to connect waits little even
-// when the first attempt is refused.
+// "bridge". Its restart_timeout is 1 second rather than mosquitto's
+// default back-off (5 seconds, growing to 30), so that a bridge whose
+// connection failed is soon tried again.
 func (b Bridge) Config() []string {
 	config := []string{
 		"connection bridge",
