@@ -125,7 +125,8 @@ type Authenticator struct {
 
 	// UseJWKS fetches keys from Endpoint instead of Secret/PublicKey.
 	UseJWKS bool `yaml:"use_jwks"`
-	// Endpoint is the JWKS URL (HTTP GET).
+	// Endpoint is the JWKS URL (HTTP GET). Redirects are followed, but
+	// never from an https endpoint to an http URL.
 	Endpoint string `yaml:"endpoint"`
 	// RefreshInterval is the JWKS refresh period. Zero means 300s; values
 	// under 10s are raised to 10s, as EMQX does.
@@ -139,7 +140,8 @@ type Authenticator struct {
 	// MaxStale is the oldest a key set may be before it is dropped. Zero
 	// means no age limit (only MaxFailCount applies).
 	MaxStale Duration `yaml:"max_stale"`
-	// Headers are sent with the JWKS request. Zero means
+	// Headers are sent with the JWKS request, to the endpoint's host and
+	// port only: a redirect to another host gets none of them. Zero means
 	// Accept: application/json.
 	Headers map[string]string `yaml:"headers"`
 	// SSL configures TLS for the JWKS fetch only.
