@@ -37,6 +37,31 @@ func Load(path string) (*File, error) {
 	return f, nil
 }
 
+// SetBindHost replaces the host of every listeners[].bind and of
+// metrics.bind with host, an IP address, keeping the ports, and validates
+// the result. A container uses it to listen on all its interfaces
+// (0.0.0.0 or ::) with a file written for one machine's loopback.
+// Listener names given by default stay the bind addresses of the file.
+func (f *File) SetBindHost(host string) error {
+	if _, err := netip.ParseAddr(host); err != nil {
+		return fmt.Errorf("bind host %q is not an IP address", host)
+	}
+	rebind := func(bind string) string {
+		_, port, err := net.SplitHostPort(bind)
+		if err != nil {
+			return bind // Validate reports it
+		}
+		return net.JoinHostPort(host, port)
+	}
+	for i := range f.Listeners {
+		f.Listeners[i].Bind = rebind(f.Listeners[i].Bind)
+	}
+	if f.Metrics.Bind != "" {
+		f.Metrics.Bind = rebind(f.Metrics.Bind)
+	}
+	return f.Validate()
+}
+
 // Parse decodes YAML strictly (unknown keys and wrong types are errors),
 // resolves secret_env and secret_file into secret, fills in names, and
 // validates the result. Relative file paths stay relative to the working

@@ -10,6 +10,11 @@
 //	mqtt-jwt-proxy keygen [flags]        write a key pair and a JWKS file
 //	mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y] TOKEN
 //	                                     say which authenticator accepts TOKEN, or why not
+//
+// -config defaults to $MQTT_JWT_PROXY_CONFIG, and -bind-host (serve, check:
+// listen on this IP instead of the file's hosts) to
+// $MQTT_JWT_PROXY_BIND_HOST: the container image sets the first, so that
+// "docker run IMAGE check" runs check on the mounted file.
 package main
 
 import (
@@ -23,6 +28,8 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -86,19 +93,67 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // already said why.
 var errUsage = errors.New("usage")
 
-// configFlag parses the flags every config-reading command shares.
-func configFlag(name string, args []string, stderr io.Writer) (string, error) {
+// The environment variables that config-reading commands take defaults
+// from, so that a container image can run every command: the image sets
+// the first, and a container that must listen on all its interfaces with
+// a file written for loopback sets the second.
+const (
+	envConfig   = "MQTT_JWT_PROXY_CONFIG"
+	envBindHost = "MQTT_JWT_PROXY_BIND_HOST"
+)
+
+// configSource is where serve and check take their configuration from.
+type configSource struct {
+	path     string // -config
+	bindHost string // -bind-host; empty keeps the file's binds
+}
+
+// load reads, validates and rebinds the configuration; reloads call it
+// again, so that the running binds and the reloaded ones agree.
+func (s configSource) load() (*configs.File, error) {
+	cfg, err := configs.Load(s.path)
+	if err != nil {
+		return nil, err
+	}
+	if s.bindHost != "" {
+		if err := cfg.SetBindHost(s.bindHost); err != nil {
+			return nil, fmt.Errorf("config %s with -bind-host %s: %w", s.path, s.bindHost, err)
+		}
+	}
+	return cfg, nil
+}
+
+// configFlags parses the flags serve and check share.
+func configFlags(name string, args []string, stderr io.Writer) (configSource, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	path := fs.String("config", "", "configuration file (YAML)")
+	var src configSource
+	path := configFlag(fs)
+	fs.StringVar(&src.bindHost, "bind-host", os.Getenv(envBindHost),
+		"listen on this `IP` instead of the host of every listeners[].bind and metrics.bind, such as 0.0.0.0 in a container ($"+envBindHost+" by default)")
 	if err := parseFlags(fs, args, 0); err != nil {
-		return "", err
+		return configSource{}, err
 	}
-	if *path == "" {
-		fmt.Fprintf(stderr, "%s: -config FILE is required\n", name)
-		return "", errUsage
+	if err := requireConfig(fs, *path); err != nil {
+		return configSource{}, err
 	}
-	return *path, nil
+	src.path = *path
+	return src, nil
+}
+
+// configFlag defines -config on fs, with $MQTT_JWT_PROXY_CONFIG as its
+// default.
+func configFlag(fs *flag.FlagSet) *string {
+	return fs.String("config", os.Getenv(envConfig), "configuration `FILE` (YAML) ($"+envConfig+" by default)")
+}
+
+// requireConfig says that -config is missing when path is empty.
+func requireConfig(fs *flag.FlagSet, path string) error {
+	if path == "" {
+		fmt.Fprintf(fs.Output(), "%s: -config FILE (or $%s) is required\n", fs.Name(), envConfig)
+		return errUsage
+	}
+	return nil
 }
 
 func buildVersion() string {

@@ -95,7 +95,7 @@ func TestUsage(t *testing.T) {
 	if code := run(context.Background(), []string{"frobnicate"}, &out, &errOut); code != 2 {
 		t.Errorf("unknown command exited %d, want 2", code)
 	}
-	if code := run(context.Background(), []string{"check"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "-config FILE is required") {
+	if code := run(context.Background(), []string{"check"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "-config FILE (or $MQTT_JWT_PROXY_CONFIG) is required") {
 		t.Errorf("check without -config exited %d: %q", code, errOut.String())
 	}
 	out.Reset()

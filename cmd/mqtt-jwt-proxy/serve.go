@@ -24,11 +24,12 @@ import (
 )
 
 func checkCommand(args []string, stdout, stderr io.Writer) error {
-	path, err := configFlag("check", args, stderr)
+	src, err := configFlags("check", args, stderr)
 	if err != nil {
 		return err
 	}
-	cfg, err := configs.Load(path)
+	path := src.path
+	cfg, err := src.load()
 	if err != nil {
 		return err
 	}
@@ -51,11 +52,12 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	path, err := configFlag("serve", args, stderr)
+	src, err := configFlags("serve", args, stderr)
 	if err != nil {
 		return err
 	}
-	cfg, err := configs.Load(path)
+	path := src.path
+	cfg, err := src.load()
 	if err != nil {
 		return err
 	}
@@ -130,7 +132,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		select {
 		case <-hup:
 			certs.reload(logger)
-			if next, nextChain, err := reload(path, cfg, chain, p, logger); err != nil {
+			if next, nextChain, err := reload(src, cfg, chain, p, logger); err != nil {
 				logger.Error("reload rejected; the running configuration stays in force", zap.String("config", path), zap.Error(err))
 			} else {
 				// Verifications that began before the swap may still use
@@ -167,8 +169,9 @@ var restartOnly = map[string]bool{"listeners": true, "upstream": true, "metrics"
 // metrics endpoint and the log stay as they started; a change there is
 // logged, key by key, and needs a restart. Nothing changes when the new
 // file is invalid.
-func reload(path string, running *configs.File, runningChain *authn.Chain, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
-	cfg, err := configs.Load(path)
+func reload(src configSource, running *configs.File, runningChain *authn.Chain, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
+	path := src.path
+	cfg, err := src.load()
 	if err != nil {
 		return nil, nil, err
 	}

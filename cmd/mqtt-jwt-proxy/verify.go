@@ -39,7 +39,7 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 			"password, and says which one accepted or why it was refused. TOKEN - reads stdin.\n")
 		flags.PrintDefaults()
 	}
-	configPath := flags.String("config", "", "configuration file (YAML)")
+	configPath := configFlag(flags)
 	clientID := flags.String("client-id", "", "the CONNECT's client ID, for ${clientid} in verify_claims")
 	username := flags.String("username", "", "the CONNECT's user name (default: none, or TOKEN when an authenticator reads from: username)")
 	certCN := flags.String("cert-common-name", "", "as if the client presented a TLS certificate the listener verified, with this common name, for ${cert_common_name} and certificate authenticators")
@@ -49,7 +49,7 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		return err
 	}
 	if *configPath == "" || flags.NArg() != 1 {
-		fmt.Fprintln(stderr, "verify: -config FILE and TOKEN (or - to read it from stdin) are required")
+		fmt.Fprintf(stderr, "verify: -config FILE (or $%s) and TOKEN (or - to read it from stdin) are required\n", envConfig)
 		return errUsage
 	}
 	switch {
