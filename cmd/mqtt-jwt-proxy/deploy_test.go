@@ -406,3 +406,28 @@ func connackCode(t *testing.T, addr, token string) byte {
 	}
 	return ack[3]
 }
+
+// TestLicense: LICENSE is the Apache License 2.0 word for word, as the
+// Prometheus client library (a dependency) ships it, with the appendix's
+// copyright line filled in.
+func TestLicense(t *testing.T) {
+	got, err := os.ReadFile("../../LICENSE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/prometheus/client_golang").Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	standard, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(dir)), "LICENSE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Replace(standard, []byte("Copyright [yyyy] [name of copyright owner]"), []byte("Copyright 2026 The mqtt-jwt-proxy Authors"), 1)
+	if bytes.Equal(want, standard) {
+		t.Fatal("the reference text has no copyright placeholder to fill in")
+	}
+	if !bytes.Equal(got, want) {
+		t.Error("LICENSE is not the Apache License 2.0 with the copyright line for The mqtt-jwt-proxy Authors")
+	}
+}
