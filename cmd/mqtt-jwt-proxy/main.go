@@ -41,20 +41,30 @@ func main() {
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 
-const usage = `usage:
-  mqtt-jwt-proxy [serve] -config FILE   run the proxy
-  mqtt-jwt-proxy check -config FILE     validate a configuration and exit
-  mqtt-jwt-proxy version                print the version
-  mqtt-jwt-proxy token [flags]          mint a test token (token -h lists the flags)
-  mqtt-jwt-proxy keygen [flags]         write a key pair and a JWKS file
+const usage = `mqtt-jwt-proxy checks the JWT in each MQTT client's CONNECT and connects
+accepted clients through to the broker.
+
+usage:
+  mqtt-jwt-proxy [serve] -config FILE       run the proxy
+  mqtt-jwt-proxy check -config FILE         validate a configuration and exit
+  mqtt-jwt-proxy version                    print the version
+  mqtt-jwt-proxy token [flags]              mint a test token
+  mqtt-jwt-proxy keygen [flags]             write a key pair and a JWKS file
   mqtt-jwt-proxy verify -config FILE TOKEN  say which authenticator accepts TOKEN, or why not
+  mqtt-jwt-proxy help                       print this
+
+Run 'mqtt-jwt-proxy COMMAND -h' for a command's flags.
 `
 
 // run is main without the process: it returns the exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cmd := "serve"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+	switch {
+	case len(args) > 0 && !strings.HasPrefix(args[0], "-"):
 		cmd, args = args[0], args[1:]
+	case len(args) > 0 && isHelpFlag(args[0]):
+		// Without a command, -h is about the commands, not serve's flags.
+		cmd = "help"
 	}
 	var err error
 	switch cmd {
@@ -73,7 +83,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "help":
 		fmt.Fprint(stdout, usage)
 	default:
-		fmt.Fprintf(stderr, "mqtt-jwt-proxy: unknown command %q\n%s", cmd, usage)
+		fmt.Fprintf(stderr, "mqtt-jwt-proxy: unknown command %q\nRun 'mqtt-jwt-proxy help' for the commands.\n", cmd)
 		return 2
 	}
 	switch {
@@ -89,9 +99,60 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// errUsage is returned when the flags were wrong; the flag package has
-// already said why.
+// errUsage is returned when the flags were wrong; usageError has already
+// said why.
 var errUsage = errors.New("usage")
+
+// isHelpFlag reports whether arg asks for help, as the flag package reads it.
+func isHelpFlag(arg string) bool {
+	switch arg {
+	case "-h", "-help", "--h", "--help":
+		return true
+	}
+	return false
+}
+
+// newFlagSet returns the flag set of command name, whose -h prints
+// "usage: mqtt-jwt-proxy NAME SYNOPSIS", what the command does, and its
+// flags.
+func newFlagSet(name, synopsis, description string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: mqtt-jwt-proxy %s %s\n%s\n", name, synopsis, description)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args into fs and allows at most maxArgs positional
+// arguments. Every problem is reported by usageError.
+func parseFlags(fs *flag.FlagSet, args []string, maxArgs int) error {
+	// The flag package prints its errors without the command's name, and
+	// all of the usage after them; they are printed by usageError instead.
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fs.Usage()
+		return err
+	case err != nil:
+		return usageError(fs, "%v", err)
+	case fs.NArg() > maxArgs:
+		return usageError(fs, "unexpected arguments: %s", strings.Join(fs.Args()[maxArgs:], " "))
+	}
+	return nil
+}
+
+// usageError prints what is wrong with the command line of fs's command,
+// in the form every error of the command takes ("mqtt-jwt-proxy NAME:
+// ..."), and where its usage is; it returns errUsage.
+func usageError(fs *flag.FlagSet, format string, args ...any) error {
+	fmt.Fprintf(fs.Output(), "mqtt-jwt-proxy %s: %s\nRun 'mqtt-jwt-proxy %s -h' for usage.\n", fs.Name(), fmt.Sprintf(format, args...), fs.Name())
+	return errUsage
+}
 
 // The environment variables that config-reading commands take defaults
 // from, so that a container image can run every command: the image sets
@@ -124,9 +185,8 @@ func (s configSource) load() (*configs.File, error) {
 }
 
 // configFlags parses the flags serve and check share.
-func configFlags(name string, args []string, stderr io.Writer) (configSource, error) {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func configFlags(name, description string, args []string, stderr io.Writer) (configSource, error) {
+	fs := newFlagSet(name, "-config FILE [-bind-host IP]", description, stderr)
 	var src configSource
 	path := configFlag(fs)
 	fs.StringVar(&src.bindHost, "bind-host", os.Getenv(envBindHost),
@@ -134,8 +194,8 @@ func configFlags(name string, args []string, stderr io.Writer) (configSource, er
 	if err := parseFlags(fs, args, 0); err != nil {
 		return configSource{}, err
 	}
-	if err := requireConfig(fs, *path); err != nil {
-		return configSource{}, err
+	if *path == "" {
+		return configSource{}, usageError(fs, "-config FILE (or $%s) is required", envConfig)
 	}
 	src.path = *path
 	return src, nil
@@ -145,15 +205,6 @@ func configFlags(name string, args []string, stderr io.Writer) (configSource, er
 // default.
 func configFlag(fs *flag.FlagSet) *string {
 	return fs.String("config", os.Getenv(envConfig), "configuration `FILE` (YAML) ($"+envConfig+" by default)")
-}
-
-// requireConfig says that -config is missing when path is empty.
-func requireConfig(fs *flag.FlagSet, path string) error {
-	if path == "" {
-		fmt.Fprintf(fs.Output(), "%s: -config FILE (or $%s) is required\n", fs.Name(), envConfig)
-		return errUsage
-	}
-	return nil
 }
 
 func buildVersion() string {

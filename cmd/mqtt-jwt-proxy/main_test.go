@@ -104,6 +104,77 @@ func TestUsage(t *testing.T) {
 	}
 }
 
+// TestHelp: -h without a command lists every command, one line each, and
+// says how to get a command's flags; each command's -h gives its own.
+func TestHelp(t *testing.T) {
+	t.Setenv("MQTT_JWT_PROXY_CONFIG", "")
+	commands := []string{"serve", "check", "version", "token", "keygen", "verify", "help"}
+	for _, args := range [][]string{{"-h"}, {"-help"}, {"help"}} {
+		code, stdout, stderr := runCommand(t, args...)
+		if code != 0 {
+			t.Errorf("%s exited %d, want 0 (stderr %q)", args[0], code, stderr)
+		}
+		for _, cmd := range commands {
+			listed := 0
+			for line := range strings.Lines(stdout) {
+				if strings.HasPrefix(line, "  mqtt-jwt-proxy "+cmd+" ") || strings.HasPrefix(line, "  mqtt-jwt-proxy ["+cmd+"] ") {
+					listed++
+				}
+			}
+			if listed != 1 {
+				t.Errorf("%s lists %s on %d lines, want 1:\n%s", args[0], cmd, listed, stdout)
+			}
+		}
+		if !strings.Contains(stdout, "mqtt-jwt-proxy COMMAND -h") {
+			t.Errorf("%s does not say how to get a command's flags:\n%s", args[0], stdout)
+		}
+	}
+	for _, cmd := range commands[:len(commands)-1] {
+		if cmd == "version" {
+			continue // no flags
+		}
+		code, _, stderr := runCommand(t, cmd, "-h")
+		if code != 0 || !strings.HasPrefix(stderr, "usage: mqtt-jwt-proxy "+cmd+" ") || !strings.Contains(stderr, "\n  -") {
+			t.Errorf("%s -h exited %d and printed %q, want its usage and flags", cmd, code, stderr)
+		}
+	}
+}
+
+// TestErrorPrefix: every error a command prints, from its flags or from
+// its work, starts "mqtt-jwt-proxy COMMAND: ".
+func TestErrorPrefix(t *testing.T) {
+	t.Setenv("MQTT_JWT_PROXY_CONFIG", "")
+	missing := filepath.Join(t.TempDir(), "missing.yaml")
+	tests := []struct {
+		args     []string
+		wantCode int
+	}{
+		{[]string{"check"}, 2},
+		{[]string{"check", "-config", missing}, 1},
+		{[]string{"serve", "-config", missing, "extra"}, 2},
+		{[]string{"-config", missing}, 1},
+		{[]string{"token", "-x"}, 2},
+		{[]string{"token", "-ttl", "-1h", "-secret", "s"}, 1},
+		{[]string{"keygen", "extra"}, 2},
+		{[]string{"keygen", "-bits", "2048"}, 1},
+		{[]string{"verify"}, 2},
+		{[]string{"verify", "-config", missing, "-from", "cookie", "TOKEN"}, 2},
+		{[]string{"verify", "-config", missing, "TOKEN"}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			cmd := "serve"
+			if !strings.HasPrefix(tt.args[0], "-") {
+				cmd = tt.args[0]
+			}
+			code, _, stderr := runCommand(t, tt.args...)
+			if code != tt.wantCode || !strings.HasPrefix(stderr, "mqtt-jwt-proxy "+cmd+": ") {
+				t.Errorf("exited %d with %q; want %d and an error starting %q", code, stderr, tt.wantCode, "mqtt-jwt-proxy "+cmd+": ")
+			}
+		})
+	}
+}
+
 // TestServeQuickstart runs the proxy as the README's first command does,
 // on the embedded broker, and connects with the seed documents' tokens.
 func TestServeQuickstart(t *testing.T) {

@@ -24,7 +24,7 @@ import (
 )
 
 func checkCommand(args []string, stdout, stderr io.Writer) error {
-	src, err := configFlags("check", args, stderr)
+	src, err := configFlags("check", "Validates the configuration, parses its keys and secrets, and exits: 0 when valid.", args, stderr)
 	if err != nil {
 		return err
 	}
@@ -52,7 +52,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	src, err := configFlags("serve", args, stderr)
+	src, err := configFlags("serve", "Runs the proxy until SIGINT or SIGTERM; SIGHUP reloads the configuration.", args, stderr)
 	if err != nil {
 		return err
 	}
