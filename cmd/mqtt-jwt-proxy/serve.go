@@ -80,6 +80,30 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
+
+	// Every socket first: a port in use ends the start before the broker
+	// starts or a JWKS endpoint is asked for keys. Until they are served,
+	// the sockets are this function's to close.
+	p := &proxy.Proxy{Logger: logger}
+	listeners, certs, err := openListeners(cfg, p.Listener, logger)
+	if err != nil {
+		return err
+	}
+	adminListener, err := listenAdmin(cfg)
+	if err != nil {
+		closeAll(listeners)
+		return err
+	}
+	served := false
+	defer func() {
+		if !served {
+			closeAll(listeners)
+			if adminListener != nil {
+				adminListener.Close()
+			}
+		}
+	}()
+
 	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger))
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
@@ -97,28 +121,19 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		logger.Info("embedded broker started; it is for trying things out, not for production", zap.String("address", upstream))
 	}
 
-	p := &proxy.Proxy{
-		Upstream:    upstream,
-		Verifier:    chain,
-		Forward:     forward,
-		DialTimeout: cfg.Upstream.DialTimeout.Or(0),
-		Limits:      proxyLimits(cfg),
-		Logger:      logger,
-	}
+	p.Upstream = upstream
+	p.Verifier = chain
+	p.Forward = forward
+	p.DialTimeout = cfg.Upstream.DialTimeout.Or(0)
+	p.Limits = proxyLimits(cfg)
 	if err := upstreamTransport(cfg.Upstream, upstream, p); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	var chains atomic.Pointer[authn.Chain] // the chain in force, for the admin endpoint
 	chains.Store(chain)
-	admin, err := startAdmin(cfg, p, func() []authn.KeySetStatus { return chains.Load().Status() }, logger)
-	if err != nil {
-		return err
-	}
+	admin := startAdmin(adminListener, cfg, p, func() []authn.KeySetStatus { return chains.Load().Status() }, logger)
 	defer admin.Close()
-	listeners, certs, err := openListeners(cfg, p.Listener, logger)
-	if err != nil {
-		return err
-	}
+	served = true
 
 	errc := make(chan error, len(listeners))
 	for i, ln := range listeners {
