@@ -182,7 +182,7 @@ func buildJWKSProvider(name string, cfg configs.Authenticator, o *options) (*jwk
 		now:       o.now,
 		logger:    logger,
 
-		refreshInterval:    max(cfg.RefreshInterval.Or(defaultJWKSRefreshInterval), minJWKSRefreshInterval),
+		refreshInterval:    jwksRefreshInterval(cfg),
 		minRefreshInterval: cfg.MinRefreshInterval.Or(defaultJWKSMinRefreshInterval),
 		maxFailCount:       maxFailCount,
 		maxStale:           time.Duration(cfg.MaxStale),
@@ -191,6 +191,12 @@ func buildJWKSProvider(name string, cfg configs.Authenticator, o *options) (*jwk
 		ctx:    ctx,
 		cancel: cancel,
 	}, nil
+}
+
+// jwksRefreshInterval is cfg's refresh_interval as it applies: the default
+// when not set, and never under minJWKSRefreshInterval (Warnings says so).
+func jwksRefreshInterval(cfg configs.Authenticator) time.Duration {
+	return max(cfg.RefreshInterval.Or(defaultJWKSRefreshInterval), minJWKSRefreshInterval)
 }
 
 // jwksHTTPClient returns the client for JWKS fetches: the one given with

@@ -129,7 +129,7 @@ type Authenticator struct {
 	// never from an https endpoint to an http URL.
 	Endpoint string `yaml:"endpoint"`
 	// RefreshInterval is the JWKS refresh period. Zero means 300s; values
-	// under 10s are raised to 10s, as EMQX does.
+	// under 10s are raised to 10s, as EMQX does, with a warning.
 	RefreshInterval Duration `yaml:"refresh_interval"`
 	// MinRefreshInterval bounds refetches triggered by an unknown kid.
 	// Zero means 10s.

@@ -5,8 +5,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -404,5 +407,62 @@ limits:
 		if v.Field(i).IsZero() {
 			t.Errorf("the test leaves proxy.Limits.%s unset: add its key above", v.Type().Field(i).Name)
 		}
+	}
+}
+
+// TestConfigWarnings: serve logs each warning about the configuration at
+// start, as a warning with its values, and check prints the same.
+func TestConfigWarnings(t *testing.T) {
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no keys here", http.StatusServiceUnavailable)
+	}))
+	defer jwks.Close()
+	tests := []struct {
+		name           string
+		authentication string
+		message        string
+		fields         map[string]any
+	}{
+		{"refresh_interval raised", `{mechanism: jwt, use_jwks: true, endpoint: "` + jwks.URL + `", refresh_interval: 2s}`,
+			"refresh_interval is under the minimum, which is used instead", map[string]any{"configured": "2s", "effective": "10s"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			config := "listeners: [{name: tcp, bind: \"127.0.0.1:0\"}]\nupstream: {address: embedded}\nauthentication:\n  - " +
+				tt.authentication + "\nlog: {format: json}\n"
+			lines, stop := serveInProcess(t, config)
+			var logged map[string]any // the warning, at start: before serve listens
+			for line := range lines {
+				if line["msg"] == tt.message {
+					logged = line
+				}
+				if line["msg"] == "listening" {
+					break
+				}
+			}
+			stop()
+			if logged["level"] != "warn" || logged["authenticator"] != "jwt" {
+				t.Errorf("serve logged %v, want a warning about authenticator jwt", logged)
+			}
+			for key, want := range tt.fields {
+				if logged[key] != want {
+					t.Errorf("serve logged %s=%v, want %v", key, logged[key], want)
+				}
+			}
+
+			path := filepath.Join(t.TempDir(), "config.yaml")
+			if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			code, _, stderr := runCommand(t, "check", "-config", path)
+			if code != 0 || !strings.Contains(stderr, "warn\t"+tt.message) {
+				t.Errorf("check exited %d and said %q, want 0 and the warning %q", code, stderr, tt.message)
+			}
+			for key, want := range tt.fields {
+				if field := fmt.Sprintf("%q: %q", key, want); !strings.Contains(stderr, field) {
+					t.Errorf("check said %q, want %s in it", stderr, field)
+				}
+			}
+		})
 	}
 }

@@ -41,6 +41,7 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	chain.Close()
+	logWarnings(cfg, checkLogger(stderr))
 	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d authenticators)\n", path, len(cfg.Listeners), len(cfg.Authentication))
 	return nil
 }
@@ -70,6 +71,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
+	logWarnings(cfg, logger)
 	for _, a := range cfg.Authentication {
 		if a.UsesExampleSecret() {
 			logger.Warn("authenticator uses a secret published in documentation; anyone can mint tokens for it",
@@ -216,7 +218,24 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 	}
 	p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
+	logWarnings(cfg, logger)
 	return cfg, chain, nil
+}
+
+// logWarnings logs what cfg does that is unsafe or not applied as written:
+// serve at start and at each reload, check before its verdict.
+func logWarnings(cfg *configs.File, logger *zap.Logger) {
+	for _, w := range authn.Warnings(cfg.Authentication) {
+		logger.Warn(w.Message, append([]zap.Field{zap.String("authenticator", w.Authenticator)}, w.Fields...)...)
+	}
+}
+
+// checkLogger writes check's warnings to stderr as serve's console log
+// would, without the time.
+func checkLogger(stderr io.Writer) *zap.Logger {
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.TimeKey = ""
+	return zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(encCfg), zapcore.AddSync(stderr), zapcore.WarnLevel))
 }
 
 // The log goes out at most every logFlushInterval, or when logBufferSize
