@@ -3,6 +3,7 @@ package authn
 import (
 	"time"
 
+	"github.com/lestrrat-go/jwx/v2/jwa"
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
@@ -33,6 +34,13 @@ func Warnings(auths []configs.Authenticator) []Warning {
 		warn := func(message string, fields ...zap.Field) {
 			warnings = append(warnings, Warning{Authenticator: name, Message: message, Fields: fields})
 		}
+		if cfg.UsesExampleSecret() {
+			warn("authenticator uses a secret published in documentation; anyone can mint tokens for it")
+		}
+		if short, n := shortFor(cfg); len(short) > 0 {
+			warn("HMAC secret is shorter than the hash output of algorithms it verifies (RFC 7518 section 3.2: 32 bytes for HS256, 48 for HS384, 64 for HS512)",
+				zap.Int("secret_bytes", n), zap.Stringers("short_for", short))
+		}
 		configured, effective := time.Duration(cfg.RefreshInterval), jwksRefreshInterval(cfg)
 		if cfg.UseJWKS && configured != 0 && configured != effective {
 			warn("refresh_interval is under the minimum, which is used instead",
@@ -40,4 +48,23 @@ func Warnings(auths []configs.Authenticator) []Warning {
 		}
 	}
 	return warnings
+}
+
+// shortFor returns the HMAC algorithms that cfg's secret, of n bytes, is
+// too short for: RFC 7518 section 3.2 requires a key at least as long as
+// the hash output. A secret New would refuse is New's to report.
+func shortFor(cfg configs.Authenticator) (algs []jwa.SignatureAlgorithm, n int) {
+	if cfg.UseJWKS || cfg.Algorithm != "hmac-based" {
+		return nil, 0
+	}
+	secret, err := hmacSecret(cfg)
+	if err != nil {
+		return nil, 0
+	}
+	for _, alg := range hmacAlgorithms {
+		if len(secret) < hashFor(alg).Size() {
+			algs = append(algs, alg)
+		}
+	}
+	return algs, len(secret)
 }

@@ -20,7 +20,7 @@ import (
 
 // ExampleSecrets are HMAC secrets published in documentation (EMQX's
 // defaults and examples). They are fine for a first try and wrong anywhere
-// else; the proxy logs a warning when one is configured.
+// else; serve and check warn when one is configured.
 var ExampleSecrets = []string{"secret", "emqxsecret"}
 
 // Load reads the file at path and returns it decoded and validated.

@@ -107,7 +107,9 @@ type Authenticator struct {
 
 	// Secret is the HMAC key. Exactly one of Secret, SecretEnv and
 	// SecretFile is required in hmac-based mode; Load resolves the other
-	// two into Secret.
+	// two into Secret. A key shorter than 64 bytes, the hash output of
+	// HS512 (48 for HS384, 32 for HS256), works with a warning (RFC 7518
+	// section 3.2), as does one published in documentation.
 	Secret string `yaml:"secret"`
 	// SecretEnv names an environment variable holding the HMAC key.
 	SecretEnv string `yaml:"secret_env"`

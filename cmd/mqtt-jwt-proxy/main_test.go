@@ -425,6 +425,11 @@ func TestConfigWarnings(t *testing.T) {
 	}{
 		{"refresh_interval raised", `{mechanism: jwt, use_jwks: true, endpoint: "` + jwks.URL + `", refresh_interval: 2s}`,
 			"refresh_interval is under the minimum, which is used instead", map[string]any{"configured": "2s", "effective": "10s"}},
+		{"secret from documentation", `{mechanism: jwt, algorithm: hmac-based, secret: "secret"}`,
+			"authenticator uses a secret published in documentation; anyone can mint tokens for it", nil},
+		{"secret shorter than the hash", `{mechanism: jwt, algorithm: hmac-based, secret: "` + strings.Repeat("k", 40) + `"}`,
+			"HMAC secret is shorter than the hash output of algorithms it verifies (RFC 7518 section 3.2: 32 bytes for HS256, 48 for HS384, 64 for HS512)",
+			map[string]any{"secret_bytes": float64(40)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -459,7 +464,8 @@ func TestConfigWarnings(t *testing.T) {
 				t.Errorf("check exited %d and said %q, want 0 and the warning %q", code, stderr, tt.message)
 			}
 			for key, want := range tt.fields {
-				if field := fmt.Sprintf("%q: %q", key, want); !strings.Contains(stderr, field) {
+				value, _ := json.Marshal(want)
+				if field := fmt.Sprintf("%q: %s", key, value); !strings.Contains(stderr, field) {
 					t.Errorf("check said %q, want %s in it", stderr, field)
 				}
 			}

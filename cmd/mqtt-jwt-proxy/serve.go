@@ -72,12 +72,6 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 
 	logWarnings(cfg, logger)
-	for _, a := range cfg.Authentication {
-		if a.UsesExampleSecret() {
-			logger.Warn("authenticator uses a secret published in documentation; anyone can mint tokens for it",
-				zap.String("authenticator", a.Name))
-		}
-	}
 	forward, err := proxy.NewForward(cfg.Forward)
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
