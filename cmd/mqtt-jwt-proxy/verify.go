@@ -139,6 +139,11 @@ func printExplanation(w io.Writer, steps []authn.Step) authn.RefuseReason {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Authenticator, s.Outcome, reason, detail)
 	}
 	tw.Flush()
+	for _, s := range steps {
+		if hint := authn.HintOf(s.Err); hint != "" {
+			fmt.Fprintf(w, "hint (%s): %s\n", s.Authenticator, hint)
+		}
+	}
 
 	decider, reason := decision(steps)
 	if reason == "" {
