@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -200,25 +201,85 @@ func TestListenersOnOnePort(t *testing.T) {
 	}
 }
 
-// TestReadmeReference: the full configuration README gives under
-// "## Configuration" decodes: every key it shows exists and has the type
-// it shows. (Its files, such as certificates, are not here, so the
-// checks that open them fail; those are not what this test is about.)
-func TestReadmeReference(t *testing.T) {
-	readme, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
+// TestDocumentedConfigurations: the configurations the documentation
+// shows decode: every key exists and has the type shown. The full one
+// under "## The whole file" in docs/configuration.md, and README's minimal
+// one under "## Configuration". (Their files, such as certificates, are
+// not here, so the checks that open them fail; those are not what this
+// test is about.)
+func TestDocumentedConfigurations(t *testing.T) {
+	for _, tc := range []struct{ file, heading string }{
+		{"../docs/configuration.md", "## The whole file"},
+		{"../README.md", "## Configuration"},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			doc, err := os.ReadFile(tc.file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, section, ok := strings.Cut(string(doc), "\n"+tc.heading+"\n")
+			_, block, ok2 := strings.Cut(section, "```yaml\n")
+			block, _, ok3 := strings.Cut(block, "```")
+			if !ok || !ok2 || !ok3 || !strings.Contains(block, "listeners:") {
+				t.Fatalf("%s has no yaml block under %s", tc.file, tc.heading)
+			}
+			_, err = Parse([]byte(block))
+			for _, line := range strings.Split(fmt.Sprint(err), "\n") {
+				if strings.Contains(line, "unknown key") || strings.Contains(line, " is not a") {
+					t.Errorf("%s: %s", tc.file, line)
+				}
+			}
+		})
 	}
-	_, section, ok := strings.Cut(string(readme), "\n## Configuration\n")
-	_, block, ok2 := strings.Cut(section, "```yaml\n")
-	block, _, ok3 := strings.Cut(block, "```")
-	if !ok || !ok2 || !ok3 || !strings.Contains(block, "listeners:") {
-		t.Fatal("README has no yaml block under ## Configuration")
+}
+
+// TestSetBindHost: every listener and the admin endpoint move to the given
+// address, keeping their ports, and the result is validated again.
+func TestSetBindHost(t *testing.T) {
+	twoListeners := strings.Replace(minimal, `  - bind: "127.0.0.1:1883"`, "  - bind: \"127.0.0.1:1883\"\n  - bind: \":8883\"", 1) +
+		"metrics: {bind: \"127.0.0.1:9100\"}\n"
+	tests := []struct {
+		name, yaml, host string
+		wantBinds        []string // the listeners', then metrics.bind
+		wantErr          string
+	}{
+		{"all IPv4 interfaces", twoListeners, "0.0.0.0", []string{"0.0.0.0:1883", "0.0.0.0:8883", "0.0.0.0:9100"}, ""},
+		{"all IPv6 interfaces", twoListeners, "::", []string{"[::]:1883", "[::]:8883", "[::]:9100"}, ""},
+		{"not an address", twoListeners, "example.com", nil, `bind host "example.com" is not an IP address`},
+		{"binds that collide once moved", strings.Replace(minimal, `  - bind: "127.0.0.1:1883"`, "  - bind: \"127.0.0.1:1883\"\n  - bind: \"127.0.0.2:1883\"", 1),
+			"0.0.0.0", nil, `listeners[1].bind: "0.0.0.0:1883" takes the port of listeners[0]`},
 	}
-	_, err = Parse([]byte(block))
-	for _, line := range strings.Split(fmt.Sprint(err), "\n") {
-		if strings.Contains(line, "unknown key") || strings.Contains(line, " is not a") {
-			t.Errorf("README's reference configuration: %s", line)
-		}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := Parse([]byte(tt.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			names := []string{}
+			for _, l := range f.Listeners {
+				names = append(names, l.Name)
+			}
+			err = f.SetBindHost(tt.host)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("SetBindHost(%q) = %v, want an error with %q", tt.host, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for i, l := range f.Listeners {
+				got = append(got, l.Bind)
+				if l.Name != names[i] {
+					t.Errorf("listeners[%d] renamed %q, want %q", i, l.Name, names[i])
+				}
+			}
+			got = append(got, f.Metrics.Bind)
+			if !slices.Equal(got, tt.wantBinds) {
+				t.Errorf("binds %q, want %q", got, tt.wantBinds)
+			}
+		})
 	}
 }

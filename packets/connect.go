@@ -1,7 +1,8 @@
 // Package packets reads the first MQTT packet a client sends and writes the
 // CONNACK and DISCONNECT packets a server answers with, for MQTT 3.1, 3.1.1
-// and 5.0. It knows nothing of tokens or sockets: it reads an io.Reader and
-// writes an io.Writer.
+// and 5.0, and for the bridges of brokers, which mark their 3.1 and 3.1.1
+// CONNECT (Connect.Bridge). It knows nothing of tokens or sockets: it reads
+// an io.Reader and writes an io.Writer.
 //
 // Typical usage, with a read deadline already set on conn:
 //
@@ -60,6 +61,10 @@ const (
 	nameMQTT   = "MQTT"
 	nameMQIsdp = "MQIsdp"
 
+	// bridgeFlag is bit 7 of the protocol level, which a broker's bridge
+	// sets (see Connect.Bridge).
+	bridgeFlag = 0x80
+
 	typeConnect    = 1
 	typeConnack    = 2
 	typeDisconnect = 14
@@ -103,9 +108,19 @@ const (
 type Connect struct {
 	// ProtocolName is "MQIsdp" for MQTT 3.1 and "MQTT" for later versions.
 	ProtocolName string
-	// ProtocolVersion is the protocol level: ProtocolV31, ProtocolV311 or
-	// ProtocolV5.
+	// ProtocolVersion is the protocol level without the bridge bit:
+	// ProtocolV31, ProtocolV311 or ProtocolV5.
 	ProtocolVersion byte
+	// Bridge says the client is another broker's bridge: its protocol level
+	// has bit 7 set, 0x83 for MQTT 3.1 and 0x84 for 3.1.1. The bit is no
+	// part of the specification; mosquitto's bridges set it (try_private,
+	// their default), mosquitto and EMQX accept it, and a broker that sees
+	// it keeps the retain flag of the messages it forwards to the bridge
+	// and does not send the bridge its own messages back. MQTT 5 has no
+	// such bit (its bridges ask for both with subscription options), so
+	// Bridge is false for ProtocolV5. Encode sets the bit when Bridge is
+	// set.
+	Bridge bool
 	// CleanStart is Clean Session in MQTT 3.1 and 3.1.1.
 	CleanStart bool
 	// KeepAlive is the keep alive interval in seconds; 0 turns it off.
@@ -327,31 +342,36 @@ func probeVersion(r io.Reader, begun []byte, remaining int) (byte, error) {
 	if err := need(2+nameLen+1, "protocol name"); err != nil {
 		return 0, err
 	}
-	if _, version, err := checkProtocol(probe[2:2+nameLen], probe[2+nameLen]); err == nil {
+	if _, version, _, err := checkProtocol(probe[2:2+nameLen], probe[2+nameLen]); err == nil {
 		return version, nil
 	}
 	return 0, nil
 }
 
 // checkProtocol accepts the protocol name and level pairs this package
-// speaks and returns the name as a constant, so decoding allocates none.
-// A wrong name may be refused outright [MQTT-3.1.2-1]; an unsupported level
-// under an MQTT name is answered with return code 1 or reason code 0x84
-// [MQTT-3.1.2-2], so version is then the level as read (3.1 for MQIsdp),
-// else 0.
-func checkProtocol(name []byte, level byte) (canonicalName string, version byte, err error) {
+// speaks, a 3.1 or 3.1.1 level with bridgeFlag included, and returns the
+// name as a constant, so decoding allocates none, and the level without
+// bridgeFlag. A wrong name may be refused outright [MQTT-3.1.2-1]. An
+// unsupported level under a known name is answered with return code 1
+// [MQTT-3.1.2-2], in the 3.1 CONNACK for MQIsdp and the 3.1.1 one for
+// MQTT, whatever the level (0 and MQTT 5 with bridgeFlag included), as
+// mosquitto answers: version is then ProtocolV31 or ProtocolV311, else 0.
+func checkProtocol(name []byte, level byte) (canonicalName string, version byte, bridge bool, err error) {
+	bridge = level&bridgeFlag != 0
 	switch {
-	case string(name) == nameMQIsdp && level == ProtocolV31:
-		return nameMQIsdp, level, nil
-	case string(name) == nameMQTT && (level == ProtocolV311 || level == ProtocolV5):
-		return nameMQTT, level, nil
+	case string(name) == nameMQIsdp && level&^bridgeFlag == ProtocolV31:
+		return nameMQIsdp, ProtocolV31, bridge, nil
+	case string(name) == nameMQTT && level&^bridgeFlag == ProtocolV311:
+		return nameMQTT, ProtocolV311, bridge, nil
+	case string(name) == nameMQTT && level == ProtocolV5:
+		return nameMQTT, ProtocolV5, false, nil
 	case string(name) == nameMQIsdp:
 		// Not an MQTT 5 client whatever its level: answered as 3.1 is.
-		return "", ProtocolV31, fmt.Errorf("%w: protocol %q level %d [MQTT-3.1.2-2]", ErrUnsupportedVersion, name, level)
+		return "", ProtocolV31, false, fmt.Errorf("%w: protocol %q level 0x%02X [MQTT-3.1.2-2]", ErrUnsupportedVersion, name, level)
 	case string(name) == nameMQTT:
-		return "", level, fmt.Errorf("%w: protocol %q level %d [MQTT-3.1.2-2]", ErrUnsupportedVersion, name, level)
+		return "", ProtocolV311, false, fmt.Errorf("%w: protocol %q level 0x%02X [MQTT-3.1.2-2]", ErrUnsupportedVersion, name, level)
 	default:
-		return "", 0, fmt.Errorf("%w: protocol name %q [MQTT-3.1.2-1]", ErrUnsupportedVersion, name)
+		return "", 0, false, fmt.Errorf("%w: protocol name %q [MQTT-3.1.2-1]", ErrUnsupportedVersion, name)
 	}
 }
 
@@ -366,7 +386,7 @@ func (c *Connect) decode(body []byte) (reservedFlag bool, err error) {
 	if d.err != nil {
 		return false, d.err
 	}
-	c.ProtocolName, c.ProtocolVersion, err = checkProtocol(name, level)
+	c.ProtocolName, c.ProtocolVersion, c.Bridge, err = checkProtocol(name, level)
 	if err != nil {
 		return false, err
 	}

@@ -9,12 +9,18 @@ import (
 // Encode encodes c as a CONNECT packet of its ProtocolVersion, fixed header
 // included: the inverse of ReadConnect, for tests and for rewriting a
 // client's CONNECT before it goes upstream. Flags come from the fields:
-// UsernameFlag, PasswordFlag and WillFlag decide which fields are written.
-// It refuses, with an error wrapping the sentinel ReadConnect would, a
-// Connect that ReadConnect would not accept, and fields too long for the
-// wire.
+// UsernameFlag, PasswordFlag and WillFlag decide which fields are written,
+// Bridge sets bit 7 of the protocol level. It refuses, with an error
+// wrapping the sentinel ReadConnect would, a Connect that ReadConnect would
+// not accept (Bridge on MQTT 5 included), and fields too long for the wire.
 func (c *Connect) Encode() ([]byte, error) {
-	_, _, err := checkProtocol([]byte(c.ProtocolName), c.ProtocolVersion)
+	level := c.level()
+	_, version, _, err := checkProtocol([]byte(c.ProtocolName), level)
+	if err == nil && version != c.ProtocolVersion {
+		// The bit belongs in Bridge: ProtocolVersion 0x84 would come back
+		// from ReadConnect as 4.
+		err = fmt.Errorf("%w: ProtocolVersion 0x%02X has the bridge bit set", ErrUnsupportedVersion, c.ProtocolVersion)
+	}
 	if err == nil {
 		err = c.validate(false)
 	}
@@ -32,7 +38,7 @@ func (c *Connect) Encode() ([]byte, error) {
 	}
 	e := encoder{buf: make([]byte, maxFixedHeaderSize, sizeHint)}
 	e.string(c.ProtocolName, "protocol name")
-	e.byte(c.ProtocolVersion)
+	e.byte(level)
 	e.byte(c.flags())
 	e.uint16(c.KeepAlive)
 	if v5 {
@@ -66,6 +72,15 @@ func (c *Connect) Encode() ([]byte, error) {
 	start := maxFixedHeaderSize - len(header.buf)
 	copy(e.buf[start:], header.buf)
 	return e.buf[start:], nil
+}
+
+// level is the protocol level on the wire: ProtocolVersion, with the
+// bridge bit when Bridge is set.
+func (c *Connect) level() byte {
+	if c.Bridge {
+		return c.ProtocolVersion | bridgeFlag
+	}
+	return c.ProtocolVersion
 }
 
 // flags packs the connect flags (3.1.1 §3.1.2.3, 5.0 §3.1.2.3).

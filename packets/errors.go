@@ -31,10 +31,12 @@ var (
 type Error struct {
 	// Code is the reason code to refuse the client with.
 	Code ReasonCode
-	// Version is the protocol version if it was read before the failure,
-	// else 0. For an unsupported level under a known protocol name it is
-	// that level, so the client gets a 3.1.1-style CONNACK with return
-	// code 1 [MQTT-3.1.2-2].
+	// Version is the protocol version to answer in: the client's (without
+	// the bridge bit) if it was read before the failure, else 0. For an
+	// unsupported level under a known protocol name it is ProtocolV31 for
+	// MQIsdp and ProtocolV311 for MQTT, so the client gets a CONNACK with
+	// return code 1 [MQTT-3.1.2-2], as mosquitto answers; Err names the
+	// level.
 	Version byte
 	// Err is the cause: one of the sentinels of this package, possibly
 	// wrapped with detail.

@@ -57,11 +57,15 @@ const (
 	mqtt311 = "0004 4d515454 04" // "MQTT", level 4
 	mqtt5   = "0004 4d515454 05" // "MQTT", level 5
 	mqisdp  = "0006 4d5149736470 03"
+
+	// The will topic of a mosquitto bridge named edge-1.
+	bridgeWill    = "$SYS/broker/connection/edge-1/state"
+	bridgeWillHex = "2453 59532f62726f6b65722f636f6e6e656374696f6e2f656467652d312f7374617465"
 )
 
 // validCases are CONNECTs ReadConnect accepts. The first ones are
-// captured from real clients: mosquitto_pub 2.0.11 and paho.golang
-// v0.23.0, byte for byte.
+// captured from real clients: mosquitto_pub 2.0.11, paho.golang v0.23.0
+// and mosquitto 2.0.11's bridge, byte for byte.
 var validCases = []connectCase{
 	{
 		name: "mosquitto_pub mqttv31 user and password",
@@ -190,6 +194,41 @@ var validCases = []connectCase{
 			UsernameFlag: true, Username: "bob", PasswordFlag: true, Password: []byte(tokenEMQXSecret)},
 	},
 	{
+		// A bridge of mosquitto 2.0.11 (try_private, its default) with
+		// bridge_protocol_version mqttv311: level 0x84, and the will
+		// mosquitto gives every bridge.
+		name: "mosquitto bridge mqttv311",
+		raw: unhex(
+			"10 4a",               // CONNECT, remaining length 74
+			"0004 4d515454 84",    // "MQTT", level 4 with the bridge bit
+			"ec 003c",             // flags: user name, password, will retain, will QoS 1, will; keep alive 60
+			"0006 656467652d31",   // client id "edge-1"
+			"0023", bridgeWillHex, // will topic "$SYS/broker/connection/edge-1/state"
+			"0001 30",           // will payload "0"
+			"0006 656467652d31", // user name "edge-1"
+			"0006 736563726574", // password "secret"
+		),
+		want: &Connect{ProtocolName: "MQTT", ProtocolVersion: 4, Bridge: true, KeepAlive: 60, ClientID: "edge-1",
+			WillFlag: true, WillQoS: 1, WillRetain: true, WillTopic: bridgeWill, WillPayload: []byte("0"),
+			UsernameFlag: true, Username: "edge-1", PasswordFlag: true, Password: []byte("secret")},
+	},
+	{
+		name: "mosquitto bridge mqttv31",
+		raw: unhex(
+			"10 4c",                // CONNECT, remaining length 76
+			"0006 4d5149736470 83", // "MQIsdp", level 3 with the bridge bit
+			"ec 003c",              // flags: user name, password, will retain, will QoS 1, will; keep alive 60
+			"0006 656467652d31",    // client id "edge-1"
+			"0023", bridgeWillHex,  // will topic "$SYS/broker/connection/edge-1/state"
+			"0001 30",           // will payload "0"
+			"0006 656467652d31", // user name "edge-1"
+			"0006 736563726574", // password "secret"
+		),
+		want: &Connect{ProtocolName: "MQIsdp", ProtocolVersion: 3, Bridge: true, KeepAlive: 60, ClientID: "edge-1",
+			WillFlag: true, WillQoS: 1, WillRetain: true, WillTopic: bridgeWill, WillPayload: []byte("0"),
+			UsernameFlag: true, Username: "edge-1", PasswordFlag: true, Password: []byte("secret")},
+	},
+	{
 		name: "mqttv311 empty client id, no flags",
 		raw:  connectPacket(mqtt311, "00 0000", "0000"),
 		want: &Connect{ProtocolName: "MQTT", ProtocolVersion: 4},
@@ -274,15 +313,44 @@ var invalidCases = []connectCase{
 		raw:     connectPacket("0010 4d515454 05"),
 		wantErr: ErrMalformed, wantCode: MalformedPacket,
 	},
+	// An unsupported level under MQTT gets the 3.1.1 CONNACK with return
+	// code 1, whatever the level, as mosquitto 2.0.11 answers each of them.
+	{
+		name:    "level 0 under MQTT",
+		raw:     connectPacket("0004 4d515454 00", "02 003c 0000"),
+		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 4,
+	},
 	{
 		name:    "level 3 under MQTT",
 		raw:     connectPacket("0004 4d515454 03", "02 003c 0000"),
-		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 3,
+		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 4,
 	},
 	{
 		name:    "level 6 under MQTT",
 		raw:     connectPacket("0004 4d515454 06", "02 003c 0000"),
-		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 6,
+		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 4,
+	},
+	{
+		name:    "level 0x80 under MQTT",
+		raw:     connectPacket("0004 4d515454 80", "02 003c 0000"),
+		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 4,
+	},
+	{
+		name:    "bridge level 0x83 under MQTT",
+		raw:     connectPacket("0004 4d515454 83", "02 003c 0000"),
+		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 4,
+	},
+	{
+		// MQTT 5 has no bridge bit: mosquitto takes 0x85 for 5 but then
+		// reads no properties, so it misreads the packet.
+		name:    "bridge level 0x85 under MQTT",
+		raw:     connectPacket("0004 4d515454 85", "02 003c 00 0000"),
+		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 4,
+	},
+	{
+		name:    "level 0xFF under MQTT",
+		raw:     connectPacket("0004 4d515454 ff", "02 003c 0000"),
+		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 4,
 	},
 	{
 		name:    "level 4 under MQIsdp",
@@ -294,6 +362,16 @@ var invalidCases = []connectCase{
 		// 3.1 CONNACK (return code 1), not a five-byte MQTT 5 one.
 		name:    "level 5 under MQIsdp",
 		raw:     connectPacket("0006 4d5149736470 05", "02 003c 0000"),
+		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 3,
+	},
+	{
+		name:    "bridge level 0x84 under MQIsdp",
+		raw:     connectPacket("0006 4d5149736470 84", "02 003c 0000"),
+		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 3,
+	},
+	{
+		name:    "level 0 under MQIsdp",
+		raw:     connectPacket("0006 4d5149736470 00", "02 003c 0000"),
 		wantErr: ErrUnsupportedVersion, wantCode: UnsupportedProtocolVersion, wantVersion: 3,
 	},
 	{
@@ -309,6 +387,12 @@ var invalidCases = []connectCase{
 	{
 		name:    "mqttv311 reserved flag",
 		raw:     connectPacket(mqtt311, "03 003c 0000"),
+		wantErr: ErrMalformed, wantCode: MalformedPacket, wantVersion: 4,
+	},
+	{
+		// A bridge is refused in its version's terms: 3.1.1 closes.
+		name:    "mqttv311 bridge reserved flag",
+		raw:     connectPacket("0004 4d515454 84", "03 003c 0000"),
 		wantErr: ErrMalformed, wantCode: MalformedPacket, wantVersion: 4,
 	},
 	{
@@ -469,6 +553,11 @@ var invalidCases = []connectCase{
 		name:    "mqttv311 over a small limit",
 		raw:     connectPacket(mqtt311, "02 003c", "0010 30313233343536373839616263646566"),
 		maxSize: 20,
+		wantErr: ErrTooLarge, wantCode: PacketTooLarge, wantVersion: 4,
+	},
+	{
+		name:    "mqttv311 bridge over the limit",
+		raw:     unhex("10 ffff7f", "0004 4d515454 84"),
 		wantErr: ErrTooLarge, wantCode: PacketTooLarge, wantVersion: 4,
 	},
 	{

@@ -28,9 +28,12 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 // FuzzReadConnect checks, for any input: no panic; nothing read past the
 // limit beyond the fixed header and version probe; every refusal an *Error
-// wrapping exactly one sentinel with its code, or an end of input; every
-// accepted packet read exactly, re-encoded and re-read to an equal Connect,
-// and for MQTT 5 decoded alike by paho.
+// wrapping exactly one sentinel with its code, in a version a CONNACK
+// exists for (or 0), or an end of input; every accepted packet read
+// exactly, its level and bridge bit as on the wire, re-encoded and re-read
+// to an equal Connect, and for MQTT 5 decoded alike by paho. Paho speaks
+// MQTT 5 only: 3.1, 3.1.1 and bridges rest on the round trip and on the
+// fixtures, captured from real clients and bridges.
 func FuzzReadConnect(f *testing.F) {
 	for _, tc := range allCases() {
 		f.Add(tc.raw)
@@ -60,6 +63,9 @@ func FuzzReadConnect(f *testing.F) {
 			if matched != 1 {
 				t.Errorf("%v wraps %d sentinels, want 1", err, matched)
 			}
+			if v := perr.Version; v != 0 && v != ProtocolV31 && v != ProtocolV311 && v != ProtocolV5 {
+				t.Errorf("%v with Version 0x%02X, want 0 or a version this package speaks", err, v)
+			}
 		case !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF):
 			t.Errorf("error %v from a bytes.Reader, want an end of input", err)
 		}
@@ -70,6 +76,11 @@ func checkAccepted(t *testing.T, c *Connect, data []byte, read, limit int) {
 	t.Helper()
 	if read != len(c.Raw) || len(c.Raw) > limit || !bytes.Equal(c.Raw, data[:read]) {
 		t.Fatalf("read %d bytes, Raw is %d bytes, limit %d", read, len(c.Raw), limit)
+	}
+	// The protocol level is the version, with bit 7 exactly for a bridge.
+	level := data[headerLen(data)+2+len(c.ProtocolName)]
+	if level&^0x80 != c.ProtocolVersion || c.Bridge != (level&0x80 != 0) || c.Bridge && c.ProtocolVersion == ProtocolV5 {
+		t.Fatalf("level 0x%02X read as version %d, bridge %t", level, c.ProtocolVersion, c.Bridge)
 	}
 	raw, err := c.Encode()
 	if err != nil {

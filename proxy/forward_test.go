@@ -144,7 +144,11 @@ func TestForwardConnect(t *testing.T) {
 	for _, v := range []struct {
 		name    string
 		version byte
-	}{{"v3.1", packets.ProtocolV31}, {"v3.1.1", packets.ProtocolV311}, {"v5", packets.ProtocolV5}} {
+		bridge  bool
+	}{
+		{"v3.1", packets.ProtocolV31, false}, {"v3.1.1", packets.ProtocolV311, false}, {"v5", packets.ProtocolV5, false},
+		{"v3.1 bridge", packets.ProtocolV31, true}, {"v3.1.1 bridge", packets.ProtocolV311, true},
+	} {
 		version := v.version
 		for _, tc := range cases {
 			t.Run(v.name+"/"+tc.name, func(t *testing.T) {
@@ -152,7 +156,13 @@ func TestForwardConnect(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				pk := clientConnect(t, version, tc.client)
+				client := func(c *packets.Connect) {
+					c.Bridge = v.bridge
+					if tc.client != nil {
+						tc.client(c)
+					}
+				}
+				pk := clientConnect(t, version, client)
 				req := requestOf(pk)
 				got, _, err := f.connect(pk, &req, claims, newConnLog(zap.NewNop()))
 				if err != nil {
@@ -165,16 +175,19 @@ func TestForwardConnect(t *testing.T) {
 					return
 				}
 				want := clientConnect(t, version, func(c *packets.Connect) {
-					if tc.client != nil {
-						tc.client(c)
-					}
+					client(c)
 					tc.edit(c, version)
 				})
 				if !bytes.Equal(got, want.Raw) {
 					t.Errorf("got  %x\nwant %x", got, want.Raw)
 				}
-				if _, err := packets.ReadConnect(bytes.NewReader(got), 0); err != nil {
-					t.Errorf("the upstream CONNECT is not valid: %v", err)
+				upstream, err := packets.ReadConnect(bytes.NewReader(got), 0)
+				if err != nil {
+					t.Fatalf("the upstream CONNECT is not valid: %v", err)
+				}
+				// A bridge stays one: the broker treats it apart.
+				if upstream.ProtocolVersion != version || upstream.Bridge != v.bridge {
+					t.Errorf("upstream version %d, bridge %t; want %d, %t", upstream.ProtocolVersion, upstream.Bridge, version, v.bridge)
 				}
 			})
 		}

@@ -182,6 +182,9 @@ func TestMalformedFirstPackets(t *testing.T) {
 		{"declared 256 MB, v5", append([]byte{0x10, 0xff, 0xff, 0xff, 0x7f}, v5[2:12]...), []byte{0x20, 0x03, 0x00, 0x95, 0x00}, reasonTooLarge},
 		{"truncated", good[:len(good)-3], nil, reasonConnectTimeout},
 		{"protocol level 6", append(append([]byte{}, good[:8]...), append([]byte{6}, good[9:]...)...), []byte{0x20, 0x02, 0x00, 0x01}, reasonUnsupportedProtocol},
+		{"protocol level 0", append(append([]byte{}, good[:8]...), append([]byte{0}, good[9:]...)...), []byte{0x20, 0x02, 0x00, 0x01}, reasonUnsupportedProtocol},
+		// MQTT 5 has no bridge bit: the 3.1.1 answer to an unknown level.
+		{"protocol level 0x85", append(append([]byte{}, v5[:8]...), append([]byte{0x85}, v5[9:]...)...), []byte{0x20, 0x02, 0x00, 0x01}, reasonUnsupportedProtocol},
 		{"protocol name", append(append([]byte{}, good[:4]...), append([]byte("MQTX"), good[8:]...)...), nil, ""},
 		{"silent client", nil, nil, reasonConnectTimeout},
 		{"closed at once", []byte{}, nil, reasonClientClosed},

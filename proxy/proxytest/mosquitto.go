@@ -20,6 +20,7 @@ import (
 //	Error: Address already in use                  a listener could not bind; it exits
 //	New connection from 127.0.0.1:45788 on port 18831.
 //	New client connected from 127.0.0.1:45804 as mosq-Yukx4A5dFM8SOG2esy (p1, c1, k60, u'alice').
+//	New bridge connected from 127.0.0.1:45810 as edge-1 (p2, c0, k60, u'edge-1').   protocol level with bit 7
 //	Sending CONNACK to 127.0.0.1 (0, 5)            refused v3.1 or v3.1.1 client (not authorised)
 //	Sending CONNACK to 127.0.0.1 (0, 135)          refused v5 client (0x87, not authorized)
 //	Client <unknown> disconnected, not authorised.
@@ -28,6 +29,8 @@ const (
 	logReady         = " running"
 	logPortTaken     = "Address already in use"
 	logNewConnection = "New connection from "
+	logNewClient     = "New client connected from "
+	logNewBridge     = "New bridge connected from "
 )
 
 // Mosquitto is a mosquitto broker process on a free loopback port, started

@@ -1,8 +1,9 @@
 // Package proxytest runs the real parts that end-to-end tests of the proxy
 // need, much as net/http/httptest runs an HTTP server: a mosquitto broker
-// process, the mosquitto_pub and mosquitto_sub clients, an HAProxy in front
-// of the proxy, and a Recorder that stands in for a broker and keeps every
-// byte it receives.
+// process, configured as an edge broker's bridge to another broker if need
+// be (Bridge), the mosquitto_pub and mosquitto_sub clients, an HAProxy in
+// front of the proxy, and a Recorder that stands in for a broker and keeps
+// every byte it receives.
 //
 // Typical usage:
 //

@@ -462,3 +462,36 @@ func TestPubTimeout(t *testing.T) {
 		t.Errorf("first byte the silent server received: %#x, want CONNECT 0x10", got)
 	}
 }
+
+// TestBridgeConfig: an edge mosquitto configured with Bridge connects to
+// the cloud broker as a bridge for MQTT 3.1.1 (protocol level 0x84) and as
+// a plain client for MQTT 5, and relays what is published at the edge.
+func TestBridgeConfig(t *testing.T) {
+	RequireMosquitto(t)
+	VerifyNoLeaks(t)
+	for _, tc := range []struct {
+		version    string
+		wantBridge bool
+	}{
+		{"mqttv311", true},
+		{"mqttv50", false},
+	} {
+		t.Run(tc.version, func(t *testing.T) {
+			cloud := StartMosquitto(t)
+			bridge := Bridge{Address: cloud.Addr, ClientID: "edge-" + tc.version, ProtocolVersion: tc.version, Topics: []string{"up/# out 1"}}
+			edge := StartMosquitto(t, bridge.Config()...)
+			if got := cloud.WaitForClient(t, bridge.ClientID, DefaultTimeout); got != tc.wantBridge {
+				t.Errorf("WaitForClient = %v, want %v\n%s", got, tc.wantBridge, cloud.Log())
+			}
+			// The bridge subscribes nothing at the cloud (direction out), so
+			// once connected it relays at once.
+			sub := StartSub(t, brokerArgs(t, cloud.Addr, "-t", "up/#", "-v")...)
+			if pub := Pub(t, brokerArgs(t, edge.Addr, "-t", "up/1", "-q", "1", "-m", "relayed")...); pub.Err != nil {
+				t.Fatalf("publishing at the edge: %v\n%s", pub.Err, pub.Output)
+			}
+			if got, ok := sub.Next(DefaultTimeout); got != "up/1 relayed" {
+				t.Errorf("cloud subscriber got %q, %v; want the edge's message\n%s", got, ok, edge.Log())
+			}
+		})
+	}
+}

@@ -14,8 +14,8 @@ import (
 // event-driven proxy such as HAProxy does. Both sockets wait in an epoll
 // set shared with other links (a watcher), so an idle link costs its two
 // sockets and this struct: no goroutine, no buffer and no pipe, where two
-// goroutines parked in io.Copy cost two stacks (about 10 KB measured) and
-// two pipes (four descriptors).
+// goroutines parked in io.Copy cost two stacks and two pipes (four
+// descriptors).
 //
 // When a socket becomes readable, the watcher's goroutine moves the bytes
 // itself: one read(2) into the watcher's buffer and one write(2) to the
@@ -240,10 +240,9 @@ func (l *epollLink) readable(i int, closing bool, buf []byte) {
 
 // watcherFullReads is how many full buffers (256 KiB) a flow moves on the
 // watcher in one wake-up before it leaves for a goroutine and splice(2). A
-// burst of a few messages costs less copied than a goroutine's hand-over:
-// 4 KiB messages at saturation went 1.14 times as fast as when the first
-// full buffer handed over (4 full buffers: 1.04), and the bound keeps one
-// flow from holding up the others on its watcher.
+// burst of a few messages costs less copied than a goroutine's hand-over
+// (measured against other bounds in docs/performance.md), and the bound
+// keeps one flow from holding up the others on its watcher.
 const watcherFullReads = 16
 
 // move runs on its own goroutine for flow i: it writes the carried bytes

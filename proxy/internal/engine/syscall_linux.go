@@ -17,11 +17,8 @@ import (
 // calls take that long on some virtual machines) and wakes a thread per
 // call. Worse, a call that tells the scheduler while every processor is
 // idle wakes the monitor thread from its deep sleep, and it then polls
-// every 20 µs until they are idle again: one such call per connection
-// cost 0.8 thread wake-ups per connection and an eighth of the proxy's
-// CPU on the connect benchmark. Measured there: 25% more connections a
-// second for the relay's calls, and 8% more for the rest (accept, the
-// CONNECT's reads, the broker socket's options and close).
+// every 20 µs until they are idle again. What that cost, measured, is in
+// docs/performance.md.
 
 func rawRead(fd int, b []byte) (int, error) {
 	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))

@@ -7,16 +7,16 @@
 # and the broker share the machine's cores, so absolute figures say little
 # about another machine; the ratios, taken in one run, are the result.
 #
-#   bash configs/bench/run.sh                 # about 10 minutes
-#   bash configs/bench/run.sh -quick          # about 2 minutes
-#   bash configs/bench/run.sh -n 5000 -rounds 5 -duration 8 -only 'connect|memory' -out /tmp/bench
+#   bash cmd/mqtt-jwt-bench/bench/run.sh          # about 10 minutes
+#   bash cmd/mqtt-jwt-bench/bench/run.sh -quick   # about 2 minutes
+#   bash cmd/mqtt-jwt-bench/bench/run.sh -n 5000 -rounds 5 -duration 8 -only 'connect|memory' -out /tmp/bench
 #
 # Needs go, mosquitto and haproxy (installed with apt-get when missing and
 # run as root). Uses the loopback ports 18830 to 18834.
 set -euo pipefail
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 Flags:
   -quick         short runs (1 s) and 1,000 held connections: about 2 minutes
@@ -47,8 +47,8 @@ if [ "$quick" = 1 ]; then
   n=1000
 fi
 
-cd "$(dirname "$0")/../.."
-bench_dir=configs/bench
+cd "$(dirname "$0")/../../.."
+bench_dir=cmd/mqtt-jwt-bench/bench
 out=${out:-$(mktemp -d -t mqtt-jwt-bench.XXXXXX)}
 mkdir -p "$out/bin"
 results=$out/results.jsonl
