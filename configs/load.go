@@ -443,6 +443,7 @@ func (f *File) Validate() error {
 		bad("log.format: %q is not one of json, console", f.Log.Format)
 	}
 	errs = append(errs, f.Metrics.validate(f)...)
+	errs = append(errs, f.Tuning.validate()...)
 	return errors.Join(errs...)
 }
 

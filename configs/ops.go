@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 )
 
 // Metrics configures the admin HTTP endpoint: Prometheus metrics on
@@ -38,4 +39,35 @@ func (m Metrics) validate(f *File) []error {
 		}
 	}
 	return errs
+}
+
+// Values of Tuning.Relay.
+const (
+	RelayEpoll    = "epoll"
+	RelayPortable = "portable"
+)
+
+// Tuning picks how the proxy does its work where the default may not
+// suit. It is read once, at start.
+type Tuning struct {
+	// Relay is the engine that carries an authenticated connection's
+	// bytes: epoll (Linux only) keeps both sockets of an idle connection
+	// in an epoll set, with no goroutine or buffer of its own; portable
+	// runs two goroutines per connection that copy through pooled
+	// buffers, on every platform. Empty means epoll on Linux, portable
+	// elsewhere.
+	Relay string `yaml:"relay"`
+}
+
+func (t Tuning) validate() []error {
+	switch t.Relay {
+	case "", RelayPortable:
+	case RelayEpoll:
+		if runtime.GOOS != "linux" {
+			return []error{fmt.Errorf("tuning.relay: %s is Linux-only; use %s", RelayEpoll, RelayPortable)}
+		}
+	default:
+		return []error{fmt.Errorf("tuning.relay: %q is not one of %s, %s", t.Relay, RelayEpoll, RelayPortable)}
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -43,5 +44,29 @@ func TestMetricsSection(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestTuningSection(t *testing.T) {
+	for _, tc := range []struct {
+		section string
+		want    Tuning
+		wantErr string // in the error; empty means valid
+	}{
+		{"", Tuning{}, ""},
+		{"tuning: {relay: portable}\n", Tuning{Relay: RelayPortable}, ""},
+		{"tuning: {relay: epoll}\n", Tuning{Relay: RelayEpoll}, map[bool]string{true: "", false: "tuning.relay: epoll is Linux-only"}[runtime.GOOS == "linux"]},
+		{"tuning: {relay: splice}\n", Tuning{}, `tuning.relay: "splice" is not one of epoll, portable`},
+		{"tuning: {engine: epoll}\n", Tuning{}, "tuning.engine: unknown key"},
+	} {
+		f, err := Parse([]byte(minimal + tc.section))
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("%q: %v", tc.section, err)
+		case tc.wantErr == "" && f.Tuning != tc.want:
+			t.Errorf("%q: tuning = %+v, want %+v", tc.section, f.Tuning, tc.want)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("%q: error %v, want one with %q", tc.section, err, tc.wantErr)
+		}
 	}
 }

@@ -27,6 +27,9 @@ type File struct {
 	// Metrics configures the admin endpoint (metrics, health, pprof);
 	// the zero value serves none.
 	Metrics Metrics `yaml:"metrics"`
+	// Tuning picks how the proxy does its work; the zero value is what
+	// suits the platform.
+	Tuning Tuning `yaml:"tuning"`
 }
 
 // DefaultDrainTimeout is Shutdown.DrainTimeout's zero value.

@@ -21,7 +21,7 @@ func raiseFDLimit(t *testing.T, n int) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &limit); err != nil {
 		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &limit)
 	}
-	if need := uint64(openFDs(t) + n + 500); limit.Cur < need {
+	if need := uint64(openFDs(t) + n + 500); uint64(limit.Cur) < need { // int64 on some systems
 		t.Skipf("the open-file limit (ulimit -n) is %d; the floods need %d: raise it to run them", limit.Cur, need)
 	}
 }

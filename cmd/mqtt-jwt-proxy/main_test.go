@@ -182,11 +182,12 @@ func TestErrorPrefix(t *testing.T) {
 // TestServeQuickstart runs the proxy as the README's first command does,
 // on the embedded broker, and connects with the seed documents' tokens.
 func TestServeQuickstart(t *testing.T) {
-	for _, tc := range []struct{ config, token string }{
-		{"quickstart.yaml", seedToken},
-		{"emqx4-compat.yaml", seedTokenEMQX},
+	for _, tc := range []struct{ name, config, token, extra string }{
+		{"quickstart.yaml", "quickstart.yaml", seedToken, ""},
+		{"emqx4-compat.yaml", "emqx4-compat.yaml", seedTokenEMQX, ""},
+		{"quickstart.yaml, portable relay", "quickstart.yaml", seedToken, "tuning: {relay: portable}\n"},
 	} {
-		t.Run(tc.config, func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			cfg, err := os.ReadFile(filepath.Join("../../configs", tc.config))
 			if err != nil {
 				t.Fatal(err)
@@ -194,7 +195,7 @@ func TestServeQuickstart(t *testing.T) {
 			// Same file, but on a free port, in front of the embedded broker, logging JSON.
 			text := strings.Replace(string(cfg), `"127.0.0.1:1883"`, `"127.0.0.1:0"`, 1)
 			text = strings.Replace(text, `"127.0.0.1:1884"`, "embedded", 1)
-			text = strings.Replace(text, "format: console", "format: json", 1)
+			text = strings.Replace(text, "format: console", "format: json", 1) + tc.extra
 			lines, stop := serveInProcess(t, text)
 			waitForLog(t, lines, "secret published in documentation")
 			addr := waitForLog(t, lines, "listening")["address"].(string)

@@ -80,7 +80,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	// Every socket first: a port in use ends the start before the broker
 	// starts or a JWKS endpoint is asked for keys. Until they are served,
 	// the sockets are this function's to close.
-	p := &proxy.Proxy{Logger: logger}
+	p := &proxy.Proxy{Logger: logger, Relay: proxy.RelayEngine(cfg.Tuning.Relay)}
 	listeners, certs, err := openListeners(cfg, p.Listener, logger)
 	if err != nil {
 		return err
@@ -170,9 +170,9 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	return serveErr
 }
 
-// restartOnly are the sections read once, at start: sockets, the upstream
-// and the logger are not rebuilt by a reload.
-var restartOnly = map[string]bool{"listeners": true, "upstream": true, "metrics": true, "log": true}
+// restartOnly are the sections read once, at start: sockets, the upstream,
+// the logger and the relay engine are not rebuilt by a reload.
+var restartOnly = map[string]bool{"listeners": true, "upstream": true, "metrics": true, "log": true, "tuning": true}
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
@@ -208,7 +208,7 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 	}
 	if len(needRestart) > 0 {
 		logger.Warn("these changes take effect at the next restart; the rest is reloaded", zap.Strings("keys", needRestart))
-		cfg.Listeners, cfg.Upstream, cfg.Metrics, cfg.Log = running.Listeners, running.Upstream, running.Metrics, running.Log
+		cfg.Listeners, cfg.Upstream, cfg.Metrics, cfg.Log, cfg.Tuning = running.Listeners, running.Upstream, running.Metrics, running.Log, running.Tuning
 	}
 	p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
