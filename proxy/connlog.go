@@ -6,9 +6,12 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 )
 
 // connLog writes a connection's log lines: the listener, the client's
@@ -60,4 +63,30 @@ func loggedUsername(username string) string {
 	}
 	sum := sha256.Sum256([]byte(username))
 	return "jwt:" + hex.EncodeToString(sum[:6])
+}
+
+// hintField is a refusal's hint at the client's likely mistake
+// (authn.HintOf), or no field.
+func hintField(err error) zap.Field {
+	if hint := authn.HintOf(err); hint != "" {
+		return zap.String("hint", hint)
+	}
+	return zap.Skip()
+}
+
+// bridgeField marks the lines of a broker's bridge (packets.Connect.Bridge)
+// with bridge: true; other clients' lines go without the field.
+func bridgeField(bridge bool) zap.Field {
+	if !bridge {
+		return zap.Skip()
+	}
+	return zap.Bool("bridge", true)
+}
+
+// expiryField is the token's expiry, or no field for a token without one.
+func expiryField(exp time.Time) zap.Field {
+	if exp.IsZero() {
+		return zap.Skip()
+	}
+	return zap.Time("exp", exp)
 }

@@ -65,15 +65,6 @@ const (
 	DefaultDialTimeout      = 5 * time.Second
 	DefaultConnectTimeout   = 10 * time.Second
 	DefaultHalfCloseTimeout = 10 * time.Second
-
-	// refuseWriteTimeout bounds writing a CONNACK to a client that does not read.
-	refuseWriteTimeout = 5 * time.Second
-	// lingerTimeout and lingerBytes bound how long and how much a refused
-	// client's unread input is drained before the close: closing a socket
-	// with unread data makes the kernel send RST, which can destroy the
-	// CONNACK before the client reads it.
-	lingerTimeout = time.Second
-	lingerBytes   = 64 << 10
 )
 
 // ErrProxyClosed is returned by Serve after Close or Shutdown.
@@ -265,7 +256,7 @@ func (p *Proxy) Close() error {
 	}
 	p.mu.Unlock()
 	for _, s := range open {
-		p.abort(s)
+		p.terminate(s)
 	}
 	p.wg.Wait()
 	p.stopEngine()

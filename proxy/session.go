@@ -20,15 +20,15 @@ type session struct {
 	policy   *policy
 	pending  *list.Element // in Proxy.pending until the CONNECT is decided
 	link     engine.Link   // set once the connection is handed to the engine, which then owns client and upstream
-	aborted  bool          // abort or eviction has begun; no link may start after it
+	aborted  bool          // terminate or eviction has begun; no link may start after it
 	evicted  atomic.Bool   // closed to make room for newer pending connects (aborted too)
 }
 
-// abort ends s at once from outside its own goroutine (Close, token
+// terminate ends s at once from outside its own goroutine (Close, token
 // expiry): its link, once it has one, else its client's connection, which
 // makes serveConn give up. Closing happens outside Proxy.mu: a WebSocket
 // close frame may take a while, and accepting must not wait for it.
-func (p *Proxy) abort(s *session) {
+func (p *Proxy) terminate(s *session) {
 	p.mu.Lock()
 	s.aborted = true
 	link, client := s.link, s.client
@@ -51,10 +51,8 @@ func (p *Proxy) accepted(c net.Conn, name string) (*session, error) {
 		c.Close()
 		return nil, ErrProxyClosed
 	case !ok:
-		p.Metrics.limitHit(kind)
-		p.logger().Info("connection refused by limit", zap.String("listener", name),
-			zap.String("remote", c.RemoteAddr().String()), zap.String("outcome", "refused"), zap.String("reason", kind))
-		c.Close()
+		log := newConnLog(p.logger(), zap.String("listener", name), zap.String("remote", c.RemoteAddr().String()))
+		p.refuse(nil, c, refusedAtAccept(kind), log)
 		return nil, nil
 	}
 	return s, nil

@@ -31,8 +31,8 @@ func (p *Proxy) connectUpstream(s *session, client net.Conn, header, first []byt
 	if err != nil {
 		return err
 	}
-	// Under p.mu, so that abort either finds the link or has marked the
-	// session first. Close aborts every session it finds, and eviction
+	// Under p.mu, so that terminate either finds the link or has marked
+	// the session first. Close aborts every session it finds, and eviction
 	// marks it too, so s.aborted covers them; a Shutdown under way lets
 	// s go on.
 	p.mu.Lock()

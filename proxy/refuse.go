@@ -1,0 +1,234 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+)
+
+// Reasons logged for connections that end before authentication, beside
+// the authn.RefuseReason values and the kinds of limit. They are bounded,
+// for logs and metrics.
+const (
+	reasonConnectTimeout      = "connect_timeout"
+	reasonClientClosed        = "client_closed"
+	reasonReadFailed          = "read_failed"
+	reasonNotConnect          = "not_connect"
+	reasonMalformed           = "malformed_connect"
+	reasonProtocolError       = "protocol_error"
+	reasonUnsupportedProtocol = "unsupported_protocol"
+	reasonTooLarge            = "connect_too_large"
+	reasonUpstreamUnavailable = "upstream_unavailable"
+	reasonInternal            = "internal_error"
+	// reasonTLSHandshake: the TLS handshake failed (no or a wrong client
+	// certificate, an old TLS version, a timeout).
+	reasonTLSHandshake = "tls_handshake_failed"
+	// reasonUntrustedProxyHeader: see transport.ErrUntrustedProxyHeader.
+	reasonUntrustedProxyHeader = "untrusted_proxy_header"
+)
+
+const (
+	// refuseWriteTimeout bounds writing a CONNACK to a client that does not read.
+	refuseWriteTimeout = 5 * time.Second
+	// lingerTimeout and lingerBytes bound how long and how much a refused
+	// client's unread input is drained before the close: closing a socket
+	// with unread data makes the kernel send RST, which can destroy the
+	// CONNACK before the client reads it.
+	lingerTimeout = time.Second
+	lingerBytes   = 64 << 10
+)
+
+// refusal is why a client is turned away, and how: what the metrics count,
+// what the log says and what the client is answered. Proxy.refuse is the
+// one way out for every refused connection.
+type refusal struct {
+	message string // the log line
+	reason  string // its reason field, and the metric's label
+	err     error  // logged, when there is one
+	warn    bool   // logged as a warning: the broker failed, not the client
+	bridge  bool   // the client said it is a bridge (packets.Connect.Bridge)
+	// version is the protocol version the CONNACK is written in, with
+	// code; 0 closes without one.
+	version byte
+	code    packets.ReasonCode
+	// linger drains what the client still sends before the close, so that
+	// it reads what it was sent rather than a reset; always after a
+	// CONNACK.
+	linger bool
+	// decided, when set, counts the refusal as an authentication
+	// decision that took since then; limit, when set, as a limit hit of
+	// that kind.
+	decided time.Time
+	limit   string
+	// quiet is a connection ended from outside (Close, token expiry)
+	// while it was decided on: nothing is logged or counted.
+	quiet bool
+}
+
+// refuse turns a client away as r says: it counts r, logs it once, answers
+// with a CONNACK where r has one, and closes c, then releases s (nil for a
+// connection refused at accept, before it had a session). A session
+// evicted meanwhile is refused as evicted, whatever else went wrong: its
+// socket is closed already, and the eviction was counted.
+func (p *Proxy) refuse(s *session, c net.Conn, r *refusal, log *connLog) {
+	if s != nil && s.evicted.Load() {
+		r = evicted()
+	}
+	switch {
+	case r.quiet:
+	case r.limit != "":
+		p.Metrics.limitHit(r.limit)
+	case !r.decided.IsZero():
+		p.Metrics.decided("refused", r.reason, time.Since(r.decided))
+	}
+	if !r.quiet {
+		level := zapcore.InfoLevel
+		if r.warn {
+			level = zapcore.WarnLevel
+		}
+		log.write(level, r.message, []zap.Field{zap.String("outcome", "refused"), zap.String("reason", r.reason),
+			bridgeField(r.bridge), zap.Error(r.err), hintField(r.err)})
+	}
+	switch {
+	case r.version != 0:
+		if writeConnack(c, r.version, r.code) == nil {
+			lingerClose(c)
+		}
+	case r.linger:
+		lingerClose(c)
+	}
+	c.Close()
+	if s != nil {
+		p.release(s)
+	}
+}
+
+// refusedAtAccept: a limit refused c as it was accepted.
+func refusedAtAccept(kind string) *refusal {
+	return &refusal{message: "connection refused by limit", reason: kind, limit: kind}
+}
+
+// evicted: the connection was closed to make room for a newer one
+// (MaxPendingConnects), and counted then.
+func evicted() *refusal {
+	return &refusal{message: "connect rejected", reason: limitPending}
+}
+
+// handshakeFailed: the TLS handshake that began at start failed.
+func handshakeFailed(err error, start time.Time) *refusal {
+	reason := reasonTLSHandshake
+	if errors.Is(err, transport.ErrUntrustedProxyHeader) {
+		reason = reasonUntrustedProxyHeader
+	}
+	return &refusal{message: "connect rejected", reason: reason, err: err, decided: start}
+}
+
+// unreadable: the client's first packet, read from start on, could not be
+// read or is no acceptable CONNECT. The client gets a CONNACK where its
+// version has a code for the failure, which log then says.
+func unreadable(err error, start time.Time, log *connLog) *refusal {
+	r := &refusal{message: "connect rejected", reason: reasonReadFailed, err: err, linger: true, decided: start}
+	var perr *packets.Error
+	switch {
+	case errors.As(err, &perr):
+		r.reason = packetReason(perr)
+		if _, ok := perr.Code.V3ReturnCode(); perr.Version != 0 && (ok || perr.Version == packets.ProtocolV5) {
+			log.add(zap.Uint8("protocol_version", perr.Version))
+			r.version, r.code = perr.Version, perr.Code
+		}
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		r.reason = reasonConnectTimeout
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		r.reason = reasonClientClosed
+	case errors.Is(err, transport.ErrUntrustedProxyHeader):
+		r.reason = reasonUntrustedProxyHeader
+	}
+	return r
+}
+
+// authenticationRefused: pk, read at read, was refused by the verifier or
+// by Forward's rewrite.
+func authenticationRefused(pk *packets.Connect, err error, read time.Time) *refusal {
+	reason := string(authn.ReasonOf(err))
+	if reason == "" {
+		reason = reasonInternal
+	}
+	return &refusal{message: "authentication refused", reason: reason, err: err, bridge: pk.Bridge,
+		version: pk.ProtocolVersion, code: RefuseCode(authn.ReasonOf(err)), decided: read}
+}
+
+// clientIDRateExceeded: the client ID the broker would get has connected
+// too often (PerClientIDConnectRate).
+func clientIDRateExceeded(pk *packets.Connect) *refusal {
+	return &refusal{message: "connect rejected", reason: limitClientIDRate, limit: limitClientIDRate,
+		version: pk.ProtocolVersion, code: packets.ConnectionRateExceeded}
+}
+
+// upstreamUnavailable: the broker could not be had for an accepted client.
+func upstreamUnavailable(version byte, err error) *refusal {
+	return &refusal{message: "upstream unavailable", reason: reasonUpstreamUnavailable, err: err, warn: true,
+		version: version, code: packets.ServerUnavailable}
+}
+
+// RefuseCode is the MQTT 5 reason code a client refused for reason gets,
+// as EMQX answers: a token that is absent, unreadable or whose claims do
+// not hold is a bad user name or password; a token whose signature or key
+// does not check out, or a refusal without a reason, is not authorized.
+// packets.ReasonCode.V3ReturnCode gives the MQTT 3.1.1 code.
+func RefuseCode(reason authn.RefuseReason) packets.ReasonCode {
+	switch reason {
+	case authn.ErrTokenMissing, authn.ErrTokenMalformed, authn.ErrTokenExpired,
+		authn.ErrTokenNotYetValid, authn.ErrClaimMismatch:
+		return packets.BadUserNameOrPassword
+	default:
+		return packets.NotAuthorized
+	}
+}
+
+func packetReason(err *packets.Error) string {
+	switch {
+	case errors.Is(err, packets.ErrNotConnect):
+		return reasonNotConnect
+	case errors.Is(err, packets.ErrTooLarge):
+		return reasonTooLarge
+	case errors.Is(err, packets.ErrUnsupportedVersion):
+		return reasonUnsupportedProtocol
+	case errors.Is(err, packets.ErrProtocolViolation):
+		return reasonProtocolError
+	default:
+		return reasonMalformed
+	}
+}
+
+// writeConnack writes a CONNACK with code under a write deadline. On a
+// socket of the epoll engine the CONNACK is held to leave with the FIN, so
+// that the client acknowledges both at once (measured in
+// docs/performance.md).
+func writeConnack(c net.Conn, version byte, code packets.ReasonCode) error {
+	c.SetWriteDeadline(time.Now().Add(refuseWriteTimeout))
+	var w io.Writer = c
+	if lw, ok := c.(interface{ LastWriter() io.Writer }); ok {
+		w = lw.LastWriter()
+	}
+	return packets.WriteConnack(w, version, code)
+}
+
+// lingerClose half-closes c and drains what the client still sends, for at
+// most lingerTimeout and lingerBytes, so that the kernel sends FIN rather
+// than RST and the client can read what was written. The drained bytes go
+// nowhere. The caller closes c.
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		c.SetReadDeadline(time.Now().Add(lingerTimeout))
+		io.CopyN(io.Discard, c, lingerBytes)
+	}
+}

@@ -1,0 +1,119 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+)
+
+// serveConn runs one client connection from its admission to its hand
+// over: it decides on the client's CONNECT (decide), then either refuses
+// the client (refuse, the one way out for a refused connection) or
+// connects it to the broker and hands both connections to the engine
+// (handOver), which owns them from then on.
+func (p *Proxy) serveConn(s *session) {
+	start := time.Now()
+	c := s.client
+	log := newConnLog(p.logger(), zap.String("listener", s.listener), zap.String("remote", c.RemoteAddr().String()))
+	a, r := p.decide(s, start, log)
+	if r == nil {
+		r = p.handOver(s, c, a, start, log)
+	}
+	if r != nil {
+		p.refuse(s, c, r, log)
+	}
+}
+
+// handOver dials the broker for a, sends it the CONNECT and what the client
+// sent after it, and hands client and broker to the engine; from then on
+// the connection outlives serveConn, and ended does what refuse would. A
+// broker that cannot be had is a refusal.
+func (p *Proxy) handOver(s *session, c net.Conn, a *accepted, start time.Time, log *connLog) *refusal {
+	pk := a.connect
+	c.SetReadDeadline(time.Time{})
+	bare, ahead := transport.Detach(c)      // after a PROXY header: the socket, and what was read past the CONNECT
+	ahead = append(a.pastConnect, ahead...) // one of them is empty: a wrapper or the bare socket read ahead
+	// What the closing line needs, kept in one small struct for the
+	// connection's life: zap fields would take five times the room, and
+	// a zap.Logger.With clone holds a 1 KB encoder buffer.
+	conn := &openConn{
+		remote:   c.RemoteAddr().String(),
+		clientID: pk.ClientID,
+		username: loggedUsername(pk.Username),
+		version:  pk.ProtocolVersion,
+		bridge:   pk.Bridge,
+		start:    start,
+		rawLen:   int64(len(pk.Raw) + len(ahead)),
+	}
+	if !a.id.DisconnectAt.IsZero() {
+		// One runtime timer per connection, no goroutine until it fires.
+		// Closing both sides without a DISCONNECT makes the broker publish
+		// the client's will, as for any abnormal end.
+		conn.expiry = time.AfterFunc(time.Until(a.id.DisconnectAt), func() {
+			conn.expired.Store(true)
+			p.terminate(s)
+		})
+	}
+	err := p.connectUpstream(s, bare, a.header, append(a.upstreamConnect, ahead...), func(fromClient, toClient int64) {
+		p.ended(s, conn, fromClient, toClient)
+	})
+	if err == nil {
+		return nil
+	}
+	if conn.expiry != nil {
+		conn.expiry.Stop()
+	}
+	if errors.Is(err, errSessionEnded) {
+		return &refusal{quiet: true}
+	}
+	return upstreamUnavailable(pk.ProtocolVersion, err)
+}
+
+// openConn is what a proxied connection keeps until it closes.
+type openConn struct {
+	remote, clientID, username string
+	version                    byte
+	bridge                     bool
+	start                      time.Time
+	rawLen                     int64 // the CONNECT and what came with it
+	expiry                     *time.Timer
+	expired                    atomic.Bool
+}
+
+// ended records the end of a proxied connection, once both directions
+// have ended and the engine has closed both sides. It may run on an
+// engine's goroutine, which moves other connections' bytes, so it must
+// not block: the closing line, when the sampler keeps it, is written on a
+// goroutine of its own, since the log's output may stall.
+func (p *Proxy) ended(s *session, conn *openConn, fromClient, toClient int64) {
+	if conn.expiry != nil {
+		conn.expiry.Stop()
+	}
+	fromClient += conn.rawLen
+	p.Metrics.proxied(fromClient, toClient)
+	if ce := p.logger().Check(zap.InfoLevel, "connection closed"); ce != nil {
+		reason := zap.Skip()
+		if conn.expired.Load() {
+			reason = zap.String("reason", string(authn.ErrTokenExpired))
+		}
+		go ce.Write(
+			zap.String("listener", s.listener),
+			zap.String("remote", conn.remote),
+			zap.String("client_id", conn.clientID),
+			zap.String("username", conn.username),
+			zap.Uint8("protocol_version", conn.version),
+			bridgeField(conn.bridge),
+			reason,
+			zap.Duration("duration", time.Since(conn.start)),
+			zap.Int64("bytes_from_client", fromClient),
+			zap.Int64("bytes_to_client", toClient),
+		)
+	}
+	p.release(s)
+}
