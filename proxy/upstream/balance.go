@@ -38,7 +38,13 @@ func (p *Pool[T]) Pick(clientID string, dst []*Backend[T]) ([]*Backend[T], error
 		for i, b := range s.backends {
 			if b.up.Load() {
 				dst = append(dst, b)
-				keys = append(keys, rendezvousScore(id, s.seeds[i], s.weights[i]))
+				if s.equalWeights {
+					// The score grows with the hash: rank by the hash
+					// and spare the logarithm.
+					keys = append(keys, float64(rendezvousHash(id, s.seeds[i])))
+				} else {
+					keys = append(keys, rendezvousScore(id, s.seeds[i], s.weights[i]))
+				}
 				ties = append(ties, i)
 			}
 		}
@@ -116,9 +122,13 @@ func serverSeed(address string) uint64 { return xxhash.Sum64String(address) }
 // Nothing here is random per process, so every proxy, before and after a
 // restart, agrees.
 func rendezvousScore(id, seed uint64, weight int) float64 {
-	u := (float64(mix64(id^seed)>>11) + 0.5) / (1 << 53)
+	u := (float64(rendezvousHash(id, seed)) + 0.5) / (1 << 53)
 	return float64(weight) / -math.Log(u)
 }
+
+// rendezvousHash is the 53 bits of the identifier and the server hashed
+// together that rendezvousScore takes u from: exactly a float64's.
+func rendezvousHash(id, seed uint64) uint64 { return mix64(id^seed) >> 11 }
 
 // mix64 is the finalizer of MurmurHash3 (fmix64): a bijection whose every
 // output bit depends on every input bit, so that the scores of one

@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 )
 
 // newTestPool is a pool without health checks over servers given as
@@ -261,6 +264,24 @@ func TestClientIDWeights(t *testing.T) {
 	}
 }
 
+// TestEqualWeightsRankByHash: with equal weights Pick ranks by the hash
+// and skips the logarithm; the order must be the weighted score's, so
+// that a pool whose weights become equal moves no device.
+func TestEqualWeightsRankByHash(t *testing.T) {
+	servers := []string{"10.0.0.1:1883", "10.0.0.2:1883", "10.0.0.3:1883"}
+	equal := newTestPool(t, ClientID, servers...)
+	for _, id := range deviceIDs(1000) {
+		h := xxhash.Sum64String(id)
+		want := slices.Clone(servers)
+		slices.SortStableFunc(want, func(a, b string) int {
+			return -cmp.Compare(rendezvousScore(h, serverSeed(a), 1), rendezvousScore(h, serverSeed(b), 1))
+		})
+		if got := pick(t, equal, id); !slices.Equal(got, want) {
+			t.Fatalf("%s: candidates %v, the weighted scores rank %v", id, got, want)
+		}
+	}
+}
+
 // TestEmptyClientIDIsLeastConnections: without an identifier to hash,
 // client_id balances by connections.
 func TestEmptyClientIDIsLeastConnections(t *testing.T) {
@@ -340,9 +361,18 @@ func TestPickAllocatesNothing(t *testing.T) {
 
 func BenchmarkPick(b *testing.B) {
 	ids := deviceIDs(1024)
-	for _, balance := range Balances {
-		b.Run(string(balance), func(b *testing.B) {
-			p := newTestPool(b, balance, "10.0.0.1:1883", "10.0.0.2:1883", "10.0.0.3:1883")
+	for _, tc := range []struct {
+		name    string
+		balance Balance
+		servers []string
+	}{
+		{"round_robin", RoundRobin, []string{"10.0.0.1:1883", "10.0.0.2:1883", "10.0.0.3:1883"}},
+		{"least_connections", LeastConnections, []string{"10.0.0.1:1883", "10.0.0.2:1883", "10.0.0.3:1883"}},
+		{"client_id", ClientID, []string{"10.0.0.1:1883", "10.0.0.2:1883", "10.0.0.3:1883"}},
+		{"client_id_weighted", ClientID, []string{"10.0.0.1:1883", "10.0.0.2:1883*2", "10.0.0.3:1883"}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			p := newTestPool(b, tc.balance, tc.servers...)
 			var buf [8]*Backend[int]
 			b.ReportAllocs()
 			i := 0

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,6 +57,8 @@ type serverSet[T any] struct {
 	weights  []int
 	// seeds are the hashes of the addresses that client_id mixes with.
 	seeds []uint64
+	// equalWeights says every server has the same weight.
+	equalWeights bool
 	// current is each server's running weight for RoundRobin, guarded by
 	// Pool.roundRobin.
 	current []int
@@ -168,6 +171,7 @@ func (p *Pool[T]) Update(cfg PoolConfig[T]) error {
 		next.weights[i] = s.Weight
 		next.seeds[i] = serverSeed(s.Address)
 	}
+	next.equalWeights = !slices.ContainsFunc(cfg.Servers, func(s Server[T]) bool { return s.Weight != cfg.Servers[0].Weight })
 
 	checkChanged := !reflect.DeepEqual(p.check, cfg.HealthCheck)
 	for _, b := range old {
