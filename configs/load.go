@@ -63,7 +63,8 @@ func (f *File) SetBindHost(host string) error {
 }
 
 // Parse decodes YAML strictly (unknown keys and wrong types are errors),
-// resolves secret_env and secret_file into secret, fills in names, and
+// resolves secret_env and secret_file into secret and password_file into
+// password, fills in names, and
 // validates the result. Relative file paths stay relative to the working
 // directory; Load takes them from the file's directory.
 func Parse(data []byte) (*File, error) { return parse(data, "") }
@@ -89,7 +90,7 @@ func parse(data []byte, dir string) (*File, error) {
 		return nil, errors.New("the file holds more than one YAML document")
 	}
 	f.resolvePaths(dir)
-	secretErr := f.resolveSecrets()
+	secretErr := errors.Join(f.resolveSecrets(), f.resolvePasswordFiles())
 	f.fillNames()
 	if err := errors.Join(secretErr, f.Validate()); err != nil {
 		return nil, err
@@ -379,24 +380,7 @@ func (f *File) Validate() error {
 		names[l.Name] = true
 		errs = append(errs, l.validateTransport(at)...)
 	}
-	errs = append(errs, f.Upstream.validateTransport()...)
-
-	switch u := f.Upstream.Address; {
-	case u == "":
-		bad("upstream.address: required (host:port, or %q for the in-process broker)", EmbeddedAddress)
-	case u == EmbeddedAddress:
-	default:
-		if _, _, err := net.SplitHostPort(u); err != nil {
-			bad("upstream.address: %q is not host:port: %v", u, err)
-		}
-		for i, l := range f.Listeners {
-			if dialsListener(u, l.Bind) {
-				// Each accepted client would dial the proxy again, with
-				// the same token, until descriptors run out.
-				bad("upstream.address: %q is listeners[%d] (%q): the proxy would connect to itself", u, i, l.Bind)
-			}
-		}
-	}
+	errs = append(errs, f.validateUpstreams()...)
 
 	if len(f.Authentication) == 0 {
 		bad("authentication: at least one authenticator is required; the proxy never runs open")

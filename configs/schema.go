@@ -11,8 +11,18 @@ import (
 type File struct {
 	// Listeners are the sockets clients connect to. At least one is required.
 	Listeners []Listener `yaml:"listeners"`
-	// Upstream is the broker that authenticated clients are spliced to.
+	// Upstream is the broker, or the pool of brokers, that authenticated
+	// clients are connected to: the default pool, which takes the clients
+	// no route sends elsewhere. It may be left out when Upstreams and
+	// Routes place every client; a client no route matches is then
+	// refused.
 	Upstream Upstream `yaml:"upstream"`
+	// Upstreams are named pools of brokers that Routes send clients to.
+	// Zero means none: every client goes to Upstream.
+	Upstreams map[string]Upstream `yaml:"upstreams"`
+	// Routes choose a client's pool by its listener, subject or claims,
+	// in order: the first that matches decides. Zero means none.
+	Routes []Route `yaml:"routes"`
 	// Authentication is the chain of authenticators, tried in order.
 	// At least one is required: the proxy never runs open.
 	Authentication []Authenticator `yaml:"authentication"`
@@ -60,24 +70,6 @@ type Listener struct {
 	// ProxyProtocol, when set and enabled, reads a PROXY protocol header
 	// from trusted load balancers; nil means none is read.
 	ProxyProtocol *ProxyProtocol `yaml:"proxy_protocol"`
-}
-
-// EmbeddedAddress is the upstream address that starts the in-process broker.
-const EmbeddedAddress = "embedded"
-
-// Upstream is the broker behind the proxy.
-type Upstream struct {
-	// Address is the broker's host:port, or "embedded" for an in-process
-	// broker on a loopback port (for trying things out and tests). Required.
-	Address string `yaml:"address"`
-	// DialTimeout bounds connecting to the broker. Zero means 5s.
-	DialTimeout Duration `yaml:"dial_timeout"`
-	// ProxyProtocol is the PROXY protocol header sent to the broker ahead
-	// of each connection: off (the default), v1 or v2 (v2 also carries
-	// the client certificate's common name).
-	ProxyProtocol string `yaml:"proxy_protocol"`
-	// TLS, when set, connects to the broker over TLS; nil means plain TCP.
-	TLS *TLSClient `yaml:"tls"`
 }
 
 // Values of Authenticator.Mechanism.

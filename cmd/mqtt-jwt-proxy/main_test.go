@@ -50,6 +50,19 @@ func TestCheckExampleConfigs(t *testing.T) {
 	}
 }
 
+// TestServeRefusesPools: serve says it does not serve a pool of several
+// servers or routes, rather than starting without an upstream.
+func TestServeRefusesPools(t *testing.T) {
+	t.Setenv("JWT_SECRET", "c2VjcmV0LWZvci10ZXN0cw==")
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "-config", "../../configs/cluster.yaml"}, &out, &errOut); code != 1 {
+		t.Errorf("serve exited %d, want 1", code)
+	}
+	if !strings.Contains(errOut.String(), "serves a single upstream.address only") {
+		t.Errorf("serve said %q", errOut.String())
+	}
+}
+
 func TestCheckReportsErrors(t *testing.T) {
 	dir := t.TempDir()
 	cases := map[string]struct {

@@ -62,6 +62,9 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if len(cfg.Upstream.Servers) > 0 || len(cfg.Upstreams) > 0 || len(cfg.Routes) > 0 {
+		return fmt.Errorf("config %s: upstream.servers, upstreams and routes: this version checks them but serves a single upstream.address only", path)
+	}
 	// Flushed, never synced: zap syncs at every flush, and an fsync of a
 	// log file ten times a second waits on the disk for nothing.
 	out := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(struct{ io.Writer }{stderr}), Size: logBufferSize, FlushInterval: logFlushInterval}
@@ -172,7 +175,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 
 // restartOnly are the sections read once, at start: sockets, the upstream,
 // the logger and the relay engine are not rebuilt by a reload.
-var restartOnly = map[string]bool{"listeners": true, "upstream": true, "metrics": true, "log": true, "tuning": true}
+var restartOnly = map[string]bool{"listeners": true, "upstream": true, "upstreams": true, "routes": true, "metrics": true, "log": true, "tuning": true}
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
@@ -208,7 +211,8 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 	}
 	if len(needRestart) > 0 {
 		logger.Warn("these changes take effect at the next restart; the rest is reloaded", zap.Strings("keys", needRestart))
-		cfg.Listeners, cfg.Upstream, cfg.Metrics, cfg.Log, cfg.Tuning = running.Listeners, running.Upstream, running.Metrics, running.Log, running.Tuning
+		cfg.Listeners, cfg.Upstream, cfg.Upstreams, cfg.Routes, cfg.Metrics, cfg.Log, cfg.Tuning =
+			running.Listeners, running.Upstream, running.Upstreams, running.Routes, running.Metrics, running.Log, running.Tuning
 	}
 	p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
