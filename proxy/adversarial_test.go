@@ -434,7 +434,7 @@ func TestFloods(t *testing.T) {
 	hs256 := configs.Authenticator{Name: "jwt", Mechanism: "jwt", Algorithm: "hmac-based", Secret: e2eSecret}
 
 	// startFloodProxy starts a proxy with the chain auth builds, lets a
-	// client with token through once (which starts the relay's watcher),
+	// client with token through once (which starts the relay engine),
 	// and returns it with the footprint before any flood.
 	startFloodProxy := func(t *testing.T, auth configs.Authenticator, token string) (*Proxy, string, footprint) {
 		p := &Proxy{Upstream: broker.Addr, Verifier: jwtChain(t, auth), Limits: limits}

@@ -274,10 +274,10 @@ func (v gateVerifier) Verify(ctx context.Context, req authn.Request) (authn.Iden
 
 // TestShutdownDrainsConnectsUnderWay: a client accepted before Shutdown
 // began, and authenticated after, is connected to the broker and drained
-// like the others, on the relay's path and on a dialed connection's.
+// like the others, dialed by the engine or through DialUpstream.
 func TestShutdownDrainsConnectsUnderWay(t *testing.T) {
 	for _, dialed := range []bool{false, true} {
-		name := "relay"
+		name := "engine"
 		if dialed {
 			name = "DialUpstream"
 		}

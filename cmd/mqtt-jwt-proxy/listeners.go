@@ -30,9 +30,9 @@ func (c certReloaders) reload(logger *zap.Logger) {
 
 // openListeners binds every listener of cfg with its transports, in the
 // order they arrive on the wire: the PROXY header first, then TLS, then
-// the WebSocket upgrade. plain makes a listener's sockets the kind a
-// relay splices best (proxy.Proxy.Listener), for a PROXY header with
-// plain TCP behind it. On failure nothing stays open.
+// the WebSocket upgrade. plain makes a listener's sockets the relay
+// engine's own (proxy.Proxy.Listener), for a PROXY header with plain TCP
+// behind it. On failure nothing stays open.
 func openListeners(cfg *configs.File, plain func(net.Listener) net.Listener, logger *zap.Logger) ([]net.Listener, certReloaders, error) {
 	var listeners []net.Listener
 	var certs certReloaders

@@ -61,12 +61,12 @@ func (c *fdConn) ReadNow(b []byte) (int, error) {
 		return 0, nil
 	}
 	for {
-		fd, err := c.begin(0)
+		fd, err := c.acquire(0)
 		if err != nil {
 			return 0, c.opError("read", err)
 		}
 		n, err := rawRead(fd, b)
-		c.end()
+		c.release()
 		switch {
 		case err == unix.EINTR:
 		case err == unix.EAGAIN:
@@ -96,12 +96,12 @@ func (w heldWriter) Write(b []byte) (int, error) { return w.c.write(b, unix.MSG_
 func (c *fdConn) write(b []byte, flags int) (int, error) {
 	written := 0
 	for written < len(b) {
-		fd, err := c.begin(1)
+		fd, err := c.acquire(1)
 		if err != nil {
 			return written, c.opError("write", err)
 		}
 		n, err := writeNonblocking(fd, b[written:], flags)
-		c.end()
+		c.release()
 		written += n
 		switch {
 		case err == unix.EAGAIN:
@@ -119,12 +119,12 @@ func (c *fdConn) write(b []byte, flags int) (int, error) {
 // or has failed, without reading (see readiness).
 func (c *fdConn) WaitReadable() error {
 	for {
-		fd, err := c.begin(0)
+		fd, err := c.acquire(0)
 		if err != nil {
 			return c.opError("read", err)
 		}
 		ready := readReady(fd)
-		c.end()
+		c.release()
 		if ready {
 			return nil
 		}
@@ -136,11 +136,11 @@ func (c *fdConn) WaitReadable() error {
 
 // CloseWrite shuts the sending half down: the peer reads EOF.
 func (c *fdConn) CloseWrite() error {
-	fd, err := c.begin(1)
+	fd, err := c.acquire(1)
 	if err != nil {
 		return c.opError("shutdown", err)
 	}
-	defer c.end()
+	defer c.release()
 	if err := rawShutdownWrite(fd); err != nil {
 		return c.opError("shutdown", os.NewSyscallError("shutdown", err))
 	}
@@ -205,9 +205,9 @@ func (c *fdConn) setDeadline(dir int, t time.Time) error {
 	return nil
 }
 
-// begin returns the descriptor for a system call in direction dir, which
-// must be followed by end; or why none may be made.
-func (c *fdConn) begin(dir int) (int, error) {
+// acquire returns the descriptor for a system call in direction dir, which
+// must be followed by release; or why none may be made.
+func (c *fdConn) acquire(dir int) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if d := c.deadline[dir]; !c.sock.closing && !d.IsZero() && !time.Now().Before(d) {
@@ -216,7 +216,7 @@ func (c *fdConn) begin(dir int) (int, error) {
 	return c.sock.acquireLocked()
 }
 
-func (c *fdConn) end() {
+func (c *fdConn) release() {
 	c.mu.Lock()
 	c.sock.releaseLocked()
 	c.mu.Unlock()

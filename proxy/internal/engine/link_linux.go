@@ -202,10 +202,10 @@ func (l *epollLink) readable(i int, closing bool, buf []byte) {
 		case err == unix.EAGAIN:
 			return
 		case err != nil:
-			l.finishLocked(i, false)
+			l.stopFlowLocked(i, false)
 			return
 		case n == 0:
-			l.finishLocked(i, true)
+			l.stopFlowLocked(i, true)
 			return
 		}
 		written, err := writeNonblocking(l.fd(1-i), buf[:n], 0)
@@ -220,7 +220,7 @@ func (l *epollLink) readable(i int, closing bool, buf []byte) {
 			go l.move(i, bp, rest)
 			return
 		case err != nil:
-			l.finishLocked(i, false)
+			l.stopFlowLocked(i, false)
 			return
 		case n == len(buf) && full < watcherFullReads:
 			full++
@@ -256,7 +256,7 @@ func (l *epollLink) move(i int, bp *[]byte, n int) {
 		copyBuffers.Put(bp)
 		l.count(i, written)
 		if err != nil {
-			l.finish(i, false)
+			l.stopFlow(i, false)
 			return
 		}
 	}
@@ -266,7 +266,7 @@ func (l *epollLink) move(i int, bp *[]byte, n int) {
 	for {
 		queued, eof, err := queuedBytes(l.fd(i))
 		if err != nil || eof {
-			l.finish(i, err == nil)
+			l.stopFlow(i, err == nil)
 			return
 		}
 		if queued == 0 {
@@ -277,7 +277,7 @@ func (l *epollLink) move(i int, bp *[]byte, n int) {
 				continue
 			}
 			if l.aborted {
-				l.endLocked(i)
+				l.endFlowLocked(i)
 			} else {
 				f.state = flowWaiting
 			}
@@ -286,12 +286,12 @@ func (l *epollLink) move(i int, bp *[]byte, n int) {
 		}
 		if p == nil {
 			if p, err = getPipe(); err != nil {
-				l.finish(i, false)
+				l.stopFlow(i, false)
 				return
 			}
 		}
 		if err := l.splice(i, p, queued); err != nil {
-			l.finish(i, false)
+			l.stopFlow(i, false)
 			return
 		}
 	}
@@ -415,17 +415,17 @@ func (l *epollLink) count(i, n int) {
 	l.mu.Unlock()
 }
 
-// finish ends flow i; see finishLocked.
-func (l *epollLink) finish(i int, cleanEOF bool) {
+// stopFlow ends flow i; see stopFlowLocked.
+func (l *epollLink) stopFlow(i int, cleanEOF bool) {
 	l.mu.Lock()
 	defer l.unlock()
-	l.finishLocked(i, cleanEOF)
+	l.stopFlowLocked(i, cleanEOF)
 }
 
-// finishLocked ends flow i. At a clean EOF the end is passed on
+// stopFlowLocked ends flow i. At a clean EOF the end is passed on
 // (half-close) and the other direction gets halfClose to end by itself;
 // otherwise both directions end.
-func (l *epollLink) finishLocked(i int, cleanEOF bool) {
+func (l *epollLink) stopFlowLocked(i int, cleanEOF bool) {
 	if l.flows[i].state == flowEnded {
 		return
 	}
@@ -433,16 +433,16 @@ func (l *epollLink) finishLocked(i int, cleanEOF bool) {
 		if l.flows[1-i].state == flowEnded {
 			// The other way ended cleanly too: closing the sockets,
 			// which comes next, sends the FIN.
-			l.endLocked(i)
+			l.endFlowLocked(i)
 			return
 		}
 		if err := rawShutdownWrite(l.fd(1 - i)); err == nil {
-			l.endLocked(i)
+			l.endFlowLocked(i)
 			l.timer = time.AfterFunc(l.halfClose, l.Abort)
 			return
 		}
 	}
-	l.endLocked(i)
+	l.endFlowLocked(i)
 	l.abortLocked()
 }
 
@@ -463,7 +463,7 @@ func (l *epollLink) abortLocked() {
 	l.aborted = true
 	for i := range l.flows {
 		if l.flows[i].state == flowWaiting {
-			l.endLocked(i)
+			l.endFlowLocked(i)
 		}
 	}
 	if l.ended < 2 {
@@ -474,9 +474,9 @@ func (l *epollLink) abortLocked() {
 	}
 }
 
-// endLocked marks flow i ended, which releases its references to both
+// endFlowLocked marks flow i ended, which releases its references to both
 // sockets. Once both flows have ended, the sockets close.
-func (l *epollLink) endLocked(i int) {
+func (l *epollLink) endFlowLocked(i int) {
 	f := &l.flows[i]
 	if f.state == flowEnded {
 		return
