@@ -53,6 +53,14 @@ func (k stressKind) completes() bool {
 	return k == stressClean || k == stressBrokerFirst || k == stressBackPressure
 }
 
+// halfCloses reports whether the end of one direction of a session of
+// kind k is a half-close, after which the other goes on; in the others it
+// is the end of the session, after which neither side writes on, as MQTT
+// clients and brokers do. (An aborted session's socket may have shut its
+// receive window before it closed: a peer that wrote on would wait for
+// the kernel to give up the closed socket, a minute later.)
+func (k stressKind) halfCloses() bool { return k.completes() }
+
 // stressScript is one session of TestStress, drawn from the seed and the
 // session's number, so that the client and the broker stand-in each draw
 // the same one.
@@ -256,6 +264,9 @@ func (b *stressBroker) session(c *net.TCPConn) {
 	go func() {
 		defer close(read)
 		got, readErr, mismatch = stressRead(c, session, 0, s.chunk, s.kind == stressBackPressure && s.slowBroker, nil)
+		if !s.kind.halfCloses() {
+			c.Close() // as the client does
+		}
 	}()
 	wrote, writeErr := stressWrite(c, session, 1, s.toClient, s.chunk, cut)
 	switch {
@@ -340,6 +351,11 @@ func stressClient(addr string, seed uint64, session, streamingFrom int, flowing 
 	go func() {
 		defer close(read)
 		o.got, o.readErr, mismatch = stressRead(c, session, 1, s.chunk, s.kind == stressBackPressure && !s.slowBroker, flowing)
+		if !s.kind.halfCloses() {
+			// The end of a session: a client closes too, rather than
+			// writing into a socket whose peer reads no more.
+			c.Close()
+		}
 	}()
 	if s.kind == stressBrokerFirst {
 		<-read // the broker's half-close arrives first; this direction goes on
