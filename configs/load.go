@@ -418,6 +418,7 @@ func (f *File) Validate() error {
 		bad("log.format: %q is not one of json, console", f.Log.Format)
 	}
 	errs = append(errs, f.Metrics.validate(f)...)
+	errs = append(errs, f.Revocation.validate()...)
 	return errors.Join(errs...)
 }
 

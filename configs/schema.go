@@ -27,6 +27,9 @@ type File struct {
 	// Metrics configures the admin endpoint (metrics, health, pprof);
 	// the zero value serves none.
 	Metrics Metrics `yaml:"metrics"`
+	// Revocation, when set, is the list of revoked tokens that new
+	// connections are checked against; nil means none.
+	Revocation *Revocation `yaml:"revocation"`
 }
 
 // DefaultDrainTimeout is Shutdown.DrainTimeout's zero value.

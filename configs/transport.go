@@ -145,8 +145,9 @@ func parsePrefix(s string) (netip.Prefix, error) {
 // resolvePaths makes the file paths that are relative absolute, taking
 // them from dir (the configuration file's directory), so that a
 // configuration and its keys and certificates can move together and the
-// proxy finds them whatever directory it runs from: TLS files, secret_file
-// and public_key (when it is a path rather than PEM text).
+// proxy finds them whatever directory it runs from: TLS files, secret_file,
+// public_key (when it is a path rather than PEM text) and the revocation
+// file.
 func (f *File) resolvePaths(dir string) {
 	if dir == "" {
 		return
@@ -178,6 +179,10 @@ func (f *File) resolvePaths(dir string) {
 		if !a.PublicKeyIsPEM() {
 			resolve(&a.PublicKey)
 		}
+	}
+	if r := f.Revocation; r != nil {
+		resolve(&r.File)
+		resolveTLS(r.SSL)
 	}
 }
 
