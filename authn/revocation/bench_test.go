@@ -1,0 +1,130 @@
+package revocation
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// million is the size of the large lists the benchmarks use.
+const million = 1_000_000
+
+// uuids returns n distinct random UUIDs (36 characters), the same at
+// every call, as jti values usually are.
+func uuids(n int) []string {
+	r := rand.New(rand.NewPCG(1, 2))
+	out := make([]string, n)
+	for i := range out {
+		a, b := r.Uint64(), r.Uint64()
+		out[i] = fmt.Sprintf("%08x-%04x-%04x-%04x-%012x", a>>32, a>>16&0xffff, a&0xffff, b>>48, b&0xffffffffffff)
+	}
+	return out
+}
+
+// jtiDocument is a revocation document listing ids under jti.
+func jtiDocument(tb testing.TB, ids []string) []byte {
+	doc, err := json.Marshal(map[string][]string{"jti": ids})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return doc
+}
+
+// BenchmarkMatch1M is the check of one CONNECT against a list of a
+// million jti values, plus one entry under each other key: a token that
+// is not revoked (every key looked up), and one revoked by its jti.
+func BenchmarkMatch1M(b *testing.B) {
+	ids := uuids(million)
+	doc := jtiDocument(b, ids)
+	doc = append(doc[:len(doc)-1], `,"sub":["mallory"],"client_id":["sensor-13"],"issued_before":{"alice":"2025-06-01T12:00:00Z"}}`...)
+	s, err := Parse(doc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	iat := time.Date(2025, 7, 1, 0, 0, 0, 0, time.UTC)
+	fresh := uuids(million + 1000)[million:] // not listed
+	b.Run("not-revoked", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			tok := Token{ID: fresh[i%len(fresh)], Subject: "alice", ClientID: "sensor-7", IssuedAt: iat}
+			if _, revoked := s.Match(tok); revoked {
+				b.Fatal("revoked")
+			}
+		}
+	})
+	b.Run("revoked-by-jti", func(b *testing.B) {
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			tok := Token{ID: ids[(i*7919)%len(ids)], Subject: "carol", ClientID: "sensor-7", IssuedAt: iat}
+			if _, revoked := s.Match(tok); !revoked {
+				b.Fatal("not revoked")
+			}
+		}
+	})
+}
+
+// BenchmarkHeapPerEntry measures the heap a million jti values take once
+// loaded, per entry: in the set Parse builds, and in a
+// map[string]struct{} of the same strings, the obvious alternative. Run it
+// with -benchtime=1x; docs/design.md has the figures.
+func BenchmarkHeapPerEntry(b *testing.B) {
+	ids := uuids(million)
+	doc := jtiDocument(b, ids)
+	measure := func(b *testing.B, build func() any) {
+		var kept any
+		for b.Loop() {
+			before := heapInUse()
+			kept = build()
+			after := heapInUse()
+			b.ReportMetric(float64(after-before)/million, "B/entry")
+		}
+		runtime.KeepAlive(kept)
+	}
+	b.Run("sorted-hashes", func(b *testing.B) {
+		measure(b, func() any {
+			s, err := Parse(doc)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return s
+		})
+	})
+	b.Run("map", func(b *testing.B) {
+		measure(b, func() any {
+			var parsed struct{ JTI []string }
+			if err := json.Unmarshal(doc, &parsed); err != nil {
+				b.Fatal(err)
+			}
+			m := make(map[string]struct{}, len(parsed.JTI))
+			for _, id := range parsed.JTI {
+				m[id] = struct{}{}
+			}
+			return m
+		})
+	})
+}
+
+// heapInUse is the heap in use once garbage is collected.
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// BenchmarkParse1M is the load of a list of a million jti values: what
+// each refresh that finds a new document costs.
+func BenchmarkParse1M(b *testing.B) {
+	doc := jtiDocument(b, uuids(million))
+	b.SetBytes(int64(len(doc)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Parse(doc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

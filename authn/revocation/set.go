@@ -1,0 +1,147 @@
+package revocation
+
+import (
+	"bytes"
+	"cmp"
+	"hash/maphash"
+	"slices"
+	"strings"
+)
+
+// stringSet is a set of strings built once and then only looked up, from
+// any number of goroutines: a lookup costs one hash and a binary search
+// and allocates nothing. It keeps 12 bytes per entry besides the strings
+// themselves: each string's 64-bit hash, sorted, and where it ends in
+// text, which holds the strings end to end in the same order, so that a
+// hash match is confirmed on the string and a collision never revokes a
+// token by mistake. docs/design.md compares it with a map.
+type stringSet struct {
+	seed   maphash.Seed
+	hashes []uint64 // sorted; equal hashes are adjacent
+	ends   []uint32 // string i is text[ends[i-1]:ends[i]], from 0 for i = 0
+	text   string
+	// values holds a value per string, in the same order, for a set that
+	// maps strings to values (issued_before); nil for a plain set.
+	values []int64
+}
+
+// setBuilder gathers a set's strings, in document order, and builds it.
+// A string is appended to text by the caller (as jsontext.AppendUnquote
+// does), and then ended with its value.
+type setBuilder struct {
+	text   []byte
+	ends   []uint32
+	values []int64
+}
+
+// pending is what was appended to text since the last string ended.
+func (b *setBuilder) pending() []byte { return b.text[b.start(len(b.ends)):] }
+
+// end ends the pending string, with value.
+func (b *setBuilder) end(value int64) {
+	b.ends = append(b.ends, uint32(len(b.text)))
+	b.values = append(b.values, value)
+}
+
+// start is where the i-th string begins in text.
+func (b *setBuilder) start(i int) uint32 {
+	if i == 0 {
+		return 0
+	}
+	return b.ends[i-1]
+}
+
+// at is the i-th string ended.
+func (b *setBuilder) at(i int) []byte { return b.text[b.start(i):b.ends[i]] }
+
+// hashedString is a string of the builder by its index, with its hash.
+type hashedString struct {
+	hash  uint64
+	index uint32
+}
+
+// build returns the set of the strings ended, each once, keeping the
+// values when withValues. A string ended twice keeps its first value.
+func (b *setBuilder) build(withValues bool) stringSet {
+	s := stringSet{seed: maphash.MakeSeed()}
+	n := len(b.ends)
+	if n == 0 {
+		return s
+	}
+	order := make([]hashedString, n)
+	for i := range order {
+		order[i] = hashedString{maphash.Bytes(s.seed, b.at(i)), uint32(i)}
+	}
+	// Equal hashes in document order, so that of a string given twice
+	// the first is kept.
+	slices.SortFunc(order, func(x, y hashedString) int {
+		return cmp.Or(cmp.Compare(x.hash, y.hash), cmp.Compare(x.index, y.index))
+	})
+
+	var text strings.Builder // its String does not copy
+	text.Grow(len(b.text))
+	s.hashes = make([]uint64, 0, n)
+	s.ends = make([]uint32, 0, n)
+	if withValues {
+		s.values = make([]int64, 0, n)
+	}
+	for i, e := range order {
+		str := b.at(int(e.index))
+		if b.duplicate(order[:i], e.hash, str) {
+			continue
+		}
+		text.Write(str)
+		s.hashes = append(s.hashes, e.hash)
+		s.ends = append(s.ends, uint32(text.Len()))
+		if withValues {
+			s.values = append(s.values, b.values[e.index])
+		}
+	}
+	s.text = text.String()
+	// Duplicates leave room at the ends: give it back.
+	s.hashes, s.ends, s.values = slices.Clip(s.hashes), slices.Clip(s.ends), slices.Clip(s.values)
+	return s
+}
+
+// duplicate reports whether str, of hash h, is among the strings of
+// before with the same hash: the end of before, which is sorted by hash.
+func (b *setBuilder) duplicate(before []hashedString, h uint64, str []byte) bool {
+	for i := len(before) - 1; i >= 0 && before[i].hash == h; i-- {
+		if bytes.Equal(b.at(int(before[i].index)), str) {
+			return true
+		}
+	}
+	return false
+}
+
+// len is the number of strings in the set.
+func (s *stringSet) len() int { return len(s.hashes) }
+
+// find returns the index of key in the set, if it is there.
+func (s *stringSet) find(key string) (int, bool) {
+	if len(s.hashes) == 0 {
+		return 0, false
+	}
+	h := maphash.String(s.seed, key)
+	i, _ := slices.BinarySearch(s.hashes, h)
+	for ; i < len(s.hashes) && s.hashes[i] == h; i++ {
+		if s.at(i) == key {
+			return i, true
+		}
+	}
+	return 0, false
+}
+
+// at is the i-th string of the set.
+func (s *stringSet) at(i int) string {
+	start := uint32(0)
+	if i > 0 {
+		start = s.ends[i-1]
+	}
+	return s.text[start:s.ends[i]]
+}
+
+// bytes is the memory the set holds, for the metrics and docs.
+func (s *stringSet) bytes() int {
+	return 8*cap(s.hashes) + 4*cap(s.ends) + len(s.text) + 8*cap(s.values)
+}
