@@ -352,7 +352,7 @@ func (a *authenticator) verify(ctx context.Context, req *Request) (Identity, err
 		token, present = []byte(req.Username), req.HasUsername
 	}
 	if !present || len(token) == 0 {
-		return Identity{}, refuse(a.name, ErrTokenMissing, fmt.Errorf("no token in the %s", a.from))
+		return Identity{}, a.tokenMissing(req)
 	}
 	id, err := a.verifyToken(ctx, token, req)
 	if err != nil {
@@ -366,6 +366,22 @@ func (a *authenticator) verify(ctx context.Context, req *Request) (Identity, err
 	}
 	id.Authenticator = a.name
 	return id, nil
+}
+
+// tokenMissing is the refusal of req, which has no token where a reads
+// it. When the other field holds what parses as a token, the refusal's
+// hint says so: a client configured with the token in the wrong field is
+// the likely cause. Only this path parses the other field.
+func (a *authenticator) tokenMissing(req *Request) *RefuseError {
+	err := refuse(a.name, ErrTokenMissing, fmt.Errorf("no token in the %s", a.from))
+	other, otherName := []byte(req.Username), "user name"
+	if a.from == "username" {
+		other, otherName = req.Password, "password"
+	}
+	if _, parseErr := parseCompactJWS(other); parseErr == nil {
+		err.Hint = fmt.Sprintf("the %s looks like a JWT; this authenticator reads from: %s", otherName, a.from)
+	}
+	return err
 }
 
 // verifyToken checks the token's form, alg, signature and claims, in that

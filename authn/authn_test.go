@@ -643,3 +643,43 @@ func TestJWKSChain(t *testing.T) {
 		})
 	}
 }
+
+// TestTokenMissingHint: a client refused for want of a token in the field
+// the authenticator reads gets a hint when the other field holds a token.
+func TestTokenMissingHint(t *testing.T) {
+	fromUsername := hmacAuthenticator("secret")
+	fromUsername.From = "username"
+	token := signToken(t, jwa.HS256, []byte("secret"), headerFor(jwa.HS256), validClaims)
+	noAlg := b64([]byte(`{"typ":"JWT"}`)) + "." + b64([]byte(`{}`)) + ".c2ln"
+	tests := []struct {
+		name     string
+		auth     configs.Authenticator
+		req      Request
+		wantHint string
+	}{
+		{"token as the user name", hmacAuthenticator("secret"),
+			Request{Username: token, HasUsername: true},
+			"the user name looks like a JWT; this authenticator reads from: password"},
+		{"token as the user name, empty password", hmacAuthenticator("secret"),
+			Request{Username: token, HasUsername: true, HasPassword: true},
+			"the user name looks like a JWT; this authenticator reads from: password"},
+		{"token as the password, read from the user name", fromUsername,
+			Request{Password: []byte(token), HasPassword: true},
+			"the password looks like a JWT; this authenticator reads from: username"},
+		{"a plain user name", hmacAuthenticator("secret"), Request{Username: "alice", HasUsername: true}, ""},
+		{"three segments, no JSON header", hmacAuthenticator("secret"), Request{Username: "a.b.c", HasUsername: true}, ""},
+		{"a JSON header without alg", hmacAuthenticator("secret"), Request{Username: noAlg, HasUsername: true}, ""},
+		{"no user name", hmacAuthenticator("secret"), Request{}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := newTestChain(t, tt.auth).Verify(t.Context(), tt.req)
+			if ReasonOf(err) != ErrTokenMissing {
+				t.Fatalf("Verify = %v, want token_missing", err)
+			}
+			if got := HintOf(err); got != tt.wantHint {
+				t.Errorf("hint %q, want %q", got, tt.wantHint)
+			}
+		})
+	}
+}

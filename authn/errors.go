@@ -55,6 +55,10 @@ type RefuseError struct {
 	Authenticator string
 	// Err is the detail, for logs; it may be nil.
 	Err error
+	// Hint, when not empty, is the likely mistake of the client, for
+	// logs: for ErrTokenMissing, a token in the field the authenticator
+	// does not read.
+	Hint string
 }
 
 // Error reads "authenticator: reason: detail", leaving out empty parts.
@@ -92,6 +96,14 @@ func ReasonOf(err error) RefuseReason {
 	}
 	if reason, ok := errors.AsType[RefuseReason](err); ok {
 		return reason
+	}
+	return ""
+}
+
+// HintOf returns the hint of the *RefuseError in err's chain, or "".
+func HintOf(err error) string {
+	if refusal, ok := errors.AsType[*RefuseError](err); ok {
+		return refusal.Hint
 	}
 	return ""
 }

@@ -11,9 +11,11 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,6 +46,9 @@ const (
 	minJWKSRefreshInterval        = 10 * time.Second
 	defaultJWKSMinRefreshInterval = 10 * time.Second
 	defaultJWKSMaxFailCount       = 5
+	// maxJWKSRedirects is how many redirects one fetch follows: as many
+	// as Go's client follows by default.
+	maxJWKSRedirects = 10
 )
 
 // errAlgNotAllowedForKey is wrapped, together with ErrNoKey, when the
@@ -165,18 +170,19 @@ func buildJWKSProvider(name string, cfg configs.Authenticator, o *options) (*jwk
 	if maxFailCount <= 0 {
 		maxFailCount = defaultJWKSMaxFailCount
 	}
+	// Redacted: an endpoint URL may carry credentials.
+	logger := o.logger.With(zap.String("authenticator", name), zap.String("endpoint", endpoint.Redacted()))
 	ctx, cancel := context.WithCancel(context.Background())
 	return &jwksProvider{
 		name:      name,
 		endpoint:  endpoint.String(),
 		headers:   headers,
-		client:    client,
+		client:    withRedirectPolicy(client, endpoint, slices.Sorted(maps.Keys(cfg.Headers)), logger),
 		transport: transport,
 		now:       o.now,
-		// Redacted: an endpoint URL may carry credentials.
-		logger: o.logger.With(zap.String("authenticator", name), zap.String("endpoint", endpoint.Redacted())),
+		logger:    logger,
 
-		refreshInterval:    max(cfg.RefreshInterval.Or(defaultJWKSRefreshInterval), minJWKSRefreshInterval),
+		refreshInterval:    jwksRefreshInterval(cfg),
 		minRefreshInterval: cfg.MinRefreshInterval.Or(defaultJWKSMinRefreshInterval),
 		maxFailCount:       maxFailCount,
 		maxStale:           time.Duration(cfg.MaxStale),
@@ -185,6 +191,12 @@ func buildJWKSProvider(name string, cfg configs.Authenticator, o *options) (*jwk
 		ctx:    ctx,
 		cancel: cancel,
 	}, nil
+}
+
+// jwksRefreshInterval is cfg's refresh_interval as it applies: the default
+// when not set, and never under minJWKSRefreshInterval (Warnings says so).
+func jwksRefreshInterval(cfg configs.Authenticator) time.Duration {
+	return max(cfg.RefreshInterval.Or(defaultJWKSRefreshInterval), minJWKSRefreshInterval)
 }
 
 // jwksHTTPClient returns the client for JWKS fetches: the one given with
@@ -211,6 +223,57 @@ func jwksHTTPClient(given *http.Client, ssl *configs.TLSClient) (*http.Client, *
 		TLSHandshakeTimeout: 10 * time.Second,
 	}
 	return &http.Client{Transport: transport}, transport, nil
+}
+
+// redirectRefusedError is a redirect a JWKS fetch did not follow because
+// it leaves https.
+type redirectRefusedError struct {
+	target string // the redirect's URL, redacted
+}
+
+func (e *redirectRefusedError) Error() string {
+	return fmt.Sprintf("redirect to %s refused: the endpoint is https and the redirect is not", e.target)
+}
+
+// withRedirectPolicy returns a copy of client that follows redirects only
+// while they keep to https, when the endpoint is https, and that sends the
+// headers named in configured to the endpoint's host and port only. Go's
+// client alone follows https to http, keeps custom headers (X-Api-Key) on
+// a redirect to any host, and Authorization on a redirect to another port
+// of the same host. A policy client already has runs after this one.
+func withRedirectPolicy(client *http.Client, endpoint *url.URL, configured []string, logger *zap.Logger) *http.Client {
+	given := client.CheckRedirect
+	policy := *client
+	policy.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if len(via) >= maxJWKSRedirects {
+			return fmt.Errorf("stopped after %d redirects", maxJWKSRedirects)
+		}
+		if endpoint.Scheme == "https" && req.URL.Scheme != "https" {
+			return &redirectRefusedError{target: req.URL.Redacted()}
+		}
+		if len(configured) > 0 && hostPort(req.URL) != hostPort(endpoint) {
+			for _, name := range configured {
+				req.Header.Del(name)
+			}
+			logger.Debug("jwks redirect to another host; the configured headers are not sent there",
+				zap.String("redirect", req.URL.Redacted()), zap.Strings("headers", configured))
+		}
+		if given != nil {
+			return given(req, via)
+		}
+		return nil
+	}
+	return &policy
+}
+
+// hostPort is u's host, lower-cased, and port, the scheme's default when u
+// names none: what tells whether a redirect stays on the endpoint's host.
+func hostPort(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	return net.JoinHostPort(strings.ToLower(u.Hostname()), port)
 }
 
 // start begins the first fetch and the refresh loop.
@@ -390,14 +453,16 @@ func (p *jwksProvider) fetch(call *jwksFetch) {
 	_, unusable := p.usableLocked(now)
 	p.mu.Unlock()
 
+	failed := []zap.Field{zap.Error(err), zap.Int("consecutive_failures", failures)}
+	if refused, ok := errors.AsType[*redirectRefusedError](err); ok {
+		failed = append(failed, zap.String("redirect", refused.target))
+	}
 	switch {
 	case err != nil && closing:
 	case err != nil && unusable != nil:
-		p.logger.Warn("jwks fetch failed; refusing tokens until a fetch succeeds",
-			zap.Error(err), zap.Int("consecutive_failures", failures))
+		p.logger.Warn("jwks fetch failed; refusing tokens until a fetch succeeds", failed...)
 	case err != nil:
-		p.logger.Warn("jwks fetch failed; serving the last good key set",
-			zap.Error(err), zap.Int("consecutive_failures", failures))
+		p.logger.Warn("jwks fetch failed; serving the last good key set", failed...)
 	case previous == nil || previousFailures > 0 || !slices.Equal(previous.kids, set.kids):
 		p.logger.Info("jwks key set loaded",
 			zap.Int("keys", len(set.keys)), zap.Strings("kids", set.kids), zap.Errors("skipped", set.skipped))

@@ -52,7 +52,10 @@ func newOptions(opts []Option) *options {
 func WithClock(now func() time.Time) Option { return func(o *options) { o.now = now } }
 
 // WithHTTPClient sets the client used to fetch JWKS. Without it, each
-// JWKS authenticator builds its own client from its ssl settings.
+// JWKS authenticator builds its own client from its ssl settings. Either
+// way, redirects are refused when they leave https and get no configured
+// header when they leave the endpoint's host; c's own CheckRedirect, if
+// any, runs after that.
 func WithHTTPClient(c *http.Client) Option { return func(o *options) { o.client = c } }
 
 // WithPrevious gives each JWKS authenticator the last good key set of the

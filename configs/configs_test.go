@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -227,6 +228,57 @@ func TestDocumentedConfigurations(t *testing.T) {
 				if strings.Contains(line, "unknown key") || strings.Contains(line, " is not a") {
 					t.Errorf("%s: %s", tc.file, line)
 				}
+			}
+		})
+	}
+}
+
+// TestSetBindHost: every listener and the admin endpoint move to the given
+// address, keeping their ports, and the result is validated again.
+func TestSetBindHost(t *testing.T) {
+	twoListeners := strings.Replace(minimal, `  - bind: "127.0.0.1:1883"`, "  - bind: \"127.0.0.1:1883\"\n  - bind: \":8883\"", 1) +
+		"metrics: {bind: \"127.0.0.1:9100\"}\n"
+	tests := []struct {
+		name, yaml, host string
+		wantBinds        []string // the listeners', then metrics.bind
+		wantErr          string
+	}{
+		{"all IPv4 interfaces", twoListeners, "0.0.0.0", []string{"0.0.0.0:1883", "0.0.0.0:8883", "0.0.0.0:9100"}, ""},
+		{"all IPv6 interfaces", twoListeners, "::", []string{"[::]:1883", "[::]:8883", "[::]:9100"}, ""},
+		{"not an address", twoListeners, "example.com", nil, `bind host "example.com" is not an IP address`},
+		{"binds that collide once moved", strings.Replace(minimal, `  - bind: "127.0.0.1:1883"`, "  - bind: \"127.0.0.1:1883\"\n  - bind: \"127.0.0.2:1883\"", 1),
+			"0.0.0.0", nil, `listeners[1].bind: "0.0.0.0:1883" takes the port of listeners[0]`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f, err := Parse([]byte(tt.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			names := []string{}
+			for _, l := range f.Listeners {
+				names = append(names, l.Name)
+			}
+			err = f.SetBindHost(tt.host)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("SetBindHost(%q) = %v, want an error with %q", tt.host, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for i, l := range f.Listeners {
+				got = append(got, l.Bind)
+				if l.Name != names[i] {
+					t.Errorf("listeners[%d] renamed %q, want %q", i, l.Name, names[i])
+				}
+			}
+			got = append(got, f.Metrics.Bind)
+			if !slices.Equal(got, tt.wantBinds) {
+				t.Errorf("binds %q, want %q", got, tt.wantBinds)
 			}
 		})
 	}

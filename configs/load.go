@@ -20,7 +20,7 @@ import (
 
 // ExampleSecrets are HMAC secrets published in documentation (EMQX's
 // defaults and examples). They are fine for a first try and wrong anywhere
-// else; the proxy logs a warning when one is configured.
+// else; serve and check warn when one is configured.
 var ExampleSecrets = []string{"secret", "emqxsecret"}
 
 // Load reads the file at path and returns it decoded and validated.
@@ -35,6 +35,31 @@ func Load(path string) (*File, error) {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return f, nil
+}
+
+// SetBindHost replaces the host of every listeners[].bind and of
+// metrics.bind with host, an IP address, keeping the ports, and validates
+// the result. A container uses it to listen on all its interfaces
+// (0.0.0.0 or ::) with a file written for one machine's loopback.
+// Listener names given by default stay the bind addresses of the file.
+func (f *File) SetBindHost(host string) error {
+	if _, err := netip.ParseAddr(host); err != nil {
+		return fmt.Errorf("bind host %q is not an IP address", host)
+	}
+	rebind := func(bind string) string {
+		_, port, err := net.SplitHostPort(bind)
+		if err != nil {
+			return bind // Validate reports it
+		}
+		return net.JoinHostPort(host, port)
+	}
+	for i := range f.Listeners {
+		f.Listeners[i].Bind = rebind(f.Listeners[i].Bind)
+	}
+	if f.Metrics.Bind != "" {
+		f.Metrics.Bind = rebind(f.Metrics.Bind)
+	}
+	return f.Validate()
 }
 
 // Parse decodes YAML strictly (unknown keys and wrong types are errors),

@@ -110,7 +110,9 @@ type Authenticator struct {
 
 	// Secret is the HMAC key. Exactly one of Secret, SecretEnv and
 	// SecretFile is required in hmac-based mode; Load resolves the other
-	// two into Secret.
+	// two into Secret. A key shorter than 64 bytes, the hash output of
+	// HS512 (48 for HS384, 32 for HS256), works with a warning (RFC 7518
+	// section 3.2), as does one published in documentation.
 	Secret string `yaml:"secret"`
 	// SecretEnv names an environment variable holding the HMAC key.
 	SecretEnv string `yaml:"secret_env"`
@@ -128,10 +130,11 @@ type Authenticator struct {
 
 	// UseJWKS fetches keys from Endpoint instead of Secret/PublicKey.
 	UseJWKS bool `yaml:"use_jwks"`
-	// Endpoint is the JWKS URL (HTTP GET).
+	// Endpoint is the JWKS URL (HTTP GET). Redirects are followed, but
+	// never from an https endpoint to an http URL.
 	Endpoint string `yaml:"endpoint"`
 	// RefreshInterval is the JWKS refresh period. Zero means 300s; values
-	// under 10s are raised to 10s, as EMQX does.
+	// under 10s are raised to 10s, as EMQX does, with a warning.
 	RefreshInterval Duration `yaml:"refresh_interval"`
 	// MinRefreshInterval bounds refetches triggered by an unknown kid.
 	// Zero means 10s.
@@ -142,7 +145,8 @@ type Authenticator struct {
 	// MaxStale is the oldest a key set may be before it is dropped. Zero
 	// means no age limit (only MaxFailCount applies).
 	MaxStale Duration `yaml:"max_stale"`
-	// Headers are sent with the JWKS request. Zero means
+	// Headers are sent with the JWKS request, to the endpoint's host and
+	// port only: a redirect to another host gets none of them. Zero means
 	// Accept: application/json.
 	Headers map[string]string `yaml:"headers"`
 	// SSL configures TLS for the JWKS fetch only.

@@ -96,7 +96,7 @@ func (p *Proxy) serveConn(s *session) {
 			reason = reasonInternal
 		}
 		p.Metrics.decided("refused", reason, time.Since(read))
-		log.Info("authentication refused", zap.String("outcome", "refused"), zap.String("reason", reason), bridgeField(pk.Bridge), zap.Error(err))
+		log.Info("authentication refused", zap.String("outcome", "refused"), zap.String("reason", reason), bridgeField(pk.Bridge), zap.Error(err), hintField(err))
 		refuse(c, pk.ProtocolVersion, RefuseCode(authn.ReasonOf(err)))
 		return
 	}
@@ -335,6 +335,15 @@ func lingerClose(c net.Conn) {
 		io.CopyN(io.Discard, c, lingerBytes)
 	}
 	c.Close()
+}
+
+// hintField is the refusal's hint at the client's likely mistake
+// (authn.HintOf), or no field.
+func hintField(err error) zap.Field {
+	if hint := authn.HintOf(err); hint != "" {
+		return zap.String("hint", hint)
+	}
+	return zap.Skip()
 }
 
 // bridgeField marks the lines of a broker's bridge (packets.Connect.Bridge)

@@ -47,14 +47,28 @@ type adminServer struct {
 	ready  *readiness
 }
 
-// startAdmin serves the admin endpoint that cfg.Metrics asks for, in front
-// of p, which is to serve cfg's listeners. It sets p.Metrics, so it must
-// run before p serves, and once p's other fields are final: readiness
-// probes dial as p does. keySets reports the key sets of the authentication
-// chain in force. Without metrics.bind it returns nil.
-func startAdmin(cfg *configs.File, p *proxy.Proxy, keySets func() []authn.KeySetStatus, logger *zap.Logger) (*adminServer, error) {
+// listenAdmin binds metrics.bind, before anything else starts: a port in
+// use must end the start at once. Without metrics.bind it returns nil.
+func listenAdmin(cfg *configs.File) (net.Listener, error) {
 	if cfg.Metrics.Bind == "" {
 		return nil, nil
+	}
+	ln, err := net.Listen("tcp", cfg.Metrics.Bind)
+	if err != nil {
+		return nil, fmt.Errorf("metrics.bind: %w", err)
+	}
+	return ln, nil
+}
+
+// startAdmin serves the admin endpoint on ln, from listenAdmin, in front
+// of p, which is to serve cfg's listeners. It sets p.Metrics, so it must
+// run before p serves, and once p's other fields are final: readiness
+// probes dial as p does. keySets reports the key sets of the
+// authentication chain in force. Without ln (no metrics.bind) it returns
+// nil.
+func startAdmin(ln net.Listener, cfg *configs.File, p *proxy.Proxy, keySets func() []authn.KeySetStatus, logger *zap.Logger) *adminServer {
+	if ln == nil {
+		return nil
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
@@ -68,10 +82,6 @@ func startAdmin(cfg *configs.File, p *proxy.Proxy, keySets func() []authn.KeySet
 		listeners: len(cfg.Listeners),
 		keySets:   keySets,
 		upstream:  &upstreamCheck{dial: upstreamDialer(p), now: time.Now},
-	}
-	ln, err := net.Listen("tcp", cfg.Metrics.Bind)
-	if err != nil {
-		return nil, fmt.Errorf("metrics.bind: %w", err)
 	}
 	a := &adminServer{
 		server: &http.Server{
@@ -90,7 +100,7 @@ func startAdmin(cfg *configs.File, p *proxy.Proxy, keySets func() []authn.KeySet
 		a.server.Serve(ln) // returns ErrServerClosed after Close
 	}()
 	logger.Info("admin endpoint started", zap.String("address", a.addr.String()), zap.Bool("pprof", cfg.Metrics.Pprof))
-	return a, nil
+	return a
 }
 
 // Close stops the endpoint at once and waits for its goroutines, a

@@ -76,10 +76,11 @@ func newTestChain(t *testing.T, jwksEndpoints ...string) *authn.Chain {
 // returns its base URL; it is closed at cleanup.
 func startTestAdmin(t *testing.T, cfg *configs.File, p *proxy.Proxy, chain *authn.Chain) string {
 	t.Helper()
-	a, err := startAdmin(cfg, p, chain.Status, zap.NewNop())
+	ln, err := listenAdmin(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	a := startAdmin(ln, cfg, p, chain.Status, zap.NewNop())
 	t.Cleanup(a.Close)
 	return "http://" + a.addr.String()
 }

@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
@@ -57,7 +59,7 @@ func TestReloadForward(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			next, chain, err := reload(writeConfig(t, hmacChain+tc.forward), running, nil, &proxy.Proxy{}, zap.NewNop())
+			next, chain, err := reload(configSource{path: writeConfig(t, hmacChain+tc.forward)}, running, nil, &proxy.Proxy{}, zap.NewNop())
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || next != nil {
 					t.Fatalf("reload = %v, %v; want an error containing %q", next, err, tc.wantErr)
@@ -72,5 +74,30 @@ func TestReloadForward(t *testing.T) {
 				t.Errorf("forward after reload = %+v, want %+v", next.Forward, tc.want)
 			}
 		})
+	}
+}
+
+// TestReloadKeepsBindHost: a reload applies -bind-host again, so that the
+// listeners it reads equal the running ones and no restart is asked for.
+func TestReloadKeepsBindHost(t *testing.T) {
+	src := configSource{path: writeConfig(t, hmacChain), bindHost: "0.0.0.0"}
+	running, err := src.load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := running.Listeners[0].Bind; got != "0.0.0.0:1883" {
+		t.Fatalf("listener bind %q with -bind-host 0.0.0.0, want 0.0.0.0:1883", got)
+	}
+	core, logs := observer.New(zapcore.InfoLevel)
+	next, chain, err := reload(src, running, nil, &proxy.Proxy{}, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain.Close()
+	if got := next.Listeners[0].Bind; got != "0.0.0.0:1883" {
+		t.Errorf("listener bind after reload %q, want 0.0.0.0:1883", got)
+	}
+	if restart := logs.FilterMessageSnippet("next restart").All(); len(restart) > 0 {
+		t.Errorf("reload asked for a restart: %v", restart[0].ContextMap())
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -42,13 +41,8 @@ type generatedKey struct {
 }
 
 func keygenCommand(args []string, stdout, stderr io.Writer) error {
-	flags := flag.NewFlagSet("keygen", flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	flags.Usage = func() {
-		fmt.Fprint(stderr, "usage: mqtt-jwt-proxy keygen [-type ec|rsa|ed25519] [flags]\n"+
-			"Writes private.pem, public.pem and jwks.json for signing and verifying test tokens.\n")
-		flags.PrintDefaults()
-	}
+	flags := newFlagSet("keygen", "[-type ec|rsa|ed25519] [flags]",
+		"Writes private.pem, public.pem and jwks.json for signing and verifying test tokens.", stderr)
 	keyType := flags.String("type", "ec", "key type: rsa, ec or ed25519")
 	bits := flags.Int("bits", minRSABits, "RSA key size in bits (-type rsa)")
 	curve := flags.String("curve", "P-256", "EC curve: P-256, P-384 or P-521 (-type ec)")

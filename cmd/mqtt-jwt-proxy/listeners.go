@@ -38,9 +38,7 @@ func openListeners(cfg *configs.File, plain func(net.Listener) net.Listener, log
 	for _, l := range cfg.Listeners {
 		ln, cert, err := openListener(l, cfg.Limits.ConnectTimeout.Or(0), plain, logger.With(zap.String("listener", l.Name)))
 		if err != nil {
-			for _, open := range listeners {
-				open.Close()
-			}
+			closeAll(listeners)
 			return nil, nil, fmt.Errorf("listener %s: %w", l.Name, err)
 		}
 		listeners = append(listeners, ln)
@@ -49,6 +47,13 @@ func openListeners(cfg *configs.File, plain func(net.Listener) net.Listener, log
 		}
 	}
 	return listeners, certs, nil
+}
+
+// closeAll closes listeners not served yet.
+func closeAll(listeners []net.Listener) {
+	for _, ln := range listeners {
+		ln.Close()
+	}
 }
 
 func openListener(l configs.Listener, handshakeTimeout time.Duration, plain func(net.Listener) net.Listener, logger *zap.Logger) (net.Listener, *proxy.CertReloader, error) {

@@ -1,14 +1,20 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +23,7 @@ import (
 	"github.com/pires/go-proxyproto/tlvparse"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
 
 // TestServeEdgeListeners runs serve with an MQTT-over-TLS listener, a
@@ -180,4 +187,73 @@ log: {format: json}
 	})
 
 	stop()
+}
+
+// TestServeBindsFirst: with a port taken, serve fails at once with an error
+// naming the port's key, before it starts the embedded broker or asks the
+// JWKS endpoint for keys.
+func TestServeBindsFirst(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	var jwksRequests atomic.Int64
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		jwksRequests.Add(1)
+		http.Error(w, "no keys here", http.StatusServiceUnavailable)
+	}))
+	defer jwks.Close()
+	config := func(listeners, metrics string) string {
+		return "listeners: " + listeners + `
+upstream: {address: embedded}
+authentication:
+  - {mechanism: jwt, use_jwks: true, endpoint: "` + jwks.URL + `"}
+log: {format: json}
+` + metrics
+	}
+
+	// The port of a listener that binds before the failure, to check
+	// that it is closed again.
+	free := fmt.Sprintf("127.0.0.1:%d", proxytest.FreePort(t))
+
+	tests := []struct {
+		name, config, wantErr string
+	}{
+		{"admin port taken", config(`[{name: tcp, bind: "`+free+`"}]`, `metrics: {bind: "`+taken.Addr().String()+`"}`),
+			"mqtt-jwt-proxy serve: metrics.bind: listen tcp " + taken.Addr().String() + ": bind: address already in use"},
+		{"listener port taken", config(`[{name: free, bind: "`+free+`"}, {name: busy, bind: "`+taken.Addr().String()+`"}]`, ""),
+			"mqtt-jwt-proxy serve: listener busy: listen tcp " + taken.Addr().String() + ": bind: address already in use"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "config.yaml")
+			if err := os.WriteFile(path, []byte(tt.config), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			// Should serve go on, the deadline ends it with exit code 0.
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var stderr bytes.Buffer
+			if code := run(ctx, []string{"serve", "-config", path}, io.Discard, &stderr); code != 1 {
+				t.Errorf("serve exited %d, want 1", code)
+			}
+			if !strings.Contains(stderr.String(), tt.wantErr) {
+				t.Errorf("serve said:\n%s\nwant %q", stderr.String(), tt.wantErr)
+			}
+			for _, started := range []string{"embedded broker started", "authenticator ready", "listening"} {
+				if strings.Contains(stderr.String(), started) {
+					t.Errorf("serve logged %q before failing:\n%s", started, stderr.String())
+				}
+			}
+			if n := jwksRequests.Load(); n != 0 {
+				t.Errorf("the JWKS endpoint got %d requests, want none", n)
+			}
+			ln, err := net.Listen("tcp", free)
+			if err != nil {
+				t.Fatalf("the listener bound before the failure stays open: %v", err)
+			}
+			ln.Close()
+		})
+	}
 }

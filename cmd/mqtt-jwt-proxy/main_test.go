@@ -5,8 +5,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -17,6 +20,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
 
 // The example tokens of EMQX's JWT documentation (the project's seeds):
@@ -95,12 +99,83 @@ func TestUsage(t *testing.T) {
 	if code := run(context.Background(), []string{"frobnicate"}, &out, &errOut); code != 2 {
 		t.Errorf("unknown command exited %d, want 2", code)
 	}
-	if code := run(context.Background(), []string{"check"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "-config FILE is required") {
+	if code := run(context.Background(), []string{"check"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "-config FILE (or $MQTT_JWT_PROXY_CONFIG) is required") {
 		t.Errorf("check without -config exited %d: %q", code, errOut.String())
 	}
 	out.Reset()
 	if code := run(context.Background(), []string{"version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "mqtt-jwt-proxy ") {
 		t.Errorf("version exited %d: %q", code, out.String())
+	}
+}
+
+// TestHelp: -h without a command lists every command, one line each, and
+// says how to get a command's flags; each command's -h gives its own.
+func TestHelp(t *testing.T) {
+	t.Setenv("MQTT_JWT_PROXY_CONFIG", "")
+	commands := []string{"serve", "check", "version", "token", "keygen", "verify", "help"}
+	for _, args := range [][]string{{"-h"}, {"-help"}, {"help"}} {
+		code, stdout, stderr := runCommand(t, args...)
+		if code != 0 {
+			t.Errorf("%s exited %d, want 0 (stderr %q)", args[0], code, stderr)
+		}
+		for _, cmd := range commands {
+			listed := 0
+			for line := range strings.Lines(stdout) {
+				if strings.HasPrefix(line, "  mqtt-jwt-proxy "+cmd+" ") || strings.HasPrefix(line, "  mqtt-jwt-proxy ["+cmd+"] ") {
+					listed++
+				}
+			}
+			if listed != 1 {
+				t.Errorf("%s lists %s on %d lines, want 1:\n%s", args[0], cmd, listed, stdout)
+			}
+		}
+		if !strings.Contains(stdout, "mqtt-jwt-proxy COMMAND -h") {
+			t.Errorf("%s does not say how to get a command's flags:\n%s", args[0], stdout)
+		}
+	}
+	for _, cmd := range commands[:len(commands)-1] {
+		if cmd == "version" {
+			continue // no flags
+		}
+		code, _, stderr := runCommand(t, cmd, "-h")
+		if code != 0 || !strings.HasPrefix(stderr, "usage: mqtt-jwt-proxy "+cmd+" ") || !strings.Contains(stderr, "\n  -") {
+			t.Errorf("%s -h exited %d and printed %q, want its usage and flags", cmd, code, stderr)
+		}
+	}
+}
+
+// TestErrorPrefix: every error a command prints, from its flags or from
+// its work, starts "mqtt-jwt-proxy COMMAND: ".
+func TestErrorPrefix(t *testing.T) {
+	t.Setenv("MQTT_JWT_PROXY_CONFIG", "")
+	missing := filepath.Join(t.TempDir(), "missing.yaml")
+	tests := []struct {
+		args     []string
+		wantCode int
+	}{
+		{[]string{"check"}, 2},
+		{[]string{"check", "-config", missing}, 1},
+		{[]string{"serve", "-config", missing, "extra"}, 2},
+		{[]string{"-config", missing}, 1},
+		{[]string{"token", "-x"}, 2},
+		{[]string{"token", "-ttl", "-1h", "-secret", "s"}, 1},
+		{[]string{"keygen", "extra"}, 2},
+		{[]string{"keygen", "-bits", "2048"}, 1},
+		{[]string{"verify"}, 2},
+		{[]string{"verify", "-config", missing, "-from", "cookie", "TOKEN"}, 2},
+		{[]string{"verify", "-config", missing, "TOKEN"}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			cmd := "serve"
+			if !strings.HasPrefix(tt.args[0], "-") {
+				cmd = tt.args[0]
+			}
+			code, _, stderr := runCommand(t, tt.args...)
+			if code != tt.wantCode || !strings.HasPrefix(stderr, "mqtt-jwt-proxy "+cmd+": ") {
+				t.Errorf("exited %d with %q; want %d and an error starting %q", code, stderr, tt.wantCode, "mqtt-jwt-proxy "+cmd+": ")
+			}
+		})
 	}
 }
 
@@ -333,5 +408,95 @@ limits:
 		if v.Field(i).IsZero() {
 			t.Errorf("the test leaves proxy.Limits.%s unset: add its key above", v.Type().Field(i).Name)
 		}
+	}
+}
+
+// TestConfigWarnings: serve logs each warning about the configuration at
+// start, as a warning with its values, and check prints the same.
+func TestConfigWarnings(t *testing.T) {
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no keys here", http.StatusServiceUnavailable)
+	}))
+	defer jwks.Close()
+	tests := []struct {
+		name           string
+		authentication string
+		message        string
+		fields         map[string]any
+	}{
+		{"refresh_interval raised", `{mechanism: jwt, use_jwks: true, endpoint: "` + jwks.URL + `", refresh_interval: 2s}`,
+			"refresh_interval is under the minimum, which is used instead", map[string]any{"configured": "2s", "effective": "10s"}},
+		{"secret from documentation", `{mechanism: jwt, algorithm: hmac-based, secret: "secret"}`,
+			"authenticator uses a secret published in documentation; anyone can mint tokens for it", nil},
+		{"secret shorter than the hash", `{mechanism: jwt, algorithm: hmac-based, secret: "` + strings.Repeat("k", 40) + `"}`,
+			"HMAC secret is shorter than the hash output of algorithms it verifies (RFC 7518 section 3.2: 32 bytes for HS256, 48 for HS384, 64 for HS512)",
+			map[string]any{"secret_bytes": float64(40)}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			config := "listeners: [{name: tcp, bind: \"127.0.0.1:0\"}]\nupstream: {address: embedded}\nauthentication:\n  - " +
+				tt.authentication + "\nlog: {format: json}\n"
+			lines, stop := serveInProcess(t, config)
+			var logged map[string]any // the warning, at start: before serve listens
+			for line := range lines {
+				if line["msg"] == tt.message {
+					logged = line
+				}
+				if line["msg"] == "listening" {
+					break
+				}
+			}
+			stop()
+			if logged["level"] != "warn" || logged["authenticator"] != "jwt" {
+				t.Errorf("serve logged %v, want a warning about authenticator jwt", logged)
+			}
+			for key, want := range tt.fields {
+				if logged[key] != want {
+					t.Errorf("serve logged %s=%v, want %v", key, logged[key], want)
+				}
+			}
+
+			path := filepath.Join(t.TempDir(), "config.yaml")
+			if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			code, _, stderr := runCommand(t, "check", "-config", path)
+			if code != 0 || !strings.Contains(stderr, "warn\t"+tt.message) {
+				t.Errorf("check exited %d and said %q, want 0 and the warning %q", code, stderr, tt.message)
+			}
+			for key, want := range tt.fields {
+				value, _ := json.Marshal(want)
+				if field := fmt.Sprintf("%q: %s", key, value); !strings.Contains(stderr, field) {
+					t.Errorf("check said %q, want %s in it", stderr, field)
+				}
+			}
+		})
+	}
+}
+
+// TestTokenInUsernameHint: mosquitto_pub with the token as its user name
+// and no password, to a proxy that reads the password, is refused for
+// token_missing, and the log line says where the token went; verify says
+// the same.
+func TestTokenInUsernameHint(t *testing.T) {
+	const hint = "the user name looks like a JWT; this authenticator reads from: password"
+	config := "listeners: [{name: tcp, bind: \"127.0.0.1:0\"}]\nupstream: {address: embedded}\n" +
+		"authentication:\n  - {mechanism: jwt, algorithm: hmac-based, secret: secret}\nlog: {format: json}\n"
+	lines, stop := serveInProcess(t, config)
+	defer stop()
+	addr := waitForLog(t, lines, "listening")["address"].(string)
+
+	res := proxytest.Pub(t, append(proxytest.AddrArgs(t, addr), "-V", "mqttv311", "-i", "c1", "-u", seedToken, "-t", "x", "-m", "y")...)
+	if res.Connack != 4 {
+		t.Errorf("CONNACK %d, want 4 (bad user name or password)\n%s", res.Connack, res.Output)
+	}
+	refused := waitForLog(t, lines, "authentication refused")
+	if refused["reason"] != "token_missing" || refused["hint"] != hint {
+		t.Errorf("refusal logged reason %v, hint %v; want token_missing, %q", refused["reason"], refused["hint"], hint)
+	}
+
+	code, stdout, _ := runCommand(t, "verify", "-config", writeConfig(t, hmacChain), "-from", "username", seedToken)
+	if code != 1 || !strings.Contains(stdout, "hint (jwt): "+hint) {
+		t.Errorf("verify -from username exited %d and said %q, want 1 and the hint", code, stdout)
 	}
 }

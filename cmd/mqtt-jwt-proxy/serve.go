@@ -24,11 +24,12 @@ import (
 )
 
 func checkCommand(args []string, stdout, stderr io.Writer) error {
-	path, err := configFlag("check", args, stderr)
+	src, err := configFlags("check", "Validates the configuration, parses its keys and secrets, and exits: 0 when valid.", args, stderr)
 	if err != nil {
 		return err
 	}
-	cfg, err := configs.Load(path)
+	path := src.path
+	cfg, err := src.load()
 	if err != nil {
 		return err
 	}
@@ -40,6 +41,7 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	chain.Close()
+	logWarnings(cfg, checkLogger(stderr))
 	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d authenticators)\n", path, len(cfg.Listeners), len(cfg.Authentication))
 	return nil
 }
@@ -51,11 +53,12 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	path, err := configFlag("serve", args, stderr)
+	src, err := configFlags("serve", "Runs the proxy until SIGINT or SIGTERM; SIGHUP reloads the configuration.", args, stderr)
 	if err != nil {
 		return err
 	}
-	cfg, err := configs.Load(path)
+	path := src.path
+	cfg, err := src.load()
 	if err != nil {
 		return err
 	}
@@ -68,16 +71,35 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 
-	for _, a := range cfg.Authentication {
-		if a.UsesExampleSecret() {
-			logger.Warn("authenticator uses a secret published in documentation; anyone can mint tokens for it",
-				zap.String("authenticator", a.Name))
-		}
-	}
+	logWarnings(cfg, logger)
 	forward, err := proxy.NewForward(cfg.Forward)
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
+
+	// Every socket first: a port in use ends the start before the broker
+	// starts or a JWKS endpoint is asked for keys. Until they are served,
+	// the sockets are this function's to close.
+	p := &proxy.Proxy{Logger: logger}
+	listeners, certs, err := openListeners(cfg, p.Listener, logger)
+	if err != nil {
+		return err
+	}
+	adminListener, err := listenAdmin(cfg)
+	if err != nil {
+		closeAll(listeners)
+		return err
+	}
+	served := false
+	defer func() {
+		if !served {
+			closeAll(listeners)
+			if adminListener != nil {
+				adminListener.Close()
+			}
+		}
+	}()
+
 	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger))
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
@@ -95,28 +117,19 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		logger.Info("embedded broker started; it is for trying things out, not for production", zap.String("address", upstream))
 	}
 
-	p := &proxy.Proxy{
-		Upstream:    upstream,
-		Verifier:    chain,
-		Forward:     forward,
-		DialTimeout: cfg.Upstream.DialTimeout.Or(0),
-		Limits:      proxyLimits(cfg),
-		Logger:      logger,
-	}
+	p.Upstream = upstream
+	p.Verifier = chain
+	p.Forward = forward
+	p.DialTimeout = cfg.Upstream.DialTimeout.Or(0)
+	p.Limits = proxyLimits(cfg)
 	if err := upstreamTransport(cfg.Upstream, upstream, p); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	var chains atomic.Pointer[authn.Chain] // the chain in force, for the admin endpoint
 	chains.Store(chain)
-	admin, err := startAdmin(cfg, p, func() []authn.KeySetStatus { return chains.Load().Status() }, logger)
-	if err != nil {
-		return err
-	}
+	admin := startAdmin(adminListener, cfg, p, func() []authn.KeySetStatus { return chains.Load().Status() }, logger)
 	defer admin.Close()
-	listeners, certs, err := openListeners(cfg, p.Listener, logger)
-	if err != nil {
-		return err
-	}
+	served = true
 
 	errc := make(chan error, len(listeners))
 	for i, ln := range listeners {
@@ -130,7 +143,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		select {
 		case <-hup:
 			certs.reload(logger)
-			if next, nextChain, err := reload(path, cfg, chain, p, logger); err != nil {
+			if next, nextChain, err := reload(src, cfg, chain, p, logger); err != nil {
 				logger.Error("reload rejected; the running configuration stays in force", zap.String("config", path), zap.Error(err))
 			} else {
 				// Verifications that began before the swap may still use
@@ -167,8 +180,9 @@ var restartOnly = map[string]bool{"listeners": true, "upstream": true, "metrics"
 // metrics endpoint and the log stay as they started; a change there is
 // logged, key by key, and needs a restart. Nothing changes when the new
 // file is invalid.
-func reload(path string, running *configs.File, runningChain *authn.Chain, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
-	cfg, err := configs.Load(path)
+func reload(src configSource, running *configs.File, runningChain *authn.Chain, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
+	path := src.path
+	cfg, err := src.load()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -198,7 +212,24 @@ func reload(path string, running *configs.File, runningChain *authn.Chain, p *pr
 	}
 	p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
+	logWarnings(cfg, logger)
 	return cfg, chain, nil
+}
+
+// logWarnings logs what cfg does that is unsafe or not applied as written:
+// serve at start and at each reload, check before its verdict.
+func logWarnings(cfg *configs.File, logger *zap.Logger) {
+	for _, w := range authn.Warnings(cfg.Authentication) {
+		logger.Warn(w.Message, append([]zap.Field{zap.String("authenticator", w.Authenticator)}, w.Fields...)...)
+	}
+}
+
+// checkLogger writes check's warnings to stderr as serve's console log
+// would, without the time.
+func checkLogger(stderr io.Writer) *zap.Logger {
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.TimeKey = ""
+	return zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(encCfg), zapcore.AddSync(stderr), zapcore.WarnLevel))
 }
 
 // The log goes out at most every logFlushInterval, or when logBufferSize

@@ -51,13 +51,8 @@ type tokenRequest struct {
 }
 
 func tokenCommand(args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("token", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(stderr, "usage: mqtt-jwt-proxy token [-alg HS256] (-secret S [-secret-base64] | -key FILE) [flags]\n"+
-			"Prints a signed JWT for testing.\n")
-		fs.PrintDefaults()
-	}
+	fs := newFlagSet("token", "[-alg HS256] (-secret S [-secret-base64] | -key FILE) [flags]",
+		"Prints a signed JWT for testing.", stderr)
 	algName := fs.String("alg", "HS256", "signing algorithm: "+algorithmList())
 	secret := fs.String("secret", "", "HMAC secret (HS256/384/512)")
 	secretBase64 := fs.Bool("secret-base64", false, "decode -secret as base64 first")
@@ -301,23 +296,6 @@ func (c claimFlag) Set(kv string) error {
 		c[name] = json.RawMessage(value)
 	} else {
 		c[name] = value
-	}
-	return nil
-}
-
-// parseFlags parses args into fs and allows at most maxArgs positional
-// arguments. It follows configFlag's conventions: the flag package has
-// already printed what was wrong when it returns errUsage.
-func parseFlags(fs *flag.FlagSet, args []string, maxArgs int) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	if fs.NArg() > maxArgs {
-		fmt.Fprintf(fs.Output(), "%s: unexpected arguments: %s\n", fs.Name(), strings.Join(fs.Args()[maxArgs:], " "))
-		return errUsage
 	}
 	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509/pkix"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strconv"
@@ -31,15 +30,10 @@ const verifyTimeout = 30 * time.Second
 var errTokenRefused = errors.New("token refused")
 
 func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	flags := flag.NewFlagSet("verify", flag.ContinueOnError)
-	flags.SetOutput(stderr)
-	flags.Usage = func() {
-		fmt.Fprint(stderr, "usage: mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y | -from username] [-cert-common-name CN] TOKEN\n"+
-			"Runs TOKEN through the configured authenticators as if a client sent it as its\n"+
-			"password, and says which one accepted or why it was refused. TOKEN - reads stdin.\n")
-		flags.PrintDefaults()
-	}
-	configPath := flags.String("config", "", "configuration file (YAML)")
+	flags := newFlagSet("verify", "-config FILE [-client-id X] [-username Y | -from username] [-cert-common-name CN] TOKEN",
+		"Runs TOKEN through the configured authenticators as if a client sent it as its\n"+
+			"password, and says which one accepted or why it was refused. TOKEN - reads stdin.", stderr)
+	configPath := configFlag(flags)
 	clientID := flags.String("client-id", "", "the CONNECT's client ID, for ${clientid} in verify_claims")
 	username := flags.String("username", "", "the CONNECT's user name (default: none, or TOKEN when an authenticator reads from: username)")
 	certCN := flags.String("cert-common-name", "", "as if the client presented a TLS certificate the listener verified, with this common name, for ${cert_common_name} and certificate authenticators")
@@ -48,17 +42,13 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	if err := parseFlags(flags, args, 1); err != nil {
 		return err
 	}
-	if *configPath == "" || flags.NArg() != 1 {
-		fmt.Fprintln(stderr, "verify: -config FILE and TOKEN (or - to read it from stdin) are required")
-		return errUsage
-	}
 	switch {
+	case *configPath == "" || flags.NArg() != 1:
+		return usageError(flags, "-config FILE (or $%s) and TOKEN (or - to read it from stdin) are required", envConfig)
 	case *from != "" && *from != "password" && *from != "username":
-		fmt.Fprintf(stderr, "verify: -from %q: want password or username\n", *from)
-		return errUsage
+		return usageError(flags, "-from %q: want password or username", *from)
 	case *from == "username" && flagWasSet(flags, "username"):
-		fmt.Fprintln(stderr, "verify: -from username sends TOKEN as the user name; -username cannot also be given")
-		return errUsage
+		return usageError(flags, "-from username sends TOKEN as the user name; -username cannot also be given")
 	}
 	token := flags.Arg(0)
 	if token == "-" {
@@ -149,6 +139,11 @@ func printExplanation(w io.Writer, steps []authn.Step) authn.RefuseReason {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Authenticator, s.Outcome, reason, detail)
 	}
 	tw.Flush()
+	for _, s := range steps {
+		if hint := authn.HintOf(s.Err); hint != "" {
+			fmt.Fprintf(w, "hint (%s): %s\n", s.Authenticator, hint)
+		}
+	}
 
 	decider, reason := decision(steps)
 	if reason == "" {

@@ -221,7 +221,7 @@ func TestVerifyUsage(t *testing.T) {
 		wantCode int
 		wantErr  string
 	}{
-		{"no config", []string{seedToken}, 2, "-config FILE and TOKEN (or - to read it from stdin) are required"},
+		{"no config", []string{seedToken}, 2, "-config FILE (or $MQTT_JWT_PROXY_CONFIG) and TOKEN (or - to read it from stdin) are required"},
 		{"no token", []string{"-config", good}, 2, "are required"},
 		{"two tokens", []string{"-config", good, seedToken, seedToken}, 2, "unexpected arguments"},
 		{"missing config file", []string{"-config", filepath.Join(t.TempDir(), "absent.yaml"), seedToken}, 1, "read config"},
