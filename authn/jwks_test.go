@@ -34,6 +34,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/internal/fetch"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
 
@@ -860,7 +861,7 @@ func TestJWKSFetchFailures(t *testing.T) {
 			o, _ := jwksTestOptions(newJWKSTestClock())
 			const fetchTimeout = 200 * time.Millisecond
 			started := time.Now()
-			p := startJWKSTestProvider(t, jwksConfig(s.URL), o, func(p *jwksProvider) { p.fetchTimeout = fetchTimeout })
+			p := startJWKSTestProvider(t, jwksConfig(s.URL), o, func(p *jwksProvider) { p.fetcher.Timeout = fetchTimeout })
 			if elapsed := time.Since(started); elapsed > 5*time.Second {
 				t.Errorf("the failing fetch took %s; the fetch timeout is %s", elapsed, fetchTimeout)
 			}
@@ -1057,7 +1058,7 @@ func TestJWKSStartAndClose(t *testing.T) {
 	clock := newJWKSTestClock()
 	o, logs := jwksTestOptions(clock)
 
-	// The fetch hangs for jwksFetchTimeout; newJWKSProvider must not wait.
+	// The fetch hangs for fetch.DefaultTimeout; newJWKSProvider must not wait.
 	p, err := newJWKSProvider("jwt", jwksConfig(s.URL), o)
 	if err != nil {
 		t.Fatalf("newJWKSProvider: %v", err)
@@ -1078,7 +1079,7 @@ func TestJWKSStartAndClose(t *testing.T) {
 
 	started := time.Now()
 	p.close()
-	if elapsed := time.Since(started); elapsed >= jwksFetchTimeout {
+	if elapsed := time.Since(started); elapsed >= fetch.DefaultTimeout {
 		t.Errorf("close took %s: it did not cut the hung fetch short", elapsed)
 	}
 	p.close() // a second close is harmless
