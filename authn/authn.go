@@ -35,6 +35,11 @@
 // is refused as malformed. exp, nbf and iat are checked when present,
 // within the leeway, and required when listed in required_claims.
 //
+// WithRevocation adds the revocation list (package revocation) to the
+// chain: a token that verifies is then refused with ErrRevoked when the
+// list names its jti, its sub, the client ID, or its sub with a time
+// after its iat.
+//
 // Template is the placeholder engine of verify_claims, exported for what
 // the proxy forwards upstream, such as a client identifier taken from the
 // token's sub claim:
@@ -54,6 +59,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"go.uber.org/zap"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
 
@@ -88,6 +94,10 @@ type Identity struct {
 	Subject string
 	// Expiry is the exp claim; zero when the token has none.
 	Expiry time.Time
+	// IssuedAt is the iat claim; zero when the token has none.
+	IssuedAt time.Time
+	// TokenID is the jti claim; empty when the token has none.
+	TokenID string
 	// DisconnectAt, when not zero, is when the session must end: Expiry
 	// plus the leeway that let the token in, for an authenticator with
 	// disconnect_after_expire (on by default, as in EMQX) and a token with
@@ -99,6 +109,14 @@ type Identity struct {
 	// arrays []any. The map is shared by every connection with the same
 	// token: read it, never change it.
 	Claims map[string]any
+}
+
+// RevocationToken is what a revocation list checks of the client that
+// presented the token id stands for, with clientID the CONNECT's client
+// identifier: the proxy checks its sessions with it when a new list
+// arrives (revocation.List.Matches).
+func (id Identity) RevocationToken(clientID string) revocation.Token {
+	return revocation.Token{ID: id.TokenID, Subject: id.Subject, ClientID: clientID, IssuedAt: id.IssuedAt}
 }
 
 // Verifier decides on one client. *Chain implements it.
@@ -264,6 +282,7 @@ type authenticator struct {
 	claims             claimRules
 	now                func() time.Time
 	verified           verifiedTokens
+	revocation         *revocation.List // nil: no token is revoked
 }
 
 func (a *authenticator) label() string { return a.name }
@@ -280,7 +299,7 @@ func newAuthenticator(cfg configs.Authenticator, o *options) (*authenticator, er
 	if cfg.Mechanism != "jwt" {
 		return nil, fmt.Errorf("mechanism: %q is not one of jwt, certificate", cfg.Mechanism)
 	}
-	a := &authenticator{name: cfg.Name, from: cfg.From, now: o.now,
+	a := &authenticator{name: cfg.Name, from: cfg.From, now: o.now, revocation: o.revocation,
 		disconnectAtExpiry: cfg.DisconnectAfterExpire == nil || *cfg.DisconnectAfterExpire}
 	var errs []error
 	switch cfg.From {
@@ -364,8 +383,27 @@ func (a *authenticator) verify(ctx context.Context, req *Request) (Identity, err
 		}
 		return Identity{}, refuse(a.name, reason, err)
 	}
+	if a.revocation != nil {
+		if why, revoked := a.revocation.Revoked(id.RevocationToken(req.ClientID)); revoked {
+			return Identity{}, refuseRevoked(a.name, why)
+		}
+	}
 	id.Authenticator = a.name
 	return id, nil
+}
+
+// refuseRevoked is the refusal of a token the revocation list revokes for
+// why.
+func refuseRevoked(name string, why revocation.Reason) *RefuseError {
+	switch why {
+	case revocation.ReasonUnavailable:
+		return refuse(name, ErrRevocationUnavailable, errors.New("no revocation list in force, and on_unavailable is deny"))
+	case revocation.ReasonIssuedBefore:
+		return refuse(name, ErrRevoked, errors.New("issued before the time issued_before gives its sub, or without iat"))
+	case revocation.ReasonClientID:
+		return refuse(name, ErrRevoked, errors.New("the client ID is listed under client_id"))
+	}
+	return refuse(name, ErrRevoked, fmt.Errorf("its %s is listed", why))
 }
 
 // tokenMissing is the refusal of req, which has no token where a reads
@@ -398,7 +436,7 @@ func (a *authenticator) verifyToken(ctx context.Context, token []byte, req *Requ
 		}
 		return Identity{}, err
 	}
-	id := Identity{Subject: checked.subject, Expiry: checked.expiry, Claims: claims}
+	id := Identity{Subject: checked.subject, Expiry: checked.expiry, IssuedAt: checked.issuedAt, TokenID: checked.id, Claims: claims}
 	if a.disconnectAtExpiry && !checked.expiry.IsZero() {
 		id.DisconnectAt = checked.expiry.Add(a.claims.leeway)
 	}

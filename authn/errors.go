@@ -41,6 +41,13 @@ const (
 	// ErrKeysUnavailable: the JWKS keys are not loaded, or were dropped
 	// after failed refreshes.
 	ErrKeysUnavailable RefuseReason = "keys_unavailable"
+	// ErrRevoked: the token verified, and the revocation list revokes it
+	// (by its jti, sub, the client ID, or issued_before).
+	ErrRevoked RefuseReason = "revoked"
+	// ErrRevocationUnavailable: no revocation list is in force (none
+	// loaded yet, or the last good one is older than max_stale) and
+	// on_unavailable is deny.
+	ErrRevocationUnavailable RefuseReason = "revocation_unavailable"
 	// ErrNoAuthenticatorAccepted: every authenticator of the chain passed.
 	ErrNoAuthenticatorAccepted RefuseReason = "not_authorized"
 )

@@ -291,6 +291,8 @@ func TestConnackCode(t *testing.T) {
 		{authn.ErrAlgorithmNotAllowed, 0x87, 5},
 		{authn.ErrNoKey, 0x87, 5},
 		{authn.ErrKeysUnavailable, 0x87, 5},
+		{authn.ErrRevoked, 0x87, 5},
+		{authn.ErrRevocationUnavailable, 0x87, 5},
 		{authn.ErrNoAuthenticatorAccepted, 0x87, 5},
 	}
 	for _, tc := range cases {
