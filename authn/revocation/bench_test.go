@@ -1,12 +1,18 @@
 package revocation
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
 
 // million is the size of the large lists the benchmarks use.
@@ -127,4 +133,67 @@ func BenchmarkParse1M(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkRevokedDuringRefresh is the check at CONNECT (List.Revoked)
+// against a list of a million jti values, first with the list idle, then
+// while another goroutine refreshes it from a URL again and again, each
+// time with a different million-entry document to fetch, hash and parse:
+// what a refresh costs the connections arriving meanwhile. Besides ns/op
+// it reports the slowest lookup and how many in a million took over 1 µs.
+func BenchmarkRevokedDuringRefresh(b *testing.B) {
+	ids := uuids(million + 1)
+	docs := [][]byte{jtiDocument(b, ids[:million]), jtiDocument(b, ids[1:])}
+	var served atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(docs[served.Add(1)%2])
+	}))
+	defer srv.Close()
+	l, err := New(configs.Revocation{URL: srv.URL, RefreshInterval: configs.Duration(time.Hour)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	<-l.FirstRefreshDone()
+	if st := l.Status(); st.Entries != million {
+		b.Fatalf("loaded %+v", st)
+	}
+	fresh := uuids(million + 1000)[million+1:] // never listed
+
+	lookups := func(b *testing.B) {
+		var slowest time.Duration
+		var slow int
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			start := time.Now()
+			if _, revoked := l.Revoked(Token{ID: fresh[i%len(fresh)], Subject: "carol", ClientID: "sensor-7"}); revoked {
+				b.Fatal("revoked")
+			}
+			took := time.Since(start)
+			slowest = max(slowest, took)
+			if took > time.Microsecond {
+				slow++
+			}
+		}
+		b.ReportMetric(float64(slowest.Nanoseconds()), "max-ns")
+		b.ReportMetric(float64(slow)*1e6/float64(b.N), "over-1µs/1M")
+	}
+	b.Run("idle", lookups)
+	b.Run("during-refresh", func(b *testing.B) {
+		ctx, cancel := context.WithCancel(context.Background())
+		var refreshes atomic.Int64
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for ctx.Err() == nil {
+				if err := l.Refresh(ctx); err == nil {
+					refreshes.Add(1)
+				}
+			}
+		}()
+		lookups(b)
+		cancel()
+		<-done
+		b.ReportMetric(float64(refreshes.Load()), "refreshes")
+	})
 }
