@@ -52,7 +52,7 @@ type List struct {
 
 	ctx    context.Context // parent of every load; Close cancels it
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // the refresh loop
+	wg     sync.WaitGroup // the refresh loop and Refresh calls under way
 }
 
 // snapshot is the set in force and what is known of it.
@@ -204,9 +204,18 @@ func (l *List) FirstRefreshDone() <-chan struct{} { return l.firstDone }
 // A failure keeps the last good set. It blocks for at most the fetch
 // timeout, and waits for a refresh under way.
 func (l *List) Refresh(ctx context.Context) error {
+	l.mu.Lock()
 	if l.closed.Load() {
+		l.mu.Unlock()
 		return errors.New("revocation list closed")
 	}
+	l.wg.Add(1) // under mu, so that Close waits for it
+	l.mu.Unlock()
+	defer l.wg.Done()
+	// Close ends this refresh too, as it ends the loop's.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(l.ctx, cancel)()
 	return l.refresh(ctx, true)
 }
 
@@ -420,8 +429,12 @@ func (l *List) Status() Status {
 // Close stops the refreshing and waits for a refresh under way, closes
 // the subscribers' channels, and releases idle connections. After it,
 // Revoked treats the list as not in force, since it is refreshed no
-// more. It may be called more than once.
+// more. It may be called more than once, and on a nil *List (no list
+// configured), where it does nothing.
 func (l *List) Close() {
+	if l == nil {
+		return
+	}
 	l.mu.Lock()
 	l.closed.Store(true)
 	for ch := range l.subscribers {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +19,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/embedded"
@@ -36,11 +38,13 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 	// Building the chain parses keys, secrets and templates, which YAML
 	// validation cannot; both steps run, so that every problem is listed.
 	_, forwardErr := proxy.NewForward(cfg.Forward)
+	list, listErr := newRevocation(cfg.Revocation, zap.NewNop())
 	chain, chainErr := authn.New(cfg.Authentication)
-	if err := errors.Join(forwardErr, chainErr); err != nil {
+	if err := errors.Join(forwardErr, listErr, chainErr); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	chain.Close()
+	list.Close()
 	logWarnings(cfg, checkLogger(stderr))
 	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d authenticators)\n", path, len(cfg.Listeners), len(cfg.Authentication))
 	return nil
@@ -100,7 +104,12 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}()
 
-	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger))
+	list, err := newRevocation(cfg.Revocation, logger)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	defer func() { list.Close() }() // the list in force at exit, after reloads
+	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger), authn.WithRevocation(list))
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
@@ -143,14 +152,20 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		select {
 		case <-hup:
 			certs.reload(logger)
-			if next, nextChain, err := reload(src, cfg, chain, p, logger); err != nil {
+			if next, nextChain, nextList, err := reload(src, cfg, chain, list, p, logger); err != nil {
 				logger.Error("reload rejected; the running configuration stays in force", zap.String("config", path), zap.Error(err))
 			} else {
 				// Verifications that began before the swap may still use
-				// the old chain; it is closed once they are past.
-				old := chain
-				time.AfterFunc(cfg.Limits.ConnectTimeout.Or(proxy.DefaultConnectTimeout), old.Close)
-				cfg, chain = next, nextChain
+				// the old chain and list; they are closed once those are
+				// past.
+				oldChain, oldList := chain, list
+				time.AfterFunc(cfg.Limits.ConnectTimeout.Or(proxy.DefaultConnectTimeout), func() {
+					oldChain.Close()
+					if oldList != nextList {
+						oldList.Close()
+					}
+				})
+				cfg, chain, list = next, nextChain, nextList
 				chains.Store(chain)
 			}
 		case <-ctx.Done():
@@ -176,25 +191,32 @@ var restartOnly = map[string]bool{"listeners": true, "upstream": true, "metrics"
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
-// limits, forward and the drain timeout. Listeners, the upstream, the
-// metrics endpoint and the log stay as they started; a change there is
-// logged, key by key, and needs a restart. Nothing changes when the new
-// file is invalid.
-func reload(src configSource, running *configs.File, runningChain *authn.Chain, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
+// the revocation list, limits, forward and the drain timeout. Listeners,
+// the upstream, the metrics endpoint and the log stay as they started; a
+// change there is logged, key by key, and needs a restart. Nothing
+// changes when the new file is invalid.
+func reload(src configSource, running *configs.File, runningChain *authn.Chain, runningList *revocation.List, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, *revocation.List, error) {
 	path := src.path
 	cfg, err := src.load()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	forward, err := proxy.NewForward(cfg.Forward)
 	if err != nil {
-		return nil, nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	list, err := reloadRevocation(running.Revocation, cfg.Revocation, runningList, logger)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	// JWKS authenticators keep their last good keys: a reload while the
 	// identity provider is down must not refuse every token.
-	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger), authn.WithPrevious(runningChain))
+	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger), authn.WithPrevious(runningChain), authn.WithRevocation(list))
 	if err != nil {
-		return nil, nil, fmt.Errorf("config %s: %w", path, err)
+		if list != runningList {
+			list.Close()
+		}
+		return nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	var needRestart []string
 	for _, key := range configs.Diff(running, cfg) {
@@ -213,7 +235,42 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 	p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
 	logWarnings(cfg, logger)
-	return cfg, chain, nil
+	return cfg, chain, list, nil
+}
+
+// newRevocation builds the revocation list of cfg's revocation section, or
+// returns nil without one. Errors start with "revocation: ".
+func newRevocation(cfg *configs.Revocation, logger *zap.Logger) (*revocation.List, error) {
+	if cfg == nil {
+		return nil, nil
+	}
+	list, err := revocation.New(*cfg, revocation.WithLogger(logger))
+	if err != nil {
+		return nil, fmt.Errorf("revocation: %w", err)
+	}
+	return list, nil
+}
+
+// reloadRevocation returns the revocation list for the reloaded section
+// next: the running list when the section is unchanged, read again at once
+// (a SIGHUP is how an operator says the file changed); otherwise a new
+// list, which starts with the running one's set when it reads the same
+// file or URL.
+func reloadRevocation(running, next *configs.Revocation, list *revocation.List, logger *zap.Logger) (*revocation.List, error) {
+	if next == nil {
+		return nil, nil
+	}
+	if list != nil && running != nil && reflect.DeepEqual(*running, *next) {
+		// In the background: a URL may take the fetch timeout to answer.
+		// The list logs a failure itself, and Close ends the refresh.
+		go list.Refresh(context.Background())
+		return list, nil
+	}
+	l, err := revocation.New(*next, revocation.WithLogger(logger), revocation.WithPrevious(list))
+	if err != nil {
+		return nil, fmt.Errorf("revocation: %w", err)
+	}
+	return l, nil
 }
 
 // logWarnings logs what cfg does that is unsafe or not applied as written:
