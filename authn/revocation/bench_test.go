@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -39,6 +40,23 @@ func jtiDocument(tb testing.TB, ids []string) []byte {
 	return doc
 }
 
+// lookupKeys returns n keys of which hits are taken from listed, the rest
+// never listed, in a compact slice and an order that spreads them over the
+// whole set: each lookup's path through the set is cold, as for a CONNECT,
+// while the key itself, as a token just read, is not.
+func lookupKeys(listed []string, n int, hits bool) []string {
+	keys := make([]string, n)
+	fresh := uuids(len(listed) + n)[len(listed):]
+	for i := range keys {
+		if hits {
+			keys[i] = strings.Clone(listed[(i*7919+13)%len(listed)])
+		} else {
+			keys[i] = strings.Clone(fresh[i])
+		}
+	}
+	return keys
+}
+
 // BenchmarkMatch1M is the check of one CONNECT against a list of a
 // million jti values, plus one entry under each other key: a token that
 // is not revoked (every key looked up), and one revoked by its jti.
@@ -51,11 +69,12 @@ func BenchmarkMatch1M(b *testing.B) {
 		b.Fatal(err)
 	}
 	iat := time.Date(2025, 7, 1, 0, 0, 0, 0, time.UTC)
-	fresh := uuids(million + 1000)[million:] // not listed
+	const n = 1 << 16
+	fresh, listed := lookupKeys(ids, n, false), lookupKeys(ids, n, true)
 	b.Run("not-revoked", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; b.Loop(); i++ {
-			tok := Token{ID: fresh[i%len(fresh)], Subject: "alice", ClientID: "sensor-7", IssuedAt: iat}
+			tok := Token{ID: fresh[i%n], Subject: "alice", ClientID: "sensor-7", IssuedAt: iat}
 			if _, revoked := s.Match(tok); revoked {
 				b.Fatal("revoked")
 			}
@@ -64,12 +83,48 @@ func BenchmarkMatch1M(b *testing.B) {
 	b.Run("revoked-by-jti", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; b.Loop(); i++ {
-			tok := Token{ID: ids[(i*7919)%len(ids)], Subject: "carol", ClientID: "sensor-7", IssuedAt: iat}
+			tok := Token{ID: listed[i%n], Subject: "carol", ClientID: "sensor-7", IssuedAt: iat}
 			if _, revoked := s.Match(tok); !revoked {
 				b.Fatal("not revoked")
 			}
 		}
 	})
+}
+
+// BenchmarkLookup1M compares one lookup in a set of a million jti values
+// with one in a map[string]struct{} of the same strings, the obvious
+// alternative, for a listed key and for one never listed.
+func BenchmarkLookup1M(b *testing.B) {
+	ids := uuids(million)
+	s, err := Parse(jtiDocument(b, ids))
+	if err != nil {
+		b.Fatal(err)
+	}
+	m := make(map[string]struct{}, len(ids))
+	for _, id := range ids {
+		m[strings.Clone(id)] = struct{}{}
+	}
+	const n = 1 << 16
+	for _, keys := range []struct {
+		name string
+		keys []string
+		want bool
+	}{{"hit", lookupKeys(ids, n, true), true}, {"miss", lookupKeys(ids, n, false), false}} {
+		b.Run("sorted-hashes/"+keys.name, func(b *testing.B) {
+			for i := 0; b.Loop(); i++ {
+				if _, ok := s.jti.find(keys.keys[i%n]); ok != keys.want {
+					b.Fatal(ok)
+				}
+			}
+		})
+		b.Run("map/"+keys.name, func(b *testing.B) {
+			for i := 0; b.Loop(); i++ {
+				if _, ok := m[keys.keys[i%n]]; ok != keys.want {
+					b.Fatal(ok)
+				}
+			}
+		})
+	}
 }
 
 // BenchmarkHeapPerEntry measures the heap a million jti values take once
@@ -158,7 +213,8 @@ func BenchmarkRevokedDuringRefresh(b *testing.B) {
 	if st := l.Status(); st.Entries != million {
 		b.Fatalf("loaded %+v", st)
 	}
-	fresh := uuids(million + 1000)[million+1:] // never listed
+	const n = 1 << 16
+	fresh := lookupKeys(ids, n, false)
 
 	lookups := func(b *testing.B) {
 		var slowest time.Duration
@@ -166,7 +222,7 @@ func BenchmarkRevokedDuringRefresh(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; b.Loop(); i++ {
 			start := time.Now()
-			if _, revoked := l.Revoked(Token{ID: fresh[i%len(fresh)], Subject: "carol", ClientID: "sensor-7"}); revoked {
+			if _, revoked := l.Revoked(Token{ID: fresh[i%n], Subject: "carol", ClientID: "sensor-7"}); revoked {
 				b.Fatal("revoked")
 			}
 			took := time.Since(start)

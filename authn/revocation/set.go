@@ -4,26 +4,39 @@ import (
 	"bytes"
 	"cmp"
 	"hash/maphash"
+	"math/bits"
 	"slices"
 	"strings"
 )
 
 // stringSet is a set of strings built once and then only looked up, from
-// any number of goroutines: a lookup costs one hash and a binary search
-// and allocates nothing. It keeps 12 bytes per entry besides the strings
-// themselves: each string's 64-bit hash, sorted, and where it ends in
-// text, which holds the strings end to end in the same order, so that a
-// hash match is confirmed on the string and a collision never revokes a
-// token by mistake. docs/design.md compares it with a map.
+// any number of goroutines: a lookup costs one hash, one step in a
+// directory and a scan of a few neighbouring hashes, a handful of cache
+// lines however large the set, and allocates nothing. It keeps about 12.5
+// bytes per entry besides the strings themselves: each string's 64-bit
+// hash, sorted; where it ends in text, which holds the strings end to end
+// in the same order, so that a hash match is confirmed on the string and
+// a collision never revokes a token by mistake; and the directory. See
+// docs/design.md for what else was measured.
 type stringSet struct {
 	seed   maphash.Seed
 	hashes []uint64 // sorted; equal hashes are adjacent
 	ends   []uint32 // string i is text[ends[i-1]:ends[i]], from 0 for i = 0
 	text   string
+	// dir[b] is the first entry whose hash's top bits (hash >> shift)
+	// are b or more, so that the entries of b are dir[b] to dir[b+1]: about
+	// entriesPerBucket of them.
+	dir   []uint32
+	shift uint
 	// values holds a value per string, in the same order, for a set that
 	// maps strings to values (issued_before); nil for a plain set.
 	values []int64
 }
+
+// entriesPerBucket is about how many entries share a directory bucket: a
+// few hashes, one cache line to scan, for a directory of half a byte per
+// entry.
+const entriesPerBucket = 8
 
 // setBuilder gathers a set's strings, in document order, and builds it.
 // A string is appended to text by the caller (as jsontext.AppendUnquote
@@ -100,7 +113,25 @@ func (b *setBuilder) build(withValues bool) stringSet {
 	s.text = text.String()
 	// Duplicates leave room at the ends: give it back.
 	s.hashes, s.ends, s.values = slices.Clip(s.hashes), slices.Clip(s.ends), slices.Clip(s.values)
+	s.buildDir()
 	return s
+}
+
+// buildDir builds the directory of the sorted hashes: 2^k buckets, k
+// such that each holds about entriesPerBucket entries.
+func (s *stringSet) buildDir() {
+	k := max(bits.Len(uint(len(s.hashes)/entriesPerBucket)), 0)
+	s.shift = 64 - uint(k) // 64 for a single bucket: h >> 64 is 0
+	s.dir = make([]uint32, 1<<k+1)
+	b := 0
+	for i, h := range s.hashes {
+		for ; b <= int(h>>s.shift); b++ {
+			s.dir[b] = uint32(i)
+		}
+	}
+	for ; b < len(s.dir); b++ {
+		s.dir[b] = uint32(len(s.hashes))
+	}
 }
 
 // duplicate reports whether str, of hash h, is among the strings of
@@ -123,9 +154,9 @@ func (s *stringSet) find(key string) (int, bool) {
 		return 0, false
 	}
 	h := maphash.String(s.seed, key)
-	i, _ := slices.BinarySearch(s.hashes, h)
-	for ; i < len(s.hashes) && s.hashes[i] == h; i++ {
-		if s.at(i) == key {
+	b := h >> s.shift
+	for i := int(s.dir[b]); i < int(s.dir[b+1]) && s.hashes[i] <= h; i++ {
+		if s.hashes[i] == h && s.at(i) == key {
 			return i, true
 		}
 	}
@@ -143,5 +174,5 @@ func (s *stringSet) at(i int) string {
 
 // bytes is the memory the set holds, for the metrics and docs.
 func (s *stringSet) bytes() int {
-	return 8*cap(s.hashes) + 4*cap(s.ends) + len(s.text) + 8*cap(s.values)
+	return 8*cap(s.hashes) + 4*cap(s.ends) + len(s.text) + 4*cap(s.dir) + 8*cap(s.values)
 }
