@@ -147,8 +147,9 @@ func TestParseSizeCap(t *testing.T) {
 func TestMatchCollidingHashes(t *testing.T) {
 	s := mustParse(t, `{"jti": ["a", "b", "c", "d"]}`)
 	collide := func(with string) {
-		for i := range s.jti.hashes {
-			s.jti.hashes[i] = maphash.String(s.jti.seed, with)
+		h := maphash.String(s.jti.seed, with)
+		for i := range s.jti.entries {
+			s.jti.entries[i].hashHi, s.jti.entries[i].hashLo = uint32(h>>32), uint32(h)
 		}
 	}
 	collide("e") // every entry has the hash of "e", which is not listed
