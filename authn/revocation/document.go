@@ -136,7 +136,9 @@ func Parse(data []byte) (*Set, error) {
 	case tok.Kind() != '{':
 		return nil, fmt.Errorf("a JSON %s, not an object", kindName(tok.Kind()))
 	}
-	var jti, subject, clientID, issuedBefore setBuilder
+	arena := make([]byte, 0, len(data))
+	jti, subject, clientID := setBuilder{arena: &arena}, setBuilder{arena: &arena}, setBuilder{arena: &arena}
+	issuedBefore := setBuilder{arena: &arena, withValues: true}
 	for dec.PeekKind() != '}' {
 		name, err := dec.ReadToken()
 		if err != nil {
@@ -165,10 +167,10 @@ func Parse(data []byte) (*Set, error) {
 		return nil, errors.New("data after the JSON object")
 	}
 	return &Set{
-		jti:          jti.build(false),
-		subject:      subject.build(false),
-		clientID:     clientID.build(false),
-		issuedBefore: issuedBefore.build(true),
+		jti:          jti.build(),
+		subject:      subject.build(),
+		clientID:     clientID.build(),
+		issuedBefore: issuedBefore.build(),
 	}, nil
 }
 
@@ -180,6 +182,7 @@ func readList(dec *jsontext.Decoder, key string, b *setBuilder) error {
 	if _, err := dec.ReadToken(); err != nil {
 		return err
 	}
+	b.begin()
 	for i := 0; dec.PeekKind() != ']'; i++ {
 		v, err := dec.ReadValue()
 		if err != nil {
@@ -188,7 +191,7 @@ func readList(dec *jsontext.Decoder, key string, b *setBuilder) error {
 		if v.Kind() != '"' {
 			return fmt.Errorf("%s[%d]: a JSON %s, not a string", key, i, kindName(v.Kind()))
 		}
-		if b.text, err = jsontext.AppendUnquote(b.text, v); err != nil {
+		if err := b.appendQuoted(v); err != nil {
 			return fmt.Errorf("%s[%d]: %w", key, i, err)
 		}
 		if len(b.pending()) == 0 {
@@ -208,13 +211,14 @@ func readIssuedBefore(dec *jsontext.Decoder, b *setBuilder) error {
 	if _, err := dec.ReadToken(); err != nil {
 		return err
 	}
+	b.begin()
 	var when []byte
 	for dec.PeekKind() != '}' {
 		name, err := dec.ReadValue()
 		if err != nil {
 			return err
 		}
-		if b.text, err = jsontext.AppendUnquote(b.text, name); err != nil {
+		if err := b.appendQuoted(name); err != nil {
 			return fmt.Errorf("%s: %w", keyIssuedBefore, err)
 		}
 		if len(b.pending()) == 0 {

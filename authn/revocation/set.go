@@ -7,6 +7,8 @@ import (
 	"math/bits"
 	"slices"
 	"strings"
+
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // stringSet is a set of strings built once and then only looked up, from
@@ -50,33 +52,49 @@ func (e *entry) hash() uint64 { return uint64(e.hashHi)<<32 | uint64(e.hashLo) }
 const entriesPerBucket = 8
 
 // setBuilder gathers a set's strings, in document order, and builds it.
-// A string is appended to text by the caller (as jsontext.AppendUnquote
-// does), and then ended with its value.
+// The strings of all the sets of a document go into one arena, as large
+// as the document (a JSON string never unquotes longer than it is
+// written), so that it does not grow by copying; a key's strings are
+// contiguous in it, since each key is read once, whole.
 type setBuilder struct {
-	text   []byte
-	ends   []uint32
-	values []int64
+	arena      *[]byte
+	first      uint32   // where the first string begins in the arena
+	ends       []uint32 // where each string ends in the arena
+	values     []int64  // a value per string, when withValues
+	withValues bool
 }
 
-// pending is what was appended to text since the last string ended.
-func (b *setBuilder) pending() []byte { return b.text[b.start(len(b.ends)):] }
+// begin starts the builder's strings at the end of the arena.
+func (b *setBuilder) begin() { b.first = uint32(len(*b.arena)) }
 
-// end ends the pending string, with value.
+// appendQuoted appends the JSON string quoted, unquoted, to the pending
+// string.
+func (b *setBuilder) appendQuoted(quoted jsontext.Value) (err error) {
+	*b.arena, err = jsontext.AppendUnquote(*b.arena, quoted)
+	return err
+}
+
+// pending is what was appended since the last string ended.
+func (b *setBuilder) pending() []byte { return (*b.arena)[b.start(len(b.ends)):] }
+
+// end ends the pending string, with value (kept when withValues).
 func (b *setBuilder) end(value int64) {
-	b.ends = append(b.ends, uint32(len(b.text)))
-	b.values = append(b.values, value)
+	b.ends = append(b.ends, uint32(len(*b.arena)))
+	if b.withValues {
+		b.values = append(b.values, value)
+	}
 }
 
-// start is where the i-th string begins in text.
+// start is where the i-th string begins in the arena.
 func (b *setBuilder) start(i int) uint32 {
 	if i == 0 {
-		return 0
+		return b.first
 	}
 	return b.ends[i-1]
 }
 
 // at is the i-th string ended.
-func (b *setBuilder) at(i int) []byte { return b.text[b.start(i):b.ends[i]] }
+func (b *setBuilder) at(i int) []byte { return (*b.arena)[b.start(i):b.ends[i]] }
 
 // hashedString is a string of the builder by its index, with its hash.
 type hashedString struct {
@@ -84,9 +102,9 @@ type hashedString struct {
 	index uint32
 }
 
-// build returns the set of the strings ended, each once, keeping the
+// build returns the set of the strings ended, each once, with their
 // values when withValues. A string ended twice keeps its first value.
-func (b *setBuilder) build(withValues bool) stringSet {
+func (b *setBuilder) build() stringSet {
 	s := stringSet{seed: maphash.MakeSeed()}
 	n := len(b.ends)
 	if n == 0 {
@@ -103,9 +121,9 @@ func (b *setBuilder) build(withValues bool) stringSet {
 	})
 
 	var text strings.Builder // its String does not copy
-	text.Grow(len(b.text))
+	text.Grow(int(b.start(n) - b.first))
 	s.entries = make([]entry, 0, n)
-	if withValues {
+	if b.withValues {
 		s.values = make([]int64, 0, n)
 	}
 	for i, e := range order {
@@ -115,7 +133,7 @@ func (b *setBuilder) build(withValues bool) stringSet {
 		}
 		text.Write(str)
 		s.entries = append(s.entries, entry{hashHi: uint32(e.hash >> 32), hashLo: uint32(e.hash), end: uint32(text.Len())})
-		if withValues {
+		if b.withValues {
 			s.values = append(s.values, b.values[e.index])
 		}
 	}
