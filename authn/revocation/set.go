@@ -2,7 +2,6 @@ package revocation
 
 import (
 	"bytes"
-	"cmp"
 	"hash/maphash"
 	"math/bits"
 	"slices"
@@ -110,15 +109,7 @@ func (b *setBuilder) build() stringSet {
 	if n == 0 {
 		return s
 	}
-	order := make([]hashedString, n)
-	for i := range order {
-		order[i] = hashedString{maphash.Bytes(s.seed, b.at(i)), uint32(i)}
-	}
-	// Equal hashes in document order, so that of a string given twice
-	// the first is kept.
-	slices.SortFunc(order, func(x, y hashedString) int {
-		return cmp.Or(cmp.Compare(x.hash, y.hash), cmp.Compare(x.index, y.index))
-	})
+	order := b.sorted(s.seed)
 
 	var text strings.Builder // its String does not copy
 	text.Grow(int(b.start(n) - b.first))
@@ -147,9 +138,8 @@ func (b *setBuilder) build() stringSet {
 // buildDir builds the directory of the sorted hashes: 2^k buckets, k
 // such that each holds about entriesPerBucket entries.
 func (s *stringSet) buildDir() {
-	k := bits.Len(uint(len(s.entries) / entriesPerBucket))
-	s.shift = 64 - uint(k) // 64 for a single bucket: h >> 64 is 0
-	s.dir = make([]uint32, 1<<k+1)
+	s.shift = bucketShift(len(s.entries))
+	s.dir = make([]uint32, 1<<(64-s.shift)+1)
 	b := 0
 	for i := range s.entries {
 		for ; b <= int(s.entries[i].hash()>>s.shift); b++ {
@@ -160,6 +150,49 @@ func (s *stringSet) buildDir() {
 		s.dir[b] = uint32(len(s.entries))
 	}
 }
+
+// sorted returns the builder's strings by hash, equal hashes in document
+// order (so that of a string given twice the first is kept). Hashes are
+// uniform: a counting sort on their top bits puts each in a bucket of
+// about entriesPerBucket, which an insertion sort orders, in linear time
+// where a comparison sort takes n log n (docs/design.md).
+func (b *setBuilder) sorted(seed maphash.Seed) []hashedString {
+	n := len(b.ends)
+	shift := bucketShift(n)
+	hashes := make([]uint64, n)
+	starts := make([]uint32, 1<<(64-shift)+1) // starts[k+1] counts bucket k, then is where it starts
+	for i := range hashes {
+		hashes[i] = maphash.Bytes(seed, b.at(i))
+		starts[hashes[i]>>shift+1]++
+	}
+	for k := 1; k < len(starts); k++ {
+		starts[k] += starts[k-1]
+	}
+	order := make([]hashedString, n)
+	for i, h := range hashes { // in document order: a stable sort
+		k := h >> shift
+		order[starts[k]] = hashedString{h, uint32(i)}
+		starts[k]++
+	}
+	// starts[k] is now where bucket k ends, and bucket k-1's end where it
+	// begins.
+	begin := uint32(0)
+	for _, end := range starts[:len(starts)-1] {
+		bucket := order[begin:end]
+		for i := 1; i < len(bucket); i++ { // insertion sort: stable
+			for j := i; j > 0 && bucket[j].hash < bucket[j-1].hash; j-- {
+				bucket[j], bucket[j-1] = bucket[j-1], bucket[j]
+			}
+		}
+		begin = end
+	}
+	return order
+}
+
+// bucketShift is the shift that takes a hash to its bucket in a
+// directory for n entries: 2^(64 - shift) buckets of about
+// entriesPerBucket entries; 64 for a single bucket (h >> 64 is 0).
+func bucketShift(n int) uint { return 64 - uint(bits.Len(uint(n/entriesPerBucket))) }
 
 // duplicate reports whether str, of hash h, is among the strings of
 // before with the same hash: the end of before, which is sorted by hash.
