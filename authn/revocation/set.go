@@ -235,8 +235,3 @@ func (s *stringSet) at(i int) string {
 	}
 	return s.text[start:s.entries[i].end]
 }
-
-// bytes is the memory the set holds, for the metrics and docs.
-func (s *stringSet) bytes() int {
-	return 12*cap(s.entries) + len(s.text) + 4*cap(s.dir) + 8*cap(s.values)
-}
