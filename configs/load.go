@@ -427,6 +427,7 @@ func (f *File) Validate() error {
 		bad("log.format: %q is not one of json, console", f.Log.Format)
 	}
 	errs = append(errs, f.Metrics.validate(f)...)
+	errs = append(errs, f.Authorization.validate()...)
 	return errors.Join(errs...)
 }
 
@@ -458,6 +459,9 @@ func (a Authenticator) validate(at string) []error {
 	}
 	if !oneOf(a.SignatureFormat, "", "raw", "der") {
 		bad("signature_format: %q is not one of raw, der", a.SignatureFormat)
+	}
+	if oneOf(a.ACL.Claim, "iss", "sub", "aud", "exp", "nbf", "iat", "jti") {
+		bad("acl.claim: %s is a registered claim, never a list of rules", a.ACL.Claim)
 	}
 	if a.UseJWKS {
 		if a.Endpoint == "" {
@@ -584,3 +588,58 @@ func hostAddrs(host string) []netip.Addr {
 }
 
 func oneOf(v string, allowed ...string) bool { return slices.Contains(allowed, v) }
+
+// validate checks the authorization section's shape: the values each key
+// takes. The topic filters and their placeholders are checked where the
+// rules are compiled (authn/acl), by the check command too.
+func (a Authorization) validate() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("authorization."+format, args...)) }
+	if !oneOf(a.NoMatch, "", PermissionAllow, PermissionDeny) {
+		bad("no_match: %q is not one of allow, deny", a.NoMatch)
+	}
+	if !oneOf(a.DenyAction, "", DenyActionIgnore, DenyActionDisconnect) {
+		bad("deny_action: %q is not one of ignore, disconnect", a.DenyAction)
+	}
+	for i, r := range a.Rules {
+		at := fmt.Sprintf("rules[%d]", i)
+		switch r.Permission {
+		case "":
+			bad("%s.permission: required: allow or deny", at)
+		case PermissionAllow, PermissionDeny:
+		default:
+			bad("%s.permission: %q is not one of allow, deny", at, r.Permission)
+		}
+		switch r.Action {
+		case "":
+			bad("%s.action: required: publish, subscribe or all", at)
+		case "publish", "all":
+		case "subscribe":
+			if r.Retain != nil {
+				bad("%s.retain: applies to publishes only, not with action: subscribe", at)
+			}
+		default:
+			bad("%s.action: %q is not one of publish, subscribe, all", at, r.Action)
+		}
+		switch {
+		case r.Topic != "" && len(r.Topics) > 0:
+			bad("%s: give topic or topics, not both", at)
+		case r.Topic == "" && len(r.Topics) == 0:
+			bad("%s.topic: required (or topics)", at)
+		}
+		for j, t := range r.Topics {
+			if t == "" {
+				bad("%s.topics[%d]: empty", at, j)
+			}
+		}
+		if r.QoS != nil && len(r.QoS) == 0 {
+			bad("%s.qos: an empty list matches nothing; leave qos out for every QoS", at)
+		}
+		for _, q := range r.QoS {
+			if q < 0 || q > 2 {
+				bad("%s.qos: %d is not 0, 1 or 2", at, q)
+			}
+		}
+	}
+	return errs
+}

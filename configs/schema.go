@@ -37,6 +37,10 @@ type File struct {
 	// Metrics configures the admin endpoint (metrics, health, pprof);
 	// the zero value serves none.
 	Metrics Metrics `yaml:"metrics"`
+	// Authorization is what authenticated clients may publish and
+	// subscribe to, after their token's rules; the zero value has no
+	// rules and allows what a token does not decide.
+	Authorization Authorization `yaml:"authorization"`
 }
 
 // DefaultDrainTimeout is Shutdown.DrainTimeout's zero value.
@@ -159,6 +163,68 @@ type Authenticator struct {
 	// DisconnectAfterExpire closes a client's connection when its token's
 	// exp passes. Nil (unset) means true, as in EMQX 5.7 and later.
 	DisconnectAfterExpire *bool `yaml:"disconnect_after_expire"`
+	// ACL says where tokens carry topic rules; the zero value reads them
+	// from the claim acl, as EMQX does.
+	ACL AuthenticatorACL `yaml:"acl"`
+}
+
+// AuthenticatorACL says where an authenticator's tokens carry topic rules.
+type AuthenticatorACL struct {
+	// Claim names the claim holding the rules, in either of EMQX's
+	// formats (a list of rules, or pub/sub/all lists). Empty means "acl",
+	// EMQX's acl_claim_name default. A token without it has no rules of
+	// its own.
+	Claim string `yaml:"claim"`
+}
+
+// Values of Authorization.NoMatch and of a rule's Permission.
+const (
+	PermissionAllow = "allow"
+	PermissionDeny  = "deny"
+)
+
+// Values of Authorization.DenyAction.
+const (
+	// DenyActionIgnore drops a denied PUBLISH and refuses a denied
+	// subscription, and the session goes on.
+	DenyActionIgnore = "ignore"
+	// DenyActionDisconnect ends the session at the first denial.
+	DenyActionDisconnect = "disconnect"
+)
+
+// Authorization is the authorization section: rules in EMQX's format,
+// checked after a client's token rules, the first that applies deciding.
+type Authorization struct {
+	// Rules are checked in order, after the token's rules.
+	Rules []AuthorizationRule `yaml:"rules"`
+	// NoMatch decides a request that no rule applies to: "allow" (the
+	// default, as in EMQX) or "deny".
+	NoMatch string `yaml:"no_match"`
+	// DenyAction is what a denial does to the session: "ignore" (the
+	// default, as in EMQX) or "disconnect".
+	DenyAction string `yaml:"deny_action"`
+}
+
+// AuthorizationRule is one rule, as an EMQX 5.5 token writes it:
+//
+//	{permission: allow, action: all, topic: "devices/${claims.sub}/#"}
+type AuthorizationRule struct {
+	// Permission is "allow" or "deny". Required.
+	Permission string `yaml:"permission"`
+	// Action is "publish", "subscribe" or "all". Required.
+	Action string `yaml:"action"`
+	// Topic is the rule's topic filter, a template that may use
+	// ${clientid}, ${username}, ${cert_common_name}, ${cert_subject} and
+	// ${claims.NAME}; "eq FILTER" is FILTER literally. Give Topic or
+	// Topics.
+	Topic string `yaml:"topic,omitempty"`
+	// Topics are several filters, as Topic.
+	Topics []string `yaml:"topics,omitempty"`
+	// QoS lists the QoS levels the rule applies to; empty means all.
+	QoS []int `yaml:"qos,omitempty"`
+	// Retain, when set, limits the rule to publishes with that retain
+	// flag; unset means either. Only for publish and all.
+	Retain *bool `yaml:"retain"`
 }
 
 // TLSClient configures a TLS client connection.
