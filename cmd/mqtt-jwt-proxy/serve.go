@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/embedded"
@@ -34,10 +35,13 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	// Building the chain parses keys, secrets and templates, which YAML
-	// validation cannot; both steps run, so that every problem is listed.
+	// validation cannot, and so does compiling the authorization rules
+	// (their topic filters); every step runs, so that every problem is
+	// listed.
 	_, forwardErr := proxy.NewForward(cfg.Forward)
+	_, aclErr := acl.FromConfig(cfg.Authorization)
 	chain, chainErr := authn.New(cfg.Authentication)
-	if err := errors.Join(forwardErr, chainErr); err != nil {
+	if err := errors.Join(forwardErr, aclErr, chainErr); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	chain.Close()
