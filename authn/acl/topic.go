@@ -101,7 +101,7 @@ func wildcardFirst(f string) bool { return f[0] == '+' || f[0] == '#' }
 // Level by level: '#' in r covers whatever s has left, even nothing
 // ("a/#" matches "a"); '+' in r covers one level of s, '+' included; a
 // literal covers only itself; '#' or '+' in s is covered only by the same
-// wildcard or by '#'. A topic beginning with '$' is matched by no filter
+// wildcard or by '#' (and a first-level "#" by "+/#" too). A topic beginning with '$' is matched by no filter
 // beginning with a wildcard, so r = "#" does not cover s = "$SYS/#".
 func covers(r, s string) bool {
 	if s[0] == '$' && wildcardFirst(r) {
@@ -116,7 +116,9 @@ func covers(r, s string) bool {
 		case i < len(r) && r[i] == '#':
 			return true
 		case j < len(s) && s[j] == '#':
-			return false // s goes on to any depth, r does not
+			// s goes on to any depth, r does not; but every topic has a
+			// first level, so that "+/#" matches all that "#" does.
+			return j == 0 && r == "+/#"
 		case i < len(r) && r[i] == '+' && (i+1 == len(r) || r[i+1] == '/'):
 			i++
 			for j < len(s) && s[j] != '/' {

@@ -66,6 +66,9 @@ func TestCoversAndMatches(t *testing.T) {
 		{"a/+/c", "a/+/+", false},
 		{"+/+", "+", false},
 		{"a/#", "#", false},
+		{"+/#", "#", true}, // every topic has a first level
+		{"+/+/#", "#", false},
+		{"a/+/#", "a/#", false},
 		{"#", "$SYS/#", false},
 		{"+/#", "$SYS/#", false},
 		{"$SYS/#", "$SYS/+", true},
