@@ -585,3 +585,32 @@ func TestAllowDoesNotAllocate(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyConcurrentUse: a policy is decided on by several goroutines
+// (the two directions of a session) while its token expires; run with
+// -race.
+func TestPolicyConcurrentUse(t *testing.T) {
+	cfg := mustNew(t, []Rule{{Permission: Allow, Action: All, Topics: []string{"d/${clientid}/#"}}}, Deny)
+	claims := claimsOf(t, `{"acl": [{"permission": "allow", "action": "all", "topic": "t/#"}]}`)
+	p, err := cfg.Compile(Client{Request: &authn.Request{ClientID: "c"}, Claims: claims})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan Decision)
+	for range 4 {
+		go func() {
+			var last Decision
+			for range 1000 {
+				last = p.Allow(pub("t/x", 0, false))
+			}
+			done <- last
+		}()
+	}
+	p.Expire()
+	for range 4 {
+		<-done
+	}
+	if d := p.Allow(pub("t/x", 0, false)); d.Allowed {
+		t.Errorf("after Expire: %s", d)
+	}
+}
