@@ -63,6 +63,19 @@ func TestServeRefusesPools(t *testing.T) {
 	}
 }
 
+// TestServeRefusesAuthorization: serve refuses rules it would not enforce,
+// rather than letting every publish and subscribe through.
+func TestServeRefusesAuthorization(t *testing.T) {
+	t.Setenv("JWT_SECRET", "c2VjcmV0LWZvci10ZXN0cw==")
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "-config", "../../configs/authorization.yaml"}, &out, &errOut); code != 1 {
+		t.Errorf("serve exited %d, want 1", code)
+	}
+	if !strings.Contains(errOut.String(), "does not enforce them yet") {
+		t.Errorf("serve said %q", errOut.String())
+	}
+}
+
 func TestCheckReportsErrors(t *testing.T) {
 	dir := t.TempDir()
 	cases := map[string]struct {
