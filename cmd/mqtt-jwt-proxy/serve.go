@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -91,15 +92,8 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	// starts or a JWKS endpoint is asked for keys. Until they are served,
 	// the sockets are this function's to close.
 	p := &proxy.Proxy{Logger: logger}
-	listeners, certs, err := openListeners(cfg, p.Listener, logger)
-	if err != nil {
-		return err
-	}
-	adminListener, err := listenAdmin(cfg)
-	if err != nil {
-		closeAll(listeners)
-		return err
-	}
+	var listeners []net.Listener
+	var adminListener net.Listener
 	served := false
 	defer func() {
 		if !served {
@@ -107,8 +101,18 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 			if adminListener != nil {
 				adminListener.Close()
 			}
+			// A PROXY-protocol listener's sockets started p's relay
+			// engine (p.Listener), also when a later bind failed.
+			p.Close()
 		}
 	}()
+	listeners, certs, err := openListeners(cfg, p.Listener, logger)
+	if err != nil {
+		return err
+	}
+	if adminListener, err = listenAdmin(cfg); err != nil {
+		return err
+	}
 
 	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger))
 	if err != nil {
