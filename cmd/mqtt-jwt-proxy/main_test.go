@@ -190,6 +190,8 @@ func TestErrorPrefix(t *testing.T) {
 		{[]string{"verify"}, 2},
 		{[]string{"verify", "-config", missing, "-from", "cookie", "TOKEN"}, 2},
 		{[]string{"verify", "-config", missing, "TOKEN"}, 1},
+		{[]string{"version", "-x"}, 2},
+		{[]string{"version", "extra"}, 2},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
