@@ -1,8 +1,11 @@
 // Package packets reads the first MQTT packet a client sends and writes the
 // CONNACK and DISCONNECT packets a server answers with, for MQTT 3.1, 3.1.1
 // and 5.0, and for the bridges of brokers, which mark their 3.1 and 3.1.1
-// CONNECT (Connect.Bridge). It knows nothing of tokens or sockets: it reads
-// an io.Reader and writes an io.Writer.
+// CONNECT (Connect.Bridge); after the CONNECT, it frames the stream of
+// packets in each direction and decodes and writes those a proxy inspects
+// or sends. It knows nothing of tokens or sockets: it reads an io.Reader or
+// the bytes it is given, and writes an io.Writer or appends to a byte
+// slice.
 //
 // Typical usage, with a read deadline already set on conn:
 //
@@ -32,6 +35,55 @@
 // Limits: ReadConnect does not enforce what a broker decides for itself
 // (client identifier length and characters, topic syntax of the will topic,
 // authentication methods); the broker behind the proxy still does.
+//
+// # After the CONNECT
+//
+// A Framer per direction finds whole packets in whatever bytes a
+// non-blocking socket yields, under a size limit, holding no buffer between
+// packets; the decoders (Publish, Subscribe, Suback, Unsubscribe, Unsuback,
+// Ack, Disconnect, Auth, Connack) read a Frame as a view of its bytes, and
+// their Append methods write packets. Typical usage, with version from the
+// CONNECT and buf the engine's read buffer:
+//
+//	f := packets.NewFramer(version, maxPacketSize)
+//	defer f.Release()
+//	refuse := func(err error) error {
+//		var perr *packets.Error
+//		if errors.As(err, &perr) { // a broken stream
+//			packets.WriteDisconnect(conn, perr.Version, perr.Code) // MQTT 5 only
+//		}
+//		return err
+//	}
+//	var p packets.Publish
+//	for {
+//		n, err := conn.Read(buf) // whatever has arrived
+//		if err != nil {
+//			return err
+//		}
+//		f.Feed(buf[:n])
+//		for {
+//			frame, ok, err := f.Next()
+//			if err != nil {
+//				return refuse(err)
+//			}
+//			if !ok {
+//				break // f keeps the start of the next packet: buf is free
+//			}
+//			if frame.Type == packets.TypePublish {
+//				if err := p.Decode(version, frame); err != nil {
+//					return refuse(err)
+//				}
+//				// judge p.Topic
+//			}
+//			upstream.Write(frame.Raw)
+//		}
+//	}
+//
+// Decoding after the CONNECT applies the rules of each packet as ReadConnect
+// applies those of the CONNECT, and refuses with the same *Error, whose Code
+// is then the DISCONNECT reason code (0x81, 0x82, 0x94, 0x95). The Framer
+// judges only fixed headers; which packet may travel in which direction, and
+// packet identifiers in flight, are the session's to judge.
 package packets
 
 import (
