@@ -116,7 +116,9 @@ func (p *Publish) check(version byte) (alias uint16, err error) {
 		return 0, fmt.Errorf("%w: PUBLISH topic name %q %s", ErrMalformed, p.Topic, problem)
 	}
 	if hasWildcard(p.Topic) {
-		return 0, fmt.Errorf("%w: PUBLISH topic name %q has a wildcard [MQTT-3.3.2-2]", ErrMalformed, p.Topic)
+		// A protocol error, as mosquitto answers it: the name is well
+		// formed, but no topic.
+		return 0, fmt.Errorf("%w: PUBLISH topic name %q has a wildcard [MQTT-3.3.2-2]", ErrProtocolViolation, p.Topic)
 	}
 	if version == ProtocolV5 {
 		if alias, err = checkPublishProperties(p.Properties); err != nil {

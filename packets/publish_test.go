@@ -108,13 +108,13 @@ var publishCases = []packetCase{
 		name:    "mqttv311 topic with a single-level wildcard",
 		version: ProtocolV311,
 		raw:     unhex("30 05", "0003 612f2b"), // "a/+"
-		wantErr: ErrMalformed, wantCode: MalformedPacket,
+		wantErr: ErrProtocolViolation, wantCode: ProtocolError,
 	},
 	{
 		name:    "mqttv5 topic with a multi-level wildcard",
 		version: ProtocolV5,
 		raw:     unhex("30 06", "0003 612f23", "00"), // "a/#"
-		wantErr: ErrMalformed, wantCode: MalformedPacket,
+		wantErr: ErrProtocolViolation, wantCode: ProtocolError,
 	},
 	{
 		name:    "mqttv311 empty topic",
