@@ -1,7 +1,6 @@
 package packets
 
 import (
-	"bytes"
 	"fmt"
 	"unicode/utf8"
 
@@ -121,13 +120,42 @@ func (w *packetWriter) reasonAndProperties(code ReasonCode, p *paho.Properties, 
 	}
 }
 
+// The kinds of byte scanText reports: all but plain ASCII other than the
+// wildcards, which text in a packet allows as a rule.
+const (
+	byteNUL = 1 << iota
+	byteWildcard
+	byteNonASCII
+)
+
+var byteKinds = func() (kinds [256]uint8) {
+	kinds[0] = byteNUL
+	kinds['+'], kinds['#'] = byteWildcard, byteWildcard
+	for c := 0x80; c < 0x100; c++ {
+		kinds[c] = byteNonASCII
+	}
+	return kinds
+}()
+
+// scanText reads b once and returns the kinds of byte it holds besides
+// plain ASCII: cheaper on the short text of topics than a search for each.
+func scanText(b []byte) (kinds uint8) {
+	for _, c := range b {
+		kinds |= byteKinds[c]
+	}
+	return kinds
+}
+
 // textProblem is stringProblem for text still in the packet's bytes, read
 // without a copy.
-func textProblem(b []byte) string {
+func textProblem(b []byte) string { return textProblemOf(b, scanText(b)) }
+
+// textProblemOf is textProblem for b, whose byte kinds are kinds.
+func textProblemOf(b []byte, kinds uint8) string {
 	switch {
-	case !utf8.Valid(b):
+	case kinds&byteNonASCII != 0 && !utf8.Valid(b):
 		return "is not valid UTF-8 [MQTT-1.5.4-1]"
-	case bytes.IndexByte(b, 0) >= 0:
+	case kinds&byteNUL != 0:
 		return "contains U+0000 [MQTT-1.5.4-2]"
 	default:
 		return ""

@@ -112,10 +112,11 @@ func (p *Publish) check(version byte) (alias uint16, err error) {
 	case version != ProtocolV5 && p.Properties != nil:
 		return 0, fmt.Errorf("%w: PUBLISH properties in MQTT %s", ErrMalformed, versionName(version))
 	}
-	if problem := textProblem(p.Topic); problem != "" {
+	kinds := scanText(p.Topic)
+	if problem := textProblemOf(p.Topic, kinds); problem != "" {
 		return 0, fmt.Errorf("%w: PUBLISH topic name %q %s", ErrMalformed, p.Topic, problem)
 	}
-	if hasWildcard(p.Topic) {
+	if kinds&byteWildcard != 0 {
 		// A protocol error, as mosquitto answers it: the name is well
 		// formed, but no topic.
 		return 0, fmt.Errorf("%w: PUBLISH topic name %q has a wildcard [MQTT-3.3.2-2]", ErrProtocolViolation, p.Topic)
@@ -171,7 +172,7 @@ func checkPublishProperties(raw []byte) (alias uint16, err error) {
 			if err := checkText(name, topic); err != nil {
 				return 0, err
 			}
-			if hasWildcard(topic) {
+			if scanText(topic)&byteWildcard != 0 {
 				return 0, fmt.Errorf("%w: %s: response topic %q has a wildcard (§3.3.2.3.5)", ErrProtocolViolation, name, topic)
 			}
 		case paho.PropContentType:
@@ -185,12 +186,6 @@ func checkPublishProperties(raw []byte) (alias uint16, err error) {
 		}
 	}
 	return alias, d.err
-}
-
-// hasWildcard reports whether topic holds '+' or '#', which a topic name
-// may not [MQTT-3.3.2-2]. Two searches for a byte beat one for either.
-func hasWildcard(topic []byte) bool {
-	return bytes.IndexByte(topic, '+') >= 0 || bytes.IndexByte(topic, '#') >= 0
 }
 
 // TopicAliases is what the receiver of one direction of an MQTT 5 session

@@ -159,8 +159,8 @@ func (f *Framer) Next() (frame Frame, ok bool, err error) {
 		return Frame{}, false, nil
 	}
 	total := headerLen + remaining
-	if err := f.checkSize(f.in[0], total); err != nil {
-		return f.fail(err)
+	if total > f.maxSize {
+		return f.fail(f.tooLarge(f.in[0], total))
 	}
 	if total > len(f.in) {
 		f.total = total
@@ -194,8 +194,8 @@ func (f *Framer) gather() (Frame, bool, error) {
 		f.in = f.in[headerLen-f.headLen:]
 		f.headLen = 0
 		total := headerLen + remaining
-		if err := f.checkSize(f.head[0], total); err != nil {
-			return f.fail(err)
+		if total > f.maxSize {
+			return f.fail(f.tooLarge(f.head[0], total))
 		}
 		if total == headerLen {
 			// A packet without a body (PINGREQ, a short DISCONNECT) is
@@ -278,14 +278,11 @@ func (f *Framer) fail(err error) (Frame, bool, error) {
 	return Frame{}, false, f.err
 }
 
-// checkSize refuses a packet, whose first byte is first, of total bytes
+// tooLarge refuses a packet, whose first byte is first, of total bytes,
 // above the limit: in MQTT 5 the Maximum Packet Size, whose breach is
 // answered with 0x95 (§3.1.2.11.4, §3.2.2.3.6).
-func (f *Framer) checkSize(first byte, total int) error {
-	if total > f.maxSize {
-		return fmt.Errorf("%w: %v of %d bytes, limit %d", ErrTooLarge, PacketType(first>>4), total, f.maxSize)
-	}
-	return nil
+func (f *Framer) tooLarge(first byte, total int) error {
+	return fmt.Errorf("%w: %v of %d bytes, limit %d", ErrTooLarge, PacketType(first>>4), total, f.maxSize)
 }
 
 // parseFixedHeader reads the fixed header at the start of b. It returns its
@@ -298,6 +295,9 @@ func parseFixedHeader(version byte, b []byte) (headerLen, remaining int, err err
 	}
 	if err := checkFirstByte(version, b[0]); err != nil {
 		return 0, 0, err
+	}
+	if len(b) > 1 && b[1] < 0x80 {
+		return 2, int(b[1]), nil // the common case: a packet under 128 bytes
 	}
 	for i := 1; i < len(b) && i <= maxVarintSize; i++ {
 		remaining |= int(b[i]&0x7F) << (7 * (i - 1))
