@@ -188,25 +188,35 @@ func checkPublishProperties(raw []byte) (alias uint16, err error) {
 	return alias, d.err
 }
 
-// TopicAliases is what the receiver of one direction of an MQTT 5 session
-// knows of topic aliases (5.0 §3.3.2.3.4): the topic each alias the sender
-// set stands for, for aliases 1 to the Topic Alias Maximum the receiver
-// announced (the broker in its CONNACK for PUBLISHes from the client, the
-// client in its CONNECT for those from the broker). The proxy keeps one per
-// direction, for the connection's life only [MQTT-3.3.2-7], so that a
-// PUBLISH naming its topic by alias alone is judged by its real topic.
+// TopicAliases tracks the topic aliases of one direction of an MQTT 5
+// session (5.0 §3.3.2.3.4) for a proxy between sender and receiver: the
+// topic each alias the sender set stands for, for aliases 1 to the Topic
+// Alias Maximum the receiver announced (the broker in its CONNACK for
+// PUBLISHes from the client, the client in its CONNECT for those from the
+// broker), and whether the receiver knows that mapping too. The proxy
+// keeps one per direction, for the connection's life only [MQTT-3.3.2-7].
 //
-// The proxy must resolve every PUBLISH of the direction, those it then
-// drops included: the broker never learns a mapping set by a dropped
-// PUBLISH, but a later PUBLISH by that alias alone means the topic the
-// sender set last, and must be judged by it.
+// Every PUBLISH of the direction goes through Resolve, which gives the
+// topic to judge it by; those the proxy forwards then go through Forward.
+// A mapping set by a PUBLISH the proxy dropped is the sender's but not the
+// receiver's, which still knows the alias's former topic, if any: Forward
+// says when a PUBLISH by that alias alone must carry its topic name, so
+// that the receiver delivers it where the proxy judged it, and an alias
+// cannot carry a PUBLISH to a topic it was not judged by.
 //
 // The zero value accepts no alias, as a receiver that announced none. It
 // holds one copy of each topic set, so at most Max topics.
 type TopicAliases struct {
 	// Max is the Topic Alias Maximum: aliases 1 to Max are valid.
-	Max    uint16
-	topics map[uint16][]byte
+	Max     uint16
+	aliases map[uint16]aliasMapping
+}
+
+type aliasMapping struct {
+	topic []byte
+	// forwarded says the receiver knows the mapping: a PUBLISH that set
+	// it, or one by the alias with its topic written in, was forwarded.
+	forwarded bool
 }
 
 // Resolve returns the topic p, decoded for MQTT 5, is published to, and
@@ -227,17 +237,32 @@ func (a *TopicAliases) Resolve(p *Publish) ([]byte, error) {
 		// [MQTT-3.3.2-9] for a client, [MQTT-3.3.2-11] for a server.
 		return nil, newError(ProtocolV5, fmt.Errorf("%w: topic alias %d, maximum %d [MQTT-3.3.2-9]", ErrTopicAliasInvalid, alias, a.Max))
 	case len(p.Topic) == 0:
-		topic, ok := a.topics[alias]
+		m, ok := a.aliases[alias]
 		if !ok {
 			return nil, newError(ProtocolV5, fmt.Errorf("%w: PUBLISH with topic alias %d, which was never set, and no topic name (§3.3.4)", ErrProtocolViolation, alias))
 		}
-		return topic, nil
+		return m.topic, nil
 	}
-	if known, ok := a.topics[alias]; !ok || !bytes.Equal(known, p.Topic) {
-		if a.topics == nil {
-			a.topics = make(map[uint16][]byte)
+	if m, ok := a.aliases[alias]; !ok || !bytes.Equal(m.topic, p.Topic) {
+		if a.aliases == nil {
+			a.aliases = make(map[uint16]aliasMapping)
 		}
-		a.topics[alias] = bytes.Clone(p.Topic)
+		a.aliases[alias] = aliasMapping{topic: bytes.Clone(p.Topic)}
 	}
 	return p.Topic, nil
+}
+
+// Forward records that p, resolved, is forwarded to the receiver, and
+// reports whether p names its topic by an alias whose mapping the receiver
+// lacks, because the PUBLISH that set it was dropped. The proxy then
+// forwards p with Topic set to the topic Resolve returned: written with
+// its alias, it sets the receiver's mapping alike.
+func (a *TopicAliases) Forward(p *Publish) (writeTopic bool) {
+	m, ok := a.aliases[p.TopicAlias]
+	if p.TopicAlias == 0 || !ok || m.forwarded {
+		return false
+	}
+	m.forwarded = true
+	a.aliases[p.TopicAlias] = m
+	return len(p.Topic) == 0
 }

@@ -294,23 +294,31 @@ func TestTopicAliases(t *testing.T) {
 	}
 	aliases := TopicAliases{Max: 10}
 	steps := []struct {
-		name     string
-		p        *Publish
-		want     string
-		wantErr  error
-		wantCode ReasonCode
+		name string
+		p    *Publish
+		want string
+		// forward says the proxy forwards the PUBLISH; writeTopic is what
+		// Forward then answers.
+		forward, writeTopic bool
+		wantErr             error
+		wantCode            ReasonCode
 	}{
-		{"a topic without alias", publish("plain", 0), "plain", nil, 0},
-		{"a topic sets alias 1", publish("sensors/1", 1), "sensors/1", nil, 0},
-		{"alias 1 alone", publish("", 1), "sensors/1", nil, 0},
-		// The proxy resolves every PUBLISH, those it then drops too: a
-		// dropped re-mapping must still count, or a later alias-only
-		// PUBLISH would be judged by the topic it replaced.
-		{"alias 1 set again", publish("secret/1", 1), "secret/1", nil, 0},
-		{"alias 1 alone, re-mapped", publish("", 1), "secret/1", nil, 0},
-		{"the largest alias", publish("last", 10), "last", nil, 0},
-		{"an alias above the maximum", publish("x", 11), "", ErrTopicAliasInvalid, TopicAliasInvalid},
-		{"an alias never set, alone", publish("", 2), "", ErrProtocolViolation, ProtocolError},
+		{name: "a topic without alias", p: publish("plain", 0), want: "plain", forward: true},
+		{name: "a topic sets alias 1", p: publish("sensors/1", 1), want: "sensors/1", forward: true},
+		{name: "alias 1 alone", p: publish("", 1), want: "sensors/1", forward: true},
+		// A PUBLISH the proxy drops sets the alias for the client, not
+		// for the broker: a later one by the alias alone is judged by the
+		// new topic, and carries it to the broker when forwarded.
+		{name: "alias 1 set again, dropped", p: publish("sensors/2", 1), want: "sensors/2"},
+		{name: "alias 1 alone, re-mapped", p: publish("", 1), want: "sensors/2", forward: true, writeTopic: true},
+		{name: "alias 1 alone, the broker knows it now", p: publish("", 1), want: "sensors/2", forward: true},
+		{name: "alias 2 first set by a dropped PUBLISH", p: publish("secret/1", 2), want: "secret/1"},
+		{name: "alias 2 alone, dropped", p: publish("", 2), want: "secret/1"},
+		{name: "alias 2 set again alike, forwarded", p: publish("secret/1", 2), want: "secret/1", forward: true},
+		{name: "alias 2 alone after", p: publish("", 2), want: "secret/1", forward: true},
+		{name: "the largest alias", p: publish("last", 10), want: "last", forward: true},
+		{name: "an alias above the maximum", p: publish("x", 11), wantErr: ErrTopicAliasInvalid, wantCode: TopicAliasInvalid},
+		{name: "an alias never set, alone", p: publish("", 3), wantErr: ErrProtocolViolation, wantCode: ProtocolError},
 	}
 	for _, step := range steps {
 		topic, err := aliases.Resolve(step.p)
@@ -320,6 +328,26 @@ func TestTopicAliases(t *testing.T) {
 		}
 		if err != nil || string(topic) != step.want {
 			t.Errorf("%s: %q, %v; want %q", step.name, topic, err, step.want)
+		}
+		if step.forward {
+			if got := aliases.Forward(step.p); got != step.writeTopic {
+				t.Errorf("%s: Forward says write the topic: %t, want %t", step.name, got, step.writeTopic)
+			}
+		}
+		if step.writeTopic {
+			// The PUBLISH as the proxy forwards it: topic and alias.
+			step.p.Topic = topic
+			raw, err := step.p.Append(nil, ProtocolV5)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pk, err := decodeRaw(ProtocolV5, raw)
+			if err != nil {
+				t.Fatalf("%s: %v", step.name, err)
+			}
+			if got := pk.(*Publish); string(got.Topic) != step.want || got.TopicAlias != step.p.TopicAlias {
+				t.Errorf("%s: forwarded as %s", step.name, describePacket(pk))
+			}
 		}
 	}
 
