@@ -145,7 +145,7 @@ func (f *Framer) Next() (frame Frame, ok bool, err error) {
 		return f.gather()
 	}
 	if len(f.in) == 0 {
-		return Frame{}, false, nil
+		return f.needMore()
 	}
 	headerLen, remaining, err := parseFixedHeader(f.version, f.in)
 	if err != nil {
@@ -155,8 +155,7 @@ func (f *Framer) Next() (frame Frame, ok bool, err error) {
 		// The fixed header itself is split: it is short enough to keep in
 		// the Framer, without a buffer.
 		f.headLen = copy(f.head[:], f.in)
-		f.in = nil
-		return Frame{}, false, nil
+		return f.needMore()
 	}
 	total := headerLen + remaining
 	if total > f.maxSize {
@@ -166,8 +165,7 @@ func (f *Framer) Next() (frame Frame, ok bool, err error) {
 		f.total = total
 		f.reserve(len(f.in))
 		f.keep(f.in)
-		f.in = nil
-		return Frame{}, false, nil
+		return f.needMore()
 	}
 	raw := f.in[:total:total]
 	frame = Frame{Type: PacketType(raw[0] >> 4), Flags: raw[0] & 0x0F, HeaderLen: headerLen, Raw: raw, Offset: f.fed - len(f.in)}
@@ -188,8 +186,7 @@ func (f *Framer) gather() (Frame, bool, error) {
 		}
 		if headerLen == 0 {
 			f.headLen += taken
-			f.in = f.in[taken:]
-			return Frame{}, false, nil
+			return f.needMore()
 		}
 		f.in = f.in[headerLen-f.headLen:]
 		f.headLen = 0
@@ -211,12 +208,20 @@ func (f *Framer) gather() (Frame, bool, error) {
 	f.keep(f.in[:n])
 	f.in = f.in[n:]
 	if len(*f.buf) < f.total {
-		return Frame{}, false, nil
+		return f.needMore()
 	}
 	f.lent, f.buf = f.buf, nil
 	raw := (*f.lent)[:f.total:f.total]
 	headerLen := fixedHeaderLen(raw)
 	return Frame{Type: PacketType(raw[0] >> 4), Flags: raw[0] & 0x0F, HeaderLen: headerLen, Raw: raw, Offset: -1}, true, nil
+}
+
+// needMore reports that the bytes fed so far, all of them taken, hold no
+// further whole packet, and lets go of them: the caller's buffer is not
+// kept alive by a Framer that waits.
+func (f *Framer) needMore() (Frame, bool, error) {
+	f.in = nil
+	return Frame{}, false, nil
 }
 
 // keep appends p to the begun packet's buffer.

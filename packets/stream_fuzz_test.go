@@ -14,8 +14,8 @@ var fuzzLimits = [...]int{0, 2, 5, 40, 64, 100, 1000}
 // checks: no panic; every frame a whole packet, as its fixed header
 // declares it, with the stream's bytes at its place; never more held than
 // the limit, nor more than twice what has arrived of the packet begun
-// (64 bytes at least); and the same frames, error and leftover however the
-// stream is cut.
+// (64 bytes at least), nor the fed bytes once all are taken; and the same
+// frames, error and leftover however the stream is cut.
 func FuzzFramer(f *testing.F) {
 	for _, tc := range frameCases {
 		config := byte(0)
@@ -80,6 +80,9 @@ func frameChecked(t *testing.T, version byte, limit int, data []byte, chunks [][
 				return out
 			}
 			if !ok {
+				if f.in != nil {
+					t.Fatal("a Framer that waits keeps the fed bytes alive")
+				}
 				break
 			}
 			headerLen, remaining, err := parseFixedHeader(version, fr.Raw)

@@ -422,6 +422,9 @@ func TestFramerSplitPacket(t *testing.T) {
 	if f.lent != nil || f.buf != nil || f.Buffered() != 0 {
 		t.Errorf("between packets the Framer holds a buffer (lent %t, begun %t)", f.lent != nil, f.buf != nil)
 	}
+	if f.in != nil {
+		t.Error("a Framer that waits keeps the fed bytes alive")
+	}
 }
 
 // TestFramerHoldsWhatArrived: a packet that declares a megabyte and sends a
