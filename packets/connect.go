@@ -109,6 +109,13 @@ const (
 // crowd of unauthenticated clients cannot hold much memory.
 const DefaultMaxConnectSize = 64 << 10
 
+// MinConnectSize is the size of the shortest CONNECT: a two-byte fixed
+// header, the 3.1.1 variable header (protocol name, level, flags, keep
+// alive) and an empty client identifier. A reader that must not read past
+// a CONNECT may still ask for this many bytes before it knows the
+// packet's length: a shorter packet is refused whatever follows it.
+const MinConnectSize = minConnectSize
+
 const (
 	nameMQTT   = "MQTT"
 	nameMQIsdp = "MQIsdp"
@@ -241,13 +248,8 @@ func ReadConnect(r io.Reader, maxSize int) (*Connect, error) {
 	if err != nil {
 		return nil, fmt.Errorf("packets: read first packet: %w", err)
 	}
-	if packetType := buf[0] >> 4; packetType != typeConnect {
-		return nil, newError(0, fmt.Errorf("%w: packet type %d [MQTT-3.1.0-1]", ErrNotConnect, packetType))
-	}
-	if buf[0]&0x0F != 0 {
-		// Reserved fixed header flags: 3.1.1 [MQTT-2.2.2-2] closes, 5.0
-		// §2.1.3 calls the packet malformed.
-		return nil, newError(0, fmt.Errorf("%w: fixed header flags 0x%X, want 0 [MQTT-2.2.2-2]", ErrMalformed, buf[0]&0x0F))
+	if err := checkConnectByte(buf[0]); err != nil {
+		return nil, err
 	}
 
 	headerLen := 1
@@ -281,7 +283,26 @@ func ReadConnect(r io.Reader, maxSize int) (*Connect, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseConnect(raw, headerLen)
+}
 
+// checkConnectByte refuses a first packet whose type and flags byte is not
+// a CONNECT's.
+func checkConnectByte(b byte) *Error {
+	if packetType := b >> 4; packetType != typeConnect {
+		return newError(0, fmt.Errorf("%w: packet type %d [MQTT-3.1.0-1]", ErrNotConnect, packetType))
+	}
+	if b&0x0F != 0 {
+		// Reserved fixed header flags: 3.1.1 [MQTT-2.2.2-2] closes, 5.0
+		// §2.1.3 calls the packet malformed.
+		return newError(0, fmt.Errorf("%w: fixed header flags 0x%X, want 0 [MQTT-2.2.2-2]", ErrMalformed, b&0x0F))
+	}
+	return nil
+}
+
+// parseConnect decodes and validates raw, a whole packet whose fixed
+// header is headerLen bytes; the Connect keeps raw as its Raw.
+func parseConnect(raw []byte, headerLen int) (*Connect, error) {
 	c := &Connect{Raw: raw}
 	reservedFlag, err := c.decode(raw[headerLen:])
 	if err == nil {
@@ -372,32 +393,45 @@ func tooLarge(r io.Reader, begun []byte, remaining, total, maxSize int) *Error {
 func probeVersion(r io.Reader, begun []byte, remaining int) (byte, error) {
 	var probe [max(versionProbeSize, minConnectSize)]byte
 	have := copy(probe[:], begun)
-	need := func(n int, part string) error {
-		if have < n {
-			if err := readFull(r, probe[have:n], part); err != nil {
-				return err
-			}
-			have = n
+	for {
+		need, version := versionProbe(probe[:have], remaining)
+		if have >= need {
+			return version, nil
 		}
-		return nil
+		part := "protocol name"
+		if have < 2 {
+			part = "protocol name length"
+		}
+		if err := readFull(r, probe[have:need], part); err != nil {
+			return 0, err
+		}
+		have = need
 	}
-	if remaining < 2 {
-		return 0, nil
+}
+
+// versionProbe says how many bytes of a CONNECT body of remaining bytes
+// the protocol name and level take, as far as body, its first bytes,
+// tells (more once the name's length is in), and once body has them, the
+// version they name when it is one this package speaks, else 0.
+func versionProbe(body []byte, remaining int) (need int, version byte) {
+	switch {
+	case remaining < 2:
+		return 0, 0
+	case len(body) < 2:
+		return 2, 0
 	}
-	if err := need(2, "protocol name length"); err != nil {
-		return 0, err
-	}
-	nameLen := int(probe[0])<<8 | int(probe[1])
+	nameLen := int(body[0])<<8 | int(body[1])
 	if nameLen != len(nameMQTT) && nameLen != len(nameMQIsdp) || remaining < 2+nameLen+1 {
-		return 0, nil
+		return 2, 0
 	}
-	if err := need(2+nameLen+1, "protocol name"); err != nil {
-		return 0, err
+	need = 2 + nameLen + 1
+	if len(body) < need {
+		return need, 0
 	}
-	if _, version, _, err := checkProtocol(probe[2:2+nameLen], probe[2+nameLen]); err == nil {
-		return version, nil
+	if _, version, _, err := checkProtocol(body[2:2+nameLen], body[2+nameLen]); err == nil {
+		return need, version
 	}
-	return 0, nil
+	return need, 0
 }
 
 // checkProtocol accepts the protocol name and level pairs this package
