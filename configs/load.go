@@ -400,6 +400,7 @@ func (f *File) Validate() error {
 	}{
 		{"limits.max_connections", float64(f.Limits.MaxConnections)},
 		{"limits.max_pending_connects", float64(f.Limits.MaxPendingConnects)},
+		{"limits.max_pending_connect_bytes", float64(f.Limits.MaxPendingConnectBytes)},
 		{"limits.per_ip_connect_rate", f.Limits.PerIPConnectRate},
 		{"limits.per_ip_connect_burst", float64(f.Limits.PerIPConnectBurst)},
 		{"limits.per_client_id_connect_rate", f.Limits.PerClientIDConnectRate},
@@ -419,6 +420,10 @@ func (f *File) Validate() error {
 	}
 	if s := f.Limits.MaxConnectSize; s > 0 && s < 128 {
 		bad("limits.max_connect_size: %d bytes cannot hold a CONNECT with a token; use at least 128", s)
+	}
+	if s, budget := f.Limits.connectSize(), f.Limits.pendingConnectBytes(); s > budget {
+		// The one pending CONNECT would be closed for the bytes it holds.
+		bad("limits.max_pending_connect_bytes: %d bytes cannot hold one CONNECT of max_connect_size (%d bytes); use at least that", budget, s)
 	}
 	if !oneOf(f.Log.Level, "", "debug", "info", "warn", "error") {
 		bad("log.level: %q is not one of debug, info, warn, error", f.Log.Level)

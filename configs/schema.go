@@ -5,6 +5,8 @@ import (
 	"time"
 
 	yaml "go.yaml.in/yaml/v3"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 )
 
 // File is the whole configuration file.
@@ -240,6 +242,12 @@ type TLSClient struct {
 	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
 }
 
+// DefaultMaxPendingConnectBytes is limits.max_pending_connect_bytes when
+// it is zero (64 MiB): 64 CONNECTs of the default max_connect_size at once,
+// or tens of thousands of typical ones (a token and a client ID, well
+// under 1 KiB each) in a reconnect storm.
+const DefaultMaxPendingConnectBytes = 64 << 20
+
 // Limits bound what a client may cost, most of them before it is
 // authenticated.
 type Limits struct {
@@ -247,7 +255,8 @@ type Limits struct {
 	// the TCP connection is accepted. Zero means 10s.
 	ConnectTimeout Duration `yaml:"connect_timeout"`
 	// MaxConnectSize is the largest CONNECT packet accepted, in bytes,
-	// fixed header included. Zero means 65536.
+	// fixed header included. Zero means packets.DefaultMaxConnectSize
+	// (1 MiB, as EMQX's max_packet_size).
 	MaxConnectSize int `yaml:"max_connect_size"`
 	// MaxConnections caps open client connections over all listeners;
 	// over it, new ones are closed at accept, before anything is read.
@@ -257,6 +266,11 @@ type Limits struct {
 	// CONNECT; over it the longest-waiting one is closed to make room, so
 	// an idle flood cannot starve real clients. Zero means no cap.
 	MaxPendingConnects int `yaml:"max_pending_connects"`
+	// MaxPendingConnectBytes caps the bytes held by the CONNECTs of all
+	// connections not yet authenticated: what each has sent, not what it
+	// declared. Over it, the one that has held bytes longest is closed to
+	// make room. Zero means DefaultMaxPendingConnectBytes.
+	MaxPendingConnectBytes int `yaml:"max_pending_connect_bytes"`
 	// PerIPConnectRate is how many new connections per second one client
 	// IP may open (token bucket). Zero means no limit.
 	PerIPConnectRate float64 `yaml:"per_ip_connect_rate"`
@@ -315,4 +329,20 @@ func (d Duration) Or(def time.Duration) time.Duration {
 		return def
 	}
 	return time.Duration(d)
+}
+
+// connectSize is max_connect_size, its default when zero.
+func (l Limits) connectSize() int {
+	if l.MaxConnectSize <= 0 {
+		return packets.DefaultMaxConnectSize
+	}
+	return l.MaxConnectSize
+}
+
+// pendingConnectBytes is max_pending_connect_bytes, its default when zero.
+func (l Limits) pendingConnectBytes() int {
+	if l.MaxPendingConnectBytes <= 0 {
+		return DefaultMaxPendingConnectBytes
+	}
+	return l.MaxPendingConnectBytes
 }

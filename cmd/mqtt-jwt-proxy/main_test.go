@@ -414,6 +414,7 @@ limits:
   max_connect_size: 4096
   max_connections: 100
   max_pending_connects: 50
+  max_pending_connect_bytes: 1000000
   per_ip_connect_rate: 5
   per_ip_connect_burst: 10
   per_client_id_connect_rate: 0.5
@@ -425,7 +426,7 @@ limits:
 	got := proxyLimits(cfg)
 	want := proxy.Limits{
 		ConnectTimeout: 3 * time.Second, MaxConnectSize: 4096, MaxConnections: 100,
-		MaxListenerConnections: map[string]int{"edge": 7}, MaxPendingConnects: 50,
+		MaxListenerConnections: map[string]int{"edge": 7}, MaxPendingConnects: 50, MaxPendingConnectBytes: 1000000,
 		PerIPConnectRate: 5, PerIPConnectBurst: 10, PerClientIDConnectRate: 0.5, PerClientIDConnectBurst: 2,
 	}
 	if !reflect.DeepEqual(got, want) {

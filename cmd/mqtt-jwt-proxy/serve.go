@@ -304,6 +304,7 @@ func proxyLimits(cfg *configs.File) proxy.Limits {
 		MaxConnections:          l.MaxConnections,
 		MaxListenerConnections:  perListener,
 		MaxPendingConnects:      l.MaxPendingConnects,
+		MaxPendingConnectBytes:  l.MaxPendingConnectBytes,
 		PerIPConnectRate:        l.PerIPConnectRate,
 		PerIPConnectBurst:       l.PerIPConnectBurst,
 		PerClientIDConnectRate:  l.PerClientIDConnectRate,
