@@ -104,10 +104,13 @@ const (
 )
 
 // DefaultMaxConnectSize is the largest CONNECT ReadConnect accepts when its
-// maxSize is 0 or less (64 KiB): room for a client identifier, a user name,
-// a token of several kilobytes and a will message, yet small enough that a
-// crowd of unauthenticated clients cannot hold much memory.
-const DefaultMaxConnectSize = 64 << 10
+// maxSize is 0 or less (1 MiB, EMQX's default max_packet_size): room for
+// the largest will payload (65,535 bytes) beside a token of several
+// kilobytes, which brokers accept by default. ReadConnect's buffer grows
+// with the bytes that arrive, not to the declared length, so a crowd of
+// clients that declare large CONNECTs holds what they sent; a server
+// bounds that sum over its pending clients.
+const DefaultMaxConnectSize = 1 << 20
 
 // MinConnectSize is the size of the shortest CONNECT: a two-byte fixed
 // header, the 3.1.1 variable header (protocol name, level, flags, keep

@@ -35,7 +35,7 @@ func TestReadConnectAllocatesAsBytesArrive(t *testing.T) {
 // few bytes per read.
 func TestReadConnectLargePackets(t *testing.T) {
 	// The password's length puts the body around bodyChunk and beyond.
-	for _, password := range []int{0, bodyChunk - 40, bodyChunk - 39, bodyChunk - 38, 3 * bodyChunk, DefaultMaxConnectSize - 64} {
+	for _, password := range []int{0, bodyChunk - 40, bodyChunk - 39, bodyChunk - 38, 3 * bodyChunk, 65535} {
 		c := &Connect{
 			ProtocolName: "MQTT", ProtocolVersion: ProtocolV311, ClientID: "big",
 			UsernameFlag: true, Username: "u", PasswordFlag: true, Password: []byte(strings.Repeat("p", password)),
