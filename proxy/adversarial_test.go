@@ -718,20 +718,26 @@ func TestPendingConnectBytesFlood(t *testing.T) {
 	last := conns[len(conns)-1].LocalAddr().String()
 	// Settled: the last socket is pending, and every pending connection
 	// has read what its socket sent at once.
-	var held, pending int
+	var held, pending, behind int
+	var newest string
+	defer func() {
+		if t.Failed() {
+			t.Logf("%d pending hold %d bytes, %d of them less than sent; the newest is %s, the last socket %s", pending, held, behind, newest, last)
+		}
+	}()
 	waitFor(t, func() bool {
 		o.mu.Lock()
 		defer o.mu.Unlock()
-		held, pending = o.heldBytes, o.pending.Len()
-		if pending == 0 || o.pending.Back().Value.(*session).client.RemoteAddr().String() != last {
-			return false
+		held, pending, behind, newest = o.heldBytes, o.pending.Len(), 0, ""
+		if pending > 0 {
+			newest = o.pending.Back().Value.(*session).client.RemoteAddr().String()
 		}
 		for e := o.pending.Front(); e != nil; e = e.Next() {
 			if pc := e.Value.(*session).connect; pc == nil || pc.charged < sent {
-				return false
+				behind++
 			}
 		}
-		return true
+		return newest == last && behind == 0
 	})
 	opened := time.Since(start)
 	grown := measure(t).growth(base)

@@ -338,17 +338,28 @@ func TestMaxPendingConnectBytes(t *testing.T) {
 	// and sends 20,000 of them: the first 20,000 bytes of a real one.
 	long := connectPacket(t, packets.ProtocolV311, string(make([]byte, 60_000)))
 	first := slices.Concat(fixedHeader(200_000), connectBody(long))[:sent]
-	// charged is what the session of the client c is counted for; -1 once
-	// it is gone.
+	// charged is what the session of the client c is counted for, -1
+	// when it has none (not accepted yet, or evicted and gone), -2 when it
+	// is evicted.
 	charged := func(c net.Conn) int {
 		o.mu.Lock()
 		defer o.mu.Unlock()
 		for s := range o.sessions {
-			if s.client.RemoteAddr().String() == c.LocalAddr().String() && s.connect != nil {
+			switch {
+			case s.client.RemoteAddr().String() != c.LocalAddr().String():
+			case s.evicted.Load():
+				return -2
+			case s.connect != nil:
 				return s.connect.charged
 			}
 		}
 		return -1
+	}
+	// closed says whether the proxy has closed c.
+	closed := func(c net.Conn) bool {
+		c.SetReadDeadline(time.Now().Add(time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		return err == io.EOF || isReset(err)
 	}
 	var conns []net.Conn
 	for i := range clients {
@@ -357,7 +368,8 @@ func TestMaxPendingConnectBytes(t *testing.T) {
 			t.Fatal(err)
 		}
 		conns = append(conns, c)
-		waitFor(t, func() bool { n := charged(c); return n < 0 || n >= sent })
+		// Until its session holds what it sent, or it is evicted.
+		waitFor(t, func() bool { n := charged(c); return n >= sent || n == -2 || n == -1 && closed(c) })
 		o.mu.Lock()
 		held := o.heldBytes
 		o.mu.Unlock()
@@ -365,7 +377,7 @@ func TestMaxPendingConnectBytes(t *testing.T) {
 			t.Fatalf("after client %d the pending CONNECTs hold %d bytes, over the budget of %d", i, held, budget)
 		}
 	}
-	evicted := 0
+	evicted := 0 // every client has been accepted: without a session it was evicted
 	for evicted < clients && charged(conns[evicted]) < 0 {
 		evicted++
 	}
