@@ -54,7 +54,7 @@ func (p *Proxy) serveConn(s *session) {
 // goroutine waits meanwhile (see connectReader).
 func (p *Proxy) serveConnect(s *session) {
 	pc := s.connect
-	pk, pastConnect, err := pc.read(pc.resume)
+	pk, pastConnect, err := pc.read()
 	if errors.Is(err, errWaiting) {
 		return
 	}

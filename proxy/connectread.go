@@ -12,8 +12,9 @@ import (
 
 // connectReader collects a client's CONNECT as its bytes arrive. Its
 // buffer grows with what the client sends, not with the length it
-// declares, and every growth is announced first (grow), so that the bytes
-// held by all pending clients can be bounded (Limits.MaxPendingConnectBytes).
+// declares, and every growth is announced first (connectOwner.hold), so
+// that the bytes held by all pending clients can be bounded
+// (Limits.MaxPendingConnectBytes).
 //
 // A bare socket (fdConn) is never waited on by a goroutine: when it has
 // nothing more queued, the reader leaves it in the epoll set and returns,
@@ -26,18 +27,29 @@ type connectReader struct {
 	maxSize int // Limits.MaxConnectSize, 0 for the default
 	// held is what has arrived of the CONNECT and, from a bare socket,
 	// what came with it in the same read.
-	held []byte
-	// grow is told before held's capacity grows by n bytes; false ends
-	// the read with errEvicted (the connection is closed to keep within a
-	// limit).
-	grow func(n int) bool
+	held  []byte
+	owner connectOwner
 }
+
+// connectOwner is what a connectReader reads for: the session's
+// pendingConnect.
+type connectOwner interface {
+	// hold is told before the buffer's capacity grows by n bytes; false
+	// ends the read with errEvicted (the connection is closed to keep
+	// within a limit).
+	hold(n int) bool
+	resumer
+}
+
+// resumer is resumed, on a goroutine of its own, once a socket it waits
+// for may be readable (see queuedReader.whenReadable).
+type resumer interface{ resume() }
 
 // queuedReader is a socket that can be read without waiting, and waited
 // on without a goroutine: a bare socket (fdConn, on Linux).
 type queuedReader interface {
 	readQueued(b []byte) (int, error)
-	whenReadable(f func()) error
+	whenReadable(r resumer) error
 }
 
 var (
@@ -69,10 +81,10 @@ var readAheads = sync.Pool{New: func() any { return new([connectReadAhead]byte) 
 // a bare socket, what was read past it, or the refusal as
 // packets.ReadConnect gives it; from other connections nothing past the
 // CONNECT is read. When a bare socket has nothing more queued, read
-// returns errWaiting at once instead, and resume runs, once, on a
-// goroutine of its own, when the socket may have become readable, its
+// returns errWaiting at once instead, and the owner is resumed, once, on
+// a goroutine of its own, when the socket may have become readable, its
 // read deadline passed or it was closed: calling read again goes on.
-func (r *connectReader) read(resume func()) (*packets.Connect, []byte, error) {
+func (r *connectReader) read() (*packets.Connect, []byte, error) {
 	queued, bare := r.conn.(queuedReader)
 	for {
 		need := packets.ConnectNeeds(r.held, r.maxSize)
@@ -87,7 +99,7 @@ func (r *connectReader) read(resume func()) (*packets.Connect, []byte, error) {
 		}
 		switch {
 		case errors.Is(err, errNothingQueued):
-			if err := queued.whenReadable(resume); err != nil {
+			if err := queued.whenReadable(r.owner); err != nil {
 				return nil, nil, fmt.Errorf("proxy: read CONNECT: %w", err)
 			}
 			return nil, nil, errWaiting
@@ -121,7 +133,7 @@ func (r *connectReader) readQueued(c queuedReader, need int) error {
 	}
 	defer clear(b[:n]) // no token stays in the pool
 	size := max(len(r.held)+n, min(need, 2*cap(r.held)))
-	if !r.grow(size - cap(r.held)) {
+	if !r.owner.hold(size - cap(r.held)) {
 		return errEvicted
 	}
 	r.held = append(append(make([]byte, 0, size), r.held...), b[:n]...)
@@ -150,7 +162,7 @@ func (r *connectReader) readOnce(need int) error {
 func (r *connectReader) room(need int) ([]byte, error) {
 	if len(r.held) == cap(r.held) {
 		size := min(max(need, packets.MinConnectSize), max(2*cap(r.held), len(r.held)+connectGrowth))
-		if !r.grow(size - cap(r.held)) {
+		if !r.owner.hold(size - cap(r.held)) {
 			return nil, errEvicted
 		}
 		r.held = append(make([]byte, 0, size), r.held...)

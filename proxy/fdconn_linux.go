@@ -43,10 +43,10 @@ type fdConn struct {
 	// readiness, a new deadline or Close.
 	deadline [2]time.Time
 	ready    [2]chan struct{}
-	// parked, while set, is to run in place of a read waiting on ready[0]
-	// (see whenReadable), started by what would wake that read, or by
+	// parked, while set, is resumed in place of a read waiting on
+	// ready[0] (see whenReadable), by what would wake that read, or by
 	// parkTimer at the read deadline.
-	parked    func()
+	parked    resumer
 	parkTimer *time.Timer
 }
 
@@ -225,13 +225,13 @@ func (c *fdConn) readQueued(b []byte) (int, error) {
 	return n, err
 }
 
-// whenReadable arranges for f to run once, on a goroutine of its own, when
-// a read may find bytes, EOF or an error: the socket became readable, or
-// its read deadline passed, or it was closed (at once when one of them is
-// already the case). Until then nothing runs for it: the socket waits in
-// the watcher's epoll set, with a timer for its deadline. An error means
-// that it cannot wait there; f is not run.
-func (c *fdConn) whenReadable(f func()) error {
+// whenReadable arranges for r to be resumed once, on a goroutine of its
+// own, when a read may find bytes, EOF or an error: the socket became
+// readable, or its read deadline passed, or it was closed (at once when
+// one of them is already the case). Until then nothing runs for it: the
+// socket waits in the watcher's epoll set, with a timer for its deadline.
+// An error means that it cannot wait there; r is not resumed.
+func (c *fdConn) whenReadable(r resumer) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.closing && c.seq == 0 {
@@ -239,7 +239,7 @@ func (c *fdConn) whenReadable(f func()) error {
 			return c.opError("read", err)
 		}
 	}
-	c.parked = f
+	c.parked = r
 	select {
 	case <-c.ready[0]: // readiness reported since the last read
 		c.unparkLocked()
@@ -255,8 +255,8 @@ func (c *fdConn) whenReadable(f func()) error {
 	return nil
 }
 
-// wakeReaderLocked wakes what waits to read: a parked func, else a call
-// waiting on ready[0].
+// wakeReaderLocked wakes what waits to read: the parked resumer, else a
+// call waiting on ready[0].
 func (c *fdConn) wakeReaderLocked() {
 	if c.parked != nil {
 		c.unparkLocked()
@@ -265,7 +265,7 @@ func (c *fdConn) wakeReaderLocked() {
 	notify(c.ready[0])
 }
 
-// unpark starts the parked func, if it is still parked.
+// unpark resumes the parked resumer, if it is still parked.
 func (c *fdConn) unpark() {
 	c.mu.Lock()
 	c.unparkLocked()
@@ -273,8 +273,8 @@ func (c *fdConn) unpark() {
 }
 
 func (c *fdConn) unparkLocked() {
-	f := c.parked
-	if f == nil {
+	r := c.parked
+	if r == nil {
 		return
 	}
 	c.parked = nil
@@ -282,7 +282,7 @@ func (c *fdConn) unparkLocked() {
 		c.parkTimer.Stop()
 		c.parkTimer = nil
 	}
-	go f()
+	go r.resume()
 }
 
 func (c *fdConn) Write(b []byte) (int, error) { return c.write(b, 0) }
@@ -508,8 +508,8 @@ func (c *fdConn) registerLocked() error {
 	return nil
 }
 
-// handle wakes the calls waiting for the socket, or the parked func. It
-// runs on the watcher's goroutine, so a parked func starts on its own.
+// handle wakes the calls waiting for the socket, or the parked resumer.
+// It runs on the watcher's goroutine, so a resumer runs on its own.
 func (c *fdConn) handle(_ int, events uint32, _ []byte) {
 	failed := events&(unix.EPOLLHUP|unix.EPOLLERR) != 0
 	c.mu.Lock()

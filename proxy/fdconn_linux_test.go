@@ -237,14 +237,21 @@ func TestServeAcceptsOutsideTheNetPackage(t *testing.T) {
 	}
 }
 
+// unlimitedOwner lets a connectReader hold all it reads, and says when
+// it is resumed.
+type unlimitedOwner chan struct{}
+
+func (unlimitedOwner) hold(int) bool { return true }
+func (o unlimitedOwner) resume()     { o <- struct{}{} }
+
 // readBareConnect reads a CONNECT from c, a bare socket, with a
 // connectReader, waiting for each resume when it has to.
 func readBareConnect(t *testing.T, c net.Conn) (*packets.Connect, []byte, error) {
 	t.Helper()
-	r := &connectReader{conn: c, grow: func(int) bool { return true }}
-	resumed := make(chan struct{}, 1)
+	resumed := make(unlimitedOwner, 1)
+	r := &connectReader{conn: c, owner: resumed}
 	for {
-		pk, past, err := r.read(func() { resumed <- struct{}{} })
+		pk, past, err := r.read()
 		if !errors.Is(err, errWaiting) {
 			return pk, past, err
 		}

@@ -171,15 +171,22 @@ type session struct {
 // so that a bare socket can wait for the rest of its CONNECT without one.
 type pendingConnect struct {
 	connectReader
+	p      *Proxy
+	s      *session
 	start  time.Time // accept
 	remote string
 	log    *connLog
-	resume func() // Proxy.serveConnect, when a bare socket has more
 	// Under Proxy.mu: the bytes of held counted in Proxy.heldBytes, and
 	// the session's place in Proxy.holding while there are any.
 	charged int
 	holding *list.Element
 }
+
+// hold counts n more bytes of the CONNECT's buffer (holdConnectBytes).
+func (pc *pendingConnect) hold(n int) bool { return pc.p.holdConnectBytes(pc.s, n) }
+
+// resume goes on with the CONNECT once a bare socket may have more.
+func (pc *pendingConnect) resume() { pc.p.serveConnect(pc.s) }
 
 // abort ends s at once from outside its own goroutine (Close, token
 // expiry). Closing happens outside Proxy.mu: a WebSocket close frame may
@@ -271,13 +278,8 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 func (p *Proxy) accepted(c net.Conn, name string) (*session, error) {
 	p.Metrics.connAccepted(name)
 	s := &session{client: c, listener: name, policy: p.currentPolicy()}
-	s.connect = &pendingConnect{
-		connectReader: connectReader{
-			maxSize: s.policy.limits.MaxConnectSize,
-			grow:    func(n int) bool { return p.holdConnectBytes(s, n) },
-		},
-		resume: func() { p.serveConnect(s) },
-	}
+	s.connect = &pendingConnect{connectReader: connectReader{maxSize: s.policy.limits.MaxConnectSize}, p: p, s: s}
+	s.connect.owner = s.connect
 	switch kind, ok := p.admit(s); {
 	case !ok && kind == "":
 		c.Close()
