@@ -20,7 +20,8 @@ import (
 // nothing more queued, the reader leaves it in the epoll set and returns,
 // and a goroutine starts again when bytes arrive. A client that has sent
 // part of its CONNECT then costs its buffer and a few small structures,
-// not a parked goroutine's stack (8 KB measured). Other connections (TLS,
+// not a parked goroutine's stack, which is most of what such a client
+// cost before (measured in docs/performance.md). Other connections (TLS,
 // WebSocket, PROXY protocol) are read by a goroutine that blocks.
 type connectReader struct {
 	conn    net.Conn
