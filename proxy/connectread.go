@@ -57,7 +57,7 @@ var (
 	// errNothingQueued: a read without waiting found nothing.
 	errNothingQueued = errors.New("proxy: nothing queued")
 	// errWaiting: the CONNECT is incomplete and the socket waits for more;
-	// the resume func passed to read runs when it may have come.
+	// the reader's owner is resumed when it may have come.
 	errWaiting = errors.New("proxy: waiting for the rest of the CONNECT")
 	// errEvicted: the connection was closed to keep within a limit while
 	// its CONNECT was read.
