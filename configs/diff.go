@@ -3,13 +3,15 @@ package configs
 import (
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 )
 
 // Diff lists the keys whose values differ between a and b, as paths the
-// way errors name them ("listeners[0].bind", "log.level"). A list or an
-// optional section that was added, removed or changed in length is one
-// key. Reload uses it to say which changes it cannot apply.
+// way errors name them ("listeners[0].bind", "log.level",
+// "upstreams.acme.balance"). A list, a mapping or an optional section
+// that was added, removed or changed in length or in keys is one key.
+// Reload uses it to say which changes it cannot apply.
 func Diff(a, b *File) []string {
 	var keys []string
 	diff(reflect.ValueOf(*a), reflect.ValueOf(*b), "", &keys)
@@ -33,6 +35,22 @@ func diff(a, b reflect.Value, path string, keys *[]string) {
 		}
 		for i := range a.Len() {
 			diff(a.Index(i), b.Index(i), fmt.Sprintf("%s[%d]", path, i), keys)
+		}
+	case reflect.Map:
+		if a.Len() != b.Len() {
+			*keys = append(*keys, path)
+			return
+		}
+		ks := a.MapKeys()
+		slices.SortFunc(ks, func(x, y reflect.Value) int { return strings.Compare(x.String(), y.String()) })
+		for _, k := range ks {
+			if !b.MapIndex(k).IsValid() {
+				*keys = append(*keys, path)
+				return
+			}
+		}
+		for _, k := range ks {
+			diff(a.MapIndex(k), b.MapIndex(k), joinKey(path, k.String()), keys)
 		}
 	case reflect.Pointer:
 		if a.IsNil() || b.IsNil() {

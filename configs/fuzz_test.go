@@ -30,6 +30,7 @@ func FuzzParse(f *testing.F) {
 	for _, seed := range []string{
 		minimal,
 		minimal + "limits: {connect_timeout: 1m30s, max_connect_size: 128, per_ip_connect_rate: 0.5, per_ip_connect_burst: 3}\n",
+		minimal + "limits: {max_connect_size: 4096, max_pending_connect_bytes: 65536}\n",
 		minimal + "limits:\n  per_ip_connect_rate: .nan\n", // regression: accepted, it turned the rate limit off
 		minimal + "limits:\n  per_ip_connect_rate: .inf\n",
 		strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "use_jwks: true\n    endpoint: https://idp.example/jwks\n    headers: {Authorization: x}\n    ssl: {insecure_skip_verify: true}", 1),
@@ -41,14 +42,19 @@ func FuzzParse(f *testing.F) {
 		"{",
 		"---\n---\n",
 		"\xef\xbb\xbflisteners: []\n",
+		strings.Replace(minimal, `  address: "127.0.0.1:1884"`, "  servers: [{address: \"10.0.0.1:1883\", weight: 2}, {address: \"10.0.0.2:1883\", proxy_protocol: v2}]\n"+
+			"  balance: client_id\n  health_check: {interval: 1s, fall: 2, connect: {username: probe, password: p}}", 1),
+		minimal + "upstreams:\n  acme: {address: \"10.0.1.1:1883\", balance: least_connections}\n" +
+			"routes:\n  - {match: {claims.tenant: acme, sub: \"dev-[0-9]+\"}, upstream: acme}\n  - {match: {listener: \"127.0.0.1:1883\"}, upstream: default}\n",
 	} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if bytes.Contains(data, []byte("secret_file")) {
+		if bytes.Contains(data, []byte("secret_file")) || bytes.Contains(data, []byte("password_file")) {
 			// Parse reads the file the input names, and a device such as
-			// /dev/zero never ends; TestSecretFromEnvAndFile covers the key.
-			t.Skip("secret_file reads a file named by the input")
+			// /dev/zero never ends; TestSecretFromEnvAndFile and
+			// TestHealthCheckPasswordFile cover the keys.
+			t.Skip("secret_file and password_file read a file named by the input")
 		}
 		parsed, err := Parse(data)
 		if err != nil {
@@ -84,7 +90,8 @@ func FuzzParse(f *testing.F) {
 }
 
 // marshalResolved writes f as YAML with its secrets in place: Parse has
-// already resolved secret_env and secret_file into secret.
+// already resolved secret_env and secret_file into secret. (Inputs with a
+// password_file are skipped.)
 func marshalResolved(t *testing.T, f *File) []byte {
 	t.Helper()
 	resolved := *f

@@ -146,8 +146,8 @@ func parsePrefix(s string) (netip.Prefix, error) {
 // them from dir (the configuration file's directory), so that a
 // configuration and its keys and certificates can move together and the
 // proxy finds them whatever directory it runs from: TLS files, secret_file,
-// public_key (when it is a path rather than PEM text) and the revocation
-// file.
+// password_file, public_key (when it is a path rather than PEM text) and
+// the revocation file.
 func (f *File) resolvePaths(dir string) {
 	if dir == "" {
 		return
@@ -171,7 +171,15 @@ func (f *File) resolvePaths(dir string) {
 			resolve(&t.ClientCAFile)
 		}
 	}
-	resolveTLS(f.Upstream.TLS)
+	f.eachUpstream(func(_ string, u Upstream) {
+		resolveTLS(u.TLS)
+		for _, s := range u.Servers {
+			resolveTLS(s.TLS)
+		}
+		if u.HealthCheck != nil && u.HealthCheck.Connect != nil {
+			resolve(&u.HealthCheck.Connect.PasswordFile)
+		}
+	})
 	for i := range f.Authentication {
 		a := &f.Authentication[i]
 		resolveTLS(a.SSL)
@@ -245,27 +253,6 @@ func (l Listener) validateTransport(at string) []error {
 			if _, err := parsePrefix(s); err != nil {
 				bad("proxy_protocol.trusted_cidrs: %v", err)
 			}
-		}
-	}
-	return errs
-}
-
-// validateTransport checks the upstream's proxy_protocol and tls.
-func (u Upstream) validateTransport() []error {
-	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("upstream."+format, args...)) }
-
-	if !oneOf(u.ProxyProtocol, "", ProxyProtocolOff, ProxyProtocolV1, ProxyProtocolV2) {
-		bad("proxy_protocol: %q is not one of off, v1, v2", u.ProxyProtocol)
-	} else if oneOf(u.ProxyProtocol, ProxyProtocolV1, ProxyProtocolV2) && u.Address == EmbeddedAddress {
-		bad("proxy_protocol: the embedded broker reads no PROXY header")
-	}
-	if t := u.TLS; t != nil {
-		if u.Address == EmbeddedAddress {
-			bad("tls: the embedded broker speaks plain TCP only")
-		}
-		if _, err := t.ClientConfig(""); err != nil {
-			bad("tls.%v", err)
 		}
 	}
 	return errs

@@ -157,7 +157,7 @@ func TestReasonCode(t *testing.T) {
 		{PacketTooLarge, "packet too large", 0, false},
 		{QuotaExceeded, "quota exceeded", 3, true},
 		{ConnectionRateExceeded, "connection rate exceeded", 3, true},
-		{ReasonCode(0x9C), "reason code 0x9C", 0, false},
+		{ReasonCode(0x03), "reason code 0x03", 0, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -31,10 +31,34 @@ const (
 	reasonInternal            = "internal_error"
 )
 
-// serveConn runs one client connection: read CONNECT under the connect
-// deadline, decide, then refuse or dial and splice.
+// serveConn starts serving one client connection: the transport's
+// handshake under the connect deadline, then its CONNECT (serveConnect).
 func (p *Proxy) serveConn(s *session) {
-	c := s.client
+	c, pc := s.client, s.connect
+	pc.conn = c
+	pc.start = time.Now()
+	pc.remote = c.RemoteAddr().String() // the client's, also behind a PROXY header
+	pc.log = newConnLog(p.logger(), zap.String("listener", s.listener), zap.String("remote", pc.remote))
+	c.SetReadDeadline(pc.start.Add(s.policy.limits.connectTimeout()))
+	if !p.handshake(s, pc.start, pc.log) {
+		c.Close()
+		p.release(s)
+		return
+	}
+	p.serveConnect(s)
+}
+
+// serveConnect reads the CONNECT under the connect deadline, decides,
+// then refuses or dials and relays. When a bare socket has sent only part
+// of its CONNECT, it returns, and runs again once more has arrived: no
+// goroutine waits meanwhile (see connectReader).
+func (p *Proxy) serveConnect(s *session) {
+	pc := s.connect
+	pk, pastConnect, err := pc.read()
+	if errors.Is(err, errWaiting) {
+		return
+	}
+	c, start, remote, log := pc.conn, pc.start, pc.remote, pc.log
 	handedOff := false // set once the relay owns the connection's end
 	defer func() {
 		if !handedOff {
@@ -42,20 +66,11 @@ func (p *Proxy) serveConn(s *session) {
 			p.release(s)
 		}
 	}()
-	start := time.Now()
-	remote := c.RemoteAddr().String() // the client's, also behind a PROXY header
-	log := newConnLog(p.logger(), zap.String("listener", s.listener), zap.String("remote", remote))
-
 	limits := &s.policy.limits
 	deadline := start.Add(limits.connectTimeout())
-	c.SetReadDeadline(deadline)
-	if !p.handshake(s, start, log) {
-		return
-	}
-	pk, pastConnect, err := readConnect(c, limits.MaxConnectSize)
 	if err != nil {
 		if s.evicted.Load() {
-			logEvicted(log)
+			logEvicted(log, s)
 			return
 		}
 		p.Metrics.decided("refused", p.rejectPacket(c, err, log), time.Since(start))
@@ -81,7 +96,7 @@ func (p *Proxy) serveConn(s *session) {
 	cancel()
 	if !p.decided(s) { // evicted or closed while the token was checked: its socket is closed
 		if s.evicted.Load() {
-			logEvicted(log)
+			logEvicted(log, s)
 		}
 		return
 	}
@@ -290,10 +305,11 @@ func (p *Proxy) rejectPacket(c net.Conn, err error, log *connLog) string {
 	return reason
 }
 
-// logEvicted says that a pending connection was closed to make room for a
-// newer one (MaxPendingConnects).
-func logEvicted(log *connLog) {
-	log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", limitPending))
+// logEvicted says that s, a pending connection, was closed to keep within
+// a limit of pending connections (MaxPendingConnects,
+// MaxPendingConnectBytes).
+func logEvicted(log *connLog, s *session) {
+	log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", s.evictedBy))
 }
 
 func packetReason(err *packets.Error) string {

@@ -3,7 +3,6 @@ package proxy
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -14,7 +13,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,6 +43,11 @@ type fdConn struct {
 	// readiness, a new deadline or Close.
 	deadline [2]time.Time
 	ready    [2]chan struct{}
+	// parked, while set, is resumed in place of a read waiting on
+	// ready[0] (see whenReadable), by what would wake that read, or by
+	// parkTimer at the read deadline.
+	parked    resumer
+	parkTimer *time.Timer
 }
 
 // rawListener accepts fdConns from a plain TCP listener, waiting in ws.
@@ -212,6 +215,76 @@ func (c *fdConn) readNow(b []byte) (int, error) {
 	}
 }
 
+// readQueued is Read without waiting: errNothingQueued when nothing has
+// arrived.
+func (c *fdConn) readQueued(b []byte) (int, error) {
+	n, err := c.readNow(b)
+	if err == unix.EAGAIN {
+		return 0, errNothingQueued
+	}
+	return n, err
+}
+
+// whenReadable arranges for r to be resumed once, on a goroutine of its
+// own, when a read may find bytes, EOF or an error: the socket became
+// readable, or its read deadline passed, or it was closed (at once when
+// one of them is already the case). Until then nothing runs for it: the
+// socket waits in the watcher's epoll set, with a timer for its deadline.
+// An error means that it cannot wait there; r is not resumed.
+func (c *fdConn) whenReadable(r resumer) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.closing && c.seq == 0 {
+		if err := c.registerLocked(); err != nil {
+			return c.opError("read", err)
+		}
+	}
+	c.parked = r
+	select {
+	case <-c.ready[0]: // readiness reported since the last read
+		c.unparkLocked()
+		return nil
+	default:
+	}
+	switch d := c.deadline[0]; {
+	case c.closing || !d.IsZero() && !time.Now().Before(d):
+		c.unparkLocked()
+	case !d.IsZero():
+		c.parkTimer = time.AfterFunc(time.Until(d), c.unpark)
+	}
+	return nil
+}
+
+// wakeReaderLocked wakes what waits to read: the parked resumer, else a
+// call waiting on ready[0].
+func (c *fdConn) wakeReaderLocked() {
+	if c.parked != nil {
+		c.unparkLocked()
+		return
+	}
+	notify(c.ready[0])
+}
+
+// unpark resumes the parked resumer, if it is still parked.
+func (c *fdConn) unpark() {
+	c.mu.Lock()
+	c.unparkLocked()
+	c.mu.Unlock()
+}
+
+func (c *fdConn) unparkLocked() {
+	r := c.parked
+	if r == nil {
+		return
+	}
+	c.parked = nil
+	if c.parkTimer != nil {
+		c.parkTimer.Stop()
+		c.parkTimer = nil
+	}
+	go r.resume()
+}
+
 func (c *fdConn) Write(b []byte) (int, error) { return c.write(b, 0) }
 
 // lastWrite returns a writer whose bytes the kernel holds (MSG_MORE)
@@ -291,10 +364,9 @@ func (c *fdConn) Close() error {
 	if c.ops == 0 {
 		c.closeLocked()
 	}
-	ready := c.ready
+	c.wakeReaderLocked()
+	notify(c.ready[1])
 	c.mu.Unlock()
-	notify(ready[0])
-	notify(ready[1])
 	return nil
 }
 
@@ -346,9 +418,13 @@ func (c *fdConn) setDeadline(dir int, t time.Time) error {
 		return c.opError("set deadline", net.ErrClosed)
 	}
 	c.deadline[dir] = t
-	ready := c.ready[dir]
+	// What waits looks at the new deadline.
+	if dir == 0 {
+		c.wakeReaderLocked()
+	} else {
+		notify(c.ready[dir])
+	}
 	c.mu.Unlock()
-	notify(ready) // a waiting call looks at the new deadline
 	return nil
 }
 
@@ -432,15 +508,18 @@ func (c *fdConn) registerLocked() error {
 	return nil
 }
 
-// handle wakes the calls waiting for the socket.
+// handle wakes the calls waiting for the socket, or the parked resumer.
+// It runs on the watcher's goroutine, so a resumer runs on its own.
 func (c *fdConn) handle(_ int, events uint32, _ []byte) {
 	failed := events&(unix.EPOLLHUP|unix.EPOLLERR) != 0
+	c.mu.Lock()
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 || failed {
-		notify(c.ready[0])
+		c.wakeReaderLocked()
 	}
 	if events&unix.EPOLLOUT != 0 || failed {
 		notify(c.ready[1])
 	}
+	c.mu.Unlock()
 }
 
 // handOff gives the socket to a relay: it leaves the watcher's set, if
@@ -470,81 +549,5 @@ func notify(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
 	default:
-	}
-}
-
-// connectReadAhead is how much readConnect takes from a bare socket in
-// its first read. A CONNECT with a token nearly always fits, so that the
-// packet costs one read(2) rather than packets.ReadConnect's two.
-const connectReadAhead = 1024
-
-// readConnect reads the client's CONNECT as packets.ReadConnect does and
-// returns with it what it read past the packet, which is for the broker
-// once the client is authenticated, and for nobody otherwise.
-func readConnect(c net.Conn, maxSize int) (*packets.Connect, []byte, error) {
-	fc, ok := c.(*fdConn)
-	if !ok { // a wrapper keeps what it read ahead itself (see bareClient)
-		pk, err := packets.ReadConnect(c, maxSize)
-		return pk, nil, err
-	}
-	r := &connectReader{c: fc}
-	for {
-		r.store = readAheads.Get().(*[connectReadAhead]byte)
-		n, err := fc.readNow(r.store[:])
-		if err != unix.EAGAIN {
-			r.buf, r.err = r.store[:n], err
-			break
-		}
-		// A client that is yet to send holds no buffer while it waits.
-		readAheads.Put(r.store)
-		if err := fc.wait(0); err != nil {
-			return nil, nil, fmt.Errorf("packets: read first packet: %w", fc.opError("read", err))
-		}
-	}
-	pk, err := packets.ReadConnect(r, maxSize)
-	var past []byte
-	if err == nil && len(r.buf) > 0 {
-		past = append([]byte(nil), r.buf...)
-	}
-	r.release()
-	return pk, past, err
-}
-
-// readAheads are readConnect's buffers, each held from the first bytes of
-// a CONNECT until ReadConnect has had them.
-var readAheads = sync.Pool{New: func() any { return new([connectReadAhead]byte) }}
-
-// connectReader serves packets.ReadConnect what readConnect's first read
-// took, then reads the socket itself, in the exact sizes ReadConnect asks
-// for, so that nothing past a larger CONNECT is read. A client trickling
-// a large CONNECT holds no buffer of its own meanwhile.
-type connectReader struct {
-	c     *fdConn
-	store *[connectReadAhead]byte // nil once released
-	buf   []byte                  // what ReadConnect has not had of the first read
-	err   error                   // the first read's
-}
-
-func (r *connectReader) Read(p []byte) (int, error) {
-	switch {
-	case len(r.buf) > 0:
-		n := copy(p, r.buf)
-		r.buf = r.buf[n:]
-		if len(r.buf) == 0 {
-			r.release()
-		}
-		return n, nil
-	case r.err != nil:
-		return 0, r.err
-	}
-	return r.c.Read(p)
-}
-
-// release returns the buffer to the pool, without the token it held.
-func (r *connectReader) release() {
-	if r.store != nil {
-		clear(r.store[:])
-		readAheads.Put(r.store)
-		r.store, r.buf = nil, nil
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
@@ -319,4 +320,82 @@ func TestEvictedWhileVerifying(t *testing.T) {
 	if got := rec.Accepted(); got != 0 {
 		t.Errorf("upstream saw %d connections, want none", got)
 	}
+}
+
+// TestMaxPendingConnectBytes: the bytes pending CONNECTs hold count as
+// they arrive, whatever length the clients declare; over the budget the
+// connection that has held bytes longest is closed, logged and counted
+// as max_pending_connect_bytes, the budget is never exceeded, and a
+// client whose CONNECT comes at once still gets in.
+func TestMaxPendingConnectBytes(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	const budget, sent, clients = 64 << 10, 20_000, 6
+	o := startObserved(t, &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{},
+		Limits: Limits{MaxPendingConnectBytes: budget, ConnectTimeout: time.Minute}})
+
+	// Each declares a CONNECT of 200,000 bytes, within max_connect_size,
+	// and sends 20,000 of them: the first 20,000 bytes of a real one.
+	long := connectPacket(t, packets.ProtocolV311, string(make([]byte, 60_000)))
+	first := slices.Concat(fixedHeader(200_000), connectBody(long))[:sent]
+	// charged is what the session of the client c is counted for, -1
+	// when it has none (not accepted yet, or evicted and gone), -2 when it
+	// is evicted.
+	charged := func(c net.Conn) int {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		for s := range o.sessions {
+			switch {
+			case s.client.RemoteAddr().String() != c.LocalAddr().String():
+			case s.evicted.Load():
+				return -2
+			case s.connect != nil:
+				return s.connect.charged
+			}
+		}
+		return -1
+	}
+	// closed says whether the proxy has closed c.
+	closed := func(c net.Conn) bool {
+		c.SetReadDeadline(time.Now().Add(time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		return err == io.EOF || isReset(err)
+	}
+	var conns []net.Conn
+	for i := range clients {
+		c := dial(t, o.addr)
+		if _, err := c.Write(first); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		// Until its session holds what it sent, or it is evicted.
+		waitFor(t, func() bool { n := charged(c); return n >= sent || n == -2 || n == -1 && closed(c) })
+		o.mu.Lock()
+		held := o.heldBytes
+		o.mu.Unlock()
+		if held > budget {
+			t.Fatalf("after client %d the pending CONNECTs hold %d bytes, over the budget of %d", i, held, budget)
+		}
+	}
+	evicted := 0 // every client has been accepted: without a session it was evicted
+	for evicted < clients && charged(conns[evicted]) < 0 {
+		evicted++
+	}
+	t.Logf("%d of %d clients sending %d bytes each evicted under a budget of %d", evicted, clients, sent, budget)
+	if evicted == 0 || evicted == clients {
+		t.Fatalf("%d of %d clients holding %d bytes each were evicted under a budget of %d; want the oldest, not all", evicted, clients, sent, budget)
+	}
+	for i, c := range conns {
+		if closed := closedAtAccept(t, c); closed != (i < evicted) {
+			t.Errorf("client %d closed: %v; want the %d oldest closed and the rest waiting", i, closed, evicted)
+		}
+	}
+	o.waitLogged(t, "connect rejected", zap.String("reason", limitPendingBytes))
+	if n := o.logs.FilterMessage("connect rejected").FilterField(zap.String("reason", limitPendingBytes)).Len(); n != evicted {
+		t.Errorf("%d evictions logged, want %d", n, evicted)
+	}
+	if n := o.metric(t, "mqtt_jwt_proxy_limit_rejections_total", "kind="+limitPendingBytes); n != float64(evicted) {
+		t.Errorf("limit_rejections_total{kind=%s} = %v, want %d", limitPendingBytes, n, evicted)
+	}
+	connectThrough(t, dial(t, o.addr), rec, 0)
 }

@@ -73,7 +73,7 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 	// Authentication outcomes and limit kinds are known in advance: export
 	// them at zero so that rate() works from the first event.
 	m.authentications.WithLabelValues("accepted", "")
-	for _, kind := range []string{limitMaxConnections, limitListenerConnections, limitPending, limitRate, limitClientIDRate} {
+	for _, kind := range []string{limitMaxConnections, limitListenerConnections, limitPending, limitPendingBytes, limitRate, limitClientIDRate} {
 		m.limited.WithLabelValues(kind)
 	}
 	return m

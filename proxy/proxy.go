@@ -128,12 +128,14 @@ type Proxy struct {
 
 	dials dialOutcomes // for Health
 
-	mu          sync.Mutex // guards the fields below and session.upstream, session.pending
+	mu          sync.Mutex // guards the fields below and session.upstream, session.pending, pendingConnect's accounts
 	closed      bool
 	listeners   map[net.Listener]struct{}
 	sessions    map[*session]struct{}
 	perListener map[string]int // open sessions per listener name
 	pending     list.List      // sessions still in CONNECT, oldest first
+	holding     list.List      // pending sessions holding CONNECT bytes, longest first
+	heldBytes   int            // CONNECT bytes held by pending sessions
 	wg          sync.WaitGroup
 }
 
@@ -152,12 +154,39 @@ type session struct {
 	client   net.Conn // for a WebSocket, its TCP connection until the upgrade (see Proxy.upgraded)
 	listener string
 	policy   *policy
-	upstream net.Conn      // nil until dialed
-	pending  *list.Element // in Proxy.pending until the CONNECT is decided
-	relay    *relay        // set once the connection is handed to the watcher
-	aborted  bool          // abort or eviction has begun; no relay may start after it
-	evicted  atomic.Bool   // closed to make room for newer pending connects (aborted too)
+	connect  *pendingConnect // until the CONNECT is decided; set to nil under Proxy.mu
+	upstream net.Conn        // nil until dialed
+	pending  *list.Element   // in Proxy.pending until the CONNECT is decided
+	relay    *relay          // set once the connection is handed to the watcher
+	aborted  bool            // abort or eviction has begun; no relay may start after it
+	// evicted is set when the session was closed to keep within a limit
+	// of pending connections (aborted too); evictedBy, written before,
+	// names the limit.
+	evicted   atomic.Bool
+	evictedBy string
 }
+
+// pendingConnect is what a session keeps while its CONNECT is read and
+// decided: what the serving goroutine would keep on its stack, kept here
+// so that a bare socket can wait for the rest of its CONNECT without one.
+type pendingConnect struct {
+	connectReader
+	p      *Proxy
+	s      *session
+	start  time.Time // accept
+	remote string
+	log    *connLog
+	// Under Proxy.mu: the bytes of held counted in Proxy.heldBytes, and
+	// the session's place in Proxy.holding while there are any.
+	charged int
+	holding *list.Element
+}
+
+// hold counts n more bytes of the CONNECT's buffer (holdConnectBytes).
+func (pc *pendingConnect) hold(n int) bool { return pc.p.holdConnectBytes(pc.s, n) }
+
+// resume goes on with the CONNECT once a bare socket may have more.
+func (pc *pendingConnect) resume() { pc.p.serveConnect(pc.s) }
 
 // abort ends s at once from outside its own goroutine (Close, token
 // expiry). Closing happens outside Proxy.mu: a WebSocket close frame may
@@ -249,6 +278,8 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 func (p *Proxy) accepted(c net.Conn, name string) (*session, error) {
 	p.Metrics.connAccepted(name)
 	s := &session{client: c, listener: name, policy: p.currentPolicy()}
+	s.connect = &pendingConnect{connectReader: connectReader{maxSize: s.policy.limits.MaxConnectSize}, p: p, s: s}
+	s.connect.owner = s.connect
 	switch kind, ok := p.admit(s); {
 	case !ok && kind == "":
 		c.Close()
@@ -424,15 +455,7 @@ func (p *Proxy) admit(s *session) (kind string, ok bool) {
 		return limitListenerConnections, false
 	}
 	if l.MaxPendingConnects > 0 && p.pending.Len() >= l.MaxPendingConnects {
-		oldest := p.pending.Remove(p.pending.Front()).(*session)
-		oldest.pending = nil
-		oldest.evicted.Store(true)
-		// Aborted too: a session whose CONNECT is being verified must not
-		// go on to the broker, nor hand on a descriptor closed here, whose
-		// number the next accepted socket may get.
-		oldest.aborted = true
-		closeTransport(oldest.client)
-		p.Metrics.limitHit(limitPending)
+		p.evictLocked(p.pending.Front().Value.(*session), limitPending)
 	}
 	if p.sessions == nil {
 		p.sessions = make(map[*session]struct{})
@@ -446,9 +469,62 @@ func (p *Proxy) admit(s *session) (kind string, ok bool) {
 	return "", true
 }
 
-// decided takes s off the pending list: its CONNECT has been answered.
-// It reports false when s was ended from outside meanwhile (evicted,
-// Close), so that nothing more is done for it.
+// evictLocked closes s, a pending session, to keep within the limit kind
+// of pending connections. p.mu is held.
+func (p *Proxy) evictLocked(s *session, kind string) {
+	if s.pending != nil {
+		p.pending.Remove(s.pending)
+		s.pending = nil
+	}
+	p.unholdLocked(s)
+	s.evictedBy = kind
+	s.evicted.Store(true)
+	// Aborted too: a session whose CONNECT is being verified must not go
+	// on to the broker, nor hand on a descriptor closed here, whose number
+	// the next accepted socket may get.
+	s.aborted = true
+	closeTransport(s.client)
+	p.Metrics.limitHit(kind)
+}
+
+// holdConnectBytes counts n more bytes held by s's CONNECT, before they
+// are allocated. Over MaxPendingConnectBytes, the pending sessions that
+// have held CONNECT bytes longest are evicted until the rest fit, s too
+// if it comes to that. It reports false when s has been evicted or
+// aborted: its read ends.
+func (p *Proxy) holdConnectBytes(s *session, n int) bool {
+	budget := s.policy.limits.maxPendingConnectBytes()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pc := s.connect
+	if s.aborted || pc == nil {
+		return false
+	}
+	if pc.holding == nil {
+		pc.holding = p.holding.PushBack(s)
+	}
+	pc.charged += n
+	p.heldBytes += n
+	for p.heldBytes > budget {
+		p.evictLocked(p.holding.Front().Value.(*session), limitPendingBytes)
+	}
+	return !s.aborted
+}
+
+// unholdLocked stops counting the bytes s's CONNECT holds. p.mu is held.
+func (p *Proxy) unholdLocked(s *session) {
+	if pc := s.connect; pc != nil && pc.holding != nil {
+		p.holding.Remove(pc.holding)
+		pc.holding = nil
+		p.heldBytes -= pc.charged
+		pc.charged = 0
+	}
+}
+
+// decided takes s off the pending list: its CONNECT has been answered,
+// and what it held is no longer counted (nor kept by s). It reports false
+// when s was ended from outside meanwhile (evicted, Close), so that
+// nothing more is done for it.
 func (p *Proxy) decided(s *session) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -456,6 +532,8 @@ func (p *Proxy) decided(s *session) bool {
 		p.pending.Remove(s.pending)
 		s.pending = nil
 	}
+	p.unholdLocked(s)
+	s.connect = nil
 	return !s.aborted
 }
 

@@ -7,8 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"time"
-
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 )
 
 // The epoll relay is Linux-only; elsewhere each connection copies with two
@@ -37,10 +35,4 @@ func isSocket(net.Conn) bool          { return false }
 
 func (ws *watchers) startRelay(client, upstream net.Conn, halfClose time.Duration, done func(fromClient, toClient int64)) (*relay, bool) {
 	return nil, false
-}
-
-// readConnect reads the client's CONNECT; it reads nothing past it.
-func readConnect(c net.Conn, maxSize int) (*packets.Connect, []byte, error) {
-	pk, err := packets.ReadConnect(c, maxSize)
-	return pk, nil, err
 }

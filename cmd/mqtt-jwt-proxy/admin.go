@@ -100,6 +100,11 @@ func startAdmin(ln net.Listener, cfg *configs.File, p *proxy.Proxy, keySets func
 		a.server.Serve(ln) // returns ErrServerClosed after Close
 	}()
 	logger.Info("admin endpoint started", zap.String("address", a.addr.String()), zap.Bool("pprof", cfg.Metrics.Pprof))
+	if tcp, ok := a.addr.(*net.TCPAddr); ok && cfg.Metrics.Pprof && !tcp.IP.IsLoopback() {
+		// The endpoint has no authentication: the profiler shows the
+		// command line and lets anyone who reaches it load the process.
+		logger.Warn("the profiler is served beyond loopback, without authentication; bind metrics to loopback or a private network", zap.String("address", a.addr.String()))
+	}
 	return a
 }
 

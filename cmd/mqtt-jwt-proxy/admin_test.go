@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
@@ -619,5 +620,33 @@ func TestAdminInProcess(t *testing.T) {
 		proc.exited <- err // for the cleanup
 	case <-time.After(15 * time.Second):
 		t.Fatal("the proxy did not exit once its last connection closed")
+	}
+}
+
+// TestPprofBeyondLoopbackWarns: the profiler on an address beyond
+// loopback (as -bind-host 0.0.0.0 makes it) is served, with a warning.
+func TestPprofBeyondLoopbackWarns(t *testing.T) {
+	for _, tc := range []struct {
+		bind string
+		want int
+	}{
+		{"127.0.0.1:0", 0},
+		{"0.0.0.0:0", 1},
+	} {
+		t.Run(tc.bind, func(t *testing.T) {
+			cfg := adminTestConfig(true)
+			cfg.Metrics.Bind = tc.bind
+			ln, err := listenAdmin(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chain := newTestChain(t)
+			core, logs := observer.New(zap.WarnLevel)
+			a := startAdmin(ln, cfg, &proxy.Proxy{Upstream: "127.0.0.1:1", Verifier: chain}, chain.Status, zap.New(core))
+			defer a.Close()
+			if got := logs.FilterMessageSnippet("profiler is served beyond loopback").Len(); got != tc.want {
+				t.Errorf("%d warnings about the profiler, want %d: %v", got, tc.want, logs.All())
+			}
+		})
 	}
 }

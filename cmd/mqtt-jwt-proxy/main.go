@@ -79,7 +79,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "verify":
 		err = verifyCommand(ctx, args, os.Stdin, stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, "mqtt-jwt-proxy", buildVersion())
+		err = versionCommand(args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -205,6 +205,16 @@ func configFlags(name, description string, args []string, stderr io.Writer) (con
 // default.
 func configFlag(fs *flag.FlagSet) *string {
 	return fs.String("config", os.Getenv(envConfig), "configuration `FILE` (YAML) ($"+envConfig+" by default)")
+}
+
+// versionCommand prints the version. It takes no flags and no arguments,
+// and says so as every command does.
+func versionCommand(args []string, stdout, stderr io.Writer) error {
+	if err := parseFlags(newFlagSet("version", "", "Prints the version.", stderr), args, 0); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "mqtt-jwt-proxy", buildVersion())
+	return nil
 }
 
 func buildVersion() string {

@@ -50,6 +50,32 @@ func TestCheckExampleConfigs(t *testing.T) {
 	}
 }
 
+// TestServeRefusesPools: serve says it does not serve a pool of several
+// servers or routes, rather than starting without an upstream.
+func TestServeRefusesPools(t *testing.T) {
+	t.Setenv("JWT_SECRET", "c2VjcmV0LWZvci10ZXN0cw==")
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "-config", "../../configs/cluster.yaml"}, &out, &errOut); code != 1 {
+		t.Errorf("serve exited %d, want 1", code)
+	}
+	if !strings.Contains(errOut.String(), "serves a single upstream.address only") {
+		t.Errorf("serve said %q", errOut.String())
+	}
+}
+
+// TestServeRefusesAuthorization: serve refuses rules it would not enforce,
+// rather than letting every publish and subscribe through.
+func TestServeRefusesAuthorization(t *testing.T) {
+	t.Setenv("JWT_SECRET", "c2VjcmV0LWZvci10ZXN0cw==")
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "-config", "../../configs/authorization.yaml"}, &out, &errOut); code != 1 {
+		t.Errorf("serve exited %d, want 1", code)
+	}
+	if !strings.Contains(errOut.String(), "does not enforce them yet") {
+		t.Errorf("serve said %q", errOut.String())
+	}
+}
+
 func TestCheckReportsErrors(t *testing.T) {
 	dir := t.TempDir()
 	cases := map[string]struct {
@@ -164,6 +190,8 @@ func TestErrorPrefix(t *testing.T) {
 		{[]string{"verify"}, 2},
 		{[]string{"verify", "-config", missing, "-from", "cookie", "TOKEN"}, 2},
 		{[]string{"verify", "-config", missing, "TOKEN"}, 1},
+		{[]string{"version", "-x"}, 2},
+		{[]string{"version", "extra"}, 2},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -386,6 +414,7 @@ limits:
   max_connect_size: 4096
   max_connections: 100
   max_pending_connects: 50
+  max_pending_connect_bytes: 1000000
   per_ip_connect_rate: 5
   per_ip_connect_burst: 10
   per_client_id_connect_rate: 0.5
@@ -397,7 +426,7 @@ limits:
 	got := proxyLimits(cfg)
 	want := proxy.Limits{
 		ConnectTimeout: 3 * time.Second, MaxConnectSize: 4096, MaxConnections: 100,
-		MaxListenerConnections: map[string]int{"edge": 7}, MaxPendingConnects: 50,
+		MaxListenerConnections: map[string]int{"edge": 7}, MaxPendingConnects: 50, MaxPendingConnectBytes: 1000000,
 		PerIPConnectRate: 5, PerIPConnectBurst: 10, PerClientIDConnectRate: 0.5, PerClientIDConnectBurst: 2,
 	}
 	if !reflect.DeepEqual(got, want) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"reflect"
@@ -19,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
@@ -36,11 +38,14 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	// Building the chain parses keys, secrets and templates, which YAML
-	// validation cannot; both steps run, so that every problem is listed.
+	// validation cannot, and so does compiling the authorization rules
+	// (their topic filters); every step runs, so that every problem is
+	// listed.
 	_, forwardErr := proxy.NewForward(cfg.Forward)
+	_, aclErr := acl.FromConfig(cfg.Authorization)
 	list, listErr := newRevocation(cfg.Revocation, zap.NewNop())
 	chain, chainErr := authn.New(cfg.Authentication)
-	if err := errors.Join(forwardErr, listErr, chainErr); err != nil {
+	if err := errors.Join(forwardErr, aclErr, listErr, chainErr); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	chain.Close()
@@ -66,6 +71,12 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if len(cfg.Upstream.Servers) > 0 || len(cfg.Upstreams) > 0 || len(cfg.Routes) > 0 {
+		return fmt.Errorf("config %s: upstream.servers, upstreams and routes: this version checks them but serves a single upstream.address only", path)
+	}
+	if len(cfg.Authorization.Rules) > 0 || cfg.Authorization.NoMatch == configs.PermissionDeny || cfg.Authorization.DenyAction != "" {
+		return fmt.Errorf("config %s: authorization: this version checks the rules but does not enforce them yet", path)
+	}
 	// Flushed, never synced: zap syncs at every flush, and an fsync of a
 	// log file ten times a second waits on the disk for nothing.
 	out := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(struct{ io.Writer }{stderr}), Size: logBufferSize, FlushInterval: logFlushInterval}
@@ -85,15 +96,8 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	// starts or a JWKS endpoint is asked for keys. Until they are served,
 	// the sockets are this function's to close.
 	p := &proxy.Proxy{Logger: logger}
-	listeners, certs, err := openListeners(cfg, p.Listener, logger)
-	if err != nil {
-		return err
-	}
-	adminListener, err := listenAdmin(cfg)
-	if err != nil {
-		closeAll(listeners)
-		return err
-	}
+	var listeners []net.Listener
+	var adminListener net.Listener
 	served := false
 	defer func() {
 		if !served {
@@ -101,8 +105,18 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 			if adminListener != nil {
 				adminListener.Close()
 			}
+			// A PROXY-protocol listener's sockets started p's relay
+			// engine (p.Listener), also when a later bind failed.
+			p.Close()
 		}
 	}()
+	listeners, certs, err := openListeners(cfg, p.Listener, logger)
+	if err != nil {
+		return err
+	}
+	if adminListener, err = listenAdmin(cfg); err != nil {
+		return err
+	}
 
 	list, err := newRevocation(cfg.Revocation, logger)
 	if err != nil {
@@ -187,7 +201,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 
 // restartOnly are the sections read once, at start: sockets, the upstream
 // and the logger are not rebuilt by a reload.
-var restartOnly = map[string]bool{"listeners": true, "upstream": true, "metrics": true, "log": true}
+var restartOnly = map[string]bool{"listeners": true, "upstream": true, "upstreams": true, "routes": true, "metrics": true, "log": true}
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
@@ -230,7 +244,8 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 	}
 	if len(needRestart) > 0 {
 		logger.Warn("these changes take effect at the next restart; the rest is reloaded", zap.Strings("keys", needRestart))
-		cfg.Listeners, cfg.Upstream, cfg.Metrics, cfg.Log = running.Listeners, running.Upstream, running.Metrics, running.Log
+		cfg.Listeners, cfg.Upstream, cfg.Upstreams, cfg.Routes, cfg.Metrics, cfg.Log =
+			running.Listeners, running.Upstream, running.Upstreams, running.Routes, running.Metrics, running.Log
 	}
 	p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
@@ -346,6 +361,7 @@ func proxyLimits(cfg *configs.File) proxy.Limits {
 		MaxConnections:          l.MaxConnections,
 		MaxListenerConnections:  perListener,
 		MaxPendingConnects:      l.MaxPendingConnects,
+		MaxPendingConnectBytes:  l.MaxPendingConnectBytes,
 		PerIPConnectRate:        l.PerIPConnectRate,
 		PerIPConnectBurst:       l.PerIPConnectBurst,
 		PerClientIDConnectRate:  l.PerClientIDConnectRate,

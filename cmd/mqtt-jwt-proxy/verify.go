@@ -139,16 +139,19 @@ func printExplanation(w io.Writer, steps []authn.Step) authn.RefuseReason {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Authenticator, s.Outcome, reason, detail)
 	}
 	tw.Flush()
-	for _, s := range steps {
-		if hint := authn.HintOf(s.Err); hint != "" {
-			fmt.Fprintf(w, "hint (%s): %s\n", s.Authenticator, hint)
-		}
-	}
 
 	decider, reason := decision(steps)
 	if reason == "" {
 		fmt.Fprintf(w, "accepted by %s: %s\n", decider, describeConnack(packets.Success))
 		return ""
+	}
+	// Hints explain a refusal. An authenticator that passed for want of
+	// a token may well see the token in the other field when a later one,
+	// which reads that field, accepts it: no hint then.
+	for _, s := range steps {
+		if hint := authn.HintOf(s.Err); hint != "" {
+			fmt.Fprintf(w, "hint (%s): %s\n", s.Authenticator, hint)
+		}
 	}
 	by := ""
 	if decider != "" {

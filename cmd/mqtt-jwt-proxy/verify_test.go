@@ -305,3 +305,29 @@ func TestConnackCode(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyHintOnlyForRefusals: the hint that a token sits in the field
+// an authenticator does not read explains a refusal. In a chain for
+// devices (token in the password, on_missing_jwt: ignore) and users (token
+// in the user name), a user's token passes the devices' authenticator for
+// want of a password and is accepted by the users': no hint. Without the
+// users' authenticator the same client is refused, with the hint.
+func TestVerifyHintOnlyForRefusals(t *testing.T) {
+	const hint = "hint (devices): the user name looks like a JWT; this authenticator reads from: password"
+	devices := "  - {name: devices, mechanism: jwt, algorithm: hmac-based, secret: secret, on_missing_jwt: ignore}\n"
+	users := "  - {name: users, mechanism: jwt, from: username, algorithm: hmac-based, secret: secret}\n"
+	userToken := hs256(t, time.Now(), "alice", nil)
+
+	code, stdout, _ := runCommand(t, "verify", "-config", writeConfig(t, devices+users), "-from", "username", userToken)
+	if code != 0 || !strings.Contains(stdout, "accepted by users") {
+		t.Fatalf("exit %d, want 0 and accepted by users:\n%s", code, stdout)
+	}
+	if strings.Contains(stdout, "hint") {
+		t.Errorf("an accepted token got a hint:\n%s", stdout)
+	}
+
+	code, stdout, _ = runCommand(t, "verify", "-config", writeConfig(t, devices), "-from", "username", userToken)
+	if code != 1 || !strings.Contains(stdout, hint) {
+		t.Errorf("exit %d, want 1 and %q:\n%s", code, hint, stdout)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -42,9 +43,14 @@ type Mosquitto struct {
 	// ConfigFile is the generated configuration the broker runs with.
 	ConfigFile string
 
+	binary string
+	extra  []string
+	port   int
+
+	mu   sync.Mutex // guards proc, which Restart replaces, and syncs
 	proc *process
-	// syncs counts SyncLog's own connections, which Connections does not
-	// count. Guarded by proc.mu.
+	// syncs counts SyncLog's own connections to proc, which Connections
+	// does not count.
 	syncs int
 }
 
@@ -70,6 +76,34 @@ func StartMosquitto(t testing.TB, extraConfig ...string) *Mosquitto {
 	})
 	t.Cleanup(m.Stop)
 	return m
+}
+
+// Kill ends the broker with SIGKILL, as a crash would: it closes no
+// connection cleanly and says nothing to its clients. It waits until the
+// broker has exited. Safe to call on a broker already stopped.
+func (m *Mosquitto) Kill() { m.process().kill() }
+
+// Restart starts the broker again, on the same port with the same
+// configuration, once it has been stopped or killed, and waits until it
+// is ready. The log starts afresh. It fails the test if the port was
+// taken meanwhile.
+func (m *Mosquitto) Restart(t testing.TB) {
+	t.Helper()
+	m.Stop()
+	next, err := startMosquittoOn(m.binary, filepath.Dir(m.ConfigFile), m.port, m.extra)
+	if err != nil {
+		t.Fatalf("restarting mosquitto on %s: %v", m.Addr, err)
+	}
+	m.mu.Lock()
+	m.proc, m.syncs = next.proc, 0
+	m.mu.Unlock()
+}
+
+// process is the broker process running now.
+func (m *Mosquitto) process() *process {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.proc
 }
 
 // startMosquittoOn writes the config for port into dir and starts the
@@ -98,6 +132,9 @@ func startMosquittoOn(binary, dir string, port int, extraConfig []string) (*Mosq
 	return &Mosquitto{
 		Addr:       net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
 		ConfigFile: configFile,
+		binary:     binary,
+		extra:      extraConfig,
+		port:       port,
 		proc:       proc,
 	}, nil
 }
@@ -105,22 +142,25 @@ func startMosquittoOn(binary, dir string, port int, extraConfig []string) (*Mosq
 // Stop ends the broker (SIGTERM, then kill after a grace period) and waits
 // until it has exited. StartMosquitto registers it as a cleanup; a test
 // calls it early to make the broker disappear. Safe to call more than once.
-func (m *Mosquitto) Stop() { m.proc.stop() }
+func (m *Mosquitto) Stop() { m.process().stop() }
 
 // Connections returns how many client TCP connections the broker has
 // logged so far ("New connection from ..."), SyncLog's own excepted. Tests
 // assert it did not change for refused clients; call SyncLog first so the
 // count is not behind the broker.
 func (m *Mosquitto) Connections() int {
+	m.mu.Lock()
+	proc, syncs := m.proc, m.syncs
+	m.mu.Unlock()
 	count := 0
-	m.proc.read(func() {
-		for _, line := range m.proc.lines {
+	proc.read(func() {
+		for _, line := range proc.lines {
 			if strings.Contains(line, logNewConnection) {
 				count++
 			}
 		}
 	})
-	return count - m.syncs
+	return count - syncs
 }
 
 // syncSerial numbers SyncLog's connections, across brokers.
@@ -145,7 +185,9 @@ func (m *Mosquitto) SyncLog(t testing.TB) {
 	defer conn.Close()
 	from := conn.LocalAddr().String()
 	m.WaitForLog(t, logNewConnection+from+" ", DefaultTimeout)
-	m.proc.change(func() { m.syncs++ })
+	m.mu.Lock()
+	m.syncs++
+	m.mu.Unlock()
 }
 
 // WaitForLog waits until a log line containing substr appears, counting
@@ -153,7 +195,7 @@ func (m *Mosquitto) SyncLog(t testing.TB) {
 // the broker exits.
 func (m *Mosquitto) WaitForLog(t testing.TB, substr string, timeout time.Duration) {
 	t.Helper()
-	found := m.proc.waitLines(timeout, func(lines []string) bool {
+	found := m.process().waitLines(timeout, func(lines []string) bool {
 		for _, line := range lines {
 			if strings.Contains(line, substr) {
 				return true
@@ -167,4 +209,4 @@ func (m *Mosquitto) WaitForLog(t testing.TB, substr string, timeout time.Duratio
 }
 
 // Log returns the whole log so far, for failure messages.
-func (m *Mosquitto) Log() string { return m.proc.output() }
+func (m *Mosquitto) Log() string { return m.process().output() }

@@ -109,6 +109,17 @@ func (p *process) stop() {
 	})
 }
 
+// kill ends the process with SIGKILL and waits until it has exited and
+// its output goroutine has ended. Safe to call more than once, and after
+// stop.
+func (p *process) kill() {
+	p.stopOnce.Do(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+	})
+	<-p.done
+}
+
 // output returns the output so far: the lines, then standard error when it
 // was kept apart.
 func (p *process) output() string {

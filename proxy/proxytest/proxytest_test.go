@@ -140,6 +140,31 @@ func brokerArgs(t *testing.T, addr string, args ...string) []string {
 	return append(AddrArgs(t, addr), args...)
 }
 
+// TestMosquittoKillAndRestart: a killed broker refuses connections; once
+// restarted it takes them on the same address, with its log and count
+// begun afresh.
+func TestMosquittoKillAndRestart(t *testing.T) {
+	RequireMosquitto(t)
+	VerifyNoLeaks(t)
+	broker := StartMosquitto(t)
+	if pub := Pub(t, brokerArgs(t, broker.Addr, "-t", "t", "-m", "before")...); pub.Connack != 0 {
+		t.Fatalf("publish before the kill: %d %v\n%s", pub.Connack, pub.Err, pub.Output)
+	}
+	broker.Kill()
+	if c, err := net.DialTimeout("tcp", broker.Addr, DefaultTimeout); err == nil {
+		c.Close()
+		t.Fatal("the killed broker took a connection")
+	}
+	broker.Restart(t)
+	if pub := Pub(t, brokerArgs(t, broker.Addr, "-t", "t", "-m", "after")...); pub.Connack != 0 {
+		t.Fatalf("publish after the restart: %d %v\n%s", pub.Connack, pub.Err, pub.Output)
+	}
+	broker.SyncLog(t)
+	if got := broker.Connections(); got != 1 {
+		t.Errorf("Connections() = %d after the restart, want 1 (the publisher since)\n%s", got, broker.Log())
+	}
+}
+
 func TestPubSubThroughMosquitto(t *testing.T) {
 	RequireMosquitto(t)
 	VerifyNoLeaks(t)
