@@ -59,7 +59,7 @@ func TestDiffRevocation(t *testing.T) {
 		{"revocation: {url: https://idp.example/r, headers: {A: b}}\n", nil},
 		{"revocation: {url: https://idp.example/other, headers: {A: b}}\n", []string{"revocation.url"}},
 		{"revocation: {url: https://idp.example/r, headers: {A: c}, refresh_interval: 1m, on_unavailable: allow}\n",
-			[]string{"revocation.headers", "revocation.on_unavailable", "revocation.refresh_interval"}},
+			[]string{"revocation.headers.A", "revocation.on_unavailable", "revocation.refresh_interval"}},
 		{"revocation: {url: https://idp.example/r, headers: {A: b}, ssl: {ca_file: /ca.pem}}\n", []string{"revocation.ssl"}},
 		{"", []string{"revocation"}},
 	} {
