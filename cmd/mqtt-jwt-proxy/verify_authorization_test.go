@@ -170,14 +170,7 @@ func TestVerifyAuthorizationRefusals(t *testing.T) {
 	badLists := hs256(t, now, "dev1", map[string]any{"acl": map[string]any{"pub": []any{"t/1"}, "publish": []any{"t/2"}}})
 	badConfig := "  - {mechanism: jwt, algorithm: hmac-based, secret: secret}\n" +
 		"authorization:\n  rules: [{permission: allow, action: all, topic: \"a/#/b\"}]\n"
-	cases := []struct {
-		name       string
-		auth       string
-		args       []string
-		wantCode   int
-		wantStdout []string
-		wantStderr string
-	}{
+	cases := []verifyCase{
 		{"token refused: nothing decided", fleetRules,
 			[]string{"-publish", "devices/dev1/temp", hs256(t, now, "dev1", map[string]any{"exp": 1})}, 1,
 			[]string{"refused by jwt (token_expired)"}, "mqtt-jwt-proxy verify: token refused: token_expired\n"},
@@ -198,16 +191,7 @@ func TestVerifyAuthorizationRefusals(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			code, stdout, stderr := runCommand(t, append([]string{"verify", "-config", writeConfig(t, tc.auth)}, tc.args...)...)
-			if code != tc.wantCode || !strings.Contains(stderr, tc.wantStderr) || (tc.wantStderr == "") != (stderr == "") {
-				t.Errorf("exit %d, stderr %q; want %d, %q", code, stderr, tc.wantCode, tc.wantStderr)
-			}
-			for _, want := range tc.wantStdout {
-				if !strings.Contains(stdout, want) {
-					t.Errorf("stdout lacks %q:\n%s", want, stdout)
-				}
-			}
-			if strings.Contains(stdout, "ACTION") {
+			if stdout := tc.check(t); strings.Contains(stdout, "ACTION") {
 				t.Errorf("decisions printed for a client that was not accepted:\n%s", stdout)
 			}
 		})
