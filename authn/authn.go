@@ -236,6 +236,7 @@ func (c *Chain) Explain(ctx context.Context, req Request) []Step {
 // run is Verify, telling record (when not nil) each authenticator's step.
 func (c *Chain) run(ctx context.Context, req *Request, record func(Step)) (Identity, error) {
 	var passed []string
+	hint := "" // the first of the passed steps', for the refusal below
 	for _, l := range c.links {
 		id, err := l.verify(ctx, req)
 		step := Step{Authenticator: l.label(), Identity: id, Err: err}
@@ -254,12 +255,17 @@ func (c *Chain) run(ctx context.Context, req *Request, record func(Step)) (Ident
 			return id, err
 		}
 		passed = append(passed, l.label())
+		if hint == "" {
+			hint = HintOf(err)
+		}
 	}
 	detail := errors.New("no authenticator is configured")
 	if len(passed) > 0 {
 		detail = fmt.Errorf("every authenticator passed for want of a credential: %s", strings.Join(passed, ", "))
 	}
-	return Identity{}, &RefuseError{Reason: ErrNoAuthenticatorAccepted, Err: detail}
+	// A token in the field a passing authenticator does not read is as
+	// likely the mistake here as when that authenticator refuses.
+	return Identity{}, &RefuseError{Reason: ErrNoAuthenticatorAccepted, Err: detail, Hint: hint}
 }
 
 // Close stops the chain's JWKS refreshers. After it, JWKS authenticators

@@ -64,7 +64,8 @@ type RefuseError struct {
 	Err error
 	// Hint, when not empty, is the likely mistake of the client, for
 	// logs: for ErrTokenMissing, a token in the field the authenticator
-	// does not read.
+	// does not read; for ErrNoAuthenticatorAccepted, the first such hint
+	// of the authenticators that passed.
 	Hint string
 }
 

@@ -127,10 +127,6 @@ const (
 	// sets (see Connect.Bridge).
 	bridgeFlag = 0x80
 
-	typeConnect    = 1
-	typeConnack    = 2
-	typeDisconnect = 14
-
 	// maxVarintSize is the longest variable byte integer: four bytes
 	// (3.1.1 §2.2.3, 5.0 §1.5.5).
 	maxVarintSize = 4
@@ -292,7 +288,7 @@ func ReadConnect(r io.Reader, maxSize int) (*Connect, error) {
 // checkConnectByte refuses a first packet whose type and flags byte is not
 // a CONNECT's.
 func checkConnectByte(b byte) *Error {
-	if packetType := b >> 4; packetType != typeConnect {
+	if packetType := PacketType(b >> 4); packetType != TypeConnect {
 		return newError(0, fmt.Errorf("%w: packet type %d [MQTT-3.1.0-1]", ErrNotConnect, packetType))
 	}
 	if b&0x0F != 0 {

@@ -47,7 +47,7 @@ func unhex(parts ...string) []byte {
 // remaining length, for cases about the variable header and payload.
 func connectPacket(parts ...string) []byte {
 	body := unhex(parts...)
-	e := encoder{buf: []byte{typeConnect << 4}}
+	e := encoder{buf: []byte{byte(TypeConnect) << 4}}
 	e.varint(len(body))
 	return append(e.buf, body...)
 }

@@ -8,8 +8,9 @@
 //	mqtt-jwt-proxy version               print the version
 //	mqtt-jwt-proxy token [flags]         mint a test token
 //	mqtt-jwt-proxy keygen [flags]        write a key pair and a JWKS file
-//	mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y] TOKEN
-//	                                     say which authenticator accepts TOKEN, or why not
+//	mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y] [-publish TOPIC] [-subscribe FILTER] TOKEN
+//	                                     say which authenticator accepts TOKEN, or why not,
+//	                                     and whether the client may publish and subscribe
 //
 // -config defaults to $MQTT_JWT_PROXY_CONFIG, and -bind-host (serve, check:
 // listen on this IP instead of the file's hosts) to
@@ -93,6 +94,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.Is(err, errRequestDenied):
+		fmt.Fprintf(stderr, "mqtt-jwt-proxy %s: %v\n", cmd, err)
+		return exitDenied
 	default:
 		fmt.Fprintf(stderr, "mqtt-jwt-proxy %s: %v\n", cmd, err)
 		return 1

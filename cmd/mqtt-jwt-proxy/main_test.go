@@ -504,28 +504,40 @@ func TestConfigWarnings(t *testing.T) {
 }
 
 // TestTokenInUsernameHint: mosquitto_pub with the token as its user name
-// and no password, to a proxy that reads the password, is refused for
-// token_missing, and the log line says where the token went; verify says
-// the same.
+// and no password, to a proxy that reads the password, is refused, and
+// the log line says where the token went; verify says the same. With
+// on_missing_jwt: ignore the authenticator passes and the chain refuses
+// (not_authorized), with the same hint.
 func TestTokenInUsernameHint(t *testing.T) {
 	const hint = "the user name looks like a JWT; this authenticator reads from: password"
-	config := "listeners: [{name: tcp, bind: \"127.0.0.1:0\"}]\nupstream: {address: embedded}\n" +
-		"authentication:\n  - {mechanism: jwt, algorithm: hmac-based, secret: secret}\nlog: {format: json}\n"
-	lines, stop := serveInProcess(t, config)
-	defer stop()
-	addr := waitForLog(t, lines, "listening")["address"].(string)
+	for _, tc := range []struct {
+		name, chain string
+		connack     int
+		reason      string
+	}{
+		{"the authenticator refuses", hmacChain, 4, "token_missing"},
+		{"every authenticator passes", "  - {mechanism: jwt, algorithm: hmac-based, secret: secret, on_missing_jwt: ignore}\n", 5, "not_authorized"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			config := "listeners: [{name: tcp, bind: \"127.0.0.1:0\"}]\nupstream: {address: embedded}\n" +
+				"authentication:\n" + tc.chain + "log: {format: json}\n"
+			lines, stop := serveInProcess(t, config)
+			defer stop()
+			addr := waitForLog(t, lines, "listening")["address"].(string)
 
-	res := proxytest.Pub(t, append(proxytest.AddrArgs(t, addr), "-V", "mqttv311", "-i", "c1", "-u", seedToken, "-t", "x", "-m", "y")...)
-	if res.Connack != 4 {
-		t.Errorf("CONNACK %d, want 4 (bad user name or password)\n%s", res.Connack, res.Output)
-	}
-	refused := waitForLog(t, lines, "authentication refused")
-	if refused["reason"] != "token_missing" || refused["hint"] != hint {
-		t.Errorf("refusal logged reason %v, hint %v; want token_missing, %q", refused["reason"], refused["hint"], hint)
-	}
+			res := proxytest.Pub(t, append(proxytest.AddrArgs(t, addr), "-V", "mqttv311", "-i", "c1", "-u", seedToken, "-t", "x", "-m", "y")...)
+			if res.Connack != tc.connack {
+				t.Errorf("CONNACK %d, want %d\n%s", res.Connack, tc.connack, res.Output)
+			}
+			refused := waitForLog(t, lines, "authentication refused")
+			if refused["reason"] != tc.reason || refused["hint"] != hint {
+				t.Errorf("refusal logged reason %v, hint %v; want %s, %q", refused["reason"], refused["hint"], tc.reason, hint)
+			}
 
-	code, stdout, _ := runCommand(t, "verify", "-config", writeConfig(t, hmacChain), "-from", "username", seedToken)
-	if code != 1 || !strings.Contains(stdout, "hint (jwt): "+hint) {
-		t.Errorf("verify -from username exited %d and said %q, want 1 and the hint", code, stdout)
+			code, stdout, _ := runCommand(t, "verify", "-config", writeConfig(t, tc.chain), "-from", "username", seedToken)
+			if code != 1 || !strings.Contains(stdout, "hint (jwt): "+hint) || !strings.Contains(stdout, "("+tc.reason+")") {
+				t.Errorf("verify -from username exited %d and said %q, want 1, %s and the hint", code, stdout, tc.reason)
+			}
+		})
 	}
 }

@@ -56,8 +56,8 @@ func mustSigningKey(t *testing.T, path string) any {
 }
 
 // runVerify runs verify -config path args, checks its exit code and that
-// its output holds each of wantStdout, and returns its standard error.
-func runVerify(t *testing.T, path string, args []string, wantCode int, wantStdout []string) (stderr string) {
+// its output holds each of wantStdout, and returns its output.
+func runVerify(t *testing.T, path string, args []string, wantCode int, wantStdout []string) (stdout, stderr string) {
 	t.Helper()
 	code, stdout, stderr := runCommand(t, append([]string{"verify", "-config", path}, args...)...)
 	if code != wantCode {
@@ -68,7 +68,28 @@ func runVerify(t *testing.T, path string, args []string, wantCode int, wantStdou
 			t.Errorf("stdout lacks %q:\n%s", want, stdout)
 		}
 	}
-	return stderr
+	return stdout, stderr
+}
+
+// verifyCase is one run of verify with a configuration that writeConfig
+// writes from auth.
+type verifyCase struct {
+	name       string
+	auth       string
+	args       []string
+	wantCode   int
+	wantStdout []string // each in the output
+	wantStderr string   // in the standard error; "" for none at all
+}
+
+// check runs tc and checks what it printed; it returns the output.
+func (tc verifyCase) check(t *testing.T) (stdout string) {
+	t.Helper()
+	stdout, stderr := runVerify(t, writeConfig(t, tc.auth), tc.args, tc.wantCode, tc.wantStdout)
+	if !strings.Contains(stderr, tc.wantStderr) || (tc.wantStderr == "") != (stderr == "") {
+		t.Errorf("stderr %q, want %q", stderr, tc.wantStderr)
+	}
+	return stdout
 }
 
 func TestVerify(t *testing.T) {
@@ -94,14 +115,7 @@ func TestVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cases := []struct {
-		name       string
-		auth       string
-		args       []string
-		wantCode   int
-		wantStdout []string
-		wantStderr string
-	}{
+	cases := []verifyCase{
 		{"seed token", hmac, []string{seedToken}, 0,
 			[]string{"jwt ", " accept ", `sub="1234567890" exp=none`, "accepted by jwt: CONNACK 0x00 success (MQTT 5), return code 0 (MQTT 3.1.1)"}, ""},
 		{"minted token", hmac, []string{device}, 0,
@@ -135,13 +149,7 @@ func TestVerify(t *testing.T) {
 			"token refused: not_authorized"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			path := writeConfig(t, tc.auth)
-			stderr := runVerify(t, path, tc.args, tc.wantCode, tc.wantStdout)
-			if !strings.Contains(stderr, tc.wantStderr) || (tc.wantStderr == "") != (stderr == "") {
-				t.Errorf("stderr %q, want %q", stderr, tc.wantStderr)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { tc.check(t) })
 	}
 }
 
