@@ -15,6 +15,7 @@ func (s *Session) fromClient(in, fwd, back []byte) ([]byte, []byte, error) {
 	}
 	f := &s.framers[FromClient]
 	out := output{in: in, buf: fwd}
+	var last lastPublish
 	f.Feed(in)
 	for {
 		fr, ok, err := f.Next()
@@ -33,7 +34,7 @@ func (s *Session) fromClient(in, fwd, back []byte) ([]byte, []byte, error) {
 		}
 		switch fr.Type {
 		case packets.TypePublish:
-			back, err = s.publish(fr, &out, back)
+			back, err = s.publish(fr, &out, back, &last)
 		case packets.TypePubrel:
 			back, err = s.pubrel(fr, &out, back)
 		case packets.TypeSubscribe:
@@ -75,7 +76,7 @@ func (s *Session) checkClientFrame(fr packets.Frame) error {
 
 // publish judges a PUBLISH: forwarded when allowed; else dropped, and
 // answered as its QoS requires.
-func (s *Session) publish(fr packets.Frame, out *output, back []byte) ([]byte, error) {
+func (s *Session) publish(fr packets.Frame, out *output, back []byte, last *lastPublish) ([]byte, error) {
 	var p packets.Publish
 	if err := p.Decode(s.version, fr); err != nil {
 		return back, s.refuse(err)
@@ -89,7 +90,7 @@ func (s *Session) publish(fr packets.Frame, out *output, back []byte) ([]byte, e
 			return back, s.refuse(err)
 		}
 	}
-	if p.QoS > 0 {
+	if p.QoS > 0 && (s.pubrecs != nil || s.pendingSubacks.Load() > 0) {
 		if _, answered := s.pubrecs[p.PacketID]; answered {
 			if p.QoS == 2 {
 				// The denied PUBLISH again, before its PUBREL: the
@@ -102,7 +103,14 @@ func (s *Session) publish(fr packets.Frame, out *output, back []byte) ([]byte, e
 			return back, s.idInUse(packets.TypePublish, p.PacketID)
 		}
 	}
-	d := s.decide(acl.Publish, topic, p.QoS, p.Retain)
+	d, known := last.decision(topic, p.QoS, p.Retain)
+	if !known {
+		d = s.allow(acl.Publish, topic, p.QoS, p.Retain)
+		last.remember(topic, p.QoS, p.Retain, d)
+	}
+	if s.onDecision != nil {
+		s.onDecision(acl.Publish, topic, d)
+	}
 	if d.Allowed {
 		if s.version == packets.ProtocolV5 && s.aliases.Forward(&p) {
 			// The alias was set by a PUBLISH the broker never got: this
@@ -177,7 +185,10 @@ func (s *Session) subscribe(fr packets.Frame, out *output, back []byte) ([]byte,
 	var firstDenial acl.Decision
 	for i := range sub.Subscriptions {
 		filter := &sub.Subscriptions[i]
-		d := s.decide(acl.Subscribe, filter.Filter, filter.QoS, false)
+		d := s.allow(acl.Subscribe, filter.Filter, filter.QoS, false)
+		if s.onDecision != nil {
+			s.onDecision(acl.Subscribe, filter.Filter, d)
+		}
 		keep[i] = d.Allowed
 		if !d.Allowed {
 			if len(refused) == 0 {
@@ -229,15 +240,47 @@ func (s *Session) unsubscribe(fr packets.Frame, out *output) error {
 	return nil
 }
 
-// decide asks the policy, and tells OnDecision.
-func (s *Session) decide(action acl.Action, topic []byte, qos byte, retain bool) acl.Decision {
+// allow asks the policy.
+func (s *Session) allow(action acl.Action, topic []byte, qos byte, retain bool) acl.Decision {
 	// Allow keeps nothing of its request, so the topic is lent to it as a
 	// string without a copy: no allocation per packet.
-	d := s.policy.Allow(acl.Request{Action: action, Topic: unsafe.String(unsafe.SliceData(topic), len(topic)), QoS: qos, Retain: retain})
-	if s.onDecision != nil {
-		s.onDecision(action, topic, d)
+	return s.policy.Allow(acl.Request{Action: action, Topic: unsafe.String(unsafe.SliceData(topic), len(topic)), QoS: qos, Retain: retain})
+}
+
+// maxRememberedTopic is the longest topic lastPublish keeps a copy of.
+const maxRememberedTopic = 128
+
+// lastPublish is the decision on the previous PUBLISH of one call, with a
+// copy of what it was asked: a stream of PUBLISHes to one topic, the
+// common case, asks the policy once per read rather than once per packet.
+// It lives on the stack of the call, so an idle session keeps nothing, and
+// a policy that expires between two reads is asked again.
+type lastPublish struct {
+	topic  [maxRememberedTopic]byte
+	n      int // the length of topic; 0 when there is no decision
+	qos    byte
+	retain bool
+	d      acl.Decision
+}
+
+// decision returns the decision on a PUBLISH with the same topic, QoS and
+// retain flag as the previous one, if that is what is asked.
+func (l *lastPublish) decision(topic []byte, qos byte, retain bool) (acl.Decision, bool) {
+	if l.n == 0 || l.n != len(topic) || l.qos != qos || l.retain != retain || string(l.topic[:l.n]) != string(topic) {
+		return acl.Decision{}, false
 	}
-	return d
+	return l.d, true
+}
+
+// remember keeps d as the decision on a PUBLISH with topic, qos and
+// retain, when the topic is short enough to copy.
+func (l *lastPublish) remember(topic []byte, qos byte, retain bool, d acl.Decision) {
+	if len(topic) > maxRememberedTopic {
+		l.n = 0
+		return
+	}
+	l.n = copy(l.topic[:], topic)
+	l.qos, l.retain, l.d = qos, retain, d
 }
 
 // denied ends the session for a denial, with deny_action disconnect.

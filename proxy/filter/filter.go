@@ -213,7 +213,7 @@ func New(cfg Config) *Session {
 // that every call's output ends on a packet boundary, and to back what
 // dir's source gets: the answers the proxy writes itself, also whole
 // packets, which the engine writes between whole packets of the other
-// direction.
+// direction. fwd and back must not share memory with in.
 //
 // A non-nil error is an *End: the session is over. fwdOut and backOut then
 // hold the packets that came before the one that ended it, whole, to be
