@@ -118,9 +118,16 @@ func (s *Session) publish(fr packets.Frame, out *output, back []byte, last *last
 			// broker's mapping alike.
 			out.flush()
 			p.Topic = topic
+			start := len(out.buf)
 			var err error
 			if out.buf, err = p.Append(out.buf, s.version); err != nil {
 				return back, s.refuse(err)
+			}
+			if n := len(out.buf) - start; n > s.clientLimit {
+				out.buf = out.buf[:start]
+				return back, s.refuse(&packets.Error{Code: packets.PacketTooLarge, Version: s.version,
+					Err: fmt.Errorf("%w: PUBLISH by topic alias %d, of %d bytes with its topic name written in, the broker's limit %d",
+						packets.ErrTooLarge, p.TopicAlias, n, s.clientLimit)})
 			}
 			return back, nil
 		}

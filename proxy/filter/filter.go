@@ -24,6 +24,22 @@
 //		closeBoth()
 //	}
 //
+// The engine's part:
+//
+//   - the client direction is filtered from the first byte after the
+//     CONNECT, bytes read along with the CONNECT included, and the broker
+//     direction from the broker's first byte, its CONNACK, which the
+//     filter reads for the limits it sets on the client;
+//   - the client's socket gets bytes from both directions (the broker's
+//     packets as fwd, the proxy's answers as the client direction's back):
+//     each output is whole packets, so finishing the write of one before
+//     starting the next on the same socket keeps the stream whole;
+//   - a direction is not read while its fwd or back output is unwritten, so
+//     that a client that sends denied PUBLISHes without reading its answers
+//     is held back like one that floods the broker;
+//   - on an *End, the call's outputs are written, then End.ToClient, then
+//     both sockets are closed.
+//
 // # What the client sees
 //
 // From the client to the broker, a PUBLISH is judged by its topic (its

@@ -44,16 +44,20 @@ type filterCase struct {
 }
 
 func versionName(v byte) string {
-	if v == v5 {
+	switch v {
+	case v5:
 		return "mqttv5"
+	case packets.ProtocolV31:
+		return "mqttv31"
 	}
 	return "mqttv311"
 }
 
-// filterCases are the cases that run in both versions, then those of one.
+// filterCases are the cases that run in every version (MQTT 3.1 as 3.1.1:
+// the packets after CONNECT are the same), then those of one.
 func filterCases() []filterCase {
 	var cases []filterCase
-	for _, v := range []byte{v3, v5} {
+	for _, v := range []byte{packets.ProtocolV31, v3, v5} {
 		refusal := byte(0x80)
 		if v == v5 {
 			refusal = 0x87
@@ -460,6 +464,17 @@ func versionCases() []filterCase {
 				fromClient(publish(v5, pub{alias: 2, payload: "3"}), publish(v5, pub{alias: 2, payload: "3"}), nil),
 			},
 			decisions: []string{"publish r/t deny", "publish r/t allow", "publish r/t allow"},
+		},
+		{
+			name:    "mqttv5/a PUBLISH by alias that its topic name written in makes too large for the broker",
+			version: v5,
+			steps: []step{
+				fromBroker(connackLimits(10, 30), connackLimits(10, 30)),
+				fromClient(publish(v5, pub{topic: "r/t", alias: 2, retain: true, payload: "1"}), nil, nil),
+				// 30 bytes as sent, 35 with "r/t" written in.
+				fromClient(publish(v5, pub{alias: 2, payload: strings.Repeat("x", 22)}), nil, nil),
+			},
+			endCode: packets.PacketTooLarge, endReason: "packet_too_large",
 		},
 		{
 			name:    "mqttv5/a topic alias above the broker's maximum",
