@@ -10,11 +10,12 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"hash"
 	"io"
 	"net"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -78,17 +79,48 @@ func (k *keyUpdater) record(typ byte, content []byte) []byte {
 	return k.aead.Seal(hdr, nonce, inner, hdr)
 }
 
-// dialKeyUpdater connects to addr over TLS 1.3 with a tiny receive buffer.
+// smallBuffers is the size of the kernel's buffers, both ways, on both
+// ends of the attacks in this file: a flood then fills them with
+// kilobytes rather than the megabytes loopback's autotuning allows,
+// which under -race on a busy machine took longer than a connect timeout.
+const smallBuffers = 4 << 10
+
+// shrinkBuffers gives c small kernel buffers (see smallBuffers).
+func shrinkBuffers(c net.Conn) error {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return fmt.Errorf("%T is not a TCP connection", c)
+	}
+	return errors.Join(tc.SetReadBuffer(smallBuffers), tc.SetWriteBuffer(smallBuffers))
+}
+
+// smallBuffersListener is a listener whose connections have small kernel
+// buffers.
+type smallBuffersListener struct{ net.Listener }
+
+func (l smallBuffersListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if err := shrinkBuffers(c); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// dialKeyUpdater connects to addr over TLS 1.3 with small buffers.
 func dialKeyUpdater(t *testing.T, addr string) *keyUpdater {
 	t.Helper()
-	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 1024) })
-	}}
-	raw, err := d.Dial("tcp", addr)
+	raw, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { raw.Close() })
+	if err := shrinkBuffers(raw); err != nil {
+		t.Fatal(err)
+	}
 	var keylog bytes.Buffer
 	tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, KeyLogWriter: &keylog})
 	if err := tc.Handshake(); err != nil {
@@ -115,8 +147,12 @@ func dialKeyUpdater(t *testing.T, addr string) *keyUpdater {
 	return k
 }
 
+// stalled is how long a write of the flood must block for the server to
+// count as stuck: far longer than a busy machine keeps a reader waiting.
+const stalled = 2 * time.Second
+
 // flood sends data one byte per application record, each after 15
-// KeyUpdate requests; it returns once a write has blocked for a second
+// KeyUpdate requests; it returns once a write has blocked for stalled
 // (the server stopped reading: it is stuck writing its KeyUpdates).
 func (k *keyUpdater) flood(t *testing.T, data []byte) {
 	t.Helper()
@@ -131,7 +167,7 @@ func (k *keyUpdater) flood(t *testing.T, data []byte) {
 			k.setSecret(expandLabel(k.newH, k.secret, "traffic upd", k.newH().Size()))
 		}
 		out = append(out, k.record(23, []byte{b})...)
-		k.raw.SetWriteDeadline(time.Now().Add(time.Second))
+		k.raw.SetWriteDeadline(time.Now().Add(stalled))
 		if _, err := k.raw.Write(out); err != nil {
 			if ne, ok := err.(net.Error); ok && ne.Timeout() {
 				return
@@ -149,14 +185,21 @@ func (k *keyUpdater) flood(t *testing.T, data []byte) {
 // another listener still gets through.
 func TestEvictingStuckTLSClient(t *testing.T) {
 	rec := proxytest.NewRecorder(t, "")
-	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: Limits{MaxPendingConnects: 1}}
+	// The connect timeout outlasts the flood by far: the attacker is to
+	// be evicted, not timed out.
+	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: Limits{MaxPendingConnects: 1, ConnectTimeout: time.Minute}}
 	pki := newTestPKI(t, "ca")
 	cert, key := pki.issue(t, "proxy", true)
-	tlsAddr, _, _ := startTLSProxy(t, p, TLSFiles{CertFile: cert, KeyFile: key})
+	certs, err := NewCertReloader(TLSFiles{CertFile: cert, KeyFile: key}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsLn := listen(t)
+	serveOn(t, p, NewTLSListener(smallBuffersListener{tlsLn}, certs.Config()))
 	plain := listen(t)
 	go p.Serve(plain, "plain") // ends with the proxy, at cleanup
 
-	attacker := dialKeyUpdater(t, tlsAddr)
+	attacker := dialKeyUpdater(t, tlsLn.Addr().String())
 	// A CONNECT declaring 60,012 bytes, sent a byte at a time: the
 	// server reads on, answering each KeyUpdate, until its writes block.
 	attacker.flood(t, append([]byte{0x10, 0xec, 0xd4, 0x03, 0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0xea, 0x60},
@@ -165,7 +208,7 @@ func TestEvictingStuckTLSClient(t *testing.T) {
 
 	connectThrough(t, dial(t, plain.Addr().String()), rec, 0) // evicts the attacker, and must get in
 	// What the server had queued drains, then the socket ends.
-	attacker.raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	attacker.raw.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
 	if _, err := io.Copy(io.Discard, attacker.raw); err != nil && !isReset(err) {
 		t.Errorf("the stuck TLS client's socket: %v, want EOF or a reset once evicted", err)
 	}

@@ -35,10 +35,12 @@ func (passwordVerifier) Verify(_ context.Context, req authn.Request) (authn.Iden
 	return authn.Identity{}, &authn.RefuseError{Reason: authn.RefuseReason(req.Password)}
 }
 
-// startProxy serves p on a loopback listener and returns its address; the
-// proxy is closed at cleanup.
+// startProxy serves p, with the tests' timeouts (see withTestTimeouts),
+// on a loopback listener and returns its address; the proxy is closed at
+// cleanup.
 func startProxy(t *testing.T, p *Proxy) string {
 	t.Helper()
+	withTestTimeouts(p)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -164,8 +166,10 @@ func TestMalformedFirstPackets(t *testing.T) {
 	addr := startProxy(t, &Proxy{
 		Upstream: rec.Addr,
 		Verifier: passwordVerifier{},
-		Limits:   Limits{ConnectTimeout: 500 * time.Millisecond},
-		Logger:   zap.New(core),
+		// Two cases wait it out; the others must be answered well within
+		// it, also on a busy machine under -race.
+		Limits: Limits{ConnectTimeout: 2 * time.Second},
+		Logger: zap.New(core),
 	})
 
 	good := connectPacket(t, packets.ProtocolV311, "good")

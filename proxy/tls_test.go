@@ -140,7 +140,7 @@ func TestCertificateOrToken(t *testing.T) {
 		logs := observe(p)
 		ln := listen(t)
 		serveOn(t, p, wrap((&ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")},
-			ClientCertificates: true, Logger: p.Logger}).Start()))
+			ClientCertificates: true, Timeout: testHeaderTimeout, Logger: p.Logger}).Start()))
 		// HAProxy reads its certificate and key from one file.
 		pem := filepath.Join(t.TempDir(), "haproxy.pem")
 		var both []byte
@@ -183,7 +183,7 @@ func TestCertificateOrToken(t *testing.T) {
 		}, mosquittoPub},
 		{"HAProxy, WebSocket", func(t *testing.T, p *Proxy) (string, *observer.ObservedLogs) {
 			addr, logs := behindHAProxy(t, p, func(ln net.Listener) net.Listener {
-				return (&WebSocketListener{Listener: ln, Logger: p.Logger}).Start()
+				return (&WebSocketListener{Listener: ln, HandshakeTimeout: testHeaderTimeout, Logger: p.Logger}).Start()
 			})
 			return "wss://" + addr + DefaultWebSocketPath, logs
 		}, func(t *testing.T, url, id, password string, cert bool) proxytest.PubResult {

@@ -28,6 +28,9 @@ func startWebSocketProxy(t *testing.T, p *Proxy, ws *WebSocketListener, tlsFiles
 	t.Helper()
 	ln := listen(t)
 	ws.Listener, ws.Logger = ln, p.Logger
+	if ws.HandshakeTimeout == 0 {
+		ws.HandshakeTimeout = testHeaderTimeout
+	}
 	scheme := "ws"
 	if tlsFiles != nil {
 		certs, err := NewCertReloader(*tlsFiles, p.Logger)
@@ -406,7 +409,7 @@ func TestWebSocketLimitsAtAccept(t *testing.T) {
 		proxytest.VerifyNoLeaks(t)
 		_, rec, addr, url := start(t, Limits{PerIPConnectRate: 0.01, PerIPConnectBurst: 2})
 		for i := range 2 {
-			if closedAtAccept(t, halfUpgrade(t, "127.0.0.2", addr)) {
+			if !stillOpen(t, halfUpgrade(t, "127.0.0.2", addr)) {
 				t.Fatalf("half upgrade %d within the burst was closed", i+1)
 			}
 		}
@@ -421,7 +424,7 @@ func TestWebSocketLimitsAtAccept(t *testing.T) {
 		p, rec, addr, url := start(t, Limits{MaxConnections: 2})
 		through(t, "127.0.0.6", url, rec, 0)
 		half := halfUpgrade(t, "127.0.0.6", addr)
-		if closedAtAccept(t, half) {
+		if !stillOpen(t, half) {
 			t.Fatal("second connection closed under a limit of 2")
 		}
 		if !closedAtAccept(t, halfUpgrade(t, "127.0.0.6", addr)) {

@@ -87,9 +87,16 @@ func startTestAdmin(t *testing.T, cfg *configs.File, p *proxy.Proxy, chain *auth
 }
 
 // serveTestProxy serves p on a loopback listener named tcp and returns its
-// address; p is closed at cleanup.
+// address; p is closed at cleanup. Where p has no connect or dial timeout,
+// it gets one far longer than a step takes on a busy machine under -race.
 func serveTestProxy(t *testing.T, p *proxy.Proxy) string {
 	t.Helper()
+	if p.Limits.ConnectTimeout == 0 {
+		p.Limits.ConnectTimeout = time.Minute
+	}
+	if p.DialTimeout == 0 {
+		p.DialTimeout = 30 * time.Second
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -106,12 +113,12 @@ func serveTestProxy(t *testing.T, p *proxy.Proxy) string {
 	return ln.Addr().String()
 }
 
-// waitUntil polls cond until it holds, or fails the test after 10 s. For
+// waitUntil polls cond until it holds, or fails the test after 20 s. For
 // state that has no signal to wait on: the proxy's counters and the JWKS
 // fetches.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
