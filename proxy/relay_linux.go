@@ -153,7 +153,10 @@ func (ws *watchers) stop() {
 	}
 }
 
-func (ws *watchers) pick() *watcher { return ws.all[int(ws.next.Add(1))%len(ws.all)] }
+// pick returns the next watcher, round robin. The index is taken in
+// unsigned arithmetic: as an int, the counter is negative past 2^31 on
+// 32-bit platforms.
+func (ws *watchers) pick() *watcher { return ws.all[ws.next.Add(1)%uint32(len(ws.all))] }
 
 // startRelay joins client and upstream, both already connected, on one of
 // the watchers and returns at once; done is called exactly once, when both
