@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
@@ -28,6 +29,7 @@ const (
 	reasonUnsupportedProtocol = "unsupported_protocol"
 	reasonTooLarge            = "connect_too_large"
 	reasonUpstreamUnavailable = "upstream_unavailable"
+	reasonProxyClosed         = "proxy_closed"
 	reasonInternal            = "internal_error"
 )
 
@@ -70,7 +72,7 @@ func (p *Proxy) serveConnect(s *session) {
 	deadline := start.Add(limits.connectTimeout())
 	if err != nil {
 		if s.evicted.Load() {
-			logEvicted(log, s)
+			p.logEvicted(log, s)
 			return
 		}
 		p.Metrics.decided("refused", p.rejectPacket(c, err, log), time.Since(start))
@@ -96,7 +98,7 @@ func (p *Proxy) serveConnect(s *session) {
 	cancel()
 	if !p.decided(s) { // evicted or closed while the token was checked: its socket is closed
 		if s.evicted.Load() {
-			logEvicted(log, s)
+			p.logEvicted(log, s)
 		}
 		return
 	}
@@ -115,17 +117,19 @@ func (p *Proxy) serveConnect(s *session) {
 		refuse(c, pk.ProtocolVersion, RefuseCode(authn.ReasonOf(err)))
 		return
 	}
-	p.Metrics.decided("accepted", "", time.Since(read))
-	log.Info("authentication accepted",
-		zap.String("outcome", "accepted"),
-		zap.String("authenticator", id.Authenticator),
-		zap.String("sub", id.Subject),
-		expiryField(id.Expiry),
-		bridgeField(pk.Bridge),
-	)
+	p.Metrics.decisionTook(time.Since(read))
+	// The token is good, but the outcome is told once it is known, in
+	// one log line and one count alike: accepted once the broker has the
+	// CONNECT, refused (with who it was) when it goes no further.
+	decline := func(level zapcore.Level, msg, reason string, err error) {
+		p.Metrics.outcome("refused", reason)
+		log.write(level, msg, []zap.Field{zap.String("outcome", "refused"), zap.String("reason", reason),
+			zap.String("authenticator", id.Authenticator), zap.String("sub", id.Subject), expiryField(id.Expiry),
+			bridgeField(pk.Bridge), zap.Error(err)})
+	}
 	if upstreamClientID != "" && !s.policy.idRates.allow(upstreamClientID, time.Now()) {
 		p.Metrics.limitHit(limitClientIDRate)
-		log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", limitClientIDRate))
+		decline(zapcore.InfoLevel, "connect rejected", limitClientIDRate, nil)
 		refuse(c, pk.ProtocolVersion, packets.ConnectionRateExceeded)
 		return
 	}
@@ -134,7 +138,7 @@ func (p *Proxy) serveConnect(s *session) {
 	// client says; from here on only the socket under it is needed.
 	header, err := p.upstreamHeader(c)
 	if err != nil {
-		log.Warn("upstream unavailable", zap.String("outcome", "refused"), zap.String("reason", reasonUpstreamUnavailable), zap.Error(err))
+		decline(zapcore.WarnLevel, "upstream unavailable", reasonUpstreamUnavailable, err)
 		refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
 		return
 	}
@@ -162,15 +166,37 @@ func (p *Proxy) serveConnect(s *session) {
 			p.abort(s)
 		})
 	}
-	err = p.connectUpstream(s, header, append(upstreamConnect, ahead...), func(fromClient, toClient int64) {
+	through := false // the broker has the CONNECT
+	err = p.connectUpstream(s, header, append(upstreamConnect, ahead...), func() {
+		through = true
+		p.Metrics.outcome("accepted", "")
+		log.Info("authentication accepted",
+			zap.String("outcome", "accepted"),
+			zap.String("authenticator", id.Authenticator),
+			zap.String("sub", id.Subject),
+			expiryField(id.Expiry),
+			bridgeField(pk.Bridge),
+		)
+	}, func(fromClient, toClient int64) {
 		p.finish(s, conn, fromClient, toClient)
 	})
 	if err != nil {
 		if conn.expiry != nil {
 			conn.expiry.Stop()
 		}
-		if !errors.Is(err, errSessionEnded) {
-			log.Warn("upstream unavailable", zap.String("outcome", "refused"), zap.String("reason", reasonUpstreamUnavailable), zap.Error(err))
+		ended := errors.Is(err, errSessionEnded) // closed from outside: nothing to answer
+		switch {
+		case through && !ended: // accepted, but the relay could not start
+			log.Warn("relay failed", zap.Error(err))
+		case through:
+		case conn.expired.Load():
+			decline(zapcore.InfoLevel, "connect rejected", string(authn.ErrTokenExpired), err)
+		case ended:
+			decline(zapcore.InfoLevel, "connect rejected", reasonProxyClosed, err)
+		default:
+			decline(zapcore.WarnLevel, "upstream unavailable", reasonUpstreamUnavailable, err)
+		}
+		if !ended {
 			refuse(c, pk.ProtocolVersion, packets.ServerUnavailable)
 		}
 		return
@@ -185,18 +211,18 @@ func (p *Proxy) serveConnect(s *session) {
 var errSessionEnded = errors.New("proxy: connection closed while connecting to the broker")
 
 // connectUpstream dials the broker, sends it header (a PROXY header or
-// nothing) and first (the CONNECT and what the client sent after it), and
-// hands the connection to a relay that calls done once both directions
-// have ended. On an error only the client is left open. A plain TCP client
+// nothing) and first (the CONNECT and what the client sent after it),
+// calls through, and hands the connection to a relay that calls done once
+// both directions have ended. On an error only the client is left open. A plain TCP client
 // of a plain TCP broker goes to an epoll watcher with a socket the relay
 // dials itself; other connections get a dialed net.Conn (see dial).
-func (p *Proxy) connectUpstream(s *session, header, first []byte, done func(fromClient, toClient int64)) error {
+func (p *Proxy) connectUpstream(s *session, header, first []byte, through func(), done func(fromClient, toClient int64)) error {
 	if ws := p.relays(); ws != nil && p.DialUpstream == nil && p.UpstreamTLS == nil {
 		if isSocket(s.client) {
 			if len(header) > 0 {
 				first = append(header, first...)
 			}
-			return p.dialRelay(ws, s, first, done)
+			return p.dialRelay(ws, s, first, through, done)
 		}
 	}
 	up, err := p.dial()
@@ -214,6 +240,7 @@ func (p *Proxy) connectUpstream(s *session, header, first []byte, done func(from
 		up.Close()
 		return fmt.Errorf("writing the CONNECT to the broker: %w", err)
 	}
+	through()
 	p.relay(s, done)
 	return nil
 }
@@ -305,10 +332,11 @@ func (p *Proxy) rejectPacket(c net.Conn, err error, log *connLog) string {
 	return reason
 }
 
-// logEvicted says that s, a pending connection, was closed to keep within
-// a limit of pending connections (MaxPendingConnects,
+// logEvicted says and counts that s, a pending connection, was closed to
+// keep within a limit of pending connections (MaxPendingConnects,
 // MaxPendingConnectBytes).
-func logEvicted(log *connLog, s *session) {
+func (p *Proxy) logEvicted(log *connLog, s *session) {
+	p.Metrics.outcome("refused", s.evictedBy)
 	log.Info("connect rejected", zap.String("outcome", "refused"), zap.String("reason", s.evictedBy))
 }
 

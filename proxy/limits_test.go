@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -232,7 +233,8 @@ func TestPerClientIDConnectRate(t *testing.T) {
 
 	t.Run("client IDs", func(t *testing.T) {
 		rec := proxytest.NewRecorder(t, "")
-		p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: limits}
+		reg := prometheus.NewRegistry()
+		p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: limits, Metrics: NewMetrics(reg, "test")}
 		logs := observe(p)
 		addr := startProxy(t, p)
 		through := 0
@@ -269,6 +271,15 @@ func TestPerClientIDConnectRate(t *testing.T) {
 			t.Errorf("upstream saw %d connections, want %d: a limited client was dialed", got, through)
 		}
 		waitLog(t, logs, "connect rejected", zap.String("reason", "per_client_id_connect_rate"), zap.String("client_id", "dev-1"))
+		// Counted as logged: refused, not accepted (the good token
+		// notwithstanding).
+		if n := gathered(t, reg, "mqtt_jwt_proxy_authentications_total", "outcome=refused", "reason=per_client_id_connect_rate"); n != 2 {
+			t.Errorf("authentications_total{refused,per_client_id_connect_rate} = %v, want 2", n)
+		}
+		waitFor(t, func() bool { return logs.FilterMessage("authentication accepted").Len() == through })
+		if n := gathered(t, reg, "mqtt_jwt_proxy_authentications_total", "outcome=accepted", "reason="); n != float64(through) {
+			t.Errorf("authentications_total{accepted} = %v, want %d", n, through)
+		}
 	})
 
 	t.Run("the ID the broker gets", func(t *testing.T) {
@@ -310,7 +321,8 @@ func TestEvictedWhileVerifying(t *testing.T) {
 	rec := proxytest.NewRecorder(t, "")
 	v := blockingVerifier{entered: make(chan struct{}, 1), release: make(chan struct{})}
 	core, logs := observer.New(zap.InfoLevel)
-	p := &Proxy{Upstream: rec.Addr, Verifier: v, Limits: Limits{MaxPendingConnects: 1}, Logger: zap.New(core)}
+	reg := prometheus.NewRegistry()
+	p := &Proxy{Upstream: rec.Addr, Verifier: v, Limits: Limits{MaxPendingConnects: 1}, Logger: zap.New(core), Metrics: NewMetrics(reg, "test")}
 	addr := startProxy(t, p)
 
 	victim := dial(t, addr)
@@ -331,6 +343,11 @@ func TestEvictedWhileVerifying(t *testing.T) {
 	if n := logs.FilterMessage("authentication accepted").Len(); n != 0 {
 		t.Errorf("%d clients logged as accepted, want none", n)
 	}
+	// Each eviction logged is counted, as the victim's is, and as the
+	// evictor's will be.
+	waitFor(t, func() bool {
+		return gathered(t, reg, "mqtt_jwt_proxy_authentications_total", "outcome=refused", "reason="+limitPending) == 2
+	})
 	if !stillOpen(t, taker) {
 		t.Error("the newest pending socket was closed")
 	}

@@ -626,9 +626,9 @@ func (p *Proxy) dialed(start time.Time, err error) {
 }
 
 // dialRelay connects to the broker with a socket of the relay's own (see
-// watchers.dialRelay), sends first, and starts relaying, unless the
-// session was aborted meanwhile.
-func (p *Proxy) dialRelay(ws *watchers, s *session, first []byte, done func(fromClient, toClient int64)) error {
+// watchers.dialRelay), sends first, calls through, and starts relaying,
+// unless the session was aborted meanwhile.
+func (p *Proxy) dialRelay(ws *watchers, s *session, first []byte, through func(), done func(fromClient, toClient int64)) error {
 	start := time.Now()
 	deadline := start.Add(p.dialTimeout())
 	addrs, err := p.upstreamAddrs(deadline)
@@ -640,6 +640,7 @@ func (p *Proxy) dialRelay(ws *watchers, s *session, first []byte, done func(from
 	if err != nil {
 		return err
 	}
+	through()
 	// Under p.mu, so that abort either finds the relay or has marked the
 	// session first; a socket must never close while it is in the epoll
 	// set without the relay knowing. Close aborts every session it finds,

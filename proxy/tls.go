@@ -218,7 +218,7 @@ func (p *Proxy) handshake(s *session, start time.Time, log *connLog) bool {
 		return true
 	}
 	if s.evicted.Load() {
-		logEvicted(log, s)
+		p.logEvicted(log, s)
 		return false
 	}
 	reason := reasonTLSHandshake
