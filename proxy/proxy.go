@@ -189,8 +189,7 @@ func (pc *pendingConnect) hold(n int) bool { return pc.p.holdConnectBytes(pc.s, 
 func (pc *pendingConnect) resume() { pc.p.serveConnect(pc.s) }
 
 // abort ends s at once from outside its own goroutine (Close, token
-// expiry). Closing happens outside Proxy.mu: a WebSocket close frame may
-// take a while, and accepting must not wait for it.
+// expiry). Closing happens outside Proxy.mu, as closeTransport does it.
 func (p *Proxy) abort(s *session) {
 	p.mu.Lock()
 	s.aborted = true
@@ -206,15 +205,38 @@ func (p *Proxy) abort(s *session) {
 	}
 }
 
-// closeTransport closes c from outside the goroutine serving it. A TLS
-// connection's socket is closed first: tls.Conn.Close waits for a write
-// under way, and a client that makes the server's Read write (TLS 1.3
-// KeyUpdate requests) and never reads can keep one blocked for good,
-// here under Proxy.mu when evicting.
+// wrapper is a connection carried over another, which NetConn returns,
+// as tls.Conn's does: TLS, a WebSocket, a PROXY header, TLS record
+// framing. Each wrapper in this package implements it, so that
+// closeTransport reaches the socket under any stack of them.
+type wrapper interface{ NetConn() net.Conn }
+
+var (
+	_ wrapper = (*tls.Conn)(nil)
+	_ wrapper = (*recordConn)(nil)
+	_ wrapper = (*proxiedConn)(nil)
+	_ wrapper = (*untrustedConn)(nil)
+	_ wrapper = (*wsConn)(nil)
+)
+
+// closeTransport closes c from outside the goroutine serving it: the
+// socket at the bottom of c's wrappers first, then c. A wrapper's own
+// close writes to a client that may not read (TLS close_notify, which
+// crypto/tls gives 5 s; a WebSocket close frame, whose write waits for
+// one under way), and a client that makes the server's Read write (TLS
+// 1.3 KeyUpdate requests) and never reads keeps such a write blocked for
+// good. With the socket closed, every write fails at once. The caller
+// holds no lock: closing is never done under Proxy.mu.
 func closeTransport(c net.Conn) {
-	if tc, ok := c.(*tls.Conn); ok {
-		tc.NetConn().Close()
+	bottom := c
+	for {
+		w, ok := bottom.(wrapper)
+		if !ok {
+			break
+		}
+		bottom = w.NetConn()
 	}
+	bottom.Close()
 	c.Close()
 }
 
@@ -280,7 +302,11 @@ func (p *Proxy) accepted(c net.Conn, name string) (*session, error) {
 	s := &session{client: c, listener: name, policy: p.currentPolicy()}
 	s.connect = &pendingConnect{connectReader: connectReader{maxSize: s.policy.limits.MaxConnectSize}, p: p, s: s}
 	s.connect.owner = s.connect
-	switch kind, ok := p.admit(s); {
+	kind, ok, evicted := p.admit(s)
+	if evicted != nil {
+		closeTransport(evicted)
+	}
+	switch {
 	case !ok && kind == "":
 		c.Close()
 		return nil, ErrProxyClosed
@@ -305,7 +331,7 @@ func (p *Proxy) upgraded(s *session, c net.Conn) bool {
 		return true
 	}
 	p.mu.Unlock()
-	c.Close()
+	closeTransport(c)
 	p.release(s)
 	return false
 }
@@ -438,24 +464,25 @@ func (p *Proxy) trackListener(ln net.Listener, add bool) bool {
 // admit registers a newly accepted session if the limits allow it. It
 // returns the kind of limit that refused it, or ok; "" and !ok when the
 // proxy is closing. Over MaxPendingConnects, the oldest pending session is
-// evicted instead of refusing the new one.
-func (p *Proxy) admit(s *session) (kind string, ok bool) {
+// evicted instead of refusing the new one: its connection is returned,
+// for the caller to close once p.mu is released.
+func (p *Proxy) admit(s *session) (kind string, ok bool, evicted net.Conn) {
 	l := &s.policy.limits
 	if !s.policy.ipRates.allow(hostOf(s.client.RemoteAddr()), time.Now()) {
-		return limitRate, false
+		return limitRate, false, nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
 	case p.closed:
-		return "", false
+		return "", false, nil
 	case l.MaxConnections > 0 && len(p.sessions) >= l.MaxConnections:
-		return limitMaxConnections, false
+		return limitMaxConnections, false, nil
 	case l.MaxListenerConnections[s.listener] > 0 && p.perListener[s.listener] >= l.MaxListenerConnections[s.listener]:
-		return limitListenerConnections, false
+		return limitListenerConnections, false, nil
 	}
 	if l.MaxPendingConnects > 0 && p.pending.Len() >= l.MaxPendingConnects {
-		p.evictLocked(p.pending.Front().Value.(*session), limitPending)
+		evicted = p.evictLocked(p.pending.Front().Value.(*session), limitPending)
 	}
 	if p.sessions == nil {
 		p.sessions = make(map[*session]struct{})
@@ -466,12 +493,13 @@ func (p *Proxy) admit(s *session) (kind string, ok bool) {
 	s.pending = p.pending.PushBack(s)
 	p.wg.Add(1)
 	p.Metrics.connOpened(s.listener)
-	return "", true
+	return "", true, evicted
 }
 
-// evictLocked closes s, a pending session, to keep within the limit kind
-// of pending connections. p.mu is held.
-func (p *Proxy) evictLocked(s *session, kind string) {
+// evictLocked ends s, a pending session, to keep within the limit kind
+// of pending connections, and returns its connection, for the caller to
+// close with closeTransport once p.mu is released. p.mu is held.
+func (p *Proxy) evictLocked(s *session, kind string) net.Conn {
 	if s.pending != nil {
 		p.pending.Remove(s.pending)
 		s.pending = nil
@@ -480,11 +508,11 @@ func (p *Proxy) evictLocked(s *session, kind string) {
 	s.evictedBy = kind
 	s.evicted.Store(true)
 	// Aborted too: a session whose CONNECT is being verified must not go
-	// on to the broker, nor hand on a descriptor closed here, whose number
-	// the next accepted socket may get.
+	// on to the broker, nor hand on a descriptor closed by the caller,
+	// whose number the next accepted socket may get.
 	s.aborted = true
-	closeTransport(s.client)
 	p.Metrics.limitHit(kind)
+	return s.client
 }
 
 // holdConnectBytes counts n more bytes held by s's CONNECT, before they
@@ -494,8 +522,14 @@ func (p *Proxy) evictLocked(s *session, kind string) {
 // aborted: its read ends.
 func (p *Proxy) holdConnectBytes(s *session, n int) bool {
 	budget := s.policy.limits.maxPendingConnectBytes()
+	var evicted []net.Conn
+	defer func() {
+		for _, c := range evicted {
+			closeTransport(c)
+		}
+	}()
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	defer p.mu.Unlock() // runs first: the closes come after it
 	pc := s.connect
 	if s.aborted || pc == nil {
 		return false
@@ -506,7 +540,7 @@ func (p *Proxy) holdConnectBytes(s *session, n int) bool {
 	pc.charged += n
 	p.heldBytes += n
 	for p.heldBytes > budget {
-		p.evictLocked(p.holding.Front().Value.(*session), limitPendingBytes)
+		evicted = append(evicted, p.evictLocked(p.holding.Front().Value.(*session), limitPendingBytes))
 	}
 	return !s.aborted
 }

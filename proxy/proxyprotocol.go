@@ -282,6 +282,9 @@ func (c *proxiedConn) Read(b []byte) (int, error) {
 // CloseWrite half-closes the socket.
 func (c *proxiedConn) CloseWrite() error { return closeWrite(c.Conn) }
 
+// NetConn is the socket (see wrapper).
+func (c *proxiedConn) NetConn() net.Conn { return c.Conn }
+
 // RemoteAddr is the client's address, as the header gave it.
 func (c *proxiedConn) RemoteAddr() net.Addr { return c.remote }
 
@@ -310,6 +313,9 @@ func (c *untrustedConn) Read(b []byte) (int, error) {
 
 // CloseWrite half-closes the socket.
 func (c *untrustedConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// NetConn is the socket (see wrapper).
+func (c *untrustedConn) NetConn() net.Conn { return c.Conn }
 
 // closeWrite half-closes c where its transport can.
 func closeWrite(c net.Conn) error {

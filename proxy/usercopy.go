@@ -133,6 +133,9 @@ type recordConn struct {
 	bodyLeft  int // bytes of the current record's body not yet read
 }
 
+// NetConn is the connection the records come over (see wrapper).
+func (c *recordConn) NetConn() net.Conn { return c.Conn }
+
 // Read reads at most up to the end of the current record's header or body.
 func (c *recordConn) Read(b []byte) (int, error) {
 	if c.bodyLeft == 0 {

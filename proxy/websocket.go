@@ -27,7 +27,9 @@ const (
 	// a browser's cookies and a token in the query.
 	maxUpgradeRequestBytes = 32 << 10
 	// closeFrameTimeout bounds sending the WebSocket close frame, which
-	// Close does on the goroutine that closes (Proxy.Close among them).
+	// Close does on the goroutine that closes. A connection ended from
+	// outside (eviction, Proxy.Close, token expiry) gets none: its socket
+	// is closed first (closeTransport).
 	closeFrameTimeout = 100 * time.Millisecond
 )
 
@@ -468,6 +470,9 @@ func (c *wsConn) Close() error {
 	})
 	return err
 }
+
+// NetConn is the connection the WebSocket runs over (see wrapper).
+func (c *wsConn) NetConn() net.Conn { return c.ws.NetConn() }
 
 func (c *wsConn) LocalAddr() net.Addr  { return c.ws.LocalAddr() }
 func (c *wsConn) RemoteAddr() net.Addr { return c.ws.RemoteAddr() }
