@@ -147,6 +147,19 @@ type policy struct {
 	forward  *Forward
 	ipRates  *keyedRates // per client IP, at accept
 	idRates  *keyedRates // per client ID, once authenticated
+
+	// Guarded by Proxy.mu.
+	users   int           // sessions that took it and have not had their CONNECT decided
+	retired chan struct{} // set by the Reload that replaced it; closed once users is 0
+}
+
+// leave says that a session that took pol has had its CONNECT decided.
+// Proxy.mu is held.
+func (pol *policy) leave() {
+	pol.users--
+	if pol.users == 0 && pol.retired != nil {
+		close(pol.retired)
+	}
 }
 
 // session is one client connection, from accept to close.
@@ -164,6 +177,9 @@ type session struct {
 	// names the limit.
 	evicted   atomic.Bool
 	evictedBy string
+	// holdsPolicy: counted among policy's users until the CONNECT is
+	// decided (Proxy.mu).
+	holdsPolicy bool
 }
 
 // pendingConnect is what a session keeps while its CONNECT is read and
@@ -356,11 +372,28 @@ func (p *Proxy) Listener(ln net.Listener) net.Listener {
 }
 
 // Reload makes v, l and f apply to connections accepted from now on;
-// established connections are untouched. Counters (open and pending
+// connections accepted before keep what was in force when they were
+// accepted, until they are closed: a WebSocket client accepted just
+// before the reload but whose CONNECT comes much later is decided as the
+// configuration it came under says. Counters (open and pending
 // connections) carry over; per-IP rate state starts afresh.
-func (p *Proxy) Reload(v authn.Verifier, l Limits, f *Forward) {
-	p.policyOnce.Do(func() {})
-	p.policy.Store(newPolicy(v, l, f))
+//
+// retired is closed once every connection accepted under the replaced
+// configuration has had its CONNECT decided, or has ended: from then on
+// the previous verifier is no longer used, and may be closed.
+func (p *Proxy) Reload(v authn.Verifier, l Limits, f *Forward) (retired <-chan struct{}) {
+	p.policyOnce.Do(func() {}) // the Proxy's own fields never apply from now on
+	next := newPolicy(v, l, f)
+	done := make(chan struct{})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch prev := p.policy.Swap(next); {
+	case prev == nil || prev.users == 0: // nothing has it, or had it in use
+		close(done)
+	default:
+		prev.retired = done
+	}
+	return done
 }
 
 func newPolicy(v authn.Verifier, l Limits, f *Forward) *policy {
@@ -467,12 +500,16 @@ func (p *Proxy) trackListener(ln net.Listener, add bool) bool {
 // evicted instead of refusing the new one: its connection is returned,
 // for the caller to close once p.mu is released.
 func (p *Proxy) admit(s *session) (kind string, ok bool, evicted net.Conn) {
-	l := &s.policy.limits
 	if !s.policy.ipRates.allow(hostOf(s.client.RemoteAddr()), time.Now()) {
 		return limitRate, false, nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// Taken again under p.mu, where Reload retires the policy it
+	// replaces: s is counted among its policy's users before that can
+	// be retired, whatever Reload came since the rate check.
+	s.policy = p.policy.Load()
+	l := &s.policy.limits
 	switch {
 	case p.closed:
 		return "", false, nil
@@ -491,6 +528,8 @@ func (p *Proxy) admit(s *session) (kind string, ok bool, evicted net.Conn) {
 	p.sessions[s] = struct{}{}
 	p.perListener[s.listener]++
 	s.pending = p.pending.PushBack(s)
+	s.policy.users++
+	s.holdsPolicy = true
 	p.wg.Add(1)
 	p.Metrics.connOpened(s.listener)
 	return "", true, evicted
@@ -555,10 +594,10 @@ func (p *Proxy) unholdLocked(s *session) {
 	}
 }
 
-// decided takes s off the pending list: its CONNECT has been answered,
-// and what it held is no longer counted (nor kept by s). It reports false
-// when s was ended from outside meanwhile (evicted, Close), so that
-// nothing more is done for it.
+// decided takes s off the pending list and its policy's users: its
+// CONNECT has been answered, and what it held is no longer counted (nor
+// kept by s). It reports false when s was ended from outside meanwhile
+// (evicted, Close), so that nothing more is done for it.
 func (p *Proxy) decided(s *session) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -568,6 +607,10 @@ func (p *Proxy) decided(s *session) bool {
 	}
 	p.unholdLocked(s)
 	s.connect = nil
+	if s.holdsPolicy {
+		s.holdsPolicy = false
+		s.policy.leave()
+	}
 	return !s.aborted
 }
 

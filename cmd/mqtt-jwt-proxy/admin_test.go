@@ -199,6 +199,14 @@ func activeConnections(t *testing.T, base string) float64 {
 // jwksServer serves a JWKS document with one fresh P-256 key.
 func jwksServer(t *testing.T) *httptest.Server {
 	t.Helper()
+	srv, _ := signingJWKSServer(t)
+	return srv
+}
+
+// signingJWKSServer serves a JWKS document with one fresh P-256 key, k1,
+// and returns its private key.
+func signingJWKSServer(t *testing.T) (*httptest.Server, *ecdsa.PrivateKey) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -216,7 +224,7 @@ func jwksServer(t *testing.T) *httptest.Server {
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(doc) }))
 	t.Cleanup(srv.Close)
-	return srv
+	return srv, key
 }
 
 // failingServer answers every request with 500.

@@ -166,19 +166,21 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		select {
 		case <-hup:
 			certs.reload(logger)
-			if next, nextChain, nextList, err := reload(src, cfg, chain, list, p, logger); err != nil {
+			if next, nextChain, nextList, retired, err := reload(src, cfg, chain, list, p, logger); err != nil {
 				logger.Error("reload rejected; the running configuration stays in force", zap.String("config", path), zap.Error(err))
 			} else {
-				// Verifications that began before the swap may still use
-				// the old chain and list; they are closed once those are
-				// past.
+				// Connections accepted before the reload are decided by
+				// the old chain and list, however late their CONNECT
+				// comes (a WebSocket upgrade takes its time): those are
+				// closed once they all have been.
 				oldChain, oldList := chain, list
-				time.AfterFunc(cfg.Limits.ConnectTimeout.Or(proxy.DefaultConnectTimeout), func() {
+				go func() {
+					<-retired
 					oldChain.Close()
 					if oldList != nextList {
 						oldList.Close()
 					}
-				})
+				}()
 				cfg, chain, list = next, nextChain, nextList
 				chains.Store(chain)
 			}
@@ -208,20 +210,22 @@ var restartOnly = map[string]bool{"listeners": true, "upstream": true, "upstream
 // the revocation list, limits, forward and the drain timeout. Listeners,
 // the upstream, the metrics endpoint and the log stay as they started; a
 // change there is logged, key by key, and needs a restart. Nothing
-// changes when the new file is invalid.
-func reload(src configSource, running *configs.File, runningChain *authn.Chain, runningList *revocation.List, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, *revocation.List, error) {
+// changes when the new file is invalid. retired is closed once
+// runningChain and runningList are no longer used (see
+// proxy.Proxy.Reload).
+func reload(src configSource, running *configs.File, runningChain *authn.Chain, runningList *revocation.List, p *proxy.Proxy, logger *zap.Logger) (_ *configs.File, _ *authn.Chain, _ *revocation.List, retired <-chan struct{}, _ error) {
 	path := src.path
 	cfg, err := src.load()
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	forward, err := proxy.NewForward(cfg.Forward)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	list, err := reloadRevocation(running.Revocation, cfg.Revocation, runningList, logger)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	// JWKS authenticators keep their last good keys: a reload while the
 	// identity provider is down must not refuse every token.
@@ -230,7 +234,7 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 		if list != runningList {
 			list.Close()
 		}
-		return nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	var needRestart []string
 	for _, key := range configs.Diff(running, cfg) {
@@ -247,10 +251,10 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 		cfg.Listeners, cfg.Upstream, cfg.Upstreams, cfg.Routes, cfg.Metrics, cfg.Log =
 			running.Listeners, running.Upstream, running.Upstreams, running.Routes, running.Metrics, running.Log
 	}
-	p.Reload(chain, proxyLimits(cfg), forward)
+	retired = p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
 	logWarnings(cfg, logger)
-	return cfg, chain, list, nil
+	return cfg, chain, list, retired, nil
 }
 
 // newRevocation builds the revocation list of cfg's revocation section, or
