@@ -50,11 +50,11 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if bytes.Contains(data, []byte("secret_file")) || bytes.Contains(data, []byte("password_file")) {
+		if bytes.Contains(data, []byte("secret_file")) || bytes.Contains(data, []byte("password_file")) || bytes.Contains(data, []byte("admin_token_file")) {
 			// Parse reads the file the input names, and a device such as
-			// /dev/zero never ends; TestSecretFromEnvAndFile and
-			// TestHealthCheckPasswordFile cover the keys.
-			t.Skip("secret_file and password_file read a file named by the input")
+			// /dev/zero never ends; TestSecretFromEnvAndFile,
+			// TestHealthCheckPasswordFile and TestAdminToken cover the keys.
+			t.Skip("secret_file, password_file and admin_token_file read a file named by the input")
 		}
 		parsed, err := Parse(data)
 		if err != nil {

@@ -63,8 +63,8 @@ func (f *File) SetBindHost(host string) error {
 }
 
 // Parse decodes YAML strictly (unknown keys and wrong types are errors),
-// resolves secret_env and secret_file into secret and password_file into
-// password, fills in names, and
+// resolves secret_env and secret_file into secret, password_file into
+// password and the admin token, fills in names, and
 // validates the result. Relative file paths stay relative to the working
 // directory; Load takes them from the file's directory.
 func Parse(data []byte) (*File, error) { return parse(data, "") }
@@ -90,7 +90,7 @@ func parse(data []byte, dir string) (*File, error) {
 		return nil, errors.New("the file holds more than one YAML document")
 	}
 	f.resolvePaths(dir)
-	secretErr := errors.Join(f.resolveSecrets(), f.resolvePasswordFiles())
+	secretErr := errors.Join(f.resolveSecrets(), f.resolvePasswordFiles(), f.Metrics.resolveAdminToken())
 	f.fillNames()
 	if err := errors.Join(secretErr, f.Validate()); err != nil {
 		return nil, err
@@ -312,15 +312,12 @@ func (f *File) resolveSecrets() error {
 			}
 			a.Secret = v
 		case a.SecretFile != "":
-			b, err := os.ReadFile(a.SecretFile)
+			s, err := ReadSecretFile(a.SecretFile)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s.secret_file: %w", at, err))
 				continue
 			}
-			a.Secret = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
-			if a.Secret == "" {
-				errs = append(errs, fmt.Errorf("%s.secret_file: %s is empty", at, a.SecretFile))
-			}
+			a.Secret = s
 		}
 	}
 	return errors.Join(errs...)
