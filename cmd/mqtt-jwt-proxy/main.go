@@ -11,6 +11,8 @@
 //	mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y] [-publish TOPIC] [-subscribe FILTER] TOKEN
 //	                                     say which authenticator accepts TOKEN, or why not,
 //	                                     and whether the client may publish and subscribe
+//	mqtt-jwt-proxy sessions list|kick -admin URL -token-file FILE [filters]
+//	                                     list the proxy's sessions, or end them
 //
 // -config defaults to $MQTT_JWT_PROXY_CONFIG, and -bind-host (serve, check:
 // listen on this IP instead of the file's hosts) to
@@ -46,13 +48,14 @@ const usage = `mqtt-jwt-proxy checks the JWT in each MQTT client's CONNECT and c
 accepted clients through to the broker.
 
 usage:
-  mqtt-jwt-proxy [serve] -config FILE       run the proxy
-  mqtt-jwt-proxy check -config FILE         validate a configuration and exit
-  mqtt-jwt-proxy version                    print the version
-  mqtt-jwt-proxy token [flags]              mint a test token
-  mqtt-jwt-proxy keygen [flags]             write a key pair and a JWKS file
-  mqtt-jwt-proxy verify -config FILE TOKEN  say which authenticator accepts TOKEN, or why not
-  mqtt-jwt-proxy help                       print this
+  mqtt-jwt-proxy [serve] -config FILE        run the proxy
+  mqtt-jwt-proxy check -config FILE          validate a configuration and exit
+  mqtt-jwt-proxy version                     print the version
+  mqtt-jwt-proxy token [flags]               mint a test token
+  mqtt-jwt-proxy keygen [flags]              write a key pair and a JWKS file
+  mqtt-jwt-proxy verify -config FILE TOKEN   say which authenticator accepts TOKEN, or why not
+  mqtt-jwt-proxy sessions list|kick [flags]  list the proxy's sessions, or end them
+  mqtt-jwt-proxy help                        print this
 
 Run 'mqtt-jwt-proxy COMMAND -h' for a command's flags.
 `
@@ -79,6 +82,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = keygenCommand(args, stdout, stderr)
 	case "verify":
 		err = verifyCommand(ctx, args, os.Stdin, stdout, stderr)
+	case "sessions":
+		err = sessionsCommand(ctx, args, stdout, stderr)
 	case "version":
 		err = versionCommand(args, stdout, stderr)
 	case "help":

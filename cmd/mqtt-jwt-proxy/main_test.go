@@ -138,7 +138,7 @@ func TestUsage(t *testing.T) {
 // says how to get a command's flags; each command's -h gives its own.
 func TestHelp(t *testing.T) {
 	t.Setenv("MQTT_JWT_PROXY_CONFIG", "")
-	commands := []string{"serve", "check", "version", "token", "keygen", "verify", "help"}
+	commands := []string{"serve", "check", "version", "token", "keygen", "verify", "sessions", "help"}
 	for _, args := range [][]string{{"-h"}, {"-help"}, {"help"}} {
 		code, stdout, stderr := runCommand(t, args...)
 		if code != 0 {
@@ -163,10 +163,18 @@ func TestHelp(t *testing.T) {
 		if cmd == "version" {
 			continue // no flags
 		}
-		code, _, stderr := runCommand(t, cmd, "-h")
-		if code != 0 || !strings.HasPrefix(stderr, "usage: mqtt-jwt-proxy "+cmd+" ") || !strings.Contains(stderr, "\n  -") {
-			t.Errorf("%s -h exited %d and printed %q, want its usage and flags", cmd, code, stderr)
+		args := []string{cmd, "-h"}
+		if cmd == "sessions" {
+			args = []string{cmd, "list", "-h"} // "sessions -h" names the subcommands
 		}
+		code, _, stderr := runCommand(t, args...)
+		if code != 0 || !strings.HasPrefix(stderr, "usage: mqtt-jwt-proxy "+cmd+" ") || !strings.Contains(stderr, "\n  -") {
+			t.Errorf("%q exited %d and printed %q, want its usage and flags", args, code, stderr)
+		}
+	}
+	code, _, stderr := runCommand(t, "sessions", "-h")
+	if code != 0 || !strings.Contains(stderr, "usage: mqtt-jwt-proxy sessions list ") || !strings.Contains(stderr, "\n       mqtt-jwt-proxy sessions kick ") {
+		t.Errorf("sessions -h exited %d and printed %q, want the usage of list and kick", code, stderr)
 	}
 }
 
@@ -192,6 +200,9 @@ func TestErrorPrefix(t *testing.T) {
 		{[]string{"verify", "-config", missing, "TOKEN"}, 1},
 		{[]string{"version", "-x"}, 2},
 		{[]string{"version", "extra"}, 2},
+		{[]string{"sessions"}, 2},
+		{[]string{"sessions", "kick", "-admin", "http://127.0.0.1:9", "-token-file", missing}, 2},
+		{[]string{"sessions", "list", "-admin", "http://127.0.0.1:9", "-token-file", missing}, 1},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

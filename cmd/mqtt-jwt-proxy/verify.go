@@ -190,20 +190,21 @@ func printAuthorizations(w io.Writer, policy *acl.Policy, requests []acl.Request
 		if r.Action == acl.Publish {
 			retain = strconv.FormatBool(r.Retain)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", r.Action, showTopic(r.Topic), r.QoS, retain, verdict,
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", r.Action, showValue(r.Topic), r.QoS, retain, verdict,
 			strings.TrimPrefix(d.String(), verdict+": "))
 	}
 	tw.Flush()
 	return denied
 }
 
-// showTopic is topic as a column of the table: as given, or quoted when
-// it is empty or holds a space or a control character.
-func showTopic(topic string) string {
-	if topic == "" || strings.ContainsFunc(topic, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
-		return strconv.Quote(topic)
+// showValue is a value as a column of a table: as given, or quoted when
+// it is empty or holds a space or a character that does not print (a
+// terminal escape sequence in a client identifier stays text).
+func showValue(s string) string {
+	if s == "" || strings.ContainsFunc(s, func(r rune) bool { return unicode.IsSpace(r) || !strconv.IsPrint(r) }) {
+		return strconv.Quote(s)
 	}
-	return topic
+	return s
 }
 
 // verifyRequest is the CONNECT a client holding token would send. With
