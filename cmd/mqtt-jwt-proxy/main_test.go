@@ -76,6 +76,26 @@ func TestServeRefusesAuthorization(t *testing.T) {
 	}
 }
 
+// TestServeRefusesAdminToken: serve refuses an admin token for an API it
+// does not serve yet, rather than taking a credential that guards nothing.
+func TestServeRefusesAdminToken(t *testing.T) {
+	t.Setenv("MQTT_JWT_PROXY_TEST_ADMIN_TOKEN", testAdminToken)
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	config := "listeners: [{bind: \"127.0.0.1:0\"}]\nupstream: {address: \"127.0.0.1:1\"}\n" +
+		"authentication: [{mechanism: jwt, algorithm: hmac-based, secret: " + adminTestSecret + "}]\n" +
+		"metrics: {bind: \"127.0.0.1:0\", admin_token_env: MQTT_JWT_PROXY_TEST_ADMIN_TOKEN}\n"
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCommand(t, "serve", "-config", path)
+	if code != 1 || !strings.Contains(stderr, "does not serve the sessions API yet") {
+		t.Errorf("serve exited %d and said %q", code, stderr)
+	}
+	if code, stdout, stderr := runCommand(t, "check", "-config", path); code != 0 {
+		t.Errorf("check exited %d: %s %s", code, stdout, stderr)
+	}
+}
+
 func TestCheckReportsErrors(t *testing.T) {
 	dir := t.TempDir()
 	cases := map[string]struct {

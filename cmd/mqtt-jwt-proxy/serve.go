@@ -77,6 +77,9 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if len(cfg.Authorization.Rules) > 0 || cfg.Authorization.NoMatch == configs.PermissionDeny || cfg.Authorization.DenyAction != "" {
 		return fmt.Errorf("config %s: authorization: this version checks the rules but does not enforce them yet", path)
 	}
+	if cfg.Metrics.AdminToken() != "" {
+		return fmt.Errorf("config %s: metrics.admin_token_file, metrics.admin_token_env: this version checks the admin token but does not serve the sessions API yet", path)
+	}
 	// Flushed, never synced: zap syncs at every flush, and an fsync of a
 	// log file ten times a second waits on the disk for nothing.
 	out := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(struct{ io.Writer }{stderr}), Size: logBufferSize, FlushInterval: logFlushInterval}
