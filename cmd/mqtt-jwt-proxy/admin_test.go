@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -27,6 +29,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
@@ -73,15 +76,16 @@ func newTestChain(t *testing.T, jwksEndpoints ...string) *authn.Chain {
 	return chain
 }
 
-// startTestAdmin starts the admin endpoint of cfg for p and chain and
-// returns its base URL; it is closed at cleanup.
-func startTestAdmin(t *testing.T, cfg *configs.File, p *proxy.Proxy, chain *authn.Chain) string {
+// startTestAdmin starts the admin endpoint of cfg for p, chain and list
+// (nil: no revocation list) and returns its base URL; it is closed at
+// cleanup.
+func startTestAdmin(t *testing.T, cfg *configs.File, p *proxy.Proxy, chain *authn.Chain, list *revocation.List) string {
 	t.Helper()
 	ln, err := listenAdmin(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := startAdmin(ln, cfg, p, chain.Status, zap.NewNop())
+	a := startAdmin(ln, cfg, p, chain.Status, func() *revocation.List { return list }, zap.NewNop())
 	t.Cleanup(a.Close)
 	return "http://" + a.addr.String()
 }
@@ -270,7 +274,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	rec := proxytest.NewRecorder(t, "")
 	chain := newTestChain(t, jwksServer(t).URL)
 	p := &proxy.Proxy{Upstream: rec.Addr, Verifier: chain, Limits: proxy.Limits{MaxConnections: 1}}
-	base := startTestAdmin(t, adminTestConfig(false), p, chain)
+	base := startTestAdmin(t, adminTestConfig(false), p, chain, nil)
 	addr := serveTestProxy(t, p)
 
 	accepted := dialProxy(t, addr)
@@ -373,7 +377,7 @@ func TestReadiness(t *testing.T) {
 			}
 			chain := newTestChain(t, endpoint)
 			p := &proxy.Proxy{Upstream: upstream, Verifier: chain}
-			base := startTestAdmin(t, adminTestConfig(false), p, chain)
+			base := startTestAdmin(t, adminTestConfig(false), p, chain, nil)
 			if !tc.notServing {
 				addr := serveTestProxy(t, p)
 				if tc.drain {
@@ -584,7 +588,7 @@ func TestPprofFlag(t *testing.T) {
 			proxytest.VerifyNoLeaks(t)
 			chain := newTestChain(t)
 			p := &proxy.Proxy{Upstream: "127.0.0.1:1", Verifier: chain}
-			base := startTestAdmin(t, adminTestConfig(tc.pprof), p, chain)
+			base := startTestAdmin(t, adminTestConfig(tc.pprof), p, chain, nil)
 			for _, path := range []string{"/debug/pprof/", "/debug/pprof/cmdline"} {
 				if status, body := get(t, base+path); status != tc.wantStatus {
 					t.Errorf("GET %s = %d, want %d\n%.200s", path, status, tc.wantStatus, body)
@@ -657,11 +661,74 @@ func TestPprofBeyondLoopbackWarns(t *testing.T) {
 			}
 			chain := newTestChain(t)
 			core, logs := observer.New(zap.WarnLevel)
-			a := startAdmin(ln, cfg, &proxy.Proxy{Upstream: "127.0.0.1:1", Verifier: chain}, chain.Status, zap.New(core))
+			a := startAdmin(ln, cfg, &proxy.Proxy{Upstream: "127.0.0.1:1", Verifier: chain}, chain.Status, func() *revocation.List { return nil }, zap.New(core))
 			defer a.Close()
 			if got := logs.FilterMessageSnippet("profiler is served beyond loopback").Len(); got != tc.want {
 				t.Errorf("%d warnings about the profiler, want %d: %v", got, tc.want, logs.All())
 			}
 		})
+	}
+}
+
+// TestRevocationMetrics: the revocation list in force is exported: its
+// entries, whether it is in force, its refreshes by result and its age; a
+// failed refresh counts and keeps the last good entries. Without a list,
+// none of its series is exported.
+func TestRevocationMetrics(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "revoked.json")
+	if err := os.WriteFile(path, []byte(`{"jti": ["a", "b"], "sub": ["mallory"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	list, err := revocation.New(configs.Revocation{File: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(list.Close)
+	chain := newTestChain(t)
+	p := &proxy.Proxy{Upstream: "127.0.0.1:1", Verifier: chain}
+	base := startTestAdmin(t, adminTestConfig(false), p, chain, list)
+
+	check := func(when string, want map[string]float64) {
+		t.Helper()
+		families := scrape(t, base)
+		for key, v := range want {
+			name, result, _ := strings.Cut(key, "/")
+			var labels map[string]string
+			if result != "" {
+				labels = map[string]string{"result": result}
+			}
+			if got, ok := sample(families, name, labels); !ok || got != v {
+				t.Errorf("%s: %s = %v (present: %v), want %v", when, key, got, ok, v)
+			}
+		}
+		if _, ok := families["mqtt_jwt_proxy_revocation_age_seconds"]; !ok {
+			t.Errorf("%s: mqtt_jwt_proxy_revocation_age_seconds is not exported", when)
+		}
+	}
+	check("loaded", map[string]float64{
+		"mqtt_jwt_proxy_revocation_entries":                 3,
+		"mqtt_jwt_proxy_revocation_in_force":                1,
+		"mqtt_jwt_proxy_revocation_refreshes_total/success": 1,
+		"mqtt_jwt_proxy_revocation_refreshes_total/failure": 0,
+	})
+
+	if err := os.WriteFile(path, []byte(`{"kid": ["x"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := list.Refresh(context.Background()); err == nil {
+		t.Fatal("a document with an unknown key refreshed")
+	}
+	check("after a failed refresh", map[string]float64{
+		"mqtt_jwt_proxy_revocation_entries":                 3,
+		"mqtt_jwt_proxy_revocation_in_force":                1,
+		"mqtt_jwt_proxy_revocation_refreshes_total/success": 1,
+		"mqtt_jwt_proxy_revocation_refreshes_total/failure": 1,
+	})
+
+	none := startTestAdmin(t, adminTestConfig(false), &proxy.Proxy{Upstream: "127.0.0.1:1", Verifier: chain}, chain, nil)
+	for name := range scrape(t, none) {
+		if strings.HasPrefix(name, "mqtt_jwt_proxy_revocation_") {
+			t.Errorf("%s is exported without a revocation list", name)
+		}
 	}
 }

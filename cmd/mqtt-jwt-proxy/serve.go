@@ -151,9 +151,12 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := upstreamTransport(cfg.Upstream, upstream, p); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
-	var chains atomic.Pointer[authn.Chain] // the chain in force, for the admin endpoint
+	// The chain and the revocation list in force, for the admin endpoint.
+	var chains atomic.Pointer[authn.Chain]
+	var lists atomic.Pointer[revocation.List]
 	chains.Store(chain)
-	admin := startAdmin(adminListener, cfg, p, func() []authn.KeySetStatus { return chains.Load().Status() }, logger)
+	lists.Store(list)
+	admin := startAdmin(adminListener, cfg, p, func() []authn.KeySetStatus { return chains.Load().Status() }, lists.Load, logger)
 	defer admin.Close()
 	served = true
 
@@ -186,6 +189,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 				}()
 				cfg, chain, list = next, nextChain, nextList
 				chains.Store(chain)
+				lists.Store(list)
 			}
 		case <-ctx.Done():
 			logger.Info("signal received; shutting down", zap.Duration("drain_timeout", cfg.Shutdown.DrainTimeout.Or(configs.DefaultDrainTimeout)))
