@@ -621,9 +621,12 @@ func TestAdminInProcess(t *testing.T) {
 	connect := mqttConnect(t, hsToken(t, adminTestSecret, "dev-1"))
 	c.Write(connect)
 	rec.WaitReceived(t, 1, len(connect)) // connection 0 was /readyz's probe
-	if v, _ := sample(scrape(t, base), "mqtt_jwt_proxy_authentications_total", map[string]string{"outcome": "accepted"}); v != 1 {
-		t.Errorf("authentications_total{outcome=accepted} = %v, want 1", v)
-	}
+	// The acceptance is counted once the broker has the CONNECT, which
+	// the broker may read first.
+	waitUntil(t, "authentications_total{outcome=accepted} to be 1", func() bool {
+		v, _ := sample(scrape(t, base), "mqtt_jwt_proxy_authentications_total", map[string]string{"outcome": "accepted"})
+		return v == 1
+	})
 
 	proc.signal(t, syscall.SIGTERM)
 	waitForLog(t, proc.lines, "listeners closed; draining")
