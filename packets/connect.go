@@ -32,9 +32,11 @@
 // [MQTT-x.y.z-n] (numbered in the 3.1.1 or 5.0 specification, as stated) or
 // as a section (§x.y.z) where the rule has no number.
 //
-// Limits: ReadConnect does not enforce what a broker decides for itself
+// Limits: ReadConnect does not enforce what a server decides for itself
 // (client identifier length and characters, topic syntax of the will topic,
-// authentication methods); the broker behind the proxy still does.
+// which authentication methods it knows): Connect.Authentication gives the
+// method for the server to judge, and the broker behind the proxy judges
+// the rest.
 //
 // # After the CONNECT
 //
@@ -215,6 +217,18 @@ type Connect struct {
 	// Raw is the exact bytes of the packet as the client sent them, fixed
 	// header included. Encode ignores it.
 	Raw []byte
+}
+
+// Authentication returns the MQTT 5 Authentication Method and Data of the
+// CONNECT (5.0 §3.1.2.11.9, §3.1.2.11.10): an empty method when the client
+// named none, as in every MQTT 3.1 and 3.1.1 CONNECT, and nil data when it
+// sent none. A client that names a method asks the server to authenticate
+// it by that method rather than by its user name and password (5.0 §4.12).
+func (c *Connect) Authentication() (method string, data []byte) {
+	if c.Properties == nil {
+		return "", nil
+	}
+	return c.Properties.AuthMethod, c.Properties.AuthData
 }
 
 // ReadConnect reads one packet from r and decodes it as CONNECT. It never

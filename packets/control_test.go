@@ -169,6 +169,12 @@ var controlCases = []packetCase{
 		want:    &Auth{Properties: &paho.Properties{AuthMethod: "JWT"}},
 	},
 	{
+		name:    "mqttv5 AUTH continue with method",
+		version: ProtocolV5,
+		raw:     unhex("f0 08", "18", "06 15 0003 4a5754"),
+		want:    &Auth{ReasonCode: ContinueAuthentication, Properties: &paho.Properties{AuthMethod: "JWT"}},
+	},
+	{
 		name:    "mqttv5 AUTH continue without method",
 		version: ProtocolV5,
 		raw:     unhex("f0 02", "18 00"),
@@ -222,6 +228,13 @@ var controlCases = []packetCase{
 			SubIDAvailable: ptr[byte](0), SharedSubAvailable: ptr[byte](1), ServerKeepAlive: ptr[uint16](60)}},
 	},
 	{
+		name:    "mqttv5 CONNACK with authentication method",
+		version: ProtocolV5,
+		raw: unhex("20 0f", "00 00",
+			"0c 21 0014 22 000a 15 0003 4a5754"), // receive maximum 20, topic alias maximum 10, authentication method "JWT"
+		want: &Connack{Properties: &paho.Properties{ReceiveMaximum: ptr[uint16](20), TopicAliasMaximum: ptr[uint16](10), AuthMethod: "JWT"}},
+	},
+	{
 		name:    "mqttv311 CONNACK not authorized",
 		version: ProtocolV311,
 		raw:     unhex("20 02", "00 05"),
@@ -263,7 +276,9 @@ func TestControlDecode(t *testing.T) { runPacketCases(t, controlCases) }
 
 // TestWhatTheProxyWrites pins the bytes of the packets the proxy sends of
 // its own: the answers to a PUBLISH it drops, the end of a QoS 2 exchange,
-// DISCONNECT and AUTH. Where mosquitto answers alike, they are its bytes.
+// DISCONNECT, AUTH, and the broker's CONNACK with the Authentication Method
+// of a client the proxy authenticated by it. Where mosquitto answers
+// alike, they are its bytes.
 func TestWhatTheProxyWrites(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -282,6 +297,9 @@ func TestWhatTheProxyWrites(t *testing.T) {
 		{"DISCONNECT maximum connect time", ProtocolV5, &Disconnect{ReasonCode: MaximumConnectTime}, unhex("e0 02 a0 00")},
 		{"DISCONNECT normal", ProtocolV5, &Disconnect{}, unhex("e0 00")},
 		{"AUTH success with the method", ProtocolV5, &Auth{Properties: &paho.Properties{AuthMethod: "JWT"}}, unhex("f0 08 00 06 15 0003 4a5754")},
+		{"mosquitto's CONNACK with the authentication method added", ProtocolV5, &Connack{Properties: &paho.Properties{
+			TopicAliasMaximum: ptr[uint16](10), ReceiveMaximum: ptr[uint16](20), AuthMethod: "JWT"}},
+			unhex("20 0f 00 00", "0c 21 0014 22 000a 15 0003 4a5754")},
 		{"SUBACK all refused", ProtocolV5, &Suback{PacketID: 4, Codes: []ReasonCode{NotAuthorized, NotAuthorized}}, unhex("90 05 0004 00 87 87")},
 		{"SUBACK all refused, mqttv311", ProtocolV311, &Suback{PacketID: 4, Codes: []ReasonCode{0x80}}, unhex("90 03 0004 80")},
 	}
