@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	yaml "go.yaml.in/yaml/v3"
 )
@@ -382,8 +383,15 @@ func (f *File) Validate() error {
 	if len(f.Authentication) == 0 {
 		bad("authentication: at least one authenticator is required; the proxy never runs open")
 	}
+	authenticators := map[string]bool{}
 	for i, a := range f.Authentication {
 		errs = append(errs, a.validate(fmt.Sprintf("authentication[%d]", i))...)
+		if authenticators[a.Name] {
+			// A re-authentication goes to the authenticator of the
+			// session by its name.
+			bad("authentication[%d].name: %q is used by another authenticator", i, a.Name)
+		}
+		authenticators[a.Name] = true
 		if a.Mechanism == MechanismCertificate && !f.verifiesClientCertificates() {
 			bad("authentication[%d].mechanism: certificate accepts a client certificate that a listener verified, "+
 				"and no listener asks for one (listeners[].tls.client_auth: optional or required, "+
@@ -462,6 +470,11 @@ func (a Authenticator) validate(at string) []error {
 	}
 	if !oneOf(a.SignatureFormat, "", "raw", "der") {
 		bad("signature_format: %q is not one of raw, der", a.SignatureFormat)
+	}
+	if len(a.AuthMethod) > math.MaxUint16 {
+		bad("auth_method: %d bytes, more than the %d an MQTT string holds", len(a.AuthMethod), math.MaxUint16)
+	} else if !utf8.ValidString(a.AuthMethod) || strings.ContainsRune(a.AuthMethod, 0) {
+		bad("auth_method: %q is not an MQTT string: UTF-8 without U+0000", a.AuthMethod)
 	}
 	if oneOf(a.ACL.Claim, "iss", "sub", "aud", "exp", "nbf", "iat", "jti") {
 		bad("acl.claim: %s is a registered claim, never a list of rules", a.ACL.Claim)

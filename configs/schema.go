@@ -171,6 +171,27 @@ type Authenticator struct {
 	// ACL says where tokens carry topic rules; the zero value reads them
 	// from the claim acl, as EMQX does.
 	ACL AuthenticatorACL `yaml:"acl"`
+	// AuthMethod is the MQTT 5 Authentication Method under which a client
+	// may present its token in the CONNECT's Authentication Data, in
+	// place of the From field, and later re-authenticate with a fresh one
+	// (AUTH, reason 0x19). Empty means DefaultAuthMethod.
+	AuthMethod string `yaml:"auth_method"`
+	// Reauth binds the token of a re-authentication to the session's.
+	Reauth Reauth `yaml:"reauth"`
+}
+
+// DefaultAuthMethod is Authenticator.AuthMethod when it is empty.
+const DefaultAuthMethod = "JWT"
+
+// Reauth is what the token of an MQTT 5 re-authentication must share with
+// the one the session began with, beyond what always holds: it is
+// verified by the same authenticator, against the same CONNECT (client
+// identifier, user name, certificate), so verify_claims bind it as they
+// bound the first.
+type Reauth struct {
+	// SameSubject refuses a token whose sub differs from the session's
+	// (a token without sub has the empty one). Nil (unset) means true.
+	SameSubject *bool `yaml:"same_subject"`
 }
 
 // AuthenticatorACL says where an authenticator's tokens carry topic rules.
