@@ -15,7 +15,8 @@ func (r RefuseReason) Error() string { return string(r) }
 
 // The reasons Verify refuses a client for. The proxy answers the first five
 // with CONNACK 0x86 (bad user name or password) and the others with 0x87
-// (not authorized), as EMQX does.
+// (not authorized), as EMQX does, but for ErrBadAuthMethod, which MQTT 5
+// answers with 0x8C (bad authentication method) [MQTT-4.12.0-1].
 const (
 	// ErrTokenMissing: the from field is absent or empty.
 	ErrTokenMissing RefuseReason = "token_missing"
@@ -48,6 +49,10 @@ const (
 	// loaded yet, or the last good one is older than max_stale) and
 	// on_unavailable is deny.
 	ErrRevocationUnavailable RefuseReason = "revocation_unavailable"
+	// ErrBadAuthMethod: the CONNECT names an Authentication Method that no
+	// authenticator takes (auth_method), or a re-authentication names
+	// another than its session's.
+	ErrBadAuthMethod RefuseReason = "bad_authentication_method"
 	// ErrNoAuthenticatorAccepted: every authenticator of the chain passed.
 	ErrNoAuthenticatorAccepted RefuseReason = "not_authorized"
 )
