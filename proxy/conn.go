@@ -105,7 +105,7 @@ func (p *Proxy) serveConnect(s *session) {
 	var upstreamConnect []byte // what the broker gets: pk.Raw unless Forward rewrites it
 	var upstreamClientID string
 	if err == nil {
-		upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, id.Claims, log)
+		upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, &id, log)
 	}
 	if err != nil {
 		reason := string(authn.ReasonOf(err))
@@ -295,12 +295,16 @@ func (p *Proxy) finish(s *session, conn *openConn, fromClient, toClient int64) {
 // as EMQX answers: a token that is absent, unreadable or whose claims do
 // not hold is a bad user name or password; a token whose signature or key
 // does not check out, or a refusal without a reason, is not authorized.
+// An Authentication Method no authenticator takes is a bad authentication
+// method [MQTT-4.12.0-1], which only MQTT 5 clients can name.
 // packets.ReasonCode.V3ReturnCode gives the MQTT 3.1.1 code.
 func RefuseCode(reason authn.RefuseReason) packets.ReasonCode {
 	switch reason {
 	case authn.ErrTokenMissing, authn.ErrTokenMalformed, authn.ErrTokenExpired,
 		authn.ErrTokenNotYetValid, authn.ErrClaimMismatch:
 		return packets.BadUserNameOrPassword
+	case authn.ErrBadAuthMethod:
+		return packets.BadAuthenticationMethod
 	default:
 		return packets.NotAuthorized
 	}

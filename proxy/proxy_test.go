@@ -125,6 +125,15 @@ func TestRefusalConnackCodes(t *testing.T) {
 			})
 		}
 	}
+	// Only an MQTT 5 client names an Authentication Method: one that no
+	// authenticator takes is a bad authentication method [MQTT-4.12.0-1].
+	t.Run(string(authn.ErrBadAuthMethod)+"/v5", func(t *testing.T) {
+		c := dial(t, addr)
+		c.Write(connectPacket(t, packets.ProtocolV5, string(authn.ErrBadAuthMethod)))
+		if got, want := readAll(t, c), []byte{0x20, 0x03, 0x00, 0x8C, 0x00}; !bytes.Equal(got, want) {
+			t.Errorf("proxy answered %x, want %x", got, want)
+		}
+	})
 	if n := rec.Accepted(); n != 0 {
 		t.Errorf("upstream saw %d connections from refused clients, want 0", n)
 	}
