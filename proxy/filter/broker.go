@@ -4,12 +4,14 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	paho "github.com/eclipse/paho.golang/packets"
+
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 )
 
 // fromBroker filters the bytes the broker sent: every packet framed, the
-// first CONNACK read, the SUBACKs of SUBSCRIBEs forwarded without some
-// filters rewritten.
+// first CONNACK read (and given the client's Authentication Method), the
+// SUBACKs of SUBSCRIBEs forwarded without some filters rewritten.
 func (s *Session) fromBroker(in, fwd, back []byte) ([]byte, []byte, error) {
 	f := &s.framers[FromBroker]
 	out := output{in: in, buf: fwd}
@@ -27,9 +29,9 @@ func (s *Session) fromBroker(in, fwd, back []byte) ([]byte, []byte, error) {
 		}
 		switch {
 		case fr.Type == packets.TypeConnack && !s.connackSeen:
-			if err = s.connackLimits(fr); err == nil {
-				out.pass(fr)
-			}
+			err = s.firstConnack(fr, &out)
+		case fr.Type == packets.TypeAuth && s.methodAuth != nil:
+			err = protocolError(s.version, "AUTH from the broker, which got a CONNECT without an Authentication Method [MQTT-4.12.0-6]")
 		case fr.Type == packets.TypeSuback && s.pendingSubacks.Load() > 0:
 			err = s.suback(fr, &out)
 		default:
@@ -41,12 +43,15 @@ func (s *Session) fromBroker(in, fwd, back []byte) ([]byte, []byte, error) {
 	}
 }
 
-// connackLimits reads the broker's first CONNACK for the limits it sets on
-// the client, and hands them to the client direction.
-func (s *Session) connackLimits(fr packets.Frame) error {
+// firstConnack reads the broker's first CONNACK for the limits it sets on
+// the client, hands them to the client direction, and forwards it: with
+// the client's Authentication Method added when the proxy authenticated
+// the client under one and the broker accepts it [MQTT-4.12.0-5].
+func (s *Session) firstConnack(fr packets.Frame, out *output) error {
 	s.connackSeen = true
 	if s.version != packets.ProtocolV5 {
-		return nil // MQTT 3 has neither topic aliases nor a packet size limit
+		out.pass(fr) // MQTT 3 has neither topic aliases nor a packet size limit
+		return nil
 	}
 	var c packets.Connack
 	if err := c.Decode(s.version, fr); err != nil {
@@ -60,8 +65,27 @@ func (s *Session) connackLimits(fr packets.Frame) error {
 			s.brokerMaxPacket = int(min(*p.MaximumPacketSize, packets.MaxPacketSize))
 		}
 	}
+	if s.methodAuth == nil {
+		s.connack.Store(true)
+		out.pass(fr)
+		return nil
+	}
+	if p := c.Properties; p != nil && (p.AuthMethod != "" || p.AuthData != nil) {
+		return protocolError(s.version, "CONNACK with an Authentication Method or Data, to a CONNECT without one [MQTT-4.12.0-6]")
+	}
 	s.connack.Store(true)
-	return nil
+	if c.ReasonCode != packets.Success {
+		out.pass(fr) // a refusal need not name the method
+		return nil
+	}
+	if c.Properties == nil {
+		c.Properties = &paho.Properties{}
+	}
+	c.Properties.AuthMethod = s.methodAuth.method
+	out.flush()
+	var err error
+	out.buf, err = c.Append(out.buf, s.version)
+	return err
 }
 
 // suback rewrites the SUBACK of a SUBSCRIBE forwarded without its refused

@@ -28,17 +28,24 @@ func (s *Session) fromClient(in, fwd, back []byte) ([]byte, []byte, error) {
 		if err := s.checkClientFrame(fr); err != nil {
 			return out.done(), back, s.refuse(err)
 		}
-		if s.policy == nil {
+		if fr.Type == packets.TypeAuth && s.methodAuth != nil {
+			if back, err = s.auth(fr, back); err != nil {
+				return out.done(), back, err
+			}
+			continue
+		}
+		policy := s.policy.Load()
+		if policy == nil {
 			out.pass(fr)
 			continue
 		}
 		switch fr.Type {
 		case packets.TypePublish:
-			back, err = s.publish(fr, &out, back, &last)
+			back, err = s.publish(policy, fr, &out, back, &last)
 		case packets.TypePubrel:
 			back, err = s.pubrel(fr, &out, back)
 		case packets.TypeSubscribe:
-			back, err = s.subscribe(fr, &out, back)
+			back, err = s.subscribe(policy, fr, &out, back)
 		case packets.TypeUnsubscribe:
 			err = s.unsubscribe(fr, &out)
 		default:
@@ -74,9 +81,9 @@ func (s *Session) checkClientFrame(fr packets.Frame) error {
 	return nil
 }
 
-// publish judges a PUBLISH: forwarded when allowed; else dropped, and
-// answered as its QoS requires.
-func (s *Session) publish(fr packets.Frame, out *output, back []byte, last *lastPublish) ([]byte, error) {
+// publish judges a PUBLISH by policy: forwarded when allowed; else
+// dropped, and answered as its QoS requires.
+func (s *Session) publish(policy *acl.Policy, fr packets.Frame, out *output, back []byte, last *lastPublish) ([]byte, error) {
 	var p packets.Publish
 	if err := p.Decode(s.version, fr); err != nil {
 		return back, s.refuse(err)
@@ -103,10 +110,10 @@ func (s *Session) publish(fr packets.Frame, out *output, back []byte, last *last
 			return back, s.idInUse(packets.TypePublish, p.PacketID)
 		}
 	}
-	d, known := last.decision(topic, p.QoS, p.Retain)
+	d, known := last.decision(policy, topic, p.QoS, p.Retain)
 	if !known {
-		d = s.allow(acl.Publish, topic, p.QoS, p.Retain)
-		last.remember(topic, p.QoS, p.Retain, d)
+		d = allow(policy, acl.Publish, topic, p.QoS, p.Retain)
+		last.remember(policy, topic, p.QoS, p.Retain, d)
 	}
 	if s.onDecision != nil {
 		s.onDecision(acl.Publish, topic, d)
@@ -176,10 +183,10 @@ func (s *Session) pubrel(fr packets.Frame, out *output, back []byte) ([]byte, er
 	return appendAck(back, s.version, packets.TypePubcomp, a.PacketID, packets.Success), nil
 }
 
-// subscribe judges each filter of a SUBSCRIBE: all allowed, it is
-// forwarded; some, it is forwarded without the others and its SUBACK
+// subscribe judges each filter of a SUBSCRIBE by policy: all allowed, it
+// is forwarded; some, it is forwarded without the others and its SUBACK
 // awaited; none, it is answered.
-func (s *Session) subscribe(fr packets.Frame, out *output, back []byte) ([]byte, error) {
+func (s *Session) subscribe(policy *acl.Policy, fr packets.Frame, out *output, back []byte) ([]byte, error) {
 	var sub packets.Subscribe
 	if err := sub.Decode(s.version, fr); err != nil {
 		return back, s.refuse(err)
@@ -192,7 +199,7 @@ func (s *Session) subscribe(fr packets.Frame, out *output, back []byte) ([]byte,
 	var firstDenial acl.Decision
 	for i := range sub.Subscriptions {
 		filter := &sub.Subscriptions[i]
-		d := s.allow(acl.Subscribe, filter.Filter, filter.QoS, false)
+		d := allow(policy, acl.Subscribe, filter.Filter, filter.QoS, false)
 		if s.onDecision != nil {
 			s.onDecision(acl.Subscribe, filter.Filter, d)
 		}
@@ -247,11 +254,11 @@ func (s *Session) unsubscribe(fr packets.Frame, out *output) error {
 	return nil
 }
 
-// allow asks the policy.
-func (s *Session) allow(action acl.Action, topic []byte, qos byte, retain bool) acl.Decision {
+// allow asks policy.
+func allow(policy *acl.Policy, action acl.Action, topic []byte, qos byte, retain bool) acl.Decision {
 	// Allow keeps nothing of its request, so the topic is lent to it as a
 	// string without a copy: no allocation per packet.
-	return s.policy.Allow(acl.Request{Action: action, Topic: unsafe.String(unsafe.SliceData(topic), len(topic)), QoS: qos, Retain: retain})
+	return policy.Allow(acl.Request{Action: action, Topic: unsafe.String(unsafe.SliceData(topic), len(topic)), QoS: qos, Retain: retain})
 }
 
 // maxRememberedTopic is the longest topic lastPublish keeps a copy of.
@@ -261,8 +268,11 @@ const maxRememberedTopic = 128
 // copy of what it was asked: a stream of PUBLISHes to one topic, the
 // common case, asks the policy once per read rather than once per packet.
 // It lives on the stack of the call, so an idle session keeps nothing, and
-// a policy that expires between two reads is asked again.
+// a policy that expires between two reads is asked again. It is the
+// decision of one policy: a re-authentication that replaces the policy
+// within the read makes it unknown.
 type lastPublish struct {
+	policy *acl.Policy
 	topic  [maxRememberedTopic]byte
 	n      int // the length of topic; 0 when there is no decision
 	qos    byte
@@ -272,22 +282,22 @@ type lastPublish struct {
 
 // decision returns the decision on a PUBLISH with the same topic, QoS and
 // retain flag as the previous one, if that is what is asked.
-func (l *lastPublish) decision(topic []byte, qos byte, retain bool) (acl.Decision, bool) {
-	if l.n == 0 || l.n != len(topic) || l.qos != qos || l.retain != retain || string(l.topic[:l.n]) != string(topic) {
+func (l *lastPublish) decision(policy *acl.Policy, topic []byte, qos byte, retain bool) (acl.Decision, bool) {
+	if l.n == 0 || l.policy != policy || l.n != len(topic) || l.qos != qos || l.retain != retain || string(l.topic[:l.n]) != string(topic) {
 		return acl.Decision{}, false
 	}
 	return l.d, true
 }
 
-// remember keeps d as the decision on a PUBLISH with topic, qos and
+// remember keeps d as policy's decision on a PUBLISH with topic, qos and
 // retain, when the topic is short enough to copy.
-func (l *lastPublish) remember(topic []byte, qos byte, retain bool, d acl.Decision) {
+func (l *lastPublish) remember(policy *acl.Policy, topic []byte, qos byte, retain bool, d acl.Decision) {
 	if len(topic) > maxRememberedTopic {
 		l.n = 0
 		return
 	}
 	l.n = copy(l.topic[:], topic)
-	l.qos, l.retain, l.d = qos, retain, d
+	l.policy, l.qos, l.retain, l.d = policy, qos, retain, d
 }
 
 // denied ends the session for a denial, with deny_action disconnect.

@@ -12,6 +12,10 @@
 //		Policy:        policy, // nil: framing only, no authorization
 //		MaxPacketSize: [2]int{limit, limit},
 //		OnDecision:    countAndSample,
+//		// For a client whose token came under an Authentication Method:
+//		AuthMethod:     identity.AuthMethod,
+//		Reauthenticate: verifyInBackground, // see Re-authentication
+//		Link:           link,               // the engine's ToClient and End
 //	})
 //	defer s.Release()
 //	// For each read of direction dir (filter.FromClient or filter.FromBroker):
@@ -40,6 +44,25 @@
 //   - on an *End, the call's outputs are written, then End.ToClient, then
 //     both sockets are closed.
 //
+// And for a session with AuthMethod, the Link, whose methods are called
+// from the goroutine that verifies a re-authentication's token, at any
+// time, concurrently with Filter calls of either direction:
+//
+//   - ToClient(b) must not block and must not wait for a Filter call: it
+//     queues b, whole packets, for the client, and wakes the engine, which
+//     writes it between two whole outputs (never inside a fwd or back
+//     being written), after every output of the Filter calls that
+//     returned before it, even when neither socket has anything to read;
+//   - End(e) must not block either: the engine writes what the client was
+//     to get before it (outputs returned, bytes queued), then e.ToClient,
+//     then closes both sockets. The Filter calls under way or made later
+//     return e: the engine ends the link once, at the first of the two;
+//   - after the link has ended (or Release), ToClient and End are
+//     ignored: an answer may come after its session is gone;
+//   - what ToClient queues is an AUTH of a few bytes per
+//     re-authentication, and a client has one re-authentication under way
+//     at a time, so the queue stays small without a cap of its own.
+//
 // # What the client sees
 //
 // From the client to the broker, a PUBLISH is judged by its topic (its
@@ -63,10 +86,39 @@
 //
 // With DisconnectOnDeny set (deny_action: disconnect), the first denial ends
 // the session: an MQTT 5 client gets DISCONNECT 0x87, an MQTT 3 client a
-// close. UNSUBSCRIBE, AUTH and the rest pass.
+// close. UNSUBSCRIBE and the rest pass, and AUTH too, unless the client
+// authenticated under an Authentication Method.
+//
+// # Re-authentication
+//
+// An MQTT 5 client that presented its token under an Authentication
+// Method (Config.AuthMethod) is authenticated by the proxy, and the broker
+// got its CONNECT without the method. So the proxy speaks for the method:
+// the broker's CONNACK reaches the client with the method added, as a
+// server that accepts a client under a method must send it
+// [MQTT-4.12.0-5] (a refusing CONNACK passes as it is), and no AUTH of the
+// client's reaches the broker. The client may then re-authenticate with a
+// fresh token [MQTT-4.12.1-1]: an AUTH with reason 0x19 (re-authenticate),
+// the session's method, and the token as Authentication Data. The filter
+// hands the token to Config.Reauthenticate and goes on: until the answer,
+// the client's other packets flow, judged by the session's policy, as the
+// specification allows. The answer is written to the client between whole
+// packets: on success an AUTH 0x00 with the method, the answer's policy
+// judging the client's packets from then on; on refusal a DISCONNECT 0x87
+// (not authorized), after which both sockets close [MQTT-4.12.1-2]. An
+// answer given before the hook returns comes back in the Filter call's
+// back, or its *End; a later one through the Link.
+//
+// Any other AUTH from such a client is a protocol error (0x82): one before
+// the CONNACK, one with reason 0x18 (continue; the proxy never asks to
+// continue, its method takes one step) or 0x00, one under another method,
+// and one while a re-authentication awaits its answer. An AUTH from the
+// broker, or a CONNACK that names a method, ends the session as a broken
+// broker stream: the broker got no method and must not use one
+// [MQTT-4.12.0-6].
 //
 // Packets the filter decodes (PUBLISH, SUBSCRIBE and UNSUBSCRIBE from the
-// client, with a policy) are checked against the rules of their type, and a
+// client, with a policy; AUTH from a client under a method) are checked against the rules of their type, and a
 // broken one ends the session with the packets package's reason code:
 // malformed packet (0x81), protocol error (0x82), topic alias invalid
 // (0x94), packet too large (0x95); a packet type the client may not send
@@ -94,7 +146,10 @@
 // (as many topics as the broker's Topic Alias Maximum allows), and the
 // identifiers above: at most 65,535 of each, and at most 65,535 refused
 // filters awaiting their SUBACK, beyond which the session ends with quota
-// exceeded (0x97).
+// exceeded (0x97). A session under an Authentication Method holds the AUTH
+// that answers a re-authentication well (a few dozen bytes), and a copy of
+// the token of the one that awaits its answer, until the hook lets go of
+// it.
 package filter
 
 import (
@@ -150,17 +205,45 @@ type Config struct {
 	// alias resolved) or the filter as sent; it is valid only during the
 	// call (copy it to keep it, as a log line does). It must not block.
 	OnDecision func(action acl.Action, topic []byte, d acl.Decision)
+
+	// AuthMethod is the Authentication Method of an MQTT 5 client that
+	// presented its token under one (authn.Identity.AuthMethod, as its
+	// CONNECT carried it); empty for a token in the password or user name,
+	// and ignored for MQTT 3. When set, the proxy answers for the method
+	// (see Re-authentication): the broker's successful CONNACK gets it
+	// added, the client's AUTH packets are the proxy's, and an AUTH or a
+	// method from the broker, which got a CONNECT without one, ends the
+	// session.
+	AuthMethod string
+	// Reauthenticate is handed the token of each re-authentication (a
+	// copy, the callee's to keep), and answer, to call once with the
+	// outcome, from any goroutine. It is called in the client direction's
+	// Filter call and must not block: it starts the verification, which
+	// may wait for a JWKS fetch, and returns; it may answer before it
+	// returns when the outcome is at hand. On success it moves the
+	// session's expiry to the new token's before it answers. Nil, with
+	// AuthMethod set, refuses every re-authentication.
+	Reauthenticate func(token []byte, answer func(Reauth))
+	// Link is the engine's side of answers that come after the Filter
+	// call that asked for them: required with Reauthenticate, which is
+	// otherwise refused every time.
+	Link Link
 }
 
 // Session is the filter of one authenticated session. Filter may be called
 // for the two directions concurrently; everything else about a direction,
 // one call at a time.
 type Session struct {
-	version          byte
-	policy           *acl.Policy
+	version byte
+	// policy is read by the client direction for each packet it judges,
+	// and replaced by a re-authentication's answer.
+	policy           atomic.Pointer[acl.Policy]
 	disconnectOnDeny bool
 	onDecision       func(acl.Action, []byte, acl.Decision)
 	framers          [2]packets.Framer
+	// methodAuth is the state of a client authenticated under an
+	// Authentication Method; nil for the others.
+	methodAuth *methodAuth
 
 	// Owned by the client direction.
 	clientLimit  int                  // the largest packet the client may send
@@ -205,9 +288,12 @@ func New(cfg Config) *Session {
 	}
 	s := &Session{
 		version:          version,
-		policy:           cfg.Policy,
 		disconnectOnDeny: cfg.DisconnectOnDeny,
 		onDecision:       cfg.OnDecision,
+	}
+	s.policy.Store(cfg.Policy)
+	if cfg.AuthMethod != "" && version == packets.ProtocolV5 {
+		s.methodAuth = newMethodAuth(cfg, version)
 	}
 	for dir := range s.framers {
 		s.framers[dir] = *packets.NewFramer(version, cfg.MaxPacketSize[dir])
@@ -234,8 +320,15 @@ func New(cfg Config) *Session {
 // A non-nil error is an *End: the session is over. fwdOut and backOut then
 // hold the packets that came before the one that ended it, whole, to be
 // written as usual, before End.ToClient and the close. After an error,
-// Filter must not be called again.
+// Filter must not be called again. A session ended between calls (a
+// refused re-authentication, which Link.End reports too) returns its *End
+// at once, with fwd and back as given.
 func (s *Session) Filter(dir int, in, fwd, back []byte) (fwdOut, backOut []byte, err error) {
+	if s.methodAuth != nil {
+		if end := s.methodAuth.ended.Load(); end != nil {
+			return fwd, back, end
+		}
+	}
 	if dir == FromClient {
 		return s.fromClient(in, fwd, back)
 	}
@@ -245,6 +338,9 @@ func (s *Session) Filter(dir int, in, fwd, back []byte) (fwdOut, backOut []byte,
 // Release gives back the buffers the Session holds; called once, when the
 // link ends and neither direction is being filtered.
 func (s *Session) Release() {
+	if s.methodAuth != nil {
+		s.methodAuth.released.Store(true)
+	}
 	for dir := range s.framers {
 		s.framers[dir].Release()
 	}

@@ -32,6 +32,9 @@ type filterCase struct {
 	noPolicy   bool
 	disconnect bool // deny_action: disconnect
 	maxSize    [2]int
+	// authMethod is the session's Authentication Method, its
+	// re-authentications answered at once by testReauthenticate.
+	authMethod string
 	steps      []step
 	// endCode is the code the last step ends the session with (the
 	// client gets DISCONNECT with it in MQTT 5), and endReason its
@@ -513,6 +516,136 @@ func versionCases() []filterCase {
 			endCode: packets.PacketTooLarge, endReason: "packet_too_large",
 		},
 		{
+			name:    "mqttv5/the broker's CONNACK gets the client's Authentication Method",
+			version: v5, authMethod: "JWT",
+			steps: []step{
+				// mosquitto's, with the method added in the encoder's
+				// order of properties.
+				fromBroker(unhex("20 09 00 00 06 22 000a 21 0014"), unhex("20 0f 00 00 0c 21 0014 22 000a 15 0003 4a5754")),
+			},
+		},
+		{
+			name:    "mqttv5/a refusing CONNACK passes without the method",
+			version: v5, authMethod: "JWT",
+			steps: []step{
+				fromBroker(unhex("20 03 00 87 00"), unhex("20 03 00 87 00")),
+			},
+		},
+		{
+			name:    "mqttv5/a re-authentication answered at once: AUTH success, and its rules for the next PUBLISH in the same read",
+			version: v5, authMethod: "JWT",
+			steps: []step{
+				fromBroker(connack(v5), connackMethod),
+				// new/x denied, then allowed; ok/a allowed, then denied by
+				// the same PUBLISH right after the AUTH: the decision the
+				// read remembered is the old rules', not taken again.
+				fromClient(cat(
+					publish(v5, pub{topic: "new/x", qos: 1, id: 1}),
+					publish(v5, pub{topic: "ok/a", qos: 1, id: 2}),
+					auth(0x19, "JWT", []byte(tokenNewRules)),
+					publish(v5, pub{topic: "ok/a", qos: 1, id: 3}),
+					publish(v5, pub{topic: "new/x", qos: 1, id: 4}),
+				), cat(
+					publish(v5, pub{topic: "ok/a", qos: 1, id: 2}),
+					publish(v5, pub{topic: "new/x", qos: 1, id: 4}),
+				), cat(ack(v5, 0x40, 1, 0x87), authSuccess, ack(v5, 0x40, 3, 0x87))),
+				// And again, keeping the rules.
+				fromClient(cat(auth(0x19, "JWT", []byte(tokenSame)), subscribe(v5, 5, nil, filterQoS{"new/#", 0})),
+					subscribe(v5, 5, nil, filterQoS{"new/#", 0}), authSuccess),
+			},
+			decisions: []string{"publish new/x deny", "publish ok/a allow", "publish ok/a deny", "publish new/x allow", "subscribe new/# allow"},
+		},
+		{
+			name:    "mqttv5/a refused re-authentication ends the session with DISCONNECT 0x87",
+			version: v5, authMethod: "JWT",
+			steps: []step{
+				fromBroker(connack(v5), connackMethod),
+				fromClient(cat(publish(v5, pub{topic: "ok/a"}), auth(0x19, "JWT", []byte(tokenForged)), publish(v5, pub{topic: "ok/b"})),
+					publish(v5, pub{topic: "ok/a"}), nil),
+			},
+			endCode: packets.NotAuthorized, endReason: "not_authorized",
+		},
+		{
+			name:    "mqttv5/an AUTH while a re-authentication awaits its answer",
+			version: v5, authMethod: "JWT",
+			steps: []step{
+				fromBroker(connack(v5), connackMethod),
+				// The client's packets flow while the answer is awaited.
+				fromClient(cat(auth(0x19, "JWT", []byte(tokenLater)), publish(v5, pub{topic: "ok/a"})), publish(v5, pub{topic: "ok/a"}), nil),
+				fromClient(auth(0x19, "JWT", []byte(tokenSame)), nil, nil),
+			},
+			endCode: packets.ProtocolError, endReason: "protocol_error",
+		},
+		{
+			name:    "mqttv5/an AUTH before the CONNACK",
+			version: v5, authMethod: "JWT",
+			steps: []step{
+				fromClient(auth(0x19, "JWT", []byte(tokenSame)), nil, nil),
+			},
+			endCode: packets.ProtocolError, endReason: "protocol_error",
+		},
+		{
+			name:    "mqttv5/an AUTH continue the proxy did not ask for",
+			version: v5, authMethod: "JWT",
+			steps: []step{
+				fromBroker(connack(v5), connackMethod),
+				fromClient(auth(0x18, "JWT", []byte(tokenSame)), nil, nil),
+			},
+			endCode: packets.ProtocolError, endReason: "protocol_error",
+		},
+		{
+			name:    "mqttv5/an AUTH success from the client",
+			version: v5, authMethod: "JWT",
+			steps: []step{
+				fromBroker(connack(v5), connackMethod),
+				fromClient(unhex("f0 00"), nil, nil),
+			},
+			endCode: packets.ProtocolError, endReason: "protocol_error",
+		},
+		{
+			name:    "mqttv5/a re-authentication under another method",
+			version: v5, authMethod: "JWT",
+			steps: []step{
+				fromBroker(connack(v5), connackMethod),
+				fromClient(auth(0x19, "SCRAM-SHA-1", []byte(tokenSame)), nil, nil),
+			},
+			endCode: packets.ProtocolError, endReason: "protocol_error",
+		},
+		{
+			name:    "mqttv5/a broken AUTH",
+			version: v5, authMethod: "JWT",
+			steps: []step{
+				fromBroker(connack(v5), connackMethod),
+				fromClient(unhex("f0 02 19 00"), nil, nil), // no method
+			},
+			endCode: packets.ProtocolError, endReason: "protocol_error",
+		},
+		{
+			name:    "mqttv5/an AUTH from the broker of a session under a method",
+			version: v5, authMethod: "JWT",
+			steps: []step{
+				fromBroker(cat(connack(v5), auth(0x18, "JWT", nil)), connackMethod),
+			},
+			endCode: packets.UnspecifiedError, endReason: "broker_protocol_error",
+		},
+		{
+			name:    "mqttv5/a CONNACK that names a method, to a session under one",
+			version: v5, authMethod: "JWT",
+			steps: []step{
+				fromBroker(connackMethod, nil),
+			},
+			endCode: packets.UnspecifiedError, endReason: "broker_protocol_error",
+		},
+		{
+			name:    "mqttv311/no method in MQTT 3",
+			version: v3, authMethod: "JWT",
+			steps: []step{
+				fromBroker(connack(v3), connack(v3)),
+			},
+		},
+		{
+			// A session whose token came in the password: its AUTH is the
+			// broker's to judge.
 			name:    "mqttv5/AUTH passes",
 			version: v5,
 			steps: []step{
@@ -555,6 +688,9 @@ func runCase(t *testing.T, tc filterCase, split splitter) {
 		Version:          tc.version,
 		DisconnectOnDeny: tc.disconnect,
 		MaxPacketSize:    tc.maxSize,
+		AuthMethod:       tc.authMethod,
+		Reauthenticate:   testReauthenticate(t),
+		Link:             noLink{t},
 		OnDecision: func(a acl.Action, topic []byte, d acl.Decision) {
 			verdict := "deny"
 			if d.Allowed {

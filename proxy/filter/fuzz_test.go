@@ -21,14 +21,30 @@ const (
 	fuzzDisconnect
 	fuzzNoPolicy
 	fuzzSmallPackets
-	fuzzPolicyShift = 4 // two bits: the index in fuzzPolicies
+	fuzzPolicyShift = 4      // two bits: the index in fuzzPolicies
+	fuzzAuthMethod  = 1 << 6 // the client authenticated under the method "JWT"
 )
 
+// fuzzReauthenticate answers a re-authentication at once, keeping the
+// session's rules (so that what the broker got can be judged by them), or
+// refuses it, or never answers, by the token as testReauthenticate does.
+func fuzzReauthenticate(token []byte, answer func(Reauth)) {
+	switch string(token) {
+	case tokenForged:
+		answer(Reauth{Err: errForged})
+	case tokenLater:
+	default:
+		answer(Reauth{})
+	}
+}
+
 // FuzzFilter feeds a session random client and broker streams, cut into
-// reads and interleaved as cuts says, under a random policy. Whatever the
-// bytes: no panic; each call's outputs are whole packets; the broker never
-// gets a PUBLISH or filter the policy denies, judged by the topic its own
-// alias table resolves; and the session's memory stays within its caps.
+// reads and interleaved as cuts says, under a random policy, its client
+// authenticated under a method or not. Whatever the bytes: no panic; each
+// call's outputs are whole packets; the broker never gets a PUBLISH or
+// filter the policy denies, judged by the topic its own alias table
+// resolves, nor, under a method, an AUTH; and the session's memory stays
+// within its caps.
 func FuzzFilter(f *testing.F) {
 	for _, tc := range filterCases() {
 		var client, broker, cuts []byte
@@ -50,7 +66,17 @@ func FuzzFilter(f *testing.F) {
 		if tc.noPolicy {
 			config |= fuzzNoPolicy
 		}
+		if tc.authMethod != "" {
+			config |= fuzzAuthMethod
+		}
 		f.Add(config, client, broker, cuts)
+	}
+	// Re-authentications cut across reads, between the broker's packets:
+	// one answered, one refused.
+	for _, token := range []string{tokenSame, tokenForged} {
+		client := cat(auth(0x19, "JWT", []byte(token)), publish(v5, pub{topic: "ok/a", qos: 1, id: 1}))
+		broker := cat(connack(v5), publish(v5, pub{topic: "ok/b"}), ack(v5, 0x40, 1, 0))
+		f.Add(byte(fuzzV5|fuzzAuthMethod), client, broker, []byte{byte(len(connack(v5)))<<1 | FromBroker, 5 << 1, 40 << 1, 0<<1 | FromBroker})
 	}
 	f.Fuzz(func(t *testing.T, config byte, client, broker, cuts []byte) {
 		version := byte(v3)
@@ -58,6 +84,9 @@ func FuzzFilter(f *testing.F) {
 			version = v5
 		}
 		cfg := Config{Version: version, DisconnectOnDeny: config&fuzzDisconnect != 0}
+		if config&fuzzAuthMethod != 0 {
+			cfg.AuthMethod, cfg.Reauthenticate, cfg.Link = "JWT", fuzzReauthenticate, noLink{t}
+		}
 		if config&fuzzSmallPackets != 0 {
 			cfg.MaxPacketSize = [2]int{64, 48}
 		}
@@ -113,6 +142,9 @@ func FuzzFilter(f *testing.F) {
 		}
 		if policy != nil {
 			checkForwarded(t, version, policy, toBroker)
+		}
+		if s.methodAuth != nil {
+			checkNoAuth(t, version, toBroker)
 		}
 	})
 }

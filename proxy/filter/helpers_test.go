@@ -3,6 +3,7 @@ package filter
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"strings"
 	"testing"
 
@@ -176,6 +177,68 @@ func disconnect(version, code byte) []byte {
 	return []byte{0xE0, 0x02, code, 0x00}
 }
 
+// auth writes an AUTH with reason code under method, with data as its
+// Authentication Data unless data is nil.
+func auth(code byte, method string, data []byte) []byte {
+	p := append([]byte{0x15}, str(method)...)
+	if data != nil {
+		p = append(append(p, 0x16), str(string(data))...)
+	}
+	return packet(0xF0, []byte{code}, props(p...))
+}
+
+// connackMethod is a CONNACK accepting the client, with no properties but
+// the Authentication Method "JWT": what an MQTT 5 session under that
+// method gets for connack(v5).
+var connackMethod = unhex("20 09 00 00 06 15 0003 4a5754")
+
+// authSuccess is the AUTH that ends a re-authentication under "JWT" well.
+var authSuccess = unhex("f0 08 00 06 15 0003 4a5754")
+
+// The tokens of testReauthenticate.
+const (
+	tokenNewRules = "new-rules"  // accepted, with reauthRules
+	tokenSame     = "same-rules" // accepted, the session's rules kept
+	tokenLater    = "later"      // not answered
+	tokenForged   = "forged"     // refused
+)
+
+// errForged is testReauthenticate's refusal.
+var errForged = errors.New("bad_signature: the token is forged")
+
+// testReauthenticate answers a re-authentication at once, as a hook with
+// a verified token at hand does, by the token: tokenNewRules with
+// reauthRules, tokenSame with the session's rules; tokenLater never;
+// anything else is refused with errForged.
+func testReauthenticate(tb testing.TB) func(token []byte, answer func(Reauth)) {
+	newRules := compile(tb, reauthRules)
+	return func(token []byte, answer func(Reauth)) {
+		switch string(token) {
+		case tokenNewRules:
+			answer(Reauth{Policy: newRules})
+		case tokenSame:
+			answer(Reauth{})
+		case tokenLater:
+		default:
+			answer(Reauth{Err: errForged})
+		}
+	}
+}
+
+// reauthRules are the rules of a re-authentication's new token: ok/a is
+// no longer allowed, new/ is.
+var reauthRules = []acl.Rule{
+	{Permission: acl.Deny, Action: acl.Publish, Topics: []string{"ok/a"}},
+	{Permission: acl.Allow, Action: acl.All, Topics: []string{"ok/#", "new/#"}},
+}
+
+// noLink is the Link of sessions whose answers all come at once: it fails
+// the test when used.
+type noLink struct{ tb testing.TB }
+
+func (l noLink) ToClient(b []byte) { l.tb.Errorf("Link.ToClient(% x) for an answer given at once", b) }
+func (l noLink) End(e *End)        { l.tb.Errorf("Link.End(%v) for an answer given at once", e) }
+
 // testRules are the rules most cases run under, with no_match deny.
 var testRules = []acl.Rule{
 	{Permission: acl.Deny, Action: acl.Publish, Topics: []string{"r/t"}, Retain: ptr(true)},
@@ -188,9 +251,12 @@ var testRules = []acl.Rule{
 func ptr[T any](v T) *T { return &v }
 
 // testPolicy compiles testRules.
-func testPolicy(tb testing.TB) *acl.Policy {
+func testPolicy(tb testing.TB) *acl.Policy { return compile(tb, testRules) }
+
+// compile compiles rules with no_match deny.
+func compile(tb testing.TB, rules []acl.Rule) *acl.Policy {
 	tb.Helper()
-	cfg, err := acl.New(testRules, acl.Deny)
+	cfg, err := acl.New(rules, acl.Deny)
 	if err != nil {
 		tb.Fatal(err)
 	}
