@@ -35,6 +35,20 @@
 // is refused as malformed. exp, nbf and iat are checked when present,
 // within the leeway, and required when listed in required_claims.
 //
+// An MQTT 5 client may present its token under an Authentication Method
+// instead (Request.AuthMethod and AuthData): it is then judged only by the
+// authenticators whose auth_method (JWT unless configured) it names, which
+// read the token from the Authentication Data whatever their from field,
+// and the others pass it on; a method that no authenticator names is
+// refused with ErrBadAuthMethod. Such a session may later re-authenticate
+// with a fresh token (Chain.Reauthenticate), which the authenticator that
+// accepted it must accept with the same sub.
+//
+// WithRevocation adds the revocation list (package revocation) to the
+// chain: a token that verifies is then refused with ErrRevoked when the
+// list names its jti, its sub, the client ID, or its sub with a time
+// after its iat.
+//
 // Template is the placeholder engine of verify_claims, exported for what
 // the proxy forwards upstream, such as a client identifier taken from the
 // token's sub claim:
@@ -54,6 +68,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"go.uber.org/zap"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
 
@@ -78,6 +93,14 @@ type Request struct {
 	// balancer verified and named: what a certificate authenticator
 	// accepts.
 	CertVerified bool
+	// AuthMethod is the MQTT 5 CONNECT's Authentication Method; empty when
+	// the client named none. A client that names one is judged only by
+	// the authenticators whose auth_method it is, which read its token
+	// from AuthData rather than from their from field.
+	AuthMethod string
+	// AuthData is the CONNECT's Authentication Data, read when AuthMethod
+	// is set.
+	AuthData []byte
 }
 
 // Identity is an accepted client.
@@ -88,6 +111,16 @@ type Identity struct {
 	Subject string
 	// Expiry is the exp claim; zero when the token has none.
 	Expiry time.Time
+	// IssuedAt is the iat claim; zero when the token has none.
+	IssuedAt time.Time
+	// TokenID is the jti claim; empty when the token has none.
+	TokenID string
+	// AuthMethod is the Authentication Method the token came under (the
+	// request's); empty when it came in the password or the user name.
+	// Only a session accepted under a method may re-authenticate (see
+	// Chain.Reauthenticate), and the proxy's successful CONNACK must name
+	// the method [MQTT-4.12.0-5].
+	AuthMethod string
 	// DisconnectAt, when not zero, is when the session must end: Expiry
 	// plus the leeway that let the token in, for an authenticator with
 	// disconnect_after_expire (on by default, as in EMQX) and a token with
@@ -99,6 +132,14 @@ type Identity struct {
 	// arrays []any. The map is shared by every connection with the same
 	// token: read it, never change it.
 	Claims map[string]any
+}
+
+// RevocationToken is what a revocation list checks of the client that
+// presented the token id stands for, with clientID the CONNECT's client
+// identifier: the proxy checks its sessions with it when a new list
+// arrives (revocation.List.Matches).
+func (id Identity) RevocationToken(clientID string) revocation.Token {
+	return revocation.Token{ID: id.TokenID, Subject: id.Subject, ClientID: clientID, IssuedAt: id.IssuedAt}
 }
 
 // Verifier decides on one client. *Chain implements it.
@@ -140,6 +181,9 @@ type Chain struct {
 type link interface {
 	// label is the authenticator's name.
 	label() string
+	// method is the Authentication Method the authenticator takes tokens
+	// under; empty when it takes none.
+	method() string
 	// verify returns the accepted client's identity, or why it was not
 	// accepted.
 	verify(ctx context.Context, req *Request) (Identity, error)
@@ -176,7 +220,8 @@ func New(auths []configs.Authenticator, opts ...Option) (*Chain, error) {
 			continue
 		}
 		o.logger.Info("authenticator ready",
-			zap.String("authenticator", a.name), zap.String("from", a.from), zap.Stringers("algorithms", a.algorithms))
+			zap.String("authenticator", a.name), zap.String("from", a.from), zap.String("auth_method", a.authMethod),
+			zap.Stringers("algorithms", a.algorithms))
 		c.links = append(c.links, a)
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -217,7 +262,13 @@ func (c *Chain) Explain(ctx context.Context, req Request) []Step {
 
 // run is Verify, telling record (when not nil) each authenticator's step.
 func (c *Chain) run(ctx context.Context, req *Request, record func(Step)) (Identity, error) {
+	if req.AuthMethod != "" && !c.takes(req.AuthMethod) {
+		// %.64q: the method comes from the client and goes to the log.
+		return Identity{}, &RefuseError{Reason: ErrBadAuthMethod,
+			Err: fmt.Errorf("no authenticator takes the Authentication Method %.64q", req.AuthMethod)}
+	}
 	var passed []string
+	hint := "" // the first of the passed steps', for the refusal below
 	for _, l := range c.links {
 		id, err := l.verify(ctx, req)
 		step := Step{Authenticator: l.label(), Identity: id, Err: err}
@@ -236,12 +287,74 @@ func (c *Chain) run(ctx context.Context, req *Request, record func(Step)) (Ident
 			return id, err
 		}
 		passed = append(passed, l.label())
+		if hint == "" {
+			hint = HintOf(err)
+		}
 	}
 	detail := errors.New("no authenticator is configured")
 	if len(passed) > 0 {
 		detail = fmt.Errorf("every authenticator passed for want of a credential: %s", strings.Join(passed, ", "))
 	}
-	return Identity{}, &RefuseError{Reason: ErrNoAuthenticatorAccepted, Err: detail}
+	// A token in the field a passing authenticator does not read is as
+	// likely the mistake here as when that authenticator refuses.
+	return Identity{}, &RefuseError{Reason: ErrNoAuthenticatorAccepted, Err: detail, Hint: hint}
+}
+
+// takes reports whether an authenticator of the chain takes tokens under
+// method.
+func (c *Chain) takes(method string) bool {
+	for _, l := range c.links {
+		if l.method() == method {
+			return true
+		}
+	}
+	return false
+}
+
+// Reauthenticate decides on the token of an MQTT 5 re-authentication (an
+// AUTH with reason 0x19) of a session that Verify accepted as first, under
+// its Authentication Method. req is the session's request as Verify got
+// it, with AuthData the new token: the client identifier, user name and
+// certificate stay the session's, so verify_claims bind the new token as
+// they bound the first. Only the authenticator that accepted first, found
+// by its name, is asked; it must accept the token under the same method
+// and, unless its reauth.same_subject is false, with first's sub.
+//
+// It returns the new identity, whose Expiry, DisconnectAt and Claims
+// replace the session's, or a *RefuseError: ErrBadAuthMethod when req's
+// method is not the session's, or the session took none;
+// ErrNoAuthenticatorAccepted when the session's authenticator is gone (a
+// reload removed or renamed it) or takes no token; ErrClaimMismatch for
+// another sub; else the authenticator's own reason, as Verify gives it
+// (token_expired, bad_signature, revoked, ...).
+func (c *Chain) Reauthenticate(ctx context.Context, first Identity, req Request) (Identity, error) {
+	if first.AuthMethod == "" || req.AuthMethod != first.AuthMethod {
+		return Identity{}, refuse(first.Authenticator, ErrBadAuthMethod, fmt.Errorf(
+			"re-authentication under the Authentication Method %.64q; the session's is %.64q", req.AuthMethod, first.AuthMethod))
+	}
+	var a *authenticator
+	for _, l := range c.links {
+		if l.label() == first.Authenticator {
+			a, _ = l.(*authenticator)
+			break
+		}
+	}
+	if a == nil {
+		return Identity{}, refuse(first.Authenticator, ErrNoAuthenticatorAccepted,
+			errors.New("the session's authenticator is not configured, or takes no token"))
+	}
+	id, err := a.verify(ctx, &req)
+	if errors.Is(err, errOtherMethod) {
+		return Identity{}, refuse(a.name, ErrBadAuthMethod, err) // a reload changed its auth_method
+	}
+	if err != nil {
+		return Identity{}, err
+	}
+	if a.sameSubject && id.Subject != first.Subject {
+		return Identity{}, refuse(a.name, ErrClaimMismatch, fmt.Errorf(
+			"sub %.64q, the session's is %.64q (reauth.same_subject)", id.Subject, first.Subject))
+	}
+	return id, nil
 }
 
 // Close stops the chain's JWKS refreshers. After it, JWKS authenticators
@@ -256,6 +369,8 @@ func (c *Chain) Close() {
 type authenticator struct {
 	name               string
 	from               string // "password" or "username"
+	authMethod         string // the Authentication Method it takes tokens under
+	sameSubject        bool   // reauth.same_subject
 	ignoreMissing      bool   // on_missing_jwt: ignore
 	algorithms         []jwa.SignatureAlgorithm
 	keys               keyProvider
@@ -264,13 +379,20 @@ type authenticator struct {
 	claims             claimRules
 	now                func() time.Time
 	verified           verifiedTokens
+	revocation         *revocation.List // nil: no token is revoked
 }
 
 func (a *authenticator) label() string { return a.name }
 
+func (a *authenticator) method() string { return a.authMethod }
+
 func (a *authenticator) passes(err error) bool {
-	return a.ignoreMissing && ReasonOf(err) == ErrTokenMissing
+	return errors.Is(err, errOtherMethod) || a.ignoreMissing && ReasonOf(err) == ErrTokenMissing
 }
+
+// errOtherMethod is why an authenticator passes a client that presents its
+// token under another Authentication Method than its own.
+var errOtherMethod = errors.New("the token comes under another Authentication Method")
 
 func (a *authenticator) close() { a.keys.close() }
 
@@ -280,8 +402,12 @@ func newAuthenticator(cfg configs.Authenticator, o *options) (*authenticator, er
 	if cfg.Mechanism != "jwt" {
 		return nil, fmt.Errorf("mechanism: %q is not one of jwt, certificate", cfg.Mechanism)
 	}
-	a := &authenticator{name: cfg.Name, from: cfg.From, now: o.now,
+	a := &authenticator{name: cfg.Name, from: cfg.From, authMethod: cfg.AuthMethod, now: o.now, revocation: o.revocation,
+		sameSubject:        cfg.Reauth.SameSubject == nil || *cfg.Reauth.SameSubject,
 		disconnectAtExpiry: cfg.DisconnectAfterExpire == nil || *cfg.DisconnectAfterExpire}
+	if a.authMethod == "" {
+		a.authMethod = configs.DefaultAuthMethod
+	}
 	var errs []error
 	switch cfg.From {
 	case "":
@@ -345,10 +471,16 @@ func newKeyProvider(cfg configs.Authenticator, o *options) (keyProvider, []jwa.S
 	return nil, nil, fmt.Errorf("algorithm: %q is not one of hmac-based, public-key (or use_jwks: true)", cfg.Algorithm)
 }
 
-// verify decides on req: an identity, or a *RefuseError.
+// verify decides on req: an identity, a *RefuseError, or errOtherMethod
+// (wrapped), a pass.
 func (a *authenticator) verify(ctx context.Context, req *Request) (Identity, error) {
 	token, present := req.Password, req.HasPassword
-	if a.from == "username" {
+	switch {
+	case req.AuthMethod != "" && req.AuthMethod != a.authMethod:
+		return Identity{}, fmt.Errorf("%w: the CONNECT's is %.64q, this authenticator's %q", errOtherMethod, req.AuthMethod, a.authMethod)
+	case req.AuthMethod != "":
+		token, present = req.AuthData, req.AuthData != nil
+	case a.from == "username":
 		token, present = []byte(req.Username), req.HasUsername
 	}
 	if !present || len(token) == 0 {
@@ -364,8 +496,27 @@ func (a *authenticator) verify(ctx context.Context, req *Request) (Identity, err
 		}
 		return Identity{}, refuse(a.name, reason, err)
 	}
-	id.Authenticator = a.name
+	if a.revocation != nil {
+		if why, revoked := a.revocation.Revoked(id.RevocationToken(req.ClientID)); revoked {
+			return Identity{}, refuseRevoked(a.name, why)
+		}
+	}
+	id.Authenticator, id.AuthMethod = a.name, req.AuthMethod
 	return id, nil
+}
+
+// refuseRevoked is the refusal of a token the revocation list revokes for
+// why.
+func refuseRevoked(name string, why revocation.Reason) *RefuseError {
+	switch why {
+	case revocation.ReasonUnavailable:
+		return refuse(name, ErrRevocationUnavailable, errors.New("no revocation list in force, and on_unavailable is deny"))
+	case revocation.ReasonIssuedBefore:
+		return refuse(name, ErrRevoked, errors.New("issued before the time issued_before gives its sub, or without iat"))
+	case revocation.ReasonClientID:
+		return refuse(name, ErrRevoked, errors.New("the client ID is listed under client_id"))
+	}
+	return refuse(name, ErrRevoked, fmt.Errorf("its %s is listed", why))
 }
 
 // tokenMissing is the refusal of req, which has no token where a reads
@@ -373,6 +524,9 @@ func (a *authenticator) verify(ctx context.Context, req *Request) (Identity, err
 // hint says so: a client configured with the token in the wrong field is
 // the likely cause. Only this path parses the other field.
 func (a *authenticator) tokenMissing(req *Request) *RefuseError {
+	if req.AuthMethod != "" {
+		return refuse(a.name, ErrTokenMissing, fmt.Errorf("no token in the Authentication Data of the method %.64q", req.AuthMethod))
+	}
 	err := refuse(a.name, ErrTokenMissing, fmt.Errorf("no token in the %s", a.from))
 	other, otherName := []byte(req.Username), "user name"
 	if a.from == "username" {
@@ -398,7 +552,7 @@ func (a *authenticator) verifyToken(ctx context.Context, token []byte, req *Requ
 		}
 		return Identity{}, err
 	}
-	id := Identity{Subject: checked.subject, Expiry: checked.expiry, Claims: claims}
+	id := Identity{Subject: checked.subject, Expiry: checked.expiry, IssuedAt: checked.issuedAt, TokenID: checked.id, Claims: claims}
 	if a.disconnectAtExpiry && !checked.expiry.IsZero() {
 		id.DisconnectAt = checked.expiry.Add(a.claims.leeway)
 	}

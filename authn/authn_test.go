@@ -683,3 +683,36 @@ func TestTokenMissingHint(t *testing.T) {
 		})
 	}
 }
+
+// TestEveryPassedHint: when every authenticator passes, the chain's
+// not_authorized refusal carries the first hint of the steps that passed,
+// so that the proxy's log line says where the token went, as verify does.
+func TestEveryPassedHint(t *testing.T) {
+	token := signToken(t, jwa.HS256, []byte("secret"), headerFor(jwa.HS256), validClaims)
+	const hint = "the user name looks like a JWT; this authenticator reads from: password"
+	devices := hmacAuthenticator("secret")
+	devices.Name, devices.OnMissingJWT = "devices", "ignore"
+	cert := configs.Authenticator{Name: "certs", Mechanism: configs.MechanismCertificate}
+	tests := []struct {
+		name     string
+		auths    []configs.Authenticator
+		req      Request
+		wantHint string
+	}{
+		{"token as the user name", []configs.Authenticator{devices}, Request{Username: token, HasUsername: true}, hint},
+		{"after a certificate authenticator", []configs.Authenticator{cert, devices}, Request{Username: token, HasUsername: true}, hint},
+		{"a plain user name", []configs.Authenticator{cert, devices}, Request{Username: "alice", HasUsername: true}, ""},
+		{"no authenticator", nil, Request{Username: token, HasUsername: true}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := newTestChain(t, tt.auths...).Verify(t.Context(), tt.req)
+			if ReasonOf(err) != ErrNoAuthenticatorAccepted {
+				t.Fatalf("Verify = %v, want not_authorized", err)
+			}
+			if got := HintOf(err); got != tt.wantHint {
+				t.Errorf("hint %q, want %q", got, tt.wantHint)
+			}
+		})
+	}
+}

@@ -225,8 +225,10 @@ func newClaimRules(cfg configs.Authenticator) (claimRules, error) {
 
 // checkedClaims is what the checks learnt of a token's claims.
 type checkedClaims struct {
-	subject string
-	expiry  time.Time // zero without exp
+	subject  string
+	id       string    // jti; empty without one
+	expiry   time.Time // zero without exp
+	issuedAt time.Time // zero without iat
 }
 
 // check applies the rules to claims at now for req: claim types first (a
@@ -290,6 +292,8 @@ func (r *claimRules) check(claims map[string]any, req *Request, now time.Time) (
 		}
 	}
 	out.subject, _ = claims["sub"].(string)
+	out.id, _ = claims["jti"].(string)
+	out.issuedAt = times["iat"]
 	return out, nil
 }
 

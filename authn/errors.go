@@ -15,7 +15,8 @@ func (r RefuseReason) Error() string { return string(r) }
 
 // The reasons Verify refuses a client for. The proxy answers the first five
 // with CONNACK 0x86 (bad user name or password) and the others with 0x87
-// (not authorized), as EMQX does.
+// (not authorized), as EMQX does, but for ErrBadAuthMethod, which MQTT 5
+// answers with 0x8C (bad authentication method) [MQTT-4.12.0-1].
 const (
 	// ErrTokenMissing: the from field is absent or empty.
 	ErrTokenMissing RefuseReason = "token_missing"
@@ -41,6 +42,17 @@ const (
 	// ErrKeysUnavailable: the JWKS keys are not loaded, or were dropped
 	// after failed refreshes.
 	ErrKeysUnavailable RefuseReason = "keys_unavailable"
+	// ErrRevoked: the token verified, and the revocation list revokes it
+	// (by its jti, sub, the client ID, or issued_before).
+	ErrRevoked RefuseReason = "revoked"
+	// ErrRevocationUnavailable: no revocation list is in force (none
+	// loaded yet, or the last good one is older than max_stale) and
+	// on_unavailable is deny.
+	ErrRevocationUnavailable RefuseReason = "revocation_unavailable"
+	// ErrBadAuthMethod: the CONNECT names an Authentication Method that no
+	// authenticator takes (auth_method), or a re-authentication names
+	// another than its session's.
+	ErrBadAuthMethod RefuseReason = "bad_authentication_method"
 	// ErrNoAuthenticatorAccepted: every authenticator of the chain passed.
 	ErrNoAuthenticatorAccepted RefuseReason = "not_authorized"
 )
@@ -57,7 +69,8 @@ type RefuseError struct {
 	Err error
 	// Hint, when not empty, is the likely mistake of the client, for
 	// logs: for ErrTokenMissing, a token in the field the authenticator
-	// does not read.
+	// does not read; for ErrNoAuthenticatorAccepted, the first such hint
+	// of the authenticators that passed.
 	Hint string
 }
 

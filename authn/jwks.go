@@ -6,16 +6,11 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rsa"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
-	"net"
-	"net/http"
 	"net/url"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +18,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"go.uber.org/zap"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/internal/fetch"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
 
@@ -33,9 +29,6 @@ import (
 // which the EMQX semantics below need.
 
 const (
-	// jwksFetchTimeout bounds one JWKS request, body included, so a hung
-	// endpoint cannot hold a refresh, or the clients waiting on it, for long.
-	jwksFetchTimeout = 10 * time.Second
 	// maxJWKSBody is the largest JWKS document accepted. Real sets are a
 	// few KiB; the cap keeps a broken or hostile endpoint from exhausting
 	// memory.
@@ -46,9 +39,6 @@ const (
 	minJWKSRefreshInterval        = 10 * time.Second
 	defaultJWKSMinRefreshInterval = 10 * time.Second
 	defaultJWKSMaxFailCount       = 5
-	// maxJWKSRedirects is how many redirects one fetch follows: as many
-	// as Go's client follows by default.
-	maxJWKSRedirects = 10
 )
 
 // errAlgNotAllowedForKey is wrapped, together with ErrNoKey, when the
@@ -67,20 +57,15 @@ var errAlgNotAllowedForKey = errors.New("alg not allowed for key")
 // scheduled refreshes would.
 type jwksProvider struct {
 	name     string
-	endpoint string
-	headers  map[string]string
-	client   *http.Client
-	// transport is client's transport when the provider built it, so that
-	// close can drop its idle connections; nil for a WithHTTPClient client.
-	transport *http.Transport
-	now       func() time.Time
-	logger    *zap.Logger // carries the authenticator and endpoint fields
+	endpoint string         // the URL fetcher gets, to tell a reload that keeps it
+	fetcher  *fetch.Fetcher // gets the set with the fetch rules (size cap, timeout, redirects)
+	now      func() time.Time
+	logger   *zap.Logger // carries the authenticator and endpoint fields
 
 	refreshInterval    time.Duration
 	minRefreshInterval time.Duration
 	maxFailCount       int
 	maxStale           time.Duration // zero: no age limit
-	fetchTimeout       time.Duration
 
 	// ctx is the parent of every fetch; close cancels it. It lives in the
 	// struct because fetches outlive the keysFor call that starts them.
@@ -155,38 +140,31 @@ func buildJWKSProvider(name string, cfg configs.Authenticator, o *options) (*jwk
 	if err != nil {
 		return nil, fmt.Errorf("endpoint: %w", err)
 	}
-	if (endpoint.Scheme != "http" && endpoint.Scheme != "https") || endpoint.Host == "" {
-		return nil, fmt.Errorf("endpoint: %q is not an http or https URL", endpoint.Redacted())
-	}
-	client, transport, err := jwksHTTPClient(o.client, cfg.SSL)
-	if err != nil {
-		return nil, err
-	}
-	headers := map[string]string{"Accept": "application/json"}
-	if len(cfg.Headers) > 0 {
-		headers = maps.Clone(cfg.Headers)
-	}
 	maxFailCount := cfg.MaxFailCount
 	if maxFailCount <= 0 {
 		maxFailCount = defaultJWKSMaxFailCount
 	}
 	// Redacted: an endpoint URL may carry credentials.
 	logger := o.logger.With(zap.String("authenticator", name), zap.String("endpoint", endpoint.Redacted()))
+	fetcher, err := fetch.New(endpoint, fetch.Options{Headers: cfg.Headers, SSL: cfg.SSL, Client: o.client, MaxBody: maxJWKSBody, Logger: logger})
+	if errors.Is(err, fetch.ErrNotHTTP) {
+		return nil, fmt.Errorf("endpoint: %w", err)
+	}
+	if err != nil {
+		return nil, err // "ssl.ca_file: ..."
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &jwksProvider{
-		name:      name,
-		endpoint:  endpoint.String(),
-		headers:   headers,
-		client:    withRedirectPolicy(client, endpoint, slices.Sorted(maps.Keys(cfg.Headers)), logger),
-		transport: transport,
-		now:       o.now,
-		logger:    logger,
+		name:     name,
+		endpoint: endpoint.String(),
+		fetcher:  fetcher,
+		now:      o.now,
+		logger:   logger,
 
 		refreshInterval:    jwksRefreshInterval(cfg),
 		minRefreshInterval: cfg.MinRefreshInterval.Or(defaultJWKSMinRefreshInterval),
 		maxFailCount:       maxFailCount,
 		maxStale:           time.Duration(cfg.MaxStale),
-		fetchTimeout:       jwksFetchTimeout,
 
 		ctx:    ctx,
 		cancel: cancel,
@@ -197,83 +175,6 @@ func buildJWKSProvider(name string, cfg configs.Authenticator, o *options) (*jwk
 // when not set, and never under minJWKSRefreshInterval (Warnings says so).
 func jwksRefreshInterval(cfg configs.Authenticator) time.Duration {
 	return max(cfg.RefreshInterval.Or(defaultJWKSRefreshInterval), minJWKSRefreshInterval)
-}
-
-// jwksHTTPClient returns the client for JWKS fetches: the one given with
-// WithHTTPClient, or else one built from the ssl settings, together with
-// the transport it built (nil for a given client).
-func jwksHTTPClient(given *http.Client, ssl *configs.TLSClient) (*http.Client, *http.Transport, error) {
-	if given != nil {
-		return given, nil, nil
-	}
-	var tlsConfig *tls.Config
-	if ssl != nil {
-		var err error
-		if tlsConfig, err = ssl.ClientConfig(""); err != nil {
-			return nil, nil, fmt.Errorf("ssl.%w", err) // "ssl.ca_file: ..."
-		}
-	}
-	// Settings as in http.DefaultTransport, which cannot be shared: its
-	// TLS configuration is global.
-	transport := &http.Transport{
-		Proxy:               http.ProxyFromEnvironment,
-		TLSClientConfig:     tlsConfig,
-		ForceAttemptHTTP2:   true,
-		IdleConnTimeout:     90 * time.Second,
-		TLSHandshakeTimeout: 10 * time.Second,
-	}
-	return &http.Client{Transport: transport}, transport, nil
-}
-
-// redirectRefusedError is a redirect a JWKS fetch did not follow because
-// it leaves https.
-type redirectRefusedError struct {
-	target string // the redirect's URL, redacted
-}
-
-func (e *redirectRefusedError) Error() string {
-	return fmt.Sprintf("redirect to %s refused: the endpoint is https and the redirect is not", e.target)
-}
-
-// withRedirectPolicy returns a copy of client that follows redirects only
-// while they keep to https, when the endpoint is https, and that sends the
-// headers named in configured to the endpoint's host and port only. Go's
-// client alone follows https to http, keeps custom headers (X-Api-Key) on
-// a redirect to any host, and Authorization on a redirect to another port
-// of the same host. A policy client already has runs after this one.
-func withRedirectPolicy(client *http.Client, endpoint *url.URL, configured []string, logger *zap.Logger) *http.Client {
-	given := client.CheckRedirect
-	policy := *client
-	policy.CheckRedirect = func(req *http.Request, via []*http.Request) error {
-		if len(via) >= maxJWKSRedirects {
-			return fmt.Errorf("stopped after %d redirects", maxJWKSRedirects)
-		}
-		if endpoint.Scheme == "https" && req.URL.Scheme != "https" {
-			return &redirectRefusedError{target: req.URL.Redacted()}
-		}
-		if len(configured) > 0 && hostPort(req.URL) != hostPort(endpoint) {
-			for _, name := range configured {
-				req.Header.Del(name)
-			}
-			logger.Debug("jwks redirect to another host; the configured headers are not sent there",
-				zap.String("redirect", req.URL.Redacted()), zap.Strings("headers", configured))
-		}
-		if given != nil {
-			return given(req, via)
-		}
-		return nil
-	}
-	return &policy
-}
-
-// hostPort is u's host, lower-cased, and port, the scheme's default when u
-// names none: what tells whether a redirect stays on the endpoint's host.
-func hostPort(u *url.URL) string {
-	port := u.Port()
-	if port == "" {
-		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
-	}
-	return net.JoinHostPort(strings.ToLower(u.Hostname()), port)
 }
 
 // start begins the first fetch and the refresh loop.
@@ -454,8 +355,8 @@ func (p *jwksProvider) fetch(call *jwksFetch) {
 	p.mu.Unlock()
 
 	failed := []zap.Field{zap.Error(err), zap.Int("consecutive_failures", failures)}
-	if refused, ok := errors.AsType[*redirectRefusedError](err); ok {
-		failed = append(failed, zap.String("redirect", refused.target))
+	if refused, ok := errors.AsType[*fetch.RedirectRefusedError](err); ok {
+		failed = append(failed, zap.String("redirect", refused.Target))
 	}
 	switch {
 	case err != nil && closing:
@@ -471,35 +372,11 @@ func (p *jwksProvider) fetch(call *jwksFetch) {
 	}
 }
 
-// download fetches and converts the set, within fetchTimeout and
-// maxJWKSBody.
+// download fetches and converts the set.
 func (p *jwksProvider) download() (*jwksKeySet, error) {
-	ctx, cancel := context.WithTimeout(p.ctx, p.fetchTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.endpoint, nil)
+	body, err := p.fetcher.Get(p.ctx)
 	if err != nil {
-		return nil, fmt.Errorf("build request: %w", err)
-	}
-	for name, value := range p.headers {
-		req.Header.Set(name, value)
-	}
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return nil, err // already names the method and URL
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, fmt.Errorf("unexpected status %s", resp.Status)
-	}
-	if resp.ContentLength > maxJWKSBody {
-		return nil, fmt.Errorf("body of %d bytes is over the %d-byte limit", resp.ContentLength, maxJWKSBody)
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBody+1))
-	if err != nil {
-		return nil, fmt.Errorf("read body: %w", err)
-	}
-	if len(body) > maxJWKSBody {
-		return nil, fmt.Errorf("body is over the %d-byte limit", maxJWKSBody)
+		return nil, err
 	}
 	// One key we cannot parse (a new key type, say) must not take the
 	// others down; newJWKSKeySet still fails a set with no usable key.
@@ -517,9 +394,7 @@ func (p *jwksProvider) close() {
 	p.cancel() // under mu, so that no fetch starts after wg.Wait begins
 	p.mu.Unlock()
 	p.wg.Wait()
-	if p.transport != nil {
-		p.transport.CloseIdleConnections()
-	}
+	p.fetcher.Close()
 }
 
 // status reports the provider's health.

@@ -2,99 +2,34 @@ package authn
 
 import (
 	"context"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
-	"io"
-	"log"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jwk"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
-
-// redirectTestServer serves a key set at /jwks and redirects /moved to
-// its target, recording the headers of each request by path.
-type redirectTestServer struct {
-	*httptest.Server
-	body []byte
-
-	mu      sync.Mutex
-	target  string
-	headers map[string][]http.Header
-}
-
-func newRedirectTestServer(t *testing.T, useTLS bool, body []byte) *redirectTestServer {
-	t.Helper()
-	s := &redirectTestServer{body: body, headers: map[string][]http.Header{}}
-	s.Server = httptest.NewUnstartedServer(s)
-	s.Config.ErrorLog = log.New(io.Discard, "", 0)
-	if useTLS {
-		s.StartTLS()
-	} else {
-		s.Start()
-	}
-	t.Cleanup(s.Close)
-	return s
-}
-
-func (s *redirectTestServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	s.headers[r.URL.Path] = append(s.headers[r.URL.Path], r.Header.Clone())
-	target := s.target
-	s.mu.Unlock()
-	switch r.URL.Path {
-	case "/jwks":
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write(s.body)
-	case "/moved":
-		http.Redirect(w, r, target, http.StatusFound)
-	default:
-		http.NotFound(w, r)
-	}
-}
-
-func (s *redirectTestServer) redirectTo(target string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.target = target
-}
-
-// requests returns the headers of the requests for path so far.
-func (s *redirectTestServer) requests(path string) []http.Header {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.headers[path]
-}
 
 // TestJWKSRedirects: a redirect from an https endpoint to http is not
 // followed, so no key arrives over plain HTTP and no header goes out in
 // clear; the configured headers follow a redirect on the endpoint's host
 // and port, and no other.
 func TestJWKSRedirects(t *testing.T) {
-	set := jwk.NewSet()
-	if err := set.AddKey(jwksTestECJWK(t, "k")); err != nil {
-		t.Fatal(err)
-	}
-	body, err := json.Marshal(set)
-	if err != nil {
-		t.Fatal(err)
-	}
 	headers := map[string]string{"Authorization": "Bearer s3cret", "X-Api-Key": "k3y"}
-
-	origin := newRedirectTestServer(t, true, body)
-	plain := newRedirectTestServer(t, false, body)
-	otherPort := newRedirectTestServer(t, true, body)
+	key := jwksTestECJWK(t, "k")
+	origin := newJWKSTestServer(t, true)
+	plain := newJWKSTestServer(t, false)
+	otherPort := newJWKSTestServer(t, true)
+	for _, s := range []*jwksTestServer{origin, plain, otherPort} {
+		s.serveKeys(t, key)
+	}
 	// Every httptest TLS server has the same certificate, for 127.0.0.1
 	// and *.example.com.
 	caFile := filepath.Join(t.TempDir(), "ca.pem")
@@ -130,7 +65,7 @@ func TestJWKSRedirects(t *testing.T) {
 		client   *http.Client
 		// landing is the server the redirect reaches; nil when it must
 		// not be reached.
-		landing     *redirectTestServer
+		landing     *jwksTestServer
 		wantHeaders bool // the landing request carries the configured headers
 	}{
 		{name: "https to http is refused", endpoint: origin.URL + "/moved", target: plain.URL + "/jwks"},
@@ -143,10 +78,10 @@ func TestJWKSRedirects(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			verifyNoJWKSLeaks(t)
-			origin.redirectTo(tt.target)
-			seenBefore := map[*redirectTestServer]int{}
-			for _, s := range []*redirectTestServer{origin, plain, otherPort} {
-				seenBefore[s] = len(s.requests("/jwks"))
+			origin.redirect("/moved", tt.target)
+			seenBefore := map[*jwksTestServer]int{}
+			for _, s := range []*jwksTestServer{origin, plain, otherPort} {
+				seenBefore[s] = len(s.headersAt("/jwks"))
 			}
 			cfg := jwksConfig(tt.endpoint)
 			cfg.Headers = headers
@@ -165,7 +100,7 @@ func TestJWKSRedirects(t *testing.T) {
 				if !errors.Is(keysErr, ErrKeysUnavailable) || !strings.Contains(keysErr.Error(), "refused") {
 					t.Errorf("keysFor = %v, want ErrKeysUnavailable naming the refused redirect", keysErr)
 				}
-				if n := len(plain.requests("/jwks")) - seenBefore[plain]; n != 0 {
+				if n := len(plain.headersAt("/jwks")) - seenBefore[plain]; n != 0 {
 					t.Errorf("the http URL got %d requests, want none", n)
 				}
 				failed := logs.FilterMessageSnippet("jwks fetch failed").All()
@@ -181,7 +116,7 @@ func TestJWKSRedirects(t *testing.T) {
 			if keysErr != nil {
 				t.Fatalf("keysFor: %v", keysErr)
 			}
-			landed := tt.landing.requests("/jwks")[seenBefore[tt.landing]:]
+			landed := tt.landing.headersAt("/jwks")[seenBefore[tt.landing]:]
 			if len(landed) == 0 {
 				t.Fatal("the redirect target got no request")
 			}

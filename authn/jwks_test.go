@@ -34,6 +34,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/internal/fetch"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
 
@@ -50,17 +51,25 @@ const (
 )
 
 // jwksTestServer is a JWKS endpoint that tests switch between behaviours
-// and that counts requests.
+// and that counts requests. It answers every path the same, except those
+// it is told to redirect.
 type jwksTestServer struct {
 	*httptest.Server
 	requests atomic.Int64
 	arrived  chan struct{} // one value per request; dropped when full
 
-	mu         sync.Mutex
-	mode       jwksServeMode
-	body       []byte        // served in jwksServeKeys mode
-	gate       chan struct{} // when set, jwksServeKeys answers once it is closed
-	lastHeader http.Header   // of the last request
+	mu        sync.Mutex
+	mode      jwksServeMode
+	body      []byte            // served in jwksServeKeys mode
+	gate      chan struct{}     // when set, jwksServeKeys answers once it is closed
+	redirects map[string]string // path to the URL it redirects to (302)
+	received  []receivedRequest // every request, in order
+}
+
+// receivedRequest is what a jwksTestServer keeps of a request.
+type receivedRequest struct {
+	path   string
+	header http.Header
 }
 
 func newJWKSTestServer(t testing.TB, useTLS bool) *jwksTestServer {
@@ -86,9 +95,14 @@ func (s *jwksTestServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	mode, body, gate := s.mode, s.body, s.gate
-	s.lastHeader = r.Header.Clone()
+	target, redirected := s.redirects[r.URL.Path]
+	s.received = append(s.received, receivedRequest{path: r.URL.Path, header: r.Header.Clone()})
 	s.mu.Unlock()
 
+	if redirected {
+		http.Redirect(w, r, target, http.StatusFound)
+		return
+	}
 	switch mode {
 	case jwksServeKeys:
 		if gate != nil {
@@ -153,10 +167,37 @@ func (s *jwksTestServer) holdResponses() (release func()) {
 	return sync.OnceFunc(func() { close(gate) })
 }
 
+// redirect makes requests for path answer with a redirect to target.
+func (s *jwksTestServer) redirect(path, target string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.redirects == nil {
+		s.redirects = map[string]string{}
+	}
+	s.redirects[path] = target
+}
+
+// header returns the headers of the last request; nil before any.
 func (s *jwksTestServer) header() http.Header {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.lastHeader
+	if len(s.received) == 0 {
+		return nil
+	}
+	return s.received[len(s.received)-1].header
+}
+
+// headersAt returns the headers of the requests for path so far, in order.
+func (s *jwksTestServer) headersAt(path string) []http.Header {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var headers []http.Header
+	for _, r := range s.received {
+		if r.path == path {
+			headers = append(headers, r.header)
+		}
+	}
+	return headers
 }
 
 // jwksTestClock is a clock that moves only when told to.
@@ -860,7 +901,7 @@ func TestJWKSFetchFailures(t *testing.T) {
 			o, _ := jwksTestOptions(newJWKSTestClock())
 			const fetchTimeout = 200 * time.Millisecond
 			started := time.Now()
-			p := startJWKSTestProvider(t, jwksConfig(s.URL), o, func(p *jwksProvider) { p.fetchTimeout = fetchTimeout })
+			p := startJWKSTestProvider(t, jwksConfig(s.URL), o, func(p *jwksProvider) { p.fetcher.Timeout = fetchTimeout })
 			if elapsed := time.Since(started); elapsed > 5*time.Second {
 				t.Errorf("the failing fetch took %s; the fetch timeout is %s", elapsed, fetchTimeout)
 			}
@@ -1057,7 +1098,7 @@ func TestJWKSStartAndClose(t *testing.T) {
 	clock := newJWKSTestClock()
 	o, logs := jwksTestOptions(clock)
 
-	// The fetch hangs for jwksFetchTimeout; newJWKSProvider must not wait.
+	// The fetch hangs for fetch.DefaultTimeout; newJWKSProvider must not wait.
 	p, err := newJWKSProvider("jwt", jwksConfig(s.URL), o)
 	if err != nil {
 		t.Fatalf("newJWKSProvider: %v", err)
@@ -1078,7 +1119,7 @@ func TestJWKSStartAndClose(t *testing.T) {
 
 	started := time.Now()
 	p.close()
-	if elapsed := time.Since(started); elapsed >= jwksFetchTimeout {
+	if elapsed := time.Since(started); elapsed >= fetch.DefaultTimeout {
 		t.Errorf("close took %s: it did not cut the hung fetch short", elapsed)
 	}
 	p.close() // a second close is harmless

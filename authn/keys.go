@@ -7,6 +7,8 @@ import (
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"go.uber.org/zap"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 )
 
 // verifyKey is one key a token may be verified with, and the algorithm it
@@ -33,10 +35,11 @@ type keyProvider interface {
 type Option func(*options)
 
 type options struct {
-	now      func() time.Time
-	client   *http.Client
-	logger   *zap.Logger
-	previous *Chain
+	now        func() time.Time
+	client     *http.Client
+	logger     *zap.Logger
+	previous   *Chain
+	revocation *revocation.List
 }
 
 func newOptions(opts []Option) *options {
@@ -64,6 +67,13 @@ func WithHTTPClient(c *http.Client) Option { return func(o *options) { o.client 
 // through failed fetches, as the old one would have, rather than refusing
 // every token while the endpoint is down.
 func WithPrevious(c *Chain) Option { return func(o *options) { o.previous = c } }
+
+// WithRevocation checks every token a jwt authenticator accepts against
+// list: a revoked token is refused with ErrRevoked, and while list has none
+// in force and its on_unavailable is deny, every token is refused with
+// ErrRevocationUnavailable. Clients a certificate authenticator accepts
+// carry no token and are not checked. The chain does not close list.
+func WithRevocation(list *revocation.List) Option { return func(o *options) { o.revocation = list } }
 
 // WithLogger sets the logger for key loading and refresh events.
 func WithLogger(l *zap.Logger) Option { return func(o *options) { o.logger = l } }

@@ -133,3 +133,29 @@ func (p templatePart) resolve(req *Request, claims map[string]any) (string, bool
 
 // String returns the template as configured, quoted.
 func (t Template) String() string { return strconv.Quote(t.text) }
+
+// HasPlaceholders reports whether t has a placeholder. A template without
+// one renders the same text for every client.
+func (t Template) HasPlaceholders() bool {
+	for _, p := range t.parts {
+		if p.value != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// Shape returns t's text with every placeholder replaced by stand: the
+// literal text and where the values go, for checks on the text around
+// the placeholders, such as the levels of a topic filter.
+func (t Template) Shape(stand string) string {
+	var b strings.Builder
+	for _, p := range t.parts {
+		if p.value != nil {
+			b.WriteString(stand)
+		} else {
+			b.WriteString(p.literal)
+		}
+	}
+	return b.String()
+}

@@ -123,3 +123,28 @@ func TestTemplateRenderEmptyRequestValues(t *testing.T) {
 		t.Errorf("zero Template renders %q, %v; want \"\", true", got, ok)
 	}
 }
+
+func TestTemplateShape(t *testing.T) {
+	cases := []struct {
+		template, shape string
+		placeholders    bool
+	}{
+		{"devices/${clientid}/#", "devices/x/#", true},
+		{"${claims.https://example.com/tenant}/${username}", "x/x", true},
+		{"a$b/${clientid}-${claims.n}", "a$b/x-x", true},
+		{"plain/topic", "plain/topic", false},
+		{"", "", false},
+	}
+	for _, tc := range cases {
+		tmpl, err := ParseTemplate(tc.template)
+		if err != nil {
+			t.Fatalf("ParseTemplate(%q): %v", tc.template, err)
+		}
+		if got := tmpl.Shape("x"); got != tc.shape {
+			t.Errorf("Shape(%q) = %q, want %q", tc.template, got, tc.shape)
+		}
+		if got := tmpl.HasPlaceholders(); got != tc.placeholders {
+			t.Errorf("HasPlaceholders(%q) = %v, want %v", tc.template, got, tc.placeholders)
+		}
+	}
+}

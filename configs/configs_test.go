@@ -37,6 +37,23 @@ func TestParseMinimalFillsDefaults(t *testing.T) {
 	}
 }
 
+// TestParseAuthMethod: auth_method and reauth are read as written, and
+// left unset they are empty and nil, which authn takes as JWT and true.
+func TestParseAuthMethod(t *testing.T) {
+	f, err := Parse([]byte(minimal + "  - {name: users, mechanism: jwt, algorithm: hmac-based, secret: other-secret-for-tests, " +
+		"auth_method: JWT-users, reauth: {same_subject: false}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, second := f.Authentication[0], f.Authentication[1]
+	if first.AuthMethod != "" || first.Reauth.SameSubject != nil {
+		t.Errorf("unset: auth_method %q, reauth.same_subject %v; want empty and nil", first.AuthMethod, first.Reauth.SameSubject)
+	}
+	if second.AuthMethod != "JWT-users" || second.Reauth.SameSubject == nil || *second.Reauth.SameSubject {
+		t.Errorf("set: auth_method %q, reauth.same_subject %v; want JWT-users and false", second.AuthMethod, second.Reauth.SameSubject)
+	}
+}
+
 func TestParseErrorsNameTheKey(t *testing.T) {
 	cases := []struct {
 		name string
@@ -57,6 +74,14 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"nothing required", "log: {level: info}\n", []string{"listeners:", "upstream.address: required", "authentication: at least one"}},
 		{"bad enums", strings.Replace(minimal, "mechanism: jwt", "mechanism: jwt\n    from: clientid\n    on_missing_jwt: maybe", 1) + "log: {level: loud, format: xml}\n",
 			[]string{"authentication[0].from", "authentication[0].on_missing_jwt", "log.level", "log.format"}},
+		{"auth_method not an MQTT string", strings.Replace(minimal, "mechanism: jwt", "mechanism: jwt\n    auth_method: \"JWT\\0\"", 1),
+			[]string{`authentication[0].auth_method: "JWT\x00" is not an MQTT string`}},
+		{"auth_method too long", strings.Replace(minimal, "mechanism: jwt", "mechanism: jwt\n    auth_method: "+strings.Repeat("m", 65536), 1),
+			[]string{"authentication[0].auth_method: 65536 bytes, more than the 65535"}},
+		{"two authenticators of one name", minimal + "  - {name: jwt, mechanism: jwt, algorithm: hmac-based, secret: other-secret-for-tests}\n",
+			[]string{`authentication[1].name: "jwt" is used by another authenticator`}},
+		{"reauth with mechanism certificate", minimal + "  - {mechanism: certificate, auth_method: JWT, reauth: {same_subject: false}}\n",
+			[]string{"authentication[1].auth_method: not used with mechanism: certificate", "authentication[1].reauth: not used with mechanism: certificate"}},
 		{"hmac without secret", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "", 1), []string{"authentication[0].secret: required"}},
 		{"public-key without key", strings.Replace(minimal, "hmac-based", "public-key", 1), []string{"authentication[0].public_key: required", "authentication[0].secret: not used"}},
 		{"no algorithm", strings.Replace(minimal, "algorithm: hmac-based", "", 1), []string{"authentication[0].algorithm: required"}},
@@ -66,6 +91,11 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"negative client ID rate", minimal + "limits: {per_client_id_connect_rate: -1, per_client_id_connect_burst: -2}\n",
 			[]string{"limits.per_client_id_connect_rate: must not be negative", "limits.per_client_id_connect_burst: must not be negative"}},
 		{"tiny connect size", minimal + "limits:\n  max_connect_size: 10\n", []string{"limits.max_connect_size"}},
+		{"negative pending connect bytes", minimal + "limits:\n  max_pending_connect_bytes: -1\n", []string{"limits.max_pending_connect_bytes: must not be negative"}},
+		{"pending connect bytes under the default connect size", minimal + "limits:\n  max_pending_connect_bytes: 65536\n",
+			[]string{"limits.max_pending_connect_bytes: 65536 bytes cannot hold one CONNECT of max_connect_size (1048576 bytes)"}},
+		{"connect size over the default pending connect bytes", minimal + "limits:\n  max_connect_size: 100000000\n",
+			[]string{"limits.max_pending_connect_bytes: 67108864 bytes cannot hold one CONNECT of max_connect_size (100000000 bytes)"}},
 		{"two secrets", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret: a\n    secret_env: B", 1), []string{"only one of secret"}},
 		{"unset env", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret_env: MQTT_JWT_PROXY_TEST_UNSET", 1), []string{"secret_env", "MQTT_JWT_PROXY_TEST_UNSET is not set"}},
 		{"two documents", minimal + "---\n" + minimal, []string{"more than one YAML document"}},

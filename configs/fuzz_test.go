@@ -30,6 +30,7 @@ func FuzzParse(f *testing.F) {
 	for _, seed := range []string{
 		minimal,
 		minimal + "limits: {connect_timeout: 1m30s, max_connect_size: 128, per_ip_connect_rate: 0.5, per_ip_connect_burst: 3}\n",
+		minimal + "limits: {max_connect_size: 4096, max_pending_connect_bytes: 65536}\n",
 		minimal + "limits:\n  per_ip_connect_rate: .nan\n", // regression: accepted, it turned the rate limit off
 		minimal + "limits:\n  per_ip_connect_rate: .inf\n",
 		strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "use_jwks: true\n    endpoint: https://idp.example/jwks\n    headers: {Authorization: x}\n    ssl: {insecure_skip_verify: true}", 1),
@@ -49,11 +50,11 @@ func FuzzParse(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		if bytes.Contains(data, []byte("secret_file")) || bytes.Contains(data, []byte("password_file")) {
+		if bytes.Contains(data, []byte("secret_file")) || bytes.Contains(data, []byte("password_file")) || bytes.Contains(data, []byte("admin_token_file")) {
 			// Parse reads the file the input names, and a device such as
-			// /dev/zero never ends; TestSecretFromEnvAndFile and
-			// TestHealthCheckPasswordFile cover the keys.
-			t.Skip("secret_file and password_file read a file named by the input")
+			// /dev/zero never ends; TestSecretFromEnvAndFile,
+			// TestHealthCheckPasswordFile and TestAdminToken cover the keys.
+			t.Skip("secret_file, password_file and admin_token_file read a file named by the input")
 		}
 		parsed, err := Parse(data)
 		if err != nil {

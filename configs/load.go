@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	yaml "go.yaml.in/yaml/v3"
 )
@@ -63,8 +64,8 @@ func (f *File) SetBindHost(host string) error {
 }
 
 // Parse decodes YAML strictly (unknown keys and wrong types are errors),
-// resolves secret_env and secret_file into secret and password_file into
-// password, fills in names, and
+// resolves secret_env and secret_file into secret, password_file into
+// password and the admin token, fills in names, and
 // validates the result. Relative file paths stay relative to the working
 // directory; Load takes them from the file's directory.
 func Parse(data []byte) (*File, error) { return parse(data, "") }
@@ -90,7 +91,7 @@ func parse(data []byte, dir string) (*File, error) {
 		return nil, errors.New("the file holds more than one YAML document")
 	}
 	f.resolvePaths(dir)
-	secretErr := errors.Join(f.resolveSecrets(), f.resolvePasswordFiles())
+	secretErr := errors.Join(f.resolveSecrets(), f.resolvePasswordFiles(), f.Metrics.resolveAdminToken())
 	f.fillNames()
 	if err := errors.Join(secretErr, f.Validate()); err != nil {
 		return nil, err
@@ -312,15 +313,12 @@ func (f *File) resolveSecrets() error {
 			}
 			a.Secret = v
 		case a.SecretFile != "":
-			b, err := os.ReadFile(a.SecretFile)
+			s, err := ReadSecretFile(a.SecretFile)
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s.secret_file: %w", at, err))
 				continue
 			}
-			a.Secret = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
-			if a.Secret == "" {
-				errs = append(errs, fmt.Errorf("%s.secret_file: %s is empty", at, a.SecretFile))
-			}
+			a.Secret = s
 		}
 	}
 	return errors.Join(errs...)
@@ -385,8 +383,15 @@ func (f *File) Validate() error {
 	if len(f.Authentication) == 0 {
 		bad("authentication: at least one authenticator is required; the proxy never runs open")
 	}
+	authenticators := map[string]bool{}
 	for i, a := range f.Authentication {
 		errs = append(errs, a.validate(fmt.Sprintf("authentication[%d]", i))...)
+		if authenticators[a.Name] {
+			// A re-authentication goes to the authenticator of the
+			// session by its name.
+			bad("authentication[%d].name: %q is used by another authenticator", i, a.Name)
+		}
+		authenticators[a.Name] = true
 		if a.Mechanism == MechanismCertificate && !f.verifiesClientCertificates() {
 			bad("authentication[%d].mechanism: certificate accepts a client certificate that a listener verified, "+
 				"and no listener asks for one (listeners[].tls.client_auth: optional or required, "+
@@ -400,6 +405,7 @@ func (f *File) Validate() error {
 	}{
 		{"limits.max_connections", float64(f.Limits.MaxConnections)},
 		{"limits.max_pending_connects", float64(f.Limits.MaxPendingConnects)},
+		{"limits.max_pending_connect_bytes", float64(f.Limits.MaxPendingConnectBytes)},
 		{"limits.per_ip_connect_rate", f.Limits.PerIPConnectRate},
 		{"limits.per_ip_connect_burst", float64(f.Limits.PerIPConnectBurst)},
 		{"limits.per_client_id_connect_rate", f.Limits.PerClientIDConnectRate},
@@ -420,6 +426,10 @@ func (f *File) Validate() error {
 	if s := f.Limits.MaxConnectSize; s > 0 && s < 128 {
 		bad("limits.max_connect_size: %d bytes cannot hold a CONNECT with a token; use at least 128", s)
 	}
+	if s, budget := f.Limits.connectSize(), f.Limits.pendingConnectBytes(); s > budget {
+		// The one pending CONNECT would be closed for the bytes it holds.
+		bad("limits.max_pending_connect_bytes: %d bytes cannot hold one CONNECT of max_connect_size (%d bytes); use at least that", budget, s)
+	}
 	if !oneOf(f.Log.Level, "", "debug", "info", "warn", "error") {
 		bad("log.level: %q is not one of debug, info, warn, error", f.Log.Level)
 	}
@@ -428,6 +438,8 @@ func (f *File) Validate() error {
 	}
 	errs = append(errs, f.Metrics.validate(f)...)
 	errs = append(errs, f.Tuning.validate()...)
+	errs = append(errs, f.Revocation.validate()...)
+	errs = append(errs, f.Authorization.validate()...)
 	return errors.Join(errs...)
 }
 
@@ -459,6 +471,14 @@ func (a Authenticator) validate(at string) []error {
 	}
 	if !oneOf(a.SignatureFormat, "", "raw", "der") {
 		bad("signature_format: %q is not one of raw, der", a.SignatureFormat)
+	}
+	if len(a.AuthMethod) > math.MaxUint16 {
+		bad("auth_method: %d bytes, more than the %d an MQTT string holds", len(a.AuthMethod), math.MaxUint16)
+	} else if !utf8.ValidString(a.AuthMethod) || strings.ContainsRune(a.AuthMethod, 0) {
+		bad("auth_method: %q is not an MQTT string: UTF-8 without U+0000", a.AuthMethod)
+	}
+	if oneOf(a.ACL.Claim, "iss", "sub", "aud", "exp", "nbf", "iat", "jti") {
+		bad("acl.claim: %s is a registered claim, never a list of rules", a.ACL.Claim)
 	}
 	if a.UseJWKS {
 		if a.Endpoint == "" {
@@ -585,3 +605,58 @@ func hostAddrs(host string) []netip.Addr {
 }
 
 func oneOf(v string, allowed ...string) bool { return slices.Contains(allowed, v) }
+
+// validate checks the authorization section's shape: the values each key
+// takes. The topic filters and their placeholders are checked where the
+// rules are compiled (authn/acl), by the check command too.
+func (a Authorization) validate() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("authorization."+format, args...)) }
+	if !oneOf(a.NoMatch, "", PermissionAllow, PermissionDeny) {
+		bad("no_match: %q is not one of allow, deny", a.NoMatch)
+	}
+	if !oneOf(a.DenyAction, "", DenyActionIgnore, DenyActionDisconnect) {
+		bad("deny_action: %q is not one of ignore, disconnect", a.DenyAction)
+	}
+	for i, r := range a.Rules {
+		at := fmt.Sprintf("rules[%d]", i)
+		switch r.Permission {
+		case "":
+			bad("%s.permission: required: allow or deny", at)
+		case PermissionAllow, PermissionDeny:
+		default:
+			bad("%s.permission: %q is not one of allow, deny", at, r.Permission)
+		}
+		switch r.Action {
+		case "":
+			bad("%s.action: required: publish, subscribe or all", at)
+		case "publish", "all":
+		case "subscribe":
+			if r.Retain != nil {
+				bad("%s.retain: applies to publishes only, not with action: subscribe", at)
+			}
+		default:
+			bad("%s.action: %q is not one of publish, subscribe, all", at, r.Action)
+		}
+		switch {
+		case r.Topic != "" && len(r.Topics) > 0:
+			bad("%s: give topic or topics, not both", at)
+		case r.Topic == "" && len(r.Topics) == 0:
+			bad("%s.topic: required (or topics)", at)
+		}
+		for j, t := range r.Topics {
+			if t == "" {
+				bad("%s.topics[%d]: empty", at, j)
+			}
+		}
+		if r.QoS != nil && len(r.QoS) == 0 {
+			bad("%s.qos: an empty list matches nothing; leave qos out for every QoS", at)
+		}
+		for _, q := range r.QoS {
+			if q < 0 || q > 2 {
+				bad("%s.qos: %d is not 0, 1 or 2", at, q)
+			}
+		}
+	}
+	return errs
+}

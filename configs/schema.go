@@ -5,6 +5,8 @@ import (
 	"time"
 
 	yaml "go.yaml.in/yaml/v3"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 )
 
 // File is the whole configuration file.
@@ -40,6 +42,13 @@ type File struct {
 	// Tuning picks how the proxy does its work; the zero value is what
 	// suits the platform.
 	Tuning Tuning `yaml:"tuning"`
+	// Authorization is what authenticated clients may publish and
+	// subscribe to, after their token's rules; the zero value has no
+	// rules and allows what a token does not decide.
+	Authorization Authorization `yaml:"authorization"`
+	// Revocation, when set, is the list of revoked tokens that new
+	// connections are checked against; nil means none.
+	Revocation *Revocation `yaml:"revocation"`
 }
 
 // DefaultDrainTimeout is Shutdown.DrainTimeout's zero value.
@@ -162,6 +171,89 @@ type Authenticator struct {
 	// DisconnectAfterExpire closes a client's connection when its token's
 	// exp passes. Nil (unset) means true, as in EMQX 5.7 and later.
 	DisconnectAfterExpire *bool `yaml:"disconnect_after_expire"`
+	// ACL says where tokens carry topic rules; the zero value reads them
+	// from the claim acl, as EMQX does.
+	ACL AuthenticatorACL `yaml:"acl"`
+	// AuthMethod is the MQTT 5 Authentication Method under which a client
+	// may present its token in the CONNECT's Authentication Data, in
+	// place of the From field, and later re-authenticate with a fresh one
+	// (AUTH, reason 0x19). Empty means DefaultAuthMethod.
+	AuthMethod string `yaml:"auth_method"`
+	// Reauth binds the token of a re-authentication to the session's.
+	Reauth Reauth `yaml:"reauth"`
+}
+
+// DefaultAuthMethod is Authenticator.AuthMethod when it is empty.
+const DefaultAuthMethod = "JWT"
+
+// Reauth is what the token of an MQTT 5 re-authentication must share with
+// the one the session began with, beyond what always holds: it is
+// verified by the same authenticator, against the same CONNECT (client
+// identifier, user name, certificate), so verify_claims bind it as they
+// bound the first.
+type Reauth struct {
+	// SameSubject refuses a token whose sub differs from the session's
+	// (a token without sub has the empty one). Nil (unset) means true.
+	SameSubject *bool `yaml:"same_subject"`
+}
+
+// AuthenticatorACL says where an authenticator's tokens carry topic rules.
+type AuthenticatorACL struct {
+	// Claim names the claim holding the rules, in either of EMQX's
+	// formats (a list of rules, or pub/sub/all lists). Empty means "acl",
+	// EMQX's acl_claim_name default. A token without it has no rules of
+	// its own.
+	Claim string `yaml:"claim"`
+}
+
+// Values of Authorization.NoMatch and of a rule's Permission.
+const (
+	PermissionAllow = "allow"
+	PermissionDeny  = "deny"
+)
+
+// Values of Authorization.DenyAction.
+const (
+	// DenyActionIgnore drops a denied PUBLISH and refuses a denied
+	// subscription, and the session goes on.
+	DenyActionIgnore = "ignore"
+	// DenyActionDisconnect ends the session at the first denial.
+	DenyActionDisconnect = "disconnect"
+)
+
+// Authorization is the authorization section: rules in EMQX's format,
+// checked after a client's token rules, the first that applies deciding.
+type Authorization struct {
+	// Rules are checked in order, after the token's rules.
+	Rules []AuthorizationRule `yaml:"rules"`
+	// NoMatch decides a request that no rule applies to: "allow" (the
+	// default, as in EMQX) or "deny".
+	NoMatch string `yaml:"no_match"`
+	// DenyAction is what a denial does to the session: "ignore" (the
+	// default, as in EMQX) or "disconnect".
+	DenyAction string `yaml:"deny_action"`
+}
+
+// AuthorizationRule is one rule, as an EMQX 5.5 token writes it:
+//
+//	{permission: allow, action: all, topic: "devices/${claims.sub}/#"}
+type AuthorizationRule struct {
+	// Permission is "allow" or "deny". Required.
+	Permission string `yaml:"permission"`
+	// Action is "publish", "subscribe" or "all". Required.
+	Action string `yaml:"action"`
+	// Topic is the rule's topic filter, a template that may use
+	// ${clientid}, ${username}, ${cert_common_name}, ${cert_subject} and
+	// ${claims.NAME}; "eq FILTER" is FILTER literally. Give Topic or
+	// Topics.
+	Topic string `yaml:"topic,omitempty"`
+	// Topics are several filters, as Topic.
+	Topics []string `yaml:"topics,omitempty"`
+	// QoS lists the QoS levels the rule applies to; empty means all.
+	QoS []int `yaml:"qos,omitempty"`
+	// Retain, when set, limits the rule to publishes with that retain
+	// flag; unset means either. Only for publish and all.
+	Retain *bool `yaml:"retain"`
 }
 
 // TLSClient configures a TLS client connection.
@@ -177,6 +269,12 @@ type TLSClient struct {
 	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
 }
 
+// DefaultMaxPendingConnectBytes is limits.max_pending_connect_bytes when
+// it is zero (64 MiB): 64 CONNECTs of the default max_connect_size at once,
+// or tens of thousands of typical ones (a token and a client ID, well
+// under 1 KiB each) in a reconnect storm.
+const DefaultMaxPendingConnectBytes = 64 << 20
+
 // Limits bound what a client may cost, most of them before it is
 // authenticated.
 type Limits struct {
@@ -184,7 +282,8 @@ type Limits struct {
 	// the TCP connection is accepted. Zero means 10s.
 	ConnectTimeout Duration `yaml:"connect_timeout"`
 	// MaxConnectSize is the largest CONNECT packet accepted, in bytes,
-	// fixed header included. Zero means 65536.
+	// fixed header included. Zero means packets.DefaultMaxConnectSize
+	// (1 MiB, as EMQX's max_packet_size).
 	MaxConnectSize int `yaml:"max_connect_size"`
 	// MaxConnections caps open client connections over all listeners;
 	// over it, new ones are closed at accept, before anything is read.
@@ -194,6 +293,11 @@ type Limits struct {
 	// CONNECT; over it the longest-waiting one is closed to make room, so
 	// an idle flood cannot starve real clients. Zero means no cap.
 	MaxPendingConnects int `yaml:"max_pending_connects"`
+	// MaxPendingConnectBytes caps the bytes held by the CONNECTs of all
+	// connections not yet authenticated: what each has sent, not what it
+	// declared. Over it, the one that has held bytes longest is closed to
+	// make room. Zero means DefaultMaxPendingConnectBytes.
+	MaxPendingConnectBytes int `yaml:"max_pending_connect_bytes"`
 	// PerIPConnectRate is how many new connections per second one client
 	// IP may open (token bucket). Zero means no limit.
 	PerIPConnectRate float64 `yaml:"per_ip_connect_rate"`
@@ -252,4 +356,20 @@ func (d Duration) Or(def time.Duration) time.Duration {
 		return def
 	}
 	return time.Duration(d)
+}
+
+// connectSize is max_connect_size, its default when zero.
+func (l Limits) connectSize() int {
+	if l.MaxConnectSize <= 0 {
+		return packets.DefaultMaxConnectSize
+	}
+	return l.MaxConnectSize
+}
+
+// pendingConnectBytes is max_pending_connect_bytes, its default when zero.
+func (l Limits) pendingConnectBytes() int {
+	if l.MaxPendingConnectBytes <= 0 {
+		return DefaultMaxPendingConnectBytes
+	}
+	return l.MaxPendingConnectBytes
 }

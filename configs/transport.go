@@ -146,7 +146,8 @@ func parsePrefix(s string) (netip.Prefix, error) {
 // them from dir (the configuration file's directory), so that a
 // configuration and its keys and certificates can move together and the
 // proxy finds them whatever directory it runs from: TLS files, secret_file,
-// password_file and public_key (when it is a path rather than PEM text).
+// password_file, public_key (when it is a path rather than PEM text), the
+// revocation file and admin_token_file.
 func (f *File) resolvePaths(dir string) {
 	if dir == "" {
 		return
@@ -187,6 +188,11 @@ func (f *File) resolvePaths(dir string) {
 			resolve(&a.PublicKey)
 		}
 	}
+	if r := f.Revocation; r != nil {
+		resolve(&r.File)
+		resolveTLS(r.SSL)
+	}
+	resolve(&f.Metrics.AdminTokenFile)
 }
 
 // validateTransport checks a listener's tls, websocket and proxy_protocol

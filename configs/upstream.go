@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -358,15 +357,12 @@ func (f *File) resolvePasswordFiles() error {
 			errs = append(errs, fmt.Errorf("%s: give only one of password and password_file", at))
 			return
 		}
-		b, err := os.ReadFile(c.PasswordFile)
+		password, err := ReadSecretFile(c.PasswordFile)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s.password_file: %w", at, err))
 			return
 		}
-		c.Password = strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
-		if c.Password == "" {
-			errs = append(errs, fmt.Errorf("%s.password_file: %s is empty", at, c.PasswordFile))
-		}
+		c.Password = password
 	})
 	return errors.Join(errs...)
 }

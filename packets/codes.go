@@ -25,6 +25,41 @@ const (
 	ConnectionRateExceeded     ReasonCode = 0x9F
 )
 
+// Reason codes of the packets after CONNECT (MQTT 5 §2.4): acknowledgements,
+// SUBACK and UNSUBACK, DISCONNECT and AUTH. 0x00 is also Normal
+// disconnection and Granted QoS 0; 0x80 is also the failure return code of
+// an MQTT 3.1.1 SUBACK.
+const (
+	GrantedQoS1                         ReasonCode = 0x01
+	GrantedQoS2                         ReasonCode = 0x02
+	DisconnectWithWill                  ReasonCode = 0x04
+	NoMatchingSubscribers               ReasonCode = 0x10
+	NoSubscriptionExisted               ReasonCode = 0x11
+	ContinueAuthentication              ReasonCode = 0x18
+	ReAuthenticate                      ReasonCode = 0x19
+	ImplementationSpecificError         ReasonCode = 0x83
+	BadAuthenticationMethod             ReasonCode = 0x8C
+	KeepAliveTimeout                    ReasonCode = 0x8D
+	SessionTakenOver                    ReasonCode = 0x8E
+	TopicFilterInvalid                  ReasonCode = 0x8F
+	TopicNameInvalid                    ReasonCode = 0x90
+	PacketIdentifierInUse               ReasonCode = 0x91
+	PacketIdentifierNotFound            ReasonCode = 0x92
+	ReceiveMaximumExceeded              ReasonCode = 0x93
+	TopicAliasInvalid                   ReasonCode = 0x94
+	MessageRateTooHigh                  ReasonCode = 0x96
+	AdministrativeAction                ReasonCode = 0x98
+	PayloadFormatInvalid                ReasonCode = 0x99
+	RetainNotSupported                  ReasonCode = 0x9A
+	QoSNotSupported                     ReasonCode = 0x9B
+	UseAnotherServer                    ReasonCode = 0x9C
+	ServerMoved                         ReasonCode = 0x9D
+	SharedSubscriptionsNotSupported     ReasonCode = 0x9E
+	MaximumConnectTime                  ReasonCode = 0xA0
+	SubscriptionIdentifiersNotSupported ReasonCode = 0xA1
+	WildcardSubscriptionsNotSupported   ReasonCode = 0xA2
+)
+
 // String returns the code's name as the MQTT 5 specification writes it, in
 // lower case: "bad user name or password". Codes without a constant in this
 // package read "reason code 0xNN".
@@ -60,6 +95,62 @@ func (c ReasonCode) String() string {
 		return "quota exceeded"
 	case ConnectionRateExceeded:
 		return "connection rate exceeded"
+	case GrantedQoS1:
+		return "granted QoS 1"
+	case GrantedQoS2:
+		return "granted QoS 2"
+	case DisconnectWithWill:
+		return "disconnect with will message"
+	case NoMatchingSubscribers:
+		return "no matching subscribers"
+	case NoSubscriptionExisted:
+		return "no subscription existed"
+	case ContinueAuthentication:
+		return "continue authentication"
+	case ReAuthenticate:
+		return "re-authenticate"
+	case ImplementationSpecificError:
+		return "implementation specific error"
+	case BadAuthenticationMethod:
+		return "bad authentication method"
+	case KeepAliveTimeout:
+		return "keep alive timeout"
+	case SessionTakenOver:
+		return "session taken over"
+	case TopicFilterInvalid:
+		return "topic filter invalid"
+	case TopicNameInvalid:
+		return "topic name invalid"
+	case PacketIdentifierInUse:
+		return "packet identifier in use"
+	case PacketIdentifierNotFound:
+		return "packet identifier not found"
+	case ReceiveMaximumExceeded:
+		return "receive maximum exceeded"
+	case TopicAliasInvalid:
+		return "topic alias invalid"
+	case MessageRateTooHigh:
+		return "message rate too high"
+	case AdministrativeAction:
+		return "administrative action"
+	case PayloadFormatInvalid:
+		return "payload format invalid"
+	case RetainNotSupported:
+		return "retain not supported"
+	case QoSNotSupported:
+		return "QoS not supported"
+	case UseAnotherServer:
+		return "use another server"
+	case ServerMoved:
+		return "server moved"
+	case SharedSubscriptionsNotSupported:
+		return "shared subscriptions not supported"
+	case MaximumConnectTime:
+		return "maximum connect time"
+	case SubscriptionIdentifiersNotSupported:
+		return "subscription identifiers not supported"
+	case WildcardSubscriptionsNotSupported:
+		return "wildcard subscriptions not supported"
 	default:
 		return fmt.Sprintf("reason code 0x%02X", byte(c))
 	}

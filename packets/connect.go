@@ -1,8 +1,11 @@
 // Package packets reads the first MQTT packet a client sends and writes the
 // CONNACK and DISCONNECT packets a server answers with, for MQTT 3.1, 3.1.1
 // and 5.0, and for the bridges of brokers, which mark their 3.1 and 3.1.1
-// CONNECT (Connect.Bridge). It knows nothing of tokens or sockets: it reads
-// an io.Reader and writes an io.Writer.
+// CONNECT (Connect.Bridge); after the CONNECT, it frames the stream of
+// packets in each direction and decodes and writes those a proxy inspects
+// or sends. It knows nothing of tokens or sockets: it reads an io.Reader or
+// the bytes it is given, and writes an io.Writer or appends to a byte
+// slice.
 //
 // Typical usage, with a read deadline already set on conn:
 //
@@ -29,9 +32,60 @@
 // [MQTT-x.y.z-n] (numbered in the 3.1.1 or 5.0 specification, as stated) or
 // as a section (§x.y.z) where the rule has no number.
 //
-// Limits: ReadConnect does not enforce what a broker decides for itself
+// Limits: ReadConnect does not enforce what a server decides for itself
 // (client identifier length and characters, topic syntax of the will topic,
-// authentication methods); the broker behind the proxy still does.
+// which authentication methods it knows): Connect.Authentication gives the
+// method for the server to judge, and the broker behind the proxy judges
+// the rest.
+//
+// # After the CONNECT
+//
+// A Framer per direction finds whole packets in whatever bytes a
+// non-blocking socket yields, under a size limit, holding no buffer between
+// packets; the decoders (Publish, Subscribe, Suback, Unsubscribe, Unsuback,
+// Ack, Disconnect, Auth, Connack) read a Frame as a view of its bytes, and
+// their Append methods write packets. Typical usage, with version from the
+// CONNECT and buf the engine's read buffer:
+//
+//	f := packets.NewFramer(version, maxPacketSize)
+//	defer f.Release()
+//	refuse := func(err error) error {
+//		var perr *packets.Error
+//		if errors.As(err, &perr) { // a broken stream
+//			packets.WriteDisconnect(conn, perr.Version, perr.Code) // MQTT 5 only
+//		}
+//		return err
+//	}
+//	var p packets.Publish
+//	for {
+//		n, err := conn.Read(buf) // whatever has arrived
+//		if err != nil {
+//			return err
+//		}
+//		f.Feed(buf[:n])
+//		for {
+//			frame, ok, err := f.Next()
+//			if err != nil {
+//				return refuse(err)
+//			}
+//			if !ok {
+//				break // f keeps the start of the next packet: buf is free
+//			}
+//			if frame.Type == packets.TypePublish {
+//				if err := p.Decode(version, frame); err != nil {
+//					return refuse(err)
+//				}
+//				// judge p.Topic
+//			}
+//			upstream.Write(frame.Raw)
+//		}
+//	}
+//
+// Decoding after the CONNECT applies the rules of each packet as ReadConnect
+// applies those of the CONNECT, and refuses with the same *Error, whose Code
+// is then the DISCONNECT reason code (0x81, 0x82, 0x94, 0x95). The Framer
+// judges only fixed headers; which packet may travel in which direction, and
+// packet identifiers in flight, are the session's to judge.
 package packets
 
 import (
@@ -52,10 +106,20 @@ const (
 )
 
 // DefaultMaxConnectSize is the largest CONNECT ReadConnect accepts when its
-// maxSize is 0 or less (64 KiB): room for a client identifier, a user name,
-// a token of several kilobytes and a will message, yet small enough that a
-// crowd of unauthenticated clients cannot hold much memory.
-const DefaultMaxConnectSize = 64 << 10
+// maxSize is 0 or less (1 MiB, EMQX's default max_packet_size): room for
+// the largest will payload (65,535 bytes) beside a token of several
+// kilobytes, which brokers accept by default. ReadConnect's buffer grows
+// with the bytes that arrive, not to the declared length, so a crowd of
+// clients that declare large CONNECTs holds what they sent; a server
+// bounds that sum over its pending clients.
+const DefaultMaxConnectSize = 1 << 20
+
+// MinConnectSize is the size of the shortest CONNECT: a two-byte fixed
+// header, the 3.1.1 variable header (protocol name, level, flags, keep
+// alive) and an empty client identifier. A reader that must not read past
+// a CONNECT may still ask for this many bytes before it knows the
+// packet's length: a shorter packet is refused whatever follows it.
+const MinConnectSize = minConnectSize
 
 const (
 	nameMQTT   = "MQTT"
@@ -64,10 +128,6 @@ const (
 	// bridgeFlag is bit 7 of the protocol level, which a broker's bridge
 	// sets (see Connect.Bridge).
 	bridgeFlag = 0x80
-
-	typeConnect    = 1
-	typeConnack    = 2
-	typeDisconnect = 14
 
 	// maxVarintSize is the longest variable byte integer: four bytes
 	// (3.1.1 §2.2.3, 5.0 §1.5.5).
@@ -159,6 +219,18 @@ type Connect struct {
 	Raw []byte
 }
 
+// Authentication returns the MQTT 5 Authentication Method and Data of the
+// CONNECT (5.0 §3.1.2.11.9, §3.1.2.11.10): an empty method when the client
+// named none, as in every MQTT 3.1 and 3.1.1 CONNECT, and nil data when it
+// sent none. A client that names a method asks the server to authenticate
+// it by that method rather than by its user name and password (5.0 §4.12).
+func (c *Connect) Authentication() (method string, data []byte) {
+	if c.Properties == nil {
+		return "", nil
+	}
+	return c.Properties.AuthMethod, c.Properties.AuthData
+}
+
 // ReadConnect reads one packet from r and decodes it as CONNECT. It never
 // reads past the end of a packet it accepts, so anything the client
 // pipelined after CONNECT stays unread in r; it reads the packet with two
@@ -189,13 +261,8 @@ func ReadConnect(r io.Reader, maxSize int) (*Connect, error) {
 	if err != nil {
 		return nil, fmt.Errorf("packets: read first packet: %w", err)
 	}
-	if packetType := buf[0] >> 4; packetType != typeConnect {
-		return nil, newError(0, fmt.Errorf("%w: packet type %d [MQTT-3.1.0-1]", ErrNotConnect, packetType))
-	}
-	if buf[0]&0x0F != 0 {
-		// Reserved fixed header flags: 3.1.1 [MQTT-2.2.2-2] closes, 5.0
-		// §2.1.3 calls the packet malformed.
-		return nil, newError(0, fmt.Errorf("%w: fixed header flags 0x%X, want 0 [MQTT-2.2.2-2]", ErrMalformed, buf[0]&0x0F))
+	if err := checkConnectByte(buf[0]); err != nil {
+		return nil, err
 	}
 
 	headerLen := 1
@@ -229,7 +296,26 @@ func ReadConnect(r io.Reader, maxSize int) (*Connect, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseConnect(raw, headerLen)
+}
 
+// checkConnectByte refuses a first packet whose type and flags byte is not
+// a CONNECT's.
+func checkConnectByte(b byte) *Error {
+	if packetType := PacketType(b >> 4); packetType != TypeConnect {
+		return newError(0, fmt.Errorf("%w: packet type %d [MQTT-3.1.0-1]", ErrNotConnect, packetType))
+	}
+	if b&0x0F != 0 {
+		// Reserved fixed header flags: 3.1.1 [MQTT-2.2.2-2] closes, 5.0
+		// §2.1.3 calls the packet malformed.
+		return newError(0, fmt.Errorf("%w: fixed header flags 0x%X, want 0 [MQTT-2.2.2-2]", ErrMalformed, b&0x0F))
+	}
+	return nil
+}
+
+// parseConnect decodes and validates raw, a whole packet whose fixed
+// header is headerLen bytes; the Connect keeps raw as its Raw.
+func parseConnect(raw []byte, headerLen int) (*Connect, error) {
 	c := &Connect{Raw: raw}
 	reservedFlag, err := c.decode(raw[headerLen:])
 	if err == nil {
@@ -320,32 +406,45 @@ func tooLarge(r io.Reader, begun []byte, remaining, total, maxSize int) *Error {
 func probeVersion(r io.Reader, begun []byte, remaining int) (byte, error) {
 	var probe [max(versionProbeSize, minConnectSize)]byte
 	have := copy(probe[:], begun)
-	need := func(n int, part string) error {
-		if have < n {
-			if err := readFull(r, probe[have:n], part); err != nil {
-				return err
-			}
-			have = n
+	for {
+		need, version := versionProbe(probe[:have], remaining)
+		if have >= need {
+			return version, nil
 		}
-		return nil
+		part := "protocol name"
+		if have < 2 {
+			part = "protocol name length"
+		}
+		if err := readFull(r, probe[have:need], part); err != nil {
+			return 0, err
+		}
+		have = need
 	}
-	if remaining < 2 {
-		return 0, nil
+}
+
+// versionProbe says how many bytes of a CONNECT body of remaining bytes
+// the protocol name and level take, as far as body, its first bytes,
+// tells (more once the name's length is in), and once body has them, the
+// version they name when it is one this package speaks, else 0.
+func versionProbe(body []byte, remaining int) (need int, version byte) {
+	switch {
+	case remaining < 2:
+		return 0, 0
+	case len(body) < 2:
+		return 2, 0
 	}
-	if err := need(2, "protocol name length"); err != nil {
-		return 0, err
-	}
-	nameLen := int(probe[0])<<8 | int(probe[1])
+	nameLen := int(body[0])<<8 | int(body[1])
 	if nameLen != len(nameMQTT) && nameLen != len(nameMQIsdp) || remaining < 2+nameLen+1 {
-		return 0, nil
+		return 2, 0
 	}
-	if err := need(2+nameLen+1, "protocol name"); err != nil {
-		return 0, err
+	need = 2 + nameLen + 1
+	if len(body) < need {
+		return need, 0
 	}
-	if _, version, _, err := checkProtocol(probe[2:2+nameLen], probe[2+nameLen]); err == nil {
-		return version, nil
+	if _, version, _, err := checkProtocol(body[2:2+nameLen], body[2+nameLen]); err == nil {
+		return need, version
 	}
-	return 0, nil
+	return need, 0
 }
 
 // checkProtocol accepts the protocol name and level pairs this package

@@ -369,6 +369,51 @@ func TestEncodeFixtures(t *testing.T) {
 	}
 }
 
+// TestConnectAuthentication reads the Authentication Method and Data of
+// CONNECTs with and without them, and re-encodes the one paho.golang
+// sends with its token in them without both, as the proxy forwards it.
+func TestConnectAuthentication(t *testing.T) {
+	tests := []struct {
+		fixture string
+		method  string
+		data    []byte
+	}{
+		{"paho mqttv5 token in authentication data", "JWT", []byte("eyJ.eyJ.sig0123")},
+		{"mqttv5 repeated user property, authentication", "jwt", []byte{}},
+		{"mosquitto_pub mqttv5 token in password", "", nil},
+		{"mosquitto_pub mqttv311 token in password", "", nil},
+	}
+	for _, tc := range tests {
+		c, err := ReadConnect(bytes.NewReader(validCase(tc.fixture).raw), 0)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.fixture, err)
+		}
+		method, data := c.Authentication()
+		if method != tc.method || !bytes.Equal(data, tc.data) || (data == nil) != (tc.data == nil) {
+			t.Errorf("%s: Authentication() = %q, %q; want %q, %q", tc.fixture, method, data, tc.method, tc.data)
+		}
+	}
+
+	c, err := ReadConnect(bytes.NewReader(validCase("paho mqttv5 token in authentication data").raw), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	props := *c.Properties
+	props.AuthMethod, props.AuthData = "", nil
+	c.Properties = &props
+	raw, err := c.Encode()
+	want := unhex(
+		"10 14",            // CONNECT, remaining length 20
+		"0004 4d515454 05", // "MQTT", level 5
+		"02 001e",          // flags: clean start; keep alive 30
+		"02 17 00",         // properties: request problem information 0
+		"0005 6465762d31",  // client id "dev-1"
+	)
+	if err != nil || !bytes.Equal(raw, want) {
+		t.Errorf("without its authentication properties: % x, %v; want % x", raw, err, want)
+	}
+}
+
 func TestEncodeRefuses(t *testing.T) {
 	v311 := func(change func(*Connect)) *Connect {
 		c := &Connect{ProtocolName: "MQTT", ProtocolVersion: ProtocolV311, ClientID: "c"}

@@ -67,7 +67,7 @@ func (c *Connect) Encode() ([]byte, error) {
 	}
 
 	header := encoder{buf: make([]byte, 0, maxFixedHeaderSize)}
-	header.byte(typeConnect << 4)
+	header.byte(byte(TypeConnect) << 4)
 	header.varint(remaining)
 	start := maxFixedHeaderSize - len(header.buf)
 	copy(e.buf[start:], header.buf)
@@ -106,58 +106,58 @@ func (c *Connect) flags() byte {
 
 // WriteConnack writes a CONNACK refusing or accepting a client of the given
 // protocol version, with session present 0 (a refusal must have it 0
-// [MQTT-3.2.2-4]; an acceptance here starts nothing).
+// [MQTT-3.2.2-4]; an acceptance here starts nothing): Connack.Append's
+// packet, with code mapped for the version.
 //
 // For ProtocolV5 it writes the reason code and empty properties. For any
 // other version, unsupported levels included, it writes the 4-byte MQTT
 // 3.1/3.1.1 packet with the mapped return code: how a 3.1.1 server answers
 // a level it does not speak [MQTT-3.1.2-2]. It writes nothing and returns an
 // error when the client cannot be answered: version 0 (unknown), a code
-// with no v3 return code for a v3 client, or a v5 code under 0x80 other than
-// Success, which is no CONNACK reason code.
+// with no v3 return code for a v3 client, or a v5 code that is no CONNACK
+// reason code (5.0 §3.2.2.2).
 func WriteConnack(w io.Writer, version byte, code ReasonCode) error {
+	connack := Connack{ReasonCode: code}
 	switch version {
 	case 0:
 		return fmt.Errorf("packets: no CONNACK for %v: protocol version unknown", code)
 	case ProtocolV5:
-		if err := checkServerCode(code, "CONNACK"); err != nil {
-			return err
-		}
-		return writePacket(w, "CONNACK", typeConnack<<4, 3, 0, byte(code), 0)
 	default:
 		returnCode, ok := code.V3ReturnCode()
 		if !ok {
 			return fmt.Errorf("packets: no MQTT 3 CONNACK return code for %v", code)
 		}
-		return writePacket(w, "CONNACK", typeConnack<<4, 2, 0, returnCode)
+		connack.ReasonCode = ReasonCode(returnCode)
 	}
+	packet, err := connack.Append(nil, version)
+	if err != nil {
+		return err
+	}
+	return writePacket(w, "CONNACK", packet)
 }
 
-// WriteDisconnect writes an MQTT 5 DISCONNECT with the reason code and
-// empty properties, as paho writes it; for any other version (MQTT 3 has no
-// server DISCONNECT) it writes nothing and returns nil. A v5 code under
-// 0x80 other than Success is no reason code a server disconnects with, and
-// gives an error.
+// WriteDisconnect writes an MQTT 5 DISCONNECT with the reason code,
+// Disconnect.Append's packet; for any other version (MQTT 3 has no server
+// DISCONNECT) it writes nothing and returns nil. A code that is no
+// DISCONNECT reason code (5.0 §3.14.2.1), or one only a client sends
+// (under 0x80 other than Success), gives an error.
 func WriteDisconnect(w io.Writer, version byte, code ReasonCode) error {
 	if version != ProtocolV5 {
 		return nil
 	}
-	if err := checkServerCode(code, "DISCONNECT"); err != nil {
+	if code != Success && code < 0x80 {
+		// Under 0x80 only Success is a server's (5.0 §2.4); 0x04,
+		// disconnect with will, is a client's.
+		return fmt.Errorf("packets: %v is no reason code a server disconnects with", code)
+	}
+	packet, err := (&Disconnect{ReasonCode: code}).Append(nil, version)
+	if err != nil {
 		return err
 	}
-	return writePacket(w, "DISCONNECT", typeDisconnect<<4, 2, byte(code), 0)
+	return writePacket(w, "DISCONNECT", packet)
 }
 
-// checkServerCode accepts the codes a server sends in CONNACK and
-// DISCONNECT: Success and failures, which are 0x80 and above (5.0 §2.4).
-func checkServerCode(code ReasonCode, packet string) error {
-	if code != Success && code < 0x80 {
-		return fmt.Errorf("packets: %v is no %s reason code", code, packet)
-	}
-	return nil
-}
-
-func writePacket(w io.Writer, name string, packet ...byte) error {
+func writePacket(w io.Writer, name string, packet []byte) error {
 	if _, err := w.Write(packet); err != nil {
 		return fmt.Errorf("packets: write %s: %w", name, err)
 	}

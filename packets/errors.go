@@ -2,32 +2,39 @@ package packets
 
 import "errors"
 
-// The causes of an *Error. Every failure to accept a CONNECT wraps exactly
-// one of them, so errors.Is tells them apart.
+// The causes of an *Error. Every failure to accept a CONNECT, or a packet
+// after it, wraps exactly one of them, so errors.Is tells them apart.
 var (
 	// ErrNotConnect: the first packet is not a CONNECT. The server closes
 	// without a CONNACK [MQTT-3.1.0-1].
 	ErrNotConnect = errors.New("packets: first packet is not CONNECT")
-	// ErrMalformed: the CONNECT cannot be parsed, or breaks a rule the
+	// ErrMalformed: the packet cannot be parsed, or breaks a rule the
 	// specification calls malformed. Code MalformedPacket (0x81).
-	ErrMalformed = errors.New("packets: malformed CONNECT")
-	// ErrProtocolViolation: the CONNECT parses but carries values the
+	ErrMalformed = errors.New("packets: malformed packet")
+	// ErrProtocolViolation: the packet parses but carries values the
 	// specification forbids. Code ProtocolError (0x82).
-	ErrProtocolViolation = errors.New("packets: CONNECT violates the protocol")
+	ErrProtocolViolation = errors.New("packets: packet violates the protocol")
 	// ErrUnsupportedVersion: the protocol name or level is not one of MQTT
 	// 3.1, 3.1.1 or 5.0. Code UnsupportedProtocolVersion (0x84).
 	ErrUnsupportedVersion = errors.New("packets: unsupported protocol name or level")
-	// ErrTooLarge: the CONNECT is longer than the size limit. Code
+	// ErrTooLarge: the packet is longer than the size limit. Code
 	// PacketTooLarge (0x95).
-	ErrTooLarge = errors.New("packets: CONNECT exceeds the size limit")
+	ErrTooLarge = errors.New("packets: packet exceeds the size limit")
+	// ErrTopicAliasInvalid: an MQTT 5 PUBLISH carries a topic alias of 0
+	// or one above the receiver's Topic Alias Maximum. Code
+	// TopicAliasInvalid (0x94).
+	ErrTopicAliasInvalid = errors.New("packets: topic alias invalid")
 )
 
-// Error is a failure to read or accept the first packet. Code says how to
-// answer: the proxy sends CONNACK(Code) when Version is known and Code maps
-// for that version, and otherwise closes without a CONNACK. WriteConnack
-// follows the same rule, so writing the CONNACK it allows is enough.
+// Error is a failure to read or accept a packet. Code says how to answer.
+// For the first packet the proxy sends CONNACK(Code) when Version is known
+// and Code maps for that version, and otherwise closes without a CONNACK;
+// WriteConnack follows the same rule, so writing the CONNACK it allows is
+// enough. For a later packet an MQTT 5 peer gets DISCONNECT(Code) before
+// the close and an MQTT 3 peer just the close, as WriteDisconnect does.
 //
-// ReadConnect fills every field; the zero value describes nothing.
+// ReadConnect, the Framer and the decoders fill every field; the zero value
+// describes nothing.
 type Error struct {
 	// Code is the reason code to refuse the client with.
 	Code ReasonCode
@@ -67,6 +74,8 @@ func reasonFor(cause error) ReasonCode {
 		return PacketTooLarge
 	case errors.Is(cause, ErrUnsupportedVersion):
 		return UnsupportedProtocolVersion
+	case errors.Is(cause, ErrTopicAliasInvalid):
+		return TopicAliasInvalid
 	// A first packet that is not CONNECT is a protocol error in MQTT 5
 	// terms; Version is 0 then, so it is never answered.
 	case errors.Is(cause, ErrProtocolViolation), errors.Is(cause, ErrNotConnect):

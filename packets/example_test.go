@@ -40,6 +40,6 @@ func ExampleReadConnect_refused() {
 		fmt.Printf("answer % x\n", answer.Bytes())
 	}
 	// Output:
-	// packets: malformed CONNECT: will QoS 3 [MQTT-3.1.2-14]
+	// packets: malformed packet: will QoS 3 [MQTT-3.1.2-14]
 	// answer 20 03 00 81 00
 }

@@ -47,7 +47,7 @@ func unhex(parts ...string) []byte {
 // remaining length, for cases about the variable header and payload.
 func connectPacket(parts ...string) []byte {
 	body := unhex(parts...)
-	e := encoder{buf: []byte{typeConnect << 4}}
+	e := encoder{buf: []byte{byte(TypeConnect) << 4}}
 	e.varint(len(body))
 	return append(e.buf, body...)
 }
@@ -192,6 +192,23 @@ var validCases = []connectCase{
 			WillProperties: &paho.Properties{WillDelayInterval: ptr[uint32](300)},
 			WillTopic:      "dead/paho", WillPayload: []byte("offline"),
 			UsernameFlag: true, Username: "bob", PasswordFlag: true, Password: []byte(tokenEMQXSecret)},
+	},
+	{
+		// What paho.golang v0.23.0 writes for a client with its token in
+		// the Authentication Data, under the method "JWT".
+		name: "paho mqttv5 token in authentication data",
+		raw: unhex(
+			"10 2c",                                  // CONNECT, remaining length 44
+			"0004 4d515454 05",                       // "MQTT", level 5
+			"02 001e",                                // flags: clean start; keep alive 30
+			"1a",                                     // properties, 26 bytes:
+			"17 00",                                  //   request problem information 0
+			"15 0003 4a5754",                         //   authentication method "JWT"
+			"16 000f 65794a2e65794a2e73696730313233", //   authentication data "eyJ.eyJ.sig0123"
+			"0005 6465762d31",                        // client id "dev-1"
+		),
+		want: &Connect{ProtocolName: "MQTT", ProtocolVersion: 5, CleanStart: true, KeepAlive: 30, ClientID: "dev-1",
+			Properties: &paho.Properties{RequestProblemInfo: ptr[byte](0), AuthMethod: "JWT", AuthData: []byte("eyJ.eyJ.sig0123")}},
 	},
 	{
 		// A bridge of mosquitto 2.0.11 (try_private, its default) with

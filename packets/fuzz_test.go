@@ -43,6 +43,7 @@ func FuzzReadConnect(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := &countingReader{r: bytes.NewReader(data)}
 		c, err := ReadConnect(r, limit)
+		checkNeeds(t, data, limit, c, err)
 		var perr *Error
 		switch {
 		case err == nil:
@@ -70,6 +71,41 @@ func FuzzReadConnect(f *testing.F) {
 			t.Errorf("error %v from a bytes.Reader, want an end of input", err)
 		}
 	})
+}
+
+// checkNeeds checks ConnectNeeds and ParseConnect against ReadConnect,
+// which read data with the outcome c, err: with fewer bytes than
+// ConnectNeeds asks for ReadConnect cannot decide, and with that many it
+// decides as with all of data, as ParseConnect does.
+func checkNeeds(t *testing.T, data []byte, limit int, c *Connect, err error) {
+	t.Helper()
+	n := ConnectNeeds(data, limit)
+	undecided := func(err error) bool { return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) }
+	if n > len(data) {
+		if !undecided(err) {
+			t.Fatalf("ConnectNeeds says %d bytes of %d, yet ReadConnect decided: %v", n, len(data), err)
+		}
+		return
+	}
+	if n > 0 {
+		if _, err := ReadConnect(bytes.NewReader(data[:n-1]), limit); !undecided(err) {
+			t.Fatalf("ConnectNeeds says %d bytes, yet ReadConnect decided on %d: %v", n, n-1, err)
+		}
+		if again := ConnectNeeds(data[:n-1], limit); again < n {
+			t.Fatalf("ConnectNeeds says %d bytes of all of them, %d of the first %d", n, again, n-1)
+		}
+	}
+	for _, b := range [][]byte{data[:n], data} {
+		parsed, perr := ParseConnect(b, limit)
+		switch {
+		case (perr == nil) != (err == nil):
+			t.Fatalf("ParseConnect of %d bytes: %v; ReadConnect: %v", len(b), perr, err)
+		case err != nil && perr.Error() != err.Error():
+			t.Fatalf("ParseConnect of %d bytes refuses with %q, ReadConnect with %q", len(b), perr, err)
+		case err == nil && (!equalConnect(parsed, c) || !bytes.Equal(parsed.Raw, c.Raw) || cap(parsed.Raw) != len(c.Raw)):
+			t.Fatalf("ParseConnect of %d bytes read\n%s\nReadConnect\n%s", len(b), describe(parsed), describe(c))
+		}
+	}
 }
 
 func checkAccepted(t *testing.T, c *Connect, data []byte, read, limit int) {

@@ -97,6 +97,28 @@ func (d *decoder) properties(set propertySet) *paho.Properties {
 			key := sub.string(set.name)
 			value := sub.string(set.name)
 			p.User = append(p.User, paho.User{Key: key, Value: value})
+		case paho.PropSubscriptionIdentifier:
+			p.SubscriptionIdentifier = ptr(sub.varint(set.name))
+		case paho.PropServerKeepAlive:
+			p.ServerKeepAlive = ptr(sub.uint16(set.name))
+		case paho.PropMaximumQOS:
+			p.MaximumQOS = ptr(sub.byte(set.name))
+		case paho.PropRetainAvailable:
+			p.RetainAvailable = ptr(sub.byte(set.name))
+		case paho.PropWildcardSubAvailable:
+			p.WildcardSubAvailable = ptr(sub.byte(set.name))
+		case paho.PropSubIDAvailable:
+			p.SubIDAvailable = ptr(sub.byte(set.name))
+		case paho.PropSharedSubAvailable:
+			p.SharedSubAvailable = ptr(sub.byte(set.name))
+		case paho.PropAssignedClientID:
+			p.AssignedClientID = sub.string(set.name)
+		case paho.PropResponseInfo:
+			p.ResponseInfo = sub.string(set.name)
+		case paho.PropServerReference:
+			p.ServerReference = sub.string(set.name)
+		case paho.PropReasonString:
+			p.ReasonString = sub.string(set.name)
 		}
 	}
 	d.err = sub.err
@@ -107,12 +129,14 @@ func (d *decoder) properties(set propertySet) *paho.Properties {
 func ptr[T any](v T) *T { return &v }
 
 // checkProperties applies the rules on property values (5.0 §3.1.2.11,
-// §3.1.3.2) to p, the properties of set, which may be nil.
+// §3.1.3.2, and for the packets after CONNECT §3.2.2.3, §3.8.2.1) to p,
+// the properties of set, which may be nil.
 func checkProperties(p *paho.Properties, set propertySet) error {
 	if p == nil {
 		return nil
 	}
-	strs := []string{p.AuthMethod, p.ContentType, p.ResponseTopic}
+	strs := []string{p.AuthMethod, p.ContentType, p.ResponseTopic, p.AssignedClientID,
+		p.ResponseInfo, p.ServerReference, p.ReasonString}
 	for _, u := range p.User {
 		strs = append(strs, u.Key, u.Value)
 	}
@@ -135,6 +159,18 @@ func checkProperties(p *paho.Properties, set propertySet) error {
 		violation = "authentication data without authentication method (§3.1.2.11.10)"
 	case p.PayloadFormat != nil && *p.PayloadFormat > 1:
 		violation = "payload format indicator not 0 or 1 (§3.1.3.2.3)"
+	case p.SubscriptionIdentifier != nil && (*p.SubscriptionIdentifier < 1 || *p.SubscriptionIdentifier > maxRemainingLength):
+		violation = "subscription identifier not from 1 to 268,435,455 (§3.8.2.1.2)"
+	case p.MaximumQOS != nil && *p.MaximumQOS > 1:
+		violation = "maximum QoS not 0 or 1 (§3.2.2.3.4)"
+	case p.RetainAvailable != nil && *p.RetainAvailable > 1:
+		violation = "retain available not 0 or 1 (§3.2.2.3.5)"
+	case p.WildcardSubAvailable != nil && *p.WildcardSubAvailable > 1:
+		violation = "wildcard subscription available not 0 or 1 (§3.2.2.3.11)"
+	case p.SubIDAvailable != nil && *p.SubIDAvailable > 1:
+		violation = "subscription identifiers available not 0 or 1 (§3.2.2.3.12)"
+	case p.SharedSubAvailable != nil && *p.SharedSubAvailable > 1:
+		violation = "shared subscription available not 0 or 1 (§3.2.2.3.13)"
 	default:
 		return nil
 	}
@@ -187,6 +223,39 @@ func (e *encoder) properties(p *paho.Properties, set propertySet) {
 		}
 		if v := p.CorrelationData; v != nil && sub.property(set, paho.PropCorrelationData) {
 			sub.binary(v, "correlation data")
+		}
+		if v := p.SubscriptionIdentifier; v != nil && sub.property(set, paho.PropSubscriptionIdentifier) {
+			sub.varint(*v)
+		}
+		if v := p.ServerKeepAlive; v != nil && sub.property(set, paho.PropServerKeepAlive) {
+			sub.uint16(*v)
+		}
+		for _, flag := range [...]struct {
+			id byte
+			v  *byte
+		}{
+			{paho.PropMaximumQOS, p.MaximumQOS},
+			{paho.PropRetainAvailable, p.RetainAvailable},
+			{paho.PropWildcardSubAvailable, p.WildcardSubAvailable},
+			{paho.PropSubIDAvailable, p.SubIDAvailable},
+			{paho.PropSharedSubAvailable, p.SharedSubAvailable},
+		} {
+			if flag.v != nil && sub.property(set, flag.id) {
+				sub.byte(*flag.v)
+			}
+		}
+		for _, text := range [...]struct {
+			id       byte
+			v, field string
+		}{
+			{paho.PropAssignedClientID, p.AssignedClientID, "assigned client identifier"},
+			{paho.PropResponseInfo, p.ResponseInfo, "response information"},
+			{paho.PropServerReference, p.ServerReference, "server reference"},
+			{paho.PropReasonString, p.ReasonString, "reason string"},
+		} {
+			if text.v != "" && sub.property(set, text.id) {
+				sub.string(text.v, text.field)
+			}
 		}
 		for _, u := range p.User {
 			if sub.property(set, paho.PropUser) {

@@ -35,7 +35,7 @@ func TestReadConnectAllocatesAsBytesArrive(t *testing.T) {
 // few bytes per read.
 func TestReadConnectLargePackets(t *testing.T) {
 	// The password's length puts the body around bodyChunk and beyond.
-	for _, password := range []int{0, bodyChunk - 40, bodyChunk - 39, bodyChunk - 38, 3 * bodyChunk, DefaultMaxConnectSize - 64} {
+	for _, password := range []int{0, bodyChunk - 40, bodyChunk - 39, bodyChunk - 38, 3 * bodyChunk, 65535} {
 		c := &Connect{
 			ProtocolName: "MQTT", ProtocolVersion: ProtocolV311, ClientID: "big",
 			UsernameFlag: true, Username: "u", PasswordFlag: true, Password: []byte(strings.Repeat("p", password)),
@@ -65,4 +65,38 @@ func bytesPerRun(run func()) uint64 {
 	}
 	runtime.ReadMemStats(&after)
 	return (after.TotalAlloc - before.TotalAlloc) / runs
+}
+
+// TestConnectNeeds: what a reader fed a few bytes at a time is told to
+// wait for before ParseConnect can decide.
+func TestConnectNeeds(t *testing.T) {
+	connect := unhex("10 0c", mqtt311, "02 003c 0000") // the shortest CONNECT, 14 bytes
+	for _, tc := range []struct {
+		name   string
+		prefix []byte
+		max    int
+		want   int
+	}{
+		{"nothing yet", nil, 0, 1},
+		{"the type byte", connect[:1], 0, 2},
+		{"the fixed header", connect[:2], 0, 14},
+		{"half the packet", connect[:7], 0, 14},
+		{"the packet", connect, 0, 14},
+		{"the packet and more", append(bytes.Clone(connect), 0xc0, 0x00), 0, 14},
+		{"a PUBLISH: refused on its first byte", unhex("30"), 0, 1},
+		{"reserved flags: refused on the first byte", unhex("11"), 0, 1},
+		{"a remaining length going on", unhex("10 ff ff"), 0, 4},
+		{"a remaining length too long: refused on its fifth byte", unhex("10 ff ff ff ff"), 0, 5},
+		{"oversize: the protocol name's length first", unhex("10 e0d403"), 1024, 6},
+		{"oversize: then the name and level", unhex("10 e0d403 0004"), 1024, 11},
+		{"oversize, unknown name length: refused once it is in", unhex("10 e0d403 0009"), 1024, 6},
+		{"a 1 MiB CONNECT is within a 1 MiB limit", unhex("10 fcff3f"), 1 << 20, 1 << 20},
+		{"a byte more is not", unhex("10 fdff3f"), 1 << 20, 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := ConnectNeeds(tc.prefix, tc.max); got != tc.want {
+				t.Errorf("ConnectNeeds(% x, %d) = %d, want %d", tc.prefix, tc.max, got, tc.want)
+			}
+		})
+	}
 }

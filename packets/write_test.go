@@ -37,6 +37,7 @@ func TestWriteConnack(t *testing.T) {
 		{"mqttv31 malformed packet has no code", ProtocolV31, MalformedPacket, nil},
 		{"version unknown", 0, BadUserNameOrPassword, nil},
 		{"mqttv5 0x04 is no CONNACK code", ProtocolV5, ReasonCode(0x04), nil},
+		{"mqttv5 0x8B is no CONNACK code", ProtocolV5, ServerShuttingDown, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -87,8 +88,11 @@ func TestWriteDisconnect(t *testing.T) {
 	}{
 		{"mqttv5 not authorized", ProtocolV5, NotAuthorized, []byte{0xE0, 0x02, 0x87, 0x00}, false},
 		{"mqttv5 server shutting down", ProtocolV5, ServerShuttingDown, []byte{0xE0, 0x02, 0x8B, 0x00}, false},
-		{"mqttv5 normal", ProtocolV5, Success, []byte{0xE0, 0x02, 0x00, 0x00}, false},
-		{"mqttv5 0x04 is a client's code", ProtocolV5, ReasonCode(0x04), nil, true},
+		{"mqttv5 maximum connect time", ProtocolV5, MaximumConnectTime, []byte{0xE0, 0x02, 0xA0, 0x00}, false},
+		// A remaining length of 0 is normal disconnection (5.0 §3.14.2.1).
+		{"mqttv5 normal", ProtocolV5, Success, []byte{0xE0, 0x00}, false},
+		{"mqttv5 0x04 is a client's code", ProtocolV5, DisconnectWithWill, nil, true},
+		{"mqttv5 0x86 is no DISCONNECT code", ProtocolV5, BadUserNameOrPassword, nil, true},
 		{"mqttv311 writes nothing", ProtocolV311, NotAuthorized, nil, false},
 		{"mqttv31 writes nothing", ProtocolV31, ServerShuttingDown, nil, false},
 	}
@@ -157,7 +161,7 @@ func TestReasonCode(t *testing.T) {
 		{PacketTooLarge, "packet too large", 0, false},
 		{QuotaExceeded, "quota exceeded", 3, true},
 		{ConnectionRateExceeded, "connection rate exceeded", 3, true},
-		{ReasonCode(0x9C), "reason code 0x9C", 0, false},
+		{ReasonCode(0x03), "reason code 0x03", 0, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"runtime"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
 
 // engineSocketPair returns a client's connection and the socket the epoll
@@ -36,16 +38,42 @@ func engineSocketPair(t *testing.T) (client net.Conn, accepted net.Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { accepted.Close() })
-	if _, ok := accepted.(socketReader); !ok {
+	if _, ok := accepted.(queuedReader); !ok {
 		t.Fatalf("the epoll engine accepted a %T, which cannot read ahead", accepted)
 	}
 	return client, accepted
 }
 
-// readConnect takes a CONNECT from a bare socket in one read when it has
-// arrived, and returns what came after it in that read; a CONNECT larger
-// than the read-ahead is read to its end and no further, and one that
-// arrives in pieces is waited for.
+// unlimitedOwner lets a connectReader hold all it reads, and says when
+// it is resumed.
+type unlimitedOwner chan struct{}
+
+func (unlimitedOwner) hold(int) bool { return true }
+func (o unlimitedOwner) Resume()     { o <- struct{}{} }
+
+// readBareConnect reads a CONNECT from c, a bare socket, with a
+// connectReader, waiting for each resume when it has to.
+func readBareConnect(t *testing.T, c net.Conn) (*packets.Connect, []byte, error) {
+	t.Helper()
+	resumed := make(unlimitedOwner, 1)
+	r := &connectReader{conn: c, owner: resumed}
+	for {
+		pk, past, err := r.read()
+		if !errors.Is(err, errWaiting) {
+			return pk, past, err
+		}
+		select {
+		case <-resumed:
+		case <-time.After(proxytest.DefaultTimeout):
+			t.Fatal("the reader was not resumed")
+		}
+	}
+}
+
+// A connectReader takes a CONNECT from a bare socket in one read when it
+// has arrived, and returns what came after it in that read; a CONNECT
+// larger than the read-ahead is read to its end and no further, and one
+// that arrives in pieces is waited for without a goroutine.
 func TestReadConnectAhead(t *testing.T) {
 	long := make([]byte, 3*connectReadAhead)
 	for i := range long {
@@ -75,7 +103,7 @@ func TestReadConnectAhead(t *testing.T) {
 					client.Write(w)
 				}
 			}()
-			pk, past, err := readConnect(c, 0)
+			pk, past, err := readBareConnect(t, c)
 			if err != nil {
 				t.Fatal(err)
 			}

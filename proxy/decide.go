@@ -23,34 +23,32 @@ type accepted struct {
 	header          []byte // the PROXY header the broker gets first, or nil
 }
 
-// decide reads s's CONNECT, within the connect timeout that began at
-// start, and decides on it: the client is accepted, with what the broker
-// is to get, or refused, with why.
-func (p *Proxy) decide(s *session, start time.Time, log *connLog) (*accepted, *refusal) {
-	c := s.client
-	deadline := start.Add(s.policy.limits.connectTimeout())
-	c.SetReadDeadline(deadline)
-	if tc, ok := c.(*tls.Conn); ok {
-		// Before the CONNECT is read, so that a failed handshake is
-		// logged as such.
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
-		err := tc.HandshakeContext(ctx)
-		cancel()
-		if err != nil {
-			return nil, handshakeFailed(err, start)
-		}
+// handshake completes a TLS client's handshake, within the connect
+// timeout that began at start, before its CONNECT is read, so that a
+// failed one is refused as such. Other connections have nothing to do.
+func handshake(c net.Conn, start time.Time, deadline time.Time) *refusal {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return nil
 	}
-	pk, past, err := readConnect(c, s.policy.limits.MaxConnectSize)
-	if err != nil {
-		return nil, unreadable(err, start, log)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return handshakeFailed(err, start)
 	}
+	return nil
+}
+
+// decide decides on pk, s's CONNECT, read from start on with past read
+// past it: the client is accepted, with what the broker is to get, or
+// refused, with why.
+func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte, start time.Time, log *connLog) (*accepted, *refusal) {
 	read := time.Now()
 	log.add(
 		zap.String("client_id", pk.ClientID),
 		zap.String("username", loggedUsername(pk.Username)),
 		zap.Uint8("protocol_version", pk.ProtocolVersion),
 	)
-
 	req := authn.Request{
 		ClientID:    pk.ClientID,
 		Username:    pk.Username,
@@ -59,7 +57,7 @@ func (p *Proxy) decide(s *session, start time.Time, log *connLog) (*accepted, *r
 		HasPassword: pk.PasswordFlag,
 	}
 	req = withTransport(req, c) // certificate names, a WebSocket upgrade's token
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	ctx, cancel := context.WithDeadline(context.Background(), start.Add(s.policy.limits.connectTimeout()))
 	id, err := s.policy.verifier.Verify(ctx, req)
 	cancel()
 	if !p.decided(s) { // evicted or closed while the token was checked: its socket is closed
@@ -68,26 +66,23 @@ func (p *Proxy) decide(s *session, start time.Time, log *connLog) (*accepted, *r
 	a := &accepted{connect: pk, id: id, pastConnect: past}
 	var upstreamClientID string
 	if err == nil {
-		a.upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, id.Claims, log)
+		a.upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, &id, log)
 	}
 	if err != nil {
 		return nil, authenticationRefused(pk, err, read)
 	}
-	p.Metrics.decided("accepted", "", time.Since(read))
-	log.Info("authentication accepted",
-		zap.String("outcome", "accepted"),
-		zap.String("authenticator", id.Authenticator),
-		zap.String("sub", id.Subject),
-		expiryField(id.Expiry),
-		bridgeField(pk.Bridge),
-	)
+	// The token is good, but the outcome is told once it is known, in one
+	// log line and one count alike: accepted once the broker has the
+	// CONNECT (handOver), refused, with who it was, when it goes no
+	// further.
+	p.Metrics.decisionTook(time.Since(read))
 	if upstreamClientID != "" && !s.policy.idRates.allow(upstreamClientID, time.Now()) {
-		return nil, clientIDRateExceeded(pk)
+		return nil, clientIDRateExceeded(pk, &a.id)
 	}
 	// The PROXY header for the broker says what the wrapper around the
 	// client says.
 	if a.header, err = p.UpstreamProxyHeader.Format(c); err != nil {
-		return nil, upstreamUnavailable(pk.ProtocolVersion, err)
+		return nil, upstreamUnavailable(pk, &a.id, err)
 	}
 	return a, nil
 }

@@ -2,15 +2,18 @@ package proxy
 
 import (
 	"bytes"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 
@@ -242,5 +245,61 @@ func TestLoggedUsername(t *testing.T) {
 		if got := loggedUsername(tc.username); got != tc.want {
 			t.Errorf("loggedUsername(%q) = %q, want %q", tc.username, got, tc.want)
 		}
+	}
+}
+
+// TestLargeWillThroughProxy: a client whose CONNECT carries a will of
+// 65,400 bytes beside its token, which mosquitto accepts with its
+// defaults, gets through the proxy at its default limits too, and
+// mosquitto publishes that will when the client goes away. (Regression:
+// max_connect_size defaulted to 64 KiB, so the proxy closed such a 3.1.1
+// client with no CONNACK and refused an MQTT 5 one with 0x95.)
+func TestLargeWillThroughProxy(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	p := &Proxy{Upstream: broker.Addr, Verifier: jwtChain(t, boundHS256),
+		Limits: Limits{ConnectTimeout: proxytest.DefaultTimeout}} // sizes at their defaults
+	addr := startProxy(t, p)
+	watcher := connectPaho(t, broker.Addr, &paho.Connect{ClientID: "watcher", CleanStart: true, KeepAlive: 30})
+	watcher.subscribe(t, "will/#", 1)
+
+	for _, version := range []byte{packets.ProtocolV311, packets.ProtocolV5} {
+		t.Run(fmt.Sprintf("level %d", version), func(t *testing.T) {
+			id := fmt.Sprintf("will-%d", version)
+			will := make([]byte, 65_400)
+			rand.Read(will)
+			connect := &packets.Connect{
+				ProtocolName: "MQTT", ProtocolVersion: version, CleanStart: true, KeepAlive: 30, ClientID: id,
+				UsernameFlag: true, Username: "user-" + id,
+				PasswordFlag: true, Password: []byte(mint(t, e2eSecret, id, nil)),
+				WillFlag: true, WillQoS: 1, WillTopic: "will/" + id, WillPayload: will,
+			}
+			raw, err := connect.Encode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(raw) <= 64<<10 {
+				t.Fatalf("the CONNECT is %d bytes; the test needs one over 64 KiB", len(raw))
+			}
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			// The CONNACK's first bytes: type, remaining length (MQTT 5
+			// adds the broker's properties), flags, code 0.
+			c.SetDeadline(time.Now().Add(proxytest.DefaultTimeout))
+			if _, err := c.Write(raw); err != nil {
+				t.Fatal(err)
+			}
+			connack := make([]byte, 4)
+			if _, err := io.ReadFull(c, connack); err != nil || connack[0] != 0x20 || connack[3] != 0 {
+				t.Fatalf("%d-byte CONNECT answered % x, %v; want an accepting CONNACK", len(raw), connack, err)
+			}
+			c.Close() // no DISCONNECT: the broker publishes the will
+			got := watcher.next(t)
+			if got.Topic != "will/"+id || !bytes.Equal(got.Payload, will) {
+				t.Errorf("the broker published %d bytes on %s, want the %d-byte will on will/%s", len(got.Payload), got.Topic, len(will), id)
+			}
+		})
 	}
 }

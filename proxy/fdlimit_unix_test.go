@@ -21,7 +21,8 @@ func raiseFDLimit(t *testing.T, n int) {
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &limit); err != nil {
 		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &limit)
 	}
-	if need := uint64(openFDs(t) + n + 500); uint64(limit.Cur) < need { // int64 on some systems
+	// Cur is an int64 on FreeBSD, a uint64 elsewhere.
+	if need := uint64(openFDs(t) + n + 500); uint64(limit.Cur) < need {
 		t.Skipf("the open-file limit (ulimit -n) is %d; the floods need %d: raise it to run them", limit.Cur, need)
 	}
 }

@@ -19,7 +19,11 @@ import (
 // client identifier kept or rendered from templates such as
 // "${claims.sub}". A nil *Forward keeps everything, and so does a Forward
 // whose rewrite gives the client's own values: the client's bytes then go
-// upstream unchanged. Build one with NewForward.
+// upstream unchanged. Whatever the configuration, the CONNECT of a client
+// that presented its token under an Authentication Method goes without
+// its Authentication Method and Data: the proxy answers for the method,
+// which the broker does not know [MQTT-4.12.0-1]. Build one with
+// NewForward.
 type Forward struct {
 	stripPassword bool
 	password      []byte          // sent instead of the client's; nil keeps it
@@ -70,32 +74,26 @@ func NewForward(cfg configs.Forward) (*Forward, error) {
 }
 
 // connect returns the CONNECT to send upstream for pk, whose client req
-// was accepted with claims, and the client ID in it: pk.Raw when nothing
-// changes, else pk re-encoded with the rewritten fields. A template without a value for
-// this client, or a result the CONNECT cannot carry (a claim holding
-// U+0000, say), is an error wrapping authn.ErrClaimMismatch. It logs at
-// debug what it rewrote, never the password.
-func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[string]any, log *connLog) (raw []byte, clientID string, err error) {
-	if f == nil {
+// was accepted as id, and the client ID in it: pk.Raw when nothing
+// changes, else pk re-encoded with the rewritten fields. A template
+// without a value for this client, or a result the CONNECT cannot carry (a
+// claim holding U+0000, say), is an error wrapping
+// authn.ErrClaimMismatch. It logs at debug what it rewrote, never the
+// password.
+func (f *Forward) connect(pk *packets.Connect, req *authn.Request, id *authn.Identity, log *connLog) (raw []byte, clientID string, err error) {
+	if f == nil && id.AuthMethod == "" {
 		return pk.Raw, pk.ClientID, nil
 	}
 	out := *pk
-	if f.clientID != nil {
-		if out.ClientID, err = render(f.clientID, "forward.client_id", req, claims); err != nil {
+	if f != nil {
+		if err := f.rewrite(&out, req, id.Claims); err != nil {
 			return nil, "", err
 		}
 	}
-	if f.username != nil {
-		if out.Username, err = render(f.username, "forward.username", req, claims); err != nil {
-			return nil, "", err
-		}
-		out.UsernameFlag = true
-	}
-	switch {
-	case f.stripPassword:
-		out.PasswordFlag, out.Password = false, nil
-	case f.password != nil:
-		out.PasswordFlag, out.Password = true, f.password
+	if id.AuthMethod != "" {
+		props := *pk.Properties // set: the method came in them
+		props.AuthMethod, props.AuthData = "", nil
+		out.Properties = &props
 	}
 	if out.PasswordFlag && !out.UsernameFlag && out.ProtocolVersion != packets.ProtocolV5 {
 		// MQTT 3.1 and 3.1.1 carry a password only behind a user name
@@ -116,6 +114,9 @@ func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[st
 	if out.PasswordFlag != pk.PasswordFlag || !bytes.Equal(out.Password, pk.Password) {
 		rewritten = append(rewritten, "password")
 	}
+	if id.AuthMethod != "" {
+		rewritten = append(rewritten, "authentication")
+	}
 	if len(rewritten) == 0 {
 		return pk.Raw, pk.ClientID, nil
 	}
@@ -124,6 +125,30 @@ func (f *Forward) connect(pk *packets.Connect, req *authn.Request, claims map[st
 	}
 	log.Debug("connect rewritten for the upstream", append(fields, zap.Strings("rewritten", rewritten))...)
 	return raw, out.ClientID, nil
+}
+
+// rewrite sets the fields of out that f rewrites, for the client req
+// accepted with claims.
+func (f *Forward) rewrite(out *packets.Connect, req *authn.Request, claims map[string]any) error {
+	var err error
+	if f.clientID != nil {
+		if out.ClientID, err = render(f.clientID, "forward.client_id", req, claims); err != nil {
+			return err
+		}
+	}
+	if f.username != nil {
+		if out.Username, err = render(f.username, "forward.username", req, claims); err != nil {
+			return err
+		}
+		out.UsernameFlag = true
+	}
+	switch {
+	case f.stripPassword:
+		out.PasswordFlag, out.Password = false, nil
+	case f.password != nil:
+		out.PasswordFlag, out.Password = true, f.password
+	}
+	return nil
 }
 
 // render is t for this client, or an error wrapping

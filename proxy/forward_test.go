@@ -164,7 +164,7 @@ func TestForwardConnect(t *testing.T) {
 				}
 				pk := clientConnect(t, version, client)
 				req := requestOf(pk)
-				got, _, err := f.connect(pk, &req, claims, newConnLog(zap.NewNop()))
+				got, _, err := f.connect(pk, &req, &authn.Identity{Claims: claims}, newConnLog(zap.NewNop()))
 				if err != nil {
 					t.Fatalf("connect: %v", err)
 				}
@@ -214,12 +214,64 @@ func TestForwardConnectRefuses(t *testing.T) {
 			}
 			pk := clientConnect(t, packets.ProtocolV311, nil)
 			req := requestOf(pk)
-			got, _, err := f.connect(pk, &req, claims, newConnLog(zap.NewNop()))
+			got, _, err := f.connect(pk, &req, &authn.Identity{Claims: claims}, newConnLog(zap.NewNop()))
 			if got != nil || !errors.Is(err, authn.ErrClaimMismatch) || authn.ReasonOf(err) != authn.ErrClaimMismatch {
 				t.Fatalf("connect = %x, %v; want a claim_mismatch error", got, err)
 			}
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q lacks %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestForwardConnectAuthMethod: a client that presented its token under an
+// Authentication Method reaches the broker without the method and the
+// token, whatever forward says, its other properties and fields kept; a
+// forward rewrite applies as well.
+func TestForwardConnectAuthMethod(t *testing.T) {
+	const token = "eyJ.eyJ.token-under-the-method"
+	client := func(c *packets.Connect) {
+		withoutCredentials(c)
+		c.Properties.AuthMethod, c.Properties.AuthData = "JWT", []byte(token)
+	}
+	id := &authn.Identity{AuthMethod: "JWT", Claims: map[string]any{"sub": "sensor-7"}}
+	for _, tc := range []struct {
+		name string
+		cfg  configs.Forward
+		edit func(*packets.Connect)
+	}{
+		{"no forward section", configs.Forward{}, func(*packets.Connect) {}},
+		{"client id from sub", configs.Forward{ClientID: "${claims.sub}"}, func(c *packets.Connect) { c.ClientID = "sensor-7" }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := NewForward(tc.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			core, logs := observer.New(zapcore.DebugLevel)
+			pk := clientConnect(t, packets.ProtocolV5, client)
+			req := requestOf(pk)
+			got, _, err := f.connect(pk, &req, id, newConnLog(zap.New(core)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := clientConnect(t, packets.ProtocolV5, func(c *packets.Connect) { withoutCredentials(c); tc.edit(c) })
+			if !bytes.Equal(got, want.Raw) {
+				t.Errorf("got  %x\nwant %x", got, want.Raw)
+			}
+			if bytes.Contains(got, []byte(token)) || bytes.Contains(got, []byte("JWT")) {
+				t.Errorf("the method or the token reached the broker: %q", got)
+			}
+			if method, data := pk.Authentication(); method != "JWT" || string(data) != token {
+				t.Errorf("the client's CONNECT was changed: %q, %q", method, data)
+			}
+			entries := logs.FilterMessage("connect rewritten for the upstream").All()
+			if len(entries) != 1 {
+				t.Fatalf("got %d rewrite lines, want 1", len(entries))
+			}
+			if rewritten, _ := json.Marshal(entries[0].ContextMap()["rewritten"]); !strings.Contains(string(rewritten), `"authentication"`) {
+				t.Errorf("rewritten = %s, want authentication in it", rewritten)
 			}
 		})
 	}
@@ -235,7 +287,7 @@ func TestForwardConnectLogs(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	pk := clientConnect(t, packets.ProtocolV5, nil)
 	req := requestOf(pk)
-	if _, _, err := f.connect(pk, &req, map[string]any{"sub": "sensor-7"}, newConnLog(zap.New(core))); err != nil {
+	if _, _, err := f.connect(pk, &req, &authn.Identity{Claims: map[string]any{"sub": "sensor-7"}}, newConnLog(zap.New(core))); err != nil {
 		t.Fatal(err)
 	}
 	entries := logs.FilterMessage("connect rewritten for the upstream").All()

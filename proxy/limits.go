@@ -7,11 +7,14 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
 
 // Limits bound what clients may cost the proxy before they are
-// authenticated. The zero value applies DefaultConnectTimeout and
-// packets.DefaultMaxConnectSize and no other limit.
+// authenticated. The zero value applies DefaultConnectTimeout,
+// packets.DefaultMaxConnectSize and configs.DefaultMaxPendingConnectBytes,
+// and no other limit.
 type Limits struct {
 	// ConnectTimeout is how long a client has, from accept, to send its
 	// whole CONNECT and be authenticated. Zero means DefaultConnectTimeout.
@@ -31,6 +34,14 @@ type Limits struct {
 	// room: an idle flood (slowloris) then evicts itself, while real
 	// clients, which send CONNECT at once, get through. Zero means no cap.
 	MaxPendingConnects int
+	// MaxPendingConnectBytes caps the bytes that the CONNECTs of pending
+	// connections hold in all: what they have sent (a buffer grows as the
+	// bytes arrive, at most doubling, not to the length a client
+	// declares), until each is decided. Over it, the connections that
+	// have held bytes longest are closed until the rest fit, so that
+	// clients trickling large CONNECTs cannot hold more, however many
+	// they are. Zero means configs.DefaultMaxPendingConnectBytes.
+	MaxPendingConnectBytes int
 	// PerIPConnectRate is how many new connections per second one client
 	// IP may open, with bursts of PerIPConnectBurst; over it a connection
 	// is closed at accept. Zero means no limit.
@@ -58,9 +69,17 @@ const (
 	limitMaxConnections      = "max_connections"
 	limitListenerConnections = "max_listener_connections"
 	limitPending             = "max_pending_connects"
+	limitPendingBytes        = "max_pending_connect_bytes"
 	limitRate                = "per_ip_connect_rate"
 	limitClientIDRate        = "per_client_id_connect_rate"
 )
+
+func (l *Limits) maxPendingConnectBytes() int {
+	if l.MaxPendingConnectBytes <= 0 {
+		return configs.DefaultMaxPendingConnectBytes
+	}
+	return l.MaxPendingConnectBytes
+}
 
 // maxTrackedKeys bounds a rate limiter's memory: at most twice this many
 // token buckets (about 100 bytes each) are kept.

@@ -7,9 +7,11 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -32,10 +34,27 @@ func dialFrom(t *testing.T, src, addr string) net.Conn {
 	return c
 }
 
-// closedAtAccept reports whether the proxy closed c without a byte.
+// closedAtAccept reports whether the proxy closed c without a byte. It
+// waits for the close up to proxytest.DefaultTimeout: call it where the
+// close is expected, and stillOpen where it is not.
 func closedAtAccept(t *testing.T, c net.Conn) bool {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	return closedWithin(t, c, proxytest.DefaultTimeout)
+}
+
+// stillOpen reports whether c, just accepted, is still open a moment
+// later, without a byte from the proxy: waiting for a CONNECT.
+func stillOpen(t *testing.T, c net.Conn) bool {
+	t.Helper()
+	return !closedWithin(t, c, 200*time.Millisecond)
+}
+
+// closedWithin reports whether the proxy closes c without a byte within
+// wait.
+func closedWithin(t *testing.T, c net.Conn, wait time.Duration) bool {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(wait))
+	defer c.SetReadDeadline(time.Time{})
 	n, err := c.Read(make([]byte, 1))
 	if n == 0 && (err == io.EOF || isReset(err)) {
 		return true
@@ -70,7 +89,7 @@ func TestMaxConnections(t *testing.T) {
 
 	a, b := dial(t, addr), dial(t, addr)
 	connectThrough(t, a, rec, 0) // one authenticated, one pending: both count
-	if closedAtAccept(t, b) {
+	if !stillOpen(t, b) {
 		t.Fatal("second connection closed under a limit of 2")
 	}
 	if !closedAtAccept(t, dial(t, addr)) {
@@ -100,7 +119,7 @@ func TestPerIPConnectRate(t *testing.T) {
 	addr := startProxy(t, &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{},
 		Limits: Limits{PerIPConnectRate: 0.01, PerIPConnectBurst: 2}})
 	for i := range 2 {
-		if closedAtAccept(t, dialFrom(t, "127.0.0.2", addr)) {
+		if !stillOpen(t, dialFrom(t, "127.0.0.2", addr)) {
 			t.Fatalf("connection %d within the burst was closed", i+1)
 		}
 	}
@@ -214,7 +233,8 @@ func TestPerClientIDConnectRate(t *testing.T) {
 
 	t.Run("client IDs", func(t *testing.T) {
 		rec := proxytest.NewRecorder(t, "")
-		p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: limits}
+		reg := prometheus.NewRegistry()
+		p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}, Limits: limits, Metrics: NewMetrics(reg, "test")}
 		logs := observe(p)
 		addr := startProxy(t, p)
 		through := 0
@@ -251,6 +271,15 @@ func TestPerClientIDConnectRate(t *testing.T) {
 			t.Errorf("upstream saw %d connections, want %d: a limited client was dialed", got, through)
 		}
 		waitLog(t, logs, "connect rejected", zap.String("reason", "per_client_id_connect_rate"), zap.String("client_id", "dev-1"))
+		// Counted as logged: refused, not accepted (the good token
+		// notwithstanding).
+		if n := gathered(t, reg, "mqtt_jwt_proxy_authentications_total", "outcome=refused", "reason=per_client_id_connect_rate"); n != 2 {
+			t.Errorf("authentications_total{refused,per_client_id_connect_rate} = %v, want 2", n)
+		}
+		waitFor(t, func() bool { return logs.FilterMessage("authentication accepted").Len() == through })
+		if n := gathered(t, reg, "mqtt_jwt_proxy_authentications_total", "outcome=accepted", "reason="); n != float64(through) {
+			t.Errorf("authentications_total{accepted} = %v, want %d", n, through)
+		}
 	})
 
 	t.Run("the ID the broker gets", func(t *testing.T) {
@@ -292,7 +321,8 @@ func TestEvictedWhileVerifying(t *testing.T) {
 	rec := proxytest.NewRecorder(t, "")
 	v := blockingVerifier{entered: make(chan struct{}, 1), release: make(chan struct{})}
 	core, logs := observer.New(zap.InfoLevel)
-	p := &Proxy{Upstream: rec.Addr, Verifier: v, Limits: Limits{MaxPendingConnects: 1}, Logger: zap.New(core)}
+	reg := prometheus.NewRegistry()
+	p := &Proxy{Upstream: rec.Addr, Verifier: v, Limits: Limits{MaxPendingConnects: 1}, Logger: zap.New(core), Metrics: NewMetrics(reg, "test")}
 	addr := startProxy(t, p)
 
 	victim := dial(t, addr)
@@ -313,10 +343,93 @@ func TestEvictedWhileVerifying(t *testing.T) {
 	if n := logs.FilterMessage("authentication accepted").Len(); n != 0 {
 		t.Errorf("%d clients logged as accepted, want none", n)
 	}
-	if closedAtAccept(t, taker) {
+	// Each eviction logged is counted, as the victim's is, and as the
+	// evictor's will be.
+	waitFor(t, func() bool {
+		return gathered(t, reg, "mqtt_jwt_proxy_authentications_total", "outcome=refused", "reason="+limitPending) == 2
+	})
+	if !stillOpen(t, taker) {
 		t.Error("the newest pending socket was closed")
 	}
 	if got := rec.Accepted(); got != 0 {
 		t.Errorf("upstream saw %d connections, want none", got)
 	}
+}
+
+// TestMaxPendingConnectBytes: the bytes pending CONNECTs hold count as
+// they arrive, whatever length the clients declare; over the budget the
+// connection that has held bytes longest is closed, logged and counted
+// as max_pending_connect_bytes, the budget is never exceeded, and a
+// client whose CONNECT comes at once still gets in.
+func TestMaxPendingConnectBytes(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	const budget, sent, clients = 64 << 10, 20_000, 6
+	o := startObserved(t, &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{},
+		Limits: Limits{MaxPendingConnectBytes: budget, ConnectTimeout: time.Minute}})
+
+	// Each declares a CONNECT of 200,000 bytes, within max_connect_size,
+	// and sends 20,000 of them: the first 20,000 bytes of a real one.
+	long := connectPacket(t, packets.ProtocolV311, string(make([]byte, 60_000)))
+	first := slices.Concat(fixedHeader(200_000), connectBody(long))[:sent]
+	// charged is what the session of the client c is counted for, -1
+	// when it has none (not accepted yet, or evicted and gone), -2 when it
+	// is evicted.
+	charged := func(c net.Conn) int {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		for s := range o.sessions {
+			switch {
+			case s.client.RemoteAddr().String() != c.LocalAddr().String():
+			case s.evicted.Load():
+				return -2
+			case s.connect != nil:
+				return s.connect.charged
+			}
+		}
+		return -1
+	}
+	// closed says whether the proxy has closed c.
+	closed := func(c net.Conn) bool {
+		c.SetReadDeadline(time.Now().Add(time.Millisecond))
+		_, err := c.Read(make([]byte, 1))
+		return err == io.EOF || isReset(err)
+	}
+	var conns []net.Conn
+	for i := range clients {
+		c := dial(t, o.addr)
+		if _, err := c.Write(first); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		// Until its session holds what it sent, or it is evicted.
+		waitFor(t, func() bool { n := charged(c); return n >= sent || n == -2 || n == -1 && closed(c) })
+		o.mu.Lock()
+		held := o.heldBytes
+		o.mu.Unlock()
+		if held > budget {
+			t.Fatalf("after client %d the pending CONNECTs hold %d bytes, over the budget of %d", i, held, budget)
+		}
+	}
+	evicted := 0 // every client has been accepted: without a session it was evicted
+	for evicted < clients && charged(conns[evicted]) < 0 {
+		evicted++
+	}
+	t.Logf("%d of %d clients sending %d bytes each evicted under a budget of %d", evicted, clients, sent, budget)
+	if evicted == 0 || evicted == clients {
+		t.Fatalf("%d of %d clients holding %d bytes each were evicted under a budget of %d; want the oldest, not all", evicted, clients, sent, budget)
+	}
+	for i, c := range conns {
+		if i < evicted && !closedAtAccept(t, c) || i >= evicted && !stillOpen(t, c) {
+			t.Errorf("client %d: want the %d oldest closed and the rest waiting", i, evicted)
+		}
+	}
+	o.waitLogged(t, "connect rejected", zap.String("reason", limitPendingBytes))
+	if n := o.logs.FilterMessage("connect rejected").FilterField(zap.String("reason", limitPendingBytes)).Len(); n != evicted {
+		t.Errorf("%d evictions logged, want %d", n, evicted)
+	}
+	if n := o.metric(t, "mqtt_jwt_proxy_limit_rejections_total", "kind="+limitPendingBytes); n != float64(evicted) {
+		t.Errorf("limit_rejections_total{kind=%s} = %v, want %d", limitPendingBytes, n, evicted)
+	}
+	connectThrough(t, dial(t, o.addr), rec, 0)
 }

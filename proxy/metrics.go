@@ -39,7 +39,7 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 		}, []string{"listener"}),
 		authentications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "authentications_total",
-			Help: "Decisions on CONNECT packets by outcome (accepted, refused) and reason.",
+			Help: "Admitted connections by outcome and reason, as logged: accepted once the broker has the CONNECT; refused for a bad token or CONNECT, a limit, or upstream_unavailable.",
 		}, []string{"outcome", "reason"}),
 		decision: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Name: "connect_decision_seconds",
@@ -71,9 +71,11 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 	build.WithLabelValues(version, runtime.Version()).Set(1)
 	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, build)
 	// Authentication outcomes and limit kinds are known in advance: export
-	// them at zero so that rate() works from the first event.
+	// them at zero so that rate() works from the first event, a broker
+	// outage's refusals included.
 	m.authentications.WithLabelValues("accepted", "")
-	for _, kind := range []string{limitMaxConnections, limitListenerConnections, limitPending, limitRate, limitClientIDRate} {
+	m.authentications.WithLabelValues("refused", reasonUpstreamUnavailable)
+	for _, kind := range []string{limitMaxConnections, limitListenerConnections, limitPending, limitPendingBytes, limitRate, limitClientIDRate} {
 		m.limited.WithLabelValues(kind)
 	}
 	return m
@@ -97,9 +99,24 @@ func (m *Metrics) connClosed(listener string) {
 	}
 }
 
+// decided counts a connection's outcome (accepted, or refused for
+// reason) and observes how long its decision took.
 func (m *Metrics) decided(outcome, reason string, took time.Duration) {
+	m.outcome(outcome, reason)
+	m.decisionTook(took)
+}
+
+// outcome counts a connection's outcome: accepted once the broker has
+// its CONNECT, or refused for reason.
+func (m *Metrics) outcome(outcome, reason string) {
 	if m != nil {
 		m.authentications.WithLabelValues(outcome, reason).Inc()
+	}
+}
+
+// decisionTook observes how long the decision on a CONNECT took.
+func (m *Metrics) decisionTook(took time.Duration) {
+	if m != nil {
 		m.decision.Observe(took.Seconds())
 	}
 }

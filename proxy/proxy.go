@@ -121,12 +121,14 @@ type Proxy struct {
 
 	dials dialOutcomes // for Health
 
-	mu          sync.Mutex // guards the fields below and session.upstream, session.pending
+	mu          sync.Mutex // guards the fields below and session.upstream, session.pending, pendingConnect's accounts
 	closed      bool
 	listeners   map[net.Listener]struct{}
 	sessions    map[*session]struct{}
 	perListener map[string]int // open sessions per listener name
 	pending     list.List      // sessions still in CONNECT, oldest first
+	holding     list.List      // pending sessions holding CONNECT bytes, longest first
+	heldBytes   int            // CONNECT bytes held by pending sessions
 	wg          sync.WaitGroup
 }
 
@@ -138,6 +140,19 @@ type policy struct {
 	forward  *Forward
 	ipRates  *keyedRates // per client IP, at accept
 	idRates  *keyedRates // per client ID, once authenticated
+
+	// Guarded by Proxy.mu.
+	users   int           // sessions that took it and have not had their CONNECT decided
+	retired chan struct{} // set by the Reload that replaced it; closed once users is 0
+}
+
+// leave says that a session that took pol has had its CONNECT decided.
+// Proxy.mu is held.
+func (pol *policy) leave() {
+	pol.users--
+	if pol.users == 0 && pol.retired != nil {
+		close(pol.retired)
+	}
 }
 
 // Serve accepts connections on ln and serves each in its own goroutine
@@ -212,11 +227,28 @@ func (p *Proxy) Listener(ln net.Listener) net.Listener {
 }
 
 // Reload makes v, l and f apply to connections accepted from now on;
-// established connections are untouched. Counters (open and pending
+// connections accepted before keep what was in force when they were
+// accepted, until they are closed: a WebSocket client accepted just
+// before the reload but whose CONNECT comes much later is decided as the
+// configuration it came under says. Counters (open and pending
 // connections) carry over; per-IP rate state starts afresh.
-func (p *Proxy) Reload(v authn.Verifier, l Limits, f *Forward) {
-	p.policyOnce.Do(func() {})
-	p.policy.Store(newPolicy(v, l, f))
+//
+// retired is closed once every connection accepted under the replaced
+// configuration has had its CONNECT decided, or has ended: from then on
+// the previous verifier is no longer used, and may be closed.
+func (p *Proxy) Reload(v authn.Verifier, l Limits, f *Forward) (retired <-chan struct{}) {
+	p.policyOnce.Do(func() {}) // the Proxy's own fields never apply from now on
+	next := newPolicy(v, l, f)
+	done := make(chan struct{})
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch prev := p.policy.Swap(next); {
+	case prev == nil || prev.users == 0: // nothing has it, or had it in use
+		close(done)
+	default:
+		prev.retired = done
+	}
+	return done
 }
 
 func newPolicy(v authn.Verifier, l Limits, f *Forward) *policy {

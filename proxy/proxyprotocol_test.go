@@ -76,7 +76,7 @@ func TestProxyProtocolIn(t *testing.T) {
 				if under == "Proxy.Listener" {
 					inner = p.Listener(ln)
 				}
-				serveOn(t, p, (&transport.ProxyProtocolListener{Listener: inner, Trusted: []netip.Prefix{prefix}, Logger: p.Logger}).Start())
+				serveOn(t, p, (&transport.ProxyProtocolListener{Listener: inner, Trusted: []netip.Prefix{prefix}, Timeout: testHeaderTimeout, Logger: p.Logger}).Start())
 				c := dial(t, ln.Addr().String())
 				if _, err := c.Write(tc.send); err != nil {
 					t.Fatal(err)
@@ -215,7 +215,7 @@ func TestProxyProtocolUnderTLS(t *testing.T) {
 	p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
 	logs := observe(p)
 	ln := listen(t)
-	pp := (&transport.ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, Logger: p.Logger}).Start()
+	pp := (&transport.ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, Timeout: testHeaderTimeout, Logger: p.Logger}).Start()
 	serveOn(t, p, transport.NewTLSListener(pp, certs.Config()))
 
 	raw := dial(t, ln.Addr().String())
@@ -292,7 +292,7 @@ func TestProxyProtocolClientCertificate(t *testing.T) {
 				logs := observe(p)
 				ln := listen(t)
 				pp := (&transport.ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")},
-					ClientCertificates: tc.certs, Logger: p.Logger}).Start()
+					ClientCertificates: tc.certs, Timeout: testHeaderTimeout, Logger: p.Logger}).Start()
 				var answer func() []byte // the proxy's first packet
 				if wire == "tcp" {
 					serveOn(t, p, pp)
@@ -309,7 +309,7 @@ func TestProxyProtocolClientCertificate(t *testing.T) {
 						return b
 					}
 				} else {
-					serveOn(t, p, (&transport.WebSocketListener{Listener: pp, Logger: p.Logger}).Start())
+					serveOn(t, p, (&transport.WebSocketListener{Listener: pp, HandshakeTimeout: testHeaderTimeout, Logger: p.Logger}).Start())
 					dialer := websocket.Dialer{Subprotocols: []string{"mqtt"}, NetDial: func(network, addr string) (net.Conn, error) {
 						c, err := net.Dial(network, addr)
 						if err == nil {

@@ -28,6 +28,7 @@ const (
 	reasonUnsupportedProtocol = "unsupported_protocol"
 	reasonTooLarge            = "connect_too_large"
 	reasonUpstreamUnavailable = "upstream_unavailable"
+	reasonProxyClosed         = "proxy_closed"
 	reasonInternal            = "internal_error"
 	// reasonTLSHandshake: the TLS handshake failed (no or a wrong client
 	// certificate, an old TLS version, a timeout).
@@ -56,6 +57,9 @@ type refusal struct {
 	err     error  // logged, when there is one
 	warn    bool   // logged as a warning: the broker failed, not the client
 	bridge  bool   // the client said it is a bridge (packets.Connect.Bridge)
+	// id is the accepted token of a client refused after its token was
+	// accepted: its authenticator, sub and exp are logged.
+	id *authn.Identity
 	// version is the protocol version the CONNACK is written in, with
 	// code; 0 closes without one.
 	version byte
@@ -64,10 +68,12 @@ type refusal struct {
 	// it reads what it was sent rather than a reset; always after a
 	// CONNACK.
 	linger bool
-	// decided, when set, counts the refusal as an authentication
-	// decision that took since then; limit, when set, as a limit hit of
-	// that kind.
+	// decided, when set, counts the refusal as an outcome of the
+	// connection's decision, which took since then; outcome counts it as
+	// an outcome whose decision was timed already, or not at all (an
+	// eviction); limit counts it as a limit hit of that kind too.
 	decided time.Time
+	outcome bool
 	limit   string
 	// quiet is a connection ended from outside (Close, token expiry)
 	// while it was decided on: nothing is logged or counted.
@@ -81,22 +87,27 @@ type refusal struct {
 // socket is closed already, and the eviction was counted.
 func (p *Proxy) refuse(s *session, c net.Conn, r *refusal, log *connLog) {
 	if s != nil && s.evicted.Load() {
-		r = evicted()
-	}
-	switch {
-	case r.quiet:
-	case r.limit != "":
-		p.Metrics.limitHit(r.limit)
-	case !r.decided.IsZero():
-		p.Metrics.decided("refused", r.reason, time.Since(r.decided))
+		r = evicted(s.evictedBy)
 	}
 	if !r.quiet {
+		if r.limit != "" {
+			p.Metrics.limitHit(r.limit)
+		}
+		switch {
+		case !r.decided.IsZero():
+			p.Metrics.decided("refused", r.reason, time.Since(r.decided))
+		case r.outcome:
+			p.Metrics.outcome("refused", r.reason)
+		}
 		level := zapcore.InfoLevel
 		if r.warn {
 			level = zapcore.WarnLevel
 		}
-		log.write(level, r.message, []zap.Field{zap.String("outcome", "refused"), zap.String("reason", r.reason),
-			bridgeField(r.bridge), zap.Error(r.err), hintField(r.err)})
+		fields := []zap.Field{zap.String("outcome", "refused"), zap.String("reason", r.reason)}
+		if r.id != nil {
+			fields = append(fields, zap.String("authenticator", r.id.Authenticator), zap.String("sub", r.id.Subject), expiryField(r.id.Expiry))
+		}
+		log.write(level, r.message, append(fields, bridgeField(r.bridge), zap.Error(r.err), hintField(r.err)))
 	}
 	switch {
 	case r.version != 0:
@@ -112,15 +123,16 @@ func (p *Proxy) refuse(s *session, c net.Conn, r *refusal, log *connLog) {
 	}
 }
 
-// refusedAtAccept: a limit refused c as it was accepted.
+// refusedAtAccept: a limit refused c as it was accepted, before it was
+// admitted (so it has no outcome).
 func refusedAtAccept(kind string) *refusal {
 	return &refusal{message: "connection refused by limit", reason: kind, limit: kind}
 }
 
-// evicted: the connection was closed to make room for a newer one
-// (MaxPendingConnects), and counted then.
-func evicted() *refusal {
-	return &refusal{message: "connect rejected", reason: limitPending}
+// evicted: the connection was closed to keep within the limit kind of
+// pending connections; the limit hit was counted then.
+func evicted(kind string) *refusal {
+	return &refusal{message: "connect rejected", reason: kind, outcome: true}
 }
 
 // handshakeFailed: the TLS handshake that began at start failed.
@@ -166,29 +178,40 @@ func authenticationRefused(pk *packets.Connect, err error, read time.Time) *refu
 		version: pk.ProtocolVersion, code: RefuseCode(authn.ReasonOf(err)), decided: read}
 }
 
-// clientIDRateExceeded: the client ID the broker would get has connected
-// too often (PerClientIDConnectRate).
-func clientIDRateExceeded(pk *packets.Connect) *refusal {
-	return &refusal{message: "connect rejected", reason: limitClientIDRate, limit: limitClientIDRate,
-		version: pk.ProtocolVersion, code: packets.ConnectionRateExceeded}
+// clientIDRateExceeded: the client ID the broker would get, for pk
+// accepted as id, has connected too often (PerClientIDConnectRate).
+func clientIDRateExceeded(pk *packets.Connect, id *authn.Identity) *refusal {
+	return &refusal{message: "connect rejected", reason: limitClientIDRate, id: id, bridge: pk.Bridge,
+		limit: limitClientIDRate, outcome: true, version: pk.ProtocolVersion, code: packets.ConnectionRateExceeded}
 }
 
-// upstreamUnavailable: the broker could not be had for an accepted client.
-func upstreamUnavailable(version byte, err error) *refusal {
+// upstreamUnavailable: the broker could not be had for pk, accepted as id.
+func upstreamUnavailable(pk *packets.Connect, id *authn.Identity, err error) *refusal {
 	return &refusal{message: "upstream unavailable", reason: reasonUpstreamUnavailable, err: err, warn: true,
-		version: version, code: packets.ServerUnavailable}
+		id: id, bridge: pk.Bridge, outcome: true, version: pk.ProtocolVersion, code: packets.ServerUnavailable}
+}
+
+// endedWhileConnecting: the connection of pk, accepted as id, was ended
+// from outside (reason: its token expired, the proxy closed) before the
+// broker had its CONNECT. Its socket is closed: nothing is answered.
+func endedWhileConnecting(pk *packets.Connect, id *authn.Identity, reason string, err error) *refusal {
+	return &refusal{message: "connect rejected", reason: reason, err: err, id: id, bridge: pk.Bridge, outcome: true}
 }
 
 // RefuseCode is the MQTT 5 reason code a client refused for reason gets,
 // as EMQX answers: a token that is absent, unreadable or whose claims do
 // not hold is a bad user name or password; a token whose signature or key
 // does not check out, or a refusal without a reason, is not authorized.
+// An Authentication Method no authenticator takes is a bad authentication
+// method [MQTT-4.12.0-1], which only MQTT 5 clients can name.
 // packets.ReasonCode.V3ReturnCode gives the MQTT 3.1.1 code.
 func RefuseCode(reason authn.RefuseReason) packets.ReasonCode {
 	switch reason {
 	case authn.ErrTokenMissing, authn.ErrTokenMalformed, authn.ErrTokenExpired,
 		authn.ErrTokenNotYetValid, authn.ErrClaimMismatch:
 		return packets.BadUserNameOrPassword
+	case authn.ErrBadAuthMethod:
+		return packets.BadAuthenticationMethod
 	default:
 		return packets.NotAuthorized
 	}

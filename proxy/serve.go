@@ -12,16 +12,44 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
 
-// serveConn runs one client connection from its admission to its hand
-// over: it decides on the client's CONNECT (decide), then either refuses
-// the client (refuse, the one way out for a refused connection) or
-// connects it to the broker and hands both connections to the engine
-// (handOver), which owns them from then on.
+// serveConn starts serving one client connection: the transport's
+// handshake under the connect deadline, then its CONNECT (serveConnect).
 func (p *Proxy) serveConn(s *session) {
-	start := time.Now()
-	c := s.client
-	log := newConnLog(p.logger(), zap.String("listener", s.listener), zap.String("remote", c.RemoteAddr().String()))
-	a, r := p.decide(s, start, log)
+	c, pc := s.client, s.connect
+	pc.conn = c
+	pc.start = time.Now()
+	pc.remote = c.RemoteAddr().String() // the client's, also behind a PROXY header
+	pc.log = newConnLog(p.logger(), zap.String("listener", s.listener), zap.String("remote", pc.remote))
+	deadline := pc.start.Add(s.policy.limits.connectTimeout())
+	c.SetReadDeadline(deadline)
+	if r := handshake(c, pc.start, deadline); r != nil {
+		p.refuse(s, c, r, pc.log)
+		return
+	}
+	p.serveConnect(s)
+}
+
+// serveConnect reads the CONNECT, decides on it (decide), then either
+// refuses the client (refuse, the one way out for a refused connection)
+// or connects it to the broker and hands both connections to the engine
+// (handOver), which owns them from then on. When a socket of the epoll
+// engine has sent only part of its CONNECT, it returns, and runs again,
+// on a goroutine of its own, once more has arrived: no goroutine waits
+// meanwhile (see connectReader).
+func (p *Proxy) serveConnect(s *session) {
+	pc := s.connect
+	pk, past, err := pc.read()
+	if errors.Is(err, errWaiting) {
+		return
+	}
+	c, start, log := pc.conn, pc.start, pc.log // decide lets go of pc
+	var a *accepted
+	var r *refusal
+	if err != nil {
+		r = unreadable(err, start, log)
+	} else {
+		a, r = p.decide(s, c, pk, past, start, log)
+	}
 	if r == nil {
 		r = p.handOver(s, c, a, start, log)
 	}
@@ -60,7 +88,18 @@ func (p *Proxy) handOver(s *session, c net.Conn, a *accepted, start time.Time, l
 			p.terminate(s)
 		})
 	}
-	err := p.connectUpstream(s, bare, a.header, append(a.upstreamConnect, ahead...), func(fromClient, toClient int64) {
+	through := false // the broker has the CONNECT
+	err := p.connectUpstream(s, bare, a.header, append(a.upstreamConnect, ahead...), func() {
+		through = true
+		p.Metrics.outcome("accepted", "")
+		log.Info("authentication accepted",
+			zap.String("outcome", "accepted"),
+			zap.String("authenticator", a.id.Authenticator),
+			zap.String("sub", a.id.Subject),
+			expiryField(a.id.Expiry),
+			bridgeField(pk.Bridge),
+		)
+	}, func(fromClient, toClient int64) {
 		p.ended(s, conn, fromClient, toClient)
 	})
 	if err == nil {
@@ -69,10 +108,16 @@ func (p *Proxy) handOver(s *session, c net.Conn, a *accepted, start time.Time, l
 	if conn.expiry != nil {
 		conn.expiry.Stop()
 	}
-	if errors.Is(err, errSessionEnded) {
+	ended := errors.Is(err, errSessionEnded) // closed from outside: nothing to answer
+	switch {
+	case through: // accepted and counted: the client was closed from outside meanwhile
 		return &refusal{quiet: true}
+	case conn.expired.Load():
+		return endedWhileConnecting(pk, &a.id, string(authn.ErrTokenExpired), err)
+	case ended:
+		return endedWhileConnecting(pk, &a.id, reasonProxyClosed, err)
 	}
-	return upstreamUnavailable(pk.ProtocolVersion, err)
+	return upstreamUnavailable(pk, &a.id, err)
 }
 
 // openConn is what a proxied connection keeps until it closes.

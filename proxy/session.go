@@ -13,16 +13,47 @@ import (
 )
 
 // session is one client connection, from accept to close. Its fields but
-// policy and listener are guarded by Proxy.mu.
+// listener are guarded by Proxy.mu where they are written after admit.
 type session struct {
 	client   net.Conn // for a WebSocket, its TCP connection until the upgrade (see Proxy.upgraded); nil once joined
 	listener string
 	policy   *policy
-	pending  *list.Element // in Proxy.pending until the CONNECT is decided
-	link     engine.Link   // set once the connection is handed to the engine, which then owns client and upstream
-	aborted  bool          // terminate or eviction has begun; no link may start after it
-	evicted  atomic.Bool   // closed to make room for newer pending connects (aborted too)
+	connect  *pendingConnect // until the CONNECT is decided; set to nil under Proxy.mu
+	pending  *list.Element   // in Proxy.pending until the CONNECT is decided
+	link     engine.Link     // set once the connection is handed to the engine, which then owns client and upstream
+	aborted  bool            // terminate or eviction has begun; no link may start after it
+	// evicted is set when the session was closed to keep within a limit
+	// of pending connections (aborted too); evictedBy, written before,
+	// names the limit.
+	evicted   atomic.Bool
+	evictedBy string
+	// holdsPolicy: counted among policy's users until the CONNECT is
+	// decided (Proxy.mu).
+	holdsPolicy bool
 }
+
+// pendingConnect is what a session keeps while its CONNECT is read and
+// decided: what the serving goroutine would keep on its stack, kept here
+// so that a socket of the epoll engine can wait for the rest of its
+// CONNECT without one.
+type pendingConnect struct {
+	connectReader
+	p      *Proxy
+	s      *session
+	start  time.Time // accept
+	remote string
+	log    *connLog
+	// Under Proxy.mu: the bytes of held counted in Proxy.heldBytes, and
+	// the session's place in Proxy.holding while there are any.
+	charged int
+	holding *list.Element
+}
+
+// hold counts n more bytes of the CONNECT's buffer (holdConnectBytes).
+func (pc *pendingConnect) hold(n int) bool { return pc.p.holdConnectBytes(pc.s, n) }
+
+// Resume goes on with the CONNECT once a socket may have more.
+func (pc *pendingConnect) Resume() { pc.p.serveConnect(pc.s) }
 
 // terminate ends s at once from outside its own goroutine (Close, token
 // expiry): its link, once it has one, else its client's connection, which
@@ -46,7 +77,13 @@ func (p *Proxy) terminate(s *session) {
 func (p *Proxy) accepted(c net.Conn, name string) (*session, error) {
 	p.Metrics.connAccepted(name)
 	s := &session{client: c, listener: name, policy: p.currentPolicy()}
-	switch kind, ok := p.admit(s); {
+	s.connect = &pendingConnect{connectReader: connectReader{maxSize: s.policy.limits.MaxConnectSize}, p: p, s: s}
+	s.connect.owner = s.connect
+	kind, ok, evicted := p.admit(s)
+	if evicted != nil {
+		engine.CloseNow(evicted)
+	}
+	switch {
 	case !ok && kind == "":
 		c.Close()
 		return nil, ErrProxyClosed
@@ -69,7 +106,7 @@ func (p *Proxy) upgraded(s *session, c net.Conn) bool {
 		return true
 	}
 	p.mu.Unlock()
-	c.Close()
+	engine.CloseNow(c)
 	p.release(s)
 	return false
 }
@@ -77,32 +114,29 @@ func (p *Proxy) upgraded(s *session, c net.Conn) bool {
 // admit registers a newly accepted session if the limits allow it. It
 // returns the kind of limit that refused it, or ok; "" and !ok when the
 // proxy is closing. Over MaxPendingConnects, the oldest pending session is
-// evicted instead of refusing the new one.
-func (p *Proxy) admit(s *session) (kind string, ok bool) {
-	l := &s.policy.limits
+// evicted instead of refusing the new one: its connection is returned,
+// for the caller to close once p.mu is released.
+func (p *Proxy) admit(s *session) (kind string, ok bool, evicted net.Conn) {
 	if !s.policy.ipRates.allow(hostOf(s.client.RemoteAddr()), time.Now()) {
-		return limitRate, false
+		return limitRate, false, nil
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// Taken again under p.mu, where Reload retires the policy it
+	// replaces: s is counted among its policy's users before that can
+	// be retired, whatever Reload came since the rate check.
+	s.policy = p.policy.Load()
+	l := &s.policy.limits
 	switch {
 	case p.closed:
-		return "", false
+		return "", false, nil
 	case l.MaxConnections > 0 && len(p.sessions) >= l.MaxConnections:
-		return limitMaxConnections, false
+		return limitMaxConnections, false, nil
 	case l.MaxListenerConnections[s.listener] > 0 && p.perListener[s.listener] >= l.MaxListenerConnections[s.listener]:
-		return limitListenerConnections, false
+		return limitListenerConnections, false, nil
 	}
 	if l.MaxPendingConnects > 0 && p.pending.Len() >= l.MaxPendingConnects {
-		oldest := p.pending.Remove(p.pending.Front()).(*session)
-		oldest.pending = nil
-		oldest.evicted.Store(true)
-		// Aborted too: a session whose CONNECT is being verified must not
-		// go on to the broker, nor hand on a descriptor closed here, whose
-		// number the next accepted socket may get.
-		oldest.aborted = true
-		engine.CloseNow(oldest.client) // under p.mu: it must not wait
-		p.Metrics.limitHit(limitPending)
+		evicted = p.evictLocked(p.pending.Front().Value.(*session), limitPending)
 	}
 	if p.sessions == nil {
 		p.sessions = make(map[*session]struct{})
@@ -111,20 +145,87 @@ func (p *Proxy) admit(s *session) (kind string, ok bool) {
 	p.sessions[s] = struct{}{}
 	p.perListener[s.listener]++
 	s.pending = p.pending.PushBack(s)
+	s.policy.users++
+	s.holdsPolicy = true
 	p.wg.Add(1)
 	p.Metrics.connOpened(s.listener)
-	return "", true
+	return "", true, evicted
 }
 
-// decided takes s off the pending list: its CONNECT has been answered.
-// It reports false when s was ended from outside meanwhile (evicted,
-// Close), so that nothing more is done for it.
+// evictLocked ends s, a pending session, to keep within the limit kind
+// of pending connections, and returns its connection, for the caller to
+// close with engine.CloseNow once p.mu is released. p.mu is held.
+func (p *Proxy) evictLocked(s *session, kind string) net.Conn {
+	if s.pending != nil {
+		p.pending.Remove(s.pending)
+		s.pending = nil
+	}
+	p.unholdLocked(s)
+	s.evictedBy = kind
+	s.evicted.Store(true)
+	// Aborted too: a session whose CONNECT is being verified must not go
+	// on to the broker.
+	s.aborted = true
+	p.Metrics.limitHit(kind)
+	return s.client
+}
+
+// holdConnectBytes counts n more bytes held by s's CONNECT, before they
+// are allocated. Over MaxPendingConnectBytes, the pending sessions that
+// have held CONNECT bytes longest are evicted until the rest fit, s too
+// if it comes to that. It reports false when s has been evicted or
+// aborted: its read ends.
+func (p *Proxy) holdConnectBytes(s *session, n int) bool {
+	budget := s.policy.limits.maxPendingConnectBytes()
+	var evicted []net.Conn
+	defer func() {
+		for _, c := range evicted {
+			engine.CloseNow(c)
+		}
+	}()
+	p.mu.Lock()
+	defer p.mu.Unlock() // runs first: the closes come after it
+	pc := s.connect
+	if s.aborted || pc == nil {
+		return false
+	}
+	if pc.holding == nil {
+		pc.holding = p.holding.PushBack(s)
+	}
+	pc.charged += n
+	p.heldBytes += n
+	for p.heldBytes > budget {
+		evicted = append(evicted, p.evictLocked(p.holding.Front().Value.(*session), limitPendingBytes))
+	}
+	return !s.aborted
+}
+
+// unholdLocked stops counting the bytes s's CONNECT holds. p.mu is held.
+func (p *Proxy) unholdLocked(s *session) {
+	if pc := s.connect; pc != nil && pc.holding != nil {
+		p.holding.Remove(pc.holding)
+		pc.holding = nil
+		p.heldBytes -= pc.charged
+		pc.charged = 0
+	}
+}
+
+// decided takes s off the pending list and its policy's users: its
+// CONNECT has been answered, and what it held is no longer counted (nor
+// kept by s). It reports false when s was ended from outside meanwhile
+// (evicted, Close), so that nothing more is done for it.
 func (p *Proxy) decided(s *session) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if s.pending != nil {
 		p.pending.Remove(s.pending)
 		s.pending = nil
+	}
+	p.unholdLocked(s)
+	s.connect = nil
+	if s.holdsPolicy {
+		s.holdsPolicy = false
+		s.policy.leave()
 	}
 	return !s.aborted
 }

@@ -141,7 +141,7 @@ func TestCertificateOrToken(t *testing.T) {
 		logs := observe(p)
 		ln := listen(t)
 		serveOn(t, p, wrap((&transport.ProxyProtocolListener{Listener: ln, Trusted: []netip.Prefix{netip.MustParsePrefix("127.0.0.2/32")},
-			ClientCertificates: true, Logger: p.Logger}).Start()))
+			ClientCertificates: true, Timeout: testHeaderTimeout, Logger: p.Logger}).Start()))
 		// HAProxy reads its certificate and key from one file.
 		pem := filepath.Join(t.TempDir(), "haproxy.pem")
 		var both []byte
@@ -184,7 +184,7 @@ func TestCertificateOrToken(t *testing.T) {
 		}, mosquittoPub},
 		{"HAProxy, WebSocket", func(t *testing.T, p *Proxy) (string, *observer.ObservedLogs) {
 			addr, logs := behindHAProxy(t, p, func(ln net.Listener) net.Listener {
-				return (&transport.WebSocketListener{Listener: ln, Logger: p.Logger}).Start()
+				return (&transport.WebSocketListener{Listener: ln, HandshakeTimeout: testHeaderTimeout, Logger: p.Logger}).Start()
 			})
 			return "wss://" + addr + transport.DefaultWebSocketPath, logs
 		}, func(t *testing.T, url, id, password string, cert bool) proxytest.PubResult {

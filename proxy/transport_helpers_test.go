@@ -131,9 +131,33 @@ func observe(p *Proxy) *observer.ObservedLogs {
 	return logs
 }
 
-// serveOn serves p on ln and closes p at cleanup.
+// Timeouts the tests' proxies and listeners get where a test sets none:
+// far longer than any step of a test takes on a busy machine under -race,
+// so that only a test about a timeout, which sets its own, meets one.
+const (
+	testConnectTimeout = time.Minute
+	testDialTimeout    = 30 * time.Second
+	// testHeaderTimeout bounds reading a WebSocket upgrade request or a
+	// PROXY header.
+	testHeaderTimeout = 30 * time.Second
+)
+
+// withTestTimeouts gives p the tests' timeouts where it has none; call it
+// before p serves.
+func withTestTimeouts(p *Proxy) {
+	if p.Limits.ConnectTimeout == 0 {
+		p.Limits.ConnectTimeout = testConnectTimeout
+	}
+	if p.DialTimeout == 0 {
+		p.DialTimeout = testDialTimeout
+	}
+}
+
+// serveOn serves p, with the tests' timeouts, on ln and closes p at
+// cleanup.
 func serveOn(t testing.TB, p *Proxy, ln net.Listener) {
 	t.Helper()
+	withTestTimeouts(p)
 	served := make(chan error, 1)
 	go func() { served <- p.Serve(ln, "edge") }()
 	t.Cleanup(func() {

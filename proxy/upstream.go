@@ -18,11 +18,11 @@ import (
 var errSessionEnded = errors.New("proxy: connection closed while connecting to the broker")
 
 // connectUpstream dials the broker, sends it header (a PROXY header or
-// nothing) and first (the CONNECT and what the client sent after it), and
-// hands client and the broker's connection to the engine, which calls
-// done once both directions have ended. On an error only the client is
-// left open.
-func (p *Proxy) connectUpstream(s *session, client net.Conn, header, first []byte, done func(fromClient, toClient int64)) error {
+// nothing) and first (the CONNECT and what the client sent after it),
+// calls through, and hands client and the broker's connection to the
+// engine, which calls done once both directions have ended. On an error
+// only the client is left open.
+func (p *Proxy) connectUpstream(s *session, client net.Conn, header, first []byte, through func(), done func(fromClient, toClient int64)) error {
 	e := p.relayEngine()
 	if e == nil {
 		return errSessionEnded
@@ -31,6 +31,7 @@ func (p *Proxy) connectUpstream(s *session, client net.Conn, header, first []byt
 	if err != nil {
 		return err
 	}
+	through()
 	// Under p.mu, so that terminate either finds the link or has marked
 	// the session first. Close aborts every session it finds, and eviction
 	// marks it too, so s.aborted covers them; a Shutdown under way lets

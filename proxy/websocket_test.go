@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"crypto"
 	"fmt"
 	"io"
 	"net"
@@ -13,7 +14,9 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/lestrrat-go/jwx/v2/jwa"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
@@ -29,6 +32,9 @@ func startWebSocketProxy(t *testing.T, p *Proxy, ws *transport.WebSocketListener
 	t.Helper()
 	ln := listen(t)
 	ws.Listener, ws.Logger = ln, p.Logger
+	if ws.HandshakeTimeout == 0 {
+		ws.HandshakeTimeout = testHeaderTimeout
+	}
 	scheme := "ws"
 	if tlsFiles != nil {
 		certs, err := transport.NewCertReloader(*tlsFiles, p.Logger)
@@ -408,7 +414,7 @@ func TestWebSocketLimitsAtAccept(t *testing.T) {
 		proxytest.VerifyNoLeaks(t)
 		_, rec, addr, url := start(t, Limits{PerIPConnectRate: 0.01, PerIPConnectBurst: 2})
 		for i := range 2 {
-			if closedAtAccept(t, halfUpgrade(t, "127.0.0.2", addr)) {
+			if !stillOpen(t, halfUpgrade(t, "127.0.0.2", addr)) {
 				t.Fatalf("half upgrade %d within the burst was closed", i+1)
 			}
 		}
@@ -423,7 +429,7 @@ func TestWebSocketLimitsAtAccept(t *testing.T) {
 		p, rec, addr, url := start(t, Limits{MaxConnections: 2})
 		through(t, "127.0.0.6", url, rec, 0)
 		half := halfUpgrade(t, "127.0.0.6", addr)
-		if closedAtAccept(t, half) {
+		if !stillOpen(t, half) {
 			t.Fatal("second connection closed under a limit of 2")
 		}
 		if !closedAtAccept(t, halfUpgrade(t, "127.0.0.6", addr)) {
@@ -432,4 +438,71 @@ func TestWebSocketLimitsAtAccept(t *testing.T) {
 		half.Close()
 		waitFor(t, func() bool { open, _ := sessions(p); return open == 1 })
 	})
+}
+
+// TestReloadBetweenAcceptAndConnect: a WebSocket client accepted just
+// before a reload upgrades and sends its CONNECT long after. It is decided
+// by the configuration it came under, whose JWKS chain stays open until
+// then (the new one, with another key set, would refuse it); the channel
+// Reload returns closes once it has been decided, not before.
+func TestReloadBetweenAcceptAndConnect(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	rec := proxytest.NewRecorder(t, "")
+	key := keyPair(t, "p256")
+	keys, otherKeys := startJWKSServer(t), startJWKSServer(t)
+	keys.publish(t, map[string]crypto.Signer{"k1": key})
+	otherKeys.publish(t, map[string]crypto.Signer{"k2": keyPair(t, "p256")})
+	// Closed by the test, once retired, as the command does.
+	old, err := authn.New([]configs.Authenticator{{Name: "jwks", Mechanism: "jwt", UseJWKS: true, Endpoint: keys.URL}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Proxy{Upstream: rec.Addr, Verifier: old}
+	ws := &transport.WebSocketListener{}
+	url := startWebSocketProxy(t, p, ws, nil)
+	// Serve runs on a goroutine of its own: wait until it serves, which
+	// it does once the listener admits through it.
+	waitFor(t, func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.listeners) == 1 })
+
+	raw := dial(t, ws.Listener.Addr().String())
+	waitFor(t, func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.sessions) == 1 }) // accepted
+	retired := p.Reload(jwtChain(t, configs.Authenticator{Name: "jwks", Mechanism: "jwt", UseJWKS: true, Endpoint: otherKeys.URL}), Limits{}, nil)
+	oldClosed := make(chan struct{})
+	go func() { <-retired; old.Close(); close(oldClosed) }()
+
+	conn, _, err := (&websocket.Dialer{NetDial: func(string, string) (net.Conn, error) { return raw, nil }}).Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-oldClosed:
+		t.Fatal("the replaced chain was closed while a client accepted under it had not sent its CONNECT")
+	default:
+	}
+	pk := connectAs(t, packets.ProtocolV311, "dev-1", signJWT(t, jwa.ES256, key, "k1", "dev-1"))
+	if err := conn.WriteMessage(websocket.BinaryMessage, pk); err != nil {
+		t.Fatal(err)
+	}
+	rec.WaitReceived(t, 0, len(pk)) // accepted, by the chain it came under
+	select {
+	case <-oldClosed:
+	case <-time.After(proxytest.DefaultTimeout):
+		t.Fatal("the replaced chain was not retired once the last client accepted under it was decided")
+	}
+
+	// A client accepted after the reload gets the new chain, which knows
+	// no key of this one.
+	after, _, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { after.Close() })
+	if err := after.WriteMessage(websocket.BinaryMessage, pk); err != nil {
+		t.Fatal(err)
+	}
+	after.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
+	if _, got, err := after.ReadMessage(); err != nil || !bytes.Equal(got, []byte{0x20, 0x02, 0x00, 0x05}) {
+		t.Errorf("a client accepted after the reload got %x, %v; want CONNACK 5", got, err)
+	}
+	conn.Close()
 }

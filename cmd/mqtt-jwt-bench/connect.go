@@ -28,6 +28,12 @@ type connector struct {
 	idLen     int
 	seq       int
 	reader    *packetReader
+	// partial, when positive, is how many bytes of its CONNECT each
+	// connection sends: open then returns without a CONNACK, the
+	// connection pending at the server.
+	partial int
+	// connectSize is the size of the last CONNECT built.
+	connectSize int
 }
 
 func newConnector(o *options, tokens *tokenSource, worker int, keepAlive uint16) *connector {
@@ -37,7 +43,8 @@ func newConnector(o *options, tokens *tokenSource, worker int, keepAlive uint16)
 
 // open dials, sends CONNECT and reads the CONNACK. It returns the
 // connection, its deadline cleared, with the CONNACK's code; on error the
-// connection is closed.
+// connection is closed. With w.partial set, it sends only that much of
+// the CONNECT and returns at once, with code 0.
 func (w *connector) open() (net.Conn, byte, error) {
 	token, err := w.tokens.token()
 	if err != nil {
@@ -64,6 +71,10 @@ func (w *connector) open() (net.Conn, byte, error) {
 	if err != nil {
 		return nil, 0, err
 	}
+	w.connectSize = len(packet)
+	if w.partial > 0 {
+		packet = packet[:min(w.partial, len(packet))]
+	}
 
 	deadline := time.Now().Add(w.o.Timeout)
 	c, err := net.DialTimeout("tcp", w.o.Addr, w.o.Timeout)
@@ -74,6 +85,10 @@ func (w *connector) open() (net.Conn, byte, error) {
 	if _, err := c.Write(packet); err != nil {
 		c.Close()
 		return nil, 0, fmt.Errorf("write CONNECT: %w", err)
+	}
+	if w.partial > 0 {
+		c.SetDeadline(time.Time{})
+		return c, 0, nil
 	}
 	w.reader.Reset(c)
 	header, body, err := w.reader.next()
@@ -220,8 +235,9 @@ func runConnect(ctx context.Context, o *options, tokens *tokenSource, workers in
 		}
 		return start.Add(time.Duration(float64(k-1) * float64(time.Second) / rate)), count == 0 || k <= count
 	}
-	total := openLoop(ctx, o, tokens, workers, 30, expect, next,
-		func(w *connector, c net.Conn, code byte) error { return w.hangUp(c, code == 0) })
+	total := openLoop(ctx, workers, expect, next,
+		func(w *connector, c net.Conn, code byte) error { return w.hangUp(c, code == 0) },
+		func(i int) *connector { return newConnector(o, tokens, i, 30) })
 	elapsed := time.Since(start)
 	after, err := o.Procs.sample()
 	if err != nil {
@@ -243,17 +259,19 @@ func holdCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	n := fs.Int("n", 1000, "connections to open and hold")
 	workers := fs.Int("c", 64, "connections opened concurrently")
 	settle := fs.Duration("settle", time.Second, "wait after the last connection opened before measuring the -pid processes")
+	partial := fs.Int("partial", 0, "send only the first `N` bytes of each CONNECT and hold the connection unanswered: "+
+		"what a client costs while its CONNECT is pending (0: send it whole and hold the accepted connection)")
 	if err := o.parse(fs, args); err != nil {
 		return err
 	}
-	if *n < 1 || *workers < 1 {
-		return fmt.Errorf("-n and -c must be at least 1")
+	if *n < 1 || *workers < 1 || *partial < 0 {
+		return fmt.Errorf("-n and -c must be at least 1, -partial not negative")
 	}
 	tokens, err := newTokenSource(o.Tokens)
 	if err != nil {
 		return err
 	}
-	r, err := runHold(ctx, &o, tokens, *n, *workers, *settle, stderr)
+	r, err := runHold(ctx, &o, tokens, holdConfig{Conns: *n, Workers: *workers, Settle: *settle, Partial: *partial}, stderr)
 	if err != nil {
 		return err
 	}
@@ -267,18 +285,19 @@ func holdCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 }
 
 // openLoop runs workers that open connections while ctx lasts and next
-// allows, timing each dial-to-CONNACK and counting the answer against
-// expect; then keep decides what becomes of the connection. A connection
-// that next schedules waits for its time and is timed from it, so that a
-// server that falls behind shows in the latency rather than slowing the
+// allows, each with the connector newWorker makes for it, timing each
+// dial-to-CONNACK and counting the answer against expect; then keep
+// decides what becomes of the connection. A connection that next
+// schedules waits for its time and is timed from it, so that a server
+// that falls behind shows in the latency rather than slowing the
 // schedule. It returns the workers' tallies merged.
-func openLoop(ctx context.Context, o *options, tokens *tokenSource, workers int, keepAlive uint16, expect expectation,
-	next func() (at time.Time, ok bool), keep func(w *connector, c net.Conn, code byte) error) connectTally {
+func openLoop(ctx context.Context, workers int, expect expectation, next func() (at time.Time, ok bool),
+	keep func(w *connector, c net.Conn, code byte) error, newWorker func(worker int) *connector) connectTally {
 	tallies := make([]connectTally, workers)
 	var wg sync.WaitGroup
 	for i := range workers {
 		wg.Go(func() {
-			w := newConnector(o, tokens, i, keepAlive)
+			w := newWorker(i)
 			t := &tallies[i]
 			for ctx.Err() == nil {
 				began, ok := next()
@@ -315,6 +334,7 @@ func openLoop(ctx context.Context, o *options, tokens *tokenSource, workers int,
 // connection blocks in Read, so a connection the server drops is noticed
 // when it happens, at no CPU cost while it is idle.
 type heldConns struct {
+	goodbye bool // send DISCONNECT before closing: the connections were accepted
 	mu      sync.Mutex
 	conns   []net.Conn
 	closing atomic.Bool
@@ -339,51 +359,75 @@ func (h *heldConns) add(c net.Conn) {
 	})
 }
 
-// closeAll says goodbye on every connection and waits for the readers.
+// closeAll closes every connection, after a DISCONNECT when goodbye is
+// set, and waits for the readers.
 func (h *heldConns) closeAll() {
 	h.closing.Store(true)
 	for _, c := range h.conns {
-		c.SetWriteDeadline(time.Now().Add(time.Second))
-		c.Write(disconnectPacket)
+		if h.goodbye {
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			c.Write(disconnectPacket)
+		}
 		c.Close()
 	}
 	h.readers.Wait()
 }
 
-// runHold opens n connections with workers at a time, samples the
-// watched processes once they are all open and settled, and keeps them
-// for o.Duration (or until ctx ends when it is 0).
-func runHold(ctx context.Context, o *options, tokens *tokenSource, n, workers int, settle time.Duration, stderr io.Writer) (*result, error) {
+// holdConfig is what a hold run opens and how.
+type holdConfig struct {
+	Conns, Workers int
+	// Settle is the wait after the last connection opened before the
+	// watched processes are measured.
+	Settle time.Duration
+	// Partial, when positive, is how many bytes of its CONNECT each
+	// connection sends: the connections are held pending, unanswered.
+	Partial int
+}
+
+// runHold opens cfg.Conns connections with cfg.Workers at a time, samples
+// the watched processes once they are all open and settled, and keeps
+// them for o.Duration (or until ctx ends when it is 0).
+func runHold(ctx context.Context, o *options, tokens *tokenSource, cfg holdConfig, stderr io.Writer) (*result, error) {
 	before, err := o.Procs.sample()
 	if err != nil {
 		return nil, err
 	}
 	cpu := selfCPU()
 	start := time.Now()
-	held := &heldConns{}
-	var claimed atomic.Int64
+	held := &heldConns{goodbye: cfg.Partial == 0}
+	var claimed, connectSize atomic.Int64
 	// Keep alive 0: the held connections idle without PINGREQ.
-	total := openLoop(ctx, o, tokens, workers, 0, expectAccept,
-		func() (time.Time, bool) { return time.Time{}, claimed.Add(1) <= int64(n) },
-		func(_ *connector, c net.Conn, code byte) error {
+	total := openLoop(ctx, cfg.Workers, expectAccept,
+		func() (time.Time, bool) { return time.Time{}, claimed.Add(1) <= int64(cfg.Conns) },
+		func(w *connector, c net.Conn, code byte) error {
+			connectSize.Store(int64(w.connectSize))
 			if code != 0 {
 				return c.Close()
 			}
 			held.add(c)
 			return nil
+		},
+		func(i int) *connector {
+			w := newConnector(o, tokens, i, 0)
+			w.partial = cfg.Partial
+			return w
 		})
 	opening := time.Since(start)
 
 	open := len(held.conns)
-	fmt.Fprintf(stderr, "hold: %d of %d connections open after %.1fs; holding for %s\n", open, n, opening.Seconds(), o.Duration)
-	wait(ctx, settle)
+	what := "connections"
+	if cfg.Partial > 0 {
+		what = fmt.Sprintf("connections with %d bytes of a %d-byte CONNECT each", cfg.Partial, connectSize.Load())
+	}
+	fmt.Fprintf(stderr, "hold: %d of %d %s open after %.1fs; holding for %s\n", open, cfg.Conns, what, opening.Seconds(), o.Duration)
+	wait(ctx, cfg.Settle)
 	after, err := o.Procs.sample()
 	if err != nil {
 		held.closeAll()
 		return nil, err
 	}
-	if o.Duration > settle {
-		wait(ctx, o.Duration-settle)
+	if o.Duration > cfg.Settle {
+		wait(ctx, o.Duration-cfg.Settle)
 	} else if o.Duration == 0 {
 		<-ctx.Done()
 	}
@@ -393,6 +437,9 @@ func runHold(ctx context.Context, o *options, tokens *tokenSource, n, workers in
 	r := newResult("hold", o)
 	total.fill(r)
 	r.Held = stillOpen
+	if cfg.Partial > 0 {
+		r.Partial, r.ConnectSize = cfg.Partial, int(connectSize.Load())
+	}
 	r.Seconds = roundTo(time.Since(start).Seconds(), 3)
 	r.Rate = perSecond(r.Connects, opening)
 	r.ToolCPUSeconds = roundTo((selfCPU() - cpu).Seconds(), 3)

@@ -7,12 +7,15 @@
 //	mqtt-jwt-bench connect -addr 127.0.0.1:1883 -c 16 -duration 10s -alg HS256 -secret S
 //	mqtt-jwt-bench connect -addr 127.0.0.1:1883 -alg RS256 -key private.pem -invalid -expect refuse
 //	mqtt-jwt-bench hold -addr 127.0.0.1:1883 -n 10000 -duration 30s -secret S -pid hop=4242
+//	mqtt-jwt-bench hold -addr 127.0.0.1:1883 -n 4000 -partial 11 -duration 3s -secret S -pid hop=4242
 //	mqtt-jwt-bench pubsub -addr 127.0.0.1:1883 -pub 2 -sub 2 -size 4096 -rate 2000 -secret S
 //	mqtt-jwt-bench report results.jsonl
 //
 // connect: each of -c workers connects, reads the CONNACK, sends DISCONNECT
 // and closes, again and again, for -duration or -count connections. hold:
-// -n connections are opened and kept, idle, for -duration. pubsub: -pub
+// -n connections are opened and kept, idle, for -duration; with -partial N
+// each sends only the first N bytes of its CONNECT and is kept pending,
+// which is what a slow client or a slowloris flood costs. pubsub: -pub
 // publishers send -size byte messages stamped with the send time to -sub
 // subscribers, as fast as they can or at -rate messages per second in
 // all. report: the medians of many runs side by side.
@@ -45,7 +48,7 @@ import (
 
 const usage = `usage:
   mqtt-jwt-bench connect [flags]   connect, CONNACK, DISCONNECT, again, from -c workers
-  mqtt-jwt-bench hold [flags]      open -n connections and keep them for -duration
+  mqtt-jwt-bench hold [flags]      open -n connections and keep them for -duration (-partial N: pending)
   mqtt-jwt-bench pubsub [flags]    publishers to subscribers, end-to-end latency
   mqtt-jwt-bench report FILE...    medians per scenario and target of the runs' JSON lines
 Each takes -h for its flags.
@@ -196,6 +199,10 @@ type result struct {
 
 	// Held is how many connections were still open at the end (hold).
 	Held int64 `json:"held,omitempty"`
+	// Partial is how many bytes of its ConnectSize-byte CONNECT each held
+	// connection sent (hold -partial): they were held pending.
+	Partial     int `json:"partial,omitempty"`
+	ConnectSize int `json:"connect_size,omitempty"`
 
 	// Published and Received count messages; MBPerSecond is payload
 	// received (pubsub).
@@ -252,6 +259,9 @@ func (r *result) counts() string {
 	case "pubsub":
 		return fmt.Sprintf("%d published, %d received, %.0f msg/s, %.2f MB/s", r.Published, r.Received, r.Rate, r.MBPerSecond)
 	case "hold":
+		if r.Partial > 0 {
+			return fmt.Sprintf("%d held pending of %d opened, each with %d bytes of its %d-byte CONNECT, opened at %.0f/s", r.Held, r.Accepted, r.Partial, r.ConnectSize, r.Rate)
+		}
 		return fmt.Sprintf("%d held of %d accepted (%d refused), opened at %.0f/s", r.Held, r.Accepted, r.Refused, r.Rate)
 	default:
 		return fmt.Sprintf("%d connects (%d accepted, %d refused, %d unexpected), %.0f/s", r.Connects, r.Accepted, r.Refused, r.Unexpected, r.Rate)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -133,7 +134,7 @@ func TestHoldAgainstBroker(t *testing.T) {
 	o := testOptions(t, addr, packets.ProtocolV311, 300*time.Millisecond)
 	o.Procs.Set("self=" + strconv.Itoa(os.Getpid()))
 	var log bytes.Buffer
-	r, err := runHold(t.Context(), o, nil, 50, 8, 100*time.Millisecond, &log)
+	r, err := runHold(t.Context(), o, nil, holdConfig{Conns: 50, Workers: 8, Settle: 100 * time.Millisecond}, &log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,6 +147,55 @@ func TestHoldAgainstBroker(t *testing.T) {
 	}
 	if !strings.Contains(log.String(), "50 of 50 connections open") {
 		t.Errorf("log %q does not say the connections are open", log.String())
+	}
+}
+
+// TestHoldPartial holds connections that send the first bytes of their
+// CONNECT only, against a server that reads and never answers: each is
+// held, and the server gets exactly -partial bytes from each.
+func TestHoldPartial(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	const conns, partial = 20, 11
+	got := make(chan int, conns)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b, _ := io.ReadAll(c) // until the tool closes
+				got <- len(b)
+			}()
+		}
+	}()
+	tokens, err := newTokenSource(tokenOptions{Alg: "HS256", Secret: "s", Pool: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := testOptions(t, ln.Addr().String(), packets.ProtocolV311, 300*time.Millisecond)
+	o.Procs.Set("self=" + strconv.Itoa(os.Getpid()))
+	var log bytes.Buffer
+	r, err := runHold(t.Context(), o, tokens, holdConfig{Conns: conns, Workers: 4, Settle: 100 * time.Millisecond, Partial: partial}, &log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Held != conns || r.Partial != partial || r.ConnectSize <= partial {
+		t.Errorf("held %d, partial %d of %d bytes; want %d held with %d bytes of a longer CONNECT (errors %v %s)",
+			r.Held, r.Partial, r.ConnectSize, conns, partial, r.Errors, r.FirstError)
+	}
+	for range conns {
+		if n := <-got; n != partial {
+			t.Errorf("the server read %d bytes of a connection, want %d", n, partial)
+		}
+	}
+	if !strings.Contains(log.String(), "with 11 bytes of a") {
+		t.Errorf("log %q does not say how much of the CONNECT was sent", log.String())
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
 )
@@ -64,9 +65,9 @@ func listenAdmin(cfg *configs.File) (net.Listener, error) {
 // of p, which is to serve cfg's listeners. It sets p.Metrics, so it must
 // run before p serves, and once p's other fields are final: readiness
 // probes dial as p does. keySets reports the key sets of the
-// authentication chain in force. Without ln (no metrics.bind) it returns
-// nil.
-func startAdmin(ln net.Listener, cfg *configs.File, p *proxy.Proxy, keySets func() []authn.KeySetStatus, logger *zap.Logger) *adminServer {
+// authentication chain in force, and revocations the revocation list in
+// force (nil without one). Without ln (no metrics.bind) it returns nil.
+func startAdmin(ln net.Listener, cfg *configs.File, p *proxy.Proxy, keySets func() []authn.KeySetStatus, revocations func() *revocation.List, logger *zap.Logger) *adminServer {
 	if ln == nil {
 		return nil
 	}
@@ -75,6 +76,7 @@ func startAdmin(ln net.Listener, cfg *configs.File, p *proxy.Proxy, keySets func
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		keySetCollector{keySets: keySets},
+		revocationCollector{list: revocations},
 	)
 	p.Metrics = proxy.NewMetrics(reg, buildVersion())
 	ready := &readiness{
@@ -100,6 +102,11 @@ func startAdmin(ln net.Listener, cfg *configs.File, p *proxy.Proxy, keySets func
 		a.server.Serve(ln) // returns ErrServerClosed after Close
 	}()
 	logger.Info("admin endpoint started", zap.String("address", a.addr.String()), zap.Bool("pprof", cfg.Metrics.Pprof))
+	if tcp, ok := a.addr.(*net.TCPAddr); ok && cfg.Metrics.Pprof && !tcp.IP.IsLoopback() {
+		// The endpoint has no authentication: the profiler shows the
+		// command line and lets anyone who reaches it load the process.
+		logger.Warn("the profiler is served beyond loopback, without authentication; bind metrics to loopback or a private network", zap.String("address", a.addr.String()))
+	}
 	return a
 }
 
@@ -317,4 +324,54 @@ func (c keySetCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(jwksLoadedDesc, prometheus.GaugeValue, loaded, ks.Authenticator)
 	}
+}
+
+// revocationCollector exports the state of the revocation list in force,
+// read at each scrape: nothing without a list. A reload that builds a new
+// list restarts its counters from zero, as for the key sets.
+type revocationCollector struct {
+	list func() *revocation.List
+}
+
+var (
+	revocationEntriesDesc = prometheus.NewDesc("mqtt_jwt_proxy_revocation_entries",
+		"Entries of the revocation list in force (jti, sub, client_id and issued_before together); 0 before the first load.",
+		nil, nil)
+	revocationAgeDesc = prometheus.NewDesc("mqtt_jwt_proxy_revocation_age_seconds",
+		"Time since the last successful refresh of the revocation list, changed or not; absent before the first.",
+		nil, nil)
+	revocationRefreshesDesc = prometheus.NewDesc("mqtt_jwt_proxy_revocation_refreshes_total",
+		"Reads of the revocation file or fetches of its URL by result (success, failure), since the list was built.",
+		[]string{"result"}, nil)
+	revocationInForceDesc = prometheus.NewDesc("mqtt_jwt_proxy_revocation_in_force",
+		"1 when new connections are checked against a revocation list, 0 when none is in force and on_unavailable decides.",
+		nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (revocationCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- revocationEntriesDesc
+	ch <- revocationAgeDesc
+	ch <- revocationRefreshesDesc
+	ch <- revocationInForceDesc
+}
+
+// Collect implements prometheus.Collector.
+func (c revocationCollector) Collect(ch chan<- prometheus.Metric) {
+	l := c.list()
+	if l == nil {
+		return
+	}
+	st := l.Status()
+	ch <- prometheus.MustNewConstMetric(revocationEntriesDesc, prometheus.GaugeValue, float64(st.Entries))
+	if st.Refreshes > 0 {
+		ch <- prometheus.MustNewConstMetric(revocationAgeDesc, prometheus.GaugeValue, st.Age.Seconds())
+	}
+	ch <- prometheus.MustNewConstMetric(revocationRefreshesDesc, prometheus.CounterValue, float64(st.Refreshes), "success")
+	ch <- prometheus.MustNewConstMetric(revocationRefreshesDesc, prometheus.CounterValue, float64(st.Failures), "failure")
+	inForce := 0.0
+	if st.InForce {
+		inForce = 1
+	}
+	ch <- prometheus.MustNewConstMetric(revocationInForceDesc, prometheus.GaugeValue, inForce)
 }

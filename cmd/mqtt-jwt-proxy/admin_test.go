@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -24,8 +26,10 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
@@ -72,23 +76,31 @@ func newTestChain(t *testing.T, jwksEndpoints ...string) *authn.Chain {
 	return chain
 }
 
-// startTestAdmin starts the admin endpoint of cfg for p and chain and
-// returns its base URL; it is closed at cleanup.
-func startTestAdmin(t *testing.T, cfg *configs.File, p *proxy.Proxy, chain *authn.Chain) string {
+// startTestAdmin starts the admin endpoint of cfg for p, chain and list
+// (nil: no revocation list) and returns its base URL; it is closed at
+// cleanup.
+func startTestAdmin(t *testing.T, cfg *configs.File, p *proxy.Proxy, chain *authn.Chain, list *revocation.List) string {
 	t.Helper()
 	ln, err := listenAdmin(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := startAdmin(ln, cfg, p, chain.Status, zap.NewNop())
+	a := startAdmin(ln, cfg, p, chain.Status, func() *revocation.List { return list }, zap.NewNop())
 	t.Cleanup(a.Close)
 	return "http://" + a.addr.String()
 }
 
 // serveTestProxy serves p on a loopback listener named tcp and returns its
-// address; p is closed at cleanup.
+// address; p is closed at cleanup. Where p has no connect or dial timeout,
+// it gets one far longer than a step takes on a busy machine under -race.
 func serveTestProxy(t *testing.T, p *proxy.Proxy) string {
 	t.Helper()
+	if p.Limits.ConnectTimeout == 0 {
+		p.Limits.ConnectTimeout = time.Minute
+	}
+	if p.DialTimeout == 0 {
+		p.DialTimeout = 30 * time.Second
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -105,12 +117,12 @@ func serveTestProxy(t *testing.T, p *proxy.Proxy) string {
 	return ln.Addr().String()
 }
 
-// waitUntil polls cond until it holds, or fails the test after 10 s. For
+// waitUntil polls cond until it holds, or fails the test after 20 s. For
 // state that has no signal to wait on: the proxy's counters and the JWKS
 // fetches.
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -191,6 +203,14 @@ func activeConnections(t *testing.T, base string) float64 {
 // jwksServer serves a JWKS document with one fresh P-256 key.
 func jwksServer(t *testing.T) *httptest.Server {
 	t.Helper()
+	srv, _ := signingJWKSServer(t)
+	return srv
+}
+
+// signingJWKSServer serves a JWKS document with one fresh P-256 key, k1,
+// and returns its private key.
+func signingJWKSServer(t *testing.T) (*httptest.Server, *ecdsa.PrivateKey) {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -208,7 +228,7 @@ func jwksServer(t *testing.T) *httptest.Server {
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(doc) }))
 	t.Cleanup(srv.Close)
-	return srv
+	return srv, key
 }
 
 // failingServer answers every request with 500.
@@ -254,7 +274,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	rec := proxytest.NewRecorder(t, "")
 	chain := newTestChain(t, jwksServer(t).URL)
 	p := &proxy.Proxy{Upstream: rec.Addr, Verifier: chain, Limits: proxy.Limits{MaxConnections: 1}}
-	base := startTestAdmin(t, adminTestConfig(false), p, chain)
+	base := startTestAdmin(t, adminTestConfig(false), p, chain, nil)
 	addr := serveTestProxy(t, p)
 
 	accepted := dialProxy(t, addr)
@@ -357,7 +377,7 @@ func TestReadiness(t *testing.T) {
 			}
 			chain := newTestChain(t, endpoint)
 			p := &proxy.Proxy{Upstream: upstream, Verifier: chain}
-			base := startTestAdmin(t, adminTestConfig(false), p, chain)
+			base := startTestAdmin(t, adminTestConfig(false), p, chain, nil)
 			if !tc.notServing {
 				addr := serveTestProxy(t, p)
 				if tc.drain {
@@ -568,7 +588,7 @@ func TestPprofFlag(t *testing.T) {
 			proxytest.VerifyNoLeaks(t)
 			chain := newTestChain(t)
 			p := &proxy.Proxy{Upstream: "127.0.0.1:1", Verifier: chain}
-			base := startTestAdmin(t, adminTestConfig(tc.pprof), p, chain)
+			base := startTestAdmin(t, adminTestConfig(tc.pprof), p, chain, nil)
 			for _, path := range []string{"/debug/pprof/", "/debug/pprof/cmdline"} {
 				if status, body := get(t, base+path); status != tc.wantStatus {
 					t.Errorf("GET %s = %d, want %d\n%.200s", path, status, tc.wantStatus, body)
@@ -601,9 +621,12 @@ func TestAdminInProcess(t *testing.T) {
 	connect := mqttConnect(t, hsToken(t, adminTestSecret, "dev-1"))
 	c.Write(connect)
 	rec.WaitReceived(t, 1, len(connect)) // connection 0 was /readyz's probe
-	if v, _ := sample(scrape(t, base), "mqtt_jwt_proxy_authentications_total", map[string]string{"outcome": "accepted"}); v != 1 {
-		t.Errorf("authentications_total{outcome=accepted} = %v, want 1", v)
-	}
+	// The acceptance is counted once the broker has the CONNECT, which
+	// the broker may read first.
+	waitUntil(t, "authentications_total{outcome=accepted} to be 1", func() bool {
+		v, _ := sample(scrape(t, base), "mqtt_jwt_proxy_authentications_total", map[string]string{"outcome": "accepted"})
+		return v == 1
+	})
 
 	proc.signal(t, syscall.SIGTERM)
 	waitForLog(t, proc.lines, "listeners closed; draining")
@@ -619,5 +642,96 @@ func TestAdminInProcess(t *testing.T) {
 		proc.exited <- err // for the cleanup
 	case <-time.After(15 * time.Second):
 		t.Fatal("the proxy did not exit once its last connection closed")
+	}
+}
+
+// TestPprofBeyondLoopbackWarns: the profiler on an address beyond
+// loopback (as -bind-host 0.0.0.0 makes it) is served, with a warning.
+func TestPprofBeyondLoopbackWarns(t *testing.T) {
+	for _, tc := range []struct {
+		bind string
+		want int
+	}{
+		{"127.0.0.1:0", 0},
+		{"0.0.0.0:0", 1},
+	} {
+		t.Run(tc.bind, func(t *testing.T) {
+			cfg := adminTestConfig(true)
+			cfg.Metrics.Bind = tc.bind
+			ln, err := listenAdmin(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chain := newTestChain(t)
+			core, logs := observer.New(zap.WarnLevel)
+			a := startAdmin(ln, cfg, &proxy.Proxy{Upstream: "127.0.0.1:1", Verifier: chain}, chain.Status, func() *revocation.List { return nil }, zap.New(core))
+			defer a.Close()
+			if got := logs.FilterMessageSnippet("profiler is served beyond loopback").Len(); got != tc.want {
+				t.Errorf("%d warnings about the profiler, want %d: %v", got, tc.want, logs.All())
+			}
+		})
+	}
+}
+
+// TestRevocationMetrics: the revocation list in force is exported: its
+// entries, whether it is in force, its refreshes by result and its age; a
+// failed refresh counts and keeps the last good entries. Without a list,
+// none of its series is exported.
+func TestRevocationMetrics(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "revoked.json")
+	if err := os.WriteFile(path, []byte(`{"jti": ["a", "b"], "sub": ["mallory"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	list, err := revocation.New(configs.Revocation{File: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(list.Close)
+	chain := newTestChain(t)
+	p := &proxy.Proxy{Upstream: "127.0.0.1:1", Verifier: chain}
+	base := startTestAdmin(t, adminTestConfig(false), p, chain, list)
+
+	check := func(when string, want map[string]float64) {
+		t.Helper()
+		families := scrape(t, base)
+		for key, v := range want {
+			name, result, _ := strings.Cut(key, "/")
+			var labels map[string]string
+			if result != "" {
+				labels = map[string]string{"result": result}
+			}
+			if got, ok := sample(families, name, labels); !ok || got != v {
+				t.Errorf("%s: %s = %v (present: %v), want %v", when, key, got, ok, v)
+			}
+		}
+		if _, ok := families["mqtt_jwt_proxy_revocation_age_seconds"]; !ok {
+			t.Errorf("%s: mqtt_jwt_proxy_revocation_age_seconds is not exported", when)
+		}
+	}
+	check("loaded", map[string]float64{
+		"mqtt_jwt_proxy_revocation_entries":                 3,
+		"mqtt_jwt_proxy_revocation_in_force":                1,
+		"mqtt_jwt_proxy_revocation_refreshes_total/success": 1,
+		"mqtt_jwt_proxy_revocation_refreshes_total/failure": 0,
+	})
+
+	if err := os.WriteFile(path, []byte(`{"kid": ["x"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := list.Refresh(context.Background()); err == nil {
+		t.Fatal("a document with an unknown key refreshed")
+	}
+	check("after a failed refresh", map[string]float64{
+		"mqtt_jwt_proxy_revocation_entries":                 3,
+		"mqtt_jwt_proxy_revocation_in_force":                1,
+		"mqtt_jwt_proxy_revocation_refreshes_total/success": 1,
+		"mqtt_jwt_proxy_revocation_refreshes_total/failure": 1,
+	})
+
+	none := startTestAdmin(t, adminTestConfig(false), &proxy.Proxy{Upstream: "127.0.0.1:1", Verifier: chain}, chain, nil)
+	for name := range scrape(t, none) {
+		if strings.HasPrefix(name, "mqtt_jwt_proxy_revocation_") {
+			t.Errorf("%s is exported without a revocation list", name)
+		}
 	}
 }

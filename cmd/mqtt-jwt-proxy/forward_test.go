@@ -59,7 +59,7 @@ func TestReloadForward(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			next, chain, err := reload(configSource{path: writeConfig(t, hmacChain+tc.forward)}, running, nil, &proxy.Proxy{}, zap.NewNop())
+			next, chain, _, _, err := reload(configSource{path: writeConfig(t, hmacChain+tc.forward)}, running, nil, nil, &proxy.Proxy{}, zap.NewNop())
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || next != nil {
 					t.Fatalf("reload = %v, %v; want an error containing %q", next, err, tc.wantErr)
@@ -89,7 +89,7 @@ func TestReloadKeepsBindHost(t *testing.T) {
 		t.Fatalf("listener bind %q with -bind-host 0.0.0.0, want 0.0.0.0:1883", got)
 	}
 	core, logs := observer.New(zapcore.InfoLevel)
-	next, chain, err := reload(src, running, nil, &proxy.Proxy{}, zap.New(core))
+	next, chain, _, _, err := reload(src, running, nil, nil, &proxy.Proxy{}, zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/pires/go-proxyproto"
 	"github.com/pires/go-proxyproto/tlvparse"
+	"go.uber.org/goleak"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
@@ -191,7 +192,9 @@ log: {format: json}
 
 // TestServeBindsFirst: with a port taken, serve fails at once with an error
 // naming the port's key, before it starts the embedded broker or asks the
-// JWKS endpoint for keys.
+// JWKS endpoint for keys. Whatever fails once a socket is bound (a later
+// port, the authentication chain), serve releases all it took: the ports,
+// and the relay engine that a PROXY-protocol listener starts.
 func TestServeBindsFirst(t *testing.T) {
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -204,29 +207,35 @@ func TestServeBindsFirst(t *testing.T) {
 		http.Error(w, "no keys here", http.StatusServiceUnavailable)
 	}))
 	defer jwks.Close()
-	config := func(listeners, metrics string) string {
+	jwksAuthenticator := `{mechanism: jwt, use_jwks: true, endpoint: "` + jwks.URL + `"}`
+	config := func(listeners, authenticator, metrics string) string {
 		return "listeners: " + listeners + `
 upstream: {address: embedded}
 authentication:
-  - {mechanism: jwt, use_jwks: true, endpoint: "` + jwks.URL + `"}
+  - ` + authenticator + `
 log: {format: json}
 ` + metrics
 	}
 
 	// The port of a listener that binds before the failure, to check
-	// that it is closed again.
+	// that it is closed again; behind a load balancer, so that binding it
+	// starts the relay engine.
 	free := fmt.Sprintf("127.0.0.1:%d", proxytest.FreePort(t))
+	first := `{name: lb, bind: "` + free + `", proxy_protocol: {enabled: true, trusted_cidrs: ["127.0.0.1/32"]}}`
 
 	tests := []struct {
 		name, config, wantErr string
 	}{
-		{"admin port taken", config(`[{name: tcp, bind: "`+free+`"}]`, `metrics: {bind: "`+taken.Addr().String()+`"}`),
+		{"admin port taken", config("["+first+"]", jwksAuthenticator, `metrics: {bind: "`+taken.Addr().String()+`"}`),
 			"mqtt-jwt-proxy serve: metrics.bind: listen tcp " + taken.Addr().String() + ": bind: address already in use"},
-		{"listener port taken", config(`[{name: free, bind: "`+free+`"}, {name: busy, bind: "`+taken.Addr().String()+`"}]`, ""),
+		{"listener port taken", config("["+first+`, {name: busy, bind: "`+taken.Addr().String()+`"}]`, jwksAuthenticator, ""),
 			"mqtt-jwt-proxy serve: listener busy: listen tcp " + taken.Addr().String() + ": bind: address already in use"},
+		{"authentication chain fails", config("["+first+"]", `{mechanism: jwt, algorithm: public-key, public_key: "no such key.pem"}`, ""),
+			"authentication[0] (jwt): public_key: not PEM text, and not a readable file"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			proxytest.VerifyNoLeaks(t, goleak.IgnoreCurrent()) // the JWKS endpoint's goroutines stay
 			path := filepath.Join(t.TempDir(), "config.yaml")
 			if err := os.WriteFile(path, []byte(tt.config), 0o600); err != nil {
 				t.Fatal(err)

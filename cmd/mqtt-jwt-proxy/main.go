@@ -8,8 +8,11 @@
 //	mqtt-jwt-proxy version               print the version
 //	mqtt-jwt-proxy token [flags]         mint a test token
 //	mqtt-jwt-proxy keygen [flags]        write a key pair and a JWKS file
-//	mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y] TOKEN
-//	                                     say which authenticator accepts TOKEN, or why not
+//	mqtt-jwt-proxy verify -config FILE [-client-id X] [-username Y] [-publish TOPIC] [-subscribe FILTER] TOKEN
+//	                                     say which authenticator accepts TOKEN, or why not,
+//	                                     and whether the client may publish and subscribe
+//	mqtt-jwt-proxy sessions list|kick -admin URL -token-file FILE [filters]
+//	                                     list the proxy's sessions, or end them
 //
 // -config defaults to $MQTT_JWT_PROXY_CONFIG, and -bind-host (serve, check:
 // listen on this IP instead of the file's hosts) to
@@ -45,13 +48,14 @@ const usage = `mqtt-jwt-proxy checks the JWT in each MQTT client's CONNECT and c
 accepted clients through to the broker.
 
 usage:
-  mqtt-jwt-proxy [serve] -config FILE       run the proxy
-  mqtt-jwt-proxy check -config FILE         validate a configuration and exit
-  mqtt-jwt-proxy version                    print the version
-  mqtt-jwt-proxy token [flags]              mint a test token
-  mqtt-jwt-proxy keygen [flags]             write a key pair and a JWKS file
-  mqtt-jwt-proxy verify -config FILE TOKEN  say which authenticator accepts TOKEN, or why not
-  mqtt-jwt-proxy help                       print this
+  mqtt-jwt-proxy [serve] -config FILE        run the proxy
+  mqtt-jwt-proxy check -config FILE          validate a configuration and exit
+  mqtt-jwt-proxy version                     print the version
+  mqtt-jwt-proxy token [flags]               mint a test token
+  mqtt-jwt-proxy keygen [flags]              write a key pair and a JWKS file
+  mqtt-jwt-proxy verify -config FILE TOKEN   say which authenticator accepts TOKEN, or why not
+  mqtt-jwt-proxy sessions list|kick [flags]  list the proxy's sessions, or end them
+  mqtt-jwt-proxy help                        print this
 
 Run 'mqtt-jwt-proxy COMMAND -h' for a command's flags.
 `
@@ -78,8 +82,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = keygenCommand(args, stdout, stderr)
 	case "verify":
 		err = verifyCommand(ctx, args, os.Stdin, stdout, stderr)
+	case "sessions":
+		err = sessionsCommand(ctx, args, stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, "mqtt-jwt-proxy", buildVersion())
+		err = versionCommand(args, stdout, stderr)
 	case "help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -93,6 +99,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	case errors.Is(err, errUsage):
 		return 2
+	case errors.Is(err, errRequestDenied):
+		fmt.Fprintf(stderr, "mqtt-jwt-proxy %s: %v\n", cmd, err)
+		return exitDenied
 	default:
 		fmt.Fprintf(stderr, "mqtt-jwt-proxy %s: %v\n", cmd, err)
 		return 1
@@ -205,6 +214,16 @@ func configFlags(name, description string, args []string, stderr io.Writer) (con
 // default.
 func configFlag(fs *flag.FlagSet) *string {
 	return fs.String("config", os.Getenv(envConfig), "configuration `FILE` (YAML) ($"+envConfig+" by default)")
+}
+
+// versionCommand prints the version. It takes no flags and no arguments,
+// and says so as every command does.
+func versionCommand(args []string, stdout, stderr io.Writer) error {
+	if err := parseFlags(newFlagSet("version", "", "Prints the version.", stderr), args, 0); err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, "mqtt-jwt-proxy", buildVersion())
+	return nil
 }
 
 func buildVersion() string {

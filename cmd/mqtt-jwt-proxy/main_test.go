@@ -63,6 +63,39 @@ func TestServeRefusesPools(t *testing.T) {
 	}
 }
 
+// TestServeRefusesAuthorization: serve refuses rules it would not enforce,
+// rather than letting every publish and subscribe through.
+func TestServeRefusesAuthorization(t *testing.T) {
+	t.Setenv("JWT_SECRET", "c2VjcmV0LWZvci10ZXN0cw==")
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), []string{"serve", "-config", "../../configs/authorization.yaml"}, &out, &errOut); code != 1 {
+		t.Errorf("serve exited %d, want 1", code)
+	}
+	if !strings.Contains(errOut.String(), "does not enforce them yet") {
+		t.Errorf("serve said %q", errOut.String())
+	}
+}
+
+// TestServeRefusesAdminToken: serve refuses an admin token for an API it
+// does not serve yet, rather than taking a credential that guards nothing.
+func TestServeRefusesAdminToken(t *testing.T) {
+	t.Setenv("MQTT_JWT_PROXY_TEST_ADMIN_TOKEN", testAdminToken)
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	config := "listeners: [{bind: \"127.0.0.1:0\"}]\nupstream: {address: \"127.0.0.1:1\"}\n" +
+		"authentication: [{mechanism: jwt, algorithm: hmac-based, secret: " + adminTestSecret + "}]\n" +
+		"metrics: {bind: \"127.0.0.1:0\", admin_token_env: MQTT_JWT_PROXY_TEST_ADMIN_TOKEN}\n"
+	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCommand(t, "serve", "-config", path)
+	if code != 1 || !strings.Contains(stderr, "does not serve the sessions API yet") {
+		t.Errorf("serve exited %d and said %q", code, stderr)
+	}
+	if code, stdout, stderr := runCommand(t, "check", "-config", path); code != 0 {
+		t.Errorf("check exited %d: %s %s", code, stdout, stderr)
+	}
+}
+
 func TestCheckReportsErrors(t *testing.T) {
 	dir := t.TempDir()
 	cases := map[string]struct {
@@ -125,7 +158,7 @@ func TestUsage(t *testing.T) {
 // says how to get a command's flags; each command's -h gives its own.
 func TestHelp(t *testing.T) {
 	t.Setenv("MQTT_JWT_PROXY_CONFIG", "")
-	commands := []string{"serve", "check", "version", "token", "keygen", "verify", "help"}
+	commands := []string{"serve", "check", "version", "token", "keygen", "verify", "sessions", "help"}
 	for _, args := range [][]string{{"-h"}, {"-help"}, {"help"}} {
 		code, stdout, stderr := runCommand(t, args...)
 		if code != 0 {
@@ -150,10 +183,18 @@ func TestHelp(t *testing.T) {
 		if cmd == "version" {
 			continue // no flags
 		}
-		code, _, stderr := runCommand(t, cmd, "-h")
-		if code != 0 || !strings.HasPrefix(stderr, "usage: mqtt-jwt-proxy "+cmd+" ") || !strings.Contains(stderr, "\n  -") {
-			t.Errorf("%s -h exited %d and printed %q, want its usage and flags", cmd, code, stderr)
+		args := []string{cmd, "-h"}
+		if cmd == "sessions" {
+			args = []string{cmd, "list", "-h"} // "sessions -h" names the subcommands
 		}
+		code, _, stderr := runCommand(t, args...)
+		if code != 0 || !strings.HasPrefix(stderr, "usage: mqtt-jwt-proxy "+cmd+" ") || !strings.Contains(stderr, "\n  -") {
+			t.Errorf("%q exited %d and printed %q, want its usage and flags", args, code, stderr)
+		}
+	}
+	code, _, stderr := runCommand(t, "sessions", "-h")
+	if code != 0 || !strings.Contains(stderr, "usage: mqtt-jwt-proxy sessions list ") || !strings.Contains(stderr, "\n       mqtt-jwt-proxy sessions kick ") {
+		t.Errorf("sessions -h exited %d and printed %q, want the usage of list and kick", code, stderr)
 	}
 }
 
@@ -177,6 +218,11 @@ func TestErrorPrefix(t *testing.T) {
 		{[]string{"verify"}, 2},
 		{[]string{"verify", "-config", missing, "-from", "cookie", "TOKEN"}, 2},
 		{[]string{"verify", "-config", missing, "TOKEN"}, 1},
+		{[]string{"version", "-x"}, 2},
+		{[]string{"version", "extra"}, 2},
+		{[]string{"sessions"}, 2},
+		{[]string{"sessions", "kick", "-admin", "http://127.0.0.1:9", "-token-file", missing}, 2},
+		{[]string{"sessions", "list", "-admin", "http://127.0.0.1:9", "-token-file", missing}, 1},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -400,6 +446,7 @@ limits:
   max_connect_size: 4096
   max_connections: 100
   max_pending_connects: 50
+  max_pending_connect_bytes: 1000000
   per_ip_connect_rate: 5
   per_ip_connect_burst: 10
   per_client_id_connect_rate: 0.5
@@ -411,7 +458,7 @@ limits:
 	got := proxyLimits(cfg)
 	want := proxy.Limits{
 		ConnectTimeout: 3 * time.Second, MaxConnectSize: 4096, MaxConnections: 100,
-		MaxListenerConnections: map[string]int{"edge": 7}, MaxPendingConnects: 50,
+		MaxListenerConnections: map[string]int{"edge": 7}, MaxPendingConnects: 50, MaxPendingConnectBytes: 1000000,
 		PerIPConnectRate: 5, PerIPConnectBurst: 10, PerClientIDConnectRate: 0.5, PerClientIDConnectBurst: 2,
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -489,28 +536,40 @@ func TestConfigWarnings(t *testing.T) {
 }
 
 // TestTokenInUsernameHint: mosquitto_pub with the token as its user name
-// and no password, to a proxy that reads the password, is refused for
-// token_missing, and the log line says where the token went; verify says
-// the same.
+// and no password, to a proxy that reads the password, is refused, and
+// the log line says where the token went; verify says the same. With
+// on_missing_jwt: ignore the authenticator passes and the chain refuses
+// (not_authorized), with the same hint.
 func TestTokenInUsernameHint(t *testing.T) {
 	const hint = "the user name looks like a JWT; this authenticator reads from: password"
-	config := "listeners: [{name: tcp, bind: \"127.0.0.1:0\"}]\nupstream: {address: embedded}\n" +
-		"authentication:\n  - {mechanism: jwt, algorithm: hmac-based, secret: secret}\nlog: {format: json}\n"
-	lines, stop := serveInProcess(t, config)
-	defer stop()
-	addr := waitForLog(t, lines, "listening")["address"].(string)
+	for _, tc := range []struct {
+		name, chain string
+		connack     int
+		reason      string
+	}{
+		{"the authenticator refuses", hmacChain, 4, "token_missing"},
+		{"every authenticator passes", "  - {mechanism: jwt, algorithm: hmac-based, secret: secret, on_missing_jwt: ignore}\n", 5, "not_authorized"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			config := "listeners: [{name: tcp, bind: \"127.0.0.1:0\"}]\nupstream: {address: embedded}\n" +
+				"authentication:\n" + tc.chain + "log: {format: json}\n"
+			lines, stop := serveInProcess(t, config)
+			defer stop()
+			addr := waitForLog(t, lines, "listening")["address"].(string)
 
-	res := proxytest.Pub(t, append(proxytest.AddrArgs(t, addr), "-V", "mqttv311", "-i", "c1", "-u", seedToken, "-t", "x", "-m", "y")...)
-	if res.Connack != 4 {
-		t.Errorf("CONNACK %d, want 4 (bad user name or password)\n%s", res.Connack, res.Output)
-	}
-	refused := waitForLog(t, lines, "authentication refused")
-	if refused["reason"] != "token_missing" || refused["hint"] != hint {
-		t.Errorf("refusal logged reason %v, hint %v; want token_missing, %q", refused["reason"], refused["hint"], hint)
-	}
+			res := proxytest.Pub(t, append(proxytest.AddrArgs(t, addr), "-V", "mqttv311", "-i", "c1", "-u", seedToken, "-t", "x", "-m", "y")...)
+			if res.Connack != tc.connack {
+				t.Errorf("CONNACK %d, want %d\n%s", res.Connack, tc.connack, res.Output)
+			}
+			refused := waitForLog(t, lines, "authentication refused")
+			if refused["reason"] != tc.reason || refused["hint"] != hint {
+				t.Errorf("refusal logged reason %v, hint %v; want %s, %q", refused["reason"], refused["hint"], tc.reason, hint)
+			}
 
-	code, stdout, _ := runCommand(t, "verify", "-config", writeConfig(t, hmacChain), "-from", "username", seedToken)
-	if code != 1 || !strings.Contains(stdout, "hint (jwt): "+hint) {
-		t.Errorf("verify -from username exited %d and said %q, want 1 and the hint", code, stdout)
+			code, stdout, _ := runCommand(t, "verify", "-config", writeConfig(t, tc.chain), "-from", "username", seedToken)
+			if code != 1 || !strings.Contains(stdout, "hint (jwt): "+hint) || !strings.Contains(stdout, "("+tc.reason+")") {
+				t.Errorf("verify -from username exited %d and said %q, want 1, %s and the hint", code, stdout, tc.reason)
+			}
+		})
 	}
 }

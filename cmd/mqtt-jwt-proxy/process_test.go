@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -11,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/lestrrat-go/jwx/v2/jwa"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
 
@@ -178,5 +181,66 @@ func TestDrain(t *testing.T) {
 	sub.Stop()
 	if out := sub.Output(); !strings.Contains(out, "CONNACK") {
 		t.Errorf("subscriber output has no CONNACK: %s", out)
+	}
+}
+
+// TestReloadBeforeWebSocketConnect: a WebSocket client whose TCP
+// connection was accepted just before SIGHUP upgrades later, and sends
+// its CONNECT later still: after connect_timeout has passed since the
+// reload, but within connect_timeout of its upgrade, which is when its
+// CONNECT deadline starts. The chain it came under, a JWKS one, must still
+// decide it: a reload never refuses a client that the old and the new
+// configuration both accept. The waits are the scenario: time that must
+// pass, for which there is no signal.
+func TestReloadBeforeWebSocketConnect(t *testing.T) {
+	const connectTimeout = 6 * time.Second
+	broker := proxytest.StartMosquitto(t)
+	keys, key := signingJWKSServer(t)
+	p := startProcess(t, `
+listeners: [{name: ws, bind: "127.0.0.1:0", websocket: {}}]
+upstream: {address: "`+broker.Addr+`"}
+authentication:
+  - {name: jwks, mechanism: jwt, use_jwks: true, endpoint: "`+keys.URL+`"}
+limits: {connect_timeout: `+connectTimeout.String()+`}
+log: {format: json}
+`)
+	token, err := mintToken(tokenRequest{Alg: jwa.ES256, Key: key, KeyID: "k1", Subject: "browser", TTL: time.Hour}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	accepted := time.Now()
+	raw, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close() })
+	p.signal(t, syscall.SIGHUP)
+	waitForLog(t, p.lines, "configuration reloaded")
+	reloaded := time.Now()
+
+	// The upgrade, well within the handshake timeout (connect_timeout,
+	// from the accept).
+	time.Sleep(time.Until(accepted.Add(connectTimeout * 7 / 10)))
+	ws, _, err := (&websocket.Dialer{Subprotocols: []string{"mqtt"}, NetDial: func(string, string) (net.Conn, error) { return raw, nil }}).
+		Dial("ws://"+p.addr+"/mqtt", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The CONNECT, past connect_timeout since the reload, and well within
+	// it since the upgrade.
+	time.Sleep(time.Until(reloaded.Add(connectTimeout * 12 / 10)))
+	pk := &packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 4, CleanStart: true, ClientID: "browser",
+		UsernameFlag: true, Username: "browser", PasswordFlag: true, Password: []byte(token)}
+	connect, err := pk.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.WriteMessage(websocket.BinaryMessage, connect); err != nil {
+		t.Fatal(err)
+	}
+	ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, ack, err := ws.ReadMessage(); err != nil || !bytes.Equal(ack, []byte{0x20, 0x02, 0x00, 0x00}) {
+		t.Errorf("the client accepted before the reload got %x, %v; want CONNACK 0", ack, err)
 	}
 }

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -18,6 +20,8 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/embedded"
@@ -34,13 +38,18 @@ func checkCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	// Building the chain parses keys, secrets and templates, which YAML
-	// validation cannot; both steps run, so that every problem is listed.
+	// validation cannot, and so does compiling the authorization rules
+	// (their topic filters); every step runs, so that every problem is
+	// listed.
 	_, forwardErr := proxy.NewForward(cfg.Forward)
+	_, aclErr := acl.FromConfig(cfg.Authorization)
+	list, listErr := newRevocation(cfg.Revocation, zap.NewNop())
 	chain, chainErr := authn.New(cfg.Authentication)
-	if err := errors.Join(forwardErr, chainErr); err != nil {
+	if err := errors.Join(forwardErr, aclErr, listErr, chainErr); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	chain.Close()
+	list.Close()
 	logWarnings(cfg, checkLogger(stderr))
 	fmt.Fprintf(stdout, "%s: OK (%d listeners, %d authenticators)\n", path, len(cfg.Listeners), len(cfg.Authentication))
 	return nil
@@ -65,6 +74,12 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if len(cfg.Upstream.Servers) > 0 || len(cfg.Upstreams) > 0 || len(cfg.Routes) > 0 {
 		return fmt.Errorf("config %s: upstream.servers, upstreams and routes: this version checks them but serves a single upstream.address only", path)
 	}
+	if len(cfg.Authorization.Rules) > 0 || cfg.Authorization.NoMatch == configs.PermissionDeny || cfg.Authorization.DenyAction != "" {
+		return fmt.Errorf("config %s: authorization: this version checks the rules but does not enforce them yet", path)
+	}
+	if cfg.Metrics.AdminToken() != "" {
+		return fmt.Errorf("config %s: metrics.admin_token_file, metrics.admin_token_env: this version checks the admin token but does not serve the sessions API yet", path)
+	}
 	// Flushed, never synced: zap syncs at every flush, and an fsync of a
 	// log file ten times a second waits on the disk for nothing.
 	out := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(struct{ io.Writer }{stderr}), Size: logBufferSize, FlushInterval: logFlushInterval}
@@ -84,15 +99,8 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	// starts or a JWKS endpoint is asked for keys. Until they are served,
 	// the sockets are this function's to close.
 	p := &proxy.Proxy{Logger: logger, Relay: proxy.RelayEngine(cfg.Tuning.Relay)}
-	listeners, certs, err := openListeners(cfg, p.Listener, logger)
-	if err != nil {
-		return err
-	}
-	adminListener, err := listenAdmin(cfg)
-	if err != nil {
-		closeAll(listeners)
-		return err
-	}
+	var listeners []net.Listener
+	var adminListener net.Listener
 	served := false
 	defer func() {
 		if !served {
@@ -100,10 +108,25 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 			if adminListener != nil {
 				adminListener.Close()
 			}
+			// A PROXY-protocol listener's sockets started p's relay
+			// engine (p.Listener), also when a later bind failed.
+			p.Close()
 		}
 	}()
+	listeners, certs, err := openListeners(cfg, p.Listener, logger)
+	if err != nil {
+		return err
+	}
+	if adminListener, err = listenAdmin(cfg); err != nil {
+		return err
+	}
 
-	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger))
+	list, err := newRevocation(cfg.Revocation, logger)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	defer func() { list.Close() }() // the list in force at exit, after reloads
+	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger), authn.WithRevocation(list))
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
@@ -128,9 +151,12 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := upstreamTransport(cfg.Upstream, upstream, p); err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
-	var chains atomic.Pointer[authn.Chain] // the chain in force, for the admin endpoint
+	// The chain and the revocation list in force, for the admin endpoint.
+	var chains atomic.Pointer[authn.Chain]
+	var lists atomic.Pointer[revocation.List]
 	chains.Store(chain)
-	admin := startAdmin(adminListener, cfg, p, func() []authn.KeySetStatus { return chains.Load().Status() }, logger)
+	lists.Store(list)
+	admin := startAdmin(adminListener, cfg, p, func() []authn.KeySetStatus { return chains.Load().Status() }, lists.Load, logger)
 	defer admin.Close()
 	served = true
 
@@ -146,15 +172,24 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		select {
 		case <-hup:
 			certs.reload(logger)
-			if next, nextChain, err := reload(src, cfg, chain, p, logger); err != nil {
+			if next, nextChain, nextList, retired, err := reload(src, cfg, chain, list, p, logger); err != nil {
 				logger.Error("reload rejected; the running configuration stays in force", zap.String("config", path), zap.Error(err))
 			} else {
-				// Verifications that began before the swap may still use
-				// the old chain; it is closed once they are past.
-				old := chain
-				time.AfterFunc(cfg.Limits.ConnectTimeout.Or(proxy.DefaultConnectTimeout), old.Close)
-				cfg, chain = next, nextChain
+				// Connections accepted before the reload are decided by
+				// the old chain and list, however late their CONNECT
+				// comes (a WebSocket upgrade takes its time): those are
+				// closed once they all have been.
+				oldChain, oldList := chain, list
+				go func() {
+					<-retired
+					oldChain.Close()
+					if oldList != nextList {
+						oldList.Close()
+					}
+				}()
+				cfg, chain, list = next, nextChain, nextList
 				chains.Store(chain)
+				lists.Store(list)
 			}
 		case <-ctx.Done():
 			logger.Info("signal received; shutting down", zap.Duration("drain_timeout", cfg.Shutdown.DrainTimeout.Or(configs.DefaultDrainTimeout)))
@@ -179,25 +214,34 @@ var restartOnly = map[string]bool{"listeners": true, "upstream": true, "upstream
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
-// limits, forward and the drain timeout. Listeners, the upstream, the
-// metrics endpoint and the log stay as they started; a change there is
-// logged, key by key, and needs a restart. Nothing changes when the new
-// file is invalid.
-func reload(src configSource, running *configs.File, runningChain *authn.Chain, p *proxy.Proxy, logger *zap.Logger) (*configs.File, *authn.Chain, error) {
+// the revocation list, limits, forward and the drain timeout. Listeners,
+// the upstream, the metrics endpoint and the log stay as they started; a
+// change there is logged, key by key, and needs a restart. Nothing
+// changes when the new file is invalid. retired is closed once
+// runningChain and runningList are no longer used (see
+// proxy.Proxy.Reload).
+func reload(src configSource, running *configs.File, runningChain *authn.Chain, runningList *revocation.List, p *proxy.Proxy, logger *zap.Logger) (_ *configs.File, _ *authn.Chain, _ *revocation.List, retired <-chan struct{}, _ error) {
 	path := src.path
 	cfg, err := src.load()
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	forward, err := proxy.NewForward(cfg.Forward)
 	if err != nil {
-		return nil, nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	list, err := reloadRevocation(running.Revocation, cfg.Revocation, runningList, logger)
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	// JWKS authenticators keep their last good keys: a reload while the
 	// identity provider is down must not refuse every token.
-	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger), authn.WithPrevious(runningChain))
+	chain, err := authn.New(cfg.Authentication, authn.WithLogger(logger), authn.WithPrevious(runningChain), authn.WithRevocation(list))
 	if err != nil {
-		return nil, nil, fmt.Errorf("config %s: %w", path, err)
+		if list != runningList {
+			list.Close()
+		}
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	var needRestart []string
 	for _, key := range configs.Diff(running, cfg) {
@@ -214,10 +258,45 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 		cfg.Listeners, cfg.Upstream, cfg.Upstreams, cfg.Routes, cfg.Metrics, cfg.Log, cfg.Tuning =
 			running.Listeners, running.Upstream, running.Upstreams, running.Routes, running.Metrics, running.Log, running.Tuning
 	}
-	p.Reload(chain, proxyLimits(cfg), forward)
+	retired = p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
 	logWarnings(cfg, logger)
-	return cfg, chain, nil
+	return cfg, chain, list, retired, nil
+}
+
+// newRevocation builds the revocation list of cfg's revocation section, or
+// returns nil without one. Errors start with "revocation: ".
+func newRevocation(cfg *configs.Revocation, logger *zap.Logger) (*revocation.List, error) {
+	if cfg == nil {
+		return nil, nil
+	}
+	list, err := revocation.New(*cfg, revocation.WithLogger(logger))
+	if err != nil {
+		return nil, fmt.Errorf("revocation: %w", err)
+	}
+	return list, nil
+}
+
+// reloadRevocation returns the revocation list for the reloaded section
+// next: the running list when the section is unchanged, read again at once
+// (a SIGHUP is how an operator says the file changed); otherwise a new
+// list, which starts with the running one's set when it reads the same
+// file or URL.
+func reloadRevocation(running, next *configs.Revocation, list *revocation.List, logger *zap.Logger) (*revocation.List, error) {
+	if next == nil {
+		return nil, nil
+	}
+	if list != nil && running != nil && reflect.DeepEqual(*running, *next) {
+		// In the background: a URL may take the fetch timeout to answer.
+		// The list logs a failure itself, and Close ends the refresh.
+		go list.Refresh(context.Background())
+		return list, nil
+	}
+	l, err := revocation.New(*next, revocation.WithLogger(logger), revocation.WithPrevious(list))
+	if err != nil {
+		return nil, fmt.Errorf("revocation: %w", err)
+	}
+	return l, nil
 }
 
 // logWarnings logs what cfg does that is unsafe or not applied as written:
@@ -293,6 +372,7 @@ func proxyLimits(cfg *configs.File) proxy.Limits {
 		MaxConnections:          l.MaxConnections,
 		MaxListenerConnections:  perListener,
 		MaxPendingConnects:      l.MaxPendingConnects,
+		MaxPendingConnectBytes:  l.MaxPendingConnectBytes,
 		PerIPConnectRate:        l.PerIPConnectRate,
 		PerIPConnectBurst:       l.PerIPConnectBurst,
 		PerClientIDConnectRate:  l.PerClientIDConnectRate,

@@ -10,8 +10,10 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
@@ -29,16 +31,36 @@ const verifyTimeout = 30 * time.Second
 // the reason has already been printed.
 var errTokenRefused = errors.New("token refused")
 
+// errRequestDenied is returned by verify when the token is accepted and
+// the client is denied some -publish or -subscribe; the decisions have
+// already been printed. The command exits with exitDenied.
+var errRequestDenied = errors.New("denied")
+
+// exitDenied is verify's exit code when the token is accepted and some
+// request denied: neither success nor the refusal's 1, so that a script
+// asserting a denial is not satisfied by a token that was never accepted.
+const exitDenied = 3
+
 func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	flags := newFlagSet("verify", "-config FILE [-client-id X] [-username Y | -from username] [-cert-common-name CN] TOKEN",
+	flags := newFlagSet("verify", "-config FILE [-client-id X] [-username Y | -from username] [-cert-common-name CN] [-publish TOPIC]... [-subscribe FILTER]... [-qos N] [-retain] TOKEN",
 		"Runs TOKEN through the configured authenticators as if a client sent it as its\n"+
-			"password, and says which one accepted or why it was refused. TOKEN - reads stdin.", stderr)
+			"password, and says which one accepted or why it was refused. TOKEN - reads stdin.\n"+
+			"With -publish or -subscribe, it then says whether the accepted client may do each,\n"+
+			"and which rule decided. Exit 0: accepted (and every request allowed); 1: refused;\n"+
+			"3: accepted, and some request denied.", stderr)
 	configPath := configFlag(flags)
-	clientID := flags.String("client-id", "", "the CONNECT's client ID, for ${clientid} in verify_claims")
+	clientID := flags.String("client-id", "", "the CONNECT's client ID, for ${clientid} in verify_claims and topic rules")
 	username := flags.String("username", "", "the CONNECT's user name (default: none, or TOKEN when an authenticator reads from: username)")
 	certCN := flags.String("cert-common-name", "", "as if the client presented a TLS certificate the listener verified, with this common name, for ${cert_common_name} and certificate authenticators")
 	certSubject := flags.String("cert-subject", "", "that certificate's subject, for ${cert_subject}, such as CN=device-1,O=Example (default: CN= and -cert-common-name)")
 	from := flags.String("from", "", "send TOKEN in one `field` only: password, or username (and no password) (default: the password, and the username too when an authenticator reads from: username)")
+	var requests []acl.Request
+	flags.Var(&requestFlag{action: acl.Publish, requests: &requests}, "publish",
+		"once the token is accepted, may the client publish to `TOPIC`? Repeatable")
+	flags.Var(&requestFlag{action: acl.Subscribe, requests: &requests}, "subscribe",
+		"once the token is accepted, may the client subscribe to `FILTER` ($share/GROUP/FILTER included)? Repeatable")
+	qos := flags.Uint("qos", 0, "the QoS of every -publish and -subscribe: `N` is 0, 1 or 2")
+	retain := flags.Bool("retain", false, "set the retain flag of every -publish")
 	if err := parseFlags(flags, args, 1); err != nil {
 		return err
 	}
@@ -49,6 +71,16 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		return usageError(flags, "-from %q: want password or username", *from)
 	case *from == "username" && flagWasSet(flags, "username"):
 		return usageError(flags, "-from username sends TOKEN as the user name; -username cannot also be given")
+	case *qos > 2:
+		return usageError(flags, "-qos %d: want 0, 1 or 2", *qos)
+	case flagWasSet(flags, "qos") && len(requests) == 0:
+		return usageError(flags, "-qos is the QoS of -publish and -subscribe; give one of them")
+	case *retain && !flagWasSet(flags, "publish"):
+		return usageError(flags, "-retain is the retain flag of -publish; give one")
+	}
+	for i := range requests {
+		requests[i].QoS = byte(*qos)
+		requests[i].Retain = *retain && requests[i].Action == acl.Publish
 	}
 	token := flags.Arg(0)
 	if token == "-" {
@@ -69,6 +101,12 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		return fmt.Errorf("config %s: %w", *configPath, err)
 	}
 	defer chain.Close()
+	var rules *acl.Config
+	if len(requests) > 0 {
+		if rules, err = acl.FromConfig(cfg.Authorization); err != nil {
+			return fmt.Errorf("config %s: %w", *configPath, err)
+		}
+	}
 
 	var usernameGiven *string
 	if flagWasSet(flags, "username") {
@@ -84,10 +122,89 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		}
 	}
 	steps := chain.Explain(ctx, req)
-	if reason := printExplanation(stdout, steps); reason != "" {
+	printSteps(stdout, steps)
+	decider, reason := decision(steps)
+	var policy *acl.Policy
+	if reason == "" && len(requests) > 0 {
+		// The client's rules are compiled as the proxy compiles them when
+		// it accepts a CONNECT: a malformed acl claim refuses it.
+		policy, err = rules.Compile(acl.Client{Request: &req, Claims: steps[len(steps)-1].Identity.Claims,
+			ACLClaim: aclClaim(cfg.Authentication, steps)})
+		if err != nil {
+			fmt.Fprintf(stdout, "rules (%s): %v\n", decider, err)
+			reason = authn.ReasonOf(err)
+		}
+	}
+	printDecision(stdout, steps, decider, reason)
+	if reason != "" {
 		return fmt.Errorf("%w: %s", errTokenRefused, reason)
 	}
+	if len(requests) == 0 {
+		return nil
+	}
+	if denied := printAuthorizations(stdout, policy, requests); denied > 0 {
+		return fmt.Errorf("%w: %d of %d requests", errRequestDenied, denied, len(requests))
+	}
 	return nil
+}
+
+// requestFlag is -publish or -subscribe: each use adds a request of its
+// action to requests, which both flags share, so that the decisions are
+// printed in the order the flags were given.
+type requestFlag struct {
+	action   acl.Action
+	requests *[]acl.Request
+}
+
+func (f *requestFlag) String() string { return "" }
+
+func (f *requestFlag) Set(topic string) error {
+	*f.requests = append(*f.requests, acl.Request{Action: f.action, Topic: topic})
+	return nil
+}
+
+// aclClaim is the acl.claim of the authenticator that accepted, the last
+// of steps: Explain reports one step per authenticator, in the
+// configuration's order, up to the one that decided. Names are not
+// looked up, since two authenticators may share one.
+func aclClaim(auths []configs.Authenticator, steps []authn.Step) string {
+	return auths[len(steps)-1].ACL.Claim
+}
+
+// printAuthorizations writes one line per request: what was asked, the
+// decision, and the rule that made it (or why none did). It returns how
+// many were denied.
+func printAuthorizations(w io.Writer, policy *acl.Policy, requests []acl.Request) (denied int) {
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACTION\tTOPIC\tQOS\tRETAIN\tDECISION\tRULE")
+	for _, r := range requests {
+		d := policy.Allow(r)
+		verdict := "deny"
+		if d.Allowed {
+			verdict = "allow"
+		} else {
+			denied++
+		}
+		retain := "-"
+		if r.Action == acl.Publish {
+			retain = strconv.FormatBool(r.Retain)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", r.Action, showValue(r.Topic), r.QoS, retain, verdict,
+			strings.TrimPrefix(d.String(), verdict+": "))
+	}
+	tw.Flush()
+	return denied
+}
+
+// showValue is a value as a column of a table: as given, or quoted when
+// it is empty or holds a space or a character that does not print (a
+// terminal escape sequence in a client identifier stays text).
+func showValue(s string) string {
+	if s == "" || strings.ContainsFunc(s, func(r rune) bool { return unicode.IsSpace(r) || !strconv.IsPrint(r) }) {
+		return strconv.Quote(s)
+	}
+	return s
 }
 
 // verifyRequest is the CONNECT a client holding token would send. With
@@ -120,10 +237,8 @@ func readsUsername(auths []configs.Authenticator) bool {
 	return false
 }
 
-// printExplanation writes one line per step and then the chain's decision
-// with the CONNACK a client would get. It returns why the chain refused,
-// or "" when it accepted.
-func printExplanation(w io.Writer, steps []authn.Step) authn.RefuseReason {
+// printSteps writes one line per step.
+func printSteps(w io.Writer, steps []authn.Step) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "AUTHENTICATOR\tOUTCOME\tREASON\tDETAIL")
 	for _, s := range steps {
@@ -139,23 +254,29 @@ func printExplanation(w io.Writer, steps []authn.Step) authn.RefuseReason {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.Authenticator, s.Outcome, reason, detail)
 	}
 	tw.Flush()
+}
+
+// printDecision writes the decision, by decider for reason ("" when it
+// accepted), with the CONNACK a client would get, after the hints that
+// explain a refusal.
+func printDecision(w io.Writer, steps []authn.Step, decider string, reason authn.RefuseReason) {
+	if reason == "" {
+		fmt.Fprintf(w, "accepted by %s: %s\n", decider, describeConnack(packets.Success))
+		return
+	}
+	// Hints explain a refusal. An authenticator that passed for want of
+	// a token may well see the token in the other field when a later one,
+	// which reads that field, accepts it: no hint then.
 	for _, s := range steps {
 		if hint := authn.HintOf(s.Err); hint != "" {
 			fmt.Fprintf(w, "hint (%s): %s\n", s.Authenticator, hint)
 		}
-	}
-
-	decider, reason := decision(steps)
-	if reason == "" {
-		fmt.Fprintf(w, "accepted by %s: %s\n", decider, describeConnack(packets.Success))
-		return ""
 	}
 	by := ""
 	if decider != "" {
 		by = " by " + decider
 	}
 	fmt.Fprintf(w, "refused%s (%s): %s\n", by, reason, describeConnack(proxy.RefuseCode(reason)))
-	return reason
 }
 
 // decision is the chain's verdict as Verify reaches it: the first

@@ -42,30 +42,21 @@ func TestVerifyJWKS(t *testing.T) {
 		return "  - {mechanism: jwt, use_jwks: true, endpoint: \"" + endpoint + "\", verify_claims: {sub: \"${clientid}\"}}\n"
 	}
 	up := authenticator(jwks.URL + "/jwks.json")
-	cases := []struct {
-		name       string
-		auth       string
-		args       []string
-		wantCode   int
-		wantStdout []string
-	}{
+	cases := []verifyCase{
 		{"key picked by kid", up, []string{"-client-id", "sensor-7", sign(keyDir, kid)}, 0,
-			[]string{" accept ", `sub="sensor-7"`, "accepted by jwt: CONNACK 0x00"}},
+			[]string{" accept ", `sub="sensor-7"`, "accepted by jwt: CONNACK 0x00"}, ""},
 		{"no kid, the set's only key", up, []string{"-client-id", "sensor-7", sign(keyDir, "")}, 0,
-			[]string{"accepted by jwt"}},
+			[]string{"accepted by jwt"}, ""},
 		{"claims still checked", up, []string{"-client-id", "sensor-8", sign(keyDir, kid)}, 1,
-			[]string{" claim_mismatch ", "CONNACK 0x86"}},
+			[]string{" claim_mismatch ", "CONNACK 0x86"}, "token refused: claim_mismatch"},
 		{"unknown kid", up, []string{"-client-id", "sensor-7", sign(otherDir, "another-kid")}, 1,
-			[]string{" no_key ", `kid "another-kid" is not in the key set`, "refused by jwt (no_key): CONNACK 0x87 not authorized (MQTT 5), return code 5 (MQTT 3.1.1)"}},
+			[]string{" no_key ", `kid "another-kid" is not in the key set`, "refused by jwt (no_key): CONNACK 0x87 not authorized (MQTT 5), return code 5 (MQTT 3.1.1)"}, "token refused: no_key"},
 		{"known kid, another key", up, []string{"-client-id", "sensor-7", sign(otherDir, kid)}, 1,
-			[]string{" bad_signature ", "CONNACK 0x87"}},
+			[]string{" bad_signature ", "CONNACK 0x87"}, "token refused: bad_signature"},
 		{"endpoint not found", authenticator(jwks.URL + "/missing.json"), []string{"-client-id", "sensor-7", sign(keyDir, kid)}, 1,
-			[]string{" keys_unavailable ", "404 Not Found", "CONNACK 0x87"}},
+			[]string{" keys_unavailable ", "404 Not Found", "CONNACK 0x87"}, "token refused: keys_unavailable"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			path := writeConfig(t, tc.auth)
-			runVerify(t, path, tc.args, tc.wantCode, tc.wantStdout)
-		})
+		t.Run(tc.name, func(t *testing.T) { tc.check(t) })
 	}
 }

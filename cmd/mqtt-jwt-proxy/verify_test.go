@@ -56,8 +56,8 @@ func mustSigningKey(t *testing.T, path string) any {
 }
 
 // runVerify runs verify -config path args, checks its exit code and that
-// its output holds each of wantStdout, and returns its standard error.
-func runVerify(t *testing.T, path string, args []string, wantCode int, wantStdout []string) (stderr string) {
+// its output holds each of wantStdout, and returns its output.
+func runVerify(t *testing.T, path string, args []string, wantCode int, wantStdout []string) (stdout, stderr string) {
 	t.Helper()
 	code, stdout, stderr := runCommand(t, append([]string{"verify", "-config", path}, args...)...)
 	if code != wantCode {
@@ -68,7 +68,28 @@ func runVerify(t *testing.T, path string, args []string, wantCode int, wantStdou
 			t.Errorf("stdout lacks %q:\n%s", want, stdout)
 		}
 	}
-	return stderr
+	return stdout, stderr
+}
+
+// verifyCase is one run of verify with a configuration that writeConfig
+// writes from auth.
+type verifyCase struct {
+	name       string
+	auth       string
+	args       []string
+	wantCode   int
+	wantStdout []string // each in the output
+	wantStderr string   // in the standard error; "" for none at all
+}
+
+// check runs tc and checks what it printed; it returns the output.
+func (tc verifyCase) check(t *testing.T) (stdout string) {
+	t.Helper()
+	stdout, stderr := runVerify(t, writeConfig(t, tc.auth), tc.args, tc.wantCode, tc.wantStdout)
+	if !strings.Contains(stderr, tc.wantStderr) || (tc.wantStderr == "") != (stderr == "") {
+		t.Errorf("stderr %q, want %q", stderr, tc.wantStderr)
+	}
+	return stdout
 }
 
 func TestVerify(t *testing.T) {
@@ -94,14 +115,7 @@ func TestVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cases := []struct {
-		name       string
-		auth       string
-		args       []string
-		wantCode   int
-		wantStdout []string
-		wantStderr string
-	}{
+	cases := []verifyCase{
 		{"seed token", hmac, []string{seedToken}, 0,
 			[]string{"jwt ", " accept ", `sub="1234567890" exp=none`, "accepted by jwt: CONNACK 0x00 success (MQTT 5), return code 0 (MQTT 3.1.1)"}, ""},
 		{"minted token", hmac, []string{device}, 0,
@@ -135,13 +149,7 @@ func TestVerify(t *testing.T) {
 			"token refused: not_authorized"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			path := writeConfig(t, tc.auth)
-			stderr := runVerify(t, path, tc.args, tc.wantCode, tc.wantStdout)
-			if !strings.Contains(stderr, tc.wantStderr) || (tc.wantStderr == "") != (stderr == "") {
-				t.Errorf("stderr %q, want %q", stderr, tc.wantStderr)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { tc.check(t) })
 	}
 }
 
@@ -291,6 +299,8 @@ func TestConnackCode(t *testing.T) {
 		{authn.ErrAlgorithmNotAllowed, 0x87, 5},
 		{authn.ErrNoKey, 0x87, 5},
 		{authn.ErrKeysUnavailable, 0x87, 5},
+		{authn.ErrRevoked, 0x87, 5},
+		{authn.ErrRevocationUnavailable, 0x87, 5},
 		{authn.ErrNoAuthenticatorAccepted, 0x87, 5},
 	}
 	for _, tc := range cases {
@@ -301,5 +311,31 @@ func TestConnackCode(t *testing.T) {
 				t.Errorf("CONNACK 0x%02X / %d (%v), want 0x%02X / %d", byte(code), v3, ok, byte(tc.v5), tc.v3)
 			}
 		})
+	}
+}
+
+// TestVerifyHintOnlyForRefusals: the hint that a token sits in the field
+// an authenticator does not read explains a refusal. In a chain for
+// devices (token in the password, on_missing_jwt: ignore) and users (token
+// in the user name), a user's token passes the devices' authenticator for
+// want of a password and is accepted by the users': no hint. Without the
+// users' authenticator the same client is refused, with the hint.
+func TestVerifyHintOnlyForRefusals(t *testing.T) {
+	const hint = "hint (devices): the user name looks like a JWT; this authenticator reads from: password"
+	devices := "  - {name: devices, mechanism: jwt, algorithm: hmac-based, secret: secret, on_missing_jwt: ignore}\n"
+	users := "  - {name: users, mechanism: jwt, from: username, algorithm: hmac-based, secret: secret}\n"
+	userToken := hs256(t, time.Now(), "alice", nil)
+
+	code, stdout, _ := runCommand(t, "verify", "-config", writeConfig(t, devices+users), "-from", "username", userToken)
+	if code != 0 || !strings.Contains(stdout, "accepted by users") {
+		t.Fatalf("exit %d, want 0 and accepted by users:\n%s", code, stdout)
+	}
+	if strings.Contains(stdout, "hint") {
+		t.Errorf("an accepted token got a hint:\n%s", stdout)
+	}
+
+	code, stdout, _ = runCommand(t, "verify", "-config", writeConfig(t, devices), "-from", "username", userToken)
+	if code != 1 || !strings.Contains(stdout, hint) {
+		t.Errorf("exit %d, want 1 and %q:\n%s", code, hint, stdout)
 	}
 }

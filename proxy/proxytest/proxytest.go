@@ -56,9 +56,9 @@ const RequireEnv = "MQTT_JWT_PROXY_REQUIRE_MOSQUITTO"
 
 // DefaultTimeout bounds every wait in this package that takes no explicit
 // timeout: broker start-up, a mosquitto_pub run, a subscription, and the
-// Recorder's Wait methods. It is generous because CI machines are slow;
-// waits end as soon as their condition holds.
-const DefaultTimeout = 10 * time.Second
+// Recorder's Wait methods. It is generous because a busy machine running
+// tests under -race is slow; waits end as soon as their condition holds.
+const DefaultTimeout = 30 * time.Second
 
 // sbinDirs are searched after PATH because Debian installs the broker in
 // /usr/sbin, which is not on an unprivileged user's PATH.

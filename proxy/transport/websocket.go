@@ -28,8 +28,9 @@ const (
 	// a browser's cookies and a token in the query.
 	maxUpgradeRequestBytes = 32 << 10
 	// closeFrameTimeout bounds sending the WebSocket close frame, which
-	// Close does on the goroutine that closes (the proxy's Close among
-	// them).
+	// Close does on the goroutine that closes. A connection ended from
+	// outside (eviction, the proxy's Close, token expiry) gets none: its
+	// socket is closed first.
 	closeFrameTimeout = 100 * time.Millisecond
 )
 

@@ -472,4 +472,4 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 
 // waitTimeout bounds waitFor: generous, for -race on a loaded machine;
 // waits end as soon as their condition holds.
-const waitTimeout = 10 * time.Second
+const waitTimeout = 20 * time.Second

@@ -9,10 +9,10 @@
 #
 #   bash cmd/mqtt-jwt-bench/bench/run.sh          # about 10 minutes
 #   bash cmd/mqtt-jwt-bench/bench/run.sh -quick   # about 2 minutes
-#   bash cmd/mqtt-jwt-bench/bench/run.sh -n 5000 -rounds 5 -duration 8 -only 'connect|memory' -out /tmp/bench
+#   bash cmd/mqtt-jwt-bench/bench/run.sh -n 5000 -rounds 5 -duration 8 -only 'connect|memory|pending' -out /tmp/bench
 #
 # Needs go, mosquitto and haproxy (installed with apt-get when missing and
-# run as root). Uses the loopback ports 18830 to 18834.
+# run as root). Uses the loopback ports 18830 to 18835.
 set -euo pipefail
 
 usage() {
@@ -20,7 +20,7 @@ usage() {
   cat <<'EOF'
 Flags:
   -quick         short runs (1 s) and 1,000 held connections: about 2 minutes
-  -n N           connections held in the memory scenario (default 10000)
+  -n N           connections held in the memory and pending scenarios (default 10000)
   -rounds R      runs per scenario and target (default 3)
   -duration S    seconds per run (default 5)
   -only REGEX    run only the scenarios whose name matches
@@ -56,7 +56,7 @@ results=$out/results.jsonl
 
 # Ports: the broker, HAProxy, and one proxy per signing algorithm (a proxy's
 # authentication chain verifies one kind of key).
-port_broker=18830 port_haproxy=18831
+port_broker=18830 port_haproxy=18831 port_haproxy_jwt=18835
 declare -A port_proxy=([hs256]=18832 [rs256]=18833 [es256]=18834)
 secret=bench-secret-$RANDOM$RANDOM$RANDOM
 
@@ -88,7 +88,7 @@ if [ "$nofile" != unlimited ] && [ $((2 * n + 200)) -gt "$nofile" ]; then
   n=$fit
 fi
 
-for port in "$port_broker" "$port_haproxy" "${port_proxy[@]}"; do
+for port in "$port_broker" "$port_haproxy" "$port_haproxy_jwt" "${port_proxy[@]}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     say "run.sh: port $port is in use; stop what listens there first"
     exit 1
@@ -130,7 +130,7 @@ write_proxy_config es256 "${port_proxy[es256]}" "    algorithm: public-key
 
 # --- processes --------------------------------------------------------------
 declare -A pid_proxy=()
-pid_broker="" pid_haproxy=""
+pid_broker="" pid_haproxy="" pid_haproxy_jwt=""
 
 wait_port() { # port pid name
   for _ in $(seq 100); do
@@ -148,23 +148,26 @@ start_all() {
   wait_port "$port_broker" "$pid_broker" mosquitto
   "$haproxy_bin" -db -f "$bench_dir/haproxy.cfg" >>"$out/haproxy.log" 2>&1 &
   pid_haproxy=$!
+  BENCH_SECRET=$secret "$haproxy_bin" -db -f "$bench_dir/haproxy-jwt.cfg" >>"$out/haproxy-jwt.log" 2>&1 &
+  pid_haproxy_jwt=$!
   for alg in hs256 rs256 es256; do
     "$proxy_bin" serve -config "$out/proxy-$alg.yaml" 2>>"$out/proxy-$alg.log" &
     pid_proxy[$alg]=$!
   done
   wait_port "$port_haproxy" "$pid_haproxy" haproxy
+  wait_port "$port_haproxy_jwt" "$pid_haproxy_jwt" haproxy-jwt
   for alg in hs256 rs256 es256; do
     wait_port "${port_proxy[$alg]}" "${pid_proxy[$alg]}" "proxy-$alg"
   done
 }
 
 stop_all() {
-  local pids=("${pid_proxy[@]}" $pid_haproxy $pid_broker)
+  local pids=("${pid_proxy[@]}" $pid_haproxy $pid_haproxy_jwt $pid_broker)
   if [ ${#pids[@]} -gt 0 ]; then
     kill "${pids[@]}" 2>/dev/null || true
     wait "${pids[@]}" 2>/dev/null || true
   fi
-  pid_proxy=() pid_haproxy="" pid_broker=""
+  pid_proxy=() pid_haproxy="" pid_haproxy_jwt="" pid_broker=""
 }
 trap stop_all EXIT
 
@@ -172,14 +175,21 @@ trap stop_all EXIT
 failures=0
 
 # run_target scenario round target alg mode args...: one run of the load
-# tool against target, its JSON line appended to the results.
+# tool against target, its JSON line appended to the results. In the
+# pending scenario, haproxy is the instance that reads the CONNECT and
+# verifies its token (haproxy-jwt.cfg), the proxy's job before
+# authentication.
 run_target() {
   local scenario=$1 round=$2 target=$3 alg=$4 mode=$5
   shift 5
   local addr pids=(-pid "broker=$pid_broker")
   case $target in
     direct) addr=127.0.0.1:$port_broker ;;
-    haproxy) addr=127.0.0.1:$port_haproxy pids+=(-pid "hop=$pid_haproxy") ;;
+    haproxy) if [[ $scenario == pending* ]]; then
+        addr=127.0.0.1:$port_haproxy_jwt pids+=(-pid "hop=$pid_haproxy_jwt")
+      else
+        addr=127.0.0.1:$port_haproxy pids+=(-pid "hop=$pid_haproxy")
+      fi ;;
     proxy) addr=127.0.0.1:${port_proxy[$alg]} pids+=(-pid "hop=${pid_proxy[$alg]}") ;;
   esac
   local line
@@ -264,6 +274,22 @@ if [[ memory =~ $only ]]; then
       stop_all
       start_all
       run_target memory "$round" "$target" hs256 hold -n "$n" -c 64 -duration "${hold_for}s" -settle 1s "${hs[@]}"
+    done
+  done
+fi
+# Pending: each connection sends the first 11 bytes of its CONNECT (of
+# about 190) and waits, as a slow client or a slowloris flood does; what
+# each costs before authentication, on freshly started processes. The
+# runs end well within the proxy's connect_timeout and HAProxy's
+# inspect-delay (10 s each).
+if [[ pending =~ $only ]]; then
+  hold_for=$((duration > 3 ? 3 : duration + 1))
+  for round in $(seq "$rounds"); do
+    say "pending ($n connections with 11 bytes of their CONNECT), round $round of $rounds"
+    for target in direct haproxy proxy; do
+      stop_all
+      start_all
+      run_target pending "$round" "$target" hs256 hold -n "$n" -c 64 -partial 11 -duration "${hold_for}s" -settle 1s "${hs[@]}"
     done
   done
 fi

@@ -147,3 +147,9 @@ func New(k Kind) (Engine, error) {
 
 // ErrWouldBlock is what ReadNow returns when nothing has arrived.
 var ErrWouldBlock = errors.New("engine: read would block")
+
+// Resumer is resumed, on a goroutine of its own, once a socket it waits
+// for may be readable: see WhenReadable, which the epoll engine's sockets
+// have, so that a client whose CONNECT has not all arrived costs no
+// goroutine while it waits.
+type Resumer interface{ Resume() }

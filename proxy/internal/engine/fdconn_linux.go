@@ -36,6 +36,11 @@ type fdConn struct {
 	// readiness, a new deadline or Close.
 	deadline [2]time.Time
 	ready    [2]chan struct{}
+	// parked, while set, is resumed in place of a read waiting on
+	// ready[0] (see WhenReadable), by what would wake that read, or by
+	// parkTimer at the read deadline.
+	parked    Resumer
+	parkTimer *time.Timer
 }
 
 func newFDConn(w *watcher, fd int, remote *net.TCPAddr) *fdConn {
@@ -79,6 +84,66 @@ func (c *fdConn) ReadNow(b []byte) (int, error) {
 			return n, nil
 		}
 	}
+}
+
+// WhenReadable arranges for r to be resumed once, on a goroutine of its
+// own, when a read may find bytes, EOF or an error: the socket became
+// readable, or its read deadline passed, or it was closed (at once when
+// one of them is already the case). Until then nothing runs for it: the
+// socket waits in the watcher's epoll set, with a timer for its deadline.
+// An error means that it cannot wait there; r is not resumed.
+func (c *fdConn) WhenReadable(r Resumer) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.sock.closing && c.seq == 0 {
+		if err := c.registerLocked(); err != nil {
+			return c.opError("read", err)
+		}
+	}
+	c.parked = r
+	select {
+	case <-c.ready[0]: // readiness reported since the last read
+		c.unparkLocked()
+		return nil
+	default:
+	}
+	switch d := c.deadline[0]; {
+	case c.sock.closing || !d.IsZero() && !time.Now().Before(d):
+		c.unparkLocked()
+	case !d.IsZero():
+		c.parkTimer = time.AfterFunc(time.Until(d), c.unpark)
+	}
+	return nil
+}
+
+// wakeReaderLocked wakes what waits to read: the parked resumer, else a
+// call waiting on ready[0].
+func (c *fdConn) wakeReaderLocked() {
+	if c.parked != nil {
+		c.unparkLocked()
+		return
+	}
+	notify(c.ready[0])
+}
+
+// unpark resumes the parked resumer, if it is still parked.
+func (c *fdConn) unpark() {
+	c.mu.Lock()
+	c.unparkLocked()
+	c.mu.Unlock()
+}
+
+func (c *fdConn) unparkLocked() {
+	r := c.parked
+	if r == nil {
+		return
+	}
+	c.parked = nil
+	if c.parkTimer != nil {
+		c.parkTimer.Stop()
+		c.parkTimer = nil
+	}
+	go r.Resume()
 }
 
 func (c *fdConn) Write(b []byte) (int, error) { return c.write(b, 0) }
@@ -160,10 +225,9 @@ func (c *fdConn) Close() error {
 		c.w.forget(c.seq) // closing takes the socket out of the epoll set
 		c.seq = 0
 	}
-	ready := c.ready
+	c.wakeReaderLocked()
+	notify(c.ready[1])
 	c.mu.Unlock()
-	notify(ready[0])
-	notify(ready[1])
 	return nil
 }
 
@@ -199,9 +263,13 @@ func (c *fdConn) setDeadline(dir int, t time.Time) error {
 		return c.opError("set deadline", net.ErrClosed)
 	}
 	c.deadline[dir] = t
-	ready := c.ready[dir]
+	// What waits looks at the new deadline.
+	if dir == 0 {
+		c.wakeReaderLocked()
+	} else {
+		notify(c.ready[dir])
+	}
 	c.mu.Unlock()
-	notify(ready) // a waiting call looks at the new deadline
 	return nil
 }
 
@@ -274,15 +342,18 @@ func (c *fdConn) registerLocked() error {
 	return nil
 }
 
-// handle wakes the calls waiting for the socket.
+// handle wakes the calls waiting for the socket, or the parked resumer.
+// It runs on the watcher's goroutine, so a resumer runs on its own.
 func (c *fdConn) handle(_ int, events uint32, _ []byte) {
 	failed := events&(unix.EPOLLHUP|unix.EPOLLERR) != 0
+	c.mu.Lock()
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP) != 0 || failed {
-		notify(c.ready[0])
+		c.wakeReaderLocked()
 	}
 	if events&unix.EPOLLOUT != 0 || failed {
 		notify(c.ready[1])
 	}
+	c.mu.Unlock()
 }
 
 // take moves the socket to a link: it leaves the watcher's set, if a call

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -371,5 +372,30 @@ func TestDialIPv6(t *testing.T) {
 	c.Close()
 	if s := <-got; s != "hello" {
 		t.Errorf("broker got %q, want %q", s, "hello")
+	}
+}
+
+// TestWatchersPickPastTheCounterSign: the round robin over the watchers
+// goes on where its counter passes 2^31 (the sign of a 32-bit int) and
+// 2^32 (where it wraps): a proxy on 32-bit Linux gets there after about a
+// billion connections.
+func TestWatchersPickPastTheCounterSign(t *testing.T) {
+	ws := &watchers{all: []*watcher{{}, {}, {}}}
+	index := func(w *watcher) int {
+		for i, x := range ws.all {
+			if x == w {
+				return i
+			}
+		}
+		return -1
+	}
+	for _, start := range []uint32{1<<31 - 4, math.MaxUint32 - 4} {
+		ws.next.Store(start)
+		for n := range 8 {
+			want := int((uint64(start) + uint64(n) + 1) % (1 << 32) % uint64(len(ws.all)))
+			if got := index(ws.pick()); got != want {
+				t.Errorf("pick %d after %d: watcher %d, want %d", n+1, start, got, want)
+			}
+		}
 	}
 }

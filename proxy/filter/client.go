@@ -1,0 +1,360 @@
+package filter
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+)
+
+// fromClient filters the bytes the client sent.
+func (s *Session) fromClient(in, fwd, back []byte) ([]byte, []byte, error) {
+	if !s.brokerLimits && s.connack.Load() {
+		s.applyBrokerLimits()
+	}
+	f := &s.framers[FromClient]
+	out := output{in: in, buf: fwd}
+	var last lastPublish
+	f.Feed(in)
+	for {
+		fr, ok, err := f.Next()
+		if err != nil {
+			return out.done(), back, s.refuse(err)
+		}
+		if !ok {
+			return out.done(), back, nil
+		}
+		if err := s.checkClientFrame(fr); err != nil {
+			return out.done(), back, s.refuse(err)
+		}
+		if fr.Type == packets.TypeAuth && s.methodAuth != nil {
+			if back, err = s.auth(fr, back); err != nil {
+				return out.done(), back, err
+			}
+			continue
+		}
+		policy := s.policy.Load()
+		if policy == nil {
+			out.pass(fr)
+			continue
+		}
+		switch fr.Type {
+		case packets.TypePublish:
+			back, err = s.publish(policy, fr, &out, back, &last)
+		case packets.TypePubrel:
+			back, err = s.pubrel(fr, &out, back)
+		case packets.TypeSubscribe:
+			back, err = s.subscribe(policy, fr, &out, back)
+		case packets.TypeUnsubscribe:
+			err = s.unsubscribe(fr, &out)
+		default:
+			out.pass(fr)
+		}
+		if err != nil {
+			return out.done(), back, err
+		}
+	}
+}
+
+// applyBrokerLimits takes the limits the broker's CONNACK set on the
+// client: its Topic Alias Maximum, and its Maximum Packet Size when smaller
+// than the configured one.
+func (s *Session) applyBrokerLimits() {
+	s.brokerLimits = true
+	s.aliases.Max = s.brokerAliasMax
+	if s.brokerMaxPacket > 0 && s.brokerMaxPacket < s.clientLimit {
+		s.clientLimit = s.brokerMaxPacket
+	}
+}
+
+// checkClientFrame refuses a packet the client may not send, or one larger
+// than the broker accepts (the Framer checked the configured limit).
+func (s *Session) checkClientFrame(fr packets.Frame) error {
+	if clientTypes&(1<<fr.Type) == 0 {
+		return protocolError(s.version, "%v sent by the client", fr.Type)
+	}
+	if len(fr.Raw) > s.clientLimit {
+		return &packets.Error{Code: packets.PacketTooLarge, Version: s.version,
+			Err: fmt.Errorf("%w: %v of %d bytes, the broker's limit %d", packets.ErrTooLarge, fr.Type, len(fr.Raw), s.clientLimit)}
+	}
+	return nil
+}
+
+// publish judges a PUBLISH by policy: forwarded when allowed; else
+// dropped, and answered as its QoS requires.
+func (s *Session) publish(policy *acl.Policy, fr packets.Frame, out *output, back []byte, last *lastPublish) ([]byte, error) {
+	var p packets.Publish
+	if err := p.Decode(s.version, fr); err != nil {
+		return back, s.refuse(err)
+	}
+	topic := p.Topic
+	if s.version == packets.ProtocolV5 {
+		// Every PUBLISH, dropped ones too, so that an alias always stands
+		// for the topic the client last set it to.
+		var err error
+		if topic, err = s.aliases.Resolve(&p); err != nil {
+			return back, s.refuse(err)
+		}
+	}
+	if p.QoS > 0 && (s.pubrecs != nil || s.pendingSubacks.Load() > 0) {
+		if _, answered := s.pubrecs[p.PacketID]; answered {
+			if p.QoS == 2 {
+				// The denied PUBLISH again, before its PUBREL: the
+				// receiver answers PUBREC again [MQTT-4.3.3-2].
+				return appendAck(back, s.version, packets.TypePubrec, p.PacketID, packets.Success), nil
+			}
+			return back, s.idInUse(packets.TypePublish, p.PacketID)
+		}
+		if s.subackPending(p.PacketID) {
+			return back, s.idInUse(packets.TypePublish, p.PacketID)
+		}
+	}
+	d, known := last.decision(policy, topic, p.QoS, p.Retain)
+	if !known {
+		d = allow(policy, acl.Publish, topic, p.QoS, p.Retain)
+		last.remember(policy, topic, p.QoS, p.Retain, d)
+	}
+	if s.onDecision != nil {
+		s.onDecision(acl.Publish, topic, d)
+	}
+	if d.Allowed {
+		if s.version == packets.ProtocolV5 && s.aliases.Forward(&p) {
+			// The alias was set by a PUBLISH the broker never got: this
+			// one carries the topic it was judged by, and sets the
+			// broker's mapping alike.
+			out.flush()
+			p.Topic = topic
+			start := len(out.buf)
+			var err error
+			if out.buf, err = p.Append(out.buf, s.version); err != nil {
+				return back, s.refuse(err)
+			}
+			if n := len(out.buf) - start; n > s.clientLimit {
+				out.buf = out.buf[:start]
+				return back, s.refuse(&packets.Error{Code: packets.PacketTooLarge, Version: s.version,
+					Err: fmt.Errorf("%w: PUBLISH by topic alias %d, of %d bytes with its topic name written in, the broker's limit %d",
+						packets.ErrTooLarge, p.TopicAlias, n, s.clientLimit)})
+			}
+			return back, nil
+		}
+		out.pass(fr)
+		return back, nil
+	}
+	if s.disconnectOnDeny {
+		return back, s.denied(fmt.Errorf("PUBLISH to %q: %s", topic, d))
+	}
+	switch p.QoS {
+	case 1:
+		back = appendAck(back, s.version, packets.TypePuback, p.PacketID, packets.NotAuthorized)
+	case 2:
+		back = appendAck(back, s.version, packets.TypePubrec, p.PacketID, packets.NotAuthorized)
+		if s.version != packets.ProtocolV5 {
+			// MQTT 3's PUBREC has no reason: the client goes on with
+			// PUBREL, which the proxy answers.
+			if s.pubrecs == nil {
+				s.pubrecs = make(map[uint16]struct{})
+			}
+			s.pubrecs[p.PacketID] = struct{}{}
+		}
+	}
+	return back, nil
+}
+
+// pubrel answers the PUBREL of an MQTT 3 QoS 2 exchange the proxy answered
+// with PUBREC, and forwards the others.
+func (s *Session) pubrel(fr packets.Frame, out *output, back []byte) ([]byte, error) {
+	if len(s.pubrecs) == 0 {
+		out.pass(fr)
+		return back, nil
+	}
+	var a packets.Ack
+	if err := a.Decode(s.version, fr); err != nil {
+		return back, s.refuse(err)
+	}
+	if _, answered := s.pubrecs[a.PacketID]; !answered {
+		out.pass(fr)
+		return back, nil
+	}
+	delete(s.pubrecs, a.PacketID)
+	if len(s.pubrecs) == 0 {
+		s.pubrecs = nil // an idle session holds no map
+	}
+	return appendAck(back, s.version, packets.TypePubcomp, a.PacketID, packets.Success), nil
+}
+
+// subscribe judges each filter of a SUBSCRIBE by policy: all allowed, it
+// is forwarded; some, it is forwarded without the others and its SUBACK
+// awaited; none, it is answered.
+func (s *Session) subscribe(policy *acl.Policy, fr packets.Frame, out *output, back []byte) ([]byte, error) {
+	var sub packets.Subscribe
+	if err := sub.Decode(s.version, fr); err != nil {
+		return back, s.refuse(err)
+	}
+	if err := s.checkNewID(packets.TypeSubscribe, sub.PacketID); err != nil {
+		return back, err
+	}
+	keep := make([]bool, len(sub.Subscriptions))
+	var refused []uint32
+	var firstDenial acl.Decision
+	for i := range sub.Subscriptions {
+		filter := &sub.Subscriptions[i]
+		d := allow(policy, acl.Subscribe, filter.Filter, filter.QoS, false)
+		if s.onDecision != nil {
+			s.onDecision(acl.Subscribe, filter.Filter, d)
+		}
+		keep[i] = d.Allowed
+		if !d.Allowed {
+			if len(refused) == 0 {
+				firstDenial = d
+			}
+			refused = append(refused, uint32(i))
+		}
+	}
+	switch {
+	case len(refused) == 0:
+		out.pass(fr)
+		return back, nil
+	case s.disconnectOnDeny:
+		return back, s.denied(fmt.Errorf("SUBSCRIBE to %q: %s", sub.Subscriptions[refused[0]].Filter, firstDenial))
+	case len(refused) == len(sub.Subscriptions):
+		codes := make([]packets.ReasonCode, len(refused))
+		for i := range codes {
+			codes[i] = packets.SubscriptionRefusal(s.version)
+		}
+		answer := packets.Suback{PacketID: sub.PacketID, Codes: codes}
+		var err error
+		if back, err = answer.Append(back, s.version); err != nil {
+			return back, s.refuse(err)
+		}
+		return back, nil
+	}
+	if err := s.awaitSuback(sub.PacketID, pendingSuback{filters: len(sub.Subscriptions), refused: refused}); err != nil {
+		return back, err
+	}
+	// Recorded before the SUBSCRIBE leaves: its SUBACK cannot come first.
+	out.flush()
+	var err error
+	if out.buf, err = sub.AppendKept(out.buf, s.version, keep); err != nil {
+		return back, s.refuse(err)
+	}
+	return back, nil
+}
+
+// unsubscribe checks an UNSUBSCRIBE and forwards it.
+func (s *Session) unsubscribe(fr packets.Frame, out *output) error {
+	var u packets.Unsubscribe
+	if err := u.Decode(s.version, fr); err != nil {
+		return s.refuse(err)
+	}
+	if err := s.checkNewID(packets.TypeUnsubscribe, u.PacketID); err != nil {
+		return err
+	}
+	out.pass(fr)
+	return nil
+}
+
+// allow asks policy.
+func allow(policy *acl.Policy, action acl.Action, topic []byte, qos byte, retain bool) acl.Decision {
+	// Allow keeps nothing of its request, so the topic is lent to it as a
+	// string without a copy: no allocation per packet.
+	return policy.Allow(acl.Request{Action: action, Topic: unsafe.String(unsafe.SliceData(topic), len(topic)), QoS: qos, Retain: retain})
+}
+
+// maxRememberedTopic is the longest topic lastPublish keeps a copy of.
+const maxRememberedTopic = 128
+
+// lastPublish is the decision on the previous PUBLISH of one call, with a
+// copy of what it was asked: a stream of PUBLISHes to one topic, the
+// common case, asks the policy once per read rather than once per packet.
+// It lives on the stack of the call, so an idle session keeps nothing, and
+// a policy that expires between two reads is asked again. It is the
+// decision of one policy: a re-authentication that replaces the policy
+// within the read makes it unknown.
+type lastPublish struct {
+	policy *acl.Policy
+	topic  [maxRememberedTopic]byte
+	n      int // the length of topic; 0 when there is no decision
+	qos    byte
+	retain bool
+	d      acl.Decision
+}
+
+// decision returns the decision on a PUBLISH with the same topic, QoS and
+// retain flag as the previous one, if that is what is asked.
+func (l *lastPublish) decision(policy *acl.Policy, topic []byte, qos byte, retain bool) (acl.Decision, bool) {
+	if l.n == 0 || l.policy != policy || l.n != len(topic) || l.qos != qos || l.retain != retain || string(l.topic[:l.n]) != string(topic) {
+		return acl.Decision{}, false
+	}
+	return l.d, true
+}
+
+// remember keeps d as policy's decision on a PUBLISH with topic, qos and
+// retain, when the topic is short enough to copy.
+func (l *lastPublish) remember(policy *acl.Policy, topic []byte, qos byte, retain bool, d acl.Decision) {
+	if len(topic) > maxRememberedTopic {
+		l.n = 0
+		return
+	}
+	l.n = copy(l.topic[:], topic)
+	l.policy, l.qos, l.retain, l.d = policy, qos, retain, d
+}
+
+// denied ends the session for a denial, with deny_action disconnect.
+func (s *Session) denied(cause error) *End {
+	return s.endClient(packets.NotAuthorized, fmt.Errorf("not authorized: %w", cause))
+}
+
+// checkNewID refuses the identifier of a new SUBSCRIBE or UNSUBSCRIBE when
+// the proxy still holds an exchange with it.
+func (s *Session) checkNewID(t packets.PacketType, id uint16) error {
+	if _, answered := s.pubrecs[id]; answered || s.subackPending(id) {
+		return s.idInUse(t, id)
+	}
+	return nil
+}
+
+// idInUse ends the session for a packet identifier reused while in flight.
+func (s *Session) idInUse(t packets.PacketType, id uint16) *End {
+	return s.refuse(protocolError(s.version, "%v with packet identifier %d, still in use [MQTT-2.2.1-3]", t, id))
+}
+
+// appendAck appends a PUBACK, PUBREC or PUBCOMP answering the client's
+// packet id; code is left out in MQTT 3.
+func appendAck(back []byte, version byte, t packets.PacketType, id uint16, code packets.ReasonCode) []byte {
+	a := packets.Ack{Type: t, PacketID: id, ReasonCode: code}
+	back, err := a.Append(back, version)
+	if err != nil {
+		// The identifier came from a decoded packet, and the codes are
+		// those the type allows: the encoder cannot refuse.
+		panic(fmt.Sprintf("filter: %v", err))
+	}
+	return back
+}
+
+// subackPending reports whether a SUBACK for id is awaited.
+func (s *Session) subackPending(id uint16) bool {
+	if s.pendingSubacks.Load() == 0 {
+		return false
+	}
+	s.mu.Lock()
+	_, pending := s.subacks[id]
+	s.mu.Unlock()
+	return pending
+}
+
+// awaitSuback records a SUBSCRIBE forwarded without its refused filters.
+func (s *Session) awaitSuback(id uint16, p pendingSuback) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pendingRefusals+len(p.refused) > maxPendingRefusals {
+		return s.endClient(packets.QuotaExceeded, fmt.Errorf("SUBSCRIBE %d: more than %d refused filters awaiting their SUBACK", id, maxPendingRefusals))
+	}
+	if s.subacks == nil {
+		s.subacks = make(map[uint16]pendingSuback)
+	}
+	s.subacks[id] = p
+	s.pendingRefusals += len(p.refused)
+	s.pendingSubacks.Store(int32(len(s.subacks)))
+	return nil
+}
