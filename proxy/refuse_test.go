@@ -64,7 +64,7 @@ func TestServeConnExits(t *testing.T) {
 		reason   string
 		level    zapcore.Level
 		metrics  [][]string // each a name and its labels, counted once; no outcome counted unless one is here
-		upstream int      // connections the broker sees
+		upstream int        // connections the broker sees
 	}{
 		{
 			name:  "refused by a limit at accept",

@@ -38,9 +38,9 @@
 //
 // Locks, in the order they are taken: the proxy's own lock (Join is
 // called under it; Done is never called with an engine lock held), then
-// an epollLink's mu, then a watcher's mu, which is held only to add,
-// forget or look up a handler. An fdConn's mu is taken alone, or before
-// a watcher's. A goroutine holds at most one link's mu.
+// an epollLink's mu or an fdConn's, then a watcher's mu, which is held
+// only to add, forget or look up a handler, never while a handler runs.
+// A goroutine holds at most one link's or fdConn's mu.
 //
 // Flow states. Each link has two flows, client to broker (0) and back
 // (1). A flow is waiting (the watcher moves its bytes when its source is
@@ -57,7 +57,10 @@
 // What may block. The watcher's goroutine never blocks: it reads and
 // writes non-blocking sockets and hands anything that would wait to a
 // move goroutine; Done runs on it and must not block either. Only move
-// goroutines and fdConn calls wait, on channels the watcher signals. The
+// goroutines and fdConn calls wait, on channels the watcher signals; a
+// Resumer parked with fdConn.WhenReadable is started on a goroutine of
+// its own, so that nothing waits at all for a client whose CONNECT is
+// yet to come. The
 // raw system calls (syscall_linux.go) are made without telling the
 // scheduler, which is right only for calls that cannot block: reads,
 // writes and sends on non-blocking sockets, connect(2) on a non-blocking
