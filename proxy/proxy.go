@@ -17,9 +17,9 @@
 //	log.Fatal(p.Serve(ln, "tcp"))
 //
 // A connection's path: Serve accepts it and admits it under the Limits
-// (session.go); serveConn reads its CONNECT (connect.go), decides
+// (admit.go); serveConn reads its CONNECT (connect.go), decides
 // (decide.go), and either refuses it, in one place (refuse.go), or dials
-// the broker (upstream.go) and hands both connections to the relay
+// the broker (dial.go) and hands both connections to the relay
 // engine, which owns them from then on (proxy/internal/engine): on Linux
 // an epoll engine in which an idle connection holds no goroutine or
 // buffer, elsewhere, or with Relay set to RelayPortable, two goroutines
