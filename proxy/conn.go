@@ -93,9 +93,7 @@ func (p *Proxy) serveConnect(s *session) {
 		HasPassword: pk.PasswordFlag,
 	}
 	req = withTransport(req, c) // certificate names, a WebSocket upgrade's token
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	id, err := s.policy.verifier.Verify(ctx, req)
-	cancel()
+	id, err := p.verify(s, req, deadline)
 	if !p.decided(s) { // evicted or closed while the token was checked: its socket is closed
 		if s.evicted.Load() {
 			p.logEvicted(log, s)
@@ -206,8 +204,29 @@ func (p *Proxy) serveConnect(s *session) {
 	handedOff = true
 }
 
+// verify checks the token of s's CONNECT until deadline, or until s is
+// evicted or aborted: then the check ends at once (a JWKS fetch it waits
+// for goes on without it), so that the CONNECT's bytes, which the budget
+// of pending bytes stops counting at eviction, are freed with it, and
+// Close does not wait for it.
+func (p *Proxy) verify(s *session, req authn.Request, deadline time.Time) (authn.Identity, error) {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	p.mu.Lock()
+	ended := s.aborted
+	if !ended {
+		s.connect.stopVerify = cancel
+	}
+	p.mu.Unlock()
+	if ended {
+		return authn.Identity{}, errSessionEnded
+	}
+	return s.policy.verifier.Verify(ctx, req)
+}
+
 // errSessionEnded says that a connection was closed from outside (Close,
-// token expiry) while its broker connection was being set up.
+// eviction, token expiry) while its token was checked or its broker
+// connection was being set up.
 var errSessionEnded = errors.New("proxy: connection closed while connecting to the broker")
 
 // connectUpstream dials the broker, sends it header (a PROXY header or

@@ -196,6 +196,17 @@ type pendingConnect struct {
 	// the session's place in Proxy.holding while there are any.
 	charged int
 	holding *list.Element
+	// stopVerify, under Proxy.mu, ends the check of the token while it
+	// runs (see Proxy.verify).
+	stopVerify context.CancelFunc
+}
+
+// stopVerifyLocked ends the check of s's token, if one runs: s has been
+// evicted or aborted. Proxy.mu is held.
+func (s *session) stopVerifyLocked() {
+	if pc := s.connect; pc != nil && pc.stopVerify != nil {
+		pc.stopVerify()
+	}
 }
 
 // hold counts n more bytes of the CONNECT's buffer (holdConnectBytes).
@@ -209,6 +220,7 @@ func (pc *pendingConnect) resume() { pc.p.serveConnect(pc.s) }
 func (p *Proxy) abort(s *session) {
 	p.mu.Lock()
 	s.aborted = true
+	s.stopVerifyLocked()
 	r, up, client := s.relay, s.upstream, s.client
 	p.mu.Unlock()
 	if r != nil {
@@ -544,6 +556,7 @@ func (p *Proxy) evictLocked(s *session, kind string) net.Conn {
 		s.pending = nil
 	}
 	p.unholdLocked(s)
+	s.stopVerifyLocked()
 	s.evictedBy = kind
 	s.evicted.Store(true)
 	// Aborted too: a session whose CONNECT is being verified must not go
