@@ -360,8 +360,22 @@ func (p *Proxy) upgraded(s *session, c net.Conn) bool {
 	}
 	p.mu.Unlock()
 	closeTransport(c)
-	p.release(s)
+	p.releaseUnserved(s)
 	return false
+}
+
+// releaseUnserved releases s, admitted with a WebSocket's TCP connection
+// and never served: its upgrade failed or it was ended before Serve took
+// it. An eviction among those is logged and counted as one of a served
+// connection is.
+func (p *Proxy) releaseUnserved(s *session) {
+	if s.evicted.Load() {
+		p.mu.Lock()
+		remote := s.client.RemoteAddr().String()
+		p.mu.Unlock()
+		p.logEvicted(newConnLog(p.logger(), zap.String("listener", s.listener), zap.String("remote", remote)), s)
+	}
+	p.release(s)
 }
 
 // Listener returns the listener Serve accepts from when given ln. For a

@@ -164,7 +164,7 @@ func (l *WebSocketListener) take(c net.Conn) (*session, *wsGate) {
 // upgrade handed to Serve; it does nothing for one that was.
 func (l *WebSocketListener) release(c net.Conn) {
 	if s, gate := l.take(c); s != nil {
-		gate.p.release(s)
+		gate.p.releaseUnserved(s)
 	}
 }
 
@@ -317,7 +317,7 @@ func (l *WebSocketListener) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	case <-l.done:
 		c.Close()
 		if s != nil {
-			gate.p.release(s)
+			gate.p.releaseUnserved(s)
 		}
 	}
 }
