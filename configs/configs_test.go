@@ -96,6 +96,8 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 			[]string{"limits.max_pending_connect_bytes: 65536 bytes cannot hold one CONNECT of max_connect_size (1048576 bytes)"}},
 		{"connect size over the default pending connect bytes", minimal + "limits:\n  max_connect_size: 100000000\n",
 			[]string{"limits.max_pending_connect_bytes: 67108864 bytes cannot hold one CONNECT of max_connect_size (100000000 bytes)"}},
+		{"pending connect bytes of exactly one connect size", minimal + "limits:\n  max_connect_size: 1500\n  max_pending_connect_bytes: 1500\n",
+			[]string{"limits.max_pending_connect_bytes: 1500 bytes cannot hold one CONNECT of max_connect_size (1500 bytes) and the read past it; use at least 2524"}},
 		{"two secrets", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret: a\n    secret_env: B", 1), []string{"only one of secret"}},
 		{"unset env", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret_env: MQTT_JWT_PROXY_TEST_UNSET", 1), []string{"secret_env", "MQTT_JWT_PROXY_TEST_UNSET is not set"}},
 		{"two documents", minimal + "---\n" + minimal, []string{"more than one YAML document"}},

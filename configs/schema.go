@@ -366,6 +366,11 @@ func (l Limits) connectSize() int {
 	return l.MaxConnectSize
 }
 
+// pendingReadSlack is how far past its CONNECT a pending client's last
+// read may go (a socket read takes what has arrived, up to 1 KiB), bytes
+// max_pending_connect_bytes counts too.
+const pendingReadSlack = 1024
+
 // pendingConnectBytes is max_pending_connect_bytes, its default when zero.
 func (l Limits) pendingConnectBytes() int {
 	if l.MaxPendingConnectBytes <= 0 {

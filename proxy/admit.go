@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"container/list"
+	"context"
 	"net"
 	"sync/atomic"
 	"time"
@@ -47,6 +48,17 @@ type pendingConnect struct {
 	// the session's place in Proxy.holding while there are any.
 	charged int
 	holding *list.Element
+	// stopVerify, under Proxy.mu, ends the check of the token while it
+	// runs (see Proxy.verify).
+	stopVerify context.CancelFunc
+}
+
+// stopVerifyLocked ends the check of s's token, if one runs: s has been
+// evicted or terminated. Proxy.mu is held.
+func (s *session) stopVerifyLocked() {
+	if pc := s.connect; pc != nil && pc.stopVerify != nil {
+		pc.stopVerify()
+	}
 }
 
 // hold counts n more bytes of the CONNECT's buffer (holdConnectBytes).
@@ -62,6 +74,7 @@ func (pc *pendingConnect) Resume() { pc.p.serveConnect(pc.s) }
 func (p *Proxy) terminate(s *session) {
 	p.mu.Lock()
 	s.aborted = true
+	s.stopVerifyLocked()
 	link, client := s.link, s.client
 	p.mu.Unlock()
 	if link != nil {
@@ -107,8 +120,23 @@ func (p *Proxy) upgraded(s *session, c net.Conn) bool {
 	}
 	p.mu.Unlock()
 	engine.CloseNow(c)
-	p.release(s)
+	p.releaseUnserved(s)
 	return false
+}
+
+// releaseUnserved releases s, admitted with a WebSocket's TCP connection
+// and never served: its upgrade failed or it was ended before Serve took
+// it. An eviction among those is refused as one of a served connection
+// is: logged and counted.
+func (p *Proxy) releaseUnserved(s *session) {
+	if !s.evicted.Load() {
+		p.release(s)
+		return
+	}
+	p.mu.Lock()
+	c := s.client
+	p.mu.Unlock()
+	p.refuse(s, c, evicted(s.evictedBy), newConnLog(p.logger(), zap.String("listener", s.listener), zap.String("remote", c.RemoteAddr().String())))
 }
 
 // admit registers a newly accepted session if the limits allow it. It
@@ -161,6 +189,7 @@ func (p *Proxy) evictLocked(s *session, kind string) net.Conn {
 		s.pending = nil
 	}
 	p.unholdLocked(s)
+	s.stopVerifyLocked()
 	s.evictedBy = kind
 	s.evicted.Store(true)
 	// Aborted too: a session whose CONNECT is being verified must not go
@@ -264,4 +293,4 @@ type wsAdmission struct {
 
 // Release frees the session of a connection that ended before its
 // upgrade reached Serve.
-func (a *wsAdmission) Release() { a.p.release(a.s) }
+func (a *wsAdmission) Release() { a.p.releaseUnserved(a.s) }

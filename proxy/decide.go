@@ -57,9 +57,7 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 		HasPassword: pk.PasswordFlag,
 	}
 	req = withTransport(req, c) // certificate names, a WebSocket upgrade's token
-	ctx, cancel := context.WithDeadline(context.Background(), start.Add(s.policy.limits.connectTimeout()))
-	id, err := s.policy.verifier.Verify(ctx, req)
-	cancel()
+	id, err := p.verify(s, req, start.Add(s.policy.limits.connectTimeout()))
 	if !p.decided(s) { // evicted or closed while the token was checked: its socket is closed
 		return nil, &refusal{quiet: true}
 	}
@@ -85,6 +83,26 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 		return nil, upstreamUnavailable(pk, &a.id, err)
 	}
 	return a, nil
+}
+
+// verify checks the token of s's CONNECT until deadline, or until s is
+// evicted or terminated: then the check ends at once (a JWKS fetch it
+// waits for goes on without it), so that the CONNECT's bytes, which the
+// budget of pending bytes stops counting at eviction, are freed with it,
+// and Close does not wait for it.
+func (p *Proxy) verify(s *session, req authn.Request, deadline time.Time) (authn.Identity, error) {
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	p.mu.Lock()
+	ended := s.aborted
+	if !ended {
+		s.connect.stopVerify = cancel
+	}
+	p.mu.Unlock()
+	if ended {
+		return authn.Identity{}, errSessionEnded
+	}
+	return s.policy.verifier.Verify(ctx, req)
 }
 
 // withTransport adds to req what the client's transports say about it:

@@ -14,7 +14,8 @@ import (
 )
 
 // errSessionEnded says that a connection was closed from outside (Close,
-// token expiry) while its broker connection was being set up.
+// eviction, token expiry) while its token was checked or its broker
+// connection was being set up.
 var errSessionEnded = errors.New("proxy: connection closed while connecting to the broker")
 
 // connectUpstream dials the broker, sends it header (a PROXY header or

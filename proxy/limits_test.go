@@ -5,12 +5,15 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"runtime"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -353,6 +356,76 @@ func TestEvictedWhileVerifying(t *testing.T) {
 	}
 	if got := rec.Accepted(); got != 0 {
 		t.Errorf("upstream saw %d connections, want none", got)
+	}
+}
+
+// TestEvictedWhileFetchingKeys: a pending connection whose token waits
+// for a JWKS fetch from an identity provider that hangs, and that is
+// evicted over max_pending_connect_bytes, ends at once rather than when
+// the fetch gives up: the budget stops counting its CONNECT at eviction,
+// so its bytes must not stay held by a check that goes on (a flood of
+// such clients would hold what it sends, over the budget, for the fetch
+// timeout). Close, too, ends at once a connection whose check waits.
+func TestEvictedWhileFetchingKeys(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	hang := make(chan struct{})
+	keys := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(keys.Close)
+	t.Cleanup(func() { close(hang) }) // first: keys.Close waits for the handlers
+	chain := jwtChain(t, configs.Authenticator{Name: "jwks", Mechanism: "jwt", UseJWKS: true, Endpoint: keys.URL,
+		MinRefreshInterval: configs.Duration(time.Millisecond)})
+	// A fetch that fails counts; none may have failed when the clients
+	// waiting for it are decided: the fetch still hangs.
+	failures := func() uint64 { return chain.Status()[0].Failures }
+	const budget = 64 << 10
+	o := startObserved(t, &Proxy{Upstream: proxytest.ClosedAddr(t), Verifier: chain,
+		Limits: Limits{MaxPendingConnectBytes: budget, ConnectTimeout: time.Minute}})
+	// waiting sends a whole CONNECT and returns once the proxy has read
+	// it (a bare socket's first read takes what has arrived, and counts
+	// exactly that): its token is checked next.
+	waiting := func(id string) net.Conn {
+		connect := connectAs(t, packets.ProtocolV311, id, signJWT(t, jwa.ES256, keyPair(t, "p256"), "k1", id))
+		c := dial(t, o.addr)
+		if _, err := c.Write(connect); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool {
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			for s := range o.sessions {
+				if s.client.RemoteAddr().String() == c.LocalAddr().String() && s.connect != nil {
+					return s.connect.charged == len(connect)
+				}
+			}
+			return false
+		})
+		return c
+	}
+
+	victim := waiting("victim")
+	before := failures()
+	evictor := dial(t, o.addr) // declares a CONNECT of 1 MB and sends more than the budget of it
+	if _, err := evictor.Write(slices.Concat(fixedHeader(1_000_000), []byte("\x00\x04MQTT\x05\xc2\x00\x3c"), make([]byte, budget))); err != nil {
+		t.Fatal(err)
+	}
+	if !closedAtAccept(t, victim) {
+		t.Fatal("the victim was not evicted")
+	}
+	waitLog(t, o.logs, "connect rejected", zap.String("client_id", "victim"), zap.String("reason", limitPendingBytes))
+	if n := failures(); n != before {
+		t.Errorf("the evicted victim was decided after %d failed fetches, want %d: its check went on after the eviction", n, before)
+	}
+
+	waiting("closed")
+	before = failures()
+	o.Close()
+	if n := failures(); n != before {
+		t.Errorf("Close returned after %d failed fetches, want %d: it waited for a check", n, before)
 	}
 }
 

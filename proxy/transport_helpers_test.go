@@ -193,3 +193,10 @@ func waitLog(t *testing.T, logs *observer.ObservedLogs, message string, fields .
 	})
 	return found[0]
 }
+
+// waitServing waits until p serves a listener: Serve runs on a goroutine
+// of its own, and a WebSocketListener admits through p from then on.
+func waitServing(t *testing.T, p *Proxy) {
+	t.Helper()
+	waitFor(t, func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.listeners) > 0 })
+}

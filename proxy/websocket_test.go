@@ -15,6 +15,9 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
@@ -365,9 +368,7 @@ func TestWebSocketLimitsAtAccept(t *testing.T) {
 		observe(p)
 		ws := &transport.WebSocketListener{}
 		url = startWebSocketProxy(t, p, ws, nil)
-		// Serve runs on a goroutine of its own: wait until it serves,
-		// which it does once the listener admits through it.
-		waitFor(t, func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.listeners) == 1 })
+		waitServing(t, p)
 		return p, rec, ws.Listener.Addr().String(), url
 	}
 	// through connects a WebSocket client from src that sends a good
@@ -440,6 +441,36 @@ func TestWebSocketLimitsAtAccept(t *testing.T) {
 	})
 }
 
+// TestWebSocketEvictedBeforeUpgrade: a WebSocket connection evicted
+// before its upgrade has been read is logged and counted in
+// authentications_total, as a TCP connection evicted before its CONNECT
+// is: one line and one count per eviction.
+func TestWebSocketEvictedBeforeUpgrade(t *testing.T) {
+	proxytest.VerifyNoLeaks(t)
+	core, logs := observer.New(zap.InfoLevel)
+	reg := prometheus.NewRegistry()
+	p := &Proxy{Upstream: proxytest.ClosedAddr(t), Verifier: passwordVerifier{}, Limits: Limits{MaxPendingConnects: 1},
+		Logger: zap.New(core), Metrics: NewMetrics(reg, "test")}
+	ws := &transport.WebSocketListener{}
+	startWebSocketProxy(t, p, ws, nil)
+	waitServing(t, p)
+	addr := ws.Listener.Addr().String()
+	pending := func() int { p.mu.Lock(); defer p.mu.Unlock(); return p.pending.Len() }
+
+	victim := dial(t, addr)
+	waitFor(t, func() bool { return pending() == 1 })
+	dial(t, addr)
+	if !closedAtAccept(t, victim) {
+		t.Fatal("the oldest pending connection was not evicted")
+	}
+	waitLog(t, logs, "connect rejected", zap.String("reason", limitPending), zap.String("remote", victim.LocalAddr().String()))
+	limited := gathered(t, reg, "mqtt_jwt_proxy_limit_rejections_total", "kind="+limitPending)
+	counted := gathered(t, reg, "mqtt_jwt_proxy_authentications_total", "outcome=refused", "reason="+limitPending)
+	if lines := logs.FilterField(zap.String("reason", limitPending)).Len(); limited != 1 || counted != 1 || lines != 1 {
+		t.Errorf("one eviction: limit_rejections_total %v, authentications_total %v, %d log lines; want 1 each", limited, counted, lines)
+	}
+}
+
 // TestReloadBetweenAcceptAndConnect: a WebSocket client accepted just
 // before a reload upgrades and sends its CONNECT long after. It is decided
 // by the configuration it came under, whose JWKS chain stays open until
@@ -460,9 +491,7 @@ func TestReloadBetweenAcceptAndConnect(t *testing.T) {
 	p := &Proxy{Upstream: rec.Addr, Verifier: old}
 	ws := &transport.WebSocketListener{}
 	url := startWebSocketProxy(t, p, ws, nil)
-	// Serve runs on a goroutine of its own: wait until it serves, which
-	// it does once the listener admits through it.
-	waitFor(t, func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.listeners) == 1 })
+	waitServing(t, p)
 
 	raw := dial(t, ws.Listener.Addr().String())
 	waitFor(t, func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.sessions) == 1 }) // accepted

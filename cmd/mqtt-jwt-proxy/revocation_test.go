@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,7 +13,9 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
 
@@ -102,5 +106,53 @@ func TestCheckRevocation(t *testing.T) {
 	}
 	if code, stdout, stderr := runCommand(t, "check", "-config", path); code != 0 {
 		t.Errorf("check exited %d: %q %q; want 0", code, stdout, stderr)
+	}
+}
+
+// TestReloadsSharingRevocationList: a client accepted before two reloads,
+// the first leaving the revocation section as it was (so that the next
+// chain uses the same list) and the second changing it, is decided by the
+// chain it came under, whose list must still be in force: a reload never
+// refuses a client that the old and the new configuration both accept.
+// The wait is the scenario: the retired configuration is closed on a
+// goroutine of its own, with no sign of it.
+func TestReloadsSharingRevocationList(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	list := filepath.Join(t.TempDir(), "revoked.json")
+	if err := os.WriteFile(list, []byte(`{"sub": ["mallory"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	config := proxyConfig(broker.Addr, "revocation-secret") + "limits: {connect_timeout: 30s}\nrevocation: {file: " + list + "}\n"
+	p := startProcess(t, config)
+	connect, err := (&packets.Connect{ProtocolName: "MQTT", ProtocolVersion: packets.ProtocolV311, CleanStart: true, ClientID: "alice",
+		UsernameFlag: true, Username: "alice", PasswordFlag: true, Password: []byte(hsToken(t, "revocation-secret", "alice"))}).Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(connect[:5]); err != nil { // accepted under the first configuration
+		t.Fatal(err)
+	}
+
+	p.signal(t, syscall.SIGHUP) // the revocation section as it was: the list is kept
+	waitForLog(t, p.lines, "configuration reloaded")
+	if err := os.WriteFile(p.config, []byte(strings.Replace(config, "revocation: {file: ", "revocation: {refresh_interval: 60s, file: ", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.signal(t, syscall.SIGHUP) // another section: a new list
+	waitForLog(t, p.lines, "configuration reloaded")
+	time.Sleep(500 * time.Millisecond) // the configuration the first reload made is retired at once
+
+	if _, err := c.Write(connect[5:]); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(c, ack); err != nil || !bytes.Equal(ack, []byte{0x20, 0x02, 0x00, 0x00}) {
+		t.Errorf("the client accepted before the reloads got %x, %v; want CONNACK 0", ack, err)
 	}
 }

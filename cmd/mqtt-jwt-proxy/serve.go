@@ -167,6 +167,10 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		go func() { errc <- p.Serve(ln, name) }()
 	}
 
+	// listUsers are the retirements of the chains before chain that use
+	// list too: a reload that leaves the revocation section as it was
+	// keeps the list for the next chain.
+	var listUsers []<-chan struct{}
 	var serveErr error
 	for serving := true; serving; {
 		select {
@@ -177,16 +181,29 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 			} else {
 				// Connections accepted before the reload are decided by
 				// the old chain and list, however late their CONNECT
-				// comes (a WebSocket upgrade takes its time): those are
-				// closed once they all have been.
-				oldChain, oldList := chain, list
+				// comes (a WebSocket upgrade takes its time): the chain
+				// is closed once they all have been, and the list once
+				// every configuration that used it has been retired.
+				oldChain := chain
 				go func() {
 					<-retired
 					oldChain.Close()
-					if oldList != nextList {
-						oldList.Close()
-					}
 				}()
+				if list != nil {
+					listUsers = append(listUsers, retired)
+				}
+				if nextList != list {
+					if list != nil {
+						oldList, users := list, listUsers
+						go func() {
+							for _, retired := range users {
+								<-retired
+							}
+							oldList.Close()
+						}()
+					}
+					listUsers = nil
+				}
 				cfg, chain, list = next, nextChain, nextList
 				chains.Store(chain)
 				lists.Store(list)
