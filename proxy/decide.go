@@ -42,7 +42,7 @@ func handshake(c net.Conn, start time.Time, deadline time.Time) *refusal {
 // decide decides on pk, s's CONNECT, read from start on with past read
 // past it: the client is accepted, with what the broker is to get, or
 // refused, with why.
-func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte, start time.Time, log *connLog) (*accepted, *refusal) {
+func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte, start time.Time, log *connLog) (accepted, *refusal) {
 	read := time.Now()
 	log.add(
 		zap.String("client_id", pk.ClientID),
@@ -59,15 +59,15 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 	req = withTransport(req, c) // certificate names, a WebSocket upgrade's token
 	id, err := p.verify(s, req, start.Add(s.policy.limits.connectTimeout()))
 	if !p.decided(s) { // evicted or closed while the token was checked: its socket is closed
-		return nil, &refusal{quiet: true}
+		return accepted{}, &refusal{quiet: true}
 	}
-	a := &accepted{connect: pk, id: id, pastConnect: past}
+	var upstreamConnect []byte // what the broker gets: pk.Raw unless Forward rewrites it
 	var upstreamClientID string
 	if err == nil {
-		a.upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, &id, log)
+		upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, &id, log)
 	}
 	if err != nil {
-		return nil, authenticationRefused(pk, err, read)
+		return accepted{}, authenticationRefused(pk, err, read)
 	}
 	// The token is good, but the outcome is told once it is known, in one
 	// log line and one count alike: accepted once the broker has the
@@ -75,14 +75,15 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 	// further.
 	p.Metrics.decisionTook(time.Since(read))
 	if upstreamClientID != "" && !s.policy.idRates.allow(upstreamClientID, time.Now()) {
-		return nil, clientIDRateExceeded(pk, &a.id)
+		return accepted{}, clientIDRateExceeded(pk, id)
 	}
 	// The PROXY header for the broker says what the wrapper around the
 	// client says.
-	if a.header, err = p.UpstreamProxyHeader.Format(c); err != nil {
-		return nil, upstreamUnavailable(pk, &a.id, err)
+	header, err := p.UpstreamProxyHeader.Format(c)
+	if err != nil {
+		return accepted{}, upstreamUnavailable(pk, id, err)
 	}
-	return a, nil
+	return accepted{connect: pk, id: id, upstreamConnect: upstreamConnect, pastConnect: past, header: header}, nil
 }
 
 // verify checks the token of s's CONNECT until deadline, or until s is

@@ -57,7 +57,11 @@ func (p *Proxy) dialUpstream(e engine.Engine, header, first []byte) (up net.Conn
 	deadline := start.Add(p.dialTimeout())
 	defer func() { p.dialed(start, err) }()
 	send := header
-	if p.UpstreamTLS == nil {
+	switch {
+	case p.UpstreamTLS != nil: // first goes once TLS is up
+	case len(header) == 0:
+		send = first
+	default:
 		send = append(header, first...) // one write
 	}
 	if p.DialUpstream != nil {

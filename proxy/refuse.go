@@ -180,22 +180,22 @@ func authenticationRefused(pk *packets.Connect, err error, read time.Time) *refu
 
 // clientIDRateExceeded: the client ID the broker would get, for pk
 // accepted as id, has connected too often (PerClientIDConnectRate).
-func clientIDRateExceeded(pk *packets.Connect, id *authn.Identity) *refusal {
-	return &refusal{message: "connect rejected", reason: limitClientIDRate, id: id, bridge: pk.Bridge,
+func clientIDRateExceeded(pk *packets.Connect, id authn.Identity) *refusal {
+	return &refusal{message: "connect rejected", reason: limitClientIDRate, id: &id, bridge: pk.Bridge,
 		limit: limitClientIDRate, outcome: true, version: pk.ProtocolVersion, code: packets.ConnectionRateExceeded}
 }
 
 // upstreamUnavailable: the broker could not be had for pk, accepted as id.
-func upstreamUnavailable(pk *packets.Connect, id *authn.Identity, err error) *refusal {
+func upstreamUnavailable(pk *packets.Connect, id authn.Identity, err error) *refusal {
 	return &refusal{message: "upstream unavailable", reason: reasonUpstreamUnavailable, err: err, warn: true,
-		id: id, bridge: pk.Bridge, outcome: true, version: pk.ProtocolVersion, code: packets.ServerUnavailable}
+		id: &id, bridge: pk.Bridge, outcome: true, version: pk.ProtocolVersion, code: packets.ServerUnavailable}
 }
 
 // endedWhileConnecting: the connection of pk, accepted as id, was ended
 // from outside (reason: its token expired, the proxy closed) before the
 // broker had its CONNECT. Its socket is closed: nothing is answered.
-func endedWhileConnecting(pk *packets.Connect, id *authn.Identity, reason string, err error) *refusal {
-	return &refusal{message: "connect rejected", reason: reason, err: err, id: id, bridge: pk.Bridge, outcome: true}
+func endedWhileConnecting(pk *packets.Connect, id authn.Identity, reason string, err error) *refusal {
+	return &refusal{message: "connect rejected", reason: reason, err: err, id: &id, bridge: pk.Bridge, outcome: true}
 }
 
 // RefuseCode is the MQTT 5 reason code a client refused for reason gets,

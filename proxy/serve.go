@@ -42,8 +42,8 @@ func (p *Proxy) serveConnect(s *session) {
 	if errors.Is(err, errWaiting) {
 		return
 	}
-	c, start, log := pc.conn, pc.start, pc.log // decide lets go of pc
-	var a *accepted
+	c, start, remote, log := pc.conn, pc.start, pc.remote, pc.log // decide lets go of pc
+	var a accepted
 	var r *refusal
 	if err != nil {
 		r = unreadable(err, start, log)
@@ -51,7 +51,7 @@ func (p *Proxy) serveConnect(s *session) {
 		a, r = p.decide(s, c, pk, past, start, log)
 	}
 	if r == nil {
-		r = p.handOver(s, c, a, start, log)
+		r = p.handOver(s, c, a, start, remote, log)
 	}
 	if r != nil {
 		p.refuse(s, c, r, log)
@@ -62,7 +62,7 @@ func (p *Proxy) serveConnect(s *session) {
 // sent after it, and hands client and broker to the engine; from then on
 // the connection outlives serveConn, and ended does what refuse would. A
 // broker that cannot be had is a refusal.
-func (p *Proxy) handOver(s *session, c net.Conn, a *accepted, start time.Time, log *connLog) *refusal {
+func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, remote string, log *connLog) *refusal {
 	pk := a.connect
 	c.SetReadDeadline(time.Time{})
 	bare, ahead := transport.Detach(c)      // after a PROXY header: the socket, and what was read past the CONNECT
@@ -71,7 +71,7 @@ func (p *Proxy) handOver(s *session, c net.Conn, a *accepted, start time.Time, l
 	// connection's life: zap fields would take five times the room, and
 	// a zap.Logger.With clone holds a 1 KB encoder buffer.
 	conn := &openConn{
-		remote:   c.RemoteAddr().String(),
+		remote:   remote,
 		clientID: pk.ClientID,
 		username: loggedUsername(pk.Username),
 		version:  pk.ProtocolVersion,
@@ -113,11 +113,11 @@ func (p *Proxy) handOver(s *session, c net.Conn, a *accepted, start time.Time, l
 	case through: // accepted and counted: the client was closed from outside meanwhile
 		return &refusal{quiet: true}
 	case conn.expired.Load():
-		return endedWhileConnecting(pk, &a.id, string(authn.ErrTokenExpired), err)
+		return endedWhileConnecting(pk, a.id, string(authn.ErrTokenExpired), err)
 	case ended:
-		return endedWhileConnecting(pk, &a.id, reasonProxyClosed, err)
+		return endedWhileConnecting(pk, a.id, reasonProxyClosed, err)
 	}
-	return upstreamUnavailable(pk, &a.id, err)
+	return upstreamUnavailable(pk, a.id, err)
 }
 
 // openConn is what a proxied connection keeps until it closes.

@@ -289,10 +289,11 @@ func (c *proxiedConn) NetConn() net.Conn { return c.Conn }
 // returned.
 func (c *proxiedConn) Pending() bool { return len(c.ahead) > 0 }
 
-func (c *proxiedConn) describe(info *Info) {
+func (c *proxiedConn) describe(info Info) Info {
 	if info.Balancer == nil {
 		info.Balancer = c.balancer
 	}
+	return info
 }
 
 // RemoteAddr is the client's address, as the header gave it.

@@ -61,18 +61,18 @@ func (i Info) ClientCertificate() (commonName, subject string, verified bool) {
 }
 
 // describer is a layer of this package's that adds what it knows to an
-// Info.
+// Info, the outer layers' first.
 type describer interface {
-	describe(*Info)
+	describe(Info) Info
 }
 
 // InfoOf collects what each of c's layers knows of the client.
 func InfoOf(c net.Conn) Info {
 	var info Info
-	for layer := range Layers(c) {
+	for layer := c; layer != nil; layer = netConnOf(layer) {
 		switch l := layer.(type) {
 		case describer:
-			l.describe(&info)
+			info = l.describe(info)
 		case interface{ ConnectionState() tls.ConnectionState }: // *tls.Conn
 			if info.TLS == nil {
 				state := l.ConnectionState()
@@ -83,20 +83,23 @@ func InfoOf(c net.Conn) Info {
 	return info
 }
 
+// netConnOf is the connection c is carried over, or nil for a socket.
+func netConnOf(c net.Conn) net.Conn {
+	if u, ok := c.(interface{ NetConn() net.Conn }); ok {
+		return u.NetConn()
+	}
+	return nil
+}
+
 // Layers yields c and then each connection beneath it, through NetConn
 // (which this package's connections, tls.Conn and gorilla's WebSocket
 // connection have), down to the socket.
 func Layers(c net.Conn) iter.Seq[net.Conn] {
 	return func(yield func(net.Conn) bool) {
-		for c != nil {
+		for ; c != nil; c = netConnOf(c) {
 			if !yield(c) {
 				return
 			}
-			u, ok := c.(interface{ NetConn() net.Conn })
-			if !ok {
-				return
-			}
-			c = u.NetConn()
 		}
 	}
 }

@@ -430,10 +430,11 @@ func (c *wsConn) NextMessage() (io.Reader, error) {
 // NetConn is the connection the WebSocket runs on.
 func (c *wsConn) NetConn() net.Conn { return c.ws.NetConn() }
 
-func (c *wsConn) describe(info *Info) {
+func (c *wsConn) describe(info Info) Info {
 	if info.Token == nil {
 		info.Token = c.token
 	}
+	return info
 }
 
 // nextMessage waits for the next message; a close frame with a normal

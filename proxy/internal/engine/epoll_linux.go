@@ -67,7 +67,7 @@ func (e *epoll) dial(addr netip.AddrPort, first []byte, deadline time.Time) (net
 	if err != nil {
 		return nil, fmt.Errorf("socket: %w", err)
 	}
-	c := newFDConn(e.ws.pick(), fd, net.TCPAddrFromAddrPort(addr))
+	c := newFDConn(e.ws.pick(), fd, nil)
 	// MQTT packets are small and latency counts: no Nagle delay, as the
 	// net package sets for every TCP connection.
 	if err := rawSetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {

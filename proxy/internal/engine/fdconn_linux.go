@@ -21,7 +21,10 @@ import (
 // runtime's monitor thread. A CONNECT has nearly always arrived by the
 // time it is read, so the watcher is rarely involved.
 type fdConn struct {
-	w      *watcher
+	w *watcher
+	// remote is an accepted client's address, as accept4(2) gave it; nil
+	// for a dialed socket, whose RemoteAddr asks the kernel (nothing on
+	// the proxy's path needs it).
 	remote *net.TCPAddr
 
 	mu   sync.Mutex // guards sock and the fields below
@@ -231,21 +234,31 @@ func (c *fdConn) Close() error {
 	return nil
 }
 
-func (c *fdConn) RemoteAddr() net.Addr { return c.remote }
+func (c *fdConn) RemoteAddr() net.Addr {
+	if c.remote != nil {
+		return c.remote
+	}
+	var peer *net.TCPAddr
+	return c.addr(&peer, unix.SYS_GETPEERNAME)
+}
 
-func (c *fdConn) LocalAddr() net.Addr {
+func (c *fdConn) LocalAddr() net.Addr { return c.addr(&c.local, unix.SYS_GETSOCKNAME) }
+
+// addr returns *known, asking the kernel with call when it is nil; known
+// is guarded by c.mu.
+func (c *fdConn) addr(known **net.TCPAddr, call uintptr) net.Addr {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.local == nil {
+	if *known == nil {
 		if fd, err := c.sock.acquireLocked(); err == nil {
-			c.local = rawLocalAddr(fd)
+			*known = rawSocketAddr(call, fd)
 			c.sock.releaseLocked()
 		}
 	}
-	if c.local == nil {
+	if *known == nil {
 		return &net.TCPAddr{}
 	}
-	return c.local
+	return *known
 }
 
 func (c *fdConn) SetDeadline(t time.Time) error {

@@ -134,11 +134,12 @@ func rawAccept(lfd int) (int, *net.TCPAddr, error) {
 	return int(fd), tcpAddr(&rsa), nil
 }
 
-// rawLocalAddr is getsockname(2) of the socket fd, or nil.
-func rawLocalAddr(fd int) *net.TCPAddr {
+// rawSocketAddr is getsockname(2) (call unix.SYS_GETSOCKNAME) or
+// getpeername(2) (unix.SYS_GETPEERNAME) of the socket fd, or nil.
+func rawSocketAddr(call uintptr, fd int) *net.TCPAddr {
 	var rsa unix.RawSockaddrAny
 	size := uint32(unsafe.Sizeof(rsa))
-	_, _, e := unix.RawSyscall(unix.SYS_GETSOCKNAME, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&size)))
+	_, _, e := unix.RawSyscall(call, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&size)))
 	if e != 0 {
 		return nil
 	}
