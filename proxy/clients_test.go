@@ -25,6 +25,7 @@ import (
 // directly or through the proxy.
 type pahoClient struct {
 	*paho.Client
+	local    string // the client's address
 	connack  *paho.Connack
 	received chan *paho.Publish // every PUBLISH it receives, in order
 }
@@ -33,18 +34,24 @@ type pahoClient struct {
 // it is refused. It is disconnected at cleanup, unless it was before.
 func connectPaho(t *testing.T, addr string, cp *paho.Connect) *pahoClient {
 	t.Helper()
+	return connectPahoWith(t, addr, cp, paho.ClientConfig{})
+}
+
+// connectPahoWith is connectPaho with the callbacks of cfg: its Conn and
+// OnPublishReceived are the helper's.
+func connectPahoWith(t *testing.T, addr string, cp *paho.Connect, cfg paho.ClientConfig) *pahoClient {
+	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, proxytest.DefaultTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
 	received := make(chan *paho.Publish, 100)
-	client := paho.NewClient(paho.ClientConfig{
-		Conn: conn,
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(r paho.PublishReceived) (bool, error) {
-			received <- r.Packet
-			return true, nil
-		}},
-	})
+	cfg.Conn = conn
+	cfg.OnPublishReceived = []func(paho.PublishReceived) (bool, error){func(r paho.PublishReceived) (bool, error) {
+		received <- r.Packet
+		return true, nil
+	}}
+	client := paho.NewClient(cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), proxytest.DefaultTimeout)
 	defer cancel()
 	connack, err := client.Connect(ctx, cp)
@@ -53,7 +60,7 @@ func connectPaho(t *testing.T, addr string, cp *paho.Connect) *pahoClient {
 		t.Fatalf("paho client %s connecting to %s: %v", cp.ClientID, addr, err)
 	}
 	t.Cleanup(func() { client.Disconnect(&paho.Disconnect{}) })
-	return &pahoClient{Client: client, connack: connack, received: received}
+	return &pahoClient{Client: client, local: conn.LocalAddr().String(), connack: connack, received: received}
 }
 
 // next returns the next message the client received, or fails the test.

@@ -32,6 +32,10 @@ func (p *Proxy) connectUpstream(s *session, client net.Conn, header, first []byt
 	if err != nil {
 		return err
 	}
+	if p.isAborted(s) { // ended while the broker was dialed: it was never the client's
+		up.Close()
+		return errSessionEnded
+	}
 	through()
 	// Under p.mu, so that terminate either finds the link or has marked
 	// the session first. Close aborts every session it finds, and eviction

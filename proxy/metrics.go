@@ -18,6 +18,7 @@ type Metrics struct {
 	dial            prometheus.Histogram
 	bytes           *prometheus.CounterVec
 	limited         *prometheus.CounterVec
+	ended           *prometheus.CounterVec
 }
 
 // latencyBuckets span a fast HMAC check on loopback (tens of µs) to a
@@ -63,13 +64,17 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Namespace: ns, Name: "limit_rejections_total",
 			Help: "Connections refused by a limit, by kind: all before authentication but per_client_id_connect_rate, just after.",
 		}, []string{"kind"}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "sessions_ended_total",
+			Help: "Authenticated sessions the proxy ended, by reason: admin (the sessions API), revoked (a new revocation list), token_expired (disconnect_after_expire).",
+		}, []string{"reason"}),
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: ns, Name: "build_info",
 		Help: "Build information; the value is 1.",
 	}, []string{"version", "goversion"})
 	build.WithLabelValues(version, runtime.Version()).Set(1)
-	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, build)
+	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, m.ended, build)
 	// Authentication outcomes and limit kinds are known in advance: export
 	// them at zero so that rate() works from the first event, a broker
 	// outage's refusals included.
@@ -77,6 +82,9 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 	m.authentications.WithLabelValues("refused", reasonUpstreamUnavailable)
 	for _, kind := range []string{limitMaxConnections, limitListenerConnections, limitPending, limitPendingBytes, limitRate, limitClientIDRate} {
 		m.limited.WithLabelValues(kind)
+	}
+	for _, reason := range endReasons {
+		m.ended.WithLabelValues(string(reason))
 	}
 	return m
 }
@@ -142,5 +150,12 @@ func (m *Metrics) proxied(fromClient, toClient int64) {
 func (m *Metrics) limitHit(kind string) {
 	if m != nil {
 		m.limited.WithLabelValues(kind).Inc()
+	}
+}
+
+// sessionsEnded counts n sessions ended for reason.
+func (m *Metrics) sessionsEnded(reason EndReason, n int) {
+	if m != nil && n > 0 {
+		m.ended.WithLabelValues(string(reason)).Add(float64(n))
 	}
 }

@@ -121,6 +121,8 @@ type Proxy struct {
 
 	dials dialOutcomes // for Health
 
+	revocations revocationWatch
+
 	mu          sync.Mutex // guards the fields below and session.upstream, session.pending, pendingConnect's accounts
 	closed      bool
 	listeners   map[net.Listener]struct{}
@@ -278,9 +280,11 @@ func (p *Proxy) closeListeners() {
 	}
 }
 
-// Close stops every listener and closes every connection at once.
+// Close stops every listener and closes every connection at once, and
+// stops watching the revocation list.
 func (p *Proxy) Close() error {
 	p.closeListeners()
+	p.stopWatching()
 	p.mu.Lock()
 	open := make([]*session, 0, len(p.sessions))
 	for s := range p.sessions {
@@ -288,7 +292,7 @@ func (p *Proxy) Close() error {
 	}
 	p.mu.Unlock()
 	for _, s := range open {
-		p.terminate(s)
+		p.terminate(s, "")
 	}
 	p.wg.Wait()
 	p.stopEngine()
@@ -296,7 +300,8 @@ func (p *Proxy) Close() error {
 }
 
 // Shutdown stops every listener, then waits for the open connections to
-// end by themselves until ctx is done, and then closes the rest.
+// end by themselves until ctx is done, and then closes the rest. The
+// revocation list is watched until it returns.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.closeListeners()
 	p.mu.Lock()
@@ -308,6 +313,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	go func() { p.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		p.stopWatching()
 		p.stopEngine()
 		return nil
 	case <-ctx.Done():

@@ -191,6 +191,15 @@ func upstreamUnavailable(pk *packets.Connect, id authn.Identity, err error) *ref
 		id: &id, bridge: pk.Bridge, outcome: true, version: pk.ProtocolVersion, code: packets.ServerUnavailable}
 }
 
+// revokedWhileVerified: pk's token, accepted as id, is revoked by a
+// version of the revocation list that was loaded while it was verified.
+// The client is refused as the verifier would have refused it.
+func revokedWhileVerified(pk *packets.Connect, id authn.Identity) *refusal {
+	return &refusal{message: "authentication refused", reason: string(authn.ErrRevoked),
+		err: errors.New("revoked by a revocation list loaded while the token was verified"), id: &id, bridge: pk.Bridge,
+		outcome: true, version: pk.ProtocolVersion, code: RefuseCode(authn.ErrRevoked)}
+}
+
 // endedWhileConnecting: the connection of pk, accepted as id, was ended
 // from outside (reason: its token expired, the proxy closed) before the
 // broker had its CONNECT. Its socket is closed: nothing is answered.

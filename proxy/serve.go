@@ -3,12 +3,11 @@ package proxy
 import (
 	"errors"
 	"net"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
 
@@ -70,22 +69,34 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	// What the closing line needs, kept in one small struct for the
 	// connection's life: zap fields would take five times the room, and
 	// a zap.Logger.With clone holds a 1 KB encoder buffer.
+	token, revocable := a.id.RevocationToken(pk.ClientID)
 	conn := &openConn{
-		remote:   remote,
-		clientID: pk.ClientID,
-		username: loggedUsername(pk.Username),
-		version:  pk.ProtocolVersion,
-		bridge:   pk.Bridge,
-		start:    start,
-		rawLen:   int64(len(pk.Raw) + len(ahead)),
+		remote:    remote,
+		clientID:  pk.ClientID,
+		username:  loggedUsername(pk.Username),
+		subject:   token.Subject,
+		tokenID:   token.ID,
+		version:   pk.ProtocolVersion,
+		bridge:    pk.Bridge,
+		revocable: revocable,
+		start:     start,
+		connected: toUnixNano(time.Now()),
+		expires:   toUnixNano(a.id.Expiry),
+		issued:    toUnixNano(token.IssuedAt),
+		rawLen:    int64(len(pk.Raw) + len(ahead)),
+	}
+	p.identified(s, conn)
+	if p.revokedAtAccept(conn) {
+		return revokedWhileVerified(pk, a.id)
 	}
 	if !a.id.DisconnectAt.IsZero() {
 		// One runtime timer per connection, no goroutine until it fires.
-		// Closing both sides without a DISCONNECT makes the broker publish
-		// the client's will, as for any abnormal end.
+		// The broker sees the connection close without a DISCONNECT, and
+		// publishes the client's will, as for any abnormal end.
 		conn.expiry = time.AfterFunc(time.Until(a.id.DisconnectAt), func() {
-			conn.expired.Store(true)
-			p.terminate(s)
+			if p.terminate(s, EndedTokenExpired) {
+				p.Metrics.sessionsEnded(EndedTokenExpired, 1)
+			}
 		})
 	}
 	through := false // the broker has the CONNECT
@@ -108,27 +119,50 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	if conn.expiry != nil {
 		conn.expiry.Stop()
 	}
-	ended := errors.Is(err, errSessionEnded) // closed from outside: nothing to answer
+	reason := p.endedFor(s) // closed from outside, for that: nothing to answer
 	switch {
-	case through: // accepted and counted: the client was closed from outside meanwhile
+	case through: // accepted and counted: the client was ended from outside just after
+		if reason != "" {
+			log.Info("connection closed", zap.String("reason", string(reason)), zap.Duration("duration", time.Since(start)))
+		}
 		return &refusal{quiet: true}
-	case conn.expired.Load():
-		return endedWhileConnecting(pk, a.id, string(authn.ErrTokenExpired), err)
-	case ended:
+	case reason != "":
+		return endedWhileConnecting(pk, a.id, string(reason), err)
+	case errors.Is(err, errSessionEnded):
 		return endedWhileConnecting(pk, a.id, reasonProxyClosed, err)
 	}
 	return upstreamUnavailable(pk, a.id, err)
 }
 
-// openConn is what a proxied connection keeps until it closes.
+// openConn is what a proxied connection keeps until it closes: what its
+// closing line says, and what the sessions API lists. It does not change
+// once the session has it.
 type openConn struct {
 	remote, clientID, username string
+	subject, tokenID           string // the token's sub and jti
 	version                    byte
 	bridge                     bool
-	start                      time.Time
+	revocable                  bool      // a token's, which the revocation list is checked against
+	start                      time.Time // accept
+	// When the CONNECT was accepted, and the token's exp and iat, in Unix
+	// nanoseconds (see toUnixNano): a third of a time.Time's room.
+	connected, expires, issued int64
 	rawLen                     int64 // the CONNECT and what came with it
 	expiry                     *time.Timer
-	expired                    atomic.Bool
+}
+
+// revocationToken is what the revocation list checks of the session.
+func (c *openConn) revocationToken() revocation.Token {
+	return revocation.Token{ID: c.tokenID, Subject: c.subject, ClientID: c.clientID, IssuedAt: unixNano(c.issued)}
+}
+
+// toUnixNano is t in Unix nanoseconds, or 0 for the zero time (a token
+// without the claim), as unixNano reads it back.
+func toUnixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }
 
 // ended records the end of a proxied connection, once both directions
@@ -144,8 +178,8 @@ func (p *Proxy) ended(s *session, conn *openConn, fromClient, toClient int64) {
 	p.Metrics.proxied(fromClient, toClient)
 	if ce := p.logger().Check(zap.InfoLevel, "connection closed"); ce != nil {
 		reason := zap.Skip()
-		if conn.expired.Load() {
-			reason = zap.String("reason", string(authn.ErrTokenExpired))
+		if r := p.endedFor(s); r != "" {
+			reason = zap.String("reason", string(r))
 		}
 		go ce.Write(
 			zap.String("listener", s.listener),
