@@ -77,9 +77,6 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if len(cfg.Authorization.Rules) > 0 || cfg.Authorization.NoMatch == configs.PermissionDeny || cfg.Authorization.DenyAction != "" {
 		return fmt.Errorf("config %s: authorization: this version checks the rules but does not enforce them yet", path)
 	}
-	if cfg.Metrics.AdminToken() != "" {
-		return fmt.Errorf("config %s: metrics.admin_token_file, metrics.admin_token_env: this version checks the admin token but does not serve the sessions API yet", path)
-	}
 	// Flushed, never synced: zap syncs at every flush, and an fsync of a
 	// log file ten times a second waits on the disk for nothing.
 	out := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(struct{ io.Writer }{stderr}), Size: logBufferSize, FlushInterval: logFlushInterval}
@@ -158,6 +155,9 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	lists.Store(list)
 	admin := startAdmin(adminListener, cfg, p, func() []authn.KeySetStatus { return chains.Load().Status() }, lists.Load, logger)
 	defer admin.Close()
+	// Live sessions are held to the list in force: those it revokes end
+	// at each new version. Before the list is closed (deferred above).
+	p.WatchRevocation(list)
 	served = true
 
 	errc := make(chan error, len(listeners))
@@ -207,6 +207,8 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 				cfg, chain, list = next, nextChain, nextList
 				chains.Store(chain)
 				lists.Store(list)
+				p.WatchRevocation(list)
+				admin.setAdminToken(cfg.Metrics.AdminToken())
 			}
 		case <-ctx.Done():
 			logger.Info("signal received; shutting down", zap.Duration("drain_timeout", cfg.Shutdown.DrainTimeout.Or(configs.DefaultDrainTimeout)))
@@ -226,14 +228,20 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // restartOnly are the sections read once, at start: sockets, the upstream,
-// the logger and the relay engine are not rebuilt by a reload.
+// the logger and the relay engine are not rebuilt by a reload. Of
+// metrics, the admin token is read again (see reloadable).
 var restartOnly = map[string]bool{"listeners": true, "upstream": true, "upstreams": true, "routes": true, "metrics": true, "log": true, "tuning": true}
+
+// reloadable are the keys of restartOnly's sections that a reload applies:
+// the sessions API's token, so that it can be rotated without a restart.
+var reloadable = map[string]bool{"metrics.admin_token_file": true, "metrics.admin_token_env": true}
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
-// the revocation list, limits, forward and the drain timeout. Listeners,
-// the upstream, the metrics endpoint and the log stay as they started; a
-// change there is logged, key by key, and needs a restart. Nothing
+// the revocation list, limits, forward and the drain timeout; the admin
+// token too. Listeners, the upstream, the metrics endpoint and the log
+// stay as they started; a change there is logged, key by key, and needs a
+// restart. Nothing
 // changes when the new file is invalid. retired is closed once
 // runningChain and runningList are no longer used (see
 // proxy.Proxy.Reload).
@@ -266,14 +274,16 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 		if i := strings.IndexAny(key, ".["); i >= 0 {
 			section = key[:i]
 		}
-		if restartOnly[section] {
+		if restartOnly[section] && !reloadable[key] {
 			needRestart = append(needRestart, key)
 		}
 	}
 	if len(needRestart) > 0 {
 		logger.Warn("these changes take effect at the next restart; the rest is reloaded", zap.Strings("keys", needRestart))
-		cfg.Listeners, cfg.Upstream, cfg.Upstreams, cfg.Routes, cfg.Metrics, cfg.Log, cfg.Tuning =
-			running.Listeners, running.Upstream, running.Upstreams, running.Routes, running.Metrics, running.Log, running.Tuning
+		// The admin token, read from the new file, stays.
+		cfg.Metrics.Bind, cfg.Metrics.Pprof = running.Metrics.Bind, running.Metrics.Pprof
+		cfg.Listeners, cfg.Upstream, cfg.Upstreams, cfg.Routes, cfg.Log, cfg.Tuning =
+			running.Listeners, running.Upstream, running.Upstreams, running.Routes, running.Log, running.Tuning
 	}
 	retired = p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
