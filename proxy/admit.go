@@ -23,6 +23,7 @@ type session struct {
 	connect  *pendingConnect // until the CONNECT is decided; set to nil under Proxy.mu
 	pending  *list.Element   // in Proxy.pending until the CONNECT is decided
 	link     engine.Link     // set once the connection is handed to the engine, which then owns client and upstream
+	version  byte            // the client's protocol version, set with link
 	// conn is set once the CONNECT is accepted, before the broker is
 	// dialed: from then on the session is listed and may be ended by
 	// EndSessions and the revocation list.
@@ -93,10 +94,10 @@ func (p *Proxy) terminate(s *session, reason EndReason) bool {
 		s.endReason = reason
 	}
 	s.stopVerifyLocked()
-	link, client, conn := s.link, s.client, s.conn
+	link, client, version := s.link, s.client, s.version
 	p.mu.Unlock()
 	if link != nil {
-		link.End(filter.Disconnect(conn.version, reason.code()))
+		link.End(filter.Disconnect(version, reason.code()))
 		return first
 	}
 	engine.CloseNow(client)

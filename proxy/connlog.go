@@ -90,3 +90,12 @@ func expiryField(exp time.Time) zap.Field {
 	}
 	return zap.Time("exp", exp)
 }
+
+// framedField marks the accepting line of a session with topic rules,
+// which the proxy frames and authorizes, with rules: true.
+func framedField(framed bool) zap.Field {
+	if !framed {
+		return zap.Skip()
+	}
+	return zap.Bool("rules", true)
+}

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
@@ -18,9 +19,10 @@ import (
 type accepted struct {
 	connect         *packets.Connect // as the client sent it
 	id              authn.Identity
-	upstreamConnect []byte // the CONNECT the broker gets: connect.Raw, or Forward's rewrite
-	pastConnect     []byte // read from the socket past the CONNECT (see readConnect)
-	header          []byte // the PROXY header the broker gets first, or nil
+	acl             *acl.Policy // its topic rules; nil when it may do anything (a spliced session)
+	upstreamConnect []byte      // the CONNECT the broker gets: connect.Raw, or Forward's rewrite
+	pastConnect     []byte      // read from the socket past the CONNECT (see readConnect)
+	header          []byte      // the PROXY header the broker gets first, or nil
 }
 
 // handshake completes a TLS client's handshake, within the connect
@@ -63,6 +65,10 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 	}
 	var upstreamConnect []byte // what the broker gets: pk.Raw unless Forward rewrites it
 	var upstreamClientID string
+	var rules *acl.Policy
+	if err == nil {
+		rules, err = s.policy.authorization.policyFor(&req, &id)
+	}
 	if err == nil {
 		upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, &id, log)
 	}
@@ -83,7 +89,7 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 	if err != nil {
 		return accepted{}, upstreamUnavailable(pk, id, err)
 	}
-	return accepted{connect: pk, id: id, upstreamConnect: upstreamConnect, pastConnect: past, header: header}, nil
+	return accepted{connect: pk, id: id, acl: rules, upstreamConnect: upstreamConnect, pastConnect: past, header: header}, nil
 }
 
 // verify checks the token of s's CONNECT until deadline, or until s is

@@ -19,6 +19,10 @@ type Metrics struct {
 	bytes           *prometheus.CounterVec
 	limited         *prometheus.CounterVec
 	ended           *prometheus.CounterVec
+	// authorizations are the decisions on PUBLISHes and SUBSCRIBE filters,
+	// by action (publish 0, subscribe 1) and outcome (deny 0, allow 1),
+	// resolved once: one is counted per packet.
+	authorizations [2][2]prometheus.Counter
 }
 
 // latencyBuckets span a fast HMAC check on loopback (tens of µs) to a
@@ -69,12 +73,21 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Help: "Authenticated sessions the proxy ended, by reason: admin (the sessions API), revoked (a new revocation list), token_expired (disconnect_after_expire).",
 		}, []string{"reason"}),
 	}
+	authorizations := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "authorizations_total",
+		Help: "Decisions on the PUBLISHes and SUBSCRIBE filters of sessions with topic rules, by action (publish, subscribe) and outcome (allow, deny).",
+	}, []string{"action", "outcome"})
+	for a, action := range []string{"publish", "subscribe"} {
+		for o, outcome := range []string{"deny", "allow"} {
+			m.authorizations[a][o] = authorizations.WithLabelValues(action, outcome)
+		}
+	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: ns, Name: "build_info",
 		Help: "Build information; the value is 1.",
 	}, []string{"version", "goversion"})
 	build.WithLabelValues(version, runtime.Version()).Set(1)
-	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, m.ended, build)
+	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, m.ended, authorizations, build)
 	// Authentication outcomes and limit kinds are known in advance: export
 	// them at zero so that rate() works from the first event, a broker
 	// outage's refusals included.
@@ -158,4 +171,19 @@ func (m *Metrics) sessionsEnded(reason EndReason, n int) {
 	if m != nil && n > 0 {
 		m.ended.WithLabelValues(string(reason)).Add(float64(n))
 	}
+}
+
+// authorized counts a decision on a PUBLISH (subscribe false) or a
+// SUBSCRIBE filter.
+func (m *Metrics) authorized(subscribe, allowed bool) {
+	if m != nil {
+		m.authorizations[b2i(subscribe)][b2i(allowed)].Inc()
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
 
@@ -60,7 +61,8 @@ func (p *Proxy) serveConnect(s *session) {
 // handOver dials the broker for a, sends it the CONNECT and what the client
 // sent after it, and hands client and broker to the engine; from then on
 // the connection outlives serveConn, and ended does what refuse would. A
-// broker that cannot be had is a refusal.
+// broker that cannot be had is a refusal. A session with topic rules is
+// framed: its filter judges what the client sent after the CONNECT too.
 func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, remote string, log *connLog) *refusal {
 	pk := a.connect
 	c.SetReadDeadline(time.Time{})
@@ -89,18 +91,31 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	if p.revokedAtAccept(conn) {
 		return revokedWhileVerified(pk, a.id)
 	}
-	if !a.id.DisconnectAt.IsZero() {
+	o := engine.Options{Done: func(fromClient, toClient int64) { p.ended(s, conn, fromClient, toClient) }}
+	first := append(a.upstreamConnect, ahead...)
+	if a.acl != nil {
+		o.Filter = p.newFilter(s.policy, pk.ProtocolVersion, a.acl, conn, s.listener)
+		o.FromClient, first = ahead, a.upstreamConnect
+		conn.rawLen = int64(len(pk.Raw)) // the engine counts what it forwards of ahead
+	}
+	switch {
+	case !a.id.DisconnectAt.IsZero():
 		// One runtime timer per connection, no goroutine until it fires.
-		// The broker sees the connection close without a DISCONNECT, and
+		// The client is told why in MQTT 5 where its session is framed;
+		// the broker sees the connection close without a DISCONNECT, and
 		// publishes the client's will, as for any abnormal end.
 		conn.expiry = time.AfterFunc(time.Until(a.id.DisconnectAt), func() {
 			if p.terminate(s, EndedTokenExpired) {
 				p.Metrics.sessionsEnded(EndedTokenExpired, 1)
 			}
 		})
+	case a.acl != nil && !a.id.Expiry.IsZero():
+		// A session that outlives its token (disconnect_after_expire:
+		// false) loses its token's rules, as in EMQX.
+		conn.expiry = time.AfterFunc(time.Until(a.id.Expiry), a.acl.Expire)
 	}
 	through := false // the broker has the CONNECT
-	err := p.connectUpstream(s, bare, a.header, append(a.upstreamConnect, ahead...), func() {
+	err := p.connectUpstream(s, bare, a.header, first, o, pk.ProtocolVersion, func() {
 		through = true
 		p.Metrics.outcome("accepted", "")
 		log.Info("authentication accepted",
@@ -109,12 +124,14 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 			zap.String("sub", a.id.Subject),
 			expiryField(a.id.Expiry),
 			bridgeField(pk.Bridge),
+			framedField(a.acl != nil),
 		)
-	}, func(fromClient, toClient int64) {
-		p.ended(s, conn, fromClient, toClient)
 	})
 	if err == nil {
 		return nil
+	}
+	if o.Filter != nil {
+		o.Filter.Release()
 	}
 	if conn.expiry != nil {
 		conn.expiry.Stop()

@@ -97,9 +97,9 @@ func connectWatched(t *testing.T, addr, id, username, token string) *watchedClie
 		}
 	}
 	cp := &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30, UsernameFlag: true, Username: username, PasswordFlag: true, Password: []byte(token)}
-	c := connectPahoWith(t, addr, cp, paho.ClientConfig{
-		OnServerDisconnect: func(d *paho.Disconnect) { end(int(d.ReasonCode)) },
-		OnClientError:      func(error) { end(-1) },
+	c := connectPaho(t, addr, cp, func(cfg *paho.ClientConfig) {
+		cfg.OnServerDisconnect = func(d *paho.Disconnect) { end(int(d.ReasonCode)) }
+		cfg.OnClientError = func(error) { end(-1) }
 	})
 	return &watchedClient{pahoClient: c, ends: ends}
 }

@@ -74,9 +74,6 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if len(cfg.Upstream.Servers) > 0 || len(cfg.Upstreams) > 0 || len(cfg.Routes) > 0 {
 		return fmt.Errorf("config %s: upstream.servers, upstreams and routes: this version checks them but serves a single upstream.address only", path)
 	}
-	if len(cfg.Authorization.Rules) > 0 || cfg.Authorization.NoMatch == configs.PermissionDeny || cfg.Authorization.DenyAction != "" {
-		return fmt.Errorf("config %s: authorization: this version checks the rules but does not enforce them yet", path)
-	}
 	// Flushed, never synced: zap syncs at every flush, and an fsync of a
 	// log file ten times a second waits on the disk for nothing.
 	out := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(struct{ io.Writer }{stderr}), Size: logBufferSize, FlushInterval: logFlushInterval}
@@ -88,6 +85,10 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 
 	logWarnings(cfg, logger)
 	forward, err := proxy.NewForward(cfg.Forward)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	authorization, err := proxyAuthorization(cfg.Authorization)
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
@@ -143,6 +144,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	p.Upstream = upstream
 	p.Verifier = chain
 	p.Forward = forward
+	p.Authorization = authorization
 	p.DialTimeout = cfg.Upstream.DialTimeout.Or(0)
 	p.Limits = proxyLimits(cfg)
 	if err := upstreamTransport(cfg.Upstream, upstream, p); err != nil {
@@ -238,10 +240,11 @@ var reloadable = map[string]bool{"metrics.admin_token_file": true, "metrics.admi
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
-// the revocation list, limits, forward and the drain timeout; the admin
-// token too. Listeners, the upstream, the metrics endpoint and the log
-// stay as they started; a change there is logged, key by key, and needs a
-// restart. Nothing
+// the revocation list, limits, forward, authorization and the drain
+// timeout; established sessions keep the rules they started with; the
+// admin token too. Listeners, the upstream, the metrics endpoint and the
+// log stay as they started; a change there is logged, key by key, and
+// needs a restart. Nothing
 // changes when the new file is invalid. retired is closed once
 // runningChain and runningList are no longer used (see
 // proxy.Proxy.Reload).
@@ -252,6 +255,10 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 		return nil, nil, nil, nil, err
 	}
 	forward, err := proxy.NewForward(cfg.Forward)
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	authorization, err := proxyAuthorization(cfg.Authorization)
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -285,7 +292,7 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 		cfg.Listeners, cfg.Upstream, cfg.Upstreams, cfg.Routes, cfg.Log, cfg.Tuning =
 			running.Listeners, running.Upstream, running.Upstreams, running.Routes, running.Log, running.Tuning
 	}
-	retired = p.Reload(chain, proxyLimits(cfg), forward)
+	retired = p.Reload(chain, proxyLimits(cfg), forward, authorization)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
 	logWarnings(cfg, logger)
 	return cfg, chain, list, retired, nil
@@ -396,6 +403,7 @@ func proxyLimits(cfg *configs.File) proxy.Limits {
 	return proxy.Limits{
 		ConnectTimeout:          l.ConnectTimeout.Or(0),
 		MaxConnectSize:          l.MaxConnectSize,
+		MaxPacketSize:           l.MaxPacketSize,
 		MaxConnections:          l.MaxConnections,
 		MaxListenerConnections:  perListener,
 		MaxPendingConnects:      l.MaxPendingConnects,
@@ -405,4 +413,13 @@ func proxyLimits(cfg *configs.File) proxy.Limits {
 		PerClientIDConnectRate:  l.PerClientIDConnectRate,
 		PerClientIDConnectBurst: l.PerClientIDConnectBurst,
 	}
+}
+
+// proxyAuthorization compiles the authorization section for the proxy.
+func proxyAuthorization(a configs.Authorization) (proxy.Authorization, error) {
+	rules, err := acl.FromConfig(a)
+	if err != nil {
+		return proxy.Authorization{}, err
+	}
+	return proxy.Authorization{Rules: rules, DisconnectOnDeny: a.DenyAction == configs.DenyActionDisconnect}, nil
 }
