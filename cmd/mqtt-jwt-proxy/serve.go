@@ -160,6 +160,15 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	// Live sessions are held to the list in force: those it revokes end
 	// at each new version. Before the list is closed (deferred above).
 	p.WatchRevocation(list)
+	if list != nil {
+		// A URL's first fetch, bounded by its timeout: with
+		// on_unavailable: deny, clients let in before it would all be
+		// refused revocation_unavailable.
+		select {
+		case <-list.FirstRefreshDone():
+		case <-ctx.Done():
+		}
+	}
 	served = true
 
 	errc := make(chan error, len(listeners))
