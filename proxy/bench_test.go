@@ -160,7 +160,9 @@ func BenchmarkConnectDuringRevocationRefresh(b *testing.B) {
 	}
 	var served atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Write(docs[served.Add(1)%2])
+		doc := docs[served.Add(1)%2]
+		w.Header().Set("Content-Length", strconv.Itoa(len(doc))) // as a file server sends it
+		w.Write(doc)
 	}))
 	b.Cleanup(srv.Close)
 	list, err := revocation.New(configs.Revocation{URL: srv.URL, RefreshInterval: configs.Duration(time.Hour)})
