@@ -12,6 +12,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwt"
 	"go.uber.org/zap"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
@@ -318,4 +319,77 @@ func TestConnectAuthMethod(t *testing.T) {
 	c.subscribe(t, "devices/c-method/#", 1)
 	c.roundTrip(t, "devices/c-method/t", "under JWT")
 	o.waitLogged(t, "authentication accepted", zap.String("client_id", "c-method"), zap.String("auth_method", "JWT"))
+}
+
+// heldReauthenticator is the real chain, but each re-authentication waits
+// until the test lets it go on (a send on release), as one that waits for
+// a JWKS fetch does.
+type heldReauthenticator struct {
+	*authn.Chain
+	started chan struct{}
+	release chan struct{}
+}
+
+func (h *heldReauthenticator) Reauthenticate(ctx context.Context, first authn.Identity, req authn.Request) (authn.Identity, error) {
+	h.started <- struct{}{}
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+		return authn.Identity{}, ctx.Err()
+	}
+	return h.Chain.Reauthenticate(ctx, first, req)
+}
+
+// TestReauthenticationOffTheEngine: while a re-authentication's token is
+// being verified, the session's other packets go on through the broker,
+// and another client connects and exchanges messages: the verification
+// holds no engine goroutine. Released, the client gets AUTH 0x00. A
+// session that ends while its token is verified ends the verification,
+// logged as session_ended.
+func TestReauthenticationOffTheEngine(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	rules, err := acl.FromConfig(configs.Authorization{NoMatch: "deny"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := &heldReauthenticator{Chain: jwtChain(t, boundHS256), started: make(chan struct{}, 1), release: make(chan struct{})}
+	o := startObserved(t, &Proxy{Upstream: broker.Addr, Verifier: held, Authorization: Authorization{Rules: rules}})
+
+	const id = "c-held"
+	c := connectMethod(t, o.addr, id, tokenOf(t, e2eSecret, id, ownTopics("devices")))
+	c.subscribe(t, "devices/"+id+"/#", 1)
+	answered := make(chan *paho.AuthResponse, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), proxytest.DefaultTimeout)
+		defer cancel()
+		r, _ := c.Authenticate(ctx, &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: "JWT",
+			AuthData: []byte(tokenOf(t, e2eSecret, id, ownTopics("devices")))}})
+		answered <- r
+	}()
+	<-held.started
+	c.roundTrip(t, "devices/"+id+"/t", "while verified")
+	other := connectMethod(t, o.addr, "c-other", tokenOf(t, e2eSecret, "c-other", ownTopics("devices")))
+	other.subscribe(t, "devices/c-other/#", 1)
+	other.roundTrip(t, "devices/c-other/t", "meanwhile")
+	select {
+	case r := <-answered:
+		t.Fatalf("answered %+v before the token was verified", r)
+	default:
+	}
+	held.release <- struct{}{}
+	if r := <-answered; r == nil || !r.Success {
+		t.Fatalf("re-authentication: %+v, want AUTH 0x00", r)
+	}
+	c.roundTrip(t, "devices/"+id+"/t", "after")
+
+	// The next one is held until the session ends.
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), proxytest.DefaultTimeout)
+		defer cancel()
+		other.Authenticate(ctx, &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: "JWT",
+			AuthData: []byte(tokenOf(t, e2eSecret, "c-other", ownTopics("devices")))}})
+	}()
+	<-held.started
+	other.Disconnect(&paho.Disconnect{})
+	o.waitLogged(t, "re-authentication refused", zap.String("client_id", "c-other"), zap.String("reason", reasonSessionEnded))
 }
