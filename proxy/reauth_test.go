@@ -359,11 +359,11 @@ func TestReauthenticationOffTheEngine(t *testing.T) {
 	c := connectMethod(t, o.addr, id, tokenOf(t, e2eSecret, id, ownTopics("devices")))
 	c.subscribe(t, "devices/"+id+"/#", 1)
 	answered := make(chan *paho.AuthResponse, 1)
+	fresh := tokenOf(t, e2eSecret, id, ownTopics("devices"))
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), proxytest.DefaultTimeout)
 		defer cancel()
-		r, _ := c.Authenticate(ctx, &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: "JWT",
-			AuthData: []byte(tokenOf(t, e2eSecret, id, ownTopics("devices")))}})
+		r, _ := c.Authenticate(ctx, &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: "JWT", AuthData: []byte(fresh)}})
 		answered <- r
 	}()
 	<-held.started
@@ -382,14 +382,19 @@ func TestReauthenticationOffTheEngine(t *testing.T) {
 	}
 	c.roundTrip(t, "devices/"+id+"/t", "after")
 
-	// The next one is held until the session ends.
+	// The next one is held until the session ends. paho waits for its
+	// answer until its context ends.
+	ctx, cancel := context.WithTimeout(context.Background(), proxytest.DefaultTimeout)
+	defer cancel()
+	waited := make(chan struct{})
+	otherFresh := tokenOf(t, e2eSecret, "c-other", ownTopics("devices"))
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), proxytest.DefaultTimeout)
-		defer cancel()
-		other.Authenticate(ctx, &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: "JWT",
-			AuthData: []byte(tokenOf(t, e2eSecret, "c-other", ownTopics("devices")))}})
+		defer close(waited)
+		other.Authenticate(ctx, &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: "JWT", AuthData: []byte(otherFresh)}})
 	}()
 	<-held.started
 	other.Disconnect(&paho.Disconnect{})
 	o.waitLogged(t, "re-authentication refused", zap.String("client_id", "c-other"), zap.String("reason", reasonSessionEnded))
+	cancel()
+	<-waited
 }
