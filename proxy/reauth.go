@@ -41,14 +41,15 @@ type methodSession struct {
 	// identifier, user name and certificate that bind every new token as
 	// they bound the first.
 	req authn.Request
-	// ctx ends with the session, and the verification under way with it.
-	ctx    context.Context
-	cancel context.CancelFunc
 
-	mu sync.Mutex // guards id, written by one re-authentication at a time
+	mu sync.Mutex // guards the fields below
 	// id is what Chain.Reauthenticate needs of the session's identity:
 	// its authenticator, method and sub, as the last token gave them.
 	id authn.Identity
+	// cancel ends the verification under way, if any, when the session
+	// ends; closed says it has.
+	cancel context.CancelFunc
+	closed bool
 }
 
 // newMethodSession is the re-authentication side of the session s of a,
@@ -56,8 +57,7 @@ type methodSession struct {
 func (p *Proxy) newMethodSession(s *session, a *accepted, conn *openConn) *methodSession {
 	req := a.req
 	req.Password, req.AuthData = nil, nil // the CONNECT's bytes: no template reads them
-	ctx, cancel := context.WithCancel(context.Background())
-	return &methodSession{p: p, s: s, conn: conn, listener: s.listener, req: req, ctx: ctx, cancel: cancel,
+	return &methodSession{p: p, s: s, conn: conn, listener: s.listener, req: req,
 		id: authn.Identity{Authenticator: a.id.Authenticator, AuthMethod: a.id.AuthMethod, Subject: a.id.Subject}}
 }
 
@@ -76,19 +76,23 @@ func (m *methodSession) reauthenticate(token []byte, answer func(filter.Reauth))
 func (m *methodSession) verify(token []byte, answer func(filter.Reauth)) {
 	start := time.Now()
 	pol := m.p.currentPolicy() // a reload's verifier and rules, as a new CONNECT gets them
-	ctx, cancel := context.WithTimeout(m.ctx, pol.limits.connectTimeout())
+	ctx, cancel := context.WithTimeout(context.Background(), pol.limits.connectTimeout())
 	defer cancel()
 	req := m.req
 	req.AuthData = token
 	m.mu.Lock()
-	first := m.id
+	first, over := m.id, m.closed
+	m.cancel = cancel // the filter lets one verification run at a time
 	m.mu.Unlock()
 
 	var id authn.Identity
 	var rules *acl.Policy
 	r, ok := pol.verifier.(authn.Reauthenticator)
 	var err error = errNoReauthentication
-	if ok {
+	switch {
+	case over:
+		err = errReauthTooLate
+	case ok:
 		id, err = r.Reauthenticate(ctx, first, req)
 	}
 	if err == nil {
@@ -186,7 +190,14 @@ func (m *methodSession) End(e *filter.End) {
 }
 
 // close ends a verification under way: the session is over.
-func (m *methodSession) close() { m.cancel() }
+func (m *methodSession) close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	if m.cancel != nil {
+		m.cancel()
+	}
+}
 
 var _ filter.Link = (*methodSession)(nil)
 
