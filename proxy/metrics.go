@@ -19,6 +19,7 @@ type Metrics struct {
 	bytes           *prometheus.CounterVec
 	limited         *prometheus.CounterVec
 	ended           *prometheus.CounterVec
+	reauths         *prometheus.CounterVec
 	// authorizations are the decisions on PUBLISHes and SUBSCRIBE filters,
 	// by action (publish 0, subscribe 1) and outcome (deny 0, allow 1),
 	// resolved once: one is counted per packet.
@@ -72,6 +73,10 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Namespace: ns, Name: "sessions_ended_total",
 			Help: "Authenticated sessions the proxy ended, by reason: admin (the sessions API), revoked (a new revocation list), token_expired (disconnect_after_expire).",
 		}, []string{"reason"}),
+		reauths: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "reauthentications_total",
+			Help: "MQTT 5 re-authentications (AUTH 0x19) of sessions under an Authentication Method, by outcome (accepted, refused) and reason, as logged.",
+		}, []string{"outcome", "reason"}),
 	}
 	authorizations := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Name: "authorizations_total",
@@ -87,12 +92,13 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 		Help: "Build information; the value is 1.",
 	}, []string{"version", "goversion"})
 	build.WithLabelValues(version, runtime.Version()).Set(1)
-	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, m.ended, authorizations, build)
+	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, m.ended, m.reauths, authorizations, build)
 	// Authentication outcomes and limit kinds are known in advance: export
 	// them at zero so that rate() works from the first event, a broker
 	// outage's refusals included.
 	m.authentications.WithLabelValues("accepted", "")
 	m.authentications.WithLabelValues("refused", reasonUpstreamUnavailable)
+	m.reauths.WithLabelValues(outcomeReauthenticated, "")
 	for _, kind := range []string{limitMaxConnections, limitListenerConnections, limitPending, limitPendingBytes, limitRate, limitClientIDRate} {
 		m.limited.WithLabelValues(kind)
 	}
@@ -170,6 +176,14 @@ func (m *Metrics) limitHit(kind string) {
 func (m *Metrics) sessionsEnded(reason EndReason, n int) {
 	if m != nil && n > 0 {
 		m.ended.WithLabelValues(string(reason)).Add(float64(n))
+	}
+}
+
+// reauthenticated counts a re-authentication's outcome, refused for
+// reason.
+func (m *Metrics) reauthenticated(outcome, reason string) {
+	if m != nil {
+		m.reauths.WithLabelValues(outcome, reason).Inc()
 	}
 }
 

@@ -101,8 +101,11 @@ func (p *Proxy) endRevoked(list *revocation.List, version uint64) {
 	p.mu.Lock()
 	candidates := make([]candidate, 0, len(p.sessions))
 	for s := range p.sessions {
-		if s.conn != nil && !s.aborted && s.conn.revocable {
-			candidates = append(candidates, candidate{s, s.conn.revocationToken()})
+		if s.conn == nil || s.aborted {
+			continue
+		}
+		if token, revocable := s.conn.revocationToken(); revocable {
+			candidates = append(candidates, candidate{s, token})
 		}
 	}
 	p.mu.Unlock()
@@ -126,9 +129,13 @@ func (p *Proxy) endRevoked(list *revocation.List, version uint64) {
 // that version took the sessions would otherwise miss it.
 func (p *Proxy) revokedAtAccept(conn *openConn) bool {
 	list := p.revocations.list.Load()
-	if list == nil || !conn.revocable {
+	if list == nil {
 		return false
 	}
-	_, revoked := list.Matches(conn.revocationToken())
+	token, revocable := conn.revocationToken()
+	if !revocable {
+		return false
+	}
+	_, revoked := list.Matches(token)
 	return revoked
 }

@@ -3,10 +3,13 @@ package proxy
 import (
 	"errors"
 	"net"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
@@ -71,49 +74,34 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	// What the closing line needs, kept in one small struct for the
 	// connection's life: zap fields would take five times the room, and
 	// a zap.Logger.With clone holds a 1 KB encoder buffer.
-	token, revocable := a.id.RevocationToken(pk.ClientID)
 	conn := &openConn{
 		remote:    remote,
 		clientID:  pk.ClientID,
 		username:  loggedUsername(pk.Username),
-		subject:   token.Subject,
-		tokenID:   token.ID,
 		version:   pk.ProtocolVersion,
 		bridge:    pk.Bridge,
-		revocable: revocable,
 		start:     start,
 		connected: toUnixNano(time.Now()),
-		expires:   toUnixNano(a.id.Expiry),
-		issued:    toUnixNano(token.IssuedAt),
 		rawLen:    int64(len(pk.Raw) + len(ahead)),
 	}
+	conn.setToken(a.id)
 	p.identified(s, conn)
 	if p.revokedAtAccept(conn) {
 		return revokedWhileVerified(pk, a.id)
 	}
 	o := engine.Options{Done: func(fromClient, toClient int64) { p.ended(s, conn, fromClient, toClient) }}
 	first := append(a.upstreamConnect, ahead...)
-	if a.acl != nil {
+	if a.id.AuthMethod != "" {
+		// The proxy answers the client's AUTH packets: the session is
+		// framed, rules or not.
+		conn.method = p.newMethodSession(s, &a, conn)
+	}
+	if a.acl != nil || conn.method != nil {
 		o.Filter = p.newFilter(s.policy, pk.ProtocolVersion, a.acl, conn, s.listener)
 		o.FromClient, first = ahead, a.upstreamConnect
 		conn.rawLen = int64(len(pk.Raw)) // the engine counts what it forwards of ahead
 	}
-	switch {
-	case !a.id.DisconnectAt.IsZero():
-		// One runtime timer per connection, no goroutine until it fires.
-		// The client is told why in MQTT 5 where its session is framed;
-		// the broker sees the connection close without a DISCONNECT, and
-		// publishes the client's will, as for any abnormal end.
-		conn.expiry = time.AfterFunc(time.Until(a.id.DisconnectAt), func() {
-			if p.terminate(s, EndedTokenExpired) {
-				p.Metrics.sessionsEnded(EndedTokenExpired, 1)
-			}
-		})
-	case a.acl != nil && !a.id.Expiry.IsZero():
-		// A session that outlives its token (disconnect_after_expire:
-		// false) loses its token's rules, as in EMQX.
-		conn.expiry = time.AfterFunc(time.Until(a.id.Expiry), a.acl.Expire)
-	}
+	p.armExpiry(s, conn, a.id, a.acl)
 	through := false // the broker has the CONNECT
 	err := p.connectUpstream(s, bare, a.header, first, o, pk.ProtocolVersion, func() {
 		through = true
@@ -125,6 +113,7 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 			expiryField(a.id.Expiry),
 			bridgeField(pk.Bridge),
 			framedField(a.acl != nil),
+			methodField(a.id.AuthMethod),
 		)
 	})
 	if err == nil {
@@ -133,9 +122,7 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	if o.Filter != nil {
 		o.Filter.Release()
 	}
-	if conn.expiry != nil {
-		conn.expiry.Stop()
-	}
+	conn.stop()
 	reason := p.endedFor(s) // closed from outside, for that: nothing to answer
 	switch {
 	case through: // accepted and counted: the client was ended from outside just after
@@ -152,8 +139,8 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 }
 
 // openConn is what a proxied connection keeps until it closes: what its
-// closing line says, and what the sessions API lists. It does not change
-// once the session has it.
+// closing line says, and what the sessions API lists. Only its token's
+// fields change, at a re-authentication (setToken).
 type openConn struct {
 	remote, clientID, username string
 	subject, tokenID           string // the token's sub and jti
@@ -165,12 +152,44 @@ type openConn struct {
 	// nanoseconds (see toUnixNano): a third of a time.Time's room.
 	connected, expires, issued int64
 	rawLen                     int64 // the CONNECT and what came with it
-	expiry                     *time.Timer
+	// method re-authenticates a client that presented its token under an
+	// Authentication Method; nil for the others.
+	method *methodSession
+
+	// expiryMu guards expiry, expiryGen and closed, and the token's
+	// fields (subject to issued), which a re-authentication replaces.
+	expiryMu  sync.Mutex
+	expiry    *time.Timer // ends the session, or its token's rules, at the token's expiry (armExpiry)
+	expiryGen uint32      // counts the timers armed: only the last may fire
+	closed    bool        // the session is over: no timer is armed again
+	expired   atomic.Bool // the token expired, and the session ends for it
 }
 
-// revocationToken is what the revocation list checks of the session.
-func (c *openConn) revocationToken() revocation.Token {
-	return revocation.Token{ID: c.tokenID, Subject: c.subject, ClientID: c.clientID, IssuedAt: unixNano(c.issued)}
+// stop disarms the session's expiry and ends a re-authentication under
+// way: the session is over.
+func (conn *openConn) stop() {
+	conn.stopExpiry()
+	if conn.method != nil {
+		conn.method.close()
+	}
+}
+
+// setToken records the token of id as the session's: the one it was
+// accepted with, then each a re-authentication accepts.
+func (conn *openConn) setToken(id authn.Identity) {
+	token, revocable := id.RevocationToken(conn.clientID)
+	conn.expiryMu.Lock()
+	defer conn.expiryMu.Unlock()
+	conn.subject, conn.tokenID, conn.revocable = token.Subject, token.ID, revocable
+	conn.expires, conn.issued = toUnixNano(id.Expiry), toUnixNano(token.IssuedAt)
+}
+
+// revocationToken is what the revocation list checks of the session, and
+// whether it has a token to check (see authn.Identity.RevocationToken).
+func (conn *openConn) revocationToken() (revocation.Token, bool) {
+	conn.expiryMu.Lock()
+	defer conn.expiryMu.Unlock()
+	return revocation.Token{ID: conn.tokenID, Subject: conn.subject, ClientID: conn.clientID, IssuedAt: unixNano(conn.issued)}, conn.revocable
 }
 
 // toUnixNano is t in Unix nanoseconds, or 0 for the zero time (a token
@@ -188,9 +207,7 @@ func toUnixNano(t time.Time) int64 {
 // not block: the closing line, when the sampler keeps it, is written on a
 // goroutine of its own, since the log's output may stall.
 func (p *Proxy) ended(s *session, conn *openConn, fromClient, toClient int64) {
-	if conn.expiry != nil {
-		conn.expiry.Stop()
-	}
+	conn.stop()
 	fromClient += conn.rawLen
 	p.Metrics.proxied(fromClient, toClient)
 	if ce := p.logger().Check(zap.InfoLevel, "connection closed"); ce != nil {

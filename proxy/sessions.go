@@ -178,6 +178,8 @@ func (p *Proxy) endSessions(sessions []*session, reason EndReason) int {
 // held.
 func (s *session) info() SessionInfo {
 	c := s.conn
+	c.expiryMu.Lock() // a re-authentication replaces the token
+	defer c.expiryMu.Unlock()
 	return SessionInfo{
 		ClientID: c.clientID, Username: c.username, Subject: c.subject, TokenID: c.tokenID,
 		Listener: s.listener, Remote: c.remote, ConnectedAt: unixNano(c.connected), ExpiresAt: unixNano(c.expires),
