@@ -15,6 +15,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
 
@@ -397,4 +398,52 @@ func TestReauthenticationOffTheEngine(t *testing.T) {
 	o.waitLogged(t, "re-authentication refused", zap.String("client_id", "c-other"), zap.String("reason", reasonSessionEnded))
 	cancel()
 	<-waited
+}
+
+// TestReauthenticatedSessionListedAndRevoked: a session that
+// re-authenticated is listed with its new token's jti and exp, and is
+// held to the revocation list by its new token: a version that revokes
+// the token it connected with leaves it, one that revokes the new token
+// ends it with DISCONNECT 0x87.
+func TestReauthenticatedSessionListedAndRevoked(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	list, path := revocationFile(t, `{}`)
+	rules, err := acl.FromConfig(configs.Authorization{NoMatch: "deny"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startObserved(t, &Proxy{Upstream: broker.Addr, Verifier: jwtChain(t, boundHS256, authn.WithRevocation(list)), Authorization: Authorization{Rules: rules}})
+	p.WatchRevocation(list)
+
+	var firstExp, secondExp time.Time
+	m := connectMethod(t, p.addr, "dev-r", tokenOf(t, e2eSecret, "dev-r", ownTopics("r"), expiring(time.Hour, &firstExp),
+		func(b *jwt.Builder) { b.JwtID("j-1") }))
+	m.subscribe(t, "r/dev-r/#", 1)
+	if s := onlySession(t, p.Proxy, SessionFilter{ClientID: "dev-r"}); s.TokenID != "j-1" || !s.ExpiresAt.Equal(firstExp) {
+		t.Errorf("before re-authenticating: listed with jti %q, exp %v; want j-1, %v", s.TokenID, s.ExpiresAt, firstExp)
+	}
+	if r := m.reauthenticate(t, "JWT", tokenOf(t, e2eSecret, "dev-r", ownTopics("r"), expiring(2*time.Hour, &secondExp),
+		func(b *jwt.Builder) { b.JwtID("j-2") })); !r.Success {
+		t.Fatalf("re-authentication refused: %+v", r)
+	}
+	if s := onlySession(t, p.Proxy, SessionFilter{ClientID: "dev-r"}); s.TokenID != "j-2" || !s.ExpiresAt.Equal(secondExp) {
+		t.Errorf("after re-authenticating: listed with jti %q, exp %v; want j-2, %v", s.TokenID, s.ExpiresAt, secondExp)
+	}
+
+	writeRevocations(t, path, `{"jti": ["j-1"]}`)
+	refresh(t, list)
+	p.waitLogged(t, "revocation list checked against the sessions", zap.Uint64("version", 2), zap.Int("ended", 0))
+	m.roundTrip(t, "r/dev-r/x", "still here")
+
+	writeRevocations(t, path, `{"jti": ["j-1", "j-2"]}`)
+	refresh(t, list)
+	select {
+	case code := <-m.disconnects:
+		if code != byte(packets.NotAuthorized) {
+			t.Errorf("revoked after re-authenticating: DISCONNECT 0x%02x, want 0x87", code)
+		}
+	case <-time.After(proxytest.DefaultTimeout):
+		t.Fatal("the session whose new token was revoked goes on")
+	}
+	p.waitLogged(t, "connection closed", zap.String("client_id", "dev-r"), zap.String("reason", "revoked"))
 }
