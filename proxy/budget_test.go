@@ -107,6 +107,69 @@ func TestPendingBytesCountTLSRecords(t *testing.T) {
 	}
 }
 
+// TestPendingTLSRecordCharged: a connection whose TLS the proxy
+// terminates is counted a record's buffer from accept, before its
+// handshake, on a TLS listener and under a WebSocket one (wss) alike, and
+// no longer once its CONNECT is decided or it ends; a plain TCP one is
+// not.
+func TestPendingTLSRecordCharged(t *testing.T) {
+	pki := newTestPKI(t, "budget")
+	c, k := pki.issue(t, "127.0.0.1", true)
+	certs, err := transport.NewCertReloader(transport.TLSFiles{CertFile: c, KeyFile: k}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := func(p *Proxy) (bytes, sessions int) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.heldBytes, len(p.sessions)
+	}
+	for _, tc := range []struct {
+		name    string
+		wrap    func(p *Proxy, ln net.Listener) net.Listener
+		charged int
+	}{
+		{"tcp", func(_ *Proxy, ln net.Listener) net.Listener { return ln }, 0},
+		{"tls", func(_ *Proxy, ln net.Listener) net.Listener { return transport.NewTLSListener(ln, certs.Config()) }, configs.PendingTLSRecordBytes},
+		{"wss", func(p *Proxy, ln net.Listener) net.Listener {
+			return (&transport.WebSocketListener{Listener: transport.NewTLSListener(ln, certs.Config()), HandshakeTimeout: testHeaderTimeout}).Start()
+		}, configs.PendingTLSRecordBytes},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := &Proxy{Upstream: proxytest.ClosedAddr(t), Verifier: passwordVerifier{}}
+			ln := listen(t)
+			serveOn(t, p, tc.wrap(p, ln))
+			waitServing(t, p)
+			conn := dial(t, ln.Addr().String())
+			waitFor(t, func() bool { _, n := held(p); return n == 1 })
+			if n, _ := held(p); n != tc.charged {
+				t.Errorf("a connection just accepted is counted %d bytes, want %d", n, tc.charged)
+			}
+			conn.Close()
+			waitFor(t, func() bool { n, sessions := held(p); return n == 0 && sessions == 0 })
+		})
+	}
+	t.Run("decided", func(t *testing.T) {
+		rec := proxytest.NewRecorder(t, "")
+		p := &Proxy{Upstream: rec.Addr, Verifier: passwordVerifier{}}
+		ln := listen(t)
+		serveOn(t, p, transport.NewTLSListener(ln, certs.Config()))
+		tc, err := tls.Dial("tcp", ln.Addr().String(), pki.clientConfig(t, ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tc.Close()
+		connect := connectAs(t, packets.ProtocolV311, "dev", "good")
+		if _, err := tc.Write(connect); err != nil {
+			t.Fatal(err)
+		}
+		rec.WaitReceived(t, 0, len(connect))
+		if n, sessions := held(p); n != 0 || sessions != 1 {
+			t.Errorf("an accepted TLS client relayed: %d bytes counted, %d sessions; want 0 and 1", n, sessions)
+		}
+	})
+}
+
 // liveHeap is the bytes of live objects after a collection: finer than
 // heapInUse, which counts whole spans.
 func liveHeap() uint64 {
