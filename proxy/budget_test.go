@@ -78,12 +78,12 @@ func TestPendingBytesCountTLSRecords(t *testing.T) {
 	}
 	// The proxy gives no sign of having read a record's bytes: a second
 	// lets it read those of the last clients.
-	base := liveHeap()
+	base := settledHeap()
 	idle := open(false)
 	time.Sleep(time.Second)
 	idleGrowth, idlePending := liveHeap()-base, pending()
 	closeAll(idle)
-	base = liveHeap()
+	base = settledHeap()
 	records := open(true)
 	time.Sleep(time.Second)
 	recordGrowth, recordPending := liveHeap()-base, pending()
@@ -179,6 +179,23 @@ func liveHeap() uint64 {
 	return m.HeapAlloc
 }
 
+// settledHeap is liveHeap once it has stopped moving by more than 16 KiB
+// from one collection to the next (for at most 2 s): what the tests
+// before left is freed by goroutines of theirs that end meanwhile, and a
+// base taken while it is would make the growth after it look smaller.
+func settledHeap() uint64 {
+	heap := liveHeap()
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+		next := liveHeap()
+		if max(next, heap)-min(next, heap) < 16<<10 {
+			return next
+		}
+		heap = next
+	}
+	return heap
+}
+
 // TestPendingBytesCountDecodedProperties: CONNECTs of empty user
 // properties, waiting for a JWKS fetch, hold their decoded properties
 // beside their bytes, several times as much: what they hold is counted,
@@ -195,8 +212,8 @@ func TestPendingBytesCountDecodedProperties(t *testing.T) {
 	t.Cleanup(func() { close(hang) })
 	chain := jwtChain(t, configs.Authenticator{Name: "jwks", Mechanism: "jwt", UseJWKS: true, Endpoint: keys.URL,
 		MinRefreshInterval: configs.Duration(time.Millisecond)})
-	// Each CONNECT is 750 KB, about 6 MB decoded: one fits the budget.
-	const budget, clients, props = 8 << 20, 6, 150_000
+	// Each CONNECT is 250 KB, about 2 MB decoded: one fits the budget.
+	const budget, clients, props = 5 << 19, 3, 50_000
 	o := startObserved(t, &Proxy{Upstream: proxytest.ClosedAddr(t), Verifier: chain,
 		Limits: Limits{MaxPendingConnectBytes: budget, ConnectTimeout: time.Minute}})
 	token := signJWT(t, jwa.ES256, keyPair(t, "p256"), "k1", "dev")
@@ -220,28 +237,33 @@ func TestPendingBytesCountDecodedProperties(t *testing.T) {
 			closed.Add(1)
 		}()
 	}
-	// Each client is either evicted or waits for the keys with its
-	// CONNECT held whole.
-	waitFor(t, func() bool {
+	// Each client is either evicted, and its session gone, or waits for
+	// the keys with its CONNECT held whole and, decoded, counted. The code
+	// before the decoded CONNECT was counted never gets there: its heap
+	// is measured once the CONNECTs have had 8 s to decode, before the
+	// keys' fetch gives up (10 s).
+	decoded := func() bool {
 		o.mu.Lock()
 		defer o.mu.Unlock()
 		waiting := 0
 		for s := range o.sessions {
-			if s.connect != nil && s.connect.charged >= len(pk) && !s.aborted {
-				waiting++
+			if s.connect == nil || s.connect.charged <= len(pk) || s.aborted {
+				return false
 			}
+			waiting++
 		}
 		return waiting+int(closed.Load()) == clients
-	})
-	// Decoding follows reading whole; the code before the decoded
-	// CONNECT was counted gives no sign of it.
-	time.Sleep(500 * time.Millisecond)
+	}
+	waited := time.Now()
+	for deadline := waited.Add(8 * time.Second); !decoded() && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	o.mu.Lock()
 	held := o.heldBytes
 	o.mu.Unlock()
 	grown := heapInUse() - base
-	t.Logf("%d clients of %d bytes (%d user properties each), budget %d: %d evicted, counted %d bytes held, heap grew %d KiB",
-		clients, len(pk), props, budget, closed.Load(), held, grown>>10)
+	t.Logf("%d clients of %d bytes (%d user properties each), budget %d: %d evicted, counted %d bytes held after %v, heap grew %d KiB",
+		clients, len(pk), props, budget, closed.Load(), held, time.Since(waited).Round(time.Millisecond), grown>>10)
 	if grown > budget {
 		t.Errorf("heap grew by %d KiB while the budget is %d KiB", grown>>10, budget>>10)
 	}
