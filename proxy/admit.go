@@ -11,6 +11,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/filter"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
@@ -24,6 +26,7 @@ type session struct {
 	connect  *pendingConnect // until the CONNECT is decided; set to nil under Proxy.mu
 	pending  *list.Element   // in Proxy.pending until the CONNECT is decided
 	link     engine.Link     // set once the connection is handed to the engine, which then owns client and upstream
+	version  byte            // the client's protocol version, set with link
 	aborted  bool            // terminate or eviction has begun; no link may start after it
 	// evicted is set when the session was closed to keep within a limit
 	// of pending connections (aborted too); evictedBy, written before,
@@ -69,18 +72,21 @@ func (pc *pendingConnect) hold(n int) bool { return pc.p.holdConnectBytes(pc.s, 
 // Resume goes on with the CONNECT once a socket may have more.
 func (pc *pendingConnect) Resume() { pc.p.serveConnect(pc.s) }
 
-// terminate ends s at once from outside its own goroutine (Close, token
-// expiry): its link, once it has one, else its client's connection, which
-// makes serveConn give up. Closing happens outside Proxy.mu: a WebSocket
-// close frame may take a while, and accepting must not wait for it.
-func (p *Proxy) terminate(s *session) {
+// terminate ends s from outside its own goroutine (Close, token expiry):
+// its link, once it has one, as an MQTT 5 server ends a session, with a
+// DISCONNECT of code between two whole packets to a client whose session
+// is framed, then the close (see engine.Link.End), and at once for the
+// others; else its client's connection, which makes serveConn give up.
+// Closing happens outside Proxy.mu: a WebSocket close frame may take a
+// while, and accepting must not wait for it.
+func (p *Proxy) terminate(s *session, code packets.ReasonCode) {
 	p.mu.Lock()
 	s.aborted = true
 	s.stopVerifyLocked()
-	link, client := s.link, s.client
+	link, client, version := s.link, s.client, s.version
 	p.mu.Unlock()
 	if link != nil {
-		link.Abort()
+		link.End(filter.Disconnect(version, code))
 		return
 	}
 	engine.CloseNow(client)

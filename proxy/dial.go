@@ -19,11 +19,11 @@ import (
 var errSessionEnded = errors.New("proxy: connection closed while connecting to the broker")
 
 // connectUpstream dials the broker, sends it header (a PROXY header or
-// nothing) and first (the CONNECT and what the client sent after it),
-// calls through, and hands client and the broker's connection to the
-// engine, which calls done once both directions have ended. On an error
-// only the client is left open.
-func (p *Proxy) connectUpstream(s *session, client net.Conn, header, first []byte, through func(), done func(fromClient, toClient int64)) error {
+// nothing) and first (the CONNECT, and on a spliced link what the client
+// sent after it), calls through, and hands client and the broker's
+// connection to the engine with o, which calls o.Done once both directions
+// have ended. On an error only the client is left open.
+func (p *Proxy) connectUpstream(s *session, client net.Conn, header, first []byte, o engine.Options, version byte, through func()) error {
 	e := p.relayEngine()
 	if e == nil {
 		return errSessionEnded
@@ -43,7 +43,8 @@ func (p *Proxy) connectUpstream(s *session, client net.Conn, header, first []byt
 		up.Close()
 		return errSessionEnded
 	}
-	s.link = e.Join(client, up, engine.Options{HalfClose: p.halfCloseTimeout(), Done: done})
+	o.HalfClose = p.halfCloseTimeout()
+	s.link, s.version = e.Join(client, up, o), version
 	s.client = nil // the engine's now
 	return nil
 }

@@ -63,19 +63,6 @@ func TestServeRefusesPools(t *testing.T) {
 	}
 }
 
-// TestServeRefusesAuthorization: serve refuses rules it would not enforce,
-// rather than letting every publish and subscribe through.
-func TestServeRefusesAuthorization(t *testing.T) {
-	t.Setenv("JWT_SECRET", "c2VjcmV0LWZvci10ZXN0cw==")
-	var out, errOut bytes.Buffer
-	if code := run(context.Background(), []string{"serve", "-config", "../../configs/authorization.yaml"}, &out, &errOut); code != 1 {
-		t.Errorf("serve exited %d, want 1", code)
-	}
-	if !strings.Contains(errOut.String(), "does not enforce them yet") {
-		t.Errorf("serve said %q", errOut.String())
-	}
-}
-
 // TestServeRefusesAdminToken: serve refuses an admin token for an API it
 // does not serve yet, rather than taking a credential that guards nothing.
 func TestServeRefusesAdminToken(t *testing.T) {
@@ -444,6 +431,7 @@ authentication: [{mechanism: jwt, algorithm: hmac-based, secret: s}]
 limits:
   connect_timeout: 3s
   max_connect_size: 4096
+  max_packet_size: 65536
   max_connections: 100
   max_pending_connects: 50
   max_pending_connect_bytes: 1000000
@@ -457,7 +445,7 @@ limits:
 	}
 	got := proxyLimits(cfg)
 	want := proxy.Limits{
-		ConnectTimeout: 3 * time.Second, MaxConnectSize: 4096, MaxConnections: 100,
+		ConnectTimeout: 3 * time.Second, MaxConnectSize: 4096, MaxPacketSize: 65536, MaxConnections: 100,
 		MaxListenerConnections: map[string]int{"edge": 7}, MaxPendingConnects: 50, MaxPendingConnectBytes: 1000000,
 		PerIPConnectRate: 5, PerIPConnectBurst: 10, PerClientIDConnectRate: 0.5, PerClientIDConnectBurst: 2,
 	}

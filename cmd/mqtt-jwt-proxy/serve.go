@@ -74,9 +74,6 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if len(cfg.Upstream.Servers) > 0 || len(cfg.Upstreams) > 0 || len(cfg.Routes) > 0 {
 		return fmt.Errorf("config %s: upstream.servers, upstreams and routes: this version checks them but serves a single upstream.address only", path)
 	}
-	if len(cfg.Authorization.Rules) > 0 || cfg.Authorization.NoMatch == configs.PermissionDeny || cfg.Authorization.DenyAction != "" {
-		return fmt.Errorf("config %s: authorization: this version checks the rules but does not enforce them yet", path)
-	}
 	if cfg.Metrics.AdminToken() != "" {
 		return fmt.Errorf("config %s: metrics.admin_token_file, metrics.admin_token_env: this version checks the admin token but does not serve the sessions API yet", path)
 	}
@@ -91,6 +88,10 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 
 	logWarnings(cfg, logger)
 	forward, err := proxy.NewForward(cfg.Forward)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	authorization, err := proxyAuthorization(cfg.Authorization)
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
@@ -146,6 +147,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	p.Upstream = upstream
 	p.Verifier = chain
 	p.Forward = forward
+	p.Authorization = authorization
 	p.DialTimeout = cfg.Upstream.DialTimeout.Or(0)
 	p.Limits = proxyLimits(cfg)
 	if err := upstreamTransport(cfg.Upstream, upstream, p); err != nil {
@@ -231,7 +233,8 @@ var restartOnly = map[string]bool{"listeners": true, "upstream": true, "upstream
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
-// the revocation list, limits, forward and the drain timeout. Listeners,
+// the revocation list, limits, forward, authorization and the drain
+// timeout; established sessions keep the rules they started with. Listeners,
 // the upstream, the metrics endpoint and the log stay as they started; a
 // change there is logged, key by key, and needs a restart. Nothing
 // changes when the new file is invalid. retired is closed once
@@ -244,6 +247,10 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 		return nil, nil, nil, nil, err
 	}
 	forward, err := proxy.NewForward(cfg.Forward)
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	authorization, err := proxyAuthorization(cfg.Authorization)
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -275,7 +282,7 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 		cfg.Listeners, cfg.Upstream, cfg.Upstreams, cfg.Routes, cfg.Metrics, cfg.Log, cfg.Tuning =
 			running.Listeners, running.Upstream, running.Upstreams, running.Routes, running.Metrics, running.Log, running.Tuning
 	}
-	retired = p.Reload(chain, proxyLimits(cfg), forward)
+	retired = p.Reload(chain, proxyLimits(cfg), forward, authorization)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
 	logWarnings(cfg, logger)
 	return cfg, chain, list, retired, nil
@@ -386,6 +393,7 @@ func proxyLimits(cfg *configs.File) proxy.Limits {
 	return proxy.Limits{
 		ConnectTimeout:          l.ConnectTimeout.Or(0),
 		MaxConnectSize:          l.MaxConnectSize,
+		MaxPacketSize:           l.MaxPacketSize,
 		MaxConnections:          l.MaxConnections,
 		MaxListenerConnections:  perListener,
 		MaxPendingConnects:      l.MaxPendingConnects,
@@ -395,4 +403,13 @@ func proxyLimits(cfg *configs.File) proxy.Limits {
 		PerClientIDConnectRate:  l.PerClientIDConnectRate,
 		PerClientIDConnectBurst: l.PerClientIDConnectBurst,
 	}
+}
+
+// proxyAuthorization compiles the authorization section for the proxy.
+func proxyAuthorization(a configs.Authorization) (proxy.Authorization, error) {
+	rules, err := acl.FromConfig(a)
+	if err != nil {
+		return proxy.Authorization{}, err
+	}
+	return proxy.Authorization{Rules: rules, DisconnectOnDeny: a.DenyAction == configs.DenyActionDisconnect}, nil
 }
