@@ -147,7 +147,7 @@ func TestMosquittoKillAndRestart(t *testing.T) {
 	RequireMosquitto(t)
 	VerifyNoLeaks(t)
 	broker := StartMosquitto(t)
-	if pub := Pub(t, brokerArgs(t, broker.Addr, "-t", "t", "-m", "before")...); pub.Connack != 0 {
+	if pub := Pub(t, brokerArgs(t, broker.Addr, "-i", "before", "-t", "t", "-m", "before")...); pub.Connack != 0 {
 		t.Fatalf("publish before the kill: %d %v\n%s", pub.Connack, pub.Err, pub.Output)
 	}
 	broker.Kill()
@@ -156,12 +156,15 @@ func TestMosquittoKillAndRestart(t *testing.T) {
 		t.Fatal("the killed broker took a connection")
 	}
 	broker.Restart(t)
-	if pub := Pub(t, brokerArgs(t, broker.Addr, "-t", "t", "-m", "after")...); pub.Connack != 0 {
+	if pub := Pub(t, brokerArgs(t, broker.Addr, "-i", "after", "-t", "t", "-m", "after")...); pub.Connack != 0 {
 		t.Fatalf("publish after the restart: %d %v\n%s", pub.Connack, pub.Err, pub.Output)
 	}
 	broker.SyncLog(t)
 	if got := broker.Connections(); got != 1 {
 		t.Errorf("Connections() = %d after the restart, want 1 (the publisher since)\n%s", got, broker.Log())
+	}
+	if got := broker.ClientIDs(); !slices.Equal(got, []string{"after"}) {
+		t.Errorf("ClientIDs() = %q after the restart, want [after] (the publisher since)\n%s", got, broker.Log())
 	}
 }
 
