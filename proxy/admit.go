@@ -11,6 +11,7 @@ import (
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // session is one client connection, from accept to close. Its fields but
@@ -23,6 +24,12 @@ type session struct {
 	pending  *list.Element   // in Proxy.pending until the CONNECT is decided
 	link     engine.Link     // set once the connection is handed to the engine, which then owns client and upstream
 	aborted  bool            // terminate or eviction has begun; no link may start after it
+	// server is the pool's server the link holds, until it ends; nil
+	// for a broker of no pool.
+	server *upstream.Backend[ServerSettings]
+	// open is what the linked connection keeps until it closes; set
+	// before the link, by the serving goroutine.
+	open *openConn
 	// evicted is set when the session was closed to keep within a limit
 	// of pending connections (aborted too); evictedBy, written before,
 	// names the limit.
@@ -263,6 +270,7 @@ func (p *Proxy) decided(s *session) bool {
 func (p *Proxy) release(s *session) {
 	p.decided(s)
 	p.mu.Lock()
+	p.leaveServerLocked(s)
 	delete(p.sessions, s)
 	p.perListener[s.listener]--
 	p.mu.Unlock()

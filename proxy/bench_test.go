@@ -14,6 +14,7 @@ import (
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // benchConnack is what the benchmarks' upstream accepts every client with.
@@ -22,12 +23,11 @@ var benchConnack = []byte{0x20, 0x02, 0x00, 0x00}
 // benchDisconnect is an MQTT 3.1.1 DISCONNECT.
 var benchDisconnect = []byte{0xe0, 0x00}
 
-// benchProxy serves a Proxy with a real HS256 authentication chain in
-// front of a minimal upstream: it reads the CONNECT, answers benchConnack,
-// then hands the connection to session, and closes it when session
-// returns, as a broker closes after DISCONNECT. It returns the proxy's
-// address and an accepted client's CONNECT.
-func benchProxy(b *testing.B, session func(net.Conn)) (addr string, connect []byte) {
+// benchBroker is a minimal broker: it reads the CONNECT, answers
+// benchConnack, then hands the connection to session, and closes it when
+// session returns, as a broker closes after DISCONNECT. It returns its
+// address.
+func benchBroker(b *testing.B, session func(net.Conn)) string {
 	b.Helper()
 	upstream := listen(b)
 	var sessions sync.WaitGroup
@@ -52,9 +52,33 @@ func benchProxy(b *testing.B, session func(net.Conn)) (addr string, connect []by
 		}
 	})
 
+	return upstream.Addr().String()
+}
+
+// benchProxy serves a Proxy with a real HS256 authentication chain in
+// front of benchBrokers running session: with pool zero, the one broker
+// of Upstream; else Upstreams, a default pool of that many balanced by
+// client_id. It returns the proxy's address and an accepted client's
+// CONNECT.
+func benchProxy(b *testing.B, pool int, session func(net.Conn)) (addr string, connect []byte) {
+	b.Helper()
 	chain := jwtChain(b, configs.Authenticator{Name: "jwt", Mechanism: "jwt", Algorithm: "hmac-based", Secret: e2eSecret})
+	p := &Proxy{Verifier: chain}
+	if pool == 0 {
+		p.Upstream = benchBroker(b, session)
+	} else {
+		addrs := make([]string, pool)
+		for i := range addrs {
+			addrs[i] = benchBroker(b, session)
+		}
+		pools, err := NewUpstreams(defaultPool(upstream.ClientID, nil, servers(addrs...)...), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.Upstreams = pools
+	}
 	ln := listen(b)
-	serveOn(b, &Proxy{Upstream: upstream.Addr().String(), Verifier: chain}, ln)
+	serveOn(b, p, ln)
 
 	token, err := jwt.NewBuilder().Subject("bench").Expiration(time.Now().Add(time.Hour)).Build()
 	if err != nil {
@@ -92,8 +116,20 @@ func benchOpen(addr string, connect []byte) (net.Conn, error) {
 // dial, CONNECT with an HS256 token (verified), the upstream dialed and
 // its CONNACK relayed, DISCONNECT, and the close passed back. Allocations
 // count the client's and the upstream's too, which share the process.
+// The broker is Upstream, or a server of a pool of one or three
+// balanced by client_id (routed, picked, held and released).
 func BenchmarkProxyConnect(b *testing.B) {
-	addr, connect := benchProxy(b, func(c net.Conn) {
+	for _, pool := range []int{0, 1, 3} {
+		name := "upstream"
+		if pool > 0 {
+			name = "pool-" + strconv.Itoa(pool)
+		}
+		b.Run(name, func(b *testing.B) { benchConnects(b, pool) })
+	}
+}
+
+func benchConnects(b *testing.B, pool int) {
+	addr, connect := benchProxy(b, pool, func(c net.Conn) {
 		var disconnect [2]byte
 		io.ReadFull(c, disconnect[:])
 	})
@@ -118,7 +154,7 @@ func BenchmarkProxyConnect(b *testing.B) {
 // PUBLISH of each size goes through the proxy to an upstream that echoes
 // it, and comes back. The size is the payload's.
 func BenchmarkSplice(b *testing.B) {
-	addr, connect := benchProxy(b, func(c net.Conn) { io.Copy(c, c) })
+	addr, connect := benchProxy(b, 0, func(c net.Conn) { io.Copy(c, c) })
 	for _, size := range []int{64, 4 << 10, 64 << 10} {
 		b.Run(strconv.Itoa(size)+"B", func(b *testing.B) {
 			c, err := benchOpen(addr, connect)

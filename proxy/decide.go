@@ -11,6 +11,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // accepted is what the broker is to get for a client whose CONNECT was
@@ -19,8 +20,15 @@ type accepted struct {
 	connect         *packets.Connect // as the client sent it
 	id              authn.Identity
 	upstreamConnect []byte // the CONNECT the broker gets: connect.Raw, or Forward's rewrite
+	clientID        string // the client identifier in upstreamConnect
 	pastConnect     []byte // read from the socket past the CONNECT (see readConnect)
-	header          []byte // the PROXY header the broker gets first, or nil
+	// pool is the pool of Proxy.Upstreams the client goes to; nil
+	// without Upstreams.
+	pool *upstream.Pool[ServerSettings]
+	// header is the PROXY header the broker gets first, or nil; a pool's
+	// servers each get the version they take, formatted as they are
+	// dialed.
+	header []byte
 }
 
 // handshake completes a TLS client's handshake, within the connect
@@ -77,13 +85,19 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 	if upstreamClientID != "" && !s.policy.idRates.allow(upstreamClientID, time.Now()) {
 		return accepted{}, clientIDRateExceeded(pk, id)
 	}
+	a := accepted{connect: pk, id: id, upstreamConnect: upstreamConnect, clientID: upstreamClientID, pastConnect: past}
+	if p.Upstreams != nil {
+		if a.pool, err = p.Upstreams.Route(s.listener, id.Subject, id.Claims); err != nil {
+			return accepted{}, noRoute(pk, id, err)
+		}
+		return a, nil
+	}
 	// The PROXY header for the broker says what the wrapper around the
 	// client says.
-	header, err := p.UpstreamProxyHeader.Format(c)
-	if err != nil {
+	if a.header, err = p.UpstreamProxyHeader.Format(c); err != nil {
 		return accepted{}, upstreamUnavailable(pk, id, err)
 	}
-	return accepted{connect: pk, id: id, upstreamConnect: upstreamConnect, pastConnect: past, header: header}, nil
+	return a, nil
 }
 
 // verify checks the token of s's CONNECT until deadline, or until s is

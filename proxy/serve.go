@@ -84,12 +84,13 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 		// Closing both sides without a DISCONNECT makes the broker publish
 		// the client's will, as for any abnormal end.
 		conn.expiry = time.AfterFunc(time.Until(a.id.DisconnectAt), func() {
-			conn.expired.Store(true)
+			conn.endedBy.CompareAndSwap(nil, &endedExpired)
 			p.terminate(s)
 		})
 	}
+	s.open = conn
 	through := false // the broker has the CONNECT
-	err := p.connectUpstream(s, bare, a.header, append(a.upstreamConnect, ahead...), func() {
+	err := p.connectUpstream(s, c, bare, &a, append(a.upstreamConnect, ahead...), log, func() {
 		through = true
 		p.Metrics.outcome("accepted", "")
 		log.Info("authentication accepted",
@@ -112,8 +113,8 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	switch {
 	case through: // accepted and counted: the client was closed from outside meanwhile
 		return &refusal{quiet: true}
-	case conn.expired.Load():
-		return endedWhileConnecting(pk, a.id, string(authn.ErrTokenExpired), err)
+	case conn.endedBy.Load() != nil:
+		return endedWhileConnecting(pk, a.id, *conn.endedBy.Load(), err)
 	case ended:
 		return endedWhileConnecting(pk, a.id, reasonProxyClosed, err)
 	}
@@ -128,8 +129,17 @@ type openConn struct {
 	start                      time.Time
 	rawLen                     int64 // the CONNECT and what came with it
 	expiry                     *time.Timer
-	expired                    atomic.Bool
+	// endedBy, once set, is why the connection was ended from outside
+	// (one of the ended* values): the first reason stands.
+	endedBy atomic.Pointer[string]
 }
+
+// The reasons a connection is ended from outside for, as its closing
+// line gives them (openConn.endedBy).
+var (
+	endedExpired       = string(authn.ErrTokenExpired)
+	endedServerRemoved = reasonServerRemoved
+)
 
 // ended records the end of a proxied connection, once both directions
 // have ended and the engine has closed both sides. It may run on an
@@ -144,8 +154,8 @@ func (p *Proxy) ended(s *session, conn *openConn, fromClient, toClient int64) {
 	p.Metrics.proxied(fromClient, toClient)
 	if ce := p.logger().Check(zap.InfoLevel, "connection closed"); ce != nil {
 		reason := zap.Skip()
-		if conn.expired.Load() {
-			reason = zap.String("reason", string(authn.ErrTokenExpired))
+		if r := conn.endedBy.Load(); r != nil {
+			reason = zap.String("reason", *r)
 		}
 		go ce.Write(
 			zap.String("listener", s.listener),
