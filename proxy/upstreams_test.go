@@ -87,103 +87,6 @@ func deviceConnects(t *testing.T, prefix string, n int) (ids []string, connects 
 	return ids, connects
 }
 
-// openSession sends connect through the proxy at addr and reads the
-// 3.1.1 CONNACK; the connection is returned open when it is 0.
-func openSession(addr string, connect []byte) (net.Conn, byte, error) {
-	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
-	if err != nil {
-		return nil, 0, err
-	}
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	var ack [4]byte
-	if _, err := c.Write(connect); err != nil {
-		c.Close()
-		return nil, 0, err
-	}
-	if _, err := io.ReadFull(c, ack[:]); err != nil {
-		c.Close()
-		return nil, 0, fmt.Errorf("reading CONNACK: %w", err)
-	}
-	if ack[3] != 0 {
-		c.Close()
-		return nil, ack[3], nil
-	}
-	c.SetDeadline(time.Time{})
-	return c, 0, nil
-}
-
-// connectOnce is a device's visit: CONNECT, CONNACK, DISCONNECT.
-func connectOnce(addr string, connect []byte) (byte, error) {
-	c, code, err := openSession(addr, connect)
-	if c != nil {
-		c.Write([]byte{0xE0, 0x00})
-		c.Close()
-	}
-	return code, err
-}
-
-// connectAll has every connect make one visit, a few at a time, and fails
-// the test unless all are accepted.
-func connectAll(t *testing.T, addr string, connects [][]byte) {
-	t.Helper()
-	var wg sync.WaitGroup
-	errs := make(chan error, len(connects))
-	next := atomic.Int64{}
-	for range 8 {
-		wg.Go(func() {
-			for i := int(next.Add(1) - 1); i < len(connects); i = int(next.Add(1) - 1) {
-				if code, err := connectOnce(addr, connects[i]); err != nil || code != 0 {
-					errs <- fmt.Errorf("connect %d: CONNACK %d, %v", i, code, err)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-}
-
-// whereConnected maps each client identifier the brokers logged, from
-// since[i] on for broker i (nil: from the start), to the brokers that had
-// it, by index. A nil broker (one killed) is left out.
-func whereConnected(t *testing.T, brokers []*proxytest.Mosquitto, since []int) map[string][]int {
-	t.Helper()
-	where := map[string][]int{}
-	for i, b := range brokers {
-		if b == nil {
-			continue
-		}
-		b.SyncLog(t)
-		ids := b.ClientIDs()
-		if since != nil {
-			ids = ids[since[i]:]
-		}
-		for _, id := range ids {
-			if !slices.Contains(where[id], i) {
-				where[id] = append(where[id], i)
-			}
-		}
-	}
-	return where
-}
-
-// logLengths is how many clients each broker has logged so far; 0 for a
-// nil broker.
-func logLengths(t *testing.T, brokers []*proxytest.Mosquitto) []int {
-	t.Helper()
-	n := make([]int, len(brokers))
-	for i, b := range brokers {
-		if b == nil {
-			continue
-		}
-		b.SyncLog(t)
-		n[i] = len(b.ClientIDs())
-	}
-	return n
-}
-
 // waitIdle waits until no connection holds a server of p's pools: each
 // link's end releases its server.
 func waitIdle(t *testing.T, p *Proxy) {
@@ -208,9 +111,9 @@ func TestPoolRoundRobin(t *testing.T) {
 	p, addr, _ := startPools(t, defaultPool(upstream.RoundRobin, nil, servers(brokerAddrs(brokers)...)...), passwordVerifier{})
 	n := 1000
 	ids, connects := deviceConnects(t, "rr", n)
-	connectAll(t, addr, connects)
+	proxytest.VisitAll(t, addr, connects)
 
-	where := whereConnected(t, brokers, nil)
+	where := proxytest.WhereConnected(t, brokers, nil)
 	counts := make([]int, len(brokers))
 	for _, id := range ids {
 		if len(where[id]) != 1 {
@@ -240,11 +143,11 @@ func TestPoolClientIDAffinity(t *testing.T) {
 	_, second, _ := startPools(t, cfg, passwordVerifier{})
 	n := 600
 	ids, connects := deviceConnects(t, "aff", n)
-	connectAll(t, first, connects)
-	connectAll(t, second, connects)
-	connectAll(t, first, connects)
+	proxytest.VisitAll(t, first, connects)
+	proxytest.VisitAll(t, second, connects)
+	proxytest.VisitAll(t, first, connects)
 
-	where := whereConnected(t, brokers, nil)
+	where := proxytest.WhereConnected(t, brokers, nil)
 	counts := make([]int, len(brokers))
 	for _, id := range ids {
 		if len(where[id]) != 1 {
@@ -271,8 +174,8 @@ func TestPoolFailover(t *testing.T) {
 	check := &upstream.HealthCheck{Interval: 200 * time.Millisecond, Timeout: 200 * time.Millisecond, Fall: 2, Rise: 2}
 	p, addr, logs := startPools(t, defaultPool(upstream.ClientID, check, servers(brokerAddrs(brokers)...)...), passwordVerifier{})
 	ids, connects := deviceConnects(t, "fo", 300)
-	connectAll(t, addr, connects)
-	before := whereConnected(t, brokers, nil)
+	proxytest.VisitAll(t, addr, connects)
+	before := proxytest.WhereConnected(t, brokers, nil)
 	const killed = 1
 	var lost []string // the killed broker's devices
 	for _, id := range ids {
@@ -283,7 +186,7 @@ func TestPoolFailover(t *testing.T) {
 	if len(lost) == 0 {
 		t.Fatal("the broker to kill has no device")
 	}
-	sinceKill := logLengths(t, brokers)
+	sinceKill := proxytest.ClientCounts(t, brokers)
 
 	type visit struct {
 		afterDown bool
@@ -291,12 +194,12 @@ func TestPoolFailover(t *testing.T) {
 		err       error
 	}
 	var (
-		mu       sync.Mutex
-		visits   []visit
-		down     atomic.Bool
-		afterDwn = make([]atomic.Int32, len(ids)) // visits begun after the mark
-		stop     = make(chan struct{})
-		wg       sync.WaitGroup
+		mu        sync.Mutex
+		visits    []visit
+		down      atomic.Bool
+		afterMark = make([]atomic.Int32, len(ids)) // visits begun after the mark
+		stop      = make(chan struct{})
+		wg        sync.WaitGroup
 	)
 	for w := range 16 {
 		wg.Go(func() {
@@ -308,12 +211,12 @@ func TestPoolFailover(t *testing.T) {
 					default:
 					}
 					afterDown := down.Load()
-					code, err := connectOnce(addr, connects[i])
+					code, err := proxytest.Visit(addr, connects[i])
 					mu.Lock()
 					visits = append(visits, visit{afterDown, code, err})
 					mu.Unlock()
 					if afterDown {
-						afterDwn[i].Add(1)
+						afterMark[i].Add(1)
 					}
 				}
 			}
@@ -323,8 +226,8 @@ func TestPoolFailover(t *testing.T) {
 	waitLog(t, logs, "upstream server marked down", zap.String("server", brokers[killed].Addr))
 	down.Store(true)
 	waitFor(t, func() bool {
-		for i := range afterDwn {
-			if afterDwn[i].Load() < 2 {
+		for i := range afterMark {
+			if afterMark[i].Load() < 2 {
 				return false
 			}
 		}
@@ -350,7 +253,7 @@ func TestPoolFailover(t *testing.T) {
 
 	alive := slices.Clone(brokers)
 	alive[killed] = nil
-	after := whereConnected(t, alive, sinceKill)
+	after := proxytest.WhereConnected(t, alive, sinceKill)
 	for _, id := range ids {
 		switch got := after[id]; {
 		case len(got) != 1:
@@ -373,20 +276,20 @@ func TestPoolReloadAddsServer(t *testing.T) {
 	p, addr, _ := startPools(t, defaultPool(upstream.ClientID, nil, servers(addrs[:3]...)...), passwordVerifier{})
 	n := 1000
 	ids, connects := deviceConnects(t, "add", n)
-	connectAll(t, addr, connects)
-	before := whereConnected(t, brokers, nil)
-	held, code, err := openSession(addr, connectAs(t, packets.ProtocolV311, "held", "good"))
+	proxytest.VisitAll(t, addr, connects)
+	before := proxytest.WhereConnected(t, brokers, nil)
+	held, code, err := proxytest.OpenSession(addr, connectAs(t, packets.ProtocolV311, "held", "good"))
 	if err != nil || code != 0 {
 		t.Fatalf("the held session: CONNACK %d, %v", code, err)
 	}
 	defer held.Close()
-	since := logLengths(t, brokers)
+	since := proxytest.ClientCounts(t, brokers)
 
 	if err := p.UpdateUpstreams(defaultPool(upstream.ClientID, nil, servers(addrs...)...), time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	connectAll(t, addr, connects)
-	after := whereConnected(t, brokers, since)
+	proxytest.VisitAll(t, addr, connects)
+	after := proxytest.WhereConnected(t, brokers, since)
 	moved := 0
 	for _, id := range ids {
 		if len(after[id]) != 1 {
@@ -434,15 +337,15 @@ func TestPoolReloadDrainsRemovedServer(t *testing.T) {
 	ids, connects := deviceConnects(t, "drain", 4)
 	sessions := map[string]net.Conn{}
 	for i, id := range ids {
-		c, code, err := openSession(addr, connects[i])
+		c, code, err := proxytest.OpenSession(addr, connects[i])
 		if err != nil || code != 0 {
 			t.Fatalf("%s: CONNACK %d, %v", id, code, err)
 		}
 		defer c.Close()
 		sessions[id] = c
 	}
-	where := whereConnected(t, brokers, nil)
-	since := logLengths(t, brokers)
+	where := proxytest.WhereConnected(t, brokers, nil)
+	since := proxytest.ClientCounts(t, brokers)
 	var onRemoved string // a device on the broker to remove
 	for _, id := range ids {
 		if where[id][0] == 1 {
@@ -477,8 +380,8 @@ func TestPoolReloadDrainsRemovedServer(t *testing.T) {
 	}
 
 	_, more := deviceConnects(t, "after", 4)
-	connectAll(t, addr, more)
-	if got := whereConnected(t, brokers, since); len(got) != 4 {
+	proxytest.VisitAll(t, addr, more)
+	if got := proxytest.WhereConnected(t, brokers, since); len(got) != 4 {
 		t.Errorf("after the reload, clients reached %v, want the 4 new ones at broker 0", got)
 	} else {
 		for id, at := range got {
@@ -534,7 +437,7 @@ func TestPoolRoutesByClaims(t *testing.T) {
 	for i := range acmeConnects {
 		all = append(all, acmeConnects[i], globexConnects[i])
 	}
-	connectAll(t, addr, all)
+	proxytest.VisitAll(t, addr, all)
 
 	for version, want := range map[byte][]byte{
 		packets.ProtocolV311: {0x20, 0x02, 0x00, 0x05},
@@ -658,7 +561,7 @@ func TestPoolServerSettings(t *testing.T) {
 	// relay.
 	var clients []net.Conn
 	for i := range 3 {
-		c, code, err := openSession(addr, connectAs(t, packets.ProtocolV311, fmt.Sprintf("set-%d", i), "good"))
+		c, code, err := proxytest.OpenSession(addr, connectAs(t, packets.ProtocolV311, fmt.Sprintf("set-%d", i), "good"))
 		if err != nil || code != 0 {
 			t.Fatalf("client %d: CONNACK %d, %v", i, code, err)
 		}
