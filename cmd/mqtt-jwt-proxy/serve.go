@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -71,9 +73,6 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if len(cfg.Upstream.Servers) > 0 || len(cfg.Upstreams) > 0 || len(cfg.Routes) > 0 {
-		return fmt.Errorf("config %s: upstream.servers, upstreams and routes: this version checks them but serves a single upstream.address only", path)
-	}
 	if len(cfg.Authorization.Rules) > 0 || cfg.Authorization.NoMatch == configs.PermissionDeny || cfg.Authorization.DenyAction != "" {
 		return fmt.Errorf("config %s: authorization: this version checks the rules but does not enforce them yet", path)
 	}
@@ -132,25 +131,31 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer func() { chain.Close() }() // the chain in force at exit, after reloads
 
-	upstream := cfg.Upstream.Address
-	if upstream == configs.EmbeddedAddress {
+	// The embedded broker's address stands for "embedded" in this
+	// configuration and the reloaded ones; empty when none runs.
+	var embeddedAddr string
+	if cfg.Upstream.Address == configs.EmbeddedAddress {
 		b, err := embedded.Start(slog.New(zapslog.NewHandler(brokerLogCore(logger))))
 		if err != nil {
 			return err
 		}
 		defer b.Close()
-		upstream = b.Addr()
-		logger.Info("embedded broker started; it is for trying things out, not for production", zap.String("address", upstream))
+		embeddedAddr = b.Addr()
+		logger.Info("embedded broker started; it is for trying things out, not for production", zap.String("address", embeddedAddr))
 	}
-
-	p.Upstream = upstream
-	p.Verifier = chain
-	p.Forward = forward
-	p.DialTimeout = cfg.Upstream.DialTimeout.Or(0)
-	p.Limits = proxyLimits(cfg)
-	if err := upstreamTransport(cfg.Upstream, upstream, p); err != nil {
+	pools, err := upstreamsConfig(cfg, embeddedAddr)
+	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
+	// The health checks start now; the proxy stops them when it stops.
+	if p.Upstreams, err = proxy.NewUpstreams(pools, logger); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	logPools(pools, logger)
+
+	p.Verifier = chain
+	p.Forward = forward
+	p.Limits = proxyLimits(cfg)
 	// The chain and the revocation list in force, for the admin endpoint.
 	var chains atomic.Pointer[authn.Chain]
 	var lists atomic.Pointer[revocation.List]
@@ -163,7 +168,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	errc := make(chan error, len(listeners))
 	for i, ln := range listeners {
 		name := cfg.Listeners[i].Name
-		logger.Info("listening", zap.String("listener", name), zap.String("address", ln.Addr().String()), zap.String("upstream", upstream))
+		logger.Info("listening", zap.String("listener", name), zap.String("address", ln.Addr().String()))
 		go func() { errc <- p.Serve(ln, name) }()
 	}
 
@@ -176,7 +181,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		select {
 		case <-hup:
 			certs.reload(logger)
-			if next, nextChain, nextList, retired, err := reload(src, cfg, chain, list, p, logger); err != nil {
+			if next, nextChain, nextList, retired, err := reload(src, cfg, chain, list, embeddedAddr, p, logger); err != nil {
 				logger.Error("reload rejected; the running configuration stays in force", zap.String("config", path), zap.Error(err))
 			} else {
 				// Connections accepted before the reload are decided by
@@ -225,25 +230,35 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	return serveErr
 }
 
-// restartOnly are the sections read once, at start: sockets, the upstream,
-// the logger and the relay engine are not rebuilt by a reload.
-var restartOnly = map[string]bool{"listeners": true, "upstream": true, "upstreams": true, "routes": true, "metrics": true, "log": true, "tuning": true}
+// restartOnly are the sections read once, at start: sockets, the logger
+// and the relay engine are not rebuilt by a reload.
+var restartOnly = map[string]bool{"listeners": true, "metrics": true, "log": true, "tuning": true}
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
-// the revocation list, limits, forward and the drain timeout. Listeners,
-// the upstream, the metrics endpoint and the log stay as they started; a
+// the revocation list, limits, forward, the upstream pools and routes,
+// and the drain timeout. A server the reload removes is drained: its
+// connections have the new drain timeout to end, then are closed.
+// Listeners, the metrics endpoint and the log stay as they started; a
 // change there is logged, key by key, and needs a restart. Nothing
 // changes when the new file is invalid. retired is closed once
 // runningChain and runningList are no longer used (see
-// proxy.Proxy.Reload).
-func reload(src configSource, running *configs.File, runningChain *authn.Chain, runningList *revocation.List, p *proxy.Proxy, logger *zap.Logger) (_ *configs.File, _ *authn.Chain, _ *revocation.List, retired <-chan struct{}, _ error) {
+// proxy.Proxy.Reload). embedded is the embedded broker's address, empty
+// when none runs.
+func reload(src configSource, running *configs.File, runningChain *authn.Chain, runningList *revocation.List, embedded string, p *proxy.Proxy, logger *zap.Logger) (_ *configs.File, _ *authn.Chain, _ *revocation.List, retired <-chan struct{}, _ error) {
 	path := src.path
 	cfg, err := src.load()
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
 	forward, err := proxy.NewForward(cfg.Forward)
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if cfg.Upstream.Address == configs.EmbeddedAddress && embedded == "" {
+		return nil, nil, nil, nil, fmt.Errorf("config %s: upstream.address: the embedded broker starts with the proxy only; restart to use it", path)
+	}
+	pools, err := upstreamsConfig(cfg, embedded)
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -270,15 +285,37 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 			needRestart = append(needRestart, key)
 		}
 	}
+	// The one step left that may fail (the pools are validated again, and
+	// a proxy that is stopping refuses): nothing is applied before it.
+	if err := p.UpdateUpstreams(pools, cfg.Shutdown.DrainTimeout.Or(configs.DefaultDrainTimeout)); err != nil {
+		chain.Close()
+		if list != runningList {
+			list.Close()
+		}
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	logPools(pools, logger)
 	if len(needRestart) > 0 {
 		logger.Warn("these changes take effect at the next restart; the rest is reloaded", zap.Strings("keys", needRestart))
-		cfg.Listeners, cfg.Upstream, cfg.Upstreams, cfg.Routes, cfg.Metrics, cfg.Log, cfg.Tuning =
-			running.Listeners, running.Upstream, running.Upstreams, running.Routes, running.Metrics, running.Log, running.Tuning
+		cfg.Listeners, cfg.Metrics, cfg.Log, cfg.Tuning = running.Listeners, running.Metrics, running.Log, running.Tuning
 	}
 	retired = p.Reload(chain, proxyLimits(cfg), forward)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
 	logWarnings(cfg, logger)
 	return cfg, chain, list, retired, nil
+}
+
+// logPools logs each pool of cfg: its servers and balance.
+func logPools(cfg proxy.UpstreamsConfig, logger *zap.Logger) {
+	for _, name := range slices.Sorted(maps.Keys(cfg.Pools)) {
+		pc := cfg.Pools[name]
+		servers := make([]string, len(pc.Servers))
+		for i, s := range pc.Servers {
+			servers[i] = s.Address
+		}
+		logger.Info("upstream pool", zap.String("pool", name), zap.Strings("servers", servers),
+			zap.String("balance", string(pc.Balance)), zap.Bool("health_check", pc.HealthCheck != nil))
+	}
 }
 
 // newRevocation builds the revocation list of cfg's revocation section, or
