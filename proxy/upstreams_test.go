@@ -678,3 +678,51 @@ func TestPoolDialEndedFromOutside(t *testing.T) {
 	}
 	waitIdle(t, p)
 }
+
+// TestPoolReloadReweights: a reload that changes the servers' weights
+// shares the next clients out by the new weights, and the sessions
+// established before it go on with their servers.
+func TestPoolReloadReweights(t *testing.T) {
+	proxytest.RequireMosquitto(t)
+	proxytest.VerifyNoLeaks(t)
+	brokers := startBrokers(t, 2)
+	addrs := brokerAddrs(brokers)
+	p, addr, _ := startPools(t, defaultPool(upstream.RoundRobin, nil, servers(addrs...)...), passwordVerifier{})
+	_, connects := deviceConnects(t, "held", 2)
+	var held []net.Conn
+	for i := range connects {
+		c, code, err := proxytest.OpenSession(addr, connects[i])
+		if err != nil || code != 0 {
+			t.Fatalf("held %d: CONNACK %d, %v", i, code, err)
+		}
+		defer c.Close()
+		held = append(held, c)
+	}
+	if where := proxytest.WhereConnected(t, brokers, nil); !slices.Equal(where["held-0"], []int{0}) || !slices.Equal(where["held-1"], []int{1}) {
+		t.Fatalf("the held sessions are at %v, want one at each broker", where)
+	}
+	since := proxytest.ClientCounts(t, brokers)
+
+	reweighted := servers(addrs...)
+	reweighted[0].Weight = 3
+	if err := p.UpdateUpstreams(defaultPool(upstream.RoundRobin, nil, reweighted...), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	_, more := deviceConnects(t, "after", 40)
+	proxytest.VisitAll(t, addr, more)
+	counts := [2]int{}
+	for _, at := range proxytest.WhereConnected(t, brokers, since) {
+		counts[at[0]]++
+	}
+	if counts != [2]int{30, 10} {
+		t.Errorf("40 clients after the reweighting went %v, want [30 10] (weights 3 and 1)", counts)
+	}
+	for _, c := range held {
+		expectPong(t, c)
+	}
+	for _, st := range p.Upstreams.Status(nil) {
+		if st.Active < 1 {
+			t.Errorf("%s holds %d connections after the reload, want its held session still counted", st.Address, st.Active)
+		}
+	}
+}
