@@ -96,7 +96,9 @@ func (p *Proxy) joinServerLocked(s *session, server *upstream.Backend[ServerSett
 }
 
 // leaveServerLocked forgets s, which has ended, among its server's
-// sessions, and lets go of the server. p.mu is held.
+// sessions, and lets go of the server. The set of a server that stays is
+// kept, empty, for its next sessions; a removed server's goes with its
+// last session. p.mu is held.
 func (p *Proxy) leaveServerLocked(s *session) {
 	server := s.server
 	if server == nil {
@@ -106,12 +108,18 @@ func (p *Proxy) leaveServerLocked(s *session) {
 	server.Release()
 	set := p.servers[server]
 	delete(set.sessions, s)
-	if len(set.sessions) == 0 {
-		if set.drain != nil {
-			set.drain.Stop()
-		}
-		delete(p.servers, server)
+	if len(set.sessions) == 0 && isRemoved(server) {
+		p.forgetServerLocked(server, set)
 	}
+}
+
+// forgetServerLocked forgets server, removed, and its set, now empty.
+// p.mu is held.
+func (p *Proxy) forgetServerLocked(server *upstream.Backend[ServerSettings], set *serverSessions) {
+	if set.drain != nil {
+		set.drain.Stop()
+	}
+	delete(p.servers, server)
 }
 
 // UpdateUpstreams applies cfg to Upstreams, as a reload does (see
@@ -130,7 +138,11 @@ func (p *Proxy) UpdateUpstreams(cfg UpstreamsConfig, drain time.Duration) error 
 	defer p.mu.Unlock()
 	p.serverDrain = drain
 	for server, set := range p.servers {
-		if isRemoved(server) {
+		switch {
+		case !isRemoved(server):
+		case len(set.sessions) == 0:
+			p.forgetServerLocked(server, set)
+		default:
 			p.drainLocked(server, set)
 		}
 	}

@@ -394,6 +394,45 @@ func TestPoolReloadDrainsRemovedServer(t *testing.T) {
 		st := p.Upstreams.Status(nil)
 		return len(st) == 1 && st[0].Address == addrs[0] && st[0].Active == 2
 	})
+	// The removed server is forgotten with its last session.
+	if held, want := serversHeld(p), []string{addrs[0] + " (2 sessions)"}; !slices.Equal(held, want) {
+		t.Errorf("the proxy holds the sessions of %v, want %v", held, want)
+	}
+}
+
+// serversHeld lists the servers the proxy keeps the sessions of, each
+// with how many it has.
+func serversHeld(p *Proxy) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var held []string
+	for server, set := range p.servers {
+		held = append(held, fmt.Sprintf("%s (%d sessions)", server.Server().Address, len(set.sessions)))
+	}
+	return held
+}
+
+// TestPoolReloadForgetsIdleServer: a server that a reload removes when
+// none of its sessions is left has nothing to drain and is forgotten at
+// once; the server kept keeps its (empty) set for its next sessions.
+func TestPoolReloadForgetsIdleServer(t *testing.T) {
+	proxytest.RequireMosquitto(t)
+	proxytest.VerifyNoLeaks(t)
+	brokers := startBrokers(t, 2)
+	addrs := brokerAddrs(brokers)
+	p, addr, logs := startPools(t, defaultPool(upstream.RoundRobin, nil, servers(addrs...)...), passwordVerifier{})
+	_, connects := deviceConnects(t, "idle", 2)
+	proxytest.VisitAll(t, addr, connects) // one visit to each server, by the turns
+	waitIdle(t, p)
+	if err := p.UpdateUpstreams(defaultPool(upstream.RoundRobin, nil, servers(addrs[0])...), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if held, want := serversHeld(p), []string{addrs[0] + " (0 sessions)"}; !slices.Equal(held, want) {
+		t.Errorf("after the reload the proxy holds the sessions of %v, want %v", held, want)
+	}
+	if n := logs.FilterMessage("upstream server removed; draining its connections").Len(); n != 0 {
+		t.Errorf("%d drains logged for a server without connections, want none", n)
+	}
 }
 
 // claimVerifier accepts the password "good" with the claim tenant taken
