@@ -508,7 +508,8 @@ func TestPoolRoutesByClaims(t *testing.T) {
 
 // TestPoolNoServerUp: a client is refused with 0x88 / 3 when every server
 // of its pool fails its dial, each failure counted against its server,
-// and at once, without a dial, when the health checks have them all down.
+// and at once, without a dial, when the health checks have them all down:
+// brokers never there, or mosquitto brokers killed, until one is back.
 func TestPoolNoServerUp(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	closed := []string{proxytest.ClosedAddr(t), proxytest.ClosedAddr(t)}
@@ -548,6 +549,27 @@ func TestPoolNoServerUp(t *testing.T) {
 				t.Errorf("%s: %d dials, want none while it is down", st.Address, st.Dials)
 			}
 		}
+	})
+	t.Run("every broker killed", func(t *testing.T) {
+		proxytest.RequireMosquitto(t)
+		brokers := startBrokers(t, 2)
+		check := &upstream.HealthCheck{Interval: 100 * time.Millisecond, Timeout: 10 * time.Second, Fall: 1, Rise: 1}
+		p, addr, _ := startPools(t, defaultPool(upstream.ClientID, check, servers(brokerAddrs(brokers)...)...), passwordVerifier{})
+		connect := connectAs(t, packets.ProtocolV311, "survivor", "good")
+		if code, err := proxytest.Visit(addr, connect); code != 0 || err != nil {
+			t.Fatalf("with the brokers up: CONNACK %d, %v", code, err)
+		}
+		for _, b := range brokers {
+			b.Kill()
+		}
+		waitFor(t, func() bool { return p.Upstreams.Ready() != nil })
+		refused(t, addr)
+		brokers[1].Restart(t)
+		waitFor(t, func() bool { return p.Upstreams.Ready() == nil })
+		if code, err := proxytest.Visit(addr, connect); code != 0 || err != nil {
+			t.Errorf("with a broker back: CONNACK %d, %v; want 0", code, err)
+		}
+		brokers[1].WaitForClient(t, "survivor", proxytest.DefaultTimeout)
 	})
 }
 
