@@ -23,8 +23,9 @@ import (
 var errSessionEnded = errors.New("proxy: connection closed while connecting to the broker")
 
 // maxCandidates is how many servers of a pool a client's dial ranks
-// without allocating; a larger pool costs the dial one allocation.
-const maxCandidates = 8
+// without allocating, as many as Pick ranks without allocating; a larger
+// pool costs the dial allocations.
+const maxCandidates = 16
 
 // connectUpstream dials a's broker, sends it the PROXY header the server
 // takes and first (the CONNECT and what the client sent after it), calls
