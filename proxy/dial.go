@@ -29,10 +29,11 @@ const maxCandidates = 16
 
 // connectUpstream dials a's broker, sends it the PROXY header the server
 // takes and first (the CONNECT and what the client sent after it), calls
-// through, and hands client, c's bare connection, and the broker's
+// through with the pool's server it reached (nil without a pool), and
+// hands client, c's bare connection, and the broker's
 // connection to the engine, which calls done once both directions have
 // ended. On an error only the client is left open.
-func (p *Proxy) connectUpstream(s *session, c, client net.Conn, a *accepted, first []byte, log *connLog, through func(), done func(fromClient, toClient int64)) error {
+func (p *Proxy) connectUpstream(s *session, c, client net.Conn, a *accepted, first []byte, log *connLog, through func(server *upstream.Backend[ServerSettings]), done func(fromClient, toClient int64)) error {
 	e := p.relayEngine()
 	if e == nil {
 		return errSessionEnded
@@ -41,7 +42,7 @@ func (p *Proxy) connectUpstream(s *session, c, client net.Conn, a *accepted, fir
 	if err != nil {
 		return err
 	}
-	through()
+	through(server)
 	// Under p.mu, so that terminate either finds the link or has marked
 	// the session first. Close aborts every session it finds, and eviction
 	// marks it too, so s.aborted covers them; a Shutdown under way lets

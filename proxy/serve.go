@@ -10,6 +10,7 @@ import (
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // serveConn starts serving one client connection: the transport's
@@ -90,7 +91,7 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	}
 	s.open = conn
 	through := false // the broker has the CONNECT
-	err := p.connectUpstream(s, c, bare, &a, append(a.upstreamConnect, ahead...), log, func() {
+	err := p.connectUpstream(s, c, bare, &a, append(a.upstreamConnect, ahead...), log, func(server *upstream.Backend[ServerSettings]) {
 		through = true
 		p.Metrics.outcome("accepted", "")
 		log.Info("authentication accepted",
@@ -99,6 +100,8 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 			zap.String("sub", a.id.Subject),
 			expiryField(a.id.Expiry),
 			bridgeField(pk.Bridge),
+			poolField(a.pool),
+			serverField(server),
 		)
 	}, func(fromClient, toClient int64) {
 		p.ended(s, conn, fromClient, toClient)

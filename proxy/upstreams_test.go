@@ -452,7 +452,8 @@ func (claimVerifier) Verify(_ context.Context, req authn.Request) (authn.Identit
 }
 
 // TestPoolRoutesByClaims: two tenants' devices, routed by their tenant
-// claim, each reach their tenant's broker only; without a default pool, a
+// claim, each reach their tenant's broker only, and the accepting line
+// names the pool and server; without a default pool, a
 // device no route takes is refused with 0x87 / 5 (no_route) and reaches
 // no broker.
 func TestPoolRoutesByClaims(t *testing.T) {
@@ -489,6 +490,8 @@ func TestPoolRoutesByClaims(t *testing.T) {
 		}
 	}
 	waitLog(t, logs, "connect rejected", zap.String("client_id", "none-1"), zap.String("reason", reasonNoRoute))
+	waitLog(t, logs, "authentication accepted", zap.String("client_id", "acme-0"), zap.String("pool", "acme"), zap.String("server", acme.Addr))
+	waitLog(t, logs, "authentication accepted", zap.String("client_id", "globex-0"), zap.String("pool", "globex"), zap.String("server", globex.Addr))
 
 	for _, b := range []struct {
 		name   string
