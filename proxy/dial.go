@@ -94,10 +94,11 @@ func (p *Proxy) dialUpstream(e engine.Engine, s *session, c net.Conn, a *accepte
 
 // dialPool dials the servers a's pool picks for the client, in turn, until
 // one takes the connection or the pool's dial timeout, from start, has
-// passed; each failure is reported to its server (Backend.Dialed), which
-// counts it as a failed health check. The client's own connection c is
-// only read from, for its PROXY header. A session ended from outside
-// stops the tries.
+// passed; a server that does not answer has at most half the time left
+// (see tryDeadline). Each failure is reported to its server
+// (Backend.Dialed), which counts it as a failed health check. The
+// client's own connection c is only read from, for its PROXY header. A
+// session ended from outside stops the tries.
 func (p *Proxy) dialPool(e engine.Engine, s *session, c net.Conn, a *accepted, first []byte, start time.Time, log *connLog) (net.Conn, *upstream.Backend[ServerSettings], error) {
 	var buf [maxCandidates]*upstream.Backend[ServerSettings]
 	candidates, err := a.pool.Pick(a.clientID, buf[:0])
@@ -125,7 +126,7 @@ func (p *Proxy) dialPool(e engine.Engine, s *session, c net.Conn, a *accepted, f
 		}
 		b.Acquire()
 		began := time.Now()
-		up, err := dialServer(e, server.Address, server.Settings.TLS, headers[v], first, deadline)
+		up, err := dialServer(e, server.Address, server.Settings.TLS, headers[v], first, tryDeadline(began, deadline, len(candidates)-i))
 		b.Dialed(time.Since(began), err)
 		if err == nil {
 			return up, b, nil
@@ -138,6 +139,20 @@ func (p *Proxy) dialPool(e engine.Engine, s *session, c net.Conn, a *accepted, f
 		}
 	}
 	return nil, nil, errors.Join(errs...)
+}
+
+// tryDeadline is when the dial of a server begun at now gives up, with
+// left servers to try, this one included, before deadline: the last
+// has all the time left, the others half of it each, so that a server
+// that does not answer (a host down drops the SYN; a broker hung in its
+// TLS handshake) leaves time for the next rather than taking the client's
+// whole dial timeout, while the first, the one the balance chose, has
+// the most.
+func tryDeadline(now, deadline time.Time, left int) time.Time {
+	if left <= 1 {
+		return deadline
+	}
+	return now.Add(deadline.Sub(now) / 2)
 }
 
 // sessionEnded reports whether s was ended from outside (Close,

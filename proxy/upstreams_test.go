@@ -701,6 +701,38 @@ func TestPoolHealthCheckDialsAsClients(t *testing.T) {
 	})
 }
 
+// TestPoolFailoverFromHungServer: a server that takes the TCP connection
+// and then never answers (its TLS handshake hangs) has half the client's
+// dial timeout; the client is passed on to the next server within that
+// timeout and accepted, and the hung server is charged the failure.
+func TestPoolFailoverFromHungServer(t *testing.T) {
+	proxytest.RequireMosquitto(t)
+	proxytest.VerifyNoLeaks(t)
+	broker := proxytest.StartMosquitto(t)
+	hung := startBroker(t, func(c net.Conn) { io.Copy(io.Discard, c) }) // until the proxy gives up and closes
+	cfg := defaultPool(upstream.RoundRobin, nil,
+		upstream.Server[ServerSettings]{Address: hung, Weight: 1, Settings: ServerSettings{TLS: &tls.Config{ServerName: "127.0.0.1"}}},
+		upstream.Server[ServerSettings]{Address: broker.Addr, Weight: 1},
+	)
+	pc := cfg.Pools[upstream.DefaultPool]
+	pc.DialTimeout = 4 * time.Second // the first try has 2 s, under -race on a loaded machine too
+	cfg.Pools[upstream.DefaultPool] = pc
+	p, addr, logs := startPools(t, cfg, passwordVerifier{})
+	c, code, err := proxytest.OpenSession(addr, connectAs(t, packets.ProtocolV311, "patient", "good"))
+	if err != nil || code != 0 {
+		t.Fatalf("a client whose first server hangs: CONNACK %d, %v; want 0 from the next", code, err)
+	}
+	defer c.Close()
+	expectPong(t, c)
+	broker.WaitForClient(t, "patient", proxytest.DefaultTimeout)
+	waitLog(t, logs, "upstream server failed; trying the next", zap.String("server", hung), zap.String("client_id", "patient"))
+	for _, st := range p.Upstreams.Status(nil) {
+		if want := map[bool]uint64{true: 1}[st.Address == hung]; st.DialFailures != want {
+			t.Errorf("%s: %d dial failures, want %d", st.Address, st.DialFailures, want)
+		}
+	}
+}
+
 // expiringVerifier accepts "good" with a session that must end after
 // ttl.
 type expiringVerifier struct{ ttl time.Duration }
