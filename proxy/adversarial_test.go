@@ -738,7 +738,7 @@ func TestPendingConnectBytesFlood(t *testing.T) {
 	o := startObserved(t, &Proxy{Upstream: broker.Addr, Verifier: jwtChain(t, boundHS256),
 		Limits: Limits{MaxPendingConnectBytes: budget, ConnectTimeout: time.Minute}})
 	legitToken := mint(t, e2eSecret, "legit", nil)
-	exchange(t, o.addr, "legit", legitToken) // starts the relay's watchers
+	exchange(t, o.addr, "legit", legitToken) // starts the relay engine
 	base := measure(t)
 
 	first := slices.Concat(fixedHeader(1_000_000), []byte("\x00\x04MQTT\x05\xc2\x00\x3c"))

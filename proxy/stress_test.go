@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -80,7 +81,7 @@ func drawStressScript(seed uint64, session, streamingFrom int) stressScript {
 	case session < 0:
 		return stressScript{kind: stressStalled}
 	case session >= streamingFrom:
-		return stressScript{kind: stressStreaming, toBroker: 1 << 40, toClient: 1 << 40, chunk: 4 << 10}
+		return stressScript{kind: stressStreaming, toBroker: math.MaxInt, toClient: math.MaxInt, chunk: 4 << 10}
 	}
 	r := rand.New(rand.NewPCG(seed, uint64(session)))
 	s := stressScript{kind: stressKind(r.IntN(int(stressKinds))), chunk: 1 + r.IntN(32<<10)}

@@ -587,7 +587,7 @@ func tlsServer(t *testing.T, pki *testPKI, serve func(net.Conn)) string {
 		t.Fatal(err)
 	}
 	config := &tls.Config{Certificates: []tls.Certificate{cert}}
-	return startBroker(t, func(c net.Conn) {
+	return proxytest.ServeTCP(t, func(c net.Conn) {
 		tc := tls.Server(c, config)
 		tc.SetDeadline(time.Now().Add(30 * time.Second))
 		if tc.Handshake() != nil {
@@ -668,7 +668,7 @@ func TestPoolHealthCheckDialsAsClients(t *testing.T) {
 	})
 	untrusted := tlsServer(t, other, func(net.Conn) {})
 	headers := make(chan *proxyproto.Header, 100)
-	v2 := startBroker(t, func(c net.Conn) {
+	v2 := proxytest.ServeTCP(t, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(30 * time.Second))
 		if h, err := proxyproto.Read(bufio.NewReader(c)); err == nil {
 			select {
@@ -709,7 +709,7 @@ func TestPoolFailoverFromHungServer(t *testing.T) {
 	proxytest.RequireMosquitto(t)
 	proxytest.VerifyNoLeaks(t)
 	broker := proxytest.StartMosquitto(t)
-	hung := startBroker(t, func(c net.Conn) { io.Copy(io.Discard, c) }) // until the proxy gives up and closes
+	hung := proxytest.ServeTCP(t, func(c net.Conn) { io.Copy(io.Discard, c) }) // until the proxy gives up and closes
 	cfg := defaultPool(upstream.RoundRobin, nil,
 		upstream.Server[ServerSettings]{Address: hung, Weight: 1, Settings: ServerSettings{TLS: &tls.Config{ServerName: "127.0.0.1"}}},
 		upstream.Server[ServerSettings]{Address: broker.Addr, Weight: 1},
@@ -751,7 +751,7 @@ func TestPoolDialEndedFromOutside(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	accepted := make(chan net.Conn, 1)
 	release := make(chan struct{})
-	stalling := startBroker(t, func(c net.Conn) { // takes the TCP connection, then no TLS
+	stalling := proxytest.ServeTCP(t, func(c net.Conn) { // takes the TCP connection, then no TLS
 		accepted <- c
 		<-release
 	})

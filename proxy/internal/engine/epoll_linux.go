@@ -111,9 +111,19 @@ func (e *epoll) Join(client, upstream net.Conn, o Options) Link {
 		go o.Done(0, 0)
 		return endedLink{}
 	}
-	l := newEpollLink(e.ws.pick(), cfd, ufd, o)
+	l := newEpollLink(e.watcherFor(upstream), cfd, ufd, o)
 	l.start()
 	return l
+}
+
+// watcherFor is the watcher a link of upstream joins: the one its socket
+// was dialed on, if the engine dialed it (which spreads links over the
+// watchers as dials come, one pick per link), else the next.
+func (e *epoll) watcherFor(upstream net.Conn) *watcher {
+	if c, ok := upstream.(*fdConn); ok {
+		return c.w
+	}
+	return e.ws.pick()
 }
 
 // Close stops the watchers; every link must have ended.
