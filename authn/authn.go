@@ -127,19 +127,25 @@ type Identity struct {
 	// exp. Without the leeway, a token accepted just past its exp would be
 	// cut off as soon as it was let in.
 	DisconnectAt time.Time
-	// Claims holds every claim. Numbers are json.Number, so that large
-	// integers keep their precision; objects are map[string]any and
-	// arrays []any. The map is shared by every connection with the same
-	// token: read it, never change it.
+	// ACLClaim names the claim that carries the token's topic rules: the
+	// acl.claim of the authenticator that accepted; empty means acl.
+	ACLClaim string
+	// Claims holds every claim; nil for a client that a certificate
+	// authenticator accepted, which carries no token. Numbers are
+	// json.Number, so that large integers keep their precision; objects
+	// are map[string]any and arrays []any. The map is shared by every
+	// connection with the same token: read it, never change it.
 	Claims map[string]any
 }
 
 // RevocationToken is what a revocation list checks of the client that
 // presented the token id stands for, with clientID the CONNECT's client
 // identifier: the proxy checks its sessions with it when a new list
-// arrives (revocation.List.Matches).
-func (id Identity) RevocationToken(clientID string) revocation.Token {
-	return revocation.Token{ID: id.TokenID, Subject: id.Subject, ClientID: clientID, IssuedAt: id.IssuedAt}
+// arrives (revocation.List.Matches). It reports false for a client that
+// a certificate authenticator accepted: it carries no token, and no list
+// applies to it, as none applied when it connected.
+func (id Identity) RevocationToken(clientID string) (revocation.Token, bool) {
+	return revocation.Token{ID: id.TokenID, Subject: id.Subject, ClientID: clientID, IssuedAt: id.IssuedAt}, id.Claims != nil
 }
 
 // Verifier decides on one client. *Chain implements it.
@@ -150,6 +156,16 @@ type Verifier interface {
 }
 
 var _ Verifier = (*Chain)(nil)
+
+// Reauthenticator is a Verifier that also decides on the MQTT 5
+// re-authentications of the sessions it accepted under an Authentication
+// Method (see Chain.Reauthenticate). *Chain implements it.
+type Reauthenticator interface {
+	Verifier
+	Reauthenticate(ctx context.Context, first Identity, req Request) (Identity, error)
+}
+
+var _ Reauthenticator = (*Chain)(nil)
 
 // The outcomes of one Step.
 const (
@@ -368,6 +384,7 @@ func (c *Chain) Close() {
 // authenticator is one link of the chain.
 type authenticator struct {
 	name               string
+	aclClaim           string // acl.claim
 	from               string // "password" or "username"
 	authMethod         string // the Authentication Method it takes tokens under
 	sameSubject        bool   // reauth.same_subject
@@ -402,7 +419,7 @@ func newAuthenticator(cfg configs.Authenticator, o *options) (*authenticator, er
 	if cfg.Mechanism != "jwt" {
 		return nil, fmt.Errorf("mechanism: %q is not one of jwt, certificate", cfg.Mechanism)
 	}
-	a := &authenticator{name: cfg.Name, from: cfg.From, authMethod: cfg.AuthMethod, now: o.now, revocation: o.revocation,
+	a := &authenticator{name: cfg.Name, aclClaim: cfg.ACL.Claim, from: cfg.From, authMethod: cfg.AuthMethod, now: o.now, revocation: o.revocation,
 		sameSubject:        cfg.Reauth.SameSubject == nil || *cfg.Reauth.SameSubject,
 		disconnectAtExpiry: cfg.DisconnectAfterExpire == nil || *cfg.DisconnectAfterExpire}
 	if a.authMethod == "" {
@@ -497,11 +514,12 @@ func (a *authenticator) verify(ctx context.Context, req *Request) (Identity, err
 		return Identity{}, refuse(a.name, reason, err)
 	}
 	if a.revocation != nil {
-		if why, revoked := a.revocation.Revoked(id.RevocationToken(req.ClientID)); revoked {
+		token, _ := id.RevocationToken(req.ClientID)
+		if why, revoked := a.revocation.Revoked(token); revoked {
 			return Identity{}, refuseRevoked(a.name, why)
 		}
 	}
-	id.Authenticator, id.AuthMethod = a.name, req.AuthMethod
+	id.Authenticator, id.AuthMethod, id.ACLClaim = a.name, req.AuthMethod, a.aclClaim
 	return id, nil
 }
 

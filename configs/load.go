@@ -17,6 +17,8 @@ import (
 	"unicode/utf8"
 
 	yaml "go.yaml.in/yaml/v3"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 )
 
 // ExampleSecrets are HMAC secrets published in documentation (EMQX's
@@ -425,6 +427,14 @@ func (f *File) Validate() error {
 	}
 	if s := f.Limits.MaxConnectSize; s > 0 && s < 128 {
 		bad("limits.max_connect_size: %d bytes cannot hold a CONNECT with a token; use at least 128", s)
+	}
+	switch s := f.Limits.MaxPacketSize; {
+	case s < 0:
+		bad("limits.max_packet_size: must not be negative")
+	case s > 0 && s < 128:
+		bad("limits.max_packet_size: %d bytes is too small for a session's packets; use at least 128", s)
+	case s > packets.MaxPacketSize:
+		bad("limits.max_packet_size: %d bytes is over MQTT's largest packet, %d", s, packets.MaxPacketSize)
 	}
 	if s, budget := f.Limits.connectSize(), f.Limits.pendingConnectBytes(); s+pendingReadSlack > budget {
 		// The one pending CONNECT would be closed for the bytes it holds,

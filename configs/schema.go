@@ -269,6 +269,10 @@ type TLSClient struct {
 	InsecureSkipVerify bool `yaml:"insecure_skip_verify"`
 }
 
+// DefaultMaxPacketSize is limits.max_packet_size when it is zero (1 MiB,
+// as EMQX's max_packet_size).
+const DefaultMaxPacketSize = 1 << 20
+
 // DefaultMaxPendingConnectBytes is limits.max_pending_connect_bytes when
 // it is zero (64 MiB): 64 CONNECTs of the default max_connect_size at once,
 // or tens of thousands of typical ones (a token and a client ID, well
@@ -285,6 +289,13 @@ type Limits struct {
 	// fixed header included. Zero means packets.DefaultMaxConnectSize
 	// (1 MiB, as EMQX's max_packet_size).
 	MaxConnectSize int `yaml:"max_connect_size"`
+	// MaxPacketSize is the largest packet, fixed header included, that a
+	// session with topic rules may send or receive after its CONNECT: the
+	// proxy frames such sessions, and a larger packet ends the session
+	// (MQTT 5: DISCONNECT 0x95 packet too large to a client that sends
+	// one). A broker's smaller Maximum Packet Size applies to the client
+	// too. Zero means DefaultMaxPacketSize.
+	MaxPacketSize int `yaml:"max_packet_size"`
 	// MaxConnections caps open client connections over all listeners;
 	// over it, new ones are closed at accept, before anything is read.
 	// Zero means no cap.

@@ -25,26 +25,32 @@ import (
 // directly or through the proxy.
 type pahoClient struct {
 	*paho.Client
+	local    string // the client's address
 	connack  *paho.Connack
 	received chan *paho.Publish // every PUBLISH it receives, in order
 }
 
 // connectPaho connects a paho client to addr with cp and fails the test if
 // it is refused. It is disconnected at cleanup, unless it was before.
-func connectPaho(t *testing.T, addr string, cp *paho.Connect) *pahoClient {
+// edits, if any, change its configuration first.
+func connectPaho(t *testing.T, addr string, cp *paho.Connect, edits ...func(*paho.ClientConfig)) *pahoClient {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, proxytest.DefaultTimeout)
 	if err != nil {
 		t.Fatal(err)
 	}
 	received := make(chan *paho.Publish, 100)
-	client := paho.NewClient(paho.ClientConfig{
+	cfg := paho.ClientConfig{
 		Conn: conn,
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(r paho.PublishReceived) (bool, error) {
 			received <- r.Packet
 			return true, nil
 		}},
-	})
+	}
+	for _, edit := range edits {
+		edit(&cfg)
+	}
+	client := paho.NewClient(cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), proxytest.DefaultTimeout)
 	defer cancel()
 	connack, err := client.Connect(ctx, cp)
@@ -53,7 +59,7 @@ func connectPaho(t *testing.T, addr string, cp *paho.Connect) *pahoClient {
 		t.Fatalf("paho client %s connecting to %s: %v", cp.ClientID, addr, err)
 	}
 	t.Cleanup(func() { client.Disconnect(&paho.Disconnect{}) })
-	return &pahoClient{Client: client, connack: connack, received: received}
+	return &pahoClient{Client: client, local: conn.LocalAddr().String(), connack: connack, received: received}
 }
 
 // next returns the next message the client received, or fails the test.

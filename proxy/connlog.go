@@ -109,3 +109,22 @@ func expiryField(exp time.Time) zap.Field {
 	}
 	return zap.Time("exp", exp)
 }
+
+// framedField marks the accepting line of a session with topic rules,
+// which the proxy frames and authorizes, with rules: true.
+func framedField(framed bool) zap.Field {
+	if !framed {
+		return zap.Skip()
+	}
+	return zap.Bool("rules", true)
+}
+
+// methodField marks the accepting line of a session whose client
+// presented its token under an Authentication Method, which may
+// re-authenticate, with auth_method.
+func methodField(method string) zap.Field {
+	if method == "" {
+		return zap.Skip()
+	}
+	return zap.String("auth_method", method)
+}

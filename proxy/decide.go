@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
@@ -18,10 +19,12 @@ import (
 // accepted.
 type accepted struct {
 	connect         *packets.Connect // as the client sent it
+	req             authn.Request    // what the token was verified with
 	id              authn.Identity
-	upstreamConnect []byte // the CONNECT the broker gets: connect.Raw, or Forward's rewrite
-	clientID        string // the client identifier in upstreamConnect
-	pastConnect     []byte // read from the socket past the CONNECT (see readConnect)
+	acl             *acl.Policy // its topic rules; nil when it may do anything (a spliced session)
+	upstreamConnect []byte      // the CONNECT the broker gets: connect.Raw, or Forward's rewrite
+	clientID        string      // the client identifier in upstreamConnect
+	pastConnect     []byte      // read from the socket past the CONNECT (see readConnect)
 	// pool is the pool of Proxy.Upstreams the client goes to; nil
 	// without Upstreams.
 	pool *upstream.Pool[ServerSettings]
@@ -64,6 +67,9 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 		Password:    pk.Password,
 		HasPassword: pk.PasswordFlag,
 	}
+	// An MQTT 5 token under an Authentication Method: the authenticators
+	// of that method read it from the data.
+	req.AuthMethod, req.AuthData = pk.Authentication()
 	req = withTransport(req, c) // certificate names, a WebSocket upgrade's token
 	id, err := p.verify(s, req, start.Add(s.policy.limits.connectTimeout()))
 	if !p.decided(s) { // evicted or closed while the token was checked: its socket is closed
@@ -71,6 +77,10 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 	}
 	var upstreamConnect []byte // what the broker gets: pk.Raw unless Forward rewrites it
 	var upstreamClientID string
+	var rules *acl.Policy
+	if err == nil {
+		rules, err = s.policy.authorization.policyFor(&req, &id)
+	}
 	if err == nil {
 		upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, &id, log)
 	}
@@ -85,7 +95,7 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 	if upstreamClientID != "" && !s.policy.idRates.allow(upstreamClientID, time.Now()) {
 		return accepted{}, clientIDRateExceeded(pk, id)
 	}
-	a := accepted{connect: pk, id: id, upstreamConnect: upstreamConnect, clientID: upstreamClientID, pastConnect: past}
+	a := accepted{connect: pk, req: req, id: id, acl: rules, upstreamConnect: upstreamConnect, clientID: upstreamClientID, pastConnect: past}
 	if p.Upstreams != nil {
 		if a.pool, err = p.Upstreams.Route(s.listener, id.Subject, id.Claims); err != nil {
 			return accepted{}, noRoute(pk, id, err)

@@ -28,12 +28,12 @@ var errSessionEnded = errors.New("proxy: connection closed while connecting to t
 const maxCandidates = 16
 
 // connectUpstream dials a's broker, sends it the PROXY header the server
-// takes and first (the CONNECT and what the client sent after it), calls
-// through with the pool's server it reached (nil without a pool), and
-// hands client, c's bare connection, and the broker's
-// connection to the engine, which calls done once both directions have
-// ended. On an error only the client is left open.
-func (p *Proxy) connectUpstream(s *session, c, client net.Conn, a *accepted, first []byte, log *connLog, through func(server *upstream.Backend[ServerSettings]), done func(fromClient, toClient int64)) error {
+// takes and first (the CONNECT, and on a spliced link what the client
+// sent after it), calls through with the pool's server it reached (nil
+// without a pool), and hands client, c's bare connection, and the
+// broker's connection to the engine with o, which calls o.Done once both
+// directions have ended. On an error only the client is left open.
+func (p *Proxy) connectUpstream(s *session, c, client net.Conn, a *accepted, first []byte, o engine.Options, log *connLog, through func(server *upstream.Backend[ServerSettings])) error {
 	e := p.relayEngine()
 	if e == nil {
 		return errSessionEnded
@@ -41,6 +41,16 @@ func (p *Proxy) connectUpstream(s *session, c, client net.Conn, a *accepted, fir
 	up, server, err := p.dialUpstream(e, s, c, a, first, log)
 	if err != nil {
 		return err
+	}
+	abandon := func() {
+		up.Close()
+		if server != nil {
+			server.Release()
+		}
+	}
+	if p.isAborted(s) { // ended while the broker was dialed: it was never the client's
+		abandon()
+		return errSessionEnded
 	}
 	through(server)
 	// Under p.mu, so that terminate either finds the link or has marked
@@ -50,19 +60,17 @@ func (p *Proxy) connectUpstream(s *session, c, client net.Conn, a *accepted, fir
 	p.mu.Lock()
 	if s.aborted {
 		p.mu.Unlock()
-		up.Close()
-		if server != nil {
-			server.Release()
-		}
+		abandon()
 		return errSessionEnded
 	}
-	s.link = e.Join(client, up, engine.Options{HalfClose: p.halfCloseTimeout(), Done: done})
+	o.HalfClose = p.halfCloseTimeout()
+	s.link, s.version = e.Join(client, up, o), a.connect.ProtocolVersion
 	s.client = nil // the engine's now
 	drained := server != nil && p.joinServerLocked(s, server)
 	p.mu.Unlock()
 	if drained {
 		// Its server was removed, and drained, while it was dialed.
-		p.endSession(s, &endedServerRemoved)
+		p.endSessions([]*session{s}, EndedServerRemoved)
 	}
 	return nil
 }
@@ -110,7 +118,7 @@ func (p *Proxy) dialPool(e engine.Engine, s *session, c net.Conn, a *accepted, f
 	var errs []error
 	for i, b := range candidates {
 		if i > 0 {
-			if p.sessionEnded(s) {
+			if p.isAborted(s) {
 				return nil, nil, errSessionEnded
 			}
 			if !time.Now().Before(deadline) {
@@ -153,14 +161,6 @@ func tryDeadline(now, deadline time.Time, left int) time.Time {
 		return deadline
 	}
 	return now.Add(deadline.Sub(now) / 2)
-}
-
-// sessionEnded reports whether s was ended from outside (Close,
-// eviction, token expiry) meanwhile.
-func (p *Proxy) sessionEnded(s *session) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return s.aborted
 }
 
 // dialCustom opens the broker's connection with DialUpstream and sends it

@@ -22,6 +22,10 @@ type Limits struct {
 	// MaxConnectSize caps the CONNECT packet in bytes. Zero means
 	// packets.DefaultMaxConnectSize.
 	MaxConnectSize int
+	// MaxPacketSize caps every packet of a session with topic rules after
+	// its CONNECT, either way, fixed header included: a larger one ends
+	// the session. Zero means configs.DefaultMaxPacketSize.
+	MaxPacketSize int
 	// MaxConnections caps open client connections over all listeners;
 	// over it a new connection is closed at accept, before anything is
 	// read. Zero means no cap.
@@ -73,6 +77,13 @@ const (
 	limitRate                = "per_ip_connect_rate"
 	limitClientIDRate        = "per_client_id_connect_rate"
 )
+
+func (l *Limits) maxPacketSize() int {
+	if l.MaxPacketSize <= 0 {
+		return configs.DefaultMaxPacketSize
+	}
+	return l.MaxPacketSize
+}
 
 func (l *Limits) maxPendingConnectBytes() int {
 	if l.MaxPendingConnectBytes <= 0 {

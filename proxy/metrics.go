@@ -18,6 +18,12 @@ type Metrics struct {
 	dial            prometheus.Histogram
 	bytes           *prometheus.CounterVec
 	limited         *prometheus.CounterVec
+	ended           *prometheus.CounterVec
+	reauths         *prometheus.CounterVec
+	// authorizations are the decisions on PUBLISHes and SUBSCRIBE filters,
+	// by action (publish 0, subscribe 1) and outcome (deny 0, allow 1),
+	// resolved once: one is counted per packet.
+	authorizations [2][2]prometheus.Counter
 }
 
 // latencyBuckets span a fast HMAC check on loopback (tens of µs) to a
@@ -63,20 +69,41 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Namespace: ns, Name: "limit_rejections_total",
 			Help: "Connections refused by a limit, by kind: all before authentication but per_client_id_connect_rate, just after.",
 		}, []string{"kind"}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "sessions_ended_total",
+			Help: "Authenticated sessions the proxy ended, by reason: admin (the sessions API), revoked (a new revocation list), token_expired (disconnect_after_expire), upstream_server_removed (a reload removed its pool's server, and the drain timeout passed).",
+		}, []string{"reason"}),
+		reauths: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "reauthentications_total",
+			Help: "MQTT 5 re-authentications (AUTH 0x19) of sessions under an Authentication Method, by outcome (accepted, refused) and reason, as logged.",
+		}, []string{"outcome", "reason"}),
+	}
+	authorizations := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: ns, Name: "authorizations_total",
+		Help: "Decisions on the PUBLISHes and SUBSCRIBE filters of sessions with topic rules, by action (publish, subscribe) and outcome (allow, deny).",
+	}, []string{"action", "outcome"})
+	for a, action := range []string{"publish", "subscribe"} {
+		for o, outcome := range []string{"deny", "allow"} {
+			m.authorizations[a][o] = authorizations.WithLabelValues(action, outcome)
+		}
 	}
 	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: ns, Name: "build_info",
 		Help: "Build information; the value is 1.",
 	}, []string{"version", "goversion"})
 	build.WithLabelValues(version, runtime.Version()).Set(1)
-	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, build)
+	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, m.ended, m.reauths, authorizations, build)
 	// Authentication outcomes and limit kinds are known in advance: export
 	// them at zero so that rate() works from the first event, a broker
 	// outage's refusals included.
 	m.authentications.WithLabelValues("accepted", "")
 	m.authentications.WithLabelValues("refused", reasonUpstreamUnavailable)
+	m.reauths.WithLabelValues(outcomeReauthenticated, "")
 	for _, kind := range []string{limitMaxConnections, limitListenerConnections, limitPending, limitPendingBytes, limitRate, limitClientIDRate} {
 		m.limited.WithLabelValues(kind)
+	}
+	for _, reason := range endReasons {
+		m.ended.WithLabelValues(string(reason))
 	}
 	return m
 }
@@ -143,4 +170,34 @@ func (m *Metrics) limitHit(kind string) {
 	if m != nil {
 		m.limited.WithLabelValues(kind).Inc()
 	}
+}
+
+// sessionsEnded counts n sessions ended for reason.
+func (m *Metrics) sessionsEnded(reason EndReason, n int) {
+	if m != nil && n > 0 {
+		m.ended.WithLabelValues(string(reason)).Add(float64(n))
+	}
+}
+
+// reauthenticated counts a re-authentication's outcome, refused for
+// reason.
+func (m *Metrics) reauthenticated(outcome, reason string) {
+	if m != nil {
+		m.reauths.WithLabelValues(outcome, reason).Inc()
+	}
+}
+
+// authorized counts a decision on a PUBLISH (subscribe false) or a
+// SUBSCRIBE filter.
+func (m *Metrics) authorized(subscribe, allowed bool) {
+	if m != nil {
+		m.authorizations[b2i(subscribe)][b2i(allowed)].Inc()
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -25,6 +25,11 @@
 // buffer, elsewhere, or with Relay set to RelayPortable, two goroutines
 // per connection that copy through pooled buffers.
 //
+// An MQTT 5 client may present its token under an Authentication Method
+// instead, and replace it with a fresh one on the same connection (AUTH,
+// reason 0x19): the proxy answers the method for the broker, which never
+// sees it (reauth.go).
+//
 // Transports (TLS, the PROXY protocol, WebSocket) are listeners of
 // package transport, stacked in the order they arrive on the wire:
 //
@@ -104,7 +109,10 @@ type Proxy struct {
 	// Upstream is the broker's host:port, without Upstreams. Required
 	// unless Upstreams or DialUpstream is set.
 	Upstream string
-	// Verifier decides on each client's CONNECT. Required.
+	// Verifier decides on each client's CONNECT. Required. One that is
+	// an authn.Reauthenticator too (*authn.Chain) decides on the MQTT 5
+	// re-authentications of clients accepted under an Authentication
+	// Method; with another, each is refused (DISCONNECT 0x87).
 	Verifier authn.Verifier
 	// Forward, if set, rewrites an accepted client's CONNECT before it
 	// goes upstream (see NewForward); Reload replaces it. Nil keeps
@@ -128,6 +136,10 @@ type Proxy struct {
 	// The zero value applies the default timeouts and sizes and no cap.
 	// Reload replaces them while the proxy runs.
 	Limits Limits
+	// Authorization is what authenticated clients may publish and
+	// subscribe to, beside their tokens' rules. The zero value has no
+	// rules of its own. Reload replaces it for new connections.
+	Authorization Authorization
 	// HalfCloseTimeout is how long the other direction may go on after one
 	// side of a proxied connection has closed its sending half. Zero means
 	// DefaultHalfCloseTimeout.
@@ -149,6 +161,8 @@ type Proxy struct {
 
 	dials dialOutcomes // for Health
 
+	revocations revocationWatch
+
 	mu          sync.Mutex // guards the fields below, a session's (see session) and pendingConnect's accounts
 	closed      bool
 	listeners   map[net.Listener]struct{}
@@ -168,11 +182,12 @@ type Proxy struct {
 // policy is what Reload replaces: it applies to connections accepted
 // after the change, while established ones keep what they started with.
 type policy struct {
-	verifier authn.Verifier
-	limits   Limits
-	forward  *Forward
-	ipRates  *keyedRates // per client IP, at accept
-	idRates  *keyedRates // per client ID, once authenticated
+	verifier      authn.Verifier
+	limits        Limits
+	forward       *Forward
+	authorization Authorization
+	ipRates       *keyedRates // per client IP, at accept
+	idRates       *keyedRates // per client ID, once authenticated
 
 	// Guarded by Proxy.mu.
 	users   int           // sessions that took it and have not had their CONNECT decided
@@ -259,7 +274,7 @@ func (p *Proxy) Listener(ln net.Listener) net.Listener {
 	return ln
 }
 
-// Reload makes v, l and f apply to connections accepted from now on;
+// Reload makes v, l, f and a apply to connections accepted from now on;
 // connections accepted before keep what was in force when they were
 // accepted, until they are closed: a WebSocket client accepted just
 // before the reload but whose CONNECT comes much later is decided as the
@@ -269,9 +284,9 @@ func (p *Proxy) Listener(ln net.Listener) net.Listener {
 // retired is closed once every connection accepted under the replaced
 // configuration has had its CONNECT decided, or has ended: from then on
 // the previous verifier is no longer used, and may be closed.
-func (p *Proxy) Reload(v authn.Verifier, l Limits, f *Forward) (retired <-chan struct{}) {
+func (p *Proxy) Reload(v authn.Verifier, l Limits, f *Forward, a Authorization) (retired <-chan struct{}) {
 	p.policyOnce.Do(func() {}) // the Proxy's own fields never apply from now on
-	next := newPolicy(v, l, f)
+	next := newPolicy(v, l, f, a)
 	done := make(chan struct{})
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -284,8 +299,8 @@ func (p *Proxy) Reload(v authn.Verifier, l Limits, f *Forward) (retired <-chan s
 	return done
 }
 
-func newPolicy(v authn.Verifier, l Limits, f *Forward) *policy {
-	return &policy{verifier: v, limits: l, forward: f,
+func newPolicy(v authn.Verifier, l Limits, f *Forward, a Authorization) *policy {
+	return &policy{verifier: v, limits: l, forward: f, authorization: a,
 		ipRates: newKeyedRates(l.PerIPConnectRate, l.PerIPConnectBurst),
 		idRates: newKeyedRates(l.PerClientIDConnectRate, l.PerClientIDConnectBurst),
 	}
@@ -293,7 +308,7 @@ func newPolicy(v authn.Verifier, l Limits, f *Forward) *policy {
 
 func (p *Proxy) currentPolicy() *policy {
 	p.policyOnce.Do(func() {
-		p.policy.Store(newPolicy(p.Verifier, p.Limits, p.Forward))
+		p.policy.Store(newPolicy(p.Verifier, p.Limits, p.Forward, p.Authorization))
 	})
 	return p.policy.Load()
 }
@@ -311,9 +326,14 @@ func (p *Proxy) closeListeners() {
 	}
 }
 
-// Close stops every listener and closes every connection at once.
+// Close stops every listener and closes every connection: at once, but for
+// a session with topic rules, which gets what was on its way to it, then
+// in MQTT 5 a DISCONNECT 0x8B (server shutting down), and is closed once
+// its client has closed, within HalfCloseTimeout. It stops watching the
+// revocation list.
 func (p *Proxy) Close() error {
 	p.closeListeners()
+	p.stopWatching()
 	p.mu.Lock()
 	open := make([]*session, 0, len(p.sessions))
 	for s := range p.sessions {
@@ -321,7 +341,7 @@ func (p *Proxy) Close() error {
 	}
 	p.mu.Unlock()
 	for _, s := range open {
-		p.terminate(s)
+		p.terminate(s, "")
 	}
 	p.wg.Wait()
 	p.stop()
@@ -329,7 +349,9 @@ func (p *Proxy) Close() error {
 }
 
 // Shutdown stops every listener, then waits for the open connections to
-// end by themselves until ctx is done, and then closes the rest.
+// Shutdown stops every listener, then waits for the open connections to
+// end by themselves until ctx is done, and then closes the rest as Close
+// does. The revocation list is watched until it returns.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.closeListeners()
 	p.mu.Lock()
@@ -341,6 +363,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	go func() { p.wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		p.stopWatching()
 		p.stop()
 		return nil
 	case <-ctx.Done():

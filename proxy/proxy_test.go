@@ -374,14 +374,14 @@ func TestReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.Reload(refuseAll{}, Limits{}, strip)
+	p.Reload(refuseAll{}, Limits{}, strip, Authorization{})
 	refused := dial(t, addr)
 	refused.Write(connectPacket(t, packets.ProtocolV311, "good"))
 	if got := readAll(t, refused); !bytes.Equal(got, []byte{0x20, 0x02, 0x00, 0x05}) {
 		t.Errorf("after reloading a refusing verifier, a new client got %x, want CONNACK 5", got)
 	}
 
-	p.Reload(passwordVerifier{}, Limits{}, strip)
+	p.Reload(passwordVerifier{}, Limits{}, strip, Authorization{})
 	after := dial(t, addr)
 	after.Write(connectPacket(t, packets.ProtocolV311, "good"))
 	rec.WaitAccepted(t, 2)

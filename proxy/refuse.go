@@ -30,12 +30,9 @@ const (
 	reasonUpstreamUnavailable = "upstream_unavailable"
 	// reasonNoRoute: no route of Proxy.Upstreams takes the client and
 	// there is no default pool.
-	reasonNoRoute = "no_route"
-	// reasonServerRemoved: a reload removed the client's server, and the
-	// drain timeout passed (UpdateUpstreams).
-	reasonServerRemoved = "upstream_server_removed"
-	reasonProxyClosed   = "proxy_closed"
-	reasonInternal      = "internal_error"
+	reasonNoRoute     = "no_route"
+	reasonProxyClosed = "proxy_closed"
+	reasonInternal    = "internal_error"
 	// reasonTLSHandshake: the TLS handshake failed (no or a wrong client
 	// certificate, an old TLS version, a timeout).
 	reasonTLSHandshake = "tls_handshake_failed"
@@ -202,6 +199,15 @@ func upstreamUnavailable(pk *packets.Connect, id authn.Identity, err error) *ref
 func noRoute(pk *packets.Connect, id authn.Identity, err error) *refusal {
 	return &refusal{message: "connect rejected", reason: reasonNoRoute, err: err, id: &id, bridge: pk.Bridge,
 		outcome: true, version: pk.ProtocolVersion, code: RefuseCode(reasonNoRoute)}
+}
+
+// revokedWhileVerified: pk's token, accepted as id, is revoked by a
+// version of the revocation list that was loaded while it was verified.
+// The client is refused as the verifier would have refused it.
+func revokedWhileVerified(pk *packets.Connect, id authn.Identity) *refusal {
+	return &refusal{message: "authentication refused", reason: string(authn.ErrRevoked),
+		err: errors.New("revoked by a revocation list loaded while the token was verified"), id: &id, bridge: pk.Bridge,
+		outcome: true, version: pk.ProtocolVersion, code: RefuseCode(authn.ErrRevoked)}
 }
 
 // endedWhileConnecting: the connection of pk, accepted as id, was ended

@@ -171,21 +171,8 @@ func (p *Proxy) drainLocked(server *upstream.Backend[ServerSettings], set *serve
 			p.logger().Info("drain timeout reached; closing the connections left on a removed upstream server",
 				zap.String("server", address), zap.Int("connections", len(left)))
 		}
-		for _, s := range left {
-			p.endSession(s, &endedServerRemoved)
-		}
+		p.endSessions(left, EndedServerRemoved)
 	})
-}
-
-// endSession ends s, a linked session, from outside, for reason, which
-// its closing line gives.
-func (p *Proxy) endSession(s *session, reason *string) {
-	p.mu.Lock()
-	if s.open != nil {
-		s.open.endedBy.CompareAndSwap(nil, reason)
-	}
-	p.mu.Unlock()
-	p.terminate(s)
 }
 
 // isRemoved reports whether a reload has removed server.

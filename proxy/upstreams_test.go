@@ -326,14 +326,19 @@ func expectPong(t *testing.T, c net.Conn) {
 
 // TestPoolReloadDrainsRemovedServer: the connections of a server a
 // reload removes go on for the drain timeout, then are closed, logged
-// with the reason; those of the server it keeps go on, and new clients
-// go to the server kept only.
+// with the reason and counted as sessions the proxy ended; those of the
+// server it keeps go on, and new clients go to the server kept only.
 func TestPoolReloadDrainsRemovedServer(t *testing.T) {
 	proxytest.RequireMosquitto(t)
 	proxytest.VerifyNoLeaks(t)
 	brokers := startBrokers(t, 2)
 	addrs := brokerAddrs(brokers)
-	p, addr, logs := startPools(t, defaultPool(upstream.RoundRobin, nil, servers(addrs...)...), passwordVerifier{})
+	pools, err := NewUpstreams(defaultPool(upstream.RoundRobin, nil, servers(addrs...)...), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := startObserved(t, &Proxy{Upstreams: pools, Verifier: passwordVerifier{}})
+	p, addr, logs := o.Proxy, o.addr, o.logs
 	ids, connects := deviceConnects(t, "drain", 4)
 	sessions := map[string]net.Conn{}
 	for i, id := range ids {
@@ -372,7 +377,15 @@ func TestPoolReloadDrainsRemovedServer(t *testing.T) {
 		}
 	}
 	waitLog(t, logs, "drain timeout reached; closing the connections left on a removed upstream server", zap.String("server", addrs[1]), zap.Int("connections", 2))
-	waitLog(t, logs, "connection closed", zap.String("client_id", onRemoved), zap.String("reason", reasonServerRemoved))
+	waitLog(t, logs, "connection closed", zap.String("client_id", onRemoved), zap.String("reason", string(EndedServerRemoved)))
+	var ended float64
+	waitFor(t, func() bool { // counted once the drain has ended them all, closed or not
+		ended = o.metric(t, "mqtt_jwt_proxy_sessions_ended_total", "reason="+string(EndedServerRemoved))
+		return ended >= 2
+	})
+	if ended != 2 {
+		t.Errorf("sessions_ended_total{reason=%s} = %v, want 2", EndedServerRemoved, ended)
+	}
 	for _, id := range ids {
 		if where[id][0] == 0 {
 			expectPong(t, sessions[id])

@@ -495,7 +495,7 @@ func TestReloadBetweenAcceptAndConnect(t *testing.T) {
 
 	raw := dial(t, ws.Listener.Addr().String())
 	waitFor(t, func() bool { p.mu.Lock(); defer p.mu.Unlock(); return len(p.sessions) == 1 }) // accepted
-	retired := p.Reload(jwtChain(t, configs.Authenticator{Name: "jwks", Mechanism: "jwt", UseJWKS: true, Endpoint: otherKeys.URL}), Limits{}, nil)
+	retired := p.Reload(jwtChain(t, configs.Authenticator{Name: "jwks", Mechanism: "jwt", UseJWKS: true, Endpoint: otherKeys.URL}), Limits{}, nil, Authorization{})
 	oldClosed := make(chan struct{})
 	go func() { <-retired; old.Close(); close(oldClosed) }()
 

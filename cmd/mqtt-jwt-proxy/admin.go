@@ -41,14 +41,16 @@ const (
 )
 
 // adminServer is the admin HTTP endpoint of metrics.bind: Prometheus
-// metrics on /metrics, liveness on /healthz, readiness on /readyz, and
-// with metrics.pprof Go's profiler on /debug/pprof/. A nil *adminServer
-// (no metrics.bind) serves nothing and may be closed.
+// metrics on /metrics, liveness on /healthz, readiness on /readyz, with
+// an admin token the sessions API on /sessions, and with metrics.pprof
+// Go's profiler on /debug/pprof/. A nil *adminServer (no metrics.bind)
+// serves nothing and may be closed.
 type adminServer struct {
-	server *http.Server
-	addr   net.Addr
-	served chan struct{} // closed when server.Serve has returned
-	ready  *readiness
+	server   *http.Server
+	addr     net.Addr
+	served   chan struct{} // closed when server.Serve has returned
+	ready    *readiness
+	sessions *sessionsAPI
 }
 
 // listenAdmin binds metrics.bind, before anything else starts: a port in
@@ -65,9 +67,10 @@ func listenAdmin(cfg *configs.File) (net.Listener, error) {
 }
 
 // startAdmin serves the admin endpoint on ln, from listenAdmin, in front
-// of p, which is to serve cfg's listeners. It sets p.Metrics, so it must
-// run before p serves, and once p's other fields are final: readiness
-// probes dial as p does. keySets reports the key sets of the
+// of p, which is to serve cfg's listeners, and whose sessions the
+// sessions API lists and ends with cfg's admin token. It sets p.Metrics,
+// so it must run before p serves, and once p's other fields are final:
+// readiness probes dial as p does. keySets reports the key sets of the
 // authentication chain in force, and revocations the revocation list in
 // force (nil without one). Without ln (no metrics.bind) it returns nil.
 func startAdmin(ln net.Listener, cfg *configs.File, p *proxy.Proxy, keySets func() []authn.KeySetStatus, revocations func() *revocation.List, logger *zap.Logger) *adminServer {
@@ -94,29 +97,40 @@ func startAdmin(ln net.Listener, cfg *configs.File, p *proxy.Proxy, keySets func
 	if p.Upstreams != nil {
 		ready.upstream.servers = p.Upstreams.Status
 	}
+	sessions := newSessionsAPI(p, cfg.Metrics.AdminToken(), logger.Named("admin"))
 	a := &adminServer{
 		server: &http.Server{
-			Handler:           adminHandler(reg, ready, cfg.Metrics.Pprof, logger),
+			Handler:           adminHandler(reg, ready, sessions, cfg.Metrics.Pprof, logger),
 			ReadHeaderTimeout: 5 * time.Second,
 			WriteTimeout:      adminWriteTimeout,
 			IdleTimeout:       time.Minute,
 			ErrorLog:          zap.NewStdLog(logger.Named("admin")),
 		},
-		addr:   ln.Addr(),
-		served: make(chan struct{}),
-		ready:  ready,
+		addr:     ln.Addr(),
+		served:   make(chan struct{}),
+		ready:    ready,
+		sessions: sessions,
 	}
 	go func() {
 		defer close(a.served)
 		a.server.Serve(ln) // returns ErrServerClosed after Close
 	}()
-	logger.Info("admin endpoint started", zap.String("address", a.addr.String()), zap.Bool("pprof", cfg.Metrics.Pprof))
+	logger.Info("admin endpoint started", zap.String("address", a.addr.String()), zap.Bool("pprof", cfg.Metrics.Pprof),
+		zap.Bool("sessions_api", cfg.Metrics.AdminToken() != ""))
 	if tcp, ok := a.addr.(*net.TCPAddr); ok && cfg.Metrics.Pprof && !tcp.IP.IsLoopback() {
 		// The endpoint has no authentication: the profiler shows the
 		// command line and lets anyone who reaches it load the process.
 		logger.Warn("the profiler is served beyond loopback, without authentication; bind metrics to loopback or a private network", zap.String("address", a.addr.String()))
 	}
 	return a
+}
+
+// setAdminToken makes token the sessions API's from now on ("" turns the
+// API off), as a reload reads it.
+func (a *adminServer) setAdminToken(token string) {
+	if a != nil {
+		a.sessions.setToken(token)
+	}
 }
 
 // Close stops the endpoint at once and waits for its goroutines, a
@@ -161,7 +175,7 @@ func upstreamDialer(p *proxy.Proxy) func(context.Context) (net.Conn, error) {
 }
 
 // adminHandler routes the admin endpoint's paths.
-func adminHandler(reg *prometheus.Registry, ready *readiness, withPprof bool, logger *zap.Logger) http.Handler {
+func adminHandler(reg *prometheus.Registry, ready *readiness, sessions *sessionsAPI, withPprof bool, logger *zap.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog: zap.NewStdLog(logger.Named("metrics")),
@@ -182,6 +196,8 @@ func adminHandler(reg *prometheus.Registry, ready *readiness, withPprof bool, lo
 		}
 		writePlain(w, http.StatusOK, "ok")
 	})
+	// Every method: the API answers the others with 405, after the token.
+	mux.Handle("/sessions", sessions)
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

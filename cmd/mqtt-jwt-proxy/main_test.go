@@ -50,36 +50,33 @@ func TestCheckExampleConfigs(t *testing.T) {
 	}
 }
 
-// TestServeRefusesAuthorization: serve refuses rules it would not enforce,
-// rather than letting every publish and subscribe through.
-func TestServeRefusesAuthorization(t *testing.T) {
-	t.Setenv("JWT_SECRET", "c2VjcmV0LWZvci10ZXN0cw==")
-	var out, errOut bytes.Buffer
-	if code := run(context.Background(), []string{"serve", "-config", "../../configs/authorization.yaml"}, &out, &errOut); code != 1 {
-		t.Errorf("serve exited %d, want 1", code)
-	}
-	if !strings.Contains(errOut.String(), "does not enforce them yet") {
-		t.Errorf("serve said %q", errOut.String())
-	}
-}
-
-// TestServeRefusesAdminToken: serve refuses an admin token for an API it
-// does not serve yet, rather than taking a credential that guards nothing.
-func TestServeRefusesAdminToken(t *testing.T) {
+// TestServeSessionsAPI: with an admin token, serve serves the sessions API
+// on the admin endpoint: 401 without the token, the sessions with it, each
+// call logged with the caller's address.
+func TestServeSessionsAPI(t *testing.T) {
 	t.Setenv("MQTT_JWT_PROXY_TEST_ADMIN_TOKEN", testAdminToken)
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	config := "listeners: [{bind: \"127.0.0.1:0\"}]\nupstream: {address: \"127.0.0.1:1\"}\n" +
-		"authentication: [{mechanism: jwt, algorithm: hmac-based, secret: " + adminTestSecret + "}]\n" +
-		"metrics: {bind: \"127.0.0.1:0\", admin_token_env: MQTT_JWT_PROXY_TEST_ADMIN_TOKEN}\n"
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
+	lines, stop := serveInProcess(t, "listeners: [{bind: \"127.0.0.1:0\"}]\nupstream: {address: \"127.0.0.1:1\"}\n"+
+		"authentication: [{mechanism: jwt, algorithm: hmac-based, secret: "+adminTestSecret+"}]\n"+
+		"metrics: {bind: \"127.0.0.1:0\", admin_token_env: MQTT_JWT_PROXY_TEST_ADMIN_TOKEN}\nlog: {format: json}\n")
+	defer stop()
+	started := waitForLog(t, lines, "admin endpoint started")
+	if started["sessions_api"] != true {
+		t.Errorf("admin endpoint started with sessions_api %v, want true", started["sessions_api"])
 	}
-	code, _, stderr := runCommand(t, "serve", "-config", path)
-	if code != 1 || !strings.Contains(stderr, "does not serve the sessions API yet") {
-		t.Errorf("serve exited %d and said %q", code, stderr)
+	url := "http://" + started["address"].(string) + "/sessions"
+	if status, _, body := adminRequest(t, http.MethodGet, url, ""); status != http.StatusUnauthorized {
+		t.Errorf("GET /sessions without the token: %d %s, want 401", status, body)
 	}
-	if code, stdout, stderr := runCommand(t, "check", "-config", path); code != 0 {
-		t.Errorf("check exited %d: %s %s", code, stdout, stderr)
+	refused := waitForLog(t, lines, "admin request refused")
+	if remote, _ := refused["remote"].(string); !strings.HasPrefix(remote, "127.0.0.1:") {
+		t.Errorf("the refusal was logged with remote %q, want the caller's address", remote)
+	}
+	if status, _, body := adminRequest(t, http.MethodGet, url, testAdminToken); status != http.StatusOK || body != "[]\n" {
+		t.Errorf("GET /sessions with the token: %d %q, want 200 and no sessions", status, body)
+	}
+	listed := waitForLog(t, lines, "sessions listed")
+	if remote, _ := listed["remote"].(string); !strings.HasPrefix(remote, "127.0.0.1:") {
+		t.Errorf("the call was logged with remote %q, want the caller's address", remote)
 	}
 }
 
@@ -431,6 +428,7 @@ authentication: [{mechanism: jwt, algorithm: hmac-based, secret: s}]
 limits:
   connect_timeout: 3s
   max_connect_size: 4096
+  max_packet_size: 65536
   max_connections: 100
   max_pending_connects: 50
   max_pending_connect_bytes: 1000000
@@ -444,7 +442,7 @@ limits:
 	}
 	got := proxyLimits(cfg)
 	want := proxy.Limits{
-		ConnectTimeout: 3 * time.Second, MaxConnectSize: 4096, MaxConnections: 100,
+		ConnectTimeout: 3 * time.Second, MaxConnectSize: 4096, MaxPacketSize: 65536, MaxConnections: 100,
 		MaxListenerConnections: map[string]int{"edge": 7}, MaxPendingConnects: 50, MaxPendingConnectBytes: 1000000,
 		PerIPConnectRate: 5, PerIPConnectBurst: 10, PerClientIDConnectRate: 0.5, PerClientIDConnectBurst: 2,
 	}

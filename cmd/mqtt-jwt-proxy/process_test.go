@@ -43,6 +43,7 @@ type process struct {
 	cmd    *exec.Cmd
 	lines  chan map[string]any
 	addr   string
+	admin  string // the admin endpoint's base URL, when metrics.bind is set
 	config string
 	exited chan error
 }
@@ -69,7 +70,14 @@ func startProcess(t *testing.T, config string) *process {
 		cmd.Process.Kill()
 		<-p.exited
 	})
-	p.addr = waitForLog(t, p.lines, "listening")["address"].(string)
+	for p.addr == "" { // the admin endpoint starts before the listeners
+		switch line := waitForLog(t, p.lines, ""); line["msg"] {
+		case "admin endpoint started":
+			p.admin = "http://" + line["address"].(string)
+		case "listening":
+			p.addr = line["address"].(string)
+		}
+	}
 	return p
 }
 

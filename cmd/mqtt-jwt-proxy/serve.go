@@ -73,12 +73,6 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if len(cfg.Authorization.Rules) > 0 || cfg.Authorization.NoMatch == configs.PermissionDeny || cfg.Authorization.DenyAction != "" {
-		return fmt.Errorf("config %s: authorization: this version checks the rules but does not enforce them yet", path)
-	}
-	if cfg.Metrics.AdminToken() != "" {
-		return fmt.Errorf("config %s: metrics.admin_token_file, metrics.admin_token_env: this version checks the admin token but does not serve the sessions API yet", path)
-	}
 	// Flushed, never synced: zap syncs at every flush, and an fsync of a
 	// log file ten times a second waits on the disk for nothing.
 	out := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(struct{ io.Writer }{stderr}), Size: logBufferSize, FlushInterval: logFlushInterval}
@@ -90,6 +84,10 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 
 	logWarnings(cfg, logger)
 	forward, err := proxy.NewForward(cfg.Forward)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	authorization, err := proxyAuthorization(cfg.Authorization)
 	if err != nil {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
@@ -155,6 +153,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 
 	p.Verifier = chain
 	p.Forward = forward
+	p.Authorization = authorization
 	p.Limits = proxyLimits(cfg)
 	// The chain and the revocation list in force, for the admin endpoint.
 	var chains atomic.Pointer[authn.Chain]
@@ -163,6 +162,18 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	lists.Store(list)
 	admin := startAdmin(adminListener, cfg, p, func() []authn.KeySetStatus { return chains.Load().Status() }, lists.Load, logger)
 	defer admin.Close()
+	// Live sessions are held to the list in force: those it revokes end
+	// at each new version. Before the list is closed (deferred above).
+	p.WatchRevocation(list)
+	if list != nil {
+		// A URL's first fetch, bounded by its timeout: with
+		// on_unavailable: deny, clients let in before it would all be
+		// refused revocation_unavailable.
+		select {
+		case <-list.FirstRefreshDone():
+		case <-ctx.Done():
+		}
+	}
 	served = true
 
 	errc := make(chan error, len(listeners))
@@ -212,6 +223,8 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 				cfg, chain, list = next, nextChain, nextList
 				chains.Store(chain)
 				lists.Store(list)
+				p.WatchRevocation(list)
+				admin.setAdminToken(cfg.Metrics.AdminToken())
 			}
 		case <-ctx.Done():
 			logger.Info("signal received; shutting down", zap.Duration("drain_timeout", cfg.Shutdown.DrainTimeout.Or(configs.DefaultDrainTimeout)))
@@ -231,18 +244,24 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // restartOnly are the sections read once, at start: sockets, the logger
-// and the relay engine are not rebuilt by a reload.
+// and the relay engine are not rebuilt by a reload. Of metrics, the admin
+// token is read again (see reloadable).
 var restartOnly = map[string]bool{"listeners": true, "metrics": true, "log": true, "tuning": true}
+
+// reloadable are the keys of restartOnly's sections that a reload applies:
+// the sessions API's token, so that it can be rotated without a restart.
+var reloadable = map[string]bool{"metrics.admin_token_file": true, "metrics.admin_token_env": true}
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
-// the revocation list, limits, forward, the upstream pools and routes,
-// and the drain timeout. A server the reload removes is drained: its
-// connections have the new drain timeout to end, then are closed.
-// Listeners, the metrics endpoint and the log stay as they started; a
-// change there is logged, key by key, and needs a restart. Nothing
-// changes when the new file is invalid. retired is closed once
-// runningChain and runningList are no longer used (see
+// the revocation list, limits, forward, authorization, the upstream
+// pools and routes, and the drain timeout; established sessions keep the
+// rules they started with; the admin token too. A server the reload
+// removes is drained: its connections have the new drain timeout to end,
+// then are closed. Listeners, the metrics endpoint and the log stay as
+// they started; a change there is logged, key by key, and needs a
+// restart. Nothing changes when the new file is invalid. retired is
+// closed once runningChain and runningList are no longer used (see
 // proxy.Proxy.Reload). embedded is the embedded broker's address, empty
 // when none runs.
 func reload(src configSource, running *configs.File, runningChain *authn.Chain, runningList *revocation.List, embedded string, p *proxy.Proxy, logger *zap.Logger) (_ *configs.File, _ *authn.Chain, _ *revocation.List, retired <-chan struct{}, _ error) {
@@ -259,6 +278,10 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 		return nil, nil, nil, nil, fmt.Errorf("config %s: upstream.address: the embedded broker starts with the proxy only; restart to use it", path)
 	}
 	pools, err := upstreamsConfig(cfg, embedded)
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	authorization, err := proxyAuthorization(cfg.Authorization)
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -281,7 +304,7 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 		if i := strings.IndexAny(key, ".["); i >= 0 {
 			section = key[:i]
 		}
-		if restartOnly[section] {
+		if restartOnly[section] && !reloadable[key] {
 			needRestart = append(needRestart, key)
 		}
 	}
@@ -297,9 +320,11 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 	logPools(pools, logger)
 	if len(needRestart) > 0 {
 		logger.Warn("these changes take effect at the next restart; the rest is reloaded", zap.Strings("keys", needRestart))
-		cfg.Listeners, cfg.Metrics, cfg.Log, cfg.Tuning = running.Listeners, running.Metrics, running.Log, running.Tuning
+		// The admin token, read from the new file, stays.
+		cfg.Metrics.Bind, cfg.Metrics.Pprof = running.Metrics.Bind, running.Metrics.Pprof
+		cfg.Listeners, cfg.Log, cfg.Tuning = running.Listeners, running.Log, running.Tuning
 	}
-	retired = p.Reload(chain, proxyLimits(cfg), forward)
+	retired = p.Reload(chain, proxyLimits(cfg), forward, authorization)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
 	logWarnings(cfg, logger)
 	return cfg, chain, list, retired, nil
@@ -423,6 +448,7 @@ func proxyLimits(cfg *configs.File) proxy.Limits {
 	return proxy.Limits{
 		ConnectTimeout:          l.ConnectTimeout.Or(0),
 		MaxConnectSize:          l.MaxConnectSize,
+		MaxPacketSize:           l.MaxPacketSize,
 		MaxConnections:          l.MaxConnections,
 		MaxListenerConnections:  perListener,
 		MaxPendingConnects:      l.MaxPendingConnects,
@@ -432,4 +458,13 @@ func proxyLimits(cfg *configs.File) proxy.Limits {
 		PerClientIDConnectRate:  l.PerClientIDConnectRate,
 		PerClientIDConnectBurst: l.PerClientIDConnectBurst,
 	}
+}
+
+// proxyAuthorization compiles the authorization section for the proxy.
+func proxyAuthorization(a configs.Authorization) (proxy.Authorization, error) {
+	rules, err := acl.FromConfig(a)
+	if err != nil {
+		return proxy.Authorization{}, err
+	}
+	return proxy.Authorization{Rules: rules, DisconnectOnDeny: a.DenyAction == configs.DenyActionDisconnect}, nil
 }

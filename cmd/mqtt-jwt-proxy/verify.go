@@ -45,6 +45,7 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	flags := newFlagSet("verify", "-config FILE [-client-id X] [-username Y | -from username] [-cert-common-name CN] [-publish TOPIC]... [-subscribe FILTER]... [-qos N] [-retain] TOKEN",
 		"Runs TOKEN through the configured authenticators as if a client sent it as its\n"+
 			"password, and says which one accepted or why it was refused. TOKEN - reads stdin.\n"+
+			"An acl claim that cannot be read refuses the token, as the proxy refuses the CONNECT.\n"+
 			"With -publish or -subscribe, it then says whether the accepted client may do each,\n"+
 			"and which rule decided. Exit 0: accepted (and every request allowed); 1: refused;\n"+
 			"3: accepted, and some request denied.", stderr)
@@ -101,11 +102,9 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 		return fmt.Errorf("config %s: %w", *configPath, err)
 	}
 	defer chain.Close()
-	var rules *acl.Config
-	if len(requests) > 0 {
-		if rules, err = acl.FromConfig(cfg.Authorization); err != nil {
-			return fmt.Errorf("config %s: %w", *configPath, err)
-		}
+	rules, err := acl.FromConfig(cfg.Authorization)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", *configPath, err)
 	}
 
 	var usernameGiven *string
@@ -125,11 +124,11 @@ func verifyCommand(ctx context.Context, args []string, stdin io.Reader, stdout, 
 	printSteps(stdout, steps)
 	decider, reason := decision(steps)
 	var policy *acl.Policy
-	if reason == "" && len(requests) > 0 {
+	if reason == "" {
 		// The client's rules are compiled as the proxy compiles them when
 		// it accepts a CONNECT: a malformed acl claim refuses it.
-		policy, err = rules.Compile(acl.Client{Request: &req, Claims: steps[len(steps)-1].Identity.Claims,
-			ACLClaim: aclClaim(cfg.Authentication, steps)})
+		id := steps[len(steps)-1].Identity
+		policy, err = rules.Compile(acl.Client{Request: &req, Claims: id.Claims, ACLClaim: id.ACLClaim})
 		if err != nil {
 			fmt.Fprintf(stdout, "rules (%s): %v\n", decider, err)
 			reason = authn.ReasonOf(err)
@@ -161,14 +160,6 @@ func (f *requestFlag) String() string { return "" }
 func (f *requestFlag) Set(topic string) error {
 	*f.requests = append(*f.requests, acl.Request{Action: f.action, Topic: topic})
 	return nil
-}
-
-// aclClaim is the acl.claim of the authenticator that accepted, the last
-// of steps: Explain reports one step per authenticator, in the
-// configuration's order, up to the one that decided. Names are not
-// looked up, since two authenticators may share one.
-func aclClaim(auths []configs.Authenticator, steps []authn.Step) string {
-	return auths[len(steps)-1].ACL.Claim
 }
 
 // printAuthorizations writes one line per request: what was asked, the

@@ -160,7 +160,8 @@ func TestVerifyAuthorization(t *testing.T) {
 
 // TestVerifyAuthorizationRefusals: requests are decided only for an
 // accepted token; an acl claim that cannot be read refuses the token, as
-// the proxy refuses such a CONNECT; a faulty configured rule is a
+// the proxy refuses such a CONNECT, with or without requests; a faulty
+// configured rule is a
 // configuration error; -qos and -retain must have requests to apply to.
 func TestVerifyAuthorizationRefusals(t *testing.T) {
 	now := time.Now()
@@ -181,8 +182,9 @@ func TestVerifyAuthorizationRefusals(t *testing.T) {
 		{"malformed allow lists", fleetRules, []string{"-subscribe", "t/1", badLists}, 1,
 			[]string{`rules (jwt): token_malformed: claim "acl": publish: unknown member`, "refused by jwt (token_malformed)"},
 			"mqtt-jwt-proxy verify: token refused: token_malformed\n"},
-		{"without requests the claim is not read", fleetRules, []string{badList}, 0,
-			[]string{"accepted by jwt"}, ""},
+		{"without requests the claim is read all the same", fleetRules, []string{badList}, 1,
+			[]string{`rules (jwt): token_malformed: claim "acl": [0].clientid_re`, "refused by jwt (token_malformed)"},
+			"mqtt-jwt-proxy verify: token refused: token_malformed\n"},
 		{"faulty configured rule", badConfig, []string{"-publish", "a", hs256(t, now, "dev1", nil)}, 1,
 			nil, `authorization.rules[0].topics[0]: "a/#/b" is not a topic filter`},
 		{"-qos over 2", fleetRules, []string{"-qos", "3", "-publish", "a", badList}, 2, nil, "-qos 3: want 0, 1 or 2"},

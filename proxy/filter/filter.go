@@ -393,6 +393,10 @@ func (e *End) Error() string { return "filter: session ended: " + e.Reason + ": 
 // works through an *End.
 func (e *End) Unwrap() error { return e.Err }
 
+// FinalBytes returns ToClient: an engine that knows no MQTT finds what to
+// write before the close through it.
+func (e *End) FinalBytes() []byte { return e.ToClient }
+
 // endClient ends the session for a fault of the client's: err is a
 // *packets.Error, or carries code.
 func (s *Session) endClient(code packets.ReasonCode, err error) *End {

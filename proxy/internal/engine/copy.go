@@ -41,74 +41,95 @@ type (
 	}
 )
 
-// copyPooled copies src to dst until src ends, as io.Copy would, without a
-// buffer held while src is idle: it waits until src has bytes with nothing
-// in hand (see readiness), then moves them with a buffer from
-// copyBuffers. A messageReader is copied message by message, each with a
-// buffer of its own. Where src cannot say it is readable, the buffer is
-// held while Read blocks. A clean end (io.EOF) returns a nil error.
-func copyPooled(dst io.Writer, src net.Conn) (int64, error) {
+// pump reads src until it ends and hands each read's bytes to sink, which
+// must be done with them when it returns, without a buffer held while src
+// is idle: it waits until src has bytes with nothing in hand (see
+// readiness), then reads them into a buffer from copyBuffers. A
+// messageReader is read message by message, each with a buffer of its
+// own. Where src cannot say it is readable, the buffer is held while Read
+// blocks. A clean end (io.EOF) returns a nil error; sink's error ends the
+// pump and is returned.
+func pump(src net.Conn, sink func([]byte) error) error {
 	if m, ok := src.(messageReader); ok {
-		return copyMessages(dst, m)
+		return pumpMessages(m, sink)
 	}
 	wait := readiness(src)
-	var written int64
 	for {
 		if wait != nil {
 			if err := wait(); err != nil {
-				return written, err
+				return err
 			}
 		}
-		n, err := copyBuffered(dst, src, wait != nil)
-		written += n
+		err := pumpBuffered(src, sink, wait != nil)
 		if errors.Is(err, io.EOF) {
-			return written, nil
+			return nil
 		}
 		if err != nil {
-			return written, err
+			return err
 		}
 	}
 }
 
-// copyMessages copies m's messages to dst until m ends.
-func copyMessages(dst io.Writer, m messageReader) (int64, error) {
-	var written int64
+// pumpMessages hands m's messages to sink until m ends.
+func pumpMessages(m messageReader, sink func([]byte) error) error {
 	for {
 		r, err := m.NextMessage()
 		if errors.Is(err, io.EOF) {
-			return written, nil
+			return nil
 		}
 		if err != nil {
-			return written, err
+			return err
 		}
-		n, err := copyBuffered(dst, r, false)
-		written += n
-		if !errors.Is(err, io.EOF) {
-			return written, err
+		if err := pumpBuffered(r, sink, false); !errors.Is(err, io.EOF) {
+			return err
 		}
 	}
 }
 
-// copyBuffered copies src to dst through one buffer from copyBuffers:
-// until src returns an error (io.EOF included, returned as is), or after
-// a single read when once is set. The buffer hides dst's ReadFrom, which
-// would otherwise allocate one of its own.
-func copyBuffered(dst io.Writer, src io.Reader, once bool) (written int64, err error) {
+// pumpBuffered reads src into one buffer from copyBuffers and hands what
+// each read returns to sink: until src returns an error (io.EOF included,
+// returned as is), or after a single read when once is set.
+func pumpBuffered(src io.Reader, sink func([]byte) error, once bool) error {
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
 	for {
 		n, readErr := src.Read(*bp)
 		if n > 0 {
-			w, writeErr := dst.Write((*bp)[:n])
-			written += int64(w)
-			if writeErr != nil {
-				return written, writeErr
+			if err := sink((*bp)[:n]); err != nil {
+				return err
 			}
 		}
 		if readErr != nil || once {
-			return written, readErr
+			return readErr
 		}
 	}
+}
+
+// getOutBuf lends an empty buffer from copyBuffers to append a Filter's
+// output to.
+func getOutBuf() *[]byte {
+	bp := copyBuffers.Get().(*[]byte)
+	*bp = (*bp)[:0]
+	return bp
+}
+
+// putOutBuf gives back a buffer of getOutBuf's; one that appends made
+// grow is left to the collector, so that the pool lends one size.
+func putOutBuf(bp *[]byte) {
+	if cap(*bp) != copyBufferSize {
+		return
+	}
+	*bp = (*bp)[:copyBufferSize]
+	copyBuffers.Put(bp)
+}
+
+// finalOf is what the error of a Filter call that ended a link has for
+// the client.
+func finalOf(err error) []byte {
+	if f, ok := err.(Final); ok {
+		return f.FinalBytes()
+	}
+	return nil
 }
 
 // readiness returns a func that blocks, holding no buffer, until c has

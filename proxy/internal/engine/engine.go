@@ -13,13 +13,27 @@
 //	...
 //	link.Abort() // token expiry, shutdown: Done follows
 //
+// A link with a Filter (proxy/filter.Session, for a session with topic
+// rules) is framed: every byte read goes through it, and what it returns
+// is written as whole units, so that the engine can place units of its
+// own between them (Send, End: an MQTT DISCONNECT before the close):
+//
+//	link := e.Join(client, up, engine.Options{HalfClose: h, Done: closed, Filter: session, FromClient: ahead})
+//	link.End(disconnect) // what is queued, then disconnect, then the close
+//
 // There are two engines. Portable (every platform) runs two goroutines
 // per link that wait until their source is readable, holding no buffer,
-// and copy through pooled buffers. Epoll (Linux) keeps both sockets of an
+// and copy through pooled buffers; on a framed link each writes an output
+// whole under its connection's write lock, which Send's goroutine takes
+// too. Epoll (Linux) keeps both sockets of an
 // idle link in an epoll set and moves their bytes from a few goroutines,
 // the watchers, one per processor: no goroutine, buffer or pipe per idle
 // link. Connections that are not plain TCP sockets (TLS, WebSocket) are
-// copied as the portable engine does, whichever engine runs.
+// copied as the portable engine does, whichever engine runs. A framed
+// link keeps that cost: the Filter holds no buffer between units, the
+// watcher reads into its own buffer and the Filter writes into the
+// watcher's output buffers, and only what a socket cannot take at once
+// is kept, in a pooled buffer, until it is written.
 //
 // # Rules of the epoll engine
 //
@@ -38,9 +52,12 @@
 //
 // Locks, in the order they are taken: the proxy's own lock (Join is
 // called under it; Done is never called with an engine lock held), then
-// an epollLink's mu or an fdConn's, then a watcher's mu, which is held
-// only to add, forget or look up a handler, never while a handler runs.
-// A goroutine holds at most one link's or fdConn's mu.
+// an epollLink's mu or an fdConn's, then a framed link's sendMu or a
+// watcher's mu, which is held only to add, forget or look up a handler,
+// never while a handler runs. A goroutine holds at most one link's or
+// fdConn's mu. Send and End take only sendMu and leave the rest to a
+// goroutine (flushSends) that takes mu: they never wait for a Filter
+// call, which the watcher makes under mu.
 //
 // Flow states. Each link has two flows, client to broker (0) and back
 // (1). A flow is waiting (the watcher moves its bytes when its source is
@@ -54,9 +71,32 @@
 // else, and Abort, ends both: waiting flows at once, moving ones when
 // their next system call fails on the sockets, which Abort shuts down.
 //
+// Framed links. The Filter of flow i is called on the watcher, under mu,
+// with the watcher's read buffer as in and its output buffers (watcher.fwd,
+// back) as fwd and back, valid until the next call; or on flow i's move
+// goroutine (moveFramed), outside mu, with buffers of copyBuffers that
+// goroutine holds until it hands the flow back. Every write to a framed
+// link's socket is made under mu, non-blocking: socket j gets flow 1-j's
+// fwd, flow j's back, and for the client's socket Send's and End's bytes.
+// A unit is written at once when nothing is queued for its socket, else
+// appended to out[j], a pooled buffer the link owns until it is written
+// or the link ends; what is queued for socket j is written by flow 1-j
+// only, on its move goroutine, which waits for the socket as a spliced
+// flow's does, so that no unit is ever written inside another. A flow
+// whose fwd is queued moves (its goroutine writes it before reading on);
+// one whose back is queued is parked, a fourth state with no goroutine,
+// until flow 1-j has written it, then restarted on a goroutine. The
+// client's flow starts parked and starts when the broker's flow returns
+// its first output (held). Ending (End, or a Filter's error): no Filter
+// call starts, the broker's flow writes what is queued for the client,
+// then the last words, and shuts the client's sending half; the client's
+// flow writes what is queued for the broker, shuts its sending half, and
+// reads and drops until the client's EOF; HalfClose bounds it all.
+//
 // What may block. The watcher's goroutine never blocks: it reads and
 // writes non-blocking sockets and hands anything that would wait to a
-// move goroutine; Done runs on it and must not block either. Only move
+// move goroutine; Done and a Filter's calls run on it and must not block
+// either. Only move
 // goroutines and fdConn calls wait, on channels the watcher signals; a
 // Resumer parked with fdConn.WhenReadable is started on a goroutine of
 // its own, so that nothing waits at all for a client whose CONNECT is
@@ -112,18 +152,77 @@ type Engine interface {
 // Options are what a link needs to know beyond its two connections.
 type Options struct {
 	// HalfClose is how long one direction may go on after the other has
-	// ended cleanly (its sender closed its sending half).
+	// ended cleanly (its sender closed its sending half), and how long
+	// the client has, after End, to take what it is owed and close.
 	HalfClose time.Duration
 	// Done is called once, when both directions have ended and both
-	// connections are closed, with the bytes written each way. It may
-	// run on a goroutine that serves other links: it must not block.
+	// connections are closed, with the bytes written to the upstream and
+	// to the client. It may run on a goroutine that serves other links:
+	// it must not block.
 	Done func(fromClient, toClient int64)
+	// Filter, when set, frames the link: every byte read from either
+	// connection goes through it, and only what it returns is written.
+	// Nil relays the bytes as they come (spliced).
+	Filter Filter
+	// FromClient is what the caller read from the client past what the
+	// upstream got with Dial: on a framed link, the first bytes of the
+	// client direction, filtered like the rest. On a link without a
+	// Filter the caller sends them with Dial's first bytes.
+	FromClient []byte
+}
+
+// Filter frames a link's two directions: proxy/filter.Session has its
+// methods. The engine calls Filter with each read of direction dir (0:
+// from the client, 1: from the upstream), in order, one call at a time
+// per direction, the two directions possibly at once; in is the engine's
+// and valid only during the call. Filter appends to fwd what dir's
+// destination gets and to back what dir's source gets, each made of
+// whole units (packets) so that the engine can place other units between
+// two outputs, and neither sharing memory with in. A non-nil error ends
+// the link: the call's outputs are written, then, when the error is a
+// Final, its bytes to the client, and both connections close.
+//
+// The client direction is read only once the upstream direction has
+// returned its first fwd output (an MQTT broker's CONNACK) and that has
+// been written or queued for the client: the answers a Filter writes
+// back to the client come after the upstream's first words.
+type Filter interface {
+	Filter(dir int, in, fwd, back []byte) (fwdOut, backOut []byte, err error)
+	// Release is called once, after the last Filter call, when the link
+	// has ended.
+	Release()
+}
+
+// Final is an error of a Filter that has last words for the client:
+// FinalBytes is written after the call's outputs, before the close.
+type Final interface {
+	error
+	FinalBytes() []byte
 }
 
 // Link is one client joined to its broker.
 type Link interface {
 	// Abort ends both directions now; Done follows.
 	Abort()
+	// Send writes toClient, whole units, to the client between two whole
+	// outputs of a framed link, after those already written or queued.
+	// It never blocks: the bytes are queued and the engine woken, even
+	// when neither connection has anything to read. toClient is the
+	// link's from the call on. A link without a Filter, or one that has
+	// ended or is ending, drops them: its stream has no known place for
+	// them.
+	Send(toClient []byte)
+	// End ends a framed link: what the client was to get (outputs
+	// written or queued, bytes sent), then toClient, then the client's
+	// sending half closed and its connection closed once it closes its
+	// own (within HalfClose: then both are closed anyway). No Filter call
+	// starts after it, and the upstream's connection closes without
+	// anything more. It never blocks. On a link without a Filter it is
+	// Abort, and toClient is dropped. Done follows.
+	End(toClient []byte)
+	// Bytes returns the bytes written so far to the upstream and to the
+	// client, as Done will report them.
+	Bytes() (fromClient, toClient int64)
 }
 
 // Kind names an engine.

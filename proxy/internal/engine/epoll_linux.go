@@ -108,7 +108,12 @@ func (e *epoll) Join(client, upstream net.Conn, o Options) Link {
 		}
 		client.Close()
 		upstream.Close()
-		go o.Done(0, 0)
+		go func() {
+			if o.Filter != nil {
+				o.Filter.Release()
+			}
+			o.Done(0, 0)
+		}()
 		return endedLink{}
 	}
 	l := newEpollLink(e.watcherFor(upstream), cfd, ufd, o)
@@ -153,4 +158,7 @@ func takeSocket(c net.Conn) (int, bool) {
 // endedLink is a link that ended before it began.
 type endedLink struct{}
 
-func (endedLink) Abort() {}
+func (endedLink) Abort()                              {}
+func (endedLink) Send([]byte)                         {}
+func (endedLink) End([]byte)                          {}
+func (endedLink) Bytes() (fromClient, toClient int64) { return 0, 0 }

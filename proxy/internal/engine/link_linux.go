@@ -37,8 +37,14 @@ type epollLink struct {
 	mu    sync.Mutex // guards everything below
 	socks [2]sysFD   // 0: the client's, 1: the broker's; each flow holds a reference to both
 	flows [2]flow    // flow i reads socks[i] and writes socks[1-i]: 0 carries the client's bytes
+	// ext is what a link that is more than idle needs: made the first
+	// time a flow waits for its destination, or at the start of a framed
+	// link. It is apart so that an idle link stays in 128 bytes.
+	ext   *linkExt
 	timer *time.Timer
 	ended int8 // flows that have ended
+	// framed is set, for a link's life, when it has a Filter (ext.fr).
+	framed bool
 	// reported is set once done is due: both flows have ended and the
 	// sockets are closed.
 	reported bool
@@ -58,9 +64,6 @@ type flow struct {
 	// reports writability: from the first time the other flow had to
 	// wait for this socket to take bytes.
 	watchOut bool
-	// writable wakes this flow's goroutine when it waits for its
-	// destination to take more bytes; made the first time it waits.
-	writable chan struct{}
 }
 
 type flowState uint8
@@ -69,7 +72,36 @@ const (
 	flowWaiting flowState = iota // the watcher moves its bytes
 	flowMoving                   // a goroutine (move) is moving its bytes
 	flowEnded                    // its references to the sockets are released
+	// flowParked: a framed flow whose source is not read until an output
+	// of its own, queued for its source socket, has been written by the
+	// other flow (see framing); no goroutine has it.
+	flowParked
 )
+
+// linkExt is the part of a link that an idle unframed one does without.
+type linkExt struct {
+	// writable[i] wakes flow i's goroutine when it waits for its
+	// destination to take more bytes.
+	writable [2]chan struct{}
+	// fr frames the link; nil for a spliced one.
+	fr *framing
+}
+
+// extLocked returns l.ext, making it first.
+func (l *epollLink) extLocked() *linkExt {
+	if l.ext == nil {
+		l.ext = &linkExt{}
+	}
+	return l.ext
+}
+
+// writable is flow i's wake-up channel, or nil before it first waited.
+func (l *epollLink) writable(i int) chan struct{} {
+	if l.ext == nil {
+		return nil
+	}
+	return l.ext.writable[i]
+}
 
 // newEpollLink owns the sockets client and upstream from now on; start
 // puts them in w's set. Until then both flows count as moving, so that
@@ -79,6 +111,9 @@ func newEpollLink(w *watcher, client, upstream int, o Options) *epollLink {
 	l.socks = [2]sysFD{newSysFD(client), newSysFD(upstream)}
 	l.socks[0].refs, l.socks[1].refs = 2, 2
 	l.flows[0].state, l.flows[1].state = flowMoving, flowMoving
+	if o.Filter != nil {
+		l.ext, l.framed = &linkExt{fr: newFraming(o)}, true
+	}
 	l.seq = w.add(l)
 	return l
 }
@@ -99,10 +134,14 @@ func (l *epollLink) start() {
 		}
 	}
 	l.flows[0].state, l.flows[1].state = flowWaiting, flowWaiting
+	if l.framed {
+		// The client's flow waits for the broker's first output.
+		l.flows[0].state = flowParked
+	}
 	if err != nil {
 		l.abortLocked()
 		l.reported = true
-		go l.done(0, 0)
+		go l.finish(0, 0)
 	}
 }
 
@@ -139,7 +178,7 @@ func (l *epollLink) event(i int) *unix.EpollEvent {
 // take bytes again (or has failed).
 func (l *epollLink) wake(i int) {
 	l.mu.Lock()
-	ch := l.flows[i].writable
+	ch := l.writable(i)
 	l.mu.Unlock()
 	notify(ch)
 }
@@ -149,13 +188,19 @@ func (l *epollLink) wake(i int) {
 // writes again and, on EAGAIN, waits again.
 func (l *epollLink) waitWritable(i int) error {
 	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.waitWritableLocked(i)
+}
+
+// waitWritableLocked is waitWritable for a caller that holds l.mu, which
+// it releases while it waits.
+func (l *epollLink) waitWritableLocked(i int) error {
 	if l.aborted {
-		l.mu.Unlock()
 		return errAborted
 	}
-	f, d := &l.flows[i], &l.flows[1-i]
-	if f.writable == nil {
-		f.writable = make(chan struct{}, 1)
+	x, d := l.extLocked(), &l.flows[1-i]
+	if x.writable[i] == nil {
+		x.writable[i] = make(chan struct{}, 1)
 	}
 	if !d.watchOut {
 		// From now on the destination's registration also reports
@@ -163,15 +208,13 @@ func (l *epollLink) waitWritable(i int) error {
 		d.watchOut = true
 		if err := unix.EpollCtl(l.w.epfd, unix.EPOLL_CTL_MOD, l.fd(1-i), l.event(1-i)); err != nil {
 			d.watchOut = false
-			l.mu.Unlock()
 			return fmt.Errorf("engine: epoll: %w", err)
 		}
 	}
-	ch := f.writable
+	ch := x.writable[i]
 	l.mu.Unlock()
 	<-ch
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.aborted {
 		return errAborted
 	}
@@ -188,10 +231,13 @@ func (l *epollLink) readable(i int, closing bool, buf []byte) {
 	defer l.unlock()
 	f := &l.flows[i]
 	switch {
-	case f.state == flowMoving:
+	case f.state == flowMoving || f.state == flowParked:
 		f.pending = true
 		return
 	case f.state == flowEnded || l.aborted:
+		return
+	case l.framed:
+		l.readableFramed(i, closing, buf)
 		return
 	}
 	for full := 0; ; {
@@ -462,14 +508,14 @@ func (l *epollLink) abortLocked() {
 	}
 	l.aborted = true
 	for i := range l.flows {
-		if l.flows[i].state == flowWaiting {
+		if s := l.flows[i].state; s == flowWaiting || s == flowParked {
 			l.endFlowLocked(i)
 		}
 	}
 	if l.ended < 2 {
 		for i := range l.flows {
 			unix.Shutdown(l.fd(i), unix.SHUT_RDWR)
-			notify(l.flows[i].writable)
+			notify(l.writable(i))
 		}
 	}
 }
@@ -494,6 +540,9 @@ func (l *epollLink) endFlowLocked(i int) {
 		l.w.forget(l.seq)
 		l.socks[0].closeLocked()
 		l.socks[1].closeLocked()
+		if l.framed {
+			l.ext.fr.releaseLocked()
+		}
 	}
 }
 
@@ -505,8 +554,24 @@ func (l *epollLink) unlock() {
 	from, to := l.flows[0].n, l.flows[1].n
 	l.mu.Unlock()
 	if due {
-		l.done(from, to)
+		l.finish(from, to)
 	}
+}
+
+// finish releases a framed link's filter, no Filter call being under way
+// once both flows have ended, and calls done.
+func (l *epollLink) finish(from, to int64) {
+	if l.framed {
+		l.ext.fr.filter.Release()
+	}
+	l.done(from, to)
+}
+
+// Bytes returns what has been written to the broker and to the client.
+func (l *epollLink) Bytes() (fromClient, toClient int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.flows[0].n, l.flows[1].n
 }
 
 // queuedBytes says, without blocking, how many bytes the socket fd has

@@ -296,7 +296,7 @@ func TestAbortWakesAWaitingFlow(t *testing.T) {
 	}()
 	for waiting := false; !waiting; runtime.Gosched() {
 		r.mu.Lock()
-		waiting = r.flows[0].state == flowMoving && r.flows[0].writable != nil
+		waiting = r.flows[0].state == flowMoving && r.writable(0) != nil
 		r.mu.Unlock()
 	}
 	r.Abort()

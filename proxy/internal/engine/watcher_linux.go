@@ -22,6 +22,10 @@ type watcher struct {
 	epfd int      // file's, for epoll_ctl(2) and epoll_pwait(2)
 	file *os.File // owns epfd, in the runtime's poller
 	buf  []byte
+	// fwd and back take the outputs of the Filter calls of framed links
+	// the goroutine serves, one call at a time; they grow as a call
+	// needs, and are let go of past maxScratch.
+	fwd, back []byte
 
 	mu       sync.Mutex // guards the fields below; taken last, and held for nothing else
 	nextSeq  uint64
@@ -165,5 +169,22 @@ func notify(ch chan struct{}) {
 	select {
 	case ch <- struct{}{}:
 	default:
+	}
+}
+
+// maxScratch is the largest output buffer a watcher keeps from one Filter
+// call to the next: a few reads' worth. One that grew past it (a large
+// packet gathered across reads) is left to the collector.
+const maxScratch = 4 * copyBufferSize
+
+// keepScratch keeps fwd and back, which a Filter call returned over w's
+// output buffers, for the next call.
+func (w *watcher) keepScratch(fwd, back []byte) {
+	w.fwd, w.back = fwd[:0], back[:0]
+	if cap(fwd) > maxScratch {
+		w.fwd = nil
+	}
+	if cap(back) > maxScratch {
+		w.back = nil
 	}
 }
