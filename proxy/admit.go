@@ -11,10 +11,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/filter"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // session is one client connection, from accept to close. Its fields but
@@ -27,7 +27,18 @@ type session struct {
 	pending  *list.Element   // in Proxy.pending until the CONNECT is decided
 	link     engine.Link     // set once the connection is handed to the engine, which then owns client and upstream
 	version  byte            // the client's protocol version, set with link
-	aborted  bool            // terminate or eviction has begun; no link may start after it
+	// conn is set once the CONNECT is accepted, before the broker is
+	// dialed: from then on the session is listed and may be ended by
+	// EndSessions and the revocation list.
+	conn    *openConn
+	aborted bool // terminate or eviction has begun; no link may start after it
+	// server is the pool's server the link holds, until it ends; nil
+	// for a broker of no pool.
+	server *upstream.Backend[ServerSettings]
+	// endReason is why terminate ended the session, for its closing line
+	// and its refusal; empty for Close, eviction and a session that ended
+	// by itself.
+	endReason EndReason
 	// evicted is set when the session was closed to keep within a limit
 	// of pending connections (aborted too); evictedBy, written before,
 	// names the limit.
@@ -72,24 +83,53 @@ func (pc *pendingConnect) hold(n int) bool { return pc.p.holdConnectBytes(pc.s, 
 // Resume goes on with the CONNECT once a socket may have more.
 func (pc *pendingConnect) Resume() { pc.p.serveConnect(pc.s) }
 
-// terminate ends s from outside its own goroutine (Close, token expiry):
-// its link, once it has one, as an MQTT 5 server ends a session, with a
-// DISCONNECT of code between two whole packets to a client whose session
-// is framed, then the close (see engine.Link.End), and at once for the
-// others; else its client's connection, which makes serveConn give up.
-// Closing happens outside Proxy.mu: a WebSocket close frame may take a
-// while, and accepting must not wait for it.
-func (p *Proxy) terminate(s *session, code packets.ReasonCode) {
+// terminate ends s from outside its own goroutine, for reason (Close
+// gives none): its link, once it has one, as an MQTT 5 server ends a
+// session, with a DISCONNECT of reason's code between two whole packets
+// to a client whose session is framed, then the close (see
+// engine.Link.End), and at once for the others; else its client's
+// connection, which makes serveConn give up. Closing happens outside
+// Proxy.mu: a WebSocket close frame may take a while, and accepting must
+// not wait for it. It reports false when s was being ended already, whose
+// first reason stays.
+func (p *Proxy) terminate(s *session, reason EndReason) bool {
 	p.mu.Lock()
+	first := !s.aborted
 	s.aborted = true
+	if first {
+		s.endReason = reason
+	}
 	s.stopVerifyLocked()
 	link, client, version := s.link, s.client, s.version
 	p.mu.Unlock()
 	if link != nil {
-		link.End(filter.Disconnect(version, code))
-		return
+		link.End(filter.Disconnect(version, reason.code()))
+		return first
 	}
 	engine.CloseNow(client)
+	return first
+}
+
+// identified records that s's CONNECT was accepted as conn says: the
+// session is listed, and may be ended by reason, from now on.
+func (p *Proxy) identified(s *session, conn *openConn) {
+	p.mu.Lock()
+	s.conn = conn
+	p.mu.Unlock()
+}
+
+// isAborted reports whether s is being ended from outside.
+func (p *Proxy) isAborted(s *session) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return s.aborted
+}
+
+// endedFor is why s was ended from outside: its reason, or "" (Close).
+func (p *Proxy) endedFor(s *session) EndReason {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return s.endReason
 }
 
 // accepted admits c, just accepted on the listener called name, under
@@ -295,6 +335,7 @@ func (p *Proxy) decided(s *session) bool {
 func (p *Proxy) release(s *session) {
 	p.decided(s)
 	p.mu.Lock()
+	p.leaveServerLocked(s)
 	delete(p.sessions, s)
 	p.perListener[s.listener]--
 	p.mu.Unlock()
