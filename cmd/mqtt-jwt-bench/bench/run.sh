@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark on loopback: mosquitto direct, through HAProxy in
-# TCP mode, and through mqtt-jwt-proxy. Every scenario runs once per target
-# in turn (direct, haproxy, proxy, then haproxy, proxy, direct, ...) for
-# -rounds rounds, and the table at the end gives each figure's median per target
-# with the ratios proxy/haproxy and proxy/direct. The load tool, the proxies
+# TCP mode, and through mqtt-jwt-proxy; the publish/subscribe and memory
+# scenarios also through a proxy whose configuration has topic rules
+# ("rules": every session framed and each PUBLISH and SUBSCRIBE checked).
+# Every scenario runs once per target in turn (direct, haproxy, proxy, then
+# haproxy, proxy, direct, ...) for -rounds rounds, and the table at the end
+# gives each figure's median per target with the ratios proxy/haproxy,
+# proxy/direct and rules/proxy. The load tool, the proxies
 # and the broker share the machine's cores, so absolute figures say little
 # about another machine; the ratios, taken in one run, are the result.
 #
@@ -12,11 +15,11 @@
 #   bash cmd/mqtt-jwt-bench/bench/run.sh -n 5000 -rounds 5 -duration 8 -only 'connect|memory|pending' -out /tmp/bench
 #
 # Needs go, mosquitto and haproxy (installed with apt-get when missing and
-# run as root). Uses the loopback ports 18830 to 18835.
+# run as root). Uses the loopback ports 18830 to 18836.
 set -euo pipefail
 
 usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 Flags:
   -quick         short runs (1 s) and 1,000 held connections: about 2 minutes
@@ -57,7 +60,7 @@ results=$out/results.jsonl
 # Ports: the broker, HAProxy, and one proxy per signing algorithm (a proxy's
 # authentication chain verifies one kind of key).
 port_broker=18830 port_haproxy=18831 port_haproxy_jwt=18835
-declare -A port_proxy=([hs256]=18832 [rs256]=18833 [es256]=18834)
+declare -A port_proxy=([hs256]=18832 [rs256]=18833 [es256]=18834 [rules]=18836)
 secret=bench-secret-$RANDOM$RANDOM$RANDOM
 
 say() { printf '%s\n' "$*" >&2; }
@@ -127,6 +130,17 @@ write_proxy_config rs256 "${port_proxy[rs256]}" "    algorithm: public-key
     public_key: \"$out/rsa/public.pem\""
 write_proxy_config es256 "${port_proxy[es256]}" "    algorithm: public-key
     public_key: \"$out/ec/public.pem\""
+# The same as hs256, with rules that allow what the load tool does (its
+# topics are under bench/) and deny anything else: every session framed,
+# every PUBLISH and SUBSCRIBE checked against the rules.
+write_proxy_config rules "${port_proxy[rules]}" "    algorithm: hmac-based
+    secret: \"$secret\""
+cat >>"$out/proxy-rules.yaml" <<EOF
+authorization:
+  rules:
+    - {permission: allow, action: all, topic: "bench/#"}
+  no_match: deny
+EOF
 
 # --- processes --------------------------------------------------------------
 declare -A pid_proxy=()
@@ -150,13 +164,13 @@ start_all() {
   pid_haproxy=$!
   BENCH_SECRET=$secret "$haproxy_bin" -db -f "$bench_dir/haproxy-jwt.cfg" >>"$out/haproxy-jwt.log" 2>&1 &
   pid_haproxy_jwt=$!
-  for alg in hs256 rs256 es256; do
+  for alg in hs256 rs256 es256 rules; do
     "$proxy_bin" serve -config "$out/proxy-$alg.yaml" 2>>"$out/proxy-$alg.log" &
     pid_proxy[$alg]=$!
   done
   wait_port "$port_haproxy" "$pid_haproxy" haproxy
   wait_port "$port_haproxy_jwt" "$pid_haproxy_jwt" haproxy-jwt
-  for alg in hs256 rs256 es256; do
+  for alg in hs256 rs256 es256 rules; do
     wait_port "${port_proxy[$alg]}" "${pid_proxy[$alg]}" "proxy-$alg"
   done
 }
@@ -191,6 +205,7 @@ run_target() {
         addr=127.0.0.1:$port_haproxy pids+=(-pid "hop=$pid_haproxy")
       fi ;;
     proxy) addr=127.0.0.1:${port_proxy[$alg]} pids+=(-pid "hop=${pid_proxy[$alg]}") ;;
+    rules) addr=127.0.0.1:${port_proxy[rules]} pids+=(-pid "hop=${pid_proxy[rules]}") ;;
   esac
   local line
   if line=$("$bench" "$mode" -addr "$addr" "${pids[@]}" -scenario "$scenario" -target "$target" -round "$round" "$@" 2>>"$out/bench.log"); then
@@ -224,9 +239,10 @@ scenario() {
   shift 3
   [[ $name =~ $only ]] || return 0
   local targets=(direct haproxy proxy)
+  if [[ $name == pubsub-* ]]; then targets+=(rules); fi
   for round in $(seq "$rounds"); do
     say "$name, round $round of $rounds"
-    local first=$(((round - 1) % 3))
+    local first=$(((round - 1) % ${#targets[@]}))
     for target in "${targets[@]:first}" "${targets[@]:0:first}"; do
       local expect=()
       if [[ $name == refuse-* ]]; then
@@ -270,7 +286,7 @@ if [[ memory =~ $only ]]; then
   hold_for=$((duration > 3 ? 3 : duration + 1))
   for round in $(seq "$rounds"); do
     say "memory ($n idle connections), round $round of $rounds"
-    for target in direct haproxy proxy; do
+    for target in direct haproxy proxy rules; do
       stop_all
       start_all
       run_target memory "$round" "$target" hs256 hold -n "$n" -c 64 -duration "${hold_for}s" -settle 1s "${hs[@]}"
@@ -296,7 +312,7 @@ fi
 stop_all
 
 say ""
-"$bench" report "$results" | tee "$out/table.txt"
+"$bench" report -ratio proxy/haproxy -ratio proxy/direct -ratio rules/proxy "$results" | tee "$out/table.txt"
 say ""
 say "results: $results; table: $out/table.txt; logs: $out/*.log"
 if [ "$failures" -gt 0 ]; then
