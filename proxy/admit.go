@@ -3,12 +3,14 @@ package proxy
 import (
 	"container/list"
 	"context"
+	"crypto/tls"
 	"net"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/filter"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
@@ -99,8 +101,8 @@ func (p *Proxy) accepted(c net.Conn, name string) (*session, error) {
 	s.connect = &pendingConnect{connectReader: connectReader{maxSize: s.policy.limits.MaxConnectSize}, p: p, s: s}
 	s.connect.owner = s.connect
 	kind, ok, evicted := p.admit(s)
-	if evicted != nil {
-		engine.CloseNow(evicted)
+	for _, c := range evicted {
+		engine.CloseNow(c)
 	}
 	switch {
 	case !ok && kind == "":
@@ -148,9 +150,11 @@ func (p *Proxy) releaseUnserved(s *session) {
 // admit registers a newly accepted session if the limits allow it. It
 // returns the kind of limit that refused it, or ok; "" and !ok when the
 // proxy is closing. Over MaxPendingConnects, the oldest pending session is
-// evicted instead of refusing the new one: its connection is returned,
-// for the caller to close once p.mu is released.
-func (p *Proxy) admit(s *session) (kind string, ok bool, evicted net.Conn) {
+// evicted instead of refusing the new one; a TLS session holds
+// configs.PendingTLSRecordBytes from now on, which may evict others (see
+// holdConnectBytes). The connections evicted are returned, for the caller
+// to close once p.mu is released.
+func (p *Proxy) admit(s *session) (kind string, ok bool, evicted []net.Conn) {
 	if !s.policy.ipRates.allow(hostOf(s.client.RemoteAddr()), time.Now()) {
 		return limitRate, false, nil
 	}
@@ -170,7 +174,7 @@ func (p *Proxy) admit(s *session) (kind string, ok bool, evicted net.Conn) {
 		return limitListenerConnections, false, nil
 	}
 	if l.MaxPendingConnects > 0 && p.pending.Len() >= l.MaxPendingConnects {
-		evicted = p.evictLocked(p.pending.Front().Value.(*session), limitPending)
+		evicted = append(evicted, p.evictLocked(p.pending.Front().Value.(*session), limitPending))
 	}
 	if p.sessions == nil {
 		p.sessions = make(map[*session]struct{})
@@ -183,7 +187,21 @@ func (p *Proxy) admit(s *session) (kind string, ok bool, evicted net.Conn) {
 	s.holdsPolicy = true
 	p.wg.Add(1)
 	p.Metrics.connOpened(s.listener)
+	if terminatesTLS(s.client) {
+		evicted = append(evicted, p.holdLocked(s, configs.PendingTLSRecordBytes)...)
+	}
 	return "", true, evicted
+}
+
+// terminatesTLS reports whether the proxy speaks TLS with c's client, and
+// so whether crypto/tls buffers c's records.
+func terminatesTLS(c net.Conn) bool {
+	for layer := range transport.Layers(c) {
+		if _, ok := layer.(*tls.Conn); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // evictLocked ends s, a pending session, to keep within the limit kind
@@ -211,7 +229,6 @@ func (p *Proxy) evictLocked(s *session, kind string) net.Conn {
 // if it comes to that. It reports false when s has been evicted or
 // aborted: its read ends.
 func (p *Proxy) holdConnectBytes(s *session, n int) bool {
-	budget := s.policy.limits.maxPendingConnectBytes()
 	var evicted []net.Conn
 	defer func() {
 		for _, c := range evicted {
@@ -220,19 +237,28 @@ func (p *Proxy) holdConnectBytes(s *session, n int) bool {
 	}()
 	p.mu.Lock()
 	defer p.mu.Unlock() // runs first: the closes come after it
-	pc := s.connect
-	if s.aborted || pc == nil {
+	if s.aborted || s.connect == nil {
 		return false
 	}
+	evicted = p.holdLocked(s, n)
+	return !s.aborted
+}
+
+// holdLocked counts n more bytes held by s, pending, and evicts the
+// sessions that have held bytes longest while the total is over the
+// budget, s too if it comes to that. It returns their connections, for
+// the caller to close once p.mu is released. p.mu is held.
+func (p *Proxy) holdLocked(s *session, n int) (evicted []net.Conn) {
+	pc := s.connect
 	if pc.holding == nil {
 		pc.holding = p.holding.PushBack(s)
 	}
 	pc.charged += n
 	p.heldBytes += n
-	for p.heldBytes > budget {
+	for budget := s.policy.limits.maxPendingConnectBytes(); p.heldBytes > budget; {
 		evicted = append(evicted, p.evictLocked(p.holding.Front().Value.(*session), limitPendingBytes))
 	}
-	return !s.aborted
+	return evicted
 }
 
 // unholdLocked stops counting the bytes s's CONNECT holds. p.mu is held.
