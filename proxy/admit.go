@@ -14,6 +14,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/filter"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // session is one client connection, from accept to close. Its fields but
@@ -31,6 +32,9 @@ type session struct {
 	// EndSessions and the revocation list.
 	conn    *openConn
 	aborted bool // terminate or eviction has begun; no link may start after it
+	// server is the pool's server the link holds, until it ends; nil
+	// for a broker of no pool.
+	server *upstream.Backend[ServerSettings]
 	// endReason is why terminate ended the session, for its closing line
 	// and its refusal; empty for Close, eviction and a session that ended
 	// by itself.
@@ -331,6 +335,7 @@ func (p *Proxy) decided(s *session) bool {
 func (p *Proxy) release(s *session) {
 	p.decided(s)
 	p.mu.Lock()
+	p.leaveServerLocked(s)
 	delete(p.sessions, s)
 	p.perListener[s.listener]--
 	p.mu.Unlock()

@@ -24,6 +24,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // benchConnack is what the benchmarks' upstream accepts every client with.
@@ -32,13 +33,11 @@ var benchConnack = []byte{0x20, 0x02, 0x00, 0x00}
 // benchDisconnect is an MQTT 3.1.1 DISCONNECT.
 var benchDisconnect = []byte{0xe0, 0x00}
 
-// benchProxy serves a Proxy with a real HS256 authentication chain in
-// front of a minimal upstream: it reads the CONNECT, answers benchConnack,
-// then hands the connection to session, and closes it when session
-// returns, as a broker closes after DISCONNECT. With list, the chain
-// checks tokens against it, and the proxy its sessions. It returns the
-// proxy's address and an accepted client's CONNECT.
-func benchProxy(b *testing.B, session func(net.Conn), list *revocation.List) (addr string, connect []byte) {
+// benchBroker is a minimal broker: it reads the CONNECT, answers
+// benchConnack, then hands the connection to session, and closes it when
+// session returns, as a broker closes after DISCONNECT. It returns its
+// address.
+func benchBroker(b *testing.B, session func(net.Conn)) string {
 	b.Helper()
 	upstream := listen(b)
 	var sessions sync.WaitGroup
@@ -63,9 +62,33 @@ func benchProxy(b *testing.B, session func(net.Conn), list *revocation.List) (ad
 		}
 	})
 
+	return upstream.Addr().String()
+}
+
+// benchProxy serves a Proxy with a real HS256 authentication chain in
+// front of benchBrokers running session: with pool zero, the one broker
+// of Upstream; else Upstreams, a default pool of that many balanced by
+// client_id. With list, the chain checks tokens against it, and the
+// proxy its sessions. It returns the proxy's address and an accepted
+// client's CONNECT.
+func benchProxy(b *testing.B, pool int, session func(net.Conn), list *revocation.List) (addr string, connect []byte) {
+	b.Helper()
 	chain := jwtChain(b, configs.Authenticator{Name: "jwt", Mechanism: "jwt", Algorithm: "hmac-based", Secret: e2eSecret}, authn.WithRevocation(list))
+	p := &Proxy{Verifier: chain}
+	if pool == 0 {
+		p.Upstream = benchBroker(b, session)
+	} else {
+		addrs := make([]string, pool)
+		for i := range addrs {
+			addrs[i] = benchBroker(b, session)
+		}
+		pools, err := NewUpstreams(defaultPool(upstream.ClientID, nil, servers(addrs...)...), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		p.Upstreams = pools
+	}
 	ln := listen(b)
-	p := &Proxy{Upstream: upstream.Addr().String(), Verifier: chain}
 	serveOn(b, p, ln)
 	if list != nil {
 		p.WatchRevocation(list)
@@ -114,8 +137,20 @@ func benchOpen(addr string, connect []byte) (net.Conn, error) {
 // dial, CONNECT with an HS256 token (verified), the upstream dialed and
 // its CONNACK relayed, DISCONNECT, and the close passed back. Allocations
 // count the client's and the upstream's too, which share the process.
+// The broker is Upstream, or a server of a pool of one or three
+// balanced by client_id (routed, picked, held and released).
 func BenchmarkProxyConnect(b *testing.B) {
-	addr, connect := benchProxy(b, readDisconnect, nil)
+	for _, pool := range []int{0, 1, 3} {
+		name := "upstream"
+		if pool > 0 {
+			name = "pool-" + strconv.Itoa(pool)
+		}
+		b.Run(name, func(b *testing.B) { benchConnects(b, pool) })
+	}
+}
+
+func benchConnects(b *testing.B, pool int) {
+	addr, connect := benchProxy(b, pool, readDisconnect, nil)
 	b.ReportAllocs()
 	b.SetParallelism(4) // 4 clients per core keep the proxy busy
 	b.RunParallel(func(pb *testing.PB) {
@@ -174,7 +209,7 @@ func BenchmarkConnectDuringRevocationRefresh(b *testing.B) {
 	if st := list.Status(); st.Entries != entries {
 		b.Fatalf("the list loaded %+v, want %d entries", st, entries)
 	}
-	addr, connect := benchProxy(b, readDisconnect, list)
+	addr, connect := benchProxy(b, 0, readDisconnect, list)
 
 	// refreshing refreshes the list until stop is called, which waits
 	// for the refresh under way.
@@ -239,7 +274,7 @@ const revocationBenchPeriod = 2 * time.Second
 // PUBLISH of each size goes through the proxy to an upstream that echoes
 // it, and comes back. The size is the payload's.
 func BenchmarkSplice(b *testing.B) {
-	addr, connect := benchProxy(b, func(c net.Conn) { io.Copy(c, c) }, nil)
+	addr, connect := benchProxy(b, 0, func(c net.Conn) { io.Copy(c, c) }, nil)
 	for _, size := range []int{64, 4 << 10, 64 << 10} {
 		b.Run(strconv.Itoa(size)+"B", func(b *testing.B) {
 			c, err := benchOpen(addr, connect)

@@ -71,7 +71,7 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 		}, []string{"kind"}),
 		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "sessions_ended_total",
-			Help: "Authenticated sessions the proxy ended, by reason: admin (the sessions API), revoked (a new revocation list), token_expired (disconnect_after_expire).",
+			Help: "Authenticated sessions the proxy ended, by reason: admin (the sessions API), revoked (a new revocation list), token_expired (disconnect_after_expire), upstream_server_removed (a reload removed its pool's server, and the drain timeout passed).",
 		}, []string{"reason"}),
 		reauths: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "reauthentications_total",

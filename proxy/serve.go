@@ -13,6 +13,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // serveConn starts serving one client connection: the transport's
@@ -103,7 +104,7 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	}
 	p.armExpiry(s, conn, a.id, a.acl)
 	through := false // the broker has the CONNECT
-	err := p.connectUpstream(s, bare, a.header, first, o, pk.ProtocolVersion, func() {
+	err := p.connectUpstream(s, c, bare, &a, first, o, log, func(server *upstream.Backend[ServerSettings]) {
 		through = true
 		p.Metrics.outcome("accepted", "")
 		log.Info("authentication accepted",
@@ -114,6 +115,8 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 			bridgeField(pk.Bridge),
 			framedField(a.acl != nil),
 			methodField(a.id.AuthMethod),
+			poolField(a.pool),
+			serverField(server),
 		)
 	})
 	if err == nil {

@@ -90,10 +90,16 @@ const (
 	// (disconnect_after_expire). An MQTT 5 client gets DISCONNECT 0xA0,
 	// maximum connect time.
 	EndedTokenExpired EndReason = EndReason(authn.ErrTokenExpired)
+	// EndedServerRemoved: a reload removed the pool's server the session
+	// was connected to, and the drain timeout passed (UpdateUpstreams).
+	// An MQTT 5 client gets DISCONNECT 0x8B, server shutting down, as at
+	// the end of the proxy's own drain: it may connect again, and be
+	// routed to a server that stays.
+	EndedServerRemoved EndReason = "upstream_server_removed"
 )
 
 // endReasons are the reasons the metrics export at zero from the start.
-var endReasons = []EndReason{EndedByAdmin, EndedRevoked, EndedTokenExpired}
+var endReasons = []EndReason{EndedByAdmin, EndedRevoked, EndedTokenExpired, EndedServerRemoved}
 
 // code is the reason code of the DISCONNECT an MQTT 5 client gets when its
 // session is ended for r, where its session's stream has a place for one
@@ -107,7 +113,7 @@ func (r EndReason) code() packets.ReasonCode {
 	case EndedTokenExpired:
 		return packets.MaximumConnectTime
 	}
-	return packets.ServerShuttingDown // Close: no reason of its own
+	return packets.ServerShuttingDown // Close (no reason of its own) and a removed server
 }
 
 // Sessions lists the authenticated sessions f selects: those whose CONNECT
