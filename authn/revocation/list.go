@@ -259,10 +259,9 @@ func (l *List) load(ctx context.Context, force bool) (next *snapshot, changed bo
 		l.parseErr = nil
 		return next, false, nil
 	}
+	// Once ctx is done, the parse goes on unpaced, and its set is taken:
+	// the source has marked the document seen.
 	set, err := parse(doc, pace)
-	if ctx.Err() != nil { // the parse went on unpaced: drop its work
-		return nil, false, ctx.Err()
-	}
 	if l.parseErr = err; err != nil {
 		return nil, false, err
 	}
@@ -546,9 +545,23 @@ func (s *fileSource) close() {}
 type urlSource struct {
 	fetcher *fetch.Fetcher
 	url     string // redacted, for logs
+	// seen identifies the document fetched last, when the server said
+	// what does (ETag, Last-Modified): the next fetch asks for it only if
+	// it changed.
+	seen fetch.Validators
 }
 
-func (s *urlSource) load(ctx context.Context, _ bool) ([]byte, error) { return s.fetcher.Get(ctx) }
+func (s *urlSource) load(ctx context.Context, force bool) ([]byte, error) {
+	if force {
+		s.seen = fetch.Validators{}
+	}
+	doc, seen, err := s.fetcher.GetIfModified(ctx, s.seen)
+	if err != nil {
+		return nil, err
+	}
+	s.seen = seen
+	return doc, nil
+}
 
 func (s *urlSource) same(other source) bool {
 	o, ok := other.(*urlSource)
