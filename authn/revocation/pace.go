@@ -10,10 +10,10 @@ import (
 // moment, then sleeps three times as long. On a machine of two cores, a
 // refresh that takes a whole core for the 0.3 s a million entries need
 // puts the connections' threads behind it in the run queue, and
-// multiplied the p99 of connects by five (docs/performance.md); at a
-// quarter of a core the same list takes about four times as long to
-// apply (some 1.2 s rather than 0.3 s), during which the old set stays
-// in force.
+// multiplied the p99 of connects by five to ten (docs/performance.md); at a
+// quarter of a core the same list takes four to six times as long to
+// apply (1.2 to 1.8 s rather than 0.3 s), during which the old set
+// stays in force.
 const refreshCPUShare = 0.25
 
 // paceChunk is about how long the refresh works before it sleeps: short
