@@ -98,7 +98,7 @@ func LookPath(t testing.TB, name string) string {
 		}
 	}
 	if required() {
-		t.Fatalf("%s not found in PATH or %v, and %s is set: install it (Debian: mosquitto, mosquitto-clients, haproxy)", name, sbinDirs, RequireEnv)
+		t.Fatalf("%s not found in PATH or %v, and %s is set: install it (Debian: mosquitto, mosquitto-clients, haproxy, python3)", name, sbinDirs, RequireEnv)
 	} else {
 		t.Skipf("%s not found in PATH or %v (set %s=1 to fail instead of skipping)", name, sbinDirs, RequireEnv)
 	}

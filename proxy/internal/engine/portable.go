@@ -210,13 +210,14 @@ func (l *copyLink) filtered(i int, in []byte) error {
 	defer func() { putOutBuf(fwd); putOutBuf(back) }()
 	var err error
 	*fwd, *back, err = x.filter.Filter(i, in, (*fwd)[:0], (*back)[:0])
-	if werr := l.write(1-i, *fwd); werr != nil {
+	var written func()
+	if i == 1 {
+		written = func() { x.startOnce.Do(func() { close(x.started) }) }
+	}
+	if werr := l.write(1-i, *fwd, written); werr != nil {
 		return werr
 	}
-	if i == 1 && len(*fwd) > 0 {
-		x.startOnce.Do(func() { close(x.started) })
-	}
-	if werr := l.write(i, *back); werr != nil {
+	if werr := l.write(i, *back, nil); werr != nil {
 		return werr
 	}
 	if err != nil && x.ending.CompareAndSwap(false, true) {
@@ -226,8 +227,11 @@ func (l *copyLink) filtered(i int, in []byte) error {
 }
 
 // write writes b, whole units, to the client (j 0) or the upstream (1),
-// unless the link is ending.
-func (l *copyLink) write(j int, b []byte) error {
+// unless the link is ending, then calls written, if not nil, before
+// another write to j may begin: the upstream's first output is marked
+// started before Send's writes, which wait for it, can look, although the
+// client may have read it already.
+func (l *copyLink) write(j int, b []byte, written func()) error {
 	if len(b) == 0 {
 		return nil
 	}
@@ -239,6 +243,9 @@ func (l *copyLink) write(j int, b []byte) error {
 	}
 	n, err := l.conn(j).Write(b)
 	l.n[1-j].Add(int64(n))
+	if err == nil && written != nil {
+		written()
+	}
 	return err
 }
 
