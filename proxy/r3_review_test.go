@@ -1,0 +1,160 @@
+package proxy
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/packets"
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+)
+
+// rawConnect sends cp to addr over a plain TCP connection and returns the
+// connection once the CONNACK accepted it.
+func rawConnect(t *testing.T, addr string, cp *packets.Connect) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, proxytest.DefaultTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if cp.ProtocolVersion == 5 {
+		pk := packets.NewControlPacket(packets.CONNECT)
+		pk.Content = cp
+		if _, err := pk.WriteTo(conn); err != nil {
+			t.Fatal(err)
+		}
+	} else if _, err := conn.Write(connect311(cp)); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
+	// A CONNACK: 0x20, its length, flags, return code (then MQTT 5
+	// properties, read as the length says).
+	head := make([]byte, 2)
+	if _, err := io.ReadFull(conn, head); err != nil || head[0] != 0x20 || head[1] < 2 || head[1] > 127 {
+		t.Fatalf("reading the CONNACK of %s (v%d): % X, %v", cp.ClientID, cp.ProtocolVersion, head, err)
+	}
+	rest := make([]byte, head[1])
+	if _, err := io.ReadFull(conn, rest); err != nil || rest[1] != 0 {
+		t.Fatalf("CONNECT of %s (v%d) refused: % X, %v", cp.ClientID, cp.ProtocolVersion, rest, err)
+	}
+	conn.SetReadDeadline(time.Time{})
+	return conn
+}
+
+// connect311 encodes cp as an MQTT 3.1.1 CONNECT (paho's encoder writes
+// MQTT 5 only).
+func connect311(cp *packets.Connect) []byte {
+	str := func(b []byte, s []byte) []byte { return append(append(b, byte(len(s)>>8), byte(len(s))), s...) }
+	var body []byte
+	body = str(body, []byte("MQTT"))
+	body = append(body, 4, cp.PackFlags(), byte(cp.KeepAlive>>8), byte(cp.KeepAlive))
+	body = str(body, []byte(cp.ClientID))
+	if cp.WillFlag {
+		body = str(body, []byte(cp.WillTopic))
+		body = str(body, cp.WillMessage)
+	}
+	if cp.UsernameFlag {
+		body = str(body, []byte(cp.Username))
+	}
+	if cp.PasswordFlag {
+		body = str(body, cp.Password)
+	}
+	out := []byte{0x10}
+	for n := len(body); ; {
+		b := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			b |= 0x80
+		}
+		out = append(out, b)
+		if n == 0 {
+			break
+		}
+	}
+	return append(out, body...)
+}
+
+// TestR3WillTopicNotAuthorized: a client whose rules deny publishing to a
+// topic puts that topic in its CONNECT's will, then drops its connection:
+// the broker publishes the will to the denied topic. EMQX checks the will
+// against the ACL at CONNECT (refusing it 0x87) and again when publishing
+// it; the proxy forwards the CONNECT with its will unjudged.
+func TestR3WillTopicNotAuthorized(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	addr := startAuthzProxy(t, broker.Addr, fleetRules())
+	for _, version := range []byte{4, 5} {
+		version := version
+		t.Run(fmt.Sprintf("v%d", version), func(t *testing.T) {
+			id := "will-" + string('0'+version)
+			denied := "devices/victim-" + id + "/cmd" // not under devices/<sub>/: no_match deny
+			watch := watchBroker(t, broker.Addr, denied)
+			cp := &packets.Connect{
+				ProtocolName: "MQTT", ProtocolVersion: version, ClientID: id, CleanStart: true, KeepAlive: 30,
+				UsernameFlag: true, Username: "u", PasswordFlag: true, Password: []byte(mint(t, e2eSecret, id, nil)),
+				WillFlag: true, WillTopic: denied, WillMessage: []byte("smuggled"), WillQOS: 1,
+			}
+			if version == 5 {
+				cp.Properties = &packets.Properties{}
+				cp.WillProperties = &packets.Properties{}
+			}
+			conn := rawConnect(t, addr, cp)
+			conn.Close() // an abnormal end: the broker publishes the will
+			// Nothing may reach the denied topic: the next line is the sentinel.
+			expectOnly(t, watch, broker.Addr)
+			watch.Stop()
+		})
+	}
+}
+
+// TestR3BrokerOversizePublishEndsSubscriber: a framed MQTT 5 subscriber
+// (rules allow its prefix) is disconnected with 0x80 as soon as anyone
+// publishes a message over limits.max_packet_size (1 MiB by default) to a
+// topic it subscribes to: the proxy never told the broker its limit (the
+// CONNECT's Maximum Packet Size), so the broker sends it, and the filter
+// ends the session as a broken broker stream. Any client allowed to
+// publish there (or one not behind the proxy) can so cut off every framed
+// subscriber of a topic, repeatedly.
+func TestR3BrokerOversizePublishEndsSubscriber(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	addr := startAuthzProxy(t, broker.Addr, fleetRules())
+	disconnect := make(chan byte, 1)
+	c := connectPaho(t, addr, pahoConnect(t, "c-big"), func(cfg *paho.ClientConfig) {
+		cfg.OnServerDisconnect = func(d *paho.Disconnect) { disconnect <- d.ReasonCode }
+	})
+	c.subscribe(t, "devices/c-big/#", 1)
+
+	big := filepath.Join(t.TempDir(), "big")
+	if err := os.WriteFile(big, bytes.Repeat([]byte("x"), 3<<19), 0o600); err != nil { // 1.5 MiB
+		t.Fatal(err)
+	}
+	if res := proxytest.Pub(t, append(proxytest.AddrArgs(t, broker.Addr), "-t", "devices/c-big/big", "-f", big)...); res.Err != nil {
+		t.Fatalf("publishing the large message: %v\n%s", res.Err, res.Output)
+	}
+	if res := proxytest.Pub(t, append(proxytest.AddrArgs(t, broker.Addr), "-t", "devices/c-big/small", "-m", "small")...); res.Err != nil {
+		t.Fatalf("publishing the small message: %v\n%s", res.Err, res.Output)
+	}
+	// The subscriber is still connected and gets the small message (the
+	// large one discarded by the broker, as MQTT 5 has it for a client
+	// that announced a smaller Maximum Packet Size).
+	deadline := time.After(proxytest.DefaultTimeout)
+	for {
+		select {
+		case p := <-c.received:
+			if p.Topic == "devices/c-big/small" {
+				return
+			}
+		case code := <-disconnect:
+			t.Fatalf("the subscriber was disconnected with 0x%02X", code)
+		case <-deadline:
+			t.Fatalf("the subscriber never got the small message after the large one")
+		}
+	}
+}
