@@ -12,6 +12,7 @@ import (
 
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/lestrrat-go/jwx/v2/jwt"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
@@ -157,4 +158,101 @@ func TestR3BrokerOversizePublishEndsSubscriber(t *testing.T) {
 			t.Fatalf("the subscriber never got the small message after the large one")
 		}
 	}
+}
+
+// TestR3ExpiryMidStreamWholePackets: an MQTT 5 subscriber with topic rules
+// reads slowly while the broker floods it, and its token expires: what it
+// receives is whole packets, the broker's PUBLISHes, then DISCONNECT 0xA0
+// as the last one, never a DISCONNECT inside a PUBLISH.
+func TestR3ExpiryMidStreamWholePackets(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	addr := startAuthzProxy(t, broker.Addr, fleetRules())
+	const id, topic = "c-flood", "devices/c-flood/x"
+	token := mint(t, e2eSecret, id, func(b *jwt.Builder) { b.Expiration(time.Now().Add(3 * time.Second)) })
+	conn := rawConnect(t, addr, &packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: id, CleanStart: true,
+		KeepAlive: 60, UsernameFlag: true, Username: "u", PasswordFlag: true, Password: []byte(token), Properties: &packets.Properties{}})
+	sub := []byte{0x82, byte(2 + 1 + 2 + len(topic) + 1), 0, 1, 0, 0, byte(len(topic))}
+	sub = append(append(sub, topic...), 0)
+	if _, err := conn.Write(sub); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
+	suback := make([]byte, 6)
+	if _, err := io.ReadFull(conn, suback); err != nil || suback[0] != 0x90 || suback[5] != 0 {
+		t.Fatalf("SUBACK % X, %v", suback, err)
+	}
+
+	// The flood, straight to the broker: PUBLISHes of 15 KiB at QoS 0.
+	pub, err := net.Dial("tcp", broker.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	pub.Write(connect311(&packets.Connect{ClientID: "flood", CleanStart: true, KeepAlive: 60}))
+	payload := bytes.Repeat([]byte("p"), 15<<10) // a remaining length of two bytes
+	body := append(append([]byte{0, byte(len(topic))}, topic...), payload...)
+	publish := append([]byte{0x30, byte(len(body)%128) | 0x80, byte(len(body) / 128)}, body...)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for sent := 0; sent < 48<<20; sent += len(publish) {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := pub.Write(publish); err != nil {
+				return
+			}
+		}
+	}()
+
+	// A slow reader, until the proxy closes.
+	var got []byte
+	chunk := make([]byte, 4<<10)
+	conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	for {
+		n, err := conn.Read(chunk)
+		got = append(got, chunk[:n]...)
+		if err != nil {
+			if err != io.EOF {
+				t.Fatalf("reading: %v after %d bytes", err, len(got))
+			}
+			break
+		}
+		time.Sleep(200 * time.Microsecond) // throttles the reader; not a synchronisation
+	}
+	var last []byte
+	publishes := 0
+	for len(got) > 0 {
+		mult, length, i := 1, 0, 1
+		for ; i < len(got) && i < 5; i++ {
+			length += int(got[i]&0x7F) * mult
+			mult *= 128
+			if got[i]&0x80 == 0 {
+				break
+			}
+		}
+		end := i + 1 + length
+		if i >= len(got) || end > len(got) {
+			t.Fatalf("after %d PUBLISHes, a partial packet: % X...", publishes, got[:min(len(got), 16)])
+		}
+		pk := got[:end]
+		got = got[end:]
+		if pk[0] == 0x30 {
+			if !bytes.Equal(pk[i+1:], append(append([]byte{0, byte(len(topic))}, topic...), append([]byte{0}, payload...)...)) {
+				t.Fatalf("PUBLISH %d is not the one sent: % X...", publishes, pk[:min(len(pk), 32)])
+			}
+			publishes++
+			continue
+		}
+		if last != nil {
+			t.Fatalf("after %d PUBLISHes, packet % X then more", publishes, last)
+		}
+		last = pk
+	}
+	if !bytes.Equal(last, []byte{0xE0, 1, 0xA0}) && !(len(last) > 3 && last[0] == 0xE0 && last[2] == 0xA0) {
+		t.Fatalf("after %d PUBLISHes the last packet is % X, want DISCONNECT 0xA0", publishes, last)
+	}
+	t.Logf("%d PUBLISHes, then DISCONNECT 0xA0", publishes)
 }
