@@ -256,3 +256,35 @@ func TestR3ExpiryMidStreamWholePackets(t *testing.T) {
 	}
 	t.Logf("%d PUBLISHes, then DISCONNECT 0xA0", publishes)
 }
+
+// TestR3PipelinedDeniedPublish: PUBLISHes written in the same write as the
+// CONNECT, before the broker's CONNACK, are judged like the others: the
+// denied one never reaches the broker, the allowed one does.
+func TestR3PipelinedDeniedPublish(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	addr := startAuthzProxy(t, broker.Addr, fleetRules())
+	const id = "c-pipe"
+	watch := watchBroker(t, broker.Addr, "devices/#")
+	pub := func(topic, msg string) []byte {
+		body := append(append([]byte{0, byte(len(topic))}, topic...), msg...)
+		return append([]byte{0x30, byte(len(body))}, body...)
+	}
+	w := connect311(&packets.Connect{ClientID: id, CleanStart: true, KeepAlive: 60, UsernameFlag: true, Username: "u",
+		PasswordFlag: true, Password: []byte(mint(t, e2eSecret, id, nil))})
+	w = append(w, pub("devices/victim/cmd", "denied")...)
+	w = append(w, pub("devices/"+id+"/t", "allowed")...)
+	w = append(w, 0xE0, 0) // DISCONNECT
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write(w); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
+	if rest, err := io.ReadAll(conn); err != nil || !bytes.Equal(rest, []byte{0x20, 2, 0, 0}) {
+		t.Fatalf("read % X, %v; want the CONNACK then the close", rest, err)
+	}
+	expectOnly(t, watch, broker.Addr, "devices/"+id+"/t allowed")
+}
