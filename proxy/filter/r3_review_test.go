@@ -1,0 +1,41 @@
+package filter
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+)
+
+// TestR3AliasTableBoundedByPacketCap: an MQTT 5 client whose broker
+// announced a large Topic Alias Maximum (EMQX's default is 65,535) sets
+// aliases on denied PUBLISHes, which the broker never sees, each with a
+// long topic: the session keeps a copy of every topic, so one connection
+// makes the proxy hold far more than its hard cap, max_packet_size (here
+// 1,000 aliases of 60 KB: about 60 MB; all 65,535 would be 4 GB).
+func TestR3AliasTableBoundedByPacketCap(t *testing.T) {
+	const maxPacket = 64<<10 + 64
+	s := New(Config{Version: v5, Policy: testPolicy(t), MaxPacketSize: [2]int{maxPacket, maxPacket}})
+	defer s.Release()
+	if _, _, err := s.Filter(FromBroker, connackLimits(65535, 0), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	long := "denied/" + strings.Repeat("x", 60000) + "/"
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var fwd, back []byte
+	for alias := uint16(1); alias <= 1000; alias++ {
+		var err error
+		fwd, back, err = s.Filter(FromClient, publish(v5, pub{topic: fmt.Sprint(long, alias), alias: alias}), fwd[:0], back[:0])
+		if err != nil || len(fwd) != 0 {
+			t.Fatalf("alias %d: forwarded %d bytes, %v; want a denied QoS 0 PUBLISH dropped", alias, len(fwd), err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(s)
+	if held := int64(after.HeapAlloc) - int64(before.HeapAlloc); held > 8*maxPacket {
+		t.Fatalf("one session holds %.1f MB after denied PUBLISHes that set topic aliases; its hard cap, max_packet_size, is %d bytes", float64(held)/1e6, maxPacket)
+	}
+}
