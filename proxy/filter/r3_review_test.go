@@ -39,3 +39,34 @@ func TestR3AliasTableBoundedByPacketCap(t *testing.T) {
 		t.Fatalf("one session holds %.1f MB after denied PUBLISHes that set topic aliases; its hard cap, max_packet_size, is %d bytes", float64(held)/1e6, maxPacket)
 	}
 }
+
+// TestR3SubscribeManyFiltersAmplification: one SUBSCRIBE at the packet
+// cap (1 MiB) made of the shortest filters, all denied, makes the filter
+// allocate about ten times the cap for that one packet (a Subscription of
+// 32 bytes per 4-byte filter, plus the flags and indexes), and a client
+// may send one after another on each of its connections.
+func TestR3SubscribeManyFiltersAmplification(t *testing.T) {
+	const maxPacket = 1 << 20
+	s := New(Config{Version: v5, Policy: testPolicy(t), MaxPacketSize: [2]int{maxPacket, maxPacket}})
+	defer s.Release()
+	if _, _, err := s.Filter(FromBroker, connackLimits(10, 0), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	filters := make([]filterQoS, (maxPacket-16)/4)
+	for i := range filters {
+		filters[i] = filterQoS{filter: "d"}
+	}
+	in := subscribe(v5, 1, nil, filters...)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, back, err := s.Filter(FromClient, in, nil, nil)
+	runtime.ReadMemStats(&after)
+	if err != nil || len(back) == 0 {
+		t.Fatalf("a SUBSCRIBE of denied filters: %v, answered %d bytes", err, len(back))
+	}
+	if allocated := after.TotalAlloc - before.TotalAlloc; allocated > 3*uint64(len(in)) {
+		t.Fatalf("one SUBSCRIBE of %d bytes (%d filters) made the filter allocate %.1f MB, %.1f times the packet",
+			len(in), len(filters), float64(allocated)/1e6, float64(allocated)/float64(len(in)))
+	}
+}
