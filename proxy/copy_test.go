@@ -16,7 +16,7 @@ import (
 // echoUpstream is a stand-in broker that reads the CONNECT (of size
 // connectSize) and then echoes every byte, over TLS when config is set.
 func echoUpstream(t *testing.T, connectSize int, config *tls.Config) string {
-	return startBroker(t, func(c net.Conn) {
+	return proxytest.ServeTCP(t, func(c net.Conn) {
 		if config != nil {
 			c = tls.Server(c, config)
 		}

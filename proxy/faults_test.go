@@ -174,7 +174,7 @@ func TestUpstreamFaults(t *testing.T) {
 
 	t.Run("accepts, reads the CONNECT, resets", func(t *testing.T) {
 		proxytest.VerifyNoLeaks(t)
-		up := startBroker(t, func(c net.Conn) {
+		up := proxytest.ServeTCP(t, func(c net.Conn) {
 			packets.ReadConnect(c, 0)
 			c.(*net.TCPConn).SetLinger(0) // the close that follows sends RST
 		})
@@ -191,7 +191,7 @@ func TestUpstreamFaults(t *testing.T) {
 	t.Run("accepts, never answers the CONNECT", func(t *testing.T) {
 		proxytest.VerifyNoLeaks(t)
 		upstreamEnded := make(chan struct{})
-		up := startBroker(t, func(c net.Conn) {
+		up := proxytest.ServeTCP(t, func(c net.Conn) {
 			packets.ReadConnect(c, 0)
 			io.Copy(io.Discard, c)
 			close(upstreamEnded)
@@ -227,7 +227,7 @@ func TestUpstreamFaults(t *testing.T) {
 		proxytest.VerifyNoLeaks(t)
 		partial := []byte{0x30, 0x0a, 0, 3, 't', '/', '1'} // a PUBLISH cut short
 		want := append(connackFor(t, v5, packets.Success), partial...)
-		up := startBroker(t, func(c net.Conn) {
+		up := proxytest.ServeTCP(t, func(c net.Conn) {
 			packets.ReadConnect(c, 0)
 			c.Write(want)
 		})
@@ -248,7 +248,7 @@ func TestUpstreamFaults(t *testing.T) {
 		proxytest.VerifyNoLeaks(t)
 		upstreamGot := make(chan []byte, 1)
 		connack := connackFor(t, v5, packets.Success)
-		up := startBroker(t, func(c net.Conn) {
+		up := proxytest.ServeTCP(t, func(c net.Conn) {
 			packets.ReadConnect(c, 0)
 			c.Write(connack)
 			b, _ := io.ReadAll(c) // until the proxy passes the client's end on
@@ -283,7 +283,7 @@ func TestBackPressure(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	release := make(chan struct{})
 	connack := connackFor(t, packets.ProtocolV311, packets.Success)
-	up := startBroker(t, func(c net.Conn) {
+	up := proxytest.ServeTCP(t, func(c net.Conn) {
 		packets.ReadConnect(c, 0)
 		c.Write(connack)
 		<-release // reads nothing more

@@ -161,7 +161,7 @@ func TestSlowlorisFlood(t *testing.T) {
 // leave no goroutine and no file descriptor behind.
 func TestNoGrowthAfterCycles(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
-	up := startBroker(t, func(c net.Conn) { // answers CONNACK, then waits for EOF
+	up := proxytest.ServeTCP(t, func(c net.Conn) { // answers CONNACK, then waits for EOF
 		if _, err := packets.ReadConnect(c, 0); err == nil {
 			c.Write([]byte{0x20, 0x02, 0x00, 0x00})
 			io.Copy(io.Discard, c)

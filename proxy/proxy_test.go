@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -249,7 +248,7 @@ func TestHalfClose(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	connect := connectPacket(t, packets.ProtocolV311, "good")
 	brokerGot := make(chan []byte, 1)
-	up := startBroker(t, func(c net.Conn) {
+	up := proxytest.ServeTCP(t, func(c net.Conn) {
 		b, _ := io.ReadAll(c) // until the client's FIN arrives through the proxy
 		c.Write([]byte{0x20, 0x02, 0x00, 0x00})
 		brokerGot <- b
@@ -344,36 +343,6 @@ func TestShutdownDrainsConnectsUnderWay(t *testing.T) {
 			}
 		})
 	}
-}
-
-// startBroker is a stand-in broker on a loopback port that runs serve on
-// each connection it accepts, in its own goroutine, and closes the
-// connection after. It stops at cleanup.
-func startBroker(t *testing.T, serve func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				serve(c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 func TestServeAfterClose(t *testing.T) {

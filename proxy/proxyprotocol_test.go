@@ -119,7 +119,7 @@ func TestProxyProtocolIn(t *testing.T) {
 // the test, and relays the rest to forward.
 func headerRelay(t *testing.T, forward string) (addr string, headers chan *proxyproto.Header) {
 	headers = make(chan *proxyproto.Header, 10)
-	addr = startBroker(t, func(c net.Conn) {
+	addr = proxytest.ServeTCP(t, func(c net.Conn) {
 		br := bufio.NewReader(c)
 		h, err := proxyproto.Read(br)
 		if err != nil {

@@ -91,7 +91,7 @@ func TestRelayBulkBothWays(t *testing.T) {
 	rand.Read(toClient)
 	connect := connectPacket(t, packets.ProtocolV311, "good")
 	brokerGot := make(chan []byte, 1)
-	up := startBroker(t, func(c net.Conn) {
+	up := proxytest.ServeTCP(t, func(c net.Conn) {
 		sent := make(chan struct{})
 		go func() { c.Write(toClient); c.(*net.TCPConn).CloseWrite(); close(sent) }()
 		b, _ := io.ReadAll(c)

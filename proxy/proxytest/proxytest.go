@@ -123,6 +123,37 @@ func FreePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// ServeTCP is a stand-in broker on a loopback port: it runs serve on each
+// connection it accepts, in a goroutine of its own, and closes the
+// connection when serve returns. It stops, and waits for every serve, at
+// cleanup. It returns the address to dial.
+func ServeTCP(t testing.TB, serve func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listening for a stand-in broker: %v", err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
 // ClosedAddr returns a loopback address where a dial is refused, and stays
 // refused until the test ends: the port is held by a bound socket that
 // does not listen. A listener opened and closed again would free its port

@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,35 +32,6 @@ func testWatchers(t *testing.T) *watchers {
 func testEpoll(t *testing.T) *epoll {
 	t.Helper()
 	return &epoll{ws: testWatchers(t)}
-}
-
-// startBroker serves each connection to a loopback listener with serve,
-// on a goroutine of its own, until the test ends; it returns the address.
-func startBroker(t *testing.T, serve func(net.Conn)) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				serve(c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 // tcpPair returns the two ends of a loopback TCP connection.
@@ -186,7 +156,7 @@ func TestDialWaitsForTheBroker(t *testing.T) {
 	rand.Read(first)
 	startReading := make(chan struct{})
 	brokerGot := make(chan []byte, 1)
-	addr := netip.MustParseAddrPort(startBroker(t, func(c net.Conn) {
+	addr := netip.MustParseAddrPort(proxytest.ServeTCP(t, func(c net.Conn) {
 		<-startReading
 		b := make([]byte, len(first))
 		if _, err := io.ReadFull(c, b); err != nil {
@@ -271,7 +241,7 @@ func TestDialFailures(t *testing.T) {
 	}
 
 	got := make(chan string, 1)
-	open := netip.MustParseAddrPort(startBroker(t, func(c net.Conn) {
+	open := netip.MustParseAddrPort(proxytest.ServeTCP(t, func(c net.Conn) {
 		b, _ := io.ReadAll(c)
 		got <- string(b)
 	}))
@@ -286,7 +256,7 @@ func TestDialFailures(t *testing.T) {
 
 	drained := make(chan error, 1)
 	stalled := make(chan struct{})
-	silent := netip.MustParseAddrPort(startBroker(t, func(c net.Conn) {
+	silent := netip.MustParseAddrPort(proxytest.ServeTCP(t, func(c net.Conn) {
 		<-stalled
 		_, err := io.Copy(io.Discard, c)
 		drained <- err
