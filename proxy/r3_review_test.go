@@ -12,9 +12,11 @@ import (
 
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/gorilla/websocket"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
 
 // rawConnect sends cp to addr over a plain TCP connection and returns the
@@ -257,14 +259,10 @@ func TestR3ExpiryMidStreamWholePackets(t *testing.T) {
 	t.Logf("%d PUBLISHes, then DISCONNECT 0xA0", publishes)
 }
 
-// TestR3PipelinedDeniedPublish: PUBLISHes written in the same write as the
-// CONNECT, before the broker's CONNACK, are judged like the others: the
-// denied one never reaches the broker, the allowed one does.
-func TestR3PipelinedDeniedPublish(t *testing.T) {
-	broker := proxytest.StartMosquitto(t)
-	addr := startAuthzProxy(t, broker.Addr, fleetRules())
-	const id = "c-pipe"
-	watch := watchBroker(t, broker.Addr, "devices/#")
+// pipelined is a CONNECT of id (MQTT 3.1.1) with, behind it, a PUBLISH
+// to a topic the fleet's rules deny, one to the client's own, and a
+// DISCONNECT.
+func pipelined(t *testing.T, id string) []byte {
 	pub := func(topic, msg string) []byte {
 		body := append(append([]byte{0, byte(len(topic))}, topic...), msg...)
 		return append([]byte{0x30, byte(len(body))}, body...)
@@ -273,7 +271,18 @@ func TestR3PipelinedDeniedPublish(t *testing.T) {
 		PasswordFlag: true, Password: []byte(mint(t, e2eSecret, id, nil))})
 	w = append(w, pub("devices/victim/cmd", "denied")...)
 	w = append(w, pub("devices/"+id+"/t", "allowed")...)
-	w = append(w, 0xE0, 0) // DISCONNECT
+	return append(w, 0xE0, 0)
+}
+
+// TestR3PipelinedDeniedPublish: PUBLISHes written in the same write as the
+// CONNECT, before the broker's CONNACK, are judged like the others: the
+// denied one never reaches the broker, the allowed one does.
+func TestR3PipelinedDeniedPublish(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	addr := startAuthzProxy(t, broker.Addr, fleetRules())
+	const id = "c-pipe"
+	watch := watchBroker(t, broker.Addr, "devices/#")
+	w := pipelined(t, id)
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -285,6 +294,27 @@ func TestR3PipelinedDeniedPublish(t *testing.T) {
 	conn.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
 	if rest, err := io.ReadAll(conn); err != nil || !bytes.Equal(rest, []byte{0x20, 2, 0, 0}) {
 		t.Fatalf("read % X, %v; want the CONNACK then the close", rest, err)
+	}
+	expectOnly(t, watch, broker.Addr, "devices/"+id+"/t allowed")
+}
+
+// TestR3PipelinedDeniedPublishWebSocket: the same in one WebSocket
+// message, which the WebSocket transport reads past the CONNECT.
+func TestR3PipelinedDeniedPublishWebSocket(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	url := startWebSocketProxy(t, authzProxy(t, broker.Addr, fleetRules()), &transport.WebSocketListener{}, nil)
+	const id = "c-pipe-ws"
+	watch := watchBroker(t, broker.Addr, "devices/#")
+	ws, _, err := (&websocket.Dialer{Subprotocols: []string{"mqtt"}}).Dial(url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	if err := ws.WriteMessage(websocket.BinaryMessage, pipelined(t, id)); err != nil {
+		t.Fatal(err)
+	}
+	if got := readPackets(t, ws, 1); !bytes.Equal(got[0], []byte{0x20, 2, 0, 0}) {
+		t.Fatalf("got % X, want the CONNACK", got[0])
 	}
 	expectOnly(t, watch, broker.Addr, "devices/"+id+"/t allowed")
 }
