@@ -70,3 +70,34 @@ func TestR3SubscribeManyFiltersAmplification(t *testing.T) {
 			len(in), len(filters), float64(allocated)/1e6, float64(allocated)/float64(len(in)))
 	}
 }
+
+// TestR3PendingSubacksBeyondPacketCap: a client that does not read (so
+// that the broker's SUBACKs wait behind it) pipelines 65,535 SUBSCRIBEs of
+// one allowed and one denied filter, about 1 MB in all: the session holds
+// a pending SUBACK for each, several times max_packet_size, for as long
+// as the client likes.
+func TestR3PendingSubacksBeyondPacketCap(t *testing.T) {
+	const maxPacket = 1 << 20
+	s := New(Config{Version: v5, Policy: testPolicy(t), MaxPacketSize: [2]int{maxPacket, maxPacket}})
+	defer s.Release()
+	if _, _, err := s.Filter(FromBroker, connackLimits(10, 0), nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	var fwd, back []byte
+	for id := 1; id <= 65535; id++ {
+		var err error
+		in := subscribe(v5, uint16(id), nil, filterQoS{filter: "ok/a"}, filterQoS{filter: "d"})
+		if fwd, back, err = s.Filter(FromClient, in, fwd[:0], back[:0]); err != nil {
+			t.Fatalf("SUBSCRIBE %d: %v", id, err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(s)
+	if held := int64(after.HeapAlloc) - int64(before.HeapAlloc); held > 2*maxPacket {
+		t.Fatalf("one session holds %.1f MB of SUBSCRIBEs awaiting their SUBACK; its hard cap, max_packet_size, is %d bytes", float64(held)/1e6, maxPacket)
+	}
+}
