@@ -16,6 +16,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
@@ -347,5 +348,60 @@ func TestR3ClientNotToldPacketLimit(t *testing.T) {
 		if err != nil {
 			t.Fatalf("publishing 1.5 MiB: %v", err)
 		}
+	}
+}
+
+// TestR3HeldClientCloseEndsLink: a framed session whose broker has not
+// answered the CONNECT yet (the client's direction is held until it does)
+// ends when the client closes: the broker's connection is closed too, as
+// it is for a session relayed unframed.
+func TestR3HeldClientCloseEndsLink(t *testing.T) {
+	for _, framed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("framed=%v", framed), func(t *testing.T) { heldClientClose(t, framed) })
+	}
+}
+
+func heldClientClose(t *testing.T, framed bool) {
+	gotConnect, brokerEOF := make(chan struct{}), make(chan struct{})
+	upstream := proxytest.ServeTCP(t, func(c net.Conn) {
+		buf := make([]byte, 4096)
+		first := true
+		for {
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			if _, err := c.Read(buf); err != nil {
+				if err == io.EOF {
+					close(brokerEOF)
+				}
+				return
+			}
+			if first {
+				first = false
+				close(gotConnect)
+			}
+		}
+	})
+	rules := configs.Authorization{} // no rules: relayed unframed
+	if framed {
+		rules = fleetRules()
+	}
+	addr := startAuthzProxy(t, upstream, rules)
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(connect311(&packets.Connect{ClientID: "c-held", CleanStart: true, KeepAlive: 60, UsernameFlag: true,
+		Username: "u", PasswordFlag: true, Password: []byte(mint(t, e2eSecret, "c-held", nil))})); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-gotConnect:
+	case <-time.After(proxytest.DefaultTimeout):
+		t.Fatal("the broker never got the CONNECT")
+	}
+	conn.Close()
+	select {
+	case <-brokerEOF:
+	case <-time.After(proxytest.DefaultTimeout):
+		t.Fatalf("the client closed, and the broker's connection was still open %v later", proxytest.DefaultTimeout)
 	}
 }
