@@ -405,3 +405,40 @@ func heldClientClose(t *testing.T, framed bool) {
 		t.Fatalf("the client closed, and the broker's connection was still open %v later", proxytest.DefaultTimeout)
 	}
 }
+
+// TestR3ResumedSessionKeepsUnauthorizedSubscription: a client subscribes
+// to secret/# in a persistent session (clean session off) while it has no
+// rules, then comes back, same client identifier, under rules that deny
+// that filter (a newly configured authorization section, or a token with
+// narrower rules): the broker resumes its session, subscription included,
+// and the proxy delivers what it queued and publishes since, which the
+// client could not subscribe to now.
+func TestR3ResumedSessionKeepsUnauthorizedSubscription(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	before := startAuthzProxy(t, broker.Addr, configs.Authorization{}) // no rules yet
+	now := startAuthzProxy(t, broker.Addr, fleetRules())
+	const id = "c-persist"
+	client := func(addr string, args ...string) []string {
+		return append(append(proxytest.AddrArgs(t, addr), "-V", "mqttv311", "-i", id, "-c", "-q", "1", "-v",
+			"-u", "u", "-P", mint(t, e2eSecret, id, nil)), args...)
+	}
+	first := proxytest.StartSub(t, client(before, "-t", "secret/#")...)
+	if first.Connack() != 0 {
+		t.Fatalf("first connection: %s", first.Output())
+	}
+	first.Stop()
+	if res := proxytest.Pub(t, append(proxytest.AddrArgs(t, broker.Addr), "-t", "secret/x", "-q", "1", "-m", "queued")...); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	again := proxytest.StartSub(t, client(now, "-t", "devices/"+id+"/#")...)
+	if again.Connack() != 0 {
+		t.Fatalf("second connection: %s", again.Output())
+	}
+	// A sentinel to a topic it may read: nothing may come before it.
+	if res := proxytest.Pub(t, append(proxytest.AddrArgs(t, broker.Addr), "-t", "devices/"+id+"/end", "-q", "1", "-m", "sentinel")...); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	if msg, ok := again.Next(proxytest.DefaultTimeout); !ok || msg != "devices/"+id+"/end sentinel" {
+		t.Fatalf("under rules that deny secret/#, the client received %q (%v) from its resumed session, before the sentinel", msg, ok)
+	}
+}
