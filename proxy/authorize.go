@@ -5,6 +5,7 @@ import (
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/filter"
 )
 
@@ -47,6 +48,17 @@ func (a *Authorization) policyFor(req *authn.Request, id *authn.Identity) (*acl.
 		return nil, err
 	}
 	return pol, nil
+}
+
+// judgeWill decides on the will of pk, a CONNECT accepted with rules, as
+// on a PUBLISH of it (topic, QoS, retain flag), and counts the decision:
+// the broker publishes the will for the client, so a will to a topic the
+// client may not publish to refuses the CONNECT, as EMQX and mosquitto
+// check it at CONNECT.
+func (p *Proxy) judgeWill(rules *acl.Policy, pk *packets.Connect) acl.Decision {
+	d := rules.Allow(acl.Request{Action: acl.Publish, Topic: pk.WillTopic, QoS: pk.WillQoS, Retain: pk.WillRetain})
+	p.Metrics.authorized(false, d.Allowed)
+	return d
 }
 
 // newFilter is the filter of a session with topic rules (nil: framing

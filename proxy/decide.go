@@ -69,6 +69,11 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 	if err == nil {
 		rules, err = s.policy.authorization.policyFor(&req, &id)
 	}
+	if err == nil && rules != nil && pk.WillFlag {
+		if d := p.judgeWill(rules, pk); !d.Allowed {
+			return accepted{}, willNotAuthorized(pk, id, d, read)
+		}
+	}
 	if err == nil {
 		upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, &id, log)
 	}

@@ -25,6 +25,17 @@ import (
 // connection once the CONNACK accepted it.
 func rawConnect(t *testing.T, addr string, cp *packets.Connect) net.Conn {
 	t.Helper()
+	conn, code := sendConnect(t, addr, cp)
+	if code != 0 {
+		t.Fatalf("CONNECT of %s (v%d) refused: 0x%02X", cp.ClientID, cp.ProtocolVersion, code)
+	}
+	return conn
+}
+
+// sendConnect sends cp to addr over a plain TCP connection and returns the
+// connection and its CONNACK's return or reason code.
+func sendConnect(t *testing.T, addr string, cp *packets.Connect) (net.Conn, byte) {
+	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, proxytest.DefaultTimeout)
 	if err != nil {
 		t.Fatal(err)
@@ -47,11 +58,11 @@ func rawConnect(t *testing.T, addr string, cp *packets.Connect) net.Conn {
 		t.Fatalf("reading the CONNACK of %s (v%d): % X, %v", cp.ClientID, cp.ProtocolVersion, head, err)
 	}
 	rest := make([]byte, head[1])
-	if _, err := io.ReadFull(conn, rest); err != nil || rest[1] != 0 {
-		t.Fatalf("CONNECT of %s (v%d) refused: % X, %v", cp.ClientID, cp.ProtocolVersion, rest, err)
+	if _, err := io.ReadFull(conn, rest); err != nil {
+		t.Fatalf("reading the CONNACK of %s (v%d): % X, %v", cp.ClientID, cp.ProtocolVersion, rest, err)
 	}
 	conn.SetReadDeadline(time.Time{})
-	return conn
+	return conn, rest[1]
 }
 
 // connect311 encodes cp as an MQTT 3.1.1 CONNECT (paho's encoder writes
@@ -87,12 +98,12 @@ func connect311(cp *packets.Connect) []byte {
 	return append(out, body...)
 }
 
-// TestR3WillTopicNotAuthorized: a client whose rules deny publishing to a
-// topic puts that topic in its CONNECT's will, then drops its connection:
-// the broker publishes the will to the denied topic. EMQX checks the will
-// against the ACL at CONNECT (refusing it 0x87) and again when publishing
-// it; the proxy forwards the CONNECT with its will unjudged.
-func TestR3WillTopicNotAuthorized(t *testing.T) {
+// TestWillTopicAuthorized: the will of a CONNECT is judged as a PUBLISH
+// of it, when the CONNECT is read: a will to a topic the client's rules
+// deny refuses the CONNECT with not authorized (0x87, 5 in MQTT 3.1.1), as
+// EMQX refuses it, so the broker never publishes it; a will to a topic
+// they allow is accepted, and the broker publishes it at an abnormal end.
+func TestWillTopicAuthorized(t *testing.T) {
 	broker := proxytest.StartMosquitto(t)
 	addr := startAuthzProxy(t, broker.Addr, fleetRules())
 	for _, version := range []byte{4, 5} {
@@ -100,20 +111,34 @@ func TestR3WillTopicNotAuthorized(t *testing.T) {
 		t.Run(fmt.Sprintf("v%d", version), func(t *testing.T) {
 			id := "will-" + string('0'+version)
 			denied := "devices/victim-" + id + "/cmd" // not under devices/<sub>/: no_match deny
-			watch := watchBroker(t, broker.Addr, denied)
-			cp := &packets.Connect{
-				ProtocolName: "MQTT", ProtocolVersion: version, ClientID: id, CleanStart: true, KeepAlive: 30,
-				UsernameFlag: true, Username: "u", PasswordFlag: true, Password: []byte(mint(t, e2eSecret, id, nil)),
-				WillFlag: true, WillTopic: denied, WillMessage: []byte("smuggled"), WillQOS: 1,
+			allowed := "devices/" + id + "/status"
+			watch := watchBroker(t, broker.Addr, "devices/#")
+			will := func(topic string) *packets.Connect {
+				cp := &packets.Connect{
+					ProtocolName: "MQTT", ProtocolVersion: version, ClientID: id, CleanStart: true, KeepAlive: 30,
+					UsernameFlag: true, Username: "u", PasswordFlag: true, Password: []byte(mint(t, e2eSecret, id, nil)),
+					WillFlag: true, WillTopic: topic, WillMessage: []byte("will"), WillQOS: 1,
+				}
+				if version == 5 {
+					cp.Properties = &packets.Properties{}
+					cp.WillProperties = &packets.Properties{}
+				}
+				return cp
 			}
-			if version == 5 {
-				cp.Properties = &packets.Properties{}
-				cp.WillProperties = &packets.Properties{}
+			want := byte(0x87)
+			if version == 4 {
+				want = 5
 			}
-			conn := rawConnect(t, addr, cp)
+			conn, code := sendConnect(t, addr, will(denied))
+			if code != want {
+				t.Fatalf("a will to a denied topic got CONNACK code 0x%02X, want 0x%02X", code, want)
+			}
+			conn.Close()
+			conn = rawConnect(t, addr, will(allowed))
 			conn.Close() // an abnormal end: the broker publishes the will
-			// Nothing may reach the denied topic: the next line is the sentinel.
-			expectOnly(t, watch, broker.Addr)
+			// The denied will never reached the broker: the allowed one,
+			// sent after it, is the first message.
+			expectOnly(t, watch, broker.Addr, allowed+" will")
 			watch.Stop()
 		})
 	}
