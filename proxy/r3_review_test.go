@@ -376,11 +376,11 @@ func TestR3ClientNotToldPacketLimit(t *testing.T) {
 	}
 }
 
-// TestR3HeldClientCloseEndsLink: a framed session whose broker has not
+// TestHeldClientCloseEndsLink: a framed session whose broker has not
 // answered the CONNECT yet (the client's direction is held until it does)
 // ends when the client closes: the broker's connection is closed too, as
 // it is for a session relayed unframed.
-func TestR3HeldClientCloseEndsLink(t *testing.T) {
+func TestHeldClientCloseEndsLink(t *testing.T) {
 	for _, framed := range []bool{false, true} {
 		t.Run(fmt.Sprintf("framed=%v", framed), func(t *testing.T) { heldClientClose(t, framed) })
 	}

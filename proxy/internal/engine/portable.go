@@ -180,10 +180,8 @@ var errHeld = errors.New("engine: the upstream ended before its first output")
 func (l *copyLink) filterHalf(i int) error {
 	x := l.fr
 	if i == 0 {
-		select {
-		case <-x.started:
-		case <-x.stop:
-			return net.ErrClosed
+		if err := l.awaitStarted(); err != nil {
+			return err
 		}
 		if in := x.fromClient; len(in) > 0 {
 			x.fromClient = nil
@@ -197,6 +195,55 @@ func (l *copyLink) filterHalf(i int) error {
 		return errHeld
 	}
 	return err
+}
+
+// awaitStarted waits, for the client's direction, until the upstream's
+// first output has gone to the client, or the link stops
+// (net.ErrClosed). A client whose peer closes or resets its socket
+// meanwhile, with nothing left unread, ends the link, as it would end a
+// spliced one: the upstream, which may be slow to answer or never answer,
+// is not kept for it. Bytes sent before the close are the Filter's once
+// the upstream has answered.
+func (l *copyLink) awaitStarted() error {
+	x := l.fr
+	wait := func() error {
+		select {
+		case <-x.started:
+			return nil
+		case <-x.stop:
+			return net.ErrClosed
+		}
+	}
+	socket, ok := bottom(l.client).(*net.TCPConn)
+	if !ok {
+		return wait() // no socket to ask: the client's close is seen after the start
+	}
+	watch := socketClosed(socket)
+	if watch == nil {
+		return wait()
+	}
+	gone := make(chan bool, 1)
+	go func() {
+		closed, err := watch()
+		gone <- closed || (err != nil && !errors.Is(err, os.ErrDeadlineExceeded))
+	}()
+	select {
+	case closed := <-gone:
+		if closed {
+			l.Abort()
+			return net.ErrClosed
+		}
+		return wait() // bytes to read after the start
+	case <-x.started:
+		// The watch ends at a deadline in the past; the direction reads
+		// the socket from then on, without one.
+		socket.SetReadDeadline(time.Unix(1, 0))
+		<-gone
+		socket.SetReadDeadline(time.Time{})
+		return nil
+	case <-x.stop:
+		return net.ErrClosed // Abort or the end closes the client, which ends the watch
+	}
 }
 
 // filtered passes in, read from direction i, through the Filter and
