@@ -75,7 +75,11 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 		}
 	}
 	if err == nil {
-		upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, &id, log)
+		maxPacket := 0 // what the broker may send: a framed session's limit
+		if rules != nil {
+			maxPacket = s.policy.limits.maxPacketSize()
+		}
+		upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, &id, maxPacket, log)
 	}
 	if err != nil {
 		return accepted{}, authenticationRefused(pk, err, read)

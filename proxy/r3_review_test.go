@@ -144,15 +144,13 @@ func TestWillTopicAuthorized(t *testing.T) {
 	}
 }
 
-// TestR3BrokerOversizePublishEndsSubscriber: a framed MQTT 5 subscriber
-// (rules allow its prefix) is disconnected with 0x80 as soon as anyone
-// publishes a message over limits.max_packet_size (1 MiB by default) to a
-// topic it subscribes to: the proxy never told the broker its limit (the
-// CONNECT's Maximum Packet Size), so the broker sends it, and the filter
-// ends the session as a broken broker stream. Any client allowed to
-// publish there (or one not behind the proxy) can so cut off every framed
-// subscriber of a topic, repeatedly.
-func TestR3BrokerOversizePublishEndsSubscriber(t *testing.T) {
+// TestBrokerDropsOversizeForFramedSubscriber: the CONNECT of a framed
+// MQTT 5 client reaches the broker with limits.max_packet_size (1 MiB by
+// default) as its Maximum Packet Size, so that the broker drops a message
+// over it for that client [MQTT-3.1.2-25] rather than send it, which
+// would end the session as a broken broker stream: a subscriber is not
+// cut off by one message of 1.5 MiB to its topic, and gets the next one.
+func TestBrokerDropsOversizeForFramedSubscriber(t *testing.T) {
 	broker := proxytest.StartMosquitto(t)
 	addr := startAuthzProxy(t, broker.Addr, fleetRules())
 	disconnect := make(chan byte, 1)
