@@ -44,9 +44,12 @@ func (s *Session) fromBroker(in, fwd, back []byte) ([]byte, []byte, error) {
 }
 
 // firstConnack reads the broker's first CONNACK for the limits it sets on
-// the client, hands them to the client direction, and forwards it: with
-// the client's Authentication Method added when the proxy authenticated
-// the client under one and the broker accepts it [MQTT-4.12.0-5].
+// the client, hands them to the client direction, and forwards it. An
+// MQTT 5 client's successful CONNACK is rewritten where it must say more
+// than the broker's: the limits the proxy holds the client to (a Topic
+// Alias Maximum of at most maxTopicAliases, the Maximum Packet Size of
+// the client direction), and the client's Authentication Method when the
+// proxy authenticated the client under one [MQTT-4.12.0-5].
 func (s *Session) firstConnack(fr packets.Frame, out *output) error {
 	s.connackSeen = true
 	if s.version != packets.ProtocolV5 {
@@ -57,31 +60,40 @@ func (s *Session) firstConnack(fr packets.Frame, out *output) error {
 	if err := c.Decode(s.version, fr); err != nil {
 		return err
 	}
-	if p := c.Properties; p != nil {
-		if p.TopicAliasMaximum != nil {
-			s.brokerAliasMax = *p.TopicAliasMaximum
-		}
-		if p.MaximumPacketSize != nil {
-			s.brokerMaxPacket = int(min(*p.MaximumPacketSize, packets.MaxPacketSize))
-		}
+	p := c.Properties
+	if p == nil {
+		p = &paho.Properties{}
 	}
-	if s.methodAuth == nil {
-		s.connack.Store(true)
-		out.pass(fr)
-		return nil
+	if p.TopicAliasMaximum != nil {
+		s.brokerAliasMax = *p.TopicAliasMaximum
 	}
-	if p := c.Properties; p != nil && (p.AuthMethod != "" || p.AuthData != nil) {
+	if p.MaximumPacketSize != nil {
+		s.brokerMaxPacket = int(min(*p.MaximumPacketSize, packets.MaxPacketSize))
+	}
+	if s.methodAuth != nil && (p.AuthMethod != "" || p.AuthData != nil) {
 		return protocolError(s.version, "CONNACK with an Authentication Method or Data, to a CONNECT without one [MQTT-4.12.0-6]")
 	}
+	rewrite := false
+	if s.brokerAliasMax > maxTopicAliases {
+		s.brokerAliasMax = maxTopicAliases
+		p.TopicAliasMaximum = &s.brokerAliasMax
+		rewrite = true
+	}
+	if s.clientMax < packets.MaxPacketSize && (s.brokerMaxPacket == 0 || s.brokerMaxPacket > s.clientMax) {
+		limit := uint32(s.clientMax)
+		p.MaximumPacketSize = &limit
+		rewrite = true
+	}
+	if s.methodAuth != nil {
+		p.AuthMethod = s.methodAuth.method
+		rewrite = true
+	}
 	s.connack.Store(true)
-	if c.ReasonCode != packets.Success {
-		out.pass(fr) // a refusal need not name the method
+	if !rewrite || c.ReasonCode != packets.Success {
+		out.pass(fr) // a refusal need not say more: the connection ends
 		return nil
 	}
-	if c.Properties == nil {
-		c.Properties = &paho.Properties{}
-	}
-	c.Properties.AuthMethod = s.methodAuth.method
+	c.Properties = p
 	out.flush()
 	var err error
 	out.buf, err = c.Append(out.buf, s.version)

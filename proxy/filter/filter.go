@@ -125,7 +125,9 @@
 // is a protocol error. The others are only framed, and the broker judges
 // them. From the broker, the filter frames every packet, reads the CONNACK
 // for the limits it sets on the client (Topic Alias Maximum, Maximum Packet
-// Size) and rewrites the SUBACKs it must; a broken broker stream ends the
+// Size), tells an MQTT 5 client in that CONNACK the limits the proxy holds
+// it to (a Topic Alias Maximum of at most 16, its MaxPacketSize as Maximum
+// Packet Size), and rewrites the SUBACKs it must; a broken broker stream ends the
 // session with DISCONNECT 0x80 (unspecified error) to an MQTT 5 client.
 //
 // # Packet identifiers
@@ -143,7 +145,9 @@
 // Between packets a Session holds no buffer: a packet split across reads is
 // gathered in a pooled buffer that grows with what arrives, up to the
 // direction's MaxPacketSize. Its other state is the client's topic aliases
-// (as many topics as the broker's Topic Alias Maximum allows), and the
+// (at most 16 topics, of at most the client's MaxPacketSize together: an
+// alias that would take more ends the session with quota exceeded, 0x97),
+// and the
 // identifiers above: at most 65,535 of each, and at most 65,535 refused
 // filters awaiting their SUBACK, beyond which the session ends with quota
 // exceeded (0x97). A session under an Authentication Method holds the AUTH
@@ -174,6 +178,15 @@ const (
 // make the proxy hold more than that (about 4 bytes each, plus an entry per
 // SUBSCRIBE).
 const maxPendingRefusals = 65535
+
+// maxTopicAliases caps the Topic Alias Maximum an MQTT 5 client is told
+// (the broker's, when smaller): the session keeps a copy of the topic of
+// each alias the client sets, to judge the PUBLISHes that name it by its
+// alias alone, and a client gains little from more aliases than the few
+// topics it publishes to most (mosquitto announces 10 by default, EMQX
+// 65,535). Together the topics are bounded by the client's packet limit
+// (TopicAliases.MaxBytes).
+const maxTopicAliases = 16
 
 // Config is what a Session needs to know of its client. The zero value
 // frames an MQTT 3.1.1 session without authorization, at the protocol's
@@ -247,6 +260,7 @@ type Session struct {
 
 	// Owned by the client direction.
 	clientLimit  int                  // the largest packet the client may send
+	clientMax    int                  // the configured clientLimit, before the broker's: set once, read by both directions
 	brokerLimits bool                 // the broker's CONNACK limits are applied
 	aliases      packets.TopicAliases // the client's topic aliases
 	// pubrecs are the MQTT 3 QoS 2 exchanges the proxy answered with
@@ -302,6 +316,10 @@ func New(cfg Config) *Session {
 	if s.clientLimit <= 0 || s.clientLimit > packets.MaxPacketSize {
 		s.clientLimit = packets.MaxPacketSize
 	}
+	s.clientMax = s.clientLimit
+	// The aliases' topics are the client's, held for the session's life:
+	// together, no more than one packet of its.
+	s.aliases.MaxBytes = s.clientMax
 	return s
 }
 

@@ -1,36 +1,70 @@
 package filter
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"runtime"
 	"strings"
 	"testing"
+
+	paho "github.com/eclipse/paho.golang/packets"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 )
 
-// TestR3AliasTableBoundedByPacketCap: an MQTT 5 client whose broker
-// announced a large Topic Alias Maximum (EMQX's default is 65,535) sets
-// aliases on denied PUBLISHes, which the broker never sees, each with a
-// long topic: the session keeps a copy of every topic, so one connection
-// makes the proxy hold far more than its hard cap, max_packet_size (here
-// 1,000 aliases of 60 KB: about 60 MB; all 65,535 would be 4 GB).
-func TestR3AliasTableBoundedByPacketCap(t *testing.T) {
+// TestTopicAliasesBounded: an MQTT 5 client whose broker announced a large
+// Topic Alias Maximum (EMQX's default is 65,535) is told at most
+// maxTopicAliases in its CONNACK, and max_packet_size as its Maximum
+// Packet Size; aliases it sets on denied PUBLISHes, which the broker never
+// sees, each with a long topic, hold no more than one packet's worth of
+// topics: the alias that would take them beyond ends the session with
+// quota exceeded (0x97), and one above the announced maximum with topic
+// alias invalid (0x94).
+func TestTopicAliasesBounded(t *testing.T) {
 	const maxPacket = 64<<10 + 64
 	s := New(Config{Version: v5, Policy: testPolicy(t), MaxPacketSize: [2]int{maxPacket, maxPacket}})
 	defer s.Release()
-	if _, _, err := s.Filter(FromBroker, connackLimits(65535, 0), nil, nil); err != nil {
+	fwd, _, err := s.Filter(FromBroker, connackLimits(65535, 0), nil, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
+	cp, err := paho.ReadPacket(bytes.NewReader(fwd))
+	if err != nil {
+		t.Fatalf("the CONNACK forwarded, % X: %v", fwd, err)
+	}
+	if p := cp.Content.(*paho.Connack).Properties; p == nil || p.TopicAliasMaximum == nil || *p.TopicAliasMaximum != maxTopicAliases ||
+		p.MaximumPacketSize == nil || *p.MaximumPacketSize != maxPacket {
+		t.Fatalf("the CONNACK forwarded, % X, does not announce Topic Alias Maximum %d and Maximum Packet Size %d", fwd, maxTopicAliases, maxPacket)
+	}
+
+	over := New(Config{Version: v5, Policy: testPolicy(t), MaxPacketSize: [2]int{maxPacket, maxPacket}})
+	defer over.Release()
+	over.Filter(FromBroker, connackLimits(65535, 0), nil, nil)
+	var end *End
+	if _, _, err := over.Filter(FromClient, publish(v5, pub{topic: "denied/x", alias: maxTopicAliases + 1}), nil, nil); !errors.As(err, &end) || end.Code != packets.TopicAliasInvalid {
+		t.Fatalf("alias %d, over the maximum announced: %v; want the session ended with topic alias invalid", maxTopicAliases+1, err)
+	}
+
 	long := "denied/" + strings.Repeat("x", 60000) + "/"
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	var fwd, back []byte
-	for alias := uint16(1); alias <= 1000; alias++ {
-		var err error
+	var back []byte
+	for alias := uint16(1); alias <= maxTopicAliases; alias++ {
 		fwd, back, err = s.Filter(FromClient, publish(v5, pub{topic: fmt.Sprint(long, alias), alias: alias}), fwd[:0], back[:0])
-		if err != nil || len(fwd) != 0 {
-			t.Fatalf("alias %d: forwarded %d bytes, %v; want a denied QoS 0 PUBLISH dropped", alias, len(fwd), err)
+		if err != nil {
+			if !errors.As(err, &end) || end.Code != packets.QuotaExceeded || alias != 2 {
+				t.Fatalf("alias %d: %v; want the second long topic to end the session with quota exceeded", alias, err)
+			}
+			break
 		}
+		if len(fwd) != 0 {
+			t.Fatalf("alias %d: forwarded %d bytes; want a denied QoS 0 PUBLISH dropped", alias, len(fwd))
+		}
+	}
+	if err == nil {
+		t.Fatalf("%d aliases of 60 KB topics each, and the session goes on", maxTopicAliases)
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
