@@ -113,7 +113,7 @@ func (s *Session) suback(fr packets.Frame, out *output) error {
 	p, pending := s.subacks[id]
 	if pending {
 		delete(s.subacks, id)
-		s.pendingRefusals -= len(p.refused)
+		s.pendingBytes -= p.cost()
 		if len(s.subacks) == 0 {
 			s.subacks = nil // an idle session holds no map
 		}
@@ -128,13 +128,15 @@ func (s *Session) suback(fr packets.Frame, out *output) error {
 	if err := ack.Decode(s.version, fr); err != nil {
 		return err
 	}
-	if kept := p.filters - len(p.refused); len(ack.Codes) != kept {
+	if kept := p.filters - p.refusals; len(ack.Codes) != kept {
 		return protocolError(s.version, "SUBACK %d with %d codes for the %d filters forwarded", id, len(ack.Codes), kept)
 	}
 	refusal := packets.SubscriptionRefusal(s.version)
-	inserts := make([]packets.Insertion, len(p.refused))
-	for i, index := range p.refused {
-		inserts[i] = packets.Insertion{Index: int(index), Code: refusal}
+	inserts := make([]packets.Insertion, 0, p.refusals)
+	for index := range p.filters {
+		if p.refused.has(index) {
+			inserts = append(inserts, packets.Insertion{Index: index, Code: refusal})
+		}
 	}
 	out.flush()
 	var err error

@@ -147,10 +147,12 @@
 // direction's MaxPacketSize. Its other state is the client's topic aliases
 // (at most 16 topics, of at most the client's MaxPacketSize together: an
 // alias that would take more ends the session with quota exceeded, 0x97),
-// and the
-// identifiers above: at most 65,535 of each, and at most 65,535 refused
-// filters awaiting their SUBACK, beyond which the session ends with quota
-// exceeded (0x97). A session under an Authentication Method holds the AUTH
+// and the identifiers above: the MQTT 3 QoS 2 exchanges as a bit each (8
+// KiB while there are any), and the SUBSCRIBEs awaiting their SUBACK as a
+// bit per filter plus a record each, within the client's MaxPacketSize (at
+// least 64 KiB), beyond which the session ends with quota exceeded (0x97).
+// A SUBSCRIBE's filters are judged as they are read, without a slice of
+// them. A session under an Authentication Method holds the AUTH
 // that answers a re-authentication well (a few dozen bytes), and a copy of
 // the token of the one that awaits its answer, until the hook lets go of
 // it.
@@ -173,11 +175,15 @@ const (
 	FromBroker = 1
 )
 
-// maxPendingRefusals caps the refused filters a session keeps for SUBACKs
-// the broker has not answered yet: a client pipelining SUBSCRIBEs cannot
-// make the proxy hold more than that (about 4 bytes each, plus an entry per
-// SUBSCRIBE).
-const maxPendingRefusals = 65535
+// minPendingBudget is the least a session may hold for the SUBSCRIBEs
+// awaiting their SUBACK, whatever the client's packet limit: a small
+// max_packet_size must not make a few pipelined SUBSCRIBEs a quota
+// violation.
+const minPendingBudget = 64 << 10
+
+// pendingEntryCost is what one SUBSCRIBE awaiting its SUBACK is charged
+// beyond its bits: its map entry and record, rounded up.
+const pendingEntryCost = 64
 
 // maxTopicAliases caps the Topic Alias Maximum an MQTT 5 client is told
 // (the broker's, when smaller): the session keeps a copy of the topic of
@@ -264,9 +270,8 @@ type Session struct {
 	brokerLimits bool                 // the broker's CONNACK limits are applied
 	aliases      packets.TopicAliases // the client's topic aliases
 	// pubrecs are the MQTT 3 QoS 2 exchanges the proxy answered with
-	// PUBREC for a denied PUBLISH, awaiting the client's PUBREL; nil when
-	// there are none.
-	pubrecs map[uint16]struct{}
+	// PUBREC for a denied PUBLISH, awaiting the client's PUBREL.
+	pubrecs idSet
 
 	// Owned by the broker direction.
 	connackSeen bool
@@ -280,18 +285,67 @@ type Session struct {
 	// pendingSubacks is len(subacks), read without mu so that a session
 	// with none takes no lock.
 	pendingSubacks atomic.Int32
-	mu             sync.Mutex // guards subacks and pendingRefusals
+	mu             sync.Mutex // guards subacks and pendingBytes
 	// subacks are the SUBSCRIBEs forwarded without some filters, by packet
 	// identifier, whose SUBACK must get the refusals back; nil when there
 	// are none.
-	subacks         map[uint16]pendingSuback
-	pendingRefusals int // the refusals in subacks
+	subacks      map[uint16]pendingSuback
+	pendingBytes int // what subacks are charged (pendingSuback.cost)
+	// pendingBudget bounds pendingBytes: the client's packet limit, at
+	// least minPendingBudget. Set once.
+	pendingBudget int
 }
 
 // pendingSuback is a SUBSCRIBE forwarded without its refused filters.
 type pendingSuback struct {
-	filters int      // the filters the client sent
-	refused []uint32 // the indexes of the refused ones, ascending
+	filters  int    // the filters the client sent
+	refusals int    // how many of them were refused
+	refused  bitset // which: a bit per filter index
+}
+
+// cost is what p is charged against the session's budget.
+func (p *pendingSuback) cost() int { return pendingEntryCost + 8*len(p.refused) }
+
+// bitset is a set of small integers, a bit each.
+type bitset []uint64
+
+func (b *bitset) set(i int) {
+	for len(*b) <= i/64 {
+		*b = append(*b, 0)
+	}
+	(*b)[i/64] |= 1 << (i % 64)
+}
+
+func (b bitset) has(i int) bool { return i/64 < len(b) && b[i/64]&(1<<(i%64)) != 0 }
+
+// idSet is a set of packet identifiers: a bit each, 8 KiB while it holds
+// any, nothing when empty, so that it never holds more whatever the client
+// does.
+type idSet struct {
+	bits *[1 << 16 / 64]uint64
+	n    int
+}
+
+func (s *idSet) has(id uint16) bool { return s.bits != nil && s.bits[id/64]&(1<<(id%64)) != 0 }
+
+func (s *idSet) add(id uint16) {
+	if s.bits == nil {
+		s.bits = new([1 << 16 / 64]uint64)
+	}
+	if !s.has(id) {
+		s.bits[id/64] |= 1 << (id % 64)
+		s.n++
+	}
+}
+
+func (s *idSet) remove(id uint16) {
+	if !s.has(id) {
+		return
+	}
+	s.bits[id/64] &^= 1 << (id % 64)
+	if s.n--; s.n == 0 {
+		s.bits = nil
+	}
 }
 
 // New returns the filter of a session.
@@ -320,6 +374,7 @@ func New(cfg Config) *Session {
 	// The aliases' topics are the client's, held for the session's life:
 	// together, no more than one packet of its.
 	s.aliases.MaxBytes = s.clientMax
+	s.pendingBudget = max(s.clientMax, minPendingBudget)
 	return s
 }
 
@@ -362,9 +417,9 @@ func (s *Session) Release() {
 	for dir := range s.framers {
 		s.framers[dir].Release()
 	}
-	s.pubrecs = nil
+	s.pubrecs = idSet{}
 	s.mu.Lock()
-	s.subacks, s.pendingRefusals = nil, 0
+	s.subacks, s.pendingBytes = nil, 0
 	s.pendingSubacks.Store(0)
 	s.mu.Unlock()
 }

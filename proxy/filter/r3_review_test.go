@@ -74,12 +74,12 @@ func TestTopicAliasesBounded(t *testing.T) {
 	}
 }
 
-// TestR3SubscribeManyFiltersAmplification: one SUBSCRIBE at the packet
-// cap (1 MiB) made of the shortest filters, all denied, makes the filter
-// allocate about ten times the cap for that one packet (a Subscription of
-// 32 bytes per 4-byte filter, plus the flags and indexes), and a client
-// may send one after another on each of its connections.
-func TestR3SubscribeManyFiltersAmplification(t *testing.T) {
+// TestSubscribeManyFiltersAllocation: one SUBSCRIBE at the packet cap
+// (1 MiB) made of the shortest filters, all denied, is judged filter by
+// filter: the filter allocates less than three times the packet for it
+// (its answer, one code per filter, and a bit per filter), not a
+// Subscription of 32 bytes per 4-byte filter.
+func TestSubscribeManyFiltersAllocation(t *testing.T) {
 	const maxPacket = 1 << 20
 	s := New(Config{Version: v5, Policy: testPolicy(t), MaxPacketSize: [2]int{maxPacket, maxPacket}})
 	defer s.Release()
@@ -105,12 +105,13 @@ func TestR3SubscribeManyFiltersAmplification(t *testing.T) {
 	}
 }
 
-// TestR3PendingSubacksBeyondPacketCap: a client that does not read (so
-// that the broker's SUBACKs wait behind it) pipelines 65,535 SUBSCRIBEs of
-// one allowed and one denied filter, about 1 MB in all: the session holds
-// a pending SUBACK for each, several times max_packet_size, for as long
-// as the client likes.
-func TestR3PendingSubacksBeyondPacketCap(t *testing.T) {
+// TestPendingAnswersBoundedByPacketCap: a client that does not read (so
+// that the broker's SUBACKs wait behind it) pipelines SUBSCRIBEs of one
+// allowed and one denied filter: the SUBSCRIBEs awaiting their SUBACK hold
+// no more than max_packet_size, the one beyond ends the session with quota
+// exceeded (0x97). And an MQTT 3.1.1 client's 65,535 denied QoS 2
+// PUBLISHes awaiting their PUBREL hold a bit each.
+func TestPendingAnswersBoundedByPacketCap(t *testing.T) {
 	const maxPacket = 1 << 20
 	s := New(Config{Version: v5, Policy: testPolicy(t), MaxPacketSize: [2]int{maxPacket, maxPacket}})
 	defer s.Release()
@@ -121,17 +122,38 @@ func TestR3PendingSubacksBeyondPacketCap(t *testing.T) {
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 	var fwd, back []byte
-	for id := 1; id <= 65535; id++ {
-		var err error
+	var err error
+	id := 1
+	for ; id <= 65535 && err == nil; id++ {
 		in := subscribe(v5, uint16(id), nil, filterQoS{filter: "ok/a"}, filterQoS{filter: "d"})
-		if fwd, back, err = s.Filter(FromClient, in, fwd[:0], back[:0]); err != nil {
-			t.Fatalf("SUBSCRIBE %d: %v", id, err)
-		}
+		fwd, back, err = s.Filter(FromClient, in, fwd[:0], back[:0])
+	}
+	var end *End
+	if !errors.As(err, &end) || end.Code != packets.QuotaExceeded {
+		t.Fatalf("after %d SUBSCRIBEs awaiting their SUBACK: %v; want the session ended with quota exceeded", id-1, err)
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	runtime.KeepAlive(s)
 	if held := int64(after.HeapAlloc) - int64(before.HeapAlloc); held > 2*maxPacket {
 		t.Fatalf("one session holds %.1f MB of SUBSCRIBEs awaiting their SUBACK; its hard cap, max_packet_size, is %d bytes", float64(held)/1e6, maxPacket)
+	}
+	t.Logf("the session ended at SUBSCRIBE %d", id-1)
+
+	s3 := New(Config{Version: v3, Policy: testPolicy(t), MaxPacketSize: [2]int{maxPacket, maxPacket}})
+	defer s3.Release()
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for id := 1; id <= 65535; id++ {
+		in := publish(v3, pub{topic: "denied/x", qos: 2, id: uint16(id)})
+		if fwd, back, err = s3.Filter(FromClient, in, fwd[:0], back[:0]); err != nil || len(fwd) != 0 || len(back) == 0 {
+			t.Fatalf("denied QoS 2 PUBLISH %d: forwarded %d bytes, answered %d, %v", id, len(fwd), len(back), err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(s3)
+	if held := int64(after.HeapAlloc) - int64(before.HeapAlloc); held > 64<<10 {
+		t.Fatalf("one MQTT 3.1.1 session holds %.1f KB for 65,535 QoS 2 exchanges awaiting their PUBREL", float64(held)/1e3)
 	}
 }
