@@ -62,11 +62,17 @@ func (p *Proxy) judgeWill(rules *acl.Policy, pk *packets.Connect) acl.Decision {
 }
 
 // newFilter is the filter of a session with topic rules (nil: framing
-// only), under pol, the authorization and limits it was accepted with.
-func (p *Proxy) newFilter(pol *policy, version byte, rules *acl.Policy, conn *openConn, listener string) *filter.Session {
+// only) whose CONNECT was pk, under pol, the authorization and limits it
+// was accepted with.
+func (p *Proxy) newFilter(pol *policy, pk *packets.Connect, rules *acl.Policy, conn *openConn, listener string) *filter.Session {
 	limit := pol.limits.maxPacketSize()
+	var aliasMax uint16
+	if pk.Properties != nil && pk.Properties.TopicAliasMaximum != nil {
+		aliasMax = *pk.Properties.TopicAliasMaximum
+	}
 	return filter.New(filter.Config{
-		Version:          version,
+		Version:          pk.ProtocolVersion,
+		ClientAliasMax:   aliasMax,
 		Policy:           rules,
 		DisconnectOnDeny: pol.authorization.DisconnectOnDeny,
 		MaxPacketSize:    [2]int{limit, limit},

@@ -413,14 +413,16 @@ func heldClientClose(t *testing.T, framed bool) {
 	}
 }
 
-// TestR3ResumedSessionKeepsUnauthorizedSubscription: a client subscribes
-// to secret/# in a persistent session (clean session off) while it has no
-// rules, then comes back, same client identifier, under rules that deny
-// that filter (a newly configured authorization section, or a token with
-// narrower rules): the broker resumes its session, subscription included,
-// and the proxy delivers what it queued and publishes since, which the
-// client could not subscribe to now.
-func TestR3ResumedSessionKeepsUnauthorizedSubscription(t *testing.T) {
+// TestResumedSessionDeniedDeliveries: a client subscribes to secret/# in
+// a persistent session (clean session off) while it has no rules, then
+// comes back, same client identifier, under rules that deny that filter
+// (a newly configured authorization section, or a token with narrower
+// rules): the broker resumes its session, subscription included, and
+// delivers what it queued, but the proxy judges each delivery as a
+// subscription to its topic and drops (and acknowledges) what the client
+// could not subscribe to now: the first message the client gets is the
+// sentinel to a topic it may read.
+func TestResumedSessionDeniedDeliveries(t *testing.T) {
 	broker := proxytest.StartMosquitto(t)
 	before := startAuthzProxy(t, broker.Addr, configs.Authorization{}) // no rules yet
 	now := startAuthzProxy(t, broker.Addr, fleetRules())

@@ -85,7 +85,7 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	o := engine.Options{Done: func(fromClient, toClient int64) { p.ended(s, conn, fromClient, toClient) }}
 	first := append(a.upstreamConnect, ahead...)
 	if a.acl != nil {
-		o.Filter = p.newFilter(s.policy, pk.ProtocolVersion, a.acl, conn, s.listener)
+		o.Filter = p.newFilter(s.policy, pk, a.acl, conn, s.listener)
 		o.FromClient, first = ahead, a.upstreamConnect
 		conn.rawLen = int64(len(pk.Raw)) // the engine counts what it forwards of ahead
 	}

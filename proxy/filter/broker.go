@@ -6,6 +6,7 @@ import (
 
 	paho "github.com/eclipse/paho.golang/packets"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 )
 
@@ -15,6 +16,7 @@ import (
 func (s *Session) fromBroker(in, fwd, back []byte) ([]byte, []byte, error) {
 	f := &s.framers[FromBroker]
 	out := output{in: in, buf: fwd}
+	var last lastPublish
 	f.Feed(in)
 	for {
 		fr, ok, err := f.Next()
@@ -34,6 +36,10 @@ func (s *Session) fromBroker(in, fwd, back []byte) ([]byte, []byte, error) {
 			err = protocolError(s.version, "AUTH from the broker, which got a CONNECT without an Authentication Method [MQTT-4.12.0-6]")
 		case fr.Type == packets.TypeSuback && s.pendingSubacks.Load() > 0:
 			err = s.suback(fr, &out)
+		case fr.Type == packets.TypePublish && s.policy.Load() != nil:
+			back, err = s.delivery(s.policy.Load(), fr, &out, back, &last)
+		case fr.Type == packets.TypePubrel && s.deliveryPubrecs.n > 0:
+			back, err = s.deliveryPubrel(fr, &out, back)
 		default:
 			out.pass(fr)
 		}
@@ -144,4 +150,71 @@ func (s *Session) suback(fr packets.Frame, out *output) error {
 		return fmt.Errorf("SUBACK %d: %w", id, err)
 	}
 	return nil
+}
+
+// delivery judges a PUBLISH from the broker as a subscription to its
+// topic, by policy: forwarded when the client may subscribe to it; else
+// dropped, and answered to the broker as its QoS requires, with the
+// broker's packet identifier. A session resumed by the broker may hold
+// subscriptions made under rules that allowed more than the client's
+// rules do now: what they deliver stops here.
+func (s *Session) delivery(policy *acl.Policy, fr packets.Frame, out *output, back []byte, last *lastPublish) ([]byte, error) {
+	var p packets.Publish
+	if err := p.Decode(s.version, fr); err != nil {
+		return back, err
+	}
+	topic := p.Topic
+	if s.version == packets.ProtocolV5 {
+		var err error
+		if topic, err = s.deliveryAliases.Resolve(&p); err != nil {
+			return back, err
+		}
+	}
+	if p.QoS == 2 && s.deliveryPubrecs.has(p.PacketID) {
+		// A retransmission of a dropped one, before its PUBREL: PUBREC
+		// again [MQTT-4.3.3-2].
+		return appendAck(back, s.version, packets.TypePubrec, p.PacketID, packets.Success), nil
+	}
+	d, known := last.decision(policy, topic, p.QoS, false)
+	if !known {
+		d = allow(policy, acl.Subscribe, topic, p.QoS, false)
+		last.remember(policy, topic, p.QoS, false, d)
+	}
+	if d.Allowed {
+		if s.version == packets.ProtocolV5 && s.deliveryAliases.Forward(&p) {
+			// The alias was set by a delivery the client never got.
+			out.flush()
+			p.Topic = topic
+			var err error
+			out.buf, err = p.Append(out.buf, s.version)
+			return back, err
+		}
+		out.pass(fr)
+		return back, nil
+	}
+	switch p.QoS {
+	case 1:
+		back = appendAck(back, s.version, packets.TypePuback, p.PacketID, packets.NotAuthorized)
+	case 2:
+		back = appendAck(back, s.version, packets.TypePubrec, p.PacketID, packets.NotAuthorized)
+		if s.version != packets.ProtocolV5 {
+			s.deliveryPubrecs.add(p.PacketID) // the broker goes on with PUBREL
+		}
+	}
+	return back, nil
+}
+
+// deliveryPubrel answers the broker's PUBREL of an MQTT 3 QoS 2 delivery
+// the proxy dropped, and forwards the others.
+func (s *Session) deliveryPubrel(fr packets.Frame, out *output, back []byte) ([]byte, error) {
+	var a packets.Ack
+	if err := a.Decode(s.version, fr); err != nil {
+		return back, err
+	}
+	if !s.deliveryPubrecs.has(a.PacketID) {
+		out.pass(fr)
+		return back, nil
+	}
+	s.deliveryPubrecs.remove(a.PacketID)
+	return appendAck(back, s.version, packets.TypePubcomp, a.PacketID, packets.Success), nil
 }

@@ -84,6 +84,16 @@
 //     3), so the client sees one code per filter it sent, in its order. A
 //     SUBSCRIBE whose filters are all denied is answered by the proxy.
 //
+// From the broker to the client, a PUBLISH is judged as a subscription to
+// its topic (its MQTT 5 topic alias resolved, up to Config.ClientAliasMax)
+// at its QoS: a session the broker resumed may hold subscriptions made
+// under rules that allowed more. A denied one never reaches the client and
+// is answered to the broker as a denied PUBLISH of the client's is, with
+// the broker's packet identifier: PUBACK, PUBREC (0x87 in MQTT 5), and in
+// MQTT 3 PUBCOMP for the broker's PUBREL, which the client never sees.
+// Denied deliveries are not counted by OnDecision, and never end the
+// session.
+//
 // With DisconnectOnDeny set (deny_action: disconnect), the first denial ends
 // the session: an MQTT 5 client gets DISCONNECT 0x87, an MQTT 3 client a
 // close. UNSUBSCRIBE and the rest pass, and AUTH too, unless the client
@@ -133,8 +143,8 @@
 // # Packet identifiers
 //
 // The proxy writes to the client only answers to the client's own packets,
-// with their identifiers, and never writes a packet to the broker. It
-// remembers the identifiers of the SUBSCRIBEs whose SUBACK it must rewrite
+// with their identifiers, and to the broker only answers to the deliveries
+// it drops, with the broker's. It remembers the identifiers of the SUBSCRIBEs whose SUBACK it must rewrite
 // and of the MQTT 3 QoS 2 exchanges it answers itself until they complete:
 // a client that reuses one of those before then breaks [MQTT-2.2.1-3] and
 // the session ends with a protocol error. Identifiers of packets forwarded
@@ -212,6 +222,10 @@ type Config struct {
 	// (authorization.deny_action: disconnect); unset, denials are answered
 	// and the session goes on (ignore, the default).
 	DisconnectOnDeny bool
+	// ClientAliasMax is the Topic Alias Maximum of an MQTT 5 client's
+	// CONNECT: the aliases the broker may set on its PUBLISHes to the
+	// client, which the filter follows to judge them.
+	ClientAliasMax uint16
 	// MaxPacketSize is the largest packet, fixed header included, accepted
 	// from each direction, indexed by FromClient and FromBroker: the
 	// configured limit. From the client, the broker's Maximum Packet Size,
@@ -275,6 +289,13 @@ type Session struct {
 
 	// Owned by the broker direction.
 	connackSeen bool
+	// deliveryAliases are the topic aliases the broker sets on its
+	// PUBLISHes to an MQTT 5 client, up to the client's Topic Alias
+	// Maximum.
+	deliveryAliases packets.TopicAliases
+	// deliveryPubrecs are the MQTT 3 QoS 2 deliveries the proxy dropped
+	// and answered with PUBREC, awaiting the broker's PUBREL.
+	deliveryPubrecs idSet
 
 	// Shared. brokerAliasMax and brokerMaxPacket are written by the broker
 	// direction before it sets connack, and read by the client direction
@@ -375,6 +396,8 @@ func New(cfg Config) *Session {
 	// together, no more than one packet of its.
 	s.aliases.MaxBytes = s.clientMax
 	s.pendingBudget = max(s.clientMax, minPendingBudget)
+	s.deliveryAliases.Max = cfg.ClientAliasMax
+	s.deliveryAliases.MaxBytes = max(cfg.MaxPacketSize[FromBroker], 0)
 	return s
 }
 
@@ -417,7 +440,7 @@ func (s *Session) Release() {
 	for dir := range s.framers {
 		s.framers[dir].Release()
 	}
-	s.pubrecs = idSet{}
+	s.pubrecs, s.deliveryPubrecs = idSet{}, idSet{}
 	s.mu.Lock()
 	s.subacks, s.pendingBytes = nil, 0
 	s.pendingSubacks.Store(0)

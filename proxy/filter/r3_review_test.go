@@ -157,3 +157,98 @@ func TestPendingAnswersBoundedByPacketCap(t *testing.T) {
 		t.Fatalf("one MQTT 3.1.1 session holds %.1f KB for 65,535 QoS 2 exchanges awaiting their PUBREL", float64(held)/1e3)
 	}
 }
+
+// TestDeliveriesJudged: a PUBLISH from the broker is judged as a
+// subscription to its topic: one the client may subscribe to reaches it;
+// another is dropped and answered to the broker with the broker's packet
+// identifier (PUBACK; PUBREC 0x87 in MQTT 5, which ends the exchange;
+// PUBREC then PUBCOMP for the broker's PUBREL in MQTT 3, whose PUBREL
+// never reaches the client), and an MQTT 5 alias set by a dropped one
+// reaches the client with its topic written in.
+func TestDeliveriesJudged(t *testing.T) {
+	for _, v := range []byte{v3, v5} {
+		t.Run(versionName(v), func(t *testing.T) {
+			s := New(Config{Version: v, Policy: testPolicy(t), ClientAliasMax: 4})
+			defer s.Release()
+			step := func(in, wantFwd, wantBack []byte) {
+				t.Helper()
+				fwd, back, err := s.Filter(FromBroker, in, nil, nil)
+				if err != nil || !bytes.Equal(fwd, wantFwd) || !bytes.Equal(back, wantBack) {
+					t.Fatalf("% X: fwd % X, back % X, %v; want fwd % X, back % X", in, fwd, back, err, wantFwd, wantBack)
+				}
+			}
+			step(connack(v), connack(v), nil)
+			allowed := publish(v, pub{topic: "jobs/1", qos: 1, id: 7})
+			step(allowed, allowed, nil)
+			step(publish(v, pub{topic: "secret/x"}), nil, nil)
+			step(publish(v, pub{topic: "secret/x", qos: 1, id: 8}), nil, ack(v, 0x40, 8, 0x87))
+			step(publish(v, pub{topic: "secret/x", qos: 2, id: 9}), nil, ack(v, 0x50, 9, 0x87))
+			if v == v3 {
+				step(publish(v, pub{topic: "secret/x", qos: 2, id: 9, dup: true}), nil, ack(v, 0x50, 9, 0))
+				step(ack(v, 0x62, 9, 0), nil, ack(v, 0x70, 9, 0))
+			}
+			other := ack(v, 0x62, 10, 0) // a PUBREL of a delivery the client got
+			step(other, other, nil)
+			if v == v5 {
+				step(publish(v, pub{topic: "secret/x", alias: 1}), nil, nil)
+				step(publish(v, pub{topic: "jobs/2", alias: 1}), publish(v, pub{topic: "jobs/2", alias: 1}), nil)
+				step(publish(v, pub{topic: "secret/y", alias: 2}), nil, nil)
+				step(publish(v, pub{alias: 2}), nil, nil) // still secret/y
+				step(publish(v, pub{topic: "jobs/3", alias: 2}), publish(v, pub{topic: "jobs/3", alias: 2}), nil)
+				step(publish(v, pub{alias: 2}), publish(v, pub{alias: 2}), nil)
+			}
+		})
+	}
+}
+
+// BenchmarkFilterDeliveryStream is the per-packet cost of the broker's
+// PUBLISHes to a framed subscriber, 64-byte payloads read 16 KiB at a
+// time: "framed" without a policy (framing only, as before deliveries
+// were judged), "judged" with one that allows them, one topic, and
+// "judged, 16 topics" a topic per packet in turn, each asking the policy.
+func BenchmarkFilterDeliveryStream(b *testing.B) {
+	const n = 4096
+	one := []string{"devices/dev-000001/telemetry"}
+	var sixteen []string
+	for i := range 16 {
+		sixteen = append(sixteen, fmt.Sprint("devices/dev-000001/sensor/", i))
+	}
+	for _, version := range []byte{v3, v5} {
+		for _, bc := range []struct {
+			name   string
+			topics []string
+			policy bool
+		}{
+			{"framed", one, false},
+			{"judged", one, true},
+			{"judged, 16 topics", sixteen, true},
+		} {
+			reads := publishReads(version, bc.topics, 1, n)
+			b.Run(fmt.Sprintf("%s/%s", versionName(version), bc.name), func(b *testing.B) {
+				cfg := Config{Version: version}
+				if bc.policy {
+					cfg.Policy = fleetPolicy(b, "dev-000001")
+				}
+				s := New(cfg)
+				defer s.Release()
+				fwd, back := make([]byte, 0, readSize+1024), make([]byte, 0, 1024)
+				var err error
+				if fwd, back, err = s.Filter(FromBroker, connack(version), fwd, back); err != nil {
+					b.Fatal(err)
+				}
+				b.ReportAllocs()
+				for b.Loop() {
+					for _, read := range reads {
+						if fwd, back, err = s.Filter(FromBroker, read, fwd[:0], back[:0]); err != nil {
+							b.Fatal(err)
+						}
+						if len(back) != 0 {
+							b.Fatalf("deliveries answered: % X", back)
+						}
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/packet")
+			})
+		}
+	}
+}
