@@ -154,6 +154,16 @@ type Verifier interface {
 
 var _ Verifier = (*Chain)(nil)
 
+// Reauthenticator is a Verifier that also decides on the MQTT 5
+// re-authentications of the sessions it accepted under an Authentication
+// Method (see Chain.Reauthenticate). *Chain implements it.
+type Reauthenticator interface {
+	Verifier
+	Reauthenticate(ctx context.Context, first Identity, req Request) (Identity, error)
+}
+
+var _ Reauthenticator = (*Chain)(nil)
+
 // The outcomes of one Step.
 const (
 	OutcomeAccept = "accept"

@@ -39,11 +39,7 @@ var noRules = func() *acl.Config {
 // relayed unframed. A malformed acl claim is an error wrapping
 // authn.ErrTokenMalformed: the CONNECT is refused, as EMQX refuses it.
 func (a *Authorization) policyFor(req *authn.Request, id *authn.Identity) (*acl.Policy, error) {
-	rules := a.Rules
-	if rules == nil {
-		rules = noRules
-	}
-	pol, err := rules.Compile(acl.Client{Request: req, Claims: id.Claims, ACLClaim: id.ACLClaim})
+	pol, err := a.compile(req, id)
 	if err != nil || pol.Unrestricted() {
 		return nil, err
 	}
@@ -61,23 +57,39 @@ func (p *Proxy) judgeWill(rules *acl.Policy, pk *packets.Connect) acl.Decision {
 	return d
 }
 
+// compile is the policy of the client req accepted as id, whatever it
+// allows: a re-authentication's new rules replace the session's, even by
+// rules that allow everything.
+func (a *Authorization) compile(req *authn.Request, id *authn.Identity) (*acl.Policy, error) {
+	rules := a.Rules
+	if rules == nil {
+		rules = noRules
+	}
+	return rules.Compile(acl.Client{Request: req, Claims: id.Claims, ACLClaim: id.ACLClaim})
+}
+
 // newFilter is the filter of a session with topic rules (nil: framing
 // only) whose CONNECT was pk, under pol, the authorization and limits it
-// was accepted with.
+// was accepted with; for a client under an Authentication Method, one that
+// answers its re-authentications (conn.method).
 func (p *Proxy) newFilter(pol *policy, pk *packets.Connect, rules *acl.Policy, conn *openConn, listener string) *filter.Session {
 	limit := pol.limits.maxPacketSize()
 	var aliasMax uint16
 	if pk.Properties != nil && pk.Properties.TopicAliasMaximum != nil {
 		aliasMax = *pk.Properties.TopicAliasMaximum
 	}
-	return filter.New(filter.Config{
+	cfg := filter.Config{
 		Version:          pk.ProtocolVersion,
 		ClientAliasMax:   aliasMax,
 		Policy:           rules,
 		DisconnectOnDeny: pol.authorization.DisconnectOnDeny,
 		MaxPacketSize:    [2]int{limit, limit},
 		OnDecision:       p.decisionHook(conn, listener),
-	})
+	}
+	if m := conn.method; m != nil {
+		cfg.AuthMethod, cfg.Reauthenticate, cfg.Link = m.id.AuthMethod, m.reauthenticate, m
+	}
+	return filter.New(cfg)
 }
 
 // decisionHook counts every decision on a session's PUBLISHes and

@@ -99,3 +99,13 @@ func framedField(framed bool) zap.Field {
 	}
 	return zap.Bool("rules", true)
 }
+
+// methodField marks the accepting line of a session whose client
+// presented its token under an Authentication Method, which may
+// re-authenticate, with auth_method.
+func methodField(method string) zap.Field {
+	if method == "" {
+		return zap.Skip()
+	}
+	return zap.String("auth_method", method)
+}

@@ -18,6 +18,7 @@ import (
 // accepted.
 type accepted struct {
 	connect         *packets.Connect // as the client sent it
+	req             authn.Request    // what the token was verified with
 	id              authn.Identity
 	acl             *acl.Policy // its topic rules; nil when it may do anything (a spliced session)
 	upstreamConnect []byte      // the CONNECT the broker gets: connect.Raw, or Forward's rewrite
@@ -58,6 +59,9 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 		Password:    pk.Password,
 		HasPassword: pk.PasswordFlag,
 	}
+	// An MQTT 5 token under an Authentication Method: the authenticators
+	// of that method read it from the data.
+	req.AuthMethod, req.AuthData = pk.Authentication()
 	req = withTransport(req, c) // certificate names, a WebSocket upgrade's token
 	id, err := p.verify(s, req, start.Add(s.policy.limits.connectTimeout()))
 	if !p.decided(s) { // evicted or closed while the token was checked: its socket is closed
@@ -76,7 +80,7 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 	}
 	if err == nil {
 		maxPacket := 0 // what the broker may send: a framed session's limit
-		if rules != nil {
+		if rules != nil || id.AuthMethod != "" {
 			maxPacket = s.policy.limits.maxPacketSize()
 		}
 		upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, &id, maxPacket, log)
@@ -98,7 +102,7 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 	if err != nil {
 		return accepted{}, upstreamUnavailable(pk, id, err)
 	}
-	return accepted{connect: pk, id: id, acl: rules, upstreamConnect: upstreamConnect, pastConnect: past, header: header}, nil
+	return accepted{connect: pk, req: req, id: id, acl: rules, upstreamConnect: upstreamConnect, pastConnect: past, header: header}, nil
 }
 
 // verify checks the token of s's CONNECT until deadline, or until s is

@@ -18,6 +18,7 @@ type Metrics struct {
 	dial            prometheus.Histogram
 	bytes           *prometheus.CounterVec
 	limited         *prometheus.CounterVec
+	reauths         *prometheus.CounterVec
 	// authorizations are the decisions on PUBLISHes and SUBSCRIBE filters,
 	// by action (publish 0, subscribe 1) and outcome (deny 0, allow 1),
 	// resolved once: one is counted per packet.
@@ -67,6 +68,10 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Namespace: ns, Name: "limit_rejections_total",
 			Help: "Connections refused by a limit, by kind: all before authentication but per_client_id_connect_rate, just after.",
 		}, []string{"kind"}),
+		reauths: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "reauthentications_total",
+			Help: "MQTT 5 re-authentications (AUTH 0x19) of sessions under an Authentication Method, by outcome (accepted, refused) and reason, as logged.",
+		}, []string{"outcome", "reason"}),
 	}
 	authorizations := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: ns, Name: "authorizations_total",
@@ -82,12 +87,13 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 		Help: "Build information; the value is 1.",
 	}, []string{"version", "goversion"})
 	build.WithLabelValues(version, runtime.Version()).Set(1)
-	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, authorizations, build)
+	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, m.reauths, authorizations, build)
 	// Authentication outcomes and limit kinds are known in advance: export
 	// them at zero so that rate() works from the first event, a broker
 	// outage's refusals included.
 	m.authentications.WithLabelValues("accepted", "")
 	m.authentications.WithLabelValues("refused", reasonUpstreamUnavailable)
+	m.reauths.WithLabelValues(outcomeReauthenticated, "")
 	for _, kind := range []string{limitMaxConnections, limitListenerConnections, limitPending, limitPendingBytes, limitRate, limitClientIDRate} {
 		m.limited.WithLabelValues(kind)
 	}
@@ -155,6 +161,14 @@ func (m *Metrics) proxied(fromClient, toClient int64) {
 func (m *Metrics) limitHit(kind string) {
 	if m != nil {
 		m.limited.WithLabelValues(kind).Inc()
+	}
+}
+
+// reauthenticated counts a re-authentication's outcome, refused for
+// reason.
+func (m *Metrics) reauthenticated(outcome, reason string) {
+	if m != nil {
+		m.reauths.WithLabelValues(outcome, reason).Inc()
 	}
 }
 

@@ -25,6 +25,11 @@
 // buffer, elsewhere, or with Relay set to RelayPortable, two goroutines
 // per connection that copy through pooled buffers.
 //
+// An MQTT 5 client may present its token under an Authentication Method
+// instead, and replace it with a fresh one on the same connection (AUTH,
+// reason 0x19): the proxy answers the method for the broker, which never
+// sees it (reauth.go).
+//
 // Transports (TLS, the PROXY protocol, WebSocket) are listeners of
 // package transport, stacked in the order they arrive on the wire:
 //
@@ -77,7 +82,10 @@ var ErrProxyClosed = errors.New("proxy: closed")
 type Proxy struct {
 	// Upstream is the broker's host:port. Required unless DialUpstream is set.
 	Upstream string
-	// Verifier decides on each client's CONNECT. Required.
+	// Verifier decides on each client's CONNECT. Required. One that is
+	// an authn.Reauthenticator too (*authn.Chain) decides on the MQTT 5
+	// re-authentications of clients accepted under an Authentication
+	// Method; with another, each is refused (DISCONNECT 0x87).
 	Verifier authn.Verifier
 	// Forward, if set, rewrites an accepted client's CONNECT before it
 	// goes upstream (see NewForward); Reload replaces it. Nil keeps

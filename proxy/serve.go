@@ -3,13 +3,13 @@ package proxy
 import (
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
@@ -84,26 +84,17 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	}
 	o := engine.Options{Done: func(fromClient, toClient int64) { p.ended(s, conn, fromClient, toClient) }}
 	first := append(a.upstreamConnect, ahead...)
-	if a.acl != nil {
+	if a.id.AuthMethod != "" {
+		// The proxy answers the client's AUTH packets: the session is
+		// framed, rules or not.
+		conn.method = p.newMethodSession(s, &a, conn)
+	}
+	if a.acl != nil || conn.method != nil {
 		o.Filter = p.newFilter(s.policy, pk, a.acl, conn, s.listener)
 		o.FromClient, first = ahead, a.upstreamConnect
 		conn.rawLen = int64(len(pk.Raw)) // the engine counts what it forwards of ahead
 	}
-	switch {
-	case !a.id.DisconnectAt.IsZero():
-		// One runtime timer per connection, no goroutine until it fires.
-		// The client is told why in MQTT 5 where its session is framed;
-		// the broker sees the connection close without a DISCONNECT, and
-		// publishes the client's will, as for any abnormal end.
-		conn.expiry = time.AfterFunc(time.Until(a.id.DisconnectAt), func() {
-			conn.expired.Store(true)
-			p.terminate(s, packets.MaximumConnectTime)
-		})
-	case a.acl != nil && !a.id.Expiry.IsZero():
-		// A session that outlives its token (disconnect_after_expire:
-		// false) loses its token's rules, as in EMQX.
-		conn.expiry = time.AfterFunc(time.Until(a.id.Expiry), a.acl.Expire)
-	}
+	p.armExpiry(s, conn, a.id, a.acl)
 	through := false // the broker has the CONNECT
 	err := p.connectUpstream(s, bare, a.header, first, o, pk.ProtocolVersion, func() {
 		through = true
@@ -115,6 +106,7 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 			expiryField(a.id.Expiry),
 			bridgeField(pk.Bridge),
 			framedField(a.acl != nil),
+			methodField(a.id.AuthMethod),
 		)
 	})
 	if err == nil {
@@ -123,9 +115,7 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	if o.Filter != nil {
 		o.Filter.Release()
 	}
-	if conn.expiry != nil {
-		conn.expiry.Stop()
-	}
+	conn.stop()
 	ended := errors.Is(err, errSessionEnded) // closed from outside: nothing to answer
 	switch {
 	case through: // accepted and counted: the client was closed from outside meanwhile
@@ -145,8 +135,24 @@ type openConn struct {
 	bridge                     bool
 	start                      time.Time
 	rawLen                     int64 // the CONNECT and what came with it
-	expiry                     *time.Timer
-	expired                    atomic.Bool
+	// method re-authenticates a client that presented its token under an
+	// Authentication Method; nil for the others.
+	method *methodSession
+
+	expiryMu  sync.Mutex  // guards expiry, expiryGen and closed
+	expiry    *time.Timer // ends the session, or its token's rules, at the token's expiry (armExpiry)
+	expiryGen uint32      // counts the timers armed: only the last may fire
+	closed    bool        // the session is over: no timer is armed again
+	expired   atomic.Bool // the token expired, and the session ends for it
+}
+
+// stop disarms the session's expiry and ends a re-authentication under
+// way: the session is over.
+func (conn *openConn) stop() {
+	conn.stopExpiry()
+	if conn.method != nil {
+		conn.method.close()
+	}
 }
 
 // ended records the end of a proxied connection, once both directions
@@ -155,9 +161,7 @@ type openConn struct {
 // not block: the closing line, when the sampler keeps it, is written on a
 // goroutine of its own, since the log's output may stall.
 func (p *Proxy) ended(s *session, conn *openConn, fromClient, toClient int64) {
-	if conn.expiry != nil {
-		conn.expiry.Stop()
-	}
+	conn.stop()
 	fromClient += conn.rawLen
 	p.Metrics.proxied(fromClient, toClient)
 	if ce := p.logger().Check(zap.InfoLevel, "connection closed"); ce != nil {
