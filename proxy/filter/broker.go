@@ -152,8 +152,8 @@ func (s *Session) suback(fr packets.Frame, out *output) error {
 	return nil
 }
 
-// delivery judges a PUBLISH from the broker as a subscription to its
-// topic, by policy: forwarded when the client may subscribe to it; else
+// delivery judges a PUBLISH from the broker by policy: forwarded when a
+// subscription the client may make receives it (acl.Request.Delivery); else
 // dropped, and answered to the broker as its QoS requires, with the
 // broker's packet identifier. A session resumed by the broker may hold
 // subscriptions made under rules that allowed more than the client's
@@ -177,7 +177,7 @@ func (s *Session) delivery(policy *acl.Policy, fr packets.Frame, out *output, ba
 	}
 	d, known := last.decision(policy, topic, p.QoS, false)
 	if !known {
-		d = allow(policy, acl.Subscribe, topic, p.QoS, false)
+		d = allowDelivery(policy, topic, p.QoS)
 		last.remember(policy, topic, p.QoS, false, d)
 	}
 	if d.Allowed {

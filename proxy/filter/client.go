@@ -254,10 +254,18 @@ func (s *Session) unsubscribe(fr packets.Frame, out *output) error {
 
 // allow asks policy.
 func allow(policy *acl.Policy, action acl.Action, topic []byte, qos byte, retain bool) acl.Decision {
-	// Allow keeps nothing of its request, so the topic is lent to it as a
-	// string without a copy: no allocation per packet.
-	return policy.Allow(acl.Request{Action: action, Topic: unsafe.String(unsafe.SliceData(topic), len(topic)), QoS: qos, Retain: retain})
+	return policy.Allow(acl.Request{Action: action, Topic: lend(topic), QoS: qos, Retain: retain})
 }
+
+// allowDelivery asks policy whether the client may receive a PUBLISH the
+// broker delivers to topic at qos.
+func allowDelivery(policy *acl.Policy, topic []byte, qos byte) acl.Decision {
+	return policy.Allow(acl.Request{Action: acl.Subscribe, Topic: lend(topic), QoS: qos, Delivery: true})
+}
+
+// lend returns topic as a string without a copy, for acl.Policy.Allow,
+// which keeps nothing of its request: no allocation per packet.
+func lend(topic []byte) string { return unsafe.String(unsafe.SliceData(topic), len(topic)) }
 
 // maxRememberedTopic is the longest topic lastPublish keeps a copy of.
 const maxRememberedTopic = 128

@@ -84,9 +84,10 @@
 //     3), so the client sees one code per filter it sent, in its order. A
 //     SUBSCRIBE whose filters are all denied is answered by the proxy.
 //
-// From the broker to the client, a PUBLISH is judged as a subscription to
-// its topic (its MQTT 5 topic alias resolved, up to Config.ClientAliasMax)
-// at its QoS: a session the broker resumed may hold subscriptions made
+// From the broker to the client, a PUBLISH is judged by its topic (its
+// MQTT 5 topic alias resolved, up to Config.ClientAliasMax) and QoS, as a
+// delivery (acl.Request.Delivery: would a subscription the rules allow
+// receive it?): a session the broker resumed may hold subscriptions made
 // under rules that allowed more. A denied one never reaches the client and
 // is answered to the broker as a denied PUBLISH of the client's is, with
 // the broker's packet identifier: PUBACK, PUBREC (0x87 in MQTT 5), and in
