@@ -186,11 +186,11 @@ func TestBrokerDropsOversizeForFramedSubscriber(t *testing.T) {
 	}
 }
 
-// TestR3ExpiryMidStreamWholePackets: an MQTT 5 subscriber with topic rules
+// TestExpiryMidStreamWholePackets: an MQTT 5 subscriber with topic rules
 // reads slowly while the broker floods it, and its token expires: what it
 // receives is whole packets, the broker's PUBLISHes, then DISCONNECT 0xA0
 // as the last one, never a DISCONNECT inside a PUBLISH.
-func TestR3ExpiryMidStreamWholePackets(t *testing.T) {
+func TestExpiryMidStreamWholePackets(t *testing.T) {
 	broker := proxytest.StartMosquitto(t)
 	addr := startAuthzProxy(t, broker.Addr, fleetRules())
 	const id, topic = "c-flood", "devices/c-flood/x"
@@ -298,10 +298,10 @@ func pipelined(t *testing.T, id string) []byte {
 	return append(w, 0xE0, 0)
 }
 
-// TestR3PipelinedDeniedPublish: PUBLISHes written in the same write as the
+// TestPipelinedDeniedPublish: PUBLISHes written in the same write as the
 // CONNECT, before the broker's CONNACK, are judged like the others: the
 // denied one never reaches the broker, the allowed one does.
-func TestR3PipelinedDeniedPublish(t *testing.T) {
+func TestPipelinedDeniedPublish(t *testing.T) {
 	broker := proxytest.StartMosquitto(t)
 	addr := startAuthzProxy(t, broker.Addr, fleetRules())
 	const id = "c-pipe"
@@ -322,9 +322,9 @@ func TestR3PipelinedDeniedPublish(t *testing.T) {
 	expectOnly(t, watch, broker.Addr, "devices/"+id+"/t allowed")
 }
 
-// TestR3PipelinedDeniedPublishWebSocket: the same in one WebSocket
+// TestPipelinedDeniedPublishWebSocket: the same in one WebSocket
 // message, which the WebSocket transport reads past the CONNECT.
-func TestR3PipelinedDeniedPublishWebSocket(t *testing.T) {
+func TestPipelinedDeniedPublishWebSocket(t *testing.T) {
 	broker := proxytest.StartMosquitto(t)
 	url := startWebSocketProxy(t, authzProxy(t, broker.Addr, fleetRules()), &transport.WebSocketListener{}, nil)
 	const id = "c-pipe-ws"
