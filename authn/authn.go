@@ -130,19 +130,22 @@ type Identity struct {
 	// ACLClaim names the claim that carries the token's topic rules: the
 	// acl.claim of the authenticator that accepted; empty means acl.
 	ACLClaim string
-	// Claims holds every claim. Numbers are json.Number, so that large
-	// integers keep their precision; objects are map[string]any and
-	// arrays []any. The map is shared by every connection with the same
-	// token: read it, never change it.
+	// Claims holds every claim; nil for a client that a certificate
+	// authenticator accepted, which carries no token. Numbers are
+	// json.Number, so that large integers keep their precision; objects
+	// are map[string]any and arrays []any. The map is shared by every
+	// connection with the same token: read it, never change it.
 	Claims map[string]any
 }
 
 // RevocationToken is what a revocation list checks of the client that
 // presented the token id stands for, with clientID the CONNECT's client
 // identifier: the proxy checks its sessions with it when a new list
-// arrives (revocation.List.Matches).
-func (id Identity) RevocationToken(clientID string) revocation.Token {
-	return revocation.Token{ID: id.TokenID, Subject: id.Subject, ClientID: clientID, IssuedAt: id.IssuedAt}
+// arrives (revocation.List.Matches). It reports false for a client that
+// a certificate authenticator accepted: it carries no token, and no list
+// applies to it, as none applied when it connected.
+func (id Identity) RevocationToken(clientID string) (revocation.Token, bool) {
+	return revocation.Token{ID: id.TokenID, Subject: id.Subject, ClientID: clientID, IssuedAt: id.IssuedAt}, id.Claims != nil
 }
 
 // Verifier decides on one client. *Chain implements it.
@@ -511,7 +514,8 @@ func (a *authenticator) verify(ctx context.Context, req *Request) (Identity, err
 		return Identity{}, refuse(a.name, reason, err)
 	}
 	if a.revocation != nil {
-		if why, revoked := a.revocation.Revoked(id.RevocationToken(req.ClientID)); revoked {
+		token, _ := id.RevocationToken(req.ClientID)
+		if why, revoked := a.revocation.Revoked(token); revoked {
 			return Identity{}, refuseRevoked(a.name, why)
 		}
 	}

@@ -101,8 +101,8 @@ func TestChainRevocation(t *testing.T) {
 	if id.TokenID != "j-7" || !id.IssuedAt.Equal(testNow) || id.Subject != "alice" {
 		t.Errorf("identity %+v, want jti j-7, iat %s, sub alice", id, testNow)
 	}
-	if got, want := id.RevocationToken("c1"), (revocation.Token{ID: "j-7", Subject: "alice", ClientID: "c1", IssuedAt: testNow}); got != want {
-		t.Errorf("RevocationToken = %+v, want %+v", got, want)
+	if got, ok := id.RevocationToken("c1"); !ok || got != (revocation.Token{ID: "j-7", Subject: "alice", ClientID: "c1", IssuedAt: testNow}) {
+		t.Errorf("RevocationToken = %+v, %v; want jti j-7, sub alice, client c1, iat %s", got, ok, testNow)
 	}
 
 	// The list changes: a token accepted a moment ago (and remembered as
@@ -116,7 +116,8 @@ func TestChainRevocation(t *testing.T) {
 	if _, err := chain.Verify(t.Context(), passwordRequest(token(fmt.Sprintf(`{"sub":"alice","jti":"j-7","iat":%d,"exp":%d}`, testNow.Unix(), exp)))); ReasonOf(err) != ErrRevoked {
 		t.Errorf("after the list changed: Verify = %v, want revoked", err)
 	}
-	if r, ok := list.Matches(id.RevocationToken("c1")); !ok || r != revocation.ReasonJTI {
+	live, _ := id.RevocationToken("c1")
+	if r, ok := list.Matches(live); !ok || r != revocation.ReasonJTI {
 		t.Errorf("Matches(the live session's token) = %q, %v; want jti", r, ok)
 	}
 }
@@ -179,12 +180,17 @@ func TestChainRevocationUnavailable(t *testing.T) {
 
 // TestChainRevocationSkipsCertificates: a client a certificate
 // authenticator accepts carries no token, and the list is not applied to
-// it, not even by client ID.
+// it, not even by client ID, neither at its CONNECT nor to its session
+// (RevocationToken).
 func TestChainRevocationSkipsCertificates(t *testing.T) {
 	list, _ := revocationFile(t, `{"client_id": ["device-1"], "sub": ["device-1"]}`)
 	chain := newRevokingChain(t, list, configs.Authenticator{Mechanism: configs.MechanismCertificate})
 	id, err := chain.Verify(t.Context(), Request{ClientID: "device-1", CertVerified: true, CertCommonName: "device-1"})
 	if err != nil || id.Subject != "device-1" {
 		t.Errorf("Verify = %+v, %v; want the certificate accepted", id, err)
+	}
+	// Nor to its session once connected, when a new list arrives.
+	if token, ok := id.RevocationToken("device-1"); ok {
+		t.Errorf("RevocationToken of a certificate's identity = %+v, true; want false", token)
 	}
 }

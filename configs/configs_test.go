@@ -101,7 +101,10 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"connect size over the default pending connect bytes", minimal + "limits:\n  max_connect_size: 100000000\n",
 			[]string{"limits.max_pending_connect_bytes: 67108864 bytes cannot hold one CONNECT of max_connect_size (100000000 bytes)"}},
 		{"pending connect bytes of exactly one connect size", minimal + "limits:\n  max_connect_size: 1500\n  max_pending_connect_bytes: 1500\n",
-			[]string{"limits.max_pending_connect_bytes: 1500 bytes cannot hold one CONNECT of max_connect_size (1500 bytes) and the read past it; use at least 2524"}},
+			[]string{"limits.max_pending_connect_bytes: 1500 bytes cannot hold one CONNECT of max_connect_size (1500 bytes), the read past it and its decoded form; use at least 4572"}},
+		{"pending connect bytes without a TLS record", strings.Replace(minimal, `bind: "127.0.0.1:1883"`, `bind: "127.0.0.1:1883"`+"\n    tls: {cert_file: testdata/server.pem, key_file: testdata/server.key}", 1) +
+			"limits:\n  max_connect_size: 1500\n  max_pending_connect_bytes: 4572\n",
+			[]string{"limits.max_pending_connect_bytes: 4572 bytes cannot hold one CONNECT of max_connect_size (1500 bytes), the read past it, its decoded form and a TLS record; use at least 24028"}},
 		{"two secrets", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret: a\n    secret_env: B", 1), []string{"only one of secret"}},
 		{"unset env", strings.Replace(minimal, `secret: "s3cr3t-for-tests"`, "secret_env: MQTT_JWT_PROXY_TEST_UNSET", 1), []string{"secret_env", "MQTT_JWT_PROXY_TEST_UNSET is not set"}},
 		{"two documents", minimal + "---\n" + minimal, []string{"more than one YAML document"}},
@@ -315,6 +318,34 @@ func TestSetBindHost(t *testing.T) {
 			got = append(got, f.Metrics.Bind)
 			if !slices.Equal(got, tt.wantBinds) {
 				t.Errorf("binds %q, want %q", got, tt.wantBinds)
+			}
+		})
+	}
+}
+
+// TestLeastPendingConnectBytes: the least max_pending_connect_bytes
+// accepted holds one CONNECT of max_connect_size with what comes with it,
+// a TLS record's buffer too when a listener speaks TLS; a byte less is
+// refused.
+func TestLeastPendingConnectBytes(t *testing.T) {
+	withTLS := strings.Replace(minimal, `bind: "127.0.0.1:1883"`, `bind: "127.0.0.1:1883"`+"\n    tls: {cert_file: testdata/server.pem, key_file: testdata/server.key}", 1)
+	for _, tc := range []struct {
+		name  string
+		yaml  string
+		least int
+	}{
+		{"tcp", minimal, 1500 + pendingReadSlack + decodedConnectSlack},
+		{"tls", withTLS, 1500 + pendingReadSlack + decodedConnectSlack + PendingTLSRecordBytes},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			limits := func(budget int) []byte {
+				return []byte(tc.yaml + fmt.Sprintf("limits:\n  max_connect_size: 1500\n  max_pending_connect_bytes: %d\n", budget))
+			}
+			if _, err := Parse(limits(tc.least)); err != nil {
+				t.Errorf("a budget of %d: %v", tc.least, err)
+			}
+			if _, err := Parse(limits(tc.least - 1)); err == nil || !strings.Contains(err.Error(), "limits.max_pending_connect_bytes") {
+				t.Errorf("a budget of %d: %v, want it refused", tc.least-1, err)
 			}
 		})
 	}

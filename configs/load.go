@@ -436,10 +436,15 @@ func (f *File) Validate() error {
 	case s > packets.MaxPacketSize:
 		bad("limits.max_packet_size: %d bytes is over MQTT's largest packet, %d", s, packets.MaxPacketSize)
 	}
-	if s, budget := f.Limits.connectSize(), f.Limits.pendingConnectBytes(); s+pendingReadSlack > budget {
+	if s, budget := f.Limits.connectSize(), f.Limits.pendingConnectBytes(); s+f.pendingConnectSlack() > budget {
 		// The one pending CONNECT would be closed for the bytes it holds,
-		// which include what its last read took past it.
-		bad("limits.max_pending_connect_bytes: %d bytes cannot hold one CONNECT of max_connect_size (%d bytes) and the read past it; use at least %d", budget, s, s+pendingReadSlack)
+		// which include what its last read took past it, its decoded
+		// form, and over TLS the record buffer.
+		what := "the read past it and its decoded form"
+		if f.terminatesTLS() {
+			what = "the read past it, its decoded form and a TLS record"
+		}
+		bad("limits.max_pending_connect_bytes: %d bytes cannot hold one CONNECT of max_connect_size (%d bytes), %s; use at least %d", budget, s, what, s+f.pendingConnectSlack())
 	}
 	if !oneOf(f.Log.Level, "", "debug", "info", "warn", "error") {
 		bad("log.level: %q is not one of debug, info, warn, error", f.Log.Level)

@@ -306,8 +306,9 @@ type Limits struct {
 	MaxPendingConnects int `yaml:"max_pending_connects"`
 	// MaxPendingConnectBytes caps the bytes held by the CONNECTs of all
 	// connections not yet authenticated: what each has sent, not what it
-	// declared. Over it, the one that has held bytes longest is closed to
-	// make room. Zero means DefaultMaxPendingConnectBytes.
+	// declared, its decoded form once whole, and for TLS
+	// PendingTLSRecordBytes. Over it, the one that has held bytes longest
+	// is closed to make room. Zero means DefaultMaxPendingConnectBytes.
 	MaxPendingConnectBytes int `yaml:"max_pending_connect_bytes"`
 	// PerIPConnectRate is how many new connections per second one client
 	// IP may open (token bucket). Zero means no limit.
@@ -381,6 +382,17 @@ func (l Limits) connectSize() int {
 // read may go (a socket read takes what has arrived, up to 1 KiB), bytes
 // max_pending_connect_bytes counts too.
 const pendingReadSlack = 1024
+
+// PendingTLSRecordBytes is what max_pending_connect_bytes counts for each
+// pending connection whose TLS the proxy terminates (a tls listener, wss
+// too), from accept until its CONNECT is decided. crypto/tls reads each
+// record whole into a buffer of its own before decrypting it, so a client
+// that sends all of a large record but its last byte makes the proxy hold
+// that buffer, whatever it has sent of its CONNECT. The largest record
+// TLS allows is 18,432 bytes (TLS 1.2: 16 KiB of plaintext and 2 KiB of
+// expansion); with its 5-byte header and the 512 bytes crypto/tls reads
+// ahead, the buffer takes a 19,072-byte allocation. 19 KiB covers it.
+const PendingTLSRecordBytes = 19 << 10
 
 // pendingConnectBytes is max_pending_connect_bytes, its default when zero.
 func (l Limits) pendingConnectBytes() int {

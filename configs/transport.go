@@ -316,3 +316,34 @@ func (f *File) verifiesClientCertificates() bool {
 	}
 	return false
 }
+
+// terminatesTLS reports whether a listener speaks TLS (tls, or wss).
+func (f *File) terminatesTLS() bool {
+	for _, l := range f.Listeners {
+		if l.TLS != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// pendingConnectSlack is what one pending client may hold besides its
+// CONNECT's bytes, which max_pending_connect_bytes must leave room for:
+// what its last read took past the CONNECT, its decoded structures, and a
+// TLS record when a listener speaks TLS. The copies of its strings and
+// its user properties, which the decoded CONNECT counts too, are not: a
+// CONNECT of max_connect_size that is mostly strings or user properties
+// needs more than the least budget allowed (docs/configuration.md).
+func (f *File) pendingConnectSlack() int {
+	slack := pendingReadSlack + decodedConnectSlack
+	if f.terminatesTLS() {
+		slack += PendingTLSRecordBytes
+	}
+	return slack
+}
+
+// decodedConnectSlack bounds a decoded CONNECT's structures, its strings
+// and user properties aside (packets.Connect.DecodedSize): the Connect
+// and two paho.Properties with their numeric properties take under
+// 2 KiB.
+const decodedConnectSlack = 2 << 10

@@ -94,6 +94,7 @@ import (
 	"io"
 	"strings"
 	"unicode/utf8"
+	"unsafe"
 
 	paho "github.com/eclipse/paho.golang/packets"
 )
@@ -229,6 +230,53 @@ func (c *Connect) Authentication() (method string, data []byte) {
 		return "", nil
 	}
 	return c.Properties.AuthMethod, c.Properties.AuthData
+}
+
+// DecodedSize bounds the heap that c's decoded fields hold besides Raw,
+// in bytes: the Connect itself, its strings (copies of Raw's bytes, where
+// its byte slices share Raw) and its properties, user properties
+// included. A CONNECT of many tiny user properties decodes to several
+// times its size, since each, 5 bytes in the packet when empty, becomes a
+// 32-byte paho.User in a slice that grew by appending: a server that
+// bounds what pending CONNECTs hold counts this as well as Raw.
+func (c *Connect) DecodedSize() int {
+	n := int(unsafe.Sizeof(*c))
+	for _, s := range [...]string{c.ProtocolName, c.ClientID, c.Username, c.WillTopic} {
+		n += allocatedSize(len(s))
+	}
+	for _, p := range [...]*paho.Properties{c.Properties, c.WillProperties} {
+		if p == nil {
+			continue
+		}
+		n += int(unsafe.Sizeof(*p)) + numericPropertiesSize + cap(p.User)*int(unsafe.Sizeof(paho.User{}))
+		for s := range propertyStrings(p) {
+			n += allocatedSize(len(s))
+		}
+	}
+	return n
+}
+
+// numericPropertiesSize bounds what paho's optional numeric properties
+// take besides paho.Properties: each is a pointer to a value of at most 8
+// bytes, and there are 18 of them.
+const numericPropertiesSize = 18 * 8
+
+// allocatedSize bounds what the allocator takes for a string of n bytes.
+// Below 16 bytes, the tiny allocator packs strings into shared 16-byte
+// blocks, which costs each less than twice its length (alignment or the
+// end of a block); up to 32 KiB, size classes round up by at most an
+// eighth; above, to whole 8 KiB pages.
+func allocatedSize(n int) int {
+	switch {
+	case n == 0:
+		return 0
+	case n < 16:
+		return 2 * n
+	case n <= 32<<10:
+		return n + n/8 + 16
+	default:
+		return (n + 8<<10 - 1) &^ (8<<10 - 1)
+	}
 }
 
 // ReadConnect reads one packet from r and decodes it as CONNECT. It never

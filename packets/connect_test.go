@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -555,5 +556,70 @@ func TestLongPropertiesRead(t *testing.T) {
 	}
 	if n := len(got.Properties.User); n != 3 {
 		t.Errorf("%d user properties, want 3", n)
+	}
+}
+
+// TestDecodedSizeBoundsHeld: what a decoded CONNECT holds besides Raw,
+// measured as the live heap after a collection, is within DecodedSize,
+// and DecodedSize is within twice it, for CONNECTs of many user
+// properties of each string length that rounds differently, and a typical
+// one.
+func TestDecodedSizeBoundsHeld(t *testing.T) {
+	users := func(n int, key, value string) []paho.User {
+		u := make([]paho.User, n)
+		for i := range u {
+			u[i] = paho.User{Key: key, Value: value}
+		}
+		return u
+	}
+	for _, tc := range []struct {
+		name  string
+		props *paho.Properties
+		will  *paho.Properties
+	}{
+		{"200,000 empty user properties", &paho.Properties{User: users(200_000, "", "")}, nil},
+		{"100,000 one-byte user properties", &paho.Properties{User: users(100_000, "k", "v")}, nil},
+		{"15,000 user properties of 17 and 33 bytes", &paho.Properties{User: users(15_000, strings.Repeat("k", 17), strings.Repeat("v", 33))},
+			&paho.Properties{User: users(1_000, "", strings.Repeat("w", 40_000/1_000))}},
+		{"a typical CONNECT", &paho.Properties{SessionExpiryInterval: ptr[uint32](3600), ReceiveMaximum: ptr[uint16](10),
+			User: users(2, "region", "eu-west")}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &Connect{ProtocolName: "MQTT", ProtocolVersion: ProtocolV5, ClientID: "device-0001", Properties: tc.props,
+				UsernameFlag: true, Username: "user", PasswordFlag: true, Password: []byte("eyJ.eyJ.sig")}
+			if tc.will != nil {
+				c.WillFlag, c.WillTopic, c.WillPayload, c.WillProperties = true, "will/device-0001", []byte("gone"), tc.will
+			}
+			raw, err := c.Encode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			c, tc.props, tc.will = nil, nil, nil
+			held := func() uint64 {
+				runtime.GC()
+				var m runtime.MemStats
+				runtime.ReadMemStats(&m)
+				return m.HeapAlloc
+			}
+			before := held()
+			pk, err := ParseConnect(raw, 0)
+			grown := int(held() - before)
+			if err != nil {
+				t.Fatal(err)
+			}
+			size := pk.DecodedSize()
+			t.Logf("%d bytes of CONNECT: %d bytes held besides, DecodedSize %d (%.1f times the packet)", len(raw), grown, size, float64(size)/float64(len(raw)))
+			// The heap moves by a few KiB of its own (the test framework's,
+			// the runtime's) meanwhile: a small CONNECT's allocations are
+			// lost in it, a large one's are held to the bound within it.
+			const noise = 16 << 10
+			if grown > size+noise {
+				t.Errorf("decoded CONNECT holds %d bytes besides Raw, over DecodedSize %d", grown, size)
+			}
+			if grown > noise && size > 2*grown {
+				t.Errorf("DecodedSize %d is over twice the %d bytes held", size, grown)
+			}
+			runtime.KeepAlive(pk)
+		})
 	}
 }

@@ -2,6 +2,7 @@ package packets
 
 import (
 	"fmt"
+	"iter"
 
 	paho "github.com/eclipse/paho.golang/packets"
 )
@@ -125,6 +126,24 @@ func (d *decoder) properties(set propertySet) *paho.Properties {
 	return p
 }
 
+// propertyStrings yields p's string properties, user properties' keys and
+// values included.
+func propertyStrings(p *paho.Properties) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for _, s := range [...]string{p.AuthMethod, p.ContentType, p.ResponseTopic, p.AssignedClientID,
+			p.ResponseInfo, p.ServerReference, p.ReasonString} {
+			if !yield(s) {
+				return
+			}
+		}
+		for _, u := range p.User {
+			if !yield(u.Key) || !yield(u.Value) {
+				return
+			}
+		}
+	}
+}
+
 // ptr returns a pointer to a copy of v, for paho's optional properties.
 func ptr[T any](v T) *T { return &v }
 
@@ -135,12 +154,10 @@ func checkProperties(p *paho.Properties, set propertySet) error {
 	if p == nil {
 		return nil
 	}
-	strs := []string{p.AuthMethod, p.ContentType, p.ResponseTopic, p.AssignedClientID,
-		p.ResponseInfo, p.ServerReference, p.ReasonString}
-	for _, u := range p.User {
-		strs = append(strs, u.Key, u.Value)
-	}
-	for _, s := range strs {
+	// The strings are judged where they are, not gathered in a slice: a
+	// CONNECT of many tiny user properties would make that slice several
+	// times the packet's size.
+	for s := range propertyStrings(p) {
 		if problem := stringProblem(s); problem != "" {
 			return fmt.Errorf("%w: %s: %q %s", ErrMalformed, set.name, s, problem)
 		}

@@ -3,16 +3,18 @@ package proxy
 import (
 	"container/list"
 	"context"
+	"crypto/tls"
 	"net"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/filter"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // session is one client connection, from accept to close. Its fields but
@@ -25,7 +27,18 @@ type session struct {
 	pending  *list.Element   // in Proxy.pending until the CONNECT is decided
 	link     engine.Link     // set once the connection is handed to the engine, which then owns client and upstream
 	version  byte            // the client's protocol version, set with link
-	aborted  bool            // terminate or eviction has begun; no link may start after it
+	// conn is set once the CONNECT is accepted, before the broker is
+	// dialed: from then on the session is listed and may be ended by
+	// EndSessions and the revocation list.
+	conn    *openConn
+	aborted bool // terminate or eviction has begun; no link may start after it
+	// server is the pool's server the link holds, until it ends; nil
+	// for a broker of no pool.
+	server *upstream.Backend[ServerSettings]
+	// endReason is why terminate ended the session, for its closing line
+	// and its refusal; empty for Close, eviction and a session that ended
+	// by itself.
+	endReason EndReason
 	// evicted is set when the session was closed to keep within a limit
 	// of pending connections (aborted too); evictedBy, written before,
 	// names the limit.
@@ -70,24 +83,53 @@ func (pc *pendingConnect) hold(n int) bool { return pc.p.holdConnectBytes(pc.s, 
 // Resume goes on with the CONNECT once a socket may have more.
 func (pc *pendingConnect) Resume() { pc.p.serveConnect(pc.s) }
 
-// terminate ends s from outside its own goroutine (Close, token expiry):
-// its link, once it has one, as an MQTT 5 server ends a session, with a
-// DISCONNECT of code between two whole packets to a client whose session
-// is framed, then the close (see engine.Link.End), and at once for the
-// others; else its client's connection, which makes serveConn give up.
-// Closing happens outside Proxy.mu: a WebSocket close frame may take a
-// while, and accepting must not wait for it.
-func (p *Proxy) terminate(s *session, code packets.ReasonCode) {
+// terminate ends s from outside its own goroutine, for reason (Close
+// gives none): its link, once it has one, as an MQTT 5 server ends a
+// session, with a DISCONNECT of reason's code between two whole packets
+// to a client whose session is framed, then the close (see
+// engine.Link.End), and at once for the others; else its client's
+// connection, which makes serveConn give up. Closing happens outside
+// Proxy.mu: a WebSocket close frame may take a while, and accepting must
+// not wait for it. It reports false when s was being ended already, whose
+// first reason stays.
+func (p *Proxy) terminate(s *session, reason EndReason) bool {
 	p.mu.Lock()
+	first := !s.aborted
 	s.aborted = true
+	if first {
+		s.endReason = reason
+	}
 	s.stopVerifyLocked()
 	link, client, version := s.link, s.client, s.version
 	p.mu.Unlock()
 	if link != nil {
-		link.End(filter.Disconnect(version, code))
-		return
+		link.End(filter.Disconnect(version, reason.code()))
+		return first
 	}
 	engine.CloseNow(client)
+	return first
+}
+
+// identified records that s's CONNECT was accepted as conn says: the
+// session is listed, and may be ended by reason, from now on.
+func (p *Proxy) identified(s *session, conn *openConn) {
+	p.mu.Lock()
+	s.conn = conn
+	p.mu.Unlock()
+}
+
+// isAborted reports whether s is being ended from outside.
+func (p *Proxy) isAborted(s *session) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return s.aborted
+}
+
+// endedFor is why s was ended from outside: its reason, or "" (Close).
+func (p *Proxy) endedFor(s *session) EndReason {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return s.endReason
 }
 
 // accepted admits c, just accepted on the listener called name, under
@@ -99,8 +141,8 @@ func (p *Proxy) accepted(c net.Conn, name string) (*session, error) {
 	s.connect = &pendingConnect{connectReader: connectReader{maxSize: s.policy.limits.MaxConnectSize}, p: p, s: s}
 	s.connect.owner = s.connect
 	kind, ok, evicted := p.admit(s)
-	if evicted != nil {
-		engine.CloseNow(evicted)
+	for _, c := range evicted {
+		engine.CloseNow(c)
 	}
 	switch {
 	case !ok && kind == "":
@@ -148,9 +190,11 @@ func (p *Proxy) releaseUnserved(s *session) {
 // admit registers a newly accepted session if the limits allow it. It
 // returns the kind of limit that refused it, or ok; "" and !ok when the
 // proxy is closing. Over MaxPendingConnects, the oldest pending session is
-// evicted instead of refusing the new one: its connection is returned,
-// for the caller to close once p.mu is released.
-func (p *Proxy) admit(s *session) (kind string, ok bool, evicted net.Conn) {
+// evicted instead of refusing the new one; a TLS session holds
+// configs.PendingTLSRecordBytes from now on, which may evict others (see
+// holdConnectBytes). The connections evicted are returned, for the caller
+// to close once p.mu is released.
+func (p *Proxy) admit(s *session) (kind string, ok bool, evicted []net.Conn) {
 	if !s.policy.ipRates.allow(hostOf(s.client.RemoteAddr()), time.Now()) {
 		return limitRate, false, nil
 	}
@@ -170,7 +214,7 @@ func (p *Proxy) admit(s *session) (kind string, ok bool, evicted net.Conn) {
 		return limitListenerConnections, false, nil
 	}
 	if l.MaxPendingConnects > 0 && p.pending.Len() >= l.MaxPendingConnects {
-		evicted = p.evictLocked(p.pending.Front().Value.(*session), limitPending)
+		evicted = append(evicted, p.evictLocked(p.pending.Front().Value.(*session), limitPending))
 	}
 	if p.sessions == nil {
 		p.sessions = make(map[*session]struct{})
@@ -183,7 +227,21 @@ func (p *Proxy) admit(s *session) (kind string, ok bool, evicted net.Conn) {
 	s.holdsPolicy = true
 	p.wg.Add(1)
 	p.Metrics.connOpened(s.listener)
+	if terminatesTLS(s.client) {
+		evicted = append(evicted, p.holdLocked(s, configs.PendingTLSRecordBytes)...)
+	}
 	return "", true, evicted
+}
+
+// terminatesTLS reports whether the proxy speaks TLS with c's client, and
+// so whether crypto/tls buffers c's records.
+func terminatesTLS(c net.Conn) bool {
+	for layer := range transport.Layers(c) {
+		if _, ok := layer.(*tls.Conn); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // evictLocked ends s, a pending session, to keep within the limit kind
@@ -211,7 +269,6 @@ func (p *Proxy) evictLocked(s *session, kind string) net.Conn {
 // if it comes to that. It reports false when s has been evicted or
 // aborted: its read ends.
 func (p *Proxy) holdConnectBytes(s *session, n int) bool {
-	budget := s.policy.limits.maxPendingConnectBytes()
 	var evicted []net.Conn
 	defer func() {
 		for _, c := range evicted {
@@ -220,19 +277,28 @@ func (p *Proxy) holdConnectBytes(s *session, n int) bool {
 	}()
 	p.mu.Lock()
 	defer p.mu.Unlock() // runs first: the closes come after it
-	pc := s.connect
-	if s.aborted || pc == nil {
+	if s.aborted || s.connect == nil {
 		return false
 	}
+	evicted = p.holdLocked(s, n)
+	return !s.aborted
+}
+
+// holdLocked counts n more bytes held by s, pending, and evicts the
+// sessions that have held bytes longest while the total is over the
+// budget, s too if it comes to that. It returns their connections, for
+// the caller to close once p.mu is released. p.mu is held.
+func (p *Proxy) holdLocked(s *session, n int) (evicted []net.Conn) {
+	pc := s.connect
 	if pc.holding == nil {
 		pc.holding = p.holding.PushBack(s)
 	}
 	pc.charged += n
 	p.heldBytes += n
-	for p.heldBytes > budget {
+	for budget := s.policy.limits.maxPendingConnectBytes(); p.heldBytes > budget; {
 		evicted = append(evicted, p.evictLocked(p.holding.Front().Value.(*session), limitPendingBytes))
 	}
-	return !s.aborted
+	return evicted
 }
 
 // unholdLocked stops counting the bytes s's CONNECT holds. p.mu is held.
@@ -269,6 +335,7 @@ func (p *Proxy) decided(s *session) bool {
 func (p *Proxy) release(s *session) {
 	p.decided(s)
 	p.mu.Lock()
+	p.leaveServerLocked(s)
 	delete(p.sessions, s)
 	p.perListener[s.listener]--
 	p.mu.Unlock()

@@ -25,6 +25,7 @@ import (
 // directly or through the proxy.
 type pahoClient struct {
 	*paho.Client
+	local    string // the client's address
 	connack  *paho.Connack
 	received chan *paho.Publish // every PUBLISH it receives, in order
 }
@@ -58,7 +59,7 @@ func connectPaho(t *testing.T, addr string, cp *paho.Connect, edits ...func(*pah
 		t.Fatalf("paho client %s connecting to %s: %v", cp.ClientID, addr, err)
 	}
 	t.Cleanup(func() { client.Disconnect(&paho.Disconnect{}) })
-	return &pahoClient{Client: client, connack: connack, received: received}
+	return &pahoClient{Client: client, local: conn.LocalAddr().String(), connack: connack, received: received}
 }
 
 // next returns the next message the client received, or fails the test.

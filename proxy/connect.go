@@ -109,6 +109,13 @@ func (r *connectReader) read() (*packets.Connect, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// The decoded CONNECT is held beside its bytes while its token is
+	// checked, and many tiny user properties make it several times their
+	// size: it counts as well, once decoded (at most one per CONNECT held
+	// whole is not yet counted).
+	if !r.owner.hold(pk.DecodedSize()) {
+		return nil, nil, errEvicted
+	}
 	return pk, r.held[len(pk.Raw):], nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // connLog writes a connection's log lines: the listener, the client's
@@ -81,6 +82,24 @@ func bridgeField(bridge bool) zap.Field {
 		return zap.Skip()
 	}
 	return zap.Bool("bridge", true)
+}
+
+// poolField names the pool a client was routed to, or is no field
+// without Upstreams.
+func poolField(pool *upstream.Pool[ServerSettings]) zap.Field {
+	if pool == nil {
+		return zap.Skip()
+	}
+	return zap.String("pool", pool.Name())
+}
+
+// serverField is the address of the pool's server a client was connected
+// to, or no field without Upstreams.
+func serverField(server *upstream.Backend[ServerSettings]) zap.Field {
+	if server == nil {
+		return zap.Skip()
+	}
+	return zap.String("server", server.Server().Address)
 }
 
 // expiryField is the token's expiry, or no field for a token without one.

@@ -12,6 +12,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // accepted is what the broker is to get for a client whose CONNECT was
@@ -22,8 +23,15 @@ type accepted struct {
 	id              authn.Identity
 	acl             *acl.Policy // its topic rules; nil when it may do anything (a spliced session)
 	upstreamConnect []byte      // the CONNECT the broker gets: connect.Raw, or Forward's rewrite
+	clientID        string      // the client identifier in upstreamConnect
 	pastConnect     []byte      // read from the socket past the CONNECT (see readConnect)
-	header          []byte      // the PROXY header the broker gets first, or nil
+	// pool is the pool of Proxy.Upstreams the client goes to; nil
+	// without Upstreams.
+	pool *upstream.Pool[ServerSettings]
+	// header is the PROXY header the broker gets first, or nil; a pool's
+	// servers each get the version they take, formatted as they are
+	// dialed.
+	header []byte
 }
 
 // handshake completes a TLS client's handshake, within the connect
@@ -96,13 +104,19 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 	if upstreamClientID != "" && !s.policy.idRates.allow(upstreamClientID, time.Now()) {
 		return accepted{}, clientIDRateExceeded(pk, id)
 	}
+	a := accepted{connect: pk, req: req, id: id, acl: rules, upstreamConnect: upstreamConnect, clientID: upstreamClientID, pastConnect: past}
+	if p.Upstreams != nil {
+		if a.pool, err = p.Upstreams.Route(s.listener, id.Subject, id.Claims); err != nil {
+			return accepted{}, noRoute(pk, id, err)
+		}
+		return a, nil
+	}
 	// The PROXY header for the broker says what the wrapper around the
 	// client says.
-	header, err := p.UpstreamProxyHeader.Format(c)
-	if err != nil {
+	if a.header, err = p.UpstreamProxyHeader.Format(c); err != nil {
 		return accepted{}, upstreamUnavailable(pk, id, err)
 	}
-	return accepted{connect: pk, req: req, id: id, acl: rules, upstreamConnect: upstreamConnect, pastConnect: past, header: header}, nil
+	return a, nil
 }
 
 // verify checks the token of s's CONNECT until deadline, or until s is

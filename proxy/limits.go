@@ -39,12 +39,15 @@ type Limits struct {
 	// clients, which send CONNECT at once, get through. Zero means no cap.
 	MaxPendingConnects int
 	// MaxPendingConnectBytes caps the bytes that the CONNECTs of pending
-	// connections hold in all: what they have sent (a buffer grows as the
-	// bytes arrive, at most doubling, not to the length a client
-	// declares), until each is decided. Over it, the connections that
-	// have held bytes longest are closed until the rest fit, so that
-	// clients trickling large CONNECTs cannot hold more, however many
-	// they are. Zero means configs.DefaultMaxPendingConnectBytes.
+	// connections hold in all, until each is decided: what they have
+	// sent (a buffer grows as the bytes arrive, at most doubling, not to
+	// the length a client declares), the decoded CONNECT once whole
+	// (packets.Connect.DecodedSize), and for a connection whose TLS the
+	// proxy terminates, from accept on, configs.PendingTLSRecordBytes for
+	// the record crypto/tls buffers. Over it, the connections that have
+	// held bytes longest are closed until the rest fit, so that clients
+	// trickling large CONNECTs or TLS records cannot hold more, however
+	// many they are. Zero means configs.DefaultMaxPendingConnectBytes.
 	MaxPendingConnectBytes int
 	// PerIPConnectRate is how many new connections per second one client
 	// IP may open, with bursts of PerIPConnectBurst; over it a connection

@@ -18,6 +18,7 @@ type Metrics struct {
 	dial            prometheus.Histogram
 	bytes           *prometheus.CounterVec
 	limited         *prometheus.CounterVec
+	ended           *prometheus.CounterVec
 	reauths         *prometheus.CounterVec
 	// authorizations are the decisions on PUBLISHes and SUBSCRIBE filters,
 	// by action (publish 0, subscribe 1) and outcome (deny 0, allow 1),
@@ -68,6 +69,10 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Namespace: ns, Name: "limit_rejections_total",
 			Help: "Connections refused by a limit, by kind: all before authentication but per_client_id_connect_rate, just after.",
 		}, []string{"kind"}),
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "sessions_ended_total",
+			Help: "Authenticated sessions the proxy ended, by reason: admin (the sessions API), revoked (a new revocation list), token_expired (disconnect_after_expire), upstream_server_removed (a reload removed its pool's server, and the drain timeout passed).",
+		}, []string{"reason"}),
 		reauths: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "reauthentications_total",
 			Help: "MQTT 5 re-authentications (AUTH 0x19) of sessions under an Authentication Method, by outcome (accepted, refused) and reason, as logged.",
@@ -87,7 +92,7 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 		Help: "Build information; the value is 1.",
 	}, []string{"version", "goversion"})
 	build.WithLabelValues(version, runtime.Version()).Set(1)
-	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, m.reauths, authorizations, build)
+	reg.MustRegister(m.accepted, m.active, m.authentications, m.decision, m.dialFailures, m.dial, m.bytes, m.limited, m.ended, m.reauths, authorizations, build)
 	// Authentication outcomes and limit kinds are known in advance: export
 	// them at zero so that rate() works from the first event, a broker
 	// outage's refusals included.
@@ -96,6 +101,9 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 	m.reauths.WithLabelValues(outcomeReauthenticated, "")
 	for _, kind := range []string{limitMaxConnections, limitListenerConnections, limitPending, limitPendingBytes, limitRate, limitClientIDRate} {
 		m.limited.WithLabelValues(kind)
+	}
+	for _, reason := range endReasons {
+		m.ended.WithLabelValues(string(reason))
 	}
 	return m
 }
@@ -161,6 +169,13 @@ func (m *Metrics) proxied(fromClient, toClient int64) {
 func (m *Metrics) limitHit(kind string) {
 	if m != nil {
 		m.limited.WithLabelValues(kind).Inc()
+	}
+}
+
+// sessionsEnded counts n sessions ended for reason.
+func (m *Metrics) sessionsEnded(reason EndReason, n int) {
+	if m != nil && n > 0 {
+		m.ended.WithLabelValues(string(reason)).Add(float64(n))
 	}
 }
 

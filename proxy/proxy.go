@@ -43,6 +43,19 @@
 //
 // Toward the broker, UpstreamProxyHeader and UpstreamTLS add a PROXY
 // header and TLS.
+//
+// Several brokers are pools (package upstream): Upstreams routes each
+// accepted client to a pool by its listener and token, and dials the
+// pool's servers in the balance's order, each with its own TLS and PROXY
+// header, until one takes the connection:
+//
+//	cfg, err := upstream.FromConfig(file, serverSettings) // or built by hand
+//	if err != nil { ... }
+//	pools, err := proxy.NewUpstreams(cfg, logger) // starts the health checks
+//	if err != nil { ... }
+//	p := &proxy.Proxy{Upstreams: pools, Verifier: chain, Logger: logger}
+//	...
+//	err = p.UpdateUpstreams(next, 30*time.Second) // a reload: removed servers drained
 package proxy
 
 import (
@@ -61,9 +74,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // Defaults for the zero values of Proxy's fields.
@@ -76,11 +89,25 @@ const (
 // ErrProxyClosed is returned by Serve after Close or Shutdown.
 var ErrProxyClosed = errors.New("proxy: closed")
 
-// Proxy is an authenticating MQTT reverse proxy. Set Upstream (or
-// DialUpstream) and Verifier, then call Serve for each listener. Its
+// Proxy is an authenticating MQTT reverse proxy. Set Upstreams, Upstream
+// or DialUpstream, and Verifier, then call Serve for each listener. Its
 // optional fields must not be changed after the first Serve.
 type Proxy struct {
-	// Upstream is the broker's host:port. Required unless DialUpstream is set.
+	// Upstreams, if set, are the pools of brokers accepted clients go to
+	// (see NewUpstreams): the pool its routes give the client's listener,
+	// subject and claims, then that pool's servers in the order its
+	// balance ranks them for the client identifier the broker gets (after
+	// Forward), each dialed with its ServerSettings until one takes the
+	// connection, all within the pool's dial timeout (DialTimeout when it
+	// has none). A client no route takes is refused with CONNACK 0x87
+	// not authorized (no_route), one whose pool has no server up or none
+	// that answers with 0x88 server unavailable (upstream_unavailable).
+	// Upstream, DialUpstream, UpstreamTLS and UpstreamProxyHeader are not
+	// used. UpdateUpstreams changes them while the proxy runs; Close and
+	// Shutdown stop their health checks.
+	Upstreams *Upstreams
+	// Upstream is the broker's host:port, without Upstreams. Required
+	// unless Upstreams or DialUpstream is set.
 	Upstream string
 	// Verifier decides on each client's CONNECT. Required. One that is
 	// an authn.Reauthenticator too (*authn.Chain) decides on the MQTT 5
@@ -134,7 +161,9 @@ type Proxy struct {
 
 	dials dialOutcomes // for Health
 
-	mu          sync.Mutex // guards the fields below and session.upstream, session.pending, pendingConnect's accounts
+	revocations revocationWatch
+
+	mu          sync.Mutex // guards the fields below, a session's (see session) and pendingConnect's accounts
 	closed      bool
 	listeners   map[net.Listener]struct{}
 	sessions    map[*session]struct{}
@@ -142,6 +171,11 @@ type Proxy struct {
 	pending     list.List      // sessions still in CONNECT, oldest first
 	holding     list.List      // pending sessions holding CONNECT bytes, longest first
 	heldBytes   int            // CONNECT bytes held by pending sessions
+	// servers are the linked sessions of each server of Upstreams, and
+	// serverDrain how long those of a removed server are left to end
+	// (UpdateUpstreams).
+	servers     map[*upstream.Backend[ServerSettings]]*serverSessions
+	serverDrain time.Duration
 	wg          sync.WaitGroup
 }
 
@@ -295,9 +329,11 @@ func (p *Proxy) closeListeners() {
 // Close stops every listener and closes every connection: at once, but for
 // a session with topic rules, which gets what was on its way to it, then
 // in MQTT 5 a DISCONNECT 0x8B (server shutting down), and is closed once
-// its client has closed, within HalfCloseTimeout.
+// its client has closed, within HalfCloseTimeout. It stops watching the
+// revocation list.
 func (p *Proxy) Close() error {
 	p.closeListeners()
+	p.stopWatching()
 	p.mu.Lock()
 	open := make([]*session, 0, len(p.sessions))
 	for s := range p.sessions {
@@ -305,16 +341,17 @@ func (p *Proxy) Close() error {
 	}
 	p.mu.Unlock()
 	for _, s := range open {
-		p.terminate(s, packets.ServerShuttingDown)
+		p.terminate(s, "")
 	}
 	p.wg.Wait()
-	p.stopEngine()
+	p.stop()
 	return nil
 }
 
 // Shutdown stops every listener, then waits for the open connections to
+// Shutdown stops every listener, then waits for the open connections to
 // end by themselves until ctx is done, and then closes the rest as Close
-// does.
+// does. The revocation list is watched until it returns.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.closeListeners()
 	p.mu.Lock()
@@ -326,7 +363,8 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	go func() { p.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-		p.stopEngine()
+		p.stopWatching()
+		p.stop()
 		return nil
 	case <-ctx.Done():
 		p.Close()
@@ -338,10 +376,19 @@ func (p *Proxy) check() error {
 	switch {
 	case p.currentPolicy().verifier == nil:
 		return errors.New("proxy: Verifier is required")
-	case p.Upstream == "" && p.DialUpstream == nil:
-		return errors.New("proxy: Upstream or DialUpstream is required")
+	case p.Upstreams == nil && p.Upstream == "" && p.DialUpstream == nil:
+		return errors.New("proxy: Upstreams, Upstream or DialUpstream is required")
 	}
 	return p.Relay.check()
+}
+
+// stop stops what runs besides connections, once none is left: the
+// engine and the health checks of Upstreams.
+func (p *Proxy) stop() {
+	p.stopEngine()
+	if p.Upstreams != nil {
+		p.Upstreams.Close()
+	}
 }
 
 func (p *Proxy) isClosed() bool {

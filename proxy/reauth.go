@@ -10,7 +10,6 @@ import (
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/filter"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 )
@@ -109,6 +108,7 @@ func (m *methodSession) verify(token []byte, answer func(filter.Reauth)) {
 	m.mu.Lock()
 	m.id = authn.Identity{Authenticator: id.Authenticator, AuthMethod: id.AuthMethod, Subject: id.Subject}
 	m.mu.Unlock()
+	m.conn.setToken(id) // listed, and held to the revocation list, from now on
 	m.p.Metrics.reauthenticated(outcomeReauthenticated, "")
 	m.log("re-authentication accepted",
 		zap.String("outcome", outcomeReauthenticated),
@@ -236,8 +236,8 @@ func (p *Proxy) armExpiry(s *session, conn *openConn, id authn.Identity, rules *
 		// The broker sees the connection close without a DISCONNECT,
 		// and publishes the client's will, as for any abnormal end.
 		conn.expiry = time.AfterFunc(time.Until(id.DisconnectAt), func() {
-			if current(true) {
-				p.terminate(s, packets.MaximumConnectTime)
+			if current(true) && p.terminate(s, EndedTokenExpired) {
+				p.Metrics.sessionsEnded(EndedTokenExpired, 1)
 			}
 		})
 	case rules != nil && !rules.Unrestricted() && !id.Expiry.IsZero():

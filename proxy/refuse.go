@@ -30,8 +30,11 @@ const (
 	reasonUnsupportedProtocol = "unsupported_protocol"
 	reasonTooLarge            = "connect_too_large"
 	reasonUpstreamUnavailable = "upstream_unavailable"
-	reasonProxyClosed         = "proxy_closed"
-	reasonInternal            = "internal_error"
+	// reasonNoRoute: no route of Proxy.Upstreams takes the client and
+	// there is no default pool.
+	reasonNoRoute     = "no_route"
+	reasonProxyClosed = "proxy_closed"
+	reasonInternal    = "internal_error"
 	// reasonWillNotAuthorized: the CONNECT's will is to a topic its
 	// client's rules deny publishing to.
 	reasonWillNotAuthorized = "will_not_authorized"
@@ -204,6 +207,22 @@ func upstreamUnavailable(pk *packets.Connect, id authn.Identity, err error) *ref
 		id: &id, bridge: pk.Bridge, outcome: true, version: pk.ProtocolVersion, code: packets.ServerUnavailable}
 }
 
+// noRoute: no route takes pk, accepted as id, to a pool, and there is no
+// default pool (upstream.ErrNoRoute).
+func noRoute(pk *packets.Connect, id authn.Identity, err error) *refusal {
+	return &refusal{message: "connect rejected", reason: reasonNoRoute, err: err, id: &id, bridge: pk.Bridge,
+		outcome: true, version: pk.ProtocolVersion, code: RefuseCode(reasonNoRoute)}
+}
+
+// revokedWhileVerified: pk's token, accepted as id, is revoked by a
+// version of the revocation list that was loaded while it was verified.
+// The client is refused as the verifier would have refused it.
+func revokedWhileVerified(pk *packets.Connect, id authn.Identity) *refusal {
+	return &refusal{message: "authentication refused", reason: string(authn.ErrRevoked),
+		err: errors.New("revoked by a revocation list loaded while the token was verified"), id: &id, bridge: pk.Bridge,
+		outcome: true, version: pk.ProtocolVersion, code: RefuseCode(authn.ErrRevoked)}
+}
+
 // endedWhileConnecting: the connection of pk, accepted as id, was ended
 // from outside (reason: its token expired, the proxy closed) before the
 // broker had its CONNECT. Its socket is closed: nothing is answered.
@@ -216,7 +235,10 @@ func endedWhileConnecting(pk *packets.Connect, id authn.Identity, reason string,
 // not hold is a bad user name or password; a token whose signature or key
 // does not check out, or a refusal without a reason, is not authorized.
 // An Authentication Method no authenticator takes is a bad authentication
-// method [MQTT-4.12.0-1], which only MQTT 5 clients can name.
+// method [MQTT-4.12.0-1], which only MQTT 5 clients can name. A client
+// that no route of Proxy.Upstreams takes anywhere (no_route) is not
+// authorized: the routes are policy over who goes where, and coming back
+// later cannot help, which server unavailable would tell it to do.
 // packets.ReasonCode.V3ReturnCode gives the MQTT 3.1.1 code.
 func RefuseCode(reason authn.RefuseReason) packets.ReasonCode {
 	switch reason {

@@ -10,8 +10,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // serveConn starts serving one client connection: the transport's
@@ -74,13 +76,19 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	// connection's life: zap fields would take five times the room, and
 	// a zap.Logger.With clone holds a 1 KB encoder buffer.
 	conn := &openConn{
-		remote:   remote,
-		clientID: pk.ClientID,
-		username: loggedUsername(pk.Username),
-		version:  pk.ProtocolVersion,
-		bridge:   pk.Bridge,
-		start:    start,
-		rawLen:   int64(len(pk.Raw) + len(ahead)),
+		remote:    remote,
+		clientID:  pk.ClientID,
+		username:  loggedUsername(pk.Username),
+		version:   pk.ProtocolVersion,
+		bridge:    pk.Bridge,
+		start:     start,
+		connected: toUnixNano(time.Now()),
+		rawLen:    int64(len(pk.Raw) + len(ahead)),
+	}
+	conn.setToken(a.id)
+	p.identified(s, conn)
+	if p.revokedAtAccept(conn) {
+		return revokedWhileVerified(pk, a.id)
 	}
 	o := engine.Options{Done: func(fromClient, toClient int64) { p.ended(s, conn, fromClient, toClient) }}
 	first := append(a.upstreamConnect, ahead...)
@@ -96,7 +104,7 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 	}
 	p.armExpiry(s, conn, a.id, a.acl)
 	through := false // the broker has the CONNECT
-	err := p.connectUpstream(s, bare, a.header, first, o, pk.ProtocolVersion, func() {
+	err := p.connectUpstream(s, c, bare, &a, first, o, log, func(server *upstream.Backend[ServerSettings]) {
 		through = true
 		p.Metrics.outcome("accepted", "")
 		log.Info("authentication accepted",
@@ -107,6 +115,8 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 			bridgeField(pk.Bridge),
 			framedField(a.acl != nil),
 			methodField(a.id.AuthMethod),
+			poolField(a.pool),
+			serverField(server),
 		)
 	})
 	if err == nil {
@@ -116,30 +126,42 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 		o.Filter.Release()
 	}
 	conn.stop()
-	ended := errors.Is(err, errSessionEnded) // closed from outside: nothing to answer
+	reason := p.endedFor(s) // closed from outside, for that: nothing to answer
 	switch {
-	case through: // accepted and counted: the client was closed from outside meanwhile
+	case through: // accepted and counted: the client was ended from outside just after
+		if reason != "" {
+			log.Info("connection closed", zap.String("reason", string(reason)), zap.Duration("duration", time.Since(start)))
+		}
 		return &refusal{quiet: true}
-	case conn.expired.Load():
-		return endedWhileConnecting(pk, a.id, string(authn.ErrTokenExpired), err)
-	case ended:
+	case reason != "":
+		return endedWhileConnecting(pk, a.id, string(reason), err)
+	case errors.Is(err, errSessionEnded):
 		return endedWhileConnecting(pk, a.id, reasonProxyClosed, err)
 	}
 	return upstreamUnavailable(pk, a.id, err)
 }
 
-// openConn is what a proxied connection keeps until it closes.
+// openConn is what a proxied connection keeps until it closes: what its
+// closing line says, and what the sessions API lists. Only its token's
+// fields change, at a re-authentication (setToken).
 type openConn struct {
 	remote, clientID, username string
+	subject, tokenID           string // the token's sub and jti
 	version                    byte
 	bridge                     bool
-	start                      time.Time
+	revocable                  bool      // a token's, which the revocation list is checked against
+	start                      time.Time // accept
+	// When the CONNECT was accepted, and the token's exp and iat, in Unix
+	// nanoseconds (see toUnixNano): a third of a time.Time's room.
+	connected, expires, issued int64
 	rawLen                     int64 // the CONNECT and what came with it
 	// method re-authenticates a client that presented its token under an
 	// Authentication Method; nil for the others.
 	method *methodSession
 
-	expiryMu  sync.Mutex  // guards expiry, expiryGen and closed
+	// expiryMu guards expiry, expiryGen and closed, and the token's
+	// fields (subject to issued), which a re-authentication replaces.
+	expiryMu  sync.Mutex
 	expiry    *time.Timer // ends the session, or its token's rules, at the token's expiry (armExpiry)
 	expiryGen uint32      // counts the timers armed: only the last may fire
 	closed    bool        // the session is over: no timer is armed again
@@ -155,6 +177,33 @@ func (conn *openConn) stop() {
 	}
 }
 
+// setToken records the token of id as the session's: the one it was
+// accepted with, then each a re-authentication accepts.
+func (conn *openConn) setToken(id authn.Identity) {
+	token, revocable := id.RevocationToken(conn.clientID)
+	conn.expiryMu.Lock()
+	defer conn.expiryMu.Unlock()
+	conn.subject, conn.tokenID, conn.revocable = token.Subject, token.ID, revocable
+	conn.expires, conn.issued = toUnixNano(id.Expiry), toUnixNano(token.IssuedAt)
+}
+
+// revocationToken is what the revocation list checks of the session, and
+// whether it has a token to check (see authn.Identity.RevocationToken).
+func (conn *openConn) revocationToken() (revocation.Token, bool) {
+	conn.expiryMu.Lock()
+	defer conn.expiryMu.Unlock()
+	return revocation.Token{ID: conn.tokenID, Subject: conn.subject, ClientID: conn.clientID, IssuedAt: unixNano(conn.issued)}, conn.revocable
+}
+
+// toUnixNano is t in Unix nanoseconds, or 0 for the zero time (a token
+// without the claim), as unixNano reads it back.
+func toUnixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
 // ended records the end of a proxied connection, once both directions
 // have ended and the engine has closed both sides. It may run on an
 // engine's goroutine, which moves other connections' bytes, so it must
@@ -166,8 +215,8 @@ func (p *Proxy) ended(s *session, conn *openConn, fromClient, toClient int64) {
 	p.Metrics.proxied(fromClient, toClient)
 	if ce := p.logger().Check(zap.InfoLevel, "connection closed"); ce != nil {
 		reason := zap.Skip()
-		if conn.expired.Load() {
-			reason = zap.String("reason", string(authn.ErrTokenExpired))
+		if r := p.endedFor(s); r != "" {
+			reason = zap.String("reason", string(r))
 		}
 		go ce.Write(
 			zap.String("listener", s.listener),

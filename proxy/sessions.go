@@ -3,6 +3,10 @@ package proxy
 import (
 	"net"
 	"time"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 )
 
 // SessionInfo describes one authenticated session, from the accepted
@@ -77,6 +81,113 @@ const (
 	// MQTT 5 client gets DISCONNECT 0x98, administrative action.
 	EndedByAdmin EndReason = "admin"
 	// EndedRevoked: the session's token, subject or client identifier was
-	// revoked after it connected (a new revocation list).
+	// revoked after it connected (a new revocation list). An MQTT 5
+	// client gets DISCONNECT 0x87, not authorized: what its next CONNECT
+	// with the token gets too (CONNACK 0x87), and what ends a session
+	// whose re-authentication is refused.
 	EndedRevoked EndReason = "revoked"
+	// EndedTokenExpired: the session's token expired
+	// (disconnect_after_expire). An MQTT 5 client gets DISCONNECT 0xA0,
+	// maximum connect time.
+	EndedTokenExpired EndReason = EndReason(authn.ErrTokenExpired)
+	// EndedServerRemoved: a reload removed the pool's server the session
+	// was connected to, and the drain timeout passed (UpdateUpstreams).
+	// An MQTT 5 client gets DISCONNECT 0x8B, server shutting down, as at
+	// the end of the proxy's own drain: it may connect again, and be
+	// routed to a server that stays.
+	EndedServerRemoved EndReason = "upstream_server_removed"
 )
+
+// endReasons are the reasons the metrics export at zero from the start.
+var endReasons = []EndReason{EndedByAdmin, EndedRevoked, EndedTokenExpired, EndedServerRemoved}
+
+// code is the reason code of the DISCONNECT an MQTT 5 client gets when its
+// session is ended for r, where its session's stream has a place for one
+// (see engine.Link.End).
+func (r EndReason) code() packets.ReasonCode {
+	switch r {
+	case EndedByAdmin:
+		return packets.AdministrativeAction
+	case EndedRevoked:
+		return packets.NotAuthorized
+	case EndedTokenExpired:
+		return packets.MaximumConnectTime
+	}
+	return packets.ServerShuttingDown // Close (no reason of its own) and a removed server
+}
+
+// Sessions lists the authenticated sessions f selects: those whose CONNECT
+// was accepted, relayed or still being connected to the broker, and not
+// ended. Their byte counts are read as the call runs.
+func (p *Proxy) Sessions(f SessionFilter) []SessionInfo {
+	type listed struct {
+		info   SessionInfo
+		link   engine.Link // nil until the broker has the CONNECT
+		rawLen int64
+	}
+	var found []listed
+	p.mu.Lock()
+	for s := range p.sessions {
+		if s.conn == nil || s.aborted {
+			continue
+		}
+		if info := s.info(); f.Matches(info) {
+			found = append(found, listed{info, s.link, s.conn.rawLen})
+		}
+	}
+	p.mu.Unlock()
+	out := make([]SessionInfo, len(found))
+	for i, l := range found {
+		out[i] = l.info
+		if l.link != nil { // outside p.mu: the engine takes its own locks
+			from, to := l.link.Bytes()
+			out[i].BytesFromClient, out[i].BytesToClient = l.rawLen+from, to
+		}
+	}
+	return out
+}
+
+// EndSessions ends every authenticated session f selects, as Sessions
+// lists them, for reason: an MQTT 5 client whose session is framed gets
+// what was on its way to it, then a DISCONNECT with reason's code, and
+// its connection closes once it has closed its own (within
+// HalfCloseTimeout); any other connection closes at once. A session still
+// being connected to the broker is closed before the broker gets its
+// CONNECT. Each session's closing line carries the reason. It returns how
+// many sessions it ended, and does not wait for them to close.
+func (p *Proxy) EndSessions(f SessionFilter, reason EndReason) int {
+	var matched []*session
+	p.mu.Lock()
+	for s := range p.sessions {
+		if s.conn != nil && !s.aborted && f.Matches(s.info()) {
+			matched = append(matched, s)
+		}
+	}
+	p.mu.Unlock()
+	return p.endSessions(matched, reason)
+}
+
+// endSessions ends each of sessions for reason, and returns how many it
+// ended: those that had not been ended meanwhile.
+func (p *Proxy) endSessions(sessions []*session, reason EndReason) int {
+	n := 0
+	for _, s := range sessions {
+		if p.terminate(s, reason) {
+			n++
+		}
+	}
+	p.Metrics.sessionsEnded(reason, n)
+	return n
+}
+
+// info describes s, whose CONNECT was accepted (s.conn set). Proxy.mu is
+// held.
+func (s *session) info() SessionInfo {
+	c := s.conn
+	c.expiryMu.Lock() // a re-authentication replaces the token
+	defer c.expiryMu.Unlock()
+	return SessionInfo{
+		ClientID: c.clientID, Username: c.username, Subject: c.subject, TokenID: c.tokenID,
+		Listener: s.listener, Remote: c.remote, ConnectedAt: unixNano(c.connected), ExpiresAt: unixNano(c.expires),
+	}
+}

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/revocation"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 const (
@@ -38,14 +41,16 @@ const (
 )
 
 // adminServer is the admin HTTP endpoint of metrics.bind: Prometheus
-// metrics on /metrics, liveness on /healthz, readiness on /readyz, and
-// with metrics.pprof Go's profiler on /debug/pprof/. A nil *adminServer
-// (no metrics.bind) serves nothing and may be closed.
+// metrics on /metrics, liveness on /healthz, readiness on /readyz, with
+// an admin token the sessions API on /sessions, and with metrics.pprof
+// Go's profiler on /debug/pprof/. A nil *adminServer (no metrics.bind)
+// serves nothing and may be closed.
 type adminServer struct {
-	server *http.Server
-	addr   net.Addr
-	served chan struct{} // closed when server.Serve has returned
-	ready  *readiness
+	server   *http.Server
+	addr     net.Addr
+	served   chan struct{} // closed when server.Serve has returned
+	ready    *readiness
+	sessions *sessionsAPI
 }
 
 // listenAdmin binds metrics.bind, before anything else starts: a port in
@@ -62,9 +67,10 @@ func listenAdmin(cfg *configs.File) (net.Listener, error) {
 }
 
 // startAdmin serves the admin endpoint on ln, from listenAdmin, in front
-// of p, which is to serve cfg's listeners. It sets p.Metrics, so it must
-// run before p serves, and once p's other fields are final: readiness
-// probes dial as p does. keySets reports the key sets of the
+// of p, which is to serve cfg's listeners, and whose sessions the
+// sessions API lists and ends with cfg's admin token. It sets p.Metrics,
+// so it must run before p serves, and once p's other fields are final:
+// readiness probes dial as p does. keySets reports the key sets of the
 // authentication chain in force, and revocations the revocation list in
 // force (nil without one). Without ln (no metrics.bind) it returns nil.
 func startAdmin(ln net.Listener, cfg *configs.File, p *proxy.Proxy, keySets func() []authn.KeySetStatus, revocations func() *revocation.List, logger *zap.Logger) *adminServer {
@@ -78,6 +84,9 @@ func startAdmin(ln net.Listener, cfg *configs.File, p *proxy.Proxy, keySets func
 		keySetCollector{keySets: keySets},
 		revocationCollector{list: revocations},
 	)
+	if p.Upstreams != nil {
+		reg.MustRegister(serverCollector{status: p.Upstreams.Status})
+	}
 	p.Metrics = proxy.NewMetrics(reg, buildVersion())
 	ready := &readiness{
 		health:    p.Health,
@@ -85,29 +94,43 @@ func startAdmin(ln net.Listener, cfg *configs.File, p *proxy.Proxy, keySets func
 		keySets:   keySets,
 		upstream:  &upstreamCheck{dial: upstreamDialer(p), now: time.Now},
 	}
+	if p.Upstreams != nil {
+		ready.upstream.servers = p.Upstreams.Status
+	}
+	sessions := newSessionsAPI(p, cfg.Metrics.AdminToken(), logger.Named("admin"))
 	a := &adminServer{
 		server: &http.Server{
-			Handler:           adminHandler(reg, ready, cfg.Metrics.Pprof, logger),
+			Handler:           adminHandler(reg, ready, sessions, cfg.Metrics.Pprof, logger),
 			ReadHeaderTimeout: 5 * time.Second,
 			WriteTimeout:      adminWriteTimeout,
 			IdleTimeout:       time.Minute,
 			ErrorLog:          zap.NewStdLog(logger.Named("admin")),
 		},
-		addr:   ln.Addr(),
-		served: make(chan struct{}),
-		ready:  ready,
+		addr:     ln.Addr(),
+		served:   make(chan struct{}),
+		ready:    ready,
+		sessions: sessions,
 	}
 	go func() {
 		defer close(a.served)
 		a.server.Serve(ln) // returns ErrServerClosed after Close
 	}()
-	logger.Info("admin endpoint started", zap.String("address", a.addr.String()), zap.Bool("pprof", cfg.Metrics.Pprof))
+	logger.Info("admin endpoint started", zap.String("address", a.addr.String()), zap.Bool("pprof", cfg.Metrics.Pprof),
+		zap.Bool("sessions_api", cfg.Metrics.AdminToken() != ""))
 	if tcp, ok := a.addr.(*net.TCPAddr); ok && cfg.Metrics.Pprof && !tcp.IP.IsLoopback() {
 		// The endpoint has no authentication: the profiler shows the
 		// command line and lets anyone who reaches it load the process.
 		logger.Warn("the profiler is served beyond loopback, without authentication; bind metrics to loopback or a private network", zap.String("address", a.addr.String()))
 	}
 	return a
+}
+
+// setAdminToken makes token the sessions API's from now on ("" turns the
+// API off), as a reload reads it.
+func (a *adminServer) setAdminToken(token string) {
+	if a != nil {
+		a.sessions.setToken(token)
+	}
 }
 
 // Close stops the endpoint at once and waits for its goroutines, a
@@ -121,20 +144,38 @@ func (a *adminServer) Close() {
 	a.ready.upstream.wait()
 }
 
-// upstreamDialer opens a connection to p's broker as p does: with
-// p.DialUpstream when set, else a TCP dial of p.Upstream.
+// upstreamDialer opens a TCP connection to one of p's brokers that no
+// health check watches: each server of p.Upstreams' pools without health
+// checks in turn, until one answers; without Upstreams, with
+// p.DialUpstream when set, else to p.Upstream.
 func upstreamDialer(p *proxy.Proxy) func(context.Context) (net.Conn, error) {
 	return func(ctx context.Context) (net.Conn, error) {
-		if p.DialUpstream != nil {
+		var d net.Dialer
+		switch {
+		case p.Upstreams != nil:
+			var firstErr error
+			for _, st := range p.Upstreams.Status(nil) {
+				if st.Checked {
+					continue
+				}
+				c, err := d.DialContext(ctx, "tcp", st.Address)
+				if err == nil {
+					return c, nil
+				}
+				if firstErr = cmp.Or(firstErr, err); ctx.Err() != nil {
+					break
+				}
+			}
+			return nil, firstErr
+		case p.DialUpstream != nil:
 			return p.DialUpstream(ctx)
 		}
-		var d net.Dialer
 		return d.DialContext(ctx, "tcp", p.Upstream)
 	}
 }
 
 // adminHandler routes the admin endpoint's paths.
-func adminHandler(reg *prometheus.Registry, ready *readiness, withPprof bool, logger *zap.Logger) http.Handler {
+func adminHandler(reg *prometheus.Registry, ready *readiness, sessions *sessionsAPI, withPprof bool, logger *zap.Logger) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog: zap.NewStdLog(logger.Named("metrics")),
@@ -155,6 +196,8 @@ func adminHandler(reg *prometheus.Registry, ready *readiness, withPprof bool, lo
 		}
 		writePlain(w, http.StatusOK, "ok")
 	})
+	// Every method: the API answers the others with 405, after the token.
+	mux.Handle("/sessions", sessions)
 	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -173,8 +216,9 @@ func writePlain(w http.ResponseWriter, status int, text string) {
 }
 
 // readiness decides /readyz: the proxy takes clients when every listener
-// serves, it is not draining, every JWKS authenticator holds keys, and the
-// broker was reachable recently.
+// serves, it is not draining, every JWKS authenticator holds keys, and a
+// broker is up: a server that health checks have up, or one that was
+// reachable recently.
 type readiness struct {
 	health    func() proxy.Health
 	listeners int // how many the proxy is to serve
@@ -207,16 +251,20 @@ func (r *readiness) check(ctx context.Context) error {
 // run again.
 var errClientDialFailed = errors.New("the last connection to the broker failed")
 
-// upstreamCheck tells whether the broker was reachable recently. The
-// latest of the proxy's own dials and this check's probes answers when it
-// is younger than upstreamProbeInterval and either succeeded or follows a
-// probe; otherwise a probe (a TCP dial, closed at once) decides. Probes
-// are shared by concurrent callers and start at most once per
-// upstreamProbeInterval, so however often /readyz is requested the broker
-// sees at most one connection from it per interval.
+// upstreamCheck tells whether a broker is up. A server of a pool with
+// health checks that they have up answers at once. Without one, a
+// broker that no health check watches must have been reachable recently:
+// the latest of the proxy's own dials and this check's probes answers
+// when it is younger than upstreamProbeInterval and either succeeded or
+// follows a probe; otherwise a probe (dial, a TCP dial closed at once)
+// decides. Probes are shared by concurrent callers and start at most once
+// per upstreamProbeInterval, so however often /readyz is requested the
+// brokers see at most one connection from it per interval.
 type upstreamCheck struct {
 	dial func(context.Context) (net.Conn, error)
 	now  func() time.Time
+	// servers, if set, returns the state of the pools' servers.
+	servers func([]upstream.ServerStatus) []upstream.ServerStatus
 
 	mu       sync.Mutex    // guards the fields below
 	probedAt time.Time     // when the last probe started; zero before one
@@ -229,6 +277,23 @@ type upstreamCheck struct {
 // failure. It waits for a probe, at most upstreamProbeTimeout, unless ctx
 // ends first.
 func (u *upstreamCheck) check(ctx context.Context, h proxy.Health) error {
+	if u.servers != nil {
+		var down []string // the checked servers' latest errors
+		unchecked := false
+		for _, st := range u.servers(nil) {
+			switch {
+			case st.Checked && st.Up:
+				return nil
+			case st.Checked:
+				down = append(down, st.Pool+" "+st.Address+": "+st.LastError)
+			default:
+				unchecked = true
+			}
+		}
+		if !unchecked {
+			return fmt.Errorf("no server is up (%s)", strings.Join(down, "; "))
+		}
+	}
 	u.mu.Lock()
 	if u.probing == nil {
 		now := u.now()
@@ -282,6 +347,56 @@ func (u *upstreamCheck) startProbeLocked(now time.Time) {
 
 // wait returns once no probe is under way.
 func (u *upstreamCheck) wait() { u.running.Wait() }
+
+// serverCollector exports the state of each server of the proxy's pools,
+// read from Upstreams.Status at each scrape: the servers a reload adds
+// appear, those it removes go, and those it keeps keep their counts.
+type serverCollector struct {
+	status func([]upstream.ServerStatus) []upstream.ServerStatus
+}
+
+var (
+	serverLabels = []string{"pool", "server"}
+	serverUpDesc = prometheus.NewDesc("mqtt_jwt_proxy_upstream_server_up",
+		"1 while the server takes clients, 0 while its health checks have it down; always 1 in a pool without health checks.",
+		serverLabels, nil)
+	serverActiveDesc = prometheus.NewDesc("mqtt_jwt_proxy_upstream_server_connections_active",
+		"Client connections that hold the server, from their dial on.",
+		serverLabels, nil)
+	serverWeightDesc = prometheus.NewDesc("mqtt_jwt_proxy_upstream_server_weight",
+		"The server's configured weight.",
+		serverLabels, nil)
+	serverDialFailuresDesc = prometheus.NewDesc("mqtt_jwt_proxy_upstream_server_dial_failures_total",
+		"Clients' dials of the server that failed (each moved on to the next server, if there was time and one up).",
+		serverLabels, nil)
+	serverDialDesc = prometheus.NewDesc("mqtt_jwt_proxy_upstream_server_dial_seconds",
+		"Time to connect a client to the server, successful dials only.",
+		serverLabels, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (serverCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- serverUpDesc
+	ch <- serverActiveDesc
+	ch <- serverWeightDesc
+	ch <- serverDialFailuresDesc
+	ch <- serverDialDesc
+}
+
+// Collect implements prometheus.Collector.
+func (c serverCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range c.status(nil) {
+		up := 0.0
+		if st.Up {
+			up = 1
+		}
+		ch <- prometheus.MustNewConstMetric(serverUpDesc, prometheus.GaugeValue, up, st.Pool, st.Address)
+		ch <- prometheus.MustNewConstMetric(serverActiveDesc, prometheus.GaugeValue, float64(st.Active), st.Pool, st.Address)
+		ch <- prometheus.MustNewConstMetric(serverWeightDesc, prometheus.GaugeValue, float64(st.Weight), st.Pool, st.Address)
+		ch <- prometheus.MustNewConstMetric(serverDialFailuresDesc, prometheus.CounterValue, float64(st.DialFailures), st.Pool, st.Address)
+		ch <- prometheus.MustNewConstSummary(serverDialDesc, st.Dials-st.DialFailures, st.DialTime.Seconds(), nil, st.Pool, st.Address)
+	}
+}
 
 // keySetCollector exports the JWKS key sets' state. It reads
 // authn.Chain.Status at each scrape, so a reload, which builds a new

@@ -165,7 +165,7 @@ func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
 
 // sample returns the value of the series of family name whose labels
 // include want (a label absent from the series counts as ""). Histograms
-// give their sample count.
+// and summaries give their sample count.
 func sample(families map[string]*dto.MetricFamily, name string, want map[string]string) (float64, bool) {
 	family, ok := families[name]
 	if !ok {
@@ -189,6 +189,8 @@ series:
 			return m.Gauge.GetValue(), true
 		case m.Histogram != nil:
 			return float64(m.Histogram.GetSampleCount()), true
+		case m.Summary != nil:
+			return float64(m.Summary.GetSampleCount()), true
 		}
 	}
 	return 0, false

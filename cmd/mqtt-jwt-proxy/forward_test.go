@@ -59,7 +59,7 @@ func TestReloadForward(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			next, chain, _, _, err := reload(configSource{path: writeConfig(t, hmacChain+tc.forward)}, running, nil, nil, &proxy.Proxy{}, zap.NewNop())
+			next, chain, _, _, err := reload(configSource{path: writeConfig(t, hmacChain+tc.forward)}, running, nil, nil, "", servingProxy(t, running), zap.NewNop())
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || next != nil {
 					t.Fatalf("reload = %v, %v; want an error containing %q", next, err, tc.wantErr)
@@ -77,6 +77,22 @@ func TestReloadForward(t *testing.T) {
 	}
 }
 
+// servingProxy is a proxy with the pools of cfg, as serve makes it, for a
+// reload to update; the pools' checks stop at cleanup.
+func servingProxy(t *testing.T, cfg *configs.File) *proxy.Proxy {
+	t.Helper()
+	pools, err := upstreamsConfig(cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	upstreams, err := proxy.NewUpstreams(pools, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(upstreams.Close)
+	return &proxy.Proxy{Upstreams: upstreams}
+}
+
 // TestReloadKeepsBindHost: a reload applies -bind-host again, so that the
 // listeners it reads equal the running ones and no restart is asked for.
 func TestReloadKeepsBindHost(t *testing.T) {
@@ -89,7 +105,7 @@ func TestReloadKeepsBindHost(t *testing.T) {
 		t.Fatalf("listener bind %q with -bind-host 0.0.0.0, want 0.0.0.0:1883", got)
 	}
 	core, logs := observer.New(zapcore.InfoLevel)
-	next, chain, _, _, err := reload(src, running, nil, nil, &proxy.Proxy{}, zap.New(core))
+	next, chain, _, _, err := reload(src, running, nil, nil, "", servingProxy(t, running), zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}

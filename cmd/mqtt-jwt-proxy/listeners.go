@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // certReloaders are the TLS listeners' certificates, which SIGHUP reads
@@ -116,26 +116,37 @@ func tlsFiles(t *configs.ListenerTLS) transport.TLSFiles {
 	return files
 }
 
-// upstreamTransport sets p's PROXY header and TLS toward the broker at
-// address as u asks.
-func upstreamTransport(u configs.Upstream, address string, p *proxy.Proxy) error {
-	switch u.ProxyProtocol {
+// upstreamsConfig translates cfg's upstream, upstreams and routes for the
+// proxy; embedded is the embedded broker's address, which replaces an
+// upstream address of "embedded" (empty when none runs, which the caller
+// checks).
+func upstreamsConfig(cfg *configs.File, embedded string) (proxy.UpstreamsConfig, error) {
+	f := *cfg
+	if f.Upstream.Address == configs.EmbeddedAddress {
+		f.Upstream.Address = embedded
+	}
+	return upstream.FromConfig(&f, serverSettings)
+}
+
+// serverSettings translates the PROXY header and TLS a server of a pool
+// is dialed with.
+func serverSettings(_ configs.Upstream, s configs.UpstreamServer) (proxy.ServerSettings, error) {
+	var settings proxy.ServerSettings
+	switch s.ProxyProtocol {
 	case configs.ProxyProtocolV1:
-		p.UpstreamProxyHeader = transport.ProxyHeaderV1
+		settings.ProxyHeader = transport.ProxyHeaderV1
 	case configs.ProxyProtocolV2:
-		p.UpstreamProxyHeader = transport.ProxyHeaderV2
+		settings.ProxyHeader = transport.ProxyHeaderV2
 	}
-	if u.TLS == nil {
-		return nil
+	if s.TLS == nil {
+		return settings, nil
 	}
-	host, _, err := net.SplitHostPort(address)
+	host, _, err := net.SplitHostPort(s.Address)
 	if err != nil {
-		return errors.New("upstream.address: not host:port")
+		return settings, fmt.Errorf("address %q: not host:port", s.Address)
 	}
-	config, err := u.TLS.ClientConfig(host)
-	if err != nil {
-		return fmt.Errorf("upstream.tls.%w", err)
+	if settings.TLS, err = s.TLS.ClientConfig(host); err != nil {
+		return settings, fmt.Errorf("tls.%w", err)
 	}
-	p.UpstreamTLS = config
-	return nil
+	return settings, nil
 }

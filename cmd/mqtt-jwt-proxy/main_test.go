@@ -50,36 +50,33 @@ func TestCheckExampleConfigs(t *testing.T) {
 	}
 }
 
-// TestServeRefusesPools: serve says it does not serve a pool of several
-// servers or routes, rather than starting without an upstream.
-func TestServeRefusesPools(t *testing.T) {
-	t.Setenv("JWT_SECRET", "c2VjcmV0LWZvci10ZXN0cw==")
-	var out, errOut bytes.Buffer
-	if code := run(context.Background(), []string{"serve", "-config", "../../configs/cluster.yaml"}, &out, &errOut); code != 1 {
-		t.Errorf("serve exited %d, want 1", code)
-	}
-	if !strings.Contains(errOut.String(), "serves a single upstream.address only") {
-		t.Errorf("serve said %q", errOut.String())
-	}
-}
-
-// TestServeRefusesAdminToken: serve refuses an admin token for an API it
-// does not serve yet, rather than taking a credential that guards nothing.
-func TestServeRefusesAdminToken(t *testing.T) {
+// TestServeSessionsAPI: with an admin token, serve serves the sessions API
+// on the admin endpoint: 401 without the token, the sessions with it, each
+// call logged with the caller's address.
+func TestServeSessionsAPI(t *testing.T) {
 	t.Setenv("MQTT_JWT_PROXY_TEST_ADMIN_TOKEN", testAdminToken)
-	path := filepath.Join(t.TempDir(), "config.yaml")
-	config := "listeners: [{bind: \"127.0.0.1:0\"}]\nupstream: {address: \"127.0.0.1:1\"}\n" +
-		"authentication: [{mechanism: jwt, algorithm: hmac-based, secret: " + adminTestSecret + "}]\n" +
-		"metrics: {bind: \"127.0.0.1:0\", admin_token_env: MQTT_JWT_PROXY_TEST_ADMIN_TOKEN}\n"
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
+	lines, stop := serveInProcess(t, "listeners: [{bind: \"127.0.0.1:0\"}]\nupstream: {address: \"127.0.0.1:1\"}\n"+
+		"authentication: [{mechanism: jwt, algorithm: hmac-based, secret: "+adminTestSecret+"}]\n"+
+		"metrics: {bind: \"127.0.0.1:0\", admin_token_env: MQTT_JWT_PROXY_TEST_ADMIN_TOKEN}\nlog: {format: json}\n")
+	defer stop()
+	started := waitForLog(t, lines, "admin endpoint started")
+	if started["sessions_api"] != true {
+		t.Errorf("admin endpoint started with sessions_api %v, want true", started["sessions_api"])
 	}
-	code, _, stderr := runCommand(t, "serve", "-config", path)
-	if code != 1 || !strings.Contains(stderr, "does not serve the sessions API yet") {
-		t.Errorf("serve exited %d and said %q", code, stderr)
+	url := "http://" + started["address"].(string) + "/sessions"
+	if status, _, body := adminRequest(t, http.MethodGet, url, ""); status != http.StatusUnauthorized {
+		t.Errorf("GET /sessions without the token: %d %s, want 401", status, body)
 	}
-	if code, stdout, stderr := runCommand(t, "check", "-config", path); code != 0 {
-		t.Errorf("check exited %d: %s %s", code, stdout, stderr)
+	refused := waitForLog(t, lines, "admin request refused")
+	if remote, _ := refused["remote"].(string); !strings.HasPrefix(remote, "127.0.0.1:") {
+		t.Errorf("the refusal was logged with remote %q, want the caller's address", remote)
+	}
+	if status, _, body := adminRequest(t, http.MethodGet, url, testAdminToken); status != http.StatusOK || body != "[]\n" {
+		t.Errorf("GET /sessions with the token: %d %q, want 200 and no sessions", status, body)
+	}
+	listed := waitForLog(t, lines, "sessions listed")
+	if remote, _ := listed["remote"].(string); !strings.HasPrefix(remote, "127.0.0.1:") {
+		t.Errorf("the call was logged with remote %q, want the caller's address", remote)
 	}
 }
 
@@ -298,7 +295,7 @@ func serveInProcess(t *testing.T, config string) (lines chan map[string]any, sto
 }
 
 func logLines(r io.Reader) chan map[string]any {
-	lines := make(chan map[string]any, 1000) // more than a test logs: the child never blocks on it
+	lines := make(chan map[string]any, 1<<16) // more than a test logs, fleets of devices included: the child never blocks on it
 	go func() {
 		defer close(lines)
 		sc := bufio.NewScanner(r)

@@ -43,6 +43,7 @@ type process struct {
 	cmd    *exec.Cmd
 	lines  chan map[string]any
 	addr   string
+	admin  string // the admin endpoint's base URL, when metrics.bind is set
 	config string
 	exited chan error
 }
@@ -69,8 +70,24 @@ func startProcess(t *testing.T, config string) *process {
 		cmd.Process.Kill()
 		<-p.exited
 	})
-	p.addr = waitForLog(t, p.lines, "listening")["address"].(string)
+	for p.addr == "" { // the admin endpoint starts before the listeners
+		switch line := waitForLog(t, p.lines, ""); line["msg"] {
+		case "admin endpoint started":
+			p.admin = "http://" + line["address"].(string)
+		case "listening":
+			p.addr = line["address"].(string)
+		}
+	}
 	return p
+}
+
+// kill ends the proxy at once, as a crash or kill -9 would, and waits
+// until it has exited.
+func (p *process) kill(t *testing.T) {
+	t.Helper()
+	p.signal(t, syscall.SIGKILL)
+	err := <-p.exited
+	p.exited <- err // for the cleanup
 }
 
 func (p *process) signal(t *testing.T, sig syscall.Signal) {
@@ -131,12 +148,12 @@ func TestReload(t *testing.T) {
 
 	// What a reload cannot apply is named, key by key, and left as it was.
 	changed := strings.Replace(proxyConfig(broker.Addr, "second-secret"), "log: {format: json}", "log: {format: console}", 1)
-	changed = strings.Replace(changed, `upstream: {address: "`+broker.Addr+`"}`, `upstream: {address: "`+broker.Addr+`", dial_timeout: 2s}`, 1)
+	changed += "tuning: {relay: portable}\n"
 	os.WriteFile(p.config, []byte(changed), 0o600)
 	p.signal(t, syscall.SIGHUP)
 	warning := waitForLog(t, p.lines, "these changes take effect at the next restart; the rest is reloaded")
-	if keys := fmt.Sprint(warning["keys"]); keys != "[upstream.dial_timeout log.format]" {
-		t.Errorf("the reload warning names %s, want [upstream.dial_timeout log.format]", keys)
+	if keys := fmt.Sprint(warning["keys"]); keys != "[log.format tuning.relay]" {
+		t.Errorf("the reload warning names %s, want [log.format tuning.relay]", keys)
 	}
 	waitForLog(t, p.lines, "configuration reloaded") // still JSON: the log was kept
 

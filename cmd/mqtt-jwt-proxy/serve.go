@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/signal"
 	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -71,12 +73,6 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if len(cfg.Upstream.Servers) > 0 || len(cfg.Upstreams) > 0 || len(cfg.Routes) > 0 {
-		return fmt.Errorf("config %s: upstream.servers, upstreams and routes: this version checks them but serves a single upstream.address only", path)
-	}
-	if cfg.Metrics.AdminToken() != "" {
-		return fmt.Errorf("config %s: metrics.admin_token_file, metrics.admin_token_env: this version checks the admin token but does not serve the sessions API yet", path)
-	}
 	// Flushed, never synced: zap syncs at every flush, and an fsync of a
 	// log file ten times a second waits on the disk for nothing.
 	out := &zapcore.BufferedWriteSyncer{WS: zapcore.AddSync(struct{ io.Writer }{stderr}), Size: logBufferSize, FlushInterval: logFlushInterval}
@@ -133,26 +129,32 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer func() { chain.Close() }() // the chain in force at exit, after reloads
 
-	upstream := cfg.Upstream.Address
-	if upstream == configs.EmbeddedAddress {
+	// The embedded broker's address stands for "embedded" in this
+	// configuration and the reloaded ones; empty when none runs.
+	var embeddedAddr string
+	if cfg.Upstream.Address == configs.EmbeddedAddress {
 		b, err := embedded.Start(slog.New(zapslog.NewHandler(brokerLogCore(logger))))
 		if err != nil {
 			return err
 		}
 		defer b.Close()
-		upstream = b.Addr()
-		logger.Info("embedded broker started; it is for trying things out, not for production", zap.String("address", upstream))
+		embeddedAddr = b.Addr()
+		logger.Info("embedded broker started; it is for trying things out, not for production", zap.String("address", embeddedAddr))
 	}
+	pools, err := upstreamsConfig(cfg, embeddedAddr)
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	// The health checks start now; the proxy stops them when it stops.
+	if p.Upstreams, err = proxy.NewUpstreams(pools, logger); err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	logPools(pools, logger)
 
-	p.Upstream = upstream
 	p.Verifier = chain
 	p.Forward = forward
 	p.Authorization = authorization
-	p.DialTimeout = cfg.Upstream.DialTimeout.Or(0)
 	p.Limits = proxyLimits(cfg)
-	if err := upstreamTransport(cfg.Upstream, upstream, p); err != nil {
-		return fmt.Errorf("config %s: %w", path, err)
-	}
 	// The chain and the revocation list in force, for the admin endpoint.
 	var chains atomic.Pointer[authn.Chain]
 	var lists atomic.Pointer[revocation.List]
@@ -160,12 +162,24 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	lists.Store(list)
 	admin := startAdmin(adminListener, cfg, p, func() []authn.KeySetStatus { return chains.Load().Status() }, lists.Load, logger)
 	defer admin.Close()
+	// Live sessions are held to the list in force: those it revokes end
+	// at each new version. Before the list is closed (deferred above).
+	p.WatchRevocation(list)
+	if list != nil {
+		// A URL's first fetch, bounded by its timeout: with
+		// on_unavailable: deny, clients let in before it would all be
+		// refused revocation_unavailable.
+		select {
+		case <-list.FirstRefreshDone():
+		case <-ctx.Done():
+		}
+	}
 	served = true
 
 	errc := make(chan error, len(listeners))
 	for i, ln := range listeners {
 		name := cfg.Listeners[i].Name
-		logger.Info("listening", zap.String("listener", name), zap.String("address", ln.Addr().String()), zap.String("upstream", upstream))
+		logger.Info("listening", zap.String("listener", name), zap.String("address", ln.Addr().String()))
 		go func() { errc <- p.Serve(ln, name) }()
 	}
 
@@ -178,7 +192,7 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 		select {
 		case <-hup:
 			certs.reload(logger)
-			if next, nextChain, nextList, retired, err := reload(src, cfg, chain, list, p, logger); err != nil {
+			if next, nextChain, nextList, retired, err := reload(src, cfg, chain, list, embeddedAddr, p, logger); err != nil {
 				logger.Error("reload rejected; the running configuration stays in force", zap.String("config", path), zap.Error(err))
 			} else {
 				// Connections accepted before the reload are decided by
@@ -209,6 +223,8 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 				cfg, chain, list = next, nextChain, nextList
 				chains.Store(chain)
 				lists.Store(list)
+				p.WatchRevocation(list)
+				admin.setAdminToken(cfg.Metrics.AdminToken())
 			}
 		case <-ctx.Done():
 			logger.Info("signal received; shutting down", zap.Duration("drain_timeout", cfg.Shutdown.DrainTimeout.Or(configs.DefaultDrainTimeout)))
@@ -227,26 +243,41 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	return serveErr
 }
 
-// restartOnly are the sections read once, at start: sockets, the upstream,
-// the logger and the relay engine are not rebuilt by a reload.
-var restartOnly = map[string]bool{"listeners": true, "upstream": true, "upstreams": true, "routes": true, "metrics": true, "log": true, "tuning": true}
+// restartOnly are the sections read once, at start: sockets, the logger
+// and the relay engine are not rebuilt by a reload. Of metrics, the admin
+// token is read again (see reloadable).
+var restartOnly = map[string]bool{"listeners": true, "metrics": true, "log": true, "tuning": true}
+
+// reloadable are the keys of restartOnly's sections that a reload applies:
+// the sessions API's token, so that it can be rotated without a restart.
+var reloadable = map[string]bool{"metrics.admin_token_file": true, "metrics.admin_token_env": true}
 
 // reload reads the configuration again and applies to new connections
 // what may change while the proxy runs: authenticators, secrets, keys,
-// the revocation list, limits, forward, authorization and the drain
-// timeout; established sessions keep the rules they started with. Listeners,
-// the upstream, the metrics endpoint and the log stay as they started; a
-// change there is logged, key by key, and needs a restart. Nothing
-// changes when the new file is invalid. retired is closed once
-// runningChain and runningList are no longer used (see
-// proxy.Proxy.Reload).
-func reload(src configSource, running *configs.File, runningChain *authn.Chain, runningList *revocation.List, p *proxy.Proxy, logger *zap.Logger) (_ *configs.File, _ *authn.Chain, _ *revocation.List, retired <-chan struct{}, _ error) {
+// the revocation list, limits, forward, authorization, the upstream
+// pools and routes, and the drain timeout; established sessions keep the
+// rules they started with; the admin token too. A server the reload
+// removes is drained: its connections have the new drain timeout to end,
+// then are closed. Listeners, the metrics endpoint and the log stay as
+// they started; a change there is logged, key by key, and needs a
+// restart. Nothing changes when the new file is invalid. retired is
+// closed once runningChain and runningList are no longer used (see
+// proxy.Proxy.Reload). embedded is the embedded broker's address, empty
+// when none runs.
+func reload(src configSource, running *configs.File, runningChain *authn.Chain, runningList *revocation.List, embedded string, p *proxy.Proxy, logger *zap.Logger) (_ *configs.File, _ *authn.Chain, _ *revocation.List, retired <-chan struct{}, _ error) {
 	path := src.path
 	cfg, err := src.load()
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
 	forward, err := proxy.NewForward(cfg.Forward)
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if cfg.Upstream.Address == configs.EmbeddedAddress && embedded == "" {
+		return nil, nil, nil, nil, fmt.Errorf("config %s: upstream.address: the embedded broker starts with the proxy only; restart to use it", path)
+	}
+	pools, err := upstreamsConfig(cfg, embedded)
 	if err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
 	}
@@ -273,19 +304,43 @@ func reload(src configSource, running *configs.File, runningChain *authn.Chain, 
 		if i := strings.IndexAny(key, ".["); i >= 0 {
 			section = key[:i]
 		}
-		if restartOnly[section] {
+		if restartOnly[section] && !reloadable[key] {
 			needRestart = append(needRestart, key)
 		}
 	}
+	// The one step left that may fail (the pools are validated again, and
+	// a proxy that is stopping refuses): nothing is applied before it.
+	if err := p.UpdateUpstreams(pools, cfg.Shutdown.DrainTimeout.Or(configs.DefaultDrainTimeout)); err != nil {
+		chain.Close()
+		if list != runningList {
+			list.Close()
+		}
+		return nil, nil, nil, nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	logPools(pools, logger)
 	if len(needRestart) > 0 {
 		logger.Warn("these changes take effect at the next restart; the rest is reloaded", zap.Strings("keys", needRestart))
-		cfg.Listeners, cfg.Upstream, cfg.Upstreams, cfg.Routes, cfg.Metrics, cfg.Log, cfg.Tuning =
-			running.Listeners, running.Upstream, running.Upstreams, running.Routes, running.Metrics, running.Log, running.Tuning
+		// The admin token, read from the new file, stays.
+		cfg.Metrics.Bind, cfg.Metrics.Pprof = running.Metrics.Bind, running.Metrics.Pprof
+		cfg.Listeners, cfg.Log, cfg.Tuning = running.Listeners, running.Log, running.Tuning
 	}
 	retired = p.Reload(chain, proxyLimits(cfg), forward, authorization)
 	logger.Info("configuration reloaded", zap.String("config", path), zap.Int("authenticators", len(cfg.Authentication)))
 	logWarnings(cfg, logger)
 	return cfg, chain, list, retired, nil
+}
+
+// logPools logs each pool of cfg: its servers and balance.
+func logPools(cfg proxy.UpstreamsConfig, logger *zap.Logger) {
+	for _, name := range slices.Sorted(maps.Keys(cfg.Pools)) {
+		pc := cfg.Pools[name]
+		servers := make([]string, len(pc.Servers))
+		for i, s := range pc.Servers {
+			servers[i] = s.Address
+		}
+		logger.Info("upstream pool", zap.String("pool", name), zap.Strings("servers", servers),
+			zap.String("balance", string(pc.Balance)), zap.Bool("health_check", pc.HealthCheck != nil))
+	}
 }
 
 // newRevocation builds the revocation list of cfg's revocation section, or

@@ -24,8 +24,8 @@ const maxErrorBody = 4 << 10
 
 const sessionsUsage = `usage: mqtt-jwt-proxy sessions list -admin URL -token-file FILE [filters] [-json]
        mqtt-jwt-proxy sessions kick -admin URL -token-file FILE (filters | -all)
-Lists the proxy's authenticated sessions, or ends them (MQTT 5 clients get
-DISCONNECT 0x98, administrative action), through the sessions API of the admin
+Lists the proxy's authenticated sessions, or ends them (a framed MQTT 5 session
+gets DISCONNECT 0x98, administrative action), through the sessions API of the admin
 endpoint (metrics.bind, with metrics.admin_token_file or admin_token_env).
 The filters select sessions whose field equals the value given; kick needs at
 least one, or -all. Run 'mqtt-jwt-proxy sessions list -h' for the flags.
@@ -55,7 +55,7 @@ func sessionsCommand(ctx context.Context, args []string, stdout, stderr io.Write
 		"Lists the authenticated sessions the filters select (all without one), in order of connection."
 	if sub == "kick" {
 		synopsis, description = "kick -admin URL -token-file FILE (-client-id ID | -username NAME | -sub SUB | -listener NAME | -remote ADDRESS ... | -all)",
-			"Ends the sessions every filter given selects (MQTT 5 clients get DISCONNECT 0x98,\nadministrative action) and prints how many."
+			"Ends the sessions every filter given selects (a framed MQTT 5 session gets\nDISCONNECT 0x98, administrative action) and prints how many."
 	}
 	fs := newFlagSet("sessions", synopsis, description, stderr)
 	admin := fs.String("admin", "", "the admin endpoint's base `URL`, such as http://127.0.0.1:9100 (metrics.bind)")

@@ -69,7 +69,7 @@ func (b Bridge) Config() []string {
 func (m *Mosquitto) WaitForClient(t testing.TB, clientID string, timeout time.Duration) (bridge bool) {
 	t.Helper()
 	as := " as " + clientID + " ("
-	found := m.proc.waitLines(timeout, func(lines []string) bool {
+	found := m.process().waitLines(timeout, func(lines []string) bool {
 		for _, line := range lines {
 			switch {
 			case strings.Contains(line, logNewBridge) && strings.Contains(line, as):

@@ -163,6 +163,29 @@ func (m *Mosquitto) Connections() int {
 	return count - syncs
 }
 
+// ClientIDs returns the client identifiers of the clients the broker has
+// logged as connected so far ("New client connected from ... as ID
+// (...)"), in order, one per connection; bridges are not counted, nor are
+// connections before a Restart. Call SyncLog first so that the list is
+// not behind the broker.
+func (m *Mosquitto) ClientIDs() []string {
+	proc := m.process()
+	var ids []string
+	proc.read(func() {
+		for _, line := range proc.lines {
+			_, rest, ok := strings.Cut(line, logNewClient)
+			if !ok {
+				continue
+			}
+			if _, rest, ok = strings.Cut(rest, " as "); ok {
+				id, _, _ := strings.Cut(rest, " (")
+				ids = append(ids, id)
+			}
+		}
+	})
+	return ids
+}
+
 // syncSerial numbers SyncLog's connections, across brokers.
 var syncSerial atomic.Uint32
 

@@ -24,6 +24,15 @@
 //		}
 //	}
 //
+// Devices by the hundred, where a process per client would take minutes,
+// send a CONNECT each and read the CONNACK (VisitAll, OpenSession), and
+// the brokers tell where each went, for tests of several brokers behind
+// one proxy:
+//
+//	proxytest.VisitAll(t, proxyAddr, connects) // each accepted, then DISCONNECT
+//	where := proxytest.WhereConnected(t, brokers, nil)
+//	if len(where["dev-7"]) != 1 { ... } // dev-7 reached more than one broker
+//
 // Everything started here is stopped at t.Cleanup, and every goroutine the
 // package starts ends with the process or connection it serves, so a
 // goleak check registered before them (VerifyNoLeaks) passes.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -147,7 +148,7 @@ func TestMosquittoKillAndRestart(t *testing.T) {
 	RequireMosquitto(t)
 	VerifyNoLeaks(t)
 	broker := StartMosquitto(t)
-	if pub := Pub(t, brokerArgs(t, broker.Addr, "-t", "t", "-m", "before")...); pub.Connack != 0 {
+	if pub := Pub(t, brokerArgs(t, broker.Addr, "-i", "before", "-t", "t", "-m", "before")...); pub.Connack != 0 {
 		t.Fatalf("publish before the kill: %d %v\n%s", pub.Connack, pub.Err, pub.Output)
 	}
 	broker.Kill()
@@ -156,12 +157,15 @@ func TestMosquittoKillAndRestart(t *testing.T) {
 		t.Fatal("the killed broker took a connection")
 	}
 	broker.Restart(t)
-	if pub := Pub(t, brokerArgs(t, broker.Addr, "-t", "t", "-m", "after")...); pub.Connack != 0 {
+	if pub := Pub(t, brokerArgs(t, broker.Addr, "-i", "after", "-t", "t", "-m", "after")...); pub.Connack != 0 {
 		t.Fatalf("publish after the restart: %d %v\n%s", pub.Connack, pub.Err, pub.Output)
 	}
 	broker.SyncLog(t)
 	if got := broker.Connections(); got != 1 {
 		t.Errorf("Connections() = %d after the restart, want 1 (the publisher since)\n%s", got, broker.Log())
+	}
+	if got := broker.ClientIDs(); !slices.Equal(got, []string{"after"}) {
+		t.Errorf("ClientIDs() = %q after the restart, want [after] (the publisher since)\n%s", got, broker.Log())
 	}
 }
 
@@ -518,5 +522,47 @@ func TestBridgeConfig(t *testing.T) {
 				t.Errorf("cloud subscriber got %q, %v; want the edge's message\n%s", got, ok, edge.Log())
 			}
 		})
+	}
+}
+
+// connect311 is an MQTT 3.1.1 CONNECT of client id, clean, without
+// credentials.
+func connect311(id string) []byte {
+	body := append([]byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, 0, byte(len(id))}, id...)
+	return append([]byte{0x10, byte(len(body))}, body...)
+}
+
+// TestFleet: visits are accepted and counted where they went, and a
+// refused one returns its code without failing.
+func TestFleet(t *testing.T) {
+	RequireMosquitto(t)
+	VerifyNoLeaks(t)
+	brokers := []*Mosquitto{StartMosquitto(t), StartMosquitto(t), StartMosquitto(t, "allow_anonymous false")}
+	VisitAll(t, brokers[0].Addr, [][]byte{connect311("a")})
+	since := ClientCounts(t, brokers)
+	VisitAll(t, brokers[1].Addr, [][]byte{connect311("b"), connect311("c")})
+	VisitAll(t, brokers[0].Addr, [][]byte{connect311("c")})
+	if got := WhereConnected(t, brokers, nil); !slices.Equal(got["a"], []int{0}) || !slices.Equal(got["b"], []int{1}) || !slices.Equal(got["c"], []int{0, 1}) || len(got) != 3 {
+		t.Errorf("WhereConnected = %v, want a at 0, b at 1, c at both", got)
+	}
+	if got := WhereConnected(t, brokers, since); got["a"] != nil || len(got) != 2 {
+		t.Errorf("WhereConnected since %v = %v, want b and c only", since, got)
+	}
+	if got := ClientCounts(t, brokers); !slices.Equal(got, []int{2, 2, 0}) {
+		t.Errorf("ClientCounts = %v, want [2 2 0]", got)
+	}
+	if code, err := Visit(brokers[2].Addr, connect311("d")); code != 5 || err != nil {
+		t.Errorf("a refused visit: CONNACK %d, %v; want 5", code, err)
+	}
+	c, code, err := OpenSession(brokers[0].Addr, connect311("e"))
+	if err != nil || code != 0 {
+		t.Fatalf("OpenSession: CONNACK %d, %v", code, err)
+	}
+	defer c.Close()
+	c.Write([]byte{0xC0, 0x00}) // PINGREQ
+	c.SetReadDeadline(time.Now().Add(DefaultTimeout))
+	var pong [2]byte
+	if _, err := io.ReadFull(c, pong[:]); err != nil || pong != [2]byte{0xD0, 0} {
+		t.Errorf("the open session answered PINGREQ with %x, %v", pong, err)
 	}
 }

@@ -58,6 +58,21 @@ func (v ProxyHeader) Format(client net.Conn) ([]byte, error) {
 	return b, nil
 }
 
+// Local returns the header of a connection the proxy opens on its own
+// behalf, such as a health check, nil for NoProxyHeader: with no client
+// to speak for, v2 sends the LOCAL command and v1 "PROXY UNKNOWN", which
+// a broker takes as a connection from the proxy itself.
+func (v ProxyHeader) Local() ([]byte, error) {
+	if v == NoProxyHeader {
+		return nil, nil
+	}
+	b, err := proxyproto.HeaderProxyFromAddrs(byte(v), nil, nil).Format()
+	if err != nil {
+		return nil, fmt.Errorf("PROXY header v%d LOCAL: %w", v, err)
+	}
+	return b, nil
+}
+
 // sslTLV describes a TLS client as HAProxy does: the TLS version, the
 // cipher, and the client certificate's common name when it sent one;
 // verify is zero only when a certificate was sent and verified.

@@ -55,7 +55,7 @@ func FromConfig[T any](f *configs.File, settings func(pool configs.Upstream, s c
 }
 
 func poolFromConfig[T any](u configs.Upstream, settings func(configs.Upstream, configs.UpstreamServer) (T, error)) (PoolConfig[T], error) {
-	pc := PoolConfig[T]{Balance: RoundRobin}
+	pc := PoolConfig[T]{Balance: RoundRobin, DialTimeout: time.Duration(u.DialTimeout)}
 	if u.Balance != "" {
 		pc.Balance = Balance(u.Balance)
 	}

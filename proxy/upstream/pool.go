@@ -23,6 +23,11 @@ type PoolConfig[T any] struct {
 	// nil means they are never checked and never marked down (a failed
 	// dial still moves the client to the next candidate).
 	HealthCheck *HealthCheck
+	// DialTimeout is the caller's, carried for it: how long a client's
+	// dials of the pool's servers may take, the candidates after a
+	// failed one included (Pool.DialTimeout). Zero means the caller's
+	// default.
+	DialTimeout time.Duration
 }
 
 // Pool is one upstream: its servers, their health, and the balance over
@@ -62,6 +67,8 @@ type serverSet[T any] struct {
 	// current is each server's running weight for RoundRobin, guarded by
 	// Pool.roundRobin.
 	current []int
+	// dialTimeout is PoolConfig.DialTimeout.
+	dialTimeout time.Duration
 }
 
 // Backend is a server of a pool with its state: health, active
@@ -119,6 +126,9 @@ func NewPool[T any](name string, cfg PoolConfig[T], dial Dialer[T], logger *zap.
 // Name is the pool's name.
 func (p *Pool[T]) Name() string { return p.name }
 
+// DialTimeout is the pool's PoolConfig.DialTimeout, as last configured.
+func (p *Pool[T]) DialTimeout() time.Duration { return p.set.Load().dialTimeout }
+
 // Update applies a new configuration, as a reload does. Servers it keeps
 // (by address) keep their health and their connections, and take the new
 // weight and settings; new servers start up, and are checked at once;
@@ -155,6 +165,8 @@ func (p *Pool[T]) Update(cfg PoolConfig[T]) error {
 		weights:  make([]int, len(cfg.Servers)),
 		seeds:    make([]uint64, len(cfg.Servers)),
 		current:  make([]int, len(cfg.Servers)),
+
+		dialTimeout: cfg.DialTimeout,
 	}
 	var added []*Backend[T]
 	for i, s := range cfg.Servers {
@@ -242,6 +254,9 @@ type ServerStatus struct {
 	Weight int
 	// Up is false while the health checks have it marked down.
 	Up bool
+	// Checked says the pool has health checks: without them a server is
+	// up whether or not its broker answers.
+	Checked bool
 	// Active is the connections that hold it (Acquire without Release).
 	Active int64
 	// Dials and DialFailures count the dials reported with Dialed.
@@ -259,13 +274,14 @@ func (p *Pool[T]) Status(dst []ServerStatus) []ServerStatus {
 	s := p.set.Load()
 	for i, b := range s.backends {
 		b.health.mu.Lock()
-		lastErr := b.health.lastErr
+		lastErr, checked := b.health.lastErr, b.health.checked
 		b.health.mu.Unlock()
 		dst = append(dst, ServerStatus{
 			Pool:         p.name,
 			Address:      b.Server().Address,
 			Weight:       s.weights[i],
 			Up:           b.up.Load(),
+			Checked:      checked,
 			Active:       b.active.Load(),
 			Dials:        b.dials.Load(),
 			DialFailures: b.dialFailures.Load(),

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 )
@@ -201,6 +202,7 @@ upstreams:
   acme:
     servers: [{address: "10.0.1.1:1883", weight: 3}, {address: "10.0.1.2:1883", proxy_protocol: v2}]
     balance: client_id
+    dial_timeout: 2s
     health_check: {interval: 1s, fall: 4}
 routes:
   - {match: {claims.tenant: acme, listener: tcp, sub: "d-.*"}, upstream: acme}
@@ -221,11 +223,11 @@ authentication: [{mechanism: jwt, algorithm: hmac-based, secret: s3cr3t-for-test
 		t.Fatal(err)
 	}
 	def, acme := rc.Pools[DefaultPool], rc.Pools["acme"]
-	if len(def.Servers) != 1 || def.Servers[0].Settings.server != "tls:broker" || def.Balance != RoundRobin || def.HealthCheck != nil {
+	if len(def.Servers) != 1 || def.Servers[0].Settings.server != "tls:broker" || def.Balance != RoundRobin || def.HealthCheck != nil || def.DialTimeout != 0 {
 		t.Errorf("default pool %+v", def)
 	}
 	if len(acme.Servers) != 2 || acme.Servers[0].Weight != 3 || acme.Servers[1].Weight != 1 || acme.Servers[1].Settings != (settings{"client_id", "v2"}) ||
-		acme.Balance != ClientID || acme.HealthCheck.Interval.Seconds() != 1 || acme.HealthCheck.Fall != 4 {
+		acme.Balance != ClientID || acme.HealthCheck.Interval.Seconds() != 1 || acme.HealthCheck.Fall != 4 || acme.DialTimeout != 2*time.Second {
 		t.Errorf("acme pool %+v, health check %+v", acme, acme.HealthCheck)
 	}
 	if len(rc.Routes) != 1 || rc.Routes[0].Claims["tenant"] != "acme" || rc.Routes[0].Listener != "tcp" || rc.Routes[0].Subject != "d-.*" || rc.Routes[0].Pool != "acme" {
@@ -239,5 +241,13 @@ authentication: [{mechanism: jwt, algorithm: hmac-based, secret: s3cr3t-for-test
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.Close()
+	defer r.Close()
+	if got := r.Pool("acme").DialTimeout(); got != 2*time.Second {
+		t.Errorf("acme's dial timeout %v, want 2s", got)
+	}
+	for _, st := range r.Status(nil) {
+		if st.Checked != (st.Pool == "acme") {
+			t.Errorf("%s %s: checked %v, want %v", st.Pool, st.Address, st.Checked, st.Pool == "acme")
+		}
+	}
 }

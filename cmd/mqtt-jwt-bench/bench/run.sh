@@ -3,20 +3,23 @@
 # TCP mode, and through mqtt-jwt-proxy. Every scenario runs once per target
 # in turn (direct, haproxy, proxy, then haproxy, proxy, direct, ...) for
 # -rounds rounds, and the table at the end gives each figure's median per target
-# with the ratios proxy/haproxy and proxy/direct. The load tool, the proxies
-# and the broker share the machine's cores, so absolute figures say little
-# about another machine; the ratios, taken in one run, are the result.
+# with the ratios proxy/haproxy and proxy/direct. The pool scenario compares
+# the proxy in front of one broker with the proxy in front of three
+# (target pool: a client_id pool), with the ratio pool/proxy. The load tool,
+# the proxies and the brokers share the machine's cores, so absolute figures
+# say little about another machine; the ratios, taken in one run, are the
+# result.
 #
 #   bash cmd/mqtt-jwt-bench/bench/run.sh          # about 10 minutes
 #   bash cmd/mqtt-jwt-bench/bench/run.sh -quick   # about 2 minutes
 #   bash cmd/mqtt-jwt-bench/bench/run.sh -n 5000 -rounds 5 -duration 8 -only 'connect|memory|pending' -out /tmp/bench
 #
 # Needs go, mosquitto and haproxy (installed with apt-get when missing and
-# run as root). Uses the loopback ports 18830 to 18835.
+# run as root). Uses the loopback ports 18830 to 18838.
 set -euo pipefail
 
 usage() {
-  sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 Flags:
   -quick         short runs (1 s) and 1,000 held connections: about 2 minutes
@@ -58,6 +61,8 @@ results=$out/results.jsonl
 # authentication chain verifies one kind of key).
 port_broker=18830 port_haproxy=18831 port_haproxy_jwt=18835
 declare -A port_proxy=([hs256]=18832 [rs256]=18833 [es256]=18834)
+# The pool: the broker above and two more, behind a proxy of their own.
+port_pool=18838 ports_pool_brokers=(18836 18837)
 secret=bench-secret-$RANDOM$RANDOM$RANDOM
 
 say() { printf '%s\n' "$*" >&2; }
@@ -88,7 +93,7 @@ if [ "$nofile" != unlimited ] && [ $((2 * n + 200)) -gt "$nofile" ]; then
   n=$fit
 fi
 
-for port in "$port_broker" "$port_haproxy" "$port_haproxy_jwt" "${port_proxy[@]}"; do
+for port in "$port_broker" "$port_haproxy" "$port_haproxy_jwt" "${port_proxy[@]}" "$port_pool" "${ports_pool_brokers[@]}"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     say "run.sh: port $port is in use; stop what listens there first"
     exit 1
@@ -127,10 +132,33 @@ write_proxy_config rs256 "${port_proxy[rs256]}" "    algorithm: public-key
     public_key: \"$out/rsa/public.pem\""
 write_proxy_config es256 "${port_proxy[es256]}" "    algorithm: public-key
     public_key: \"$out/ec/public.pem\""
+# The pool proxy: HS256, three brokers balanced by client identifier.
+cat >"$out/proxy-pool.yaml" <<EOF
+listeners:
+  - name: bench
+    bind: "127.0.0.1:$port_pool"
+upstream:
+  servers:
+    - address: "127.0.0.1:$port_broker"
+    - address: "127.0.0.1:${ports_pool_brokers[0]}"
+    - address: "127.0.0.1:${ports_pool_brokers[1]}"
+  balance: client_id
+  health_check: {interval: 2s}
+authentication:
+  - mechanism: jwt
+    algorithm: hmac-based
+    secret: "$secret"
+log:
+  level: info
+  format: json
+EOF
+for port in "${ports_pool_brokers[@]}"; do
+  sed "s/^listener $port_broker /listener $port /" "$bench_dir/mosquitto.conf" >"$out/mosquitto-$port.conf"
+done
 
 # --- processes --------------------------------------------------------------
 declare -A pid_proxy=()
-pid_broker="" pid_haproxy="" pid_haproxy_jwt=""
+pid_broker="" pid_haproxy="" pid_haproxy_jwt="" pid_pool="" pids_pool_brokers=()
 
 wait_port() { # port pid name
   for _ in $(seq 100); do
@@ -146,6 +174,11 @@ start_all() {
   "$mosquitto_bin" -c "$bench_dir/mosquitto.conf" >>"$out/mosquitto.log" 2>&1 &
   pid_broker=$!
   wait_port "$port_broker" "$pid_broker" mosquitto
+  for port in "${ports_pool_brokers[@]}"; do
+    "$mosquitto_bin" -c "$out/mosquitto-$port.conf" >>"$out/mosquitto-$port.log" 2>&1 &
+    pids_pool_brokers+=($!)
+    wait_port "$port" "$!" "mosquitto-$port"
+  done
   "$haproxy_bin" -db -f "$bench_dir/haproxy.cfg" >>"$out/haproxy.log" 2>&1 &
   pid_haproxy=$!
   BENCH_SECRET=$secret "$haproxy_bin" -db -f "$bench_dir/haproxy-jwt.cfg" >>"$out/haproxy-jwt.log" 2>&1 &
@@ -154,20 +187,23 @@ start_all() {
     "$proxy_bin" serve -config "$out/proxy-$alg.yaml" 2>>"$out/proxy-$alg.log" &
     pid_proxy[$alg]=$!
   done
+  "$proxy_bin" serve -config "$out/proxy-pool.yaml" 2>>"$out/proxy-pool.log" &
+  pid_pool=$!
   wait_port "$port_haproxy" "$pid_haproxy" haproxy
   wait_port "$port_haproxy_jwt" "$pid_haproxy_jwt" haproxy-jwt
   for alg in hs256 rs256 es256; do
     wait_port "${port_proxy[$alg]}" "${pid_proxy[$alg]}" "proxy-$alg"
   done
+  wait_port "$port_pool" "$pid_pool" proxy-pool
 }
 
 stop_all() {
-  local pids=("${pid_proxy[@]}" $pid_haproxy $pid_haproxy_jwt $pid_broker)
+  local pids=("${pid_proxy[@]}" $pid_pool $pid_haproxy $pid_haproxy_jwt $pid_broker "${pids_pool_brokers[@]}")
   if [ ${#pids[@]} -gt 0 ]; then
     kill "${pids[@]}" 2>/dev/null || true
     wait "${pids[@]}" 2>/dev/null || true
   fi
-  pid_proxy=() pid_haproxy="" pid_haproxy_jwt="" pid_broker=""
+  pid_proxy=() pid_pool="" pid_haproxy="" pid_haproxy_jwt="" pid_broker="" pids_pool_brokers=()
 }
 trap stop_all EXIT
 
@@ -191,6 +227,8 @@ run_target() {
         addr=127.0.0.1:$port_haproxy pids+=(-pid "hop=$pid_haproxy")
       fi ;;
     proxy) addr=127.0.0.1:${port_proxy[$alg]} pids+=(-pid "hop=${pid_proxy[$alg]}") ;;
+    # Three brokers share the work: none of them is "the broker".
+    pool) addr=127.0.0.1:$port_pool pids=(-pid "hop=$pid_pool") ;;
   esac
   local line
   if line=$("$bench" "$mode" -addr "$addr" "${pids[@]}" -scenario "$scenario" -target "$target" -round "$round" "$@" 2>>"$out/bench.log"); then
@@ -223,10 +261,10 @@ scenario() {
   local name=$1 alg=$2 mode=$3
   shift 3
   [[ $name =~ $only ]] || return 0
-  local targets=(direct haproxy proxy)
+  local targets=("${scenario_targets[@]}")
   for round in $(seq "$rounds"); do
     say "$name, round $round of $rounds"
-    local first=$(((round - 1) % 3))
+    local first=$(((round - 1) % ${#targets[@]}))
     for target in "${targets[@]:first}" "${targets[@]:0:first}"; do
       local expect=()
       if [[ $name == refuse-* ]]; then
@@ -242,6 +280,7 @@ say "load average before the start: $(cut -d' ' -f1-3 /proc/loadavg) (other work
 say "runs of ${duration}s, $rounds rounds, $n held connections; results in $results"
 start_all
 
+scenario_targets=(direct haproxy proxy)
 hs=(-alg HS256 -secret "$secret")
 rs=(-alg RS256 -key "$out/rsa/private.pem")
 es=(-alg ES256 -key "$out/ec/private.pem")
@@ -258,6 +297,11 @@ scenario connect-es256 es256 connect "${connect[@]}" "${es[@]}"
 # tokens than any target connects in a run (the others reuse 64).
 scenario connect-es256-new es256 connect "${connect[@]}" "${es[@]}" -pool 60000
 scenario refuse-hs256 hs256 connect "${connect[@]}" "${hs[@]}" -invalid
+# The proxy in front of one broker and in front of three balanced by
+# client identifier: what routing, picking and holding a server costs.
+scenario_targets=(proxy pool)
+scenario connect-hs256-pool hs256 connect "${connect[@]}" "${hs[@]}"
+scenario_targets=(direct haproxy proxy)
 pubsub=(-duration "${duration}s" "${hs[@]}")
 scenario pubsub-64B-max hs256 pubsub "${pubsub[@]}" -pub 2 -sub 2 -size 64
 scenario pubsub-4KiB-max hs256 pubsub "${pubsub[@]}" -pub 2 -sub 2 -size 4096
@@ -296,7 +340,7 @@ fi
 stop_all
 
 say ""
-"$bench" report "$results" | tee "$out/table.txt"
+"$bench" report -ratio proxy/haproxy -ratio proxy/direct -ratio pool/proxy "$results" | tee "$out/table.txt"
 say ""
 say "results: $results; table: $out/table.txt; logs: $out/*.log"
 if [ "$failures" -gt 0 ]; then
