@@ -260,9 +260,6 @@ func (l *copyLink) filtered(i int, in []byte) error {
 	if werr := l.write(1-i, *fwd); werr != nil {
 		return werr
 	}
-	if i == 1 && len(*fwd) > 0 {
-		x.startOnce.Do(func() { close(x.started) })
-	}
 	if werr := l.write(i, *back); werr != nil {
 		return werr
 	}
@@ -286,6 +283,13 @@ func (l *copyLink) write(j int, b []byte) error {
 	}
 	n, err := l.conn(j).Write(b)
 	l.n[1-j].Add(int64(n))
+	if j == 0 && err == nil {
+		// The upstream's first output (nothing else is written to the
+		// client before it) starts the link, under wmu[0], so that Send's
+		// and End's writes, which take it, see it started once it is
+		// written.
+		x.startOnce.Do(func() { close(x.started) })
+	}
 	return err
 }
 
