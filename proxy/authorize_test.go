@@ -212,11 +212,12 @@ func alias(n uint16) *paho.PublishProperties { return &paho.PublishProperties{To
 // TestAuthorizationPaho: an MQTT 5 client (paho.golang) through a proxy
 // with the fleet's rules: a topic alias cannot carry a PUBLISH to a
 // denied topic, whether it is set by that PUBLISH or was set before;
-// shared subscriptions are judged by their filter; "eq" is one literal
+// shared subscriptions ($share/g/f, $queue/f) are judged by f; "eq" is one literal
 // filter; a rule's QoS and retain conditions apply; placeholders put each
-// client under its own prefix; both of EMQX's token formats apply, before
-// the configured rules; a token whose acl claim cannot be read is
-// refused.
+// client under its own prefix (${claims.sub}, ${clientid}, ${username},
+// %c, %u); both of EMQX's token formats apply, before the configured
+// rules; with no_match allow, what no rule covers passes; a token whose
+// acl claim cannot be read is refused.
 func TestAuthorizationPaho(t *testing.T) {
 	broker := proxytest.StartMosquitto(t)
 	addr := startAuthzProxy(t, broker.Addr, fleetRules())
@@ -253,8 +254,10 @@ func TestAuthorizationPaho(t *testing.T) {
 			paho.SubscribeOptions{Topic: "firmware/v1", QoS: 0},
 			paho.SubscribeOptions{Topic: "firmware/latest", QoS: 2},
 			paho.SubscribeOptions{Topic: "firmware/latest", QoS: 0},
+			paho.SubscribeOptions{Topic: "$queue/devices/c-sub/q/#", QoS: 1},
+			paho.SubscribeOptions{Topic: "$queue/devices/c-other/#", QoS: 1},
 		)
-		if want := []byte{1, 0x87, 1, 0x87, 0x87, 0}; !bytes.Equal(got, want) {
+		if want := []byte{1, 0x87, 1, 0x87, 0x87, 0, 1, 0x87}; !bytes.Equal(got, want) {
 			t.Errorf("SUBACK codes % X, want % X", got, want)
 		}
 		for _, topic := range []string{"devices/c-other/x", "devices/c-sub/x", "firmware/v1"} {
@@ -293,22 +296,54 @@ func TestAuthorizationPaho(t *testing.T) {
 				t.Errorf("EMQX 5.5 rules: PUBLISH %s answered 0x%02X, want allowed %v", topic, code, allowed)
 			}
 		}
+		if code := publishCode(t, list, &paho.Publish{Topic: "extra/user-c-list", QoS: 1, Payload: []byte("username")}); ok(code) {
+			t.Errorf("EMQX 5.5 rules: PUBLISH to the username's topic before a rule names it: 0x%02X, want denied", code)
+		}
+		named := authzClient(t, addr, "c-named", withACL([]any{
+			map[string]any{"permission": "allow", "action": "publish", "topic": "extra/${username}"},
+		}))
+		if code := publishCode(t, named, &paho.Publish{Topic: "extra/user-c-named", QoS: 1, Payload: []byte("username")}); !ok(code) {
+			t.Errorf("EMQX 5.5 rules: PUBLISH to extra/${username}: 0x%02X, want allowed", code)
+		}
 		// Then the configured rules, for what the token's rules do not name.
 		if code := publishCode(t, list, &paho.Publish{Topic: "devices/c-list/t", QoS: 1, Payload: []byte("config")}); !ok(code) {
 			t.Errorf("a topic the configured rules allow: 0x%02X", code)
 		}
-		lists := authzClient(t, addr, "c-old", withACL(map[string]any{"pub": []any{"old/%c"}, "sub": []any{"old/#"}}))
+		lists := authzClient(t, addr, "c-old", withACL(map[string]any{"pub": []any{"old/%c", "old/%u/x"}, "sub": []any{"old/#"}}))
 		// The allow lists are all there is: the configured rules are not
 		// consulted.
-		for topic, allowed := range map[string]bool{"old/c-old": true, "devices/c-old/t": false} {
-			if code := publishCode(t, lists, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte("lists")}); ok(code) != allowed {
-				t.Errorf("EMQX 4 lists: PUBLISH %s answered 0x%02X, want allowed %v", topic, code, allowed)
+		for _, p := range []struct {
+			topic   string
+			allowed bool
+		}{{"old/c-old", true}, {"devices/c-old/t", false}, {"old/user-c-old/x", true}, {"old/user-c-other/x", false}} {
+			if code := publishCode(t, lists, &paho.Publish{Topic: p.topic, QoS: 1, Payload: []byte("lists")}); ok(code) != p.allowed {
+				t.Errorf("EMQX 4 lists: PUBLISH %s answered 0x%02X, want allowed %v", p.topic, code, p.allowed)
 			}
 		}
 		if got := subscribeCodes(t, lists, paho.SubscribeOptions{Topic: "old/#", QoS: 1}, paho.SubscribeOptions{Topic: "devices/c-old/#", QoS: 1}); !bytes.Equal(got, []byte{1, 0x87}) {
 			t.Errorf("EMQX 4 lists: SUBACK % X, want 01 87", got)
 		}
-		expectOnly(t, watch, broker.Addr, "extra/c-list list", "devices/c-list/t config", "old/c-old lists")
+		expectOnly(t, watch, broker.Addr, "extra/c-list list", "extra/user-c-named username", "devices/c-list/t config", "old/c-old lists", "old/user-c-old/x lists")
+	})
+
+	t.Run("no_match allow", func(t *testing.T) {
+		rules := fleetRules()
+		rules.NoMatch = "allow"
+		open := startAuthzProxy(t, broker.Addr, rules)
+		watch := watchBroker(t, broker.Addr, "devices/#", "anywhere/#")
+		c := authzClient(t, open, "c-open")
+		for _, p := range []struct {
+			topic   string
+			allowed bool
+		}{{"anywhere/c-open", true}, {"devices/c-open/config", false}, {"devices/c-open/t", true}} {
+			if code := publishCode(t, c, &paho.Publish{Topic: p.topic, QoS: 1, Payload: []byte("open")}); ok(code) != p.allowed {
+				t.Errorf("no_match allow: PUBLISH %s answered 0x%02X, want allowed %v", p.topic, code, p.allowed)
+			}
+		}
+		if got := subscribeCodes(t, c, paho.SubscribeOptions{Topic: "anywhere/#", QoS: 1}, paho.SubscribeOptions{Topic: "firmware/latest", QoS: 2}); !bytes.Equal(got, []byte{1, 2}) {
+			t.Errorf("no_match allow: SUBACK % X, want 01 02 (no rule covers the first; the second's QoS condition does not hold, so none applies)", got)
+		}
+		expectOnly(t, watch, broker.Addr, "anywhere/c-open open", "devices/c-open/t open")
 	})
 
 	t.Run("unreadable acl claim", func(t *testing.T) {

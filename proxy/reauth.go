@@ -100,6 +100,12 @@ func (m *methodSession) verify(token []byte, answer func(filter.Reauth)) {
 	if err == nil && !m.p.armExpiry(m.s, m.conn, id, rules) {
 		err = errReauthTooLate
 	}
+	if err == nil {
+		m.conn.setToken(id) // listed, and held to the revocation list, from now on
+		if m.p.revokedAtAccept(m.conn) {
+			err = errRevokedWhileVerified
+		}
+	}
 	if err != nil {
 		m.refused(err, time.Since(start))
 		answer(filter.Reauth{Err: err})
@@ -108,7 +114,6 @@ func (m *methodSession) verify(token []byte, answer func(filter.Reauth)) {
 	m.mu.Lock()
 	m.id = authn.Identity{Authenticator: id.Authenticator, AuthMethod: id.AuthMethod, Subject: id.Subject}
 	m.mu.Unlock()
-	m.conn.setToken(id) // listed, and held to the revocation list, from now on
 	m.p.Metrics.reauthenticated(outcomeReauthenticated, "")
 	m.log("re-authentication accepted",
 		zap.String("outcome", outcomeReauthenticated),
@@ -123,6 +128,12 @@ func (m *methodSession) verify(token []byte, answer func(filter.Reauth)) {
 // session's end: its old token expired meanwhile, or the session was
 // ended.
 var errReauthTooLate = errors.New("the session ended while its new token was verified")
+
+// errRevokedWhileVerified refuses a token that a version of the
+// revocation list loaded while it was verified revokes: the check of that
+// version against the sessions saw the session's previous token.
+var errRevokedWhileVerified = &authn.RefuseError{Reason: authn.ErrRevoked,
+	Err: errors.New("revoked by a revocation list loaded while the token was verified")}
 
 // errNoReauthentication refuses every re-authentication of a proxy whose
 // Verifier is no authn.Reauthenticator.

@@ -15,6 +15,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
 
@@ -397,4 +398,111 @@ func TestReauthenticationOffTheEngine(t *testing.T) {
 	o.waitLogged(t, "re-authentication refused", zap.String("client_id", "c-other"), zap.String("reason", reasonSessionEnded))
 	cancel()
 	<-waited
+}
+
+// TestReauthenticatedSessionListedAndRevoked: a session that
+// re-authenticated is listed with its new token's jti and exp, and is
+// held to the revocation list by its new token: a version that revokes
+// the token it connected with leaves it, one that revokes the new token
+// ends it with DISCONNECT 0x87.
+func TestReauthenticatedSessionListedAndRevoked(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	list, path := revocationFile(t, `{}`)
+	rules, err := acl.FromConfig(configs.Authorization{NoMatch: "deny"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startObserved(t, &Proxy{Upstream: broker.Addr, Verifier: jwtChain(t, boundHS256, authn.WithRevocation(list)), Authorization: Authorization{Rules: rules}})
+	p.WatchRevocation(list)
+
+	var firstExp, secondExp time.Time
+	m := connectMethod(t, p.addr, "dev-r", tokenOf(t, e2eSecret, "dev-r", ownTopics("r"), expiring(time.Hour, &firstExp),
+		func(b *jwt.Builder) { b.JwtID("j-1") }))
+	m.subscribe(t, "r/dev-r/#", 1)
+	if s := onlySession(t, p.Proxy, SessionFilter{ClientID: "dev-r"}); s.TokenID != "j-1" || !s.ExpiresAt.Equal(firstExp) {
+		t.Errorf("before re-authenticating: listed with jti %q, exp %v; want j-1, %v", s.TokenID, s.ExpiresAt, firstExp)
+	}
+	if r := m.reauthenticate(t, "JWT", tokenOf(t, e2eSecret, "dev-r", ownTopics("r"), expiring(2*time.Hour, &secondExp),
+		func(b *jwt.Builder) { b.JwtID("j-2") })); !r.Success {
+		t.Fatalf("re-authentication refused: %+v", r)
+	}
+	if s := onlySession(t, p.Proxy, SessionFilter{ClientID: "dev-r"}); s.TokenID != "j-2" || !s.ExpiresAt.Equal(secondExp) {
+		t.Errorf("after re-authenticating: listed with jti %q, exp %v; want j-2, %v", s.TokenID, s.ExpiresAt, secondExp)
+	}
+
+	writeRevocations(t, path, `{"jti": ["j-1"]}`)
+	refresh(t, list)
+	p.waitLogged(t, "revocation list checked against the sessions", zap.Uint64("version", 2), zap.Int("ended", 0))
+	m.roundTrip(t, "r/dev-r/x", "still here")
+
+	writeRevocations(t, path, `{"jti": ["j-1", "j-2"]}`)
+	refresh(t, list)
+	select {
+	case code := <-m.disconnects:
+		if code != byte(packets.NotAuthorized) {
+			t.Errorf("revoked after re-authenticating: DISCONNECT 0x%02x, want 0x87", code)
+		}
+	case <-time.After(proxytest.DefaultTimeout):
+		t.Fatal("the session whose new token was revoked goes on")
+	}
+	p.waitLogged(t, "connection closed", zap.String("client_id", "dev-r"), zap.String("reason", "revoked"))
+}
+
+// verifiedThenHeld is the real chain, whose re-authentications, once
+// decided, wait for the test (a send on release) before they answer.
+type verifiedThenHeld struct {
+	*authn.Chain
+	verified, release chan struct{}
+}
+
+func (v *verifiedThenHeld) Reauthenticate(ctx context.Context, first authn.Identity, req authn.Request) (authn.Identity, error) {
+	id, err := v.Chain.Reauthenticate(ctx, first, req)
+	v.verified <- struct{}{}
+	<-v.release
+	return id, err
+}
+
+// TestReauthenticationRevokedWhileVerified: a re-authentication's token
+// that a version of the revocation list, loaded after the token was
+// verified, revokes is refused (DISCONNECT 0x87, reason revoked), though
+// the check of that version against the sessions saw the session's first
+// token.
+func TestReauthenticationRevokedWhileVerified(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	list, path := revocationFile(t, `{}`)
+	rules, err := acl.FromConfig(configs.Authorization{NoMatch: "deny"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := &verifiedThenHeld{Chain: jwtChain(t, boundHS256, authn.WithRevocation(list)), verified: make(chan struct{}, 1), release: make(chan struct{})}
+	p := startObserved(t, &Proxy{Upstream: broker.Addr, Verifier: held, Authorization: Authorization{Rules: rules}})
+	p.WatchRevocation(list)
+	m := connectMethod(t, p.addr, "dev-w", tokenOf(t, e2eSecret, "dev-w", ownTopics("w"), func(b *jwt.Builder) { b.JwtID("j-1") }))
+
+	second := tokenOf(t, e2eSecret, "dev-w", ownTopics("w"), func(b *jwt.Builder) { b.JwtID("j-2") })
+	answered := make(chan *paho.AuthResponse, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), proxytest.DefaultTimeout)
+		defer cancel()
+		r, _ := m.Authenticate(ctx, &paho.Auth{ReasonCode: 0x19, Properties: &paho.AuthProperties{AuthMethod: "JWT", AuthData: []byte(second)}})
+		answered <- r
+	}()
+	<-held.verified
+	writeRevocations(t, path, `{"jti": ["j-2"]}`)
+	refresh(t, list)
+	p.waitLogged(t, "revocation list checked against the sessions", zap.Uint64("version", 2), zap.Int("ended", 0))
+	close(held.release)
+
+	select {
+	case code := <-m.disconnects:
+		if code != byte(packets.NotAuthorized) {
+			t.Errorf("DISCONNECT 0x%02x, want 0x87", code)
+		}
+	case <-time.After(proxytest.DefaultTimeout):
+		t.Fatal("the session goes on with a token revoked while it was verified")
+	}
+	if r := <-answered; r != nil && r.Success {
+		t.Errorf("the re-authentication was answered %+v, want a refusal", r)
+	}
+	p.waitLogged(t, "re-authentication refused", zap.String("client_id", "dev-w"), zap.String("reason", "revoked"))
 }

@@ -124,9 +124,10 @@ func (p *Proxy) endRevoked(list *revocation.List, version uint64) {
 }
 
 // revokedAtAccept reports whether the list watched revokes the session
-// whose CONNECT was just accepted as conn, which the sessions now include:
-// a version loaded after its token was verified but before the scan of
-// that version took the sessions would otherwise miss it.
+// whose CONNECT was just accepted as conn, which the sessions now include,
+// or whose re-authentication's token conn now holds: a version loaded
+// after the token was verified but before the scan of that version took
+// the sessions would otherwise miss it.
 func (p *Proxy) revokedAtAccept(conn *openConn) bool {
 	list := p.revocations.list.Load()
 	if list == nil {

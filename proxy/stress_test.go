@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -72,6 +73,10 @@ type stressScript struct {
 	cut                int           // a reset comes after this many bytes written
 	expiry             time.Duration // for stressExpiry
 	slowBroker         bool          // for stressBackPressure: the broker reads slowly, else the client
+	// framed: the session's token has topic rules (stressACL), so the
+	// proxy frames it: its streams are MQTT packets (stressFramedPacket)
+	// rather than bytes, and the streams' lengths are in packets' bytes.
+	framed bool
 }
 
 // Sessions numbered from streamingFrom on stream until the proxy closes;
@@ -81,10 +86,10 @@ func drawStressScript(seed uint64, session, streamingFrom int) stressScript {
 	case session < 0:
 		return stressScript{kind: stressStalled}
 	case session >= streamingFrom:
-		return stressScript{kind: stressStreaming, toBroker: math.MaxInt, toClient: math.MaxInt, chunk: 4 << 10}
+		return stressScript{kind: stressStreaming, toBroker: math.MaxInt, toClient: math.MaxInt, chunk: 4 << 10, framed: session%2 == 0}
 	}
 	r := rand.New(rand.NewPCG(seed, uint64(session)))
-	s := stressScript{kind: stressKind(r.IntN(int(stressKinds))), chunk: 1 + r.IntN(32<<10)}
+	s := stressScript{kind: stressKind(r.IntN(int(stressKinds))), chunk: 1 + r.IntN(32<<10), framed: r.IntN(2) == 0}
 	s.toBroker, s.toClient = r.IntN(64<<10), r.IntN(64<<10)
 	switch s.kind {
 	case stressClientReset, stressBrokerReset:
@@ -108,14 +113,185 @@ func drawStressScript(seed uint64, session, streamingFrom int) stressScript {
 // stressByte is the byte at offset of session's stream in a direction (0:
 // to the broker, 1: to the client). Each session's bytes differ from
 // every other's, so that a byte delivered to the wrong connection shows.
-func stressByte(session int, dir int, offset int) byte {
+func stressByte(session int, dir int, offset int) byte { return byte(stressHash(session, dir, offset)) }
+
+func stressHash(session int, dir int, offset int) uint64 {
 	x := uint64(session)<<34 ^ uint64(offset) ^ uint64(dir)<<63
 	x ^= x >> 33
 	x *= 0xff51afd7ed558ccd
 	x ^= x >> 33
 	x *= 0xc4ceb9fe1a85ec53
 	x ^= x >> 33
-	return byte(x)
+	return x
+}
+
+// stressACL is the acl claim of a framed session's token: PUBLISHes to
+// d/# are denied, the rest allowed.
+var stressACL = []any{map[string]any{"permission": "deny", "action": "publish", "topic": "d/#"}}
+
+// stressPayloads are the bytes framed sessions' payloads are cut from, at
+// an offset drawn for each packet: cut rather than computed byte by byte,
+// which the race detector would make most of the test's time.
+var stressPayloads = func() []byte {
+	b := make([]byte, 1<<17)
+	for i := range b {
+		b[i] = byte(stressHash(-1, 0, i))
+	}
+	return b
+}()
+
+// stressFramedPacket is packet k of a framed session's stream in direction
+// dir. The client's (0) are PUBLISHes to t/SESSION, which the proxy lets
+// through, and to d/SESSION, which it drops; with answered, some of those
+// are at QoS 1 and get a PUBACK from the proxy, with ackID. The broker's
+// (1) are PUBLISHes to b/SESSION. Their payloads differ from packet to
+// packet; now and then one is longer than a read, so that the proxy
+// gathers it.
+func stressFramedPacket(session, dir, k int, answered bool) (raw []byte, denied bool, ackID uint16) {
+	h := stressHash(session, dir, k)
+	size := int(h % 1024)
+	if h%64 == 0 {
+		size = 20000 + int(h>>16%20000)
+	}
+	off := int(h >> 40 % uint64(len(stressPayloads)-40000))
+	p := packets.Publish{Topic: []byte("b/" + strconv.Itoa(session)), Payload: stressPayloads[off : off+size]}
+	if dir == 0 {
+		p.Topic[0] = 't'
+		if v := h >> 32 % 4; v >= 2 {
+			p.Topic[0], denied = 'd', true
+			if v == 3 && answered {
+				p.QoS, ackID = 1, uint16(k%65535+1)
+				p.PacketID = ackID
+			}
+		}
+	}
+	raw, err := p.Append(nil, packets.ProtocolV311)
+	if err != nil {
+		panic(err)
+	}
+	return raw, denied, ackID
+}
+
+// stressFramedWrite writes session's framed stream in direction dir to c:
+// packets until they make up total bytes, in writes of at most chunk that
+// cut packets anywhere; it stops after cut bytes when cut >= 0. It
+// returns how many bytes it wrote and the write error.
+func stressFramedWrite(c net.Conn, session, dir, total, chunk, cut int, answered bool) (int, error) {
+	var buf []byte
+	written, generated := 0, 0
+	for k := 0; generated < total || len(buf) > 0; k++ {
+		if generated < total {
+			raw, _, _ := stressFramedPacket(session, dir, k, answered)
+			generated += len(raw)
+			buf = append(buf, raw...)
+		}
+		for len(buf) >= chunk || (generated >= total && len(buf) > 0) {
+			n := min(len(buf), chunk)
+			if cut >= 0 && written+n > cut {
+				n = cut - written
+			}
+			w, err := c.Write(buf[:n])
+			written += w
+			buf = buf[w:]
+			if err != nil || written == cut {
+				return written, err
+			}
+		}
+	}
+	return written, nil
+}
+
+// stressFramedSent is what the proxy lets through of session's stream of
+// total bytes in direction dir: how many PUBLISHes the destination gets,
+// and how many PUBACKs the client does.
+func stressFramedSent(session, dir, total int, answered bool) (allowed, acks int) {
+	for k, generated := 0, 0; generated < total; k++ {
+		raw, denied, ackID := stressFramedPacket(session, dir, k, answered)
+		generated += len(raw)
+		switch {
+		case !denied:
+			allowed++
+		case ackID != 0:
+			acks++
+		}
+	}
+	return allowed, acks
+}
+
+// stressFramedRead reads a framed session's stream from c, as the reader
+// of direction dir, and checks every packet: the broker (dir 0) must get
+// the client's allowed PUBLISHes, whole and in order, and no other; the
+// client (1) a CONNACK, then the broker's PUBLISHes in order, with the
+// PUBACKs of its denied QoS 1 PUBLISHes, in order, between them. It
+// returns the packets it got of each, the error that ended the stream
+// (nil for EOF), a mismatch, and whether the stream ended inside a packet.
+func stressFramedRead(c *net.TCPConn, session, dir, chunk int, answered, slow bool, flowing func()) (publishes, acks int, err, mismatch error, partial bool) {
+	if slow {
+		chunk = 64 << 10
+		time.Sleep(20 * time.Millisecond) // shaping a slow reader, not waiting for anything
+	}
+	f := packets.NewFramer(packets.ProtocolV311, 0)
+	defer f.Release()
+	buf := make([]byte, chunk)
+	next, ackCursor := 0, 0 // the next packet of the stream, the next client packet to look for an ack at
+	connack := dir == 1
+	bad := func(format string, args ...any) {
+		if mismatch == nil {
+			mismatch = fmt.Errorf("framed session %d, direction %d: "+format, append([]any{session, dir}, args...)...)
+		}
+	}
+	for {
+		m, readErr := c.Read(buf)
+		if m > 0 && publishes+acks == 0 && flowing != nil {
+			flowing()
+		}
+		f.Feed(buf[:m])
+		for {
+			fr, ok, ferr := f.Next()
+			if ferr != nil {
+				bad("%v", ferr)
+				return publishes, acks, readErr, mismatch, false
+			}
+			if !ok {
+				break
+			}
+			switch {
+			case connack:
+				if !bytes.Equal(fr.Raw, []byte{0x20, 2, 0, 0}) {
+					bad("% X first, want a CONNACK", fr.Raw)
+				}
+				connack = false
+			case fr.Type == packets.TypePuback && dir == 1:
+				var want uint16
+				for ; want == 0; ackCursor++ {
+					_, _, want = stressFramedPacket(session, 0, ackCursor, answered)
+				}
+				if !bytes.Equal(fr.Raw, []byte{0x40, 2, byte(want >> 8), byte(want)}) {
+					bad("PUBACK % X, want the one for packet identifier %d", fr.Raw, want)
+				}
+				acks++
+			default:
+				var want []byte
+				for denied := true; denied; next++ {
+					want, denied, _ = stressFramedPacket(session, dir, next, answered)
+					denied = denied && dir == 0
+				}
+				if !bytes.Equal(fr.Raw, want) {
+					bad("packet %d is % .32X (%d bytes), want % .32X (%d bytes)", publishes, fr.Raw, len(fr.Raw), want, len(want))
+				}
+				publishes++
+			}
+		}
+		if readErr != nil {
+			if errors.Is(readErr, io.EOF) {
+				readErr = nil
+			}
+			return publishes, acks, readErr, mismatch, f.Buffered() > 0
+		}
+		if slow {
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
 }
 
 // stressWrite writes n bytes of session's stream in direction dir to c,
@@ -176,20 +352,27 @@ func stressRead(c *net.TCPConn, session, dir, chunk int, slow bool, flowing func
 }
 
 // stressVerifier accepts "good" and "expire:NS" (a token that expires NS
-// nanoseconds from now) and refuses anything else.
+// nanoseconds from now), each with the prefix "framed-" for a token with
+// topic rules (stressACL), and refuses anything else.
 type stressVerifier struct{}
 
 func (stressVerifier) Verify(_ context.Context, req authn.Request) (authn.Identity, error) {
-	switch p := string(req.Password); {
+	id := authn.Identity{Authenticator: "stress"}
+	p := string(req.Password)
+	if rest, framed := strings.CutPrefix(p, "framed-"); framed {
+		p, id.Claims = rest, map[string]any{"acl": stressACL}
+	}
+	switch {
 	case p == "good":
-		return authn.Identity{Authenticator: "stress"}, nil
+		return id, nil
 	case strings.HasPrefix(p, "expire:"):
 		ns, err := strconv.ParseInt(strings.TrimPrefix(p, "expire:"), 10, 64)
 		if err != nil {
 			break
 		}
-		at := time.Now().Add(time.Duration(ns))
-		return authn.Identity{Authenticator: "stress", Expiry: at, DisconnectAt: at}, nil
+		id.Expiry = time.Now().Add(time.Duration(ns))
+		id.DisconnectAt = id.Expiry
+		return id, nil
 	}
 	return authn.Identity{}, &authn.RefuseError{Reason: authn.ErrBadSignature}
 }
@@ -259,6 +442,10 @@ func (b *stressBroker) session(c *net.TCPConn) {
 	if s.kind == stressBrokerReset {
 		cut = s.cut
 	}
+	if s.framed {
+		b.framedSession(c, session, s, cut)
+		return
+	}
 	read := make(chan struct{})
 	var got int
 	var readErr, mismatch error
@@ -286,9 +473,64 @@ func (b *stressBroker) session(c *net.TCPConn) {
 	}
 }
 
+// framedSession plays the broker's side of a framed session: a CONNACK,
+// then its stream. In a clean session, whose client's denied PUBLISHes
+// may be answered by the proxy, the broker answers only once the client
+// has ended its stream, as a broker's answers would come after what they
+// answer: the proxy could not answer a client whose sending half the
+// broker's end had shut.
+func (b *stressBroker) framedSession(c *net.TCPConn, session int, s stressScript, cut int) {
+	answered := s.kind == stressClean
+	if _, err := c.Write([]byte{0x20, 2, 0, 0}); err != nil {
+		b.fail("framed session %d (%v): the broker's CONNACK: %v", session, s.kind, err)
+		return
+	}
+	type read struct {
+		publishes     int
+		err, mismatch error
+		partial       bool
+	}
+	done := make(chan read, 1)
+	go func() {
+		var r read
+		r.publishes, _, r.err, r.mismatch, r.partial = stressFramedRead(c, session, 0, s.chunk, answered, s.kind == stressBackPressure && s.slowBroker, nil)
+		if !s.kind.halfCloses() {
+			c.Close() // as the client does
+		}
+		done <- r
+	}()
+	var r read
+	if answered {
+		r = <-done
+	}
+	wrote, writeErr := stressFramedWrite(c, session, 1, s.toClient, s.chunk, cut, answered)
+	switch {
+	case s.kind == stressBrokerReset:
+		c.SetLinger(0)
+		c.Close()
+	case writeErr == nil:
+		c.CloseWrite()
+	}
+	if !answered {
+		r = <-done
+	}
+	if r.mismatch != nil {
+		b.fail("the broker: %v", r.mismatch)
+	}
+	if !s.kind.completes() {
+		return
+	}
+	if allowed, _ := stressFramedSent(session, 0, s.toBroker, answered); r.err != nil || writeErr != nil || r.partial || r.publishes != allowed || wrote < s.toClient {
+		b.fail("framed session %d (%v): the broker read %d of %d PUBLISHes (%v, ended inside one: %v), wrote %d of %d bytes (%v)",
+			session, s.kind, r.publishes, allowed, r.err, r.partial, wrote, s.toClient, writeErr)
+	}
+}
+
 // stressOutcome is what a client saw of its session.
 type stressOutcome struct {
-	got, wrote        int
+	got, wrote        int // bytes; for a framed session, got counts the broker's PUBLISHes
+	acks              int // a framed session's PUBACKs from the proxy
+	partial           bool
 	readErr, writeErr error
 	problem           error // wrong whatever the broker saw
 }
@@ -311,6 +553,9 @@ func stressClient(addr string, seed uint64, session, streamingFrom int, flowing 
 		password = "bad"
 	case stressExpiry:
 		password = "expire:" + strconv.FormatInt(int64(s.expiry), 10)
+	}
+	if s.framed {
+		password = "framed-" + password
 	}
 	connect, err := (&packets.Connect{ProtocolName: "MQTT", ProtocolVersion: packets.ProtocolV311, CleanStart: true,
 		ClientID: "s" + strconv.Itoa(session), PasswordFlag: true, Password: []byte(password), UsernameFlag: true, Username: "u"}).Encode()
@@ -349,9 +594,15 @@ func stressClient(addr string, seed uint64, session, streamingFrom int, flowing 
 	}
 	read := make(chan struct{})
 	var mismatch error
+	answered := s.framed && s.kind == stressClean
 	go func() {
 		defer close(read)
-		o.got, o.readErr, mismatch = stressRead(c, session, 1, s.chunk, s.kind == stressBackPressure && !s.slowBroker, flowing)
+		slow := s.kind == stressBackPressure && !s.slowBroker
+		if s.framed {
+			o.got, o.acks, o.readErr, mismatch, o.partial = stressFramedRead(c, session, 1, s.chunk, answered, slow, flowing)
+		} else {
+			o.got, o.readErr, mismatch = stressRead(c, session, 1, s.chunk, slow, flowing)
+		}
 		if !s.kind.halfCloses() {
 			// The end of a session: a client closes too, rather than
 			// writing into a socket whose peer reads no more.
@@ -361,7 +612,11 @@ func stressClient(addr string, seed uint64, session, streamingFrom int, flowing 
 	if s.kind == stressBrokerFirst {
 		<-read // the broker's half-close arrives first; this direction goes on
 	}
-	o.wrote, o.writeErr = stressWrite(c, session, 0, s.toBroker, s.chunk, cut)
+	if s.framed {
+		o.wrote, o.writeErr = stressFramedWrite(c, session, 0, s.toBroker, s.chunk, cut, answered)
+	} else {
+		o.wrote, o.writeErr = stressWrite(c, session, 0, s.toBroker, s.chunk, cut)
+	}
 	switch {
 	case s.kind == stressClientReset:
 		c.SetLinger(0)
@@ -373,8 +628,15 @@ func stressClient(addr string, seed uint64, session, streamingFrom int, flowing 
 	switch {
 	case mismatch != nil:
 		o.problem = fmt.Errorf("the client: %w", mismatch)
-	case s.kind == stressExpiry && o.got >= s.toClient:
+	case s.kind == stressExpiry && !s.framed && o.got >= s.toClient:
 		o.problem = fmt.Errorf("session %d: its token expired after %v, yet all %d bytes came through", session, s.expiry, o.got)
+	case s.framed && o.partial && (s.kind == stressExpiry || s.kind == stressStreaming):
+		// Ended by the proxy: a framed session between two packets.
+		o.problem = fmt.Errorf("framed session %d (%v): the client got %d PUBLISHes, the last cut short", session, s.kind, o.got)
+	case s.framed && s.kind == stressExpiry:
+		if sent, _ := stressFramedSent(session, 1, s.toClient, false); o.got >= sent {
+			o.problem = fmt.Errorf("framed session %d: its token expired after %v, yet all %d PUBLISHes came through", session, s.expiry, o.got)
+		}
 	}
 	return o
 }
@@ -391,9 +653,17 @@ func (o stressOutcome) check(s stressScript, session int, atBroker bool) error {
 		return fmt.Errorf("session %d (%v, at the broker: %v) hung: read %d bytes (%v), wrote %d (%v)", session, s.kind, atBroker, o.got, o.readErr, o.wrote, o.writeErr)
 	case !atBroker && s.kind != stressRefused && s.kind != stressStalled && o.got > 0:
 		return fmt.Errorf("session %d (%v) never reached the broker, yet its client got %d bytes", session, s.kind, o.got)
-	case atBroker && s.kind.completes() && (o.readErr != nil || o.writeErr != nil || o.got != s.toClient || o.wrote != s.toBroker):
+	case atBroker && s.kind.completes() && !s.framed && (o.readErr != nil || o.writeErr != nil || o.got != s.toClient || o.wrote != s.toBroker):
 		return fmt.Errorf("session %d (%v): the client read %d of %d bytes (%v), wrote %d of %d (%v)",
 			session, s.kind, o.got, s.toClient, o.readErr, o.wrote, s.toBroker, o.writeErr)
+	case atBroker && s.kind.completes() && s.framed:
+		answered := s.kind == stressClean
+		publishes, _ := stressFramedSent(session, 1, s.toClient, answered)
+		_, acks := stressFramedSent(session, 0, s.toBroker, answered)
+		if o.readErr != nil || o.writeErr != nil || o.partial || o.got != publishes || o.acks != acks || o.wrote < s.toBroker {
+			return fmt.Errorf("framed session %d (%v): the client read %d of %d PUBLISHes and %d of %d PUBACKs (%v, ended inside a packet: %v), wrote %d of %d bytes (%v)",
+				session, s.kind, o.got, publishes, o.acks, acks, o.readErr, o.partial, o.wrote, s.toBroker, o.writeErr)
+		}
 	}
 	return nil
 }
@@ -402,10 +672,15 @@ func (o stressOutcome) check(s stressScript, session int, atBroker bool) error {
 // random (-stress.seed to repeat a run) from clean exchanges, resets from
 // either side, half-closes, back-pressure, token expiry, refused tokens
 // with bytes pipelined behind them, and stalled CONNECTs evicted for
-// newer ones; then Close while sessions stream. Every byte is checked
-// where it arrives, so a byte delivered to another session's connection
-// fails it; no refused or stalled session reaches the broker; and no
-// goroutine or descriptor is left once the proxy is closed.
+// newer ones; then Close while sessions stream. Half the sessions have
+// topic rules, so the proxy frames them: their streams are PUBLISHes, some
+// denied, some of those answered by the proxy. Every byte is checked where
+// it arrives, so a byte delivered to another session's connection fails
+// it; every packet of a framed session arrives whole, and none that was
+// denied reaches the broker; a framed session the proxy ends (token
+// expiry, Close) ends between two packets; no refused or stalled session
+// reaches the broker; and no goroutine or descriptor is left once the
+// proxy is closed.
 func TestStress(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	raiseFDLimit(t, 8*(*stressWorkers))
@@ -526,12 +801,16 @@ func TestStress(t *testing.T) {
 			t.Errorf("session %d reached the broker %d times", session, n)
 		}
 	}
-	counts := map[stressKind]int{}
+	counts, framed := map[stressKind]int{}, 0
 	for session := range n {
-		counts[drawStressScript(seed, session, n).kind]++
+		s := drawStressScript(seed, session, n)
+		counts[s.kind]++
+		if s.framed {
+			framed++
+		}
 	}
-	t.Logf("sessions by kind: %v; at the broker: %d; completed whole: %d; sessions evicted: %d; stalled connections evicted or timed out: %d",
-		counts, len(broker.seen), completed, evictedSessions, stalls.Load())
+	t.Logf("sessions by kind: %v (framed: %d); at the broker: %d; completed whole: %d; sessions evicted: %d; stalled connections evicted or timed out: %d",
+		counts, framed, len(broker.seen), completed, evictedSessions, stalls.Load())
 	if want := counts[stressClean] + counts[stressBrokerFirst] + counts[stressBackPressure]; completed < want/2 {
 		t.Errorf("%d of %d sessions that complete did; the others were evicted before their CONNECT was read", completed, want)
 	}

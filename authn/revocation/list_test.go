@@ -408,9 +408,14 @@ func TestRefreshLoop(t *testing.T) {
 	verifyNoLeaks(t)
 	srv := newListServer(t, `{}`)
 	l, _ := newTestList(t, configs.Revocation{URL: srv.URL, RefreshInterval: configs.Duration(20 * time.Millisecond)}, newTestClock())
+	// The first fetch runs from New on: a subscriber from now on may come
+	// after its version 1, so the test subscribes once it is over.
+	waitFirstRefresh(t, l)
+	if v := l.Status().Version; v != 1 {
+		t.Fatalf("version %d after the first refresh, want 1", v)
+	}
 	versions, stop := l.Subscribe()
 	defer stop()
-	waitVersion(t, versions, 1)
 	srv.serve(`{"sub": ["mallory"]}`)
 	waitVersion(t, versions, 2)
 	if r := revoked(l, Token{Subject: "mallory"}); r != ReasonSubject {

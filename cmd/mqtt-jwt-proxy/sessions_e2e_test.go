@@ -416,9 +416,16 @@ func TestRevocationFileEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.signal(t, syscall.SIGHUP)
-	waitForLog(t, p.lines, "configuration reloaded")
+	// The reload's new list, read from the file, checked against the four
+	// sessions left: the file may change from now on.
+	waitForLogWith(t, p.lines, "revocation list checked against the sessions", map[string]any{"sessions": float64(4), "ended": float64(0)})
+	// Renamed over the list, as editors and volume updates do: a check
+	// never reads it half written.
 	doc := fmt.Sprintf(`{"jti": ["stolen"], "sub": ["mallory"], "client_id": ["sensor-13"], "issued_before": {"alice": %q}}`, cutoff.Format(time.RFC3339))
-	if err := os.WriteFile(list, []byte(doc), 0o600); err != nil {
+	if err := os.WriteFile(list+".new", []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(list+".new", list); err != nil {
 		t.Fatal(err)
 	}
 	waitForLogWith(t, p.lines, "revocation list checked against the sessions", map[string]any{"ended": float64(2)})

@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark on loopback: mosquitto direct, through HAProxy in
-# TCP mode, and through mqtt-jwt-proxy. Every scenario runs once per target
-# in turn (direct, haproxy, proxy, then haproxy, proxy, direct, ...) for
-# -rounds rounds, and the table at the end gives each figure's median per target
-# with the ratios proxy/haproxy and proxy/direct. The pool scenario compares
-# the proxy in front of one broker with the proxy in front of three
-# (target pool: a client_id pool), with the ratio pool/proxy. The load tool,
-# the proxies and the brokers share the machine's cores, so absolute figures
-# say little about another machine; the ratios, taken in one run, are the
-# result.
+# TCP mode, and through mqtt-jwt-proxy; the publish/subscribe and memory
+# scenarios also through a proxy whose configuration has topic rules
+# ("rules": every session framed and each PUBLISH and SUBSCRIBE checked).
+# Every scenario runs once per target in turn (direct, haproxy, proxy, then
+# haproxy, proxy, direct, ...) for -rounds rounds, and the table at the end
+# gives each figure's median per target with the ratios proxy/haproxy,
+# proxy/direct and rules/proxy. The pool scenario compares the proxy in
+# front of one broker with the proxy in front of three (target pool: a
+# client_id pool), with the ratio pool/proxy. The load tool, the proxies
+# and the brokers share the machine's cores, so absolute figures say little
+# about another machine; the ratios, taken in one run, are the result.
 #
 #   bash cmd/mqtt-jwt-bench/bench/run.sh          # about 10 minutes
 #   bash cmd/mqtt-jwt-bench/bench/run.sh -quick   # about 2 minutes
 #   bash cmd/mqtt-jwt-bench/bench/run.sh -n 5000 -rounds 5 -duration 8 -only 'connect|memory|pending' -out /tmp/bench
 #
 # Needs go, mosquitto and haproxy (installed with apt-get when missing and
-# run as root). Uses the loopback ports 18830 to 18838.
+# run as root). Uses the loopback ports 18830 to 18839.
 set -euo pipefail
 
 usage() {
@@ -60,7 +62,7 @@ results=$out/results.jsonl
 # Ports: the broker, HAProxy, and one proxy per signing algorithm (a proxy's
 # authentication chain verifies one kind of key).
 port_broker=18830 port_haproxy=18831 port_haproxy_jwt=18835
-declare -A port_proxy=([hs256]=18832 [rs256]=18833 [es256]=18834)
+declare -A port_proxy=([hs256]=18832 [rs256]=18833 [es256]=18834 [rules]=18839)
 # The pool: the broker above and two more, behind a proxy of their own.
 port_pool=18838 ports_pool_brokers=(18836 18837)
 secret=bench-secret-$RANDOM$RANDOM$RANDOM
@@ -155,6 +157,17 @@ EOF
 for port in "${ports_pool_brokers[@]}"; do
   sed "s/^listener $port_broker /listener $port /" "$bench_dir/mosquitto.conf" >"$out/mosquitto-$port.conf"
 done
+# The same as hs256, with rules that allow what the load tool does (its
+# topics are under bench/) and deny anything else: every session framed,
+# every PUBLISH and SUBSCRIBE checked against the rules.
+write_proxy_config rules "${port_proxy[rules]}" "    algorithm: hmac-based
+    secret: \"$secret\""
+cat >>"$out/proxy-rules.yaml" <<EOF
+authorization:
+  rules:
+    - {permission: allow, action: all, topic: "bench/#"}
+  no_match: deny
+EOF
 
 # --- processes --------------------------------------------------------------
 declare -A pid_proxy=()
@@ -183,7 +196,7 @@ start_all() {
   pid_haproxy=$!
   BENCH_SECRET=$secret "$haproxy_bin" -db -f "$bench_dir/haproxy-jwt.cfg" >>"$out/haproxy-jwt.log" 2>&1 &
   pid_haproxy_jwt=$!
-  for alg in hs256 rs256 es256; do
+  for alg in hs256 rs256 es256 rules; do
     "$proxy_bin" serve -config "$out/proxy-$alg.yaml" 2>>"$out/proxy-$alg.log" &
     pid_proxy[$alg]=$!
   done
@@ -191,7 +204,7 @@ start_all() {
   pid_pool=$!
   wait_port "$port_haproxy" "$pid_haproxy" haproxy
   wait_port "$port_haproxy_jwt" "$pid_haproxy_jwt" haproxy-jwt
-  for alg in hs256 rs256 es256; do
+  for alg in hs256 rs256 es256 rules; do
     wait_port "${port_proxy[$alg]}" "${pid_proxy[$alg]}" "proxy-$alg"
   done
   wait_port "$port_pool" "$pid_pool" proxy-pool
@@ -229,6 +242,7 @@ run_target() {
     proxy) addr=127.0.0.1:${port_proxy[$alg]} pids+=(-pid "hop=${pid_proxy[$alg]}") ;;
     # Three brokers share the work: none of them is "the broker".
     pool) addr=127.0.0.1:$port_pool pids=(-pid "hop=$pid_pool") ;;
+    rules) addr=127.0.0.1:${port_proxy[rules]} pids+=(-pid "hop=${pid_proxy[rules]}") ;;
   esac
   local line
   if line=$("$bench" "$mode" -addr "$addr" "${pids[@]}" -scenario "$scenario" -target "$target" -round "$round" "$@" 2>>"$out/bench.log"); then
@@ -262,6 +276,7 @@ scenario() {
   shift 3
   [[ $name =~ $only ]] || return 0
   local targets=("${scenario_targets[@]}")
+  if [[ $name == pubsub-* ]]; then targets+=(rules); fi
   for round in $(seq "$rounds"); do
     say "$name, round $round of $rounds"
     local first=$(((round - 1) % ${#targets[@]}))
@@ -314,7 +329,7 @@ if [[ memory =~ $only ]]; then
   hold_for=$((duration > 3 ? 3 : duration + 1))
   for round in $(seq "$rounds"); do
     say "memory ($n idle connections), round $round of $rounds"
-    for target in direct haproxy proxy; do
+    for target in direct haproxy proxy rules; do
       stop_all
       start_all
       run_target memory "$round" "$target" hs256 hold -n "$n" -c 64 -duration "${hold_for}s" -settle 1s "${hs[@]}"
@@ -340,7 +355,7 @@ fi
 stop_all
 
 say ""
-"$bench" report -ratio proxy/haproxy -ratio proxy/direct -ratio pool/proxy "$results" | tee "$out/table.txt"
+"$bench" report -ratio proxy/haproxy -ratio proxy/direct -ratio rules/proxy -ratio pool/proxy "$results" | tee "$out/table.txt"
 say ""
 say "results: $results; table: $out/table.txt; logs: $out/*.log"
 if [ "$failures" -gt 0 ]; then
