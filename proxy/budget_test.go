@@ -124,12 +124,19 @@ func TestPendingTLSRecordCharged(t *testing.T) {
 		defer p.mu.Unlock()
 		return p.heldBytes, len(p.sessions)
 	}
+	// A bare socket of the epoll engine is read only once bytes are
+	// queued; the portable engine's connections block in a read, whose
+	// first buffer (a CONNECT's least size) is counted before it.
+	bareCharge := 0
+	if defaultRelay == RelayPortable {
+		bareCharge = packets.MinConnectSize
+	}
 	for _, tc := range []struct {
 		name    string
 		wrap    func(p *Proxy, ln net.Listener) net.Listener
 		charged int
 	}{
-		{"tcp", func(_ *Proxy, ln net.Listener) net.Listener { return ln }, 0},
+		{"tcp", func(_ *Proxy, ln net.Listener) net.Listener { return ln }, bareCharge},
 		{"tls", func(_ *Proxy, ln net.Listener) net.Listener { return transport.NewTLSListener(ln, certs.Config()) }, configs.PendingTLSRecordBytes},
 		{"wss", func(p *Proxy, ln net.Listener) net.Listener {
 			return (&transport.WebSocketListener{Listener: transport.NewTLSListener(ln, certs.Config()), HandshakeTimeout: testHeaderTimeout}).Start()

@@ -92,9 +92,9 @@ const (
 	EndedTokenExpired EndReason = EndReason(authn.ErrTokenExpired)
 	// EndedServerRemoved: a reload removed the pool's server the session
 	// was connected to, and the drain timeout passed (UpdateUpstreams).
-	// An MQTT 5 client gets DISCONNECT 0x8B, server shutting down, as at
-	// the end of the proxy's own drain: it may connect again, and be
-	// routed to a server that stays.
+	// An MQTT 5 client gets DISCONNECT 0x9C, use another server: the
+	// proxy goes on, and its next CONNECT is routed to a server that
+	// stays.
 	EndedServerRemoved EndReason = "upstream_server_removed"
 )
 
@@ -112,8 +112,10 @@ func (r EndReason) code() packets.ReasonCode {
 		return packets.NotAuthorized
 	case EndedTokenExpired:
 		return packets.MaximumConnectTime
+	case EndedServerRemoved:
+		return packets.UseAnotherServer
 	}
-	return packets.ServerShuttingDown // Close (no reason of its own) and a removed server
+	return packets.ServerShuttingDown // Close, which has no reason of its own
 }
 
 // Sessions lists the authenticated sessions f selects: those whose CONNECT

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	pahopackets "github.com/eclipse/paho.golang/packets"
 	"github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -410,6 +411,60 @@ func TestPoolReloadDrainsRemovedServer(t *testing.T) {
 	// The removed server is forgotten with its last session.
 	if held, want := serversHeld(p), []string{addrs[0] + " (2 sessions)"}; !slices.Equal(held, want) {
 		t.Errorf("the proxy holds the sessions of %v, want %v", held, want)
+	}
+}
+
+// TestPoolReloadTellsFramedV5ToUseAnotherServer: an MQTT 5 session the
+// proxy frames (it has topic rules) on a server a reload removes goes on
+// through the drain, then gets DISCONNECT 0x9C (use another server) and
+// the close; connecting again, the device lands on the server that stays.
+func TestPoolReloadTellsFramedV5ToUseAnotherServer(t *testing.T) {
+	proxytest.RequireMosquitto(t)
+	proxytest.VerifyNoLeaks(t)
+	brokers := startBrokers(t, 2)
+	addrs := brokerAddrs(brokers)
+	pools, err := NewUpstreams(defaultPool(upstream.RoundRobin, nil, servers(addrs[0])...), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := authzProxy(t, "", fleetRules())
+	p.Upstreams = pools
+	addr := startProxy(t, p)
+
+	const id = "c-moved"
+	c := dial(t, addr)
+	c.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
+	if _, err := c.Write(connectAs(t, packets.ProtocolV5, id, mint(t, e2eSecret, id, nil))); err != nil {
+		t.Fatal(err)
+	}
+	ack, err := pahopackets.ReadPacket(c)
+	if err != nil || ack.Type != pahopackets.CONNACK || ack.Content.(*pahopackets.Connack).ReasonCode != 0 {
+		t.Fatalf("CONNACK: %v, %v; want success", ack, err)
+	}
+	c.SetReadDeadline(time.Time{})
+
+	const drain = 3 * time.Second
+	reloaded := time.Now()
+	if err := p.UpdateUpstreams(defaultPool(upstream.RoundRobin, nil, servers(addrs[1])...), drain); err != nil {
+		t.Fatal(err)
+	}
+	expectPong(t, c) // within the drain the session goes on
+	got, err := readToClose(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []byte{0xE0, 0x02, 0x9C, 0x00}; !bytes.Equal(got, want) {
+		t.Errorf("the session on the removed server read % X until the close; want DISCONNECT 0x9C (% X), then the close", got, want)
+	}
+	if took := time.Since(reloaded); took < drain {
+		t.Errorf("the session was ended %v after the reload, within the drain timeout %v", took, drain)
+	}
+
+	if code, err := proxytest.Visit(addr, connectAs(t, packets.ProtocolV311, id, mint(t, e2eSecret, id, nil))); err != nil || code != 0 {
+		t.Fatalf("connecting again: CONNACK %d, %v", code, err)
+	}
+	if at := proxytest.WhereConnected(t, brokers, nil)[id]; !slices.Equal(at, []int{0, 1}) {
+		t.Errorf("%s reached brokers %v, want [0 1]: 0 before the reload, 1 after", id, at)
 	}
 }
 
