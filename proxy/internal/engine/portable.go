@@ -215,8 +215,11 @@ func (l *copyLink) awaitStarted() error {
 		}
 	}
 	socket, ok := bottom(l.client).(*net.TCPConn)
-	if !ok {
-		return wait() // no socket to ask: the client's close is seen after the start
+	if !ok || len(x.fromClient) > 0 {
+		// No socket to ask, or bytes read ahead with the CONNECT that
+		// the Filter must have first: the client's close is seen after
+		// the start.
+		return wait()
 	}
 	watch := socketClosed(socket)
 	if watch == nil {
