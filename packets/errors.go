@@ -24,6 +24,10 @@ var (
 	// or one above the receiver's Topic Alias Maximum. Code
 	// TopicAliasInvalid (0x94).
 	ErrTopicAliasInvalid = errors.New("packets: topic alias invalid")
+	// ErrQuotaExceeded: a packet would make the receiver hold more than
+	// it allows, such as topic aliases beyond TopicAliases.MaxBytes. Code
+	// QuotaExceeded (0x97).
+	ErrQuotaExceeded = errors.New("packets: quota exceeded")
 )
 
 // Error is a failure to read or accept a packet. Code says how to answer.
@@ -76,6 +80,8 @@ func reasonFor(cause error) ReasonCode {
 		return UnsupportedProtocolVersion
 	case errors.Is(cause, ErrTopicAliasInvalid):
 		return TopicAliasInvalid
+	case errors.Is(cause, ErrQuotaExceeded):
+		return QuotaExceeded
 	// A first packet that is not CONNECT is a protocol error in MQTT 5
 	// terms; Version is 0 then, so it is never answered.
 	case errors.Is(cause, ErrProtocolViolation), errors.Is(cause, ErrNotConnect):

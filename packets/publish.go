@@ -205,11 +205,17 @@ func checkPublishProperties(raw []byte) (alias uint16, err error) {
 // cannot carry a PUBLISH to a topic it was not judged by.
 //
 // The zero value accepts no alias, as a receiver that announced none. It
-// holds one copy of each topic set, so at most Max topics.
+// holds one copy of each topic set, so at most Max topics, of at most
+// MaxBytes together.
 type TopicAliases struct {
 	// Max is the Topic Alias Maximum: aliases 1 to Max are valid.
-	Max     uint16
-	aliases map[uint16]aliasMapping
+	Max uint16
+	// MaxBytes bounds the bytes of the topics held, all aliases
+	// together: a PUBLISH whose alias would take them beyond it is an
+	// *Error wrapping ErrQuotaExceeded (0x97). 0 means no bound.
+	MaxBytes int
+	aliases  map[uint16]aliasMapping
+	held     int // the bytes of the topics in aliases
 }
 
 type aliasMapping struct {
@@ -225,7 +231,8 @@ type aliasMapping struct {
 // the caller must not change. An alias above Max is an *Error wrapping
 // ErrTopicAliasInvalid (0x94); an alias that was never set, on a PUBLISH
 // with no topic name, one wrapping ErrProtocolViolation (0x82), as §3.3.4
-// says.
+// says; one that would take the topics held beyond MaxBytes, one wrapping
+// ErrQuotaExceeded (0x97).
 func (a *TopicAliases) Resolve(p *Publish) ([]byte, error) {
 	alias := p.TopicAlias
 	switch {
@@ -244,10 +251,16 @@ func (a *TopicAliases) Resolve(p *Publish) ([]byte, error) {
 		return m.topic, nil
 	}
 	if m, ok := a.aliases[alias]; !ok || !bytes.Equal(m.topic, p.Topic) {
+		held := a.held - len(m.topic) + len(p.Topic)
+		if a.MaxBytes > 0 && held > a.MaxBytes {
+			return nil, newError(ProtocolV5, fmt.Errorf("%w: topic alias %d set to a topic of %d bytes: the aliases would hold %d bytes of topics, over %d",
+				ErrQuotaExceeded, alias, len(p.Topic), held, a.MaxBytes))
+		}
 		if a.aliases == nil {
 			a.aliases = make(map[uint16]aliasMapping)
 		}
 		a.aliases[alias] = aliasMapping{topic: bytes.Clone(p.Topic)}
+		a.held = held
 	}
 	return p.Topic, nil
 }

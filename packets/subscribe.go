@@ -53,16 +53,71 @@ var subscribeProperties = newPropertySet("SUBSCRIBE properties", paho.PropSubscr
 // "$share/" prefix is read as a shared subscription in MQTT 3 too, as
 // brokers that offer them to MQTT 3 clients read it.
 func (s *Subscribe) Decode(version byte, fr Frame) error {
+	return s.walk(version, fr, true, nil)
+}
+
+// DecodeHead decodes and checks fr, a SUBSCRIBE, as Decode does, but
+// keeps none of its subscriptions: s gets its packet identifier and
+// properties, and Subscriptions is left empty. Each then visits the
+// subscriptions, and AppendKeptOf writes the packet without some: a
+// SUBSCRIBE of many filters is judged filter by filter, without a slice
+// of them all.
+func (s *Subscribe) DecodeHead(version byte, fr Frame) error {
+	return s.walk(version, fr, false, nil)
+}
+
+// Each calls visit with each subscription of fr, a SUBSCRIBE that
+// DecodeHead accepted, and its index, in order. sub is valid during the
+// call only: its Filter is a sub-slice of fr.Raw.
+func (s *Subscribe) Each(version byte, fr Frame, visit func(i int, sub Subscription)) {
+	var again Subscribe
+	again.walk(version, fr, false, visit) // accepted once: no error
+}
+
+// AppendKeptOf appends to dst fr, a SUBSCRIBE that DecodeHead accepted
+// into s, without the subscriptions for whose index keep is false, as
+// AppendKept does; at least one must be kept.
+func (s *Subscribe) AppendKeptOf(dst []byte, version byte, fr Frame, keep func(i int) bool) ([]byte, error) {
+	w := beginPacket(dst)
+	w.uint16(s.PacketID)
+	if version == ProtocolV5 {
+		w.properties(s.Properties, subscribeProperties)
+	}
+	kept := 0
+	s.Each(version, fr, func(i int, sub Subscription) {
+		if keep(i) {
+			kept++
+			w.subscription(&sub)
+		}
+	})
+	if kept == 0 {
+		return dst, fmt.Errorf("packets: encode SUBSCRIBE: %w: SUBSCRIBE without a topic filter (§3.8.3)", ErrProtocolViolation)
+	}
+	return w.finish(byte(TypeSubscribe)<<4|0x02, TypeSubscribe)
+}
+
+// walk decodes fr, a SUBSCRIBE, into s's packet identifier and
+// properties, checks it whole, and, as each subscription is read, appends
+// it to s.Subscriptions (reusing its capacity) when collect is set, and
+// calls visit with it when not nil: a caller that must not act on a
+// refused packet walks it twice. Without collect, s.Subscriptions is
+// left empty.
+func (s *Subscribe) walk(version byte, fr Frame, collect bool, visit func(i int, sub Subscription)) error {
 	if err := checkFrame(version, fr, TypeSubscribe); err != nil {
 		return err
 	}
 	subs := s.Subscriptions[:0]
+	if !collect {
+		subs = nil
+	}
+	defer func() { s.Subscriptions = subs }()
 	*s = Subscribe{}
 	d := decoder{buf: fr.Body()}
 	s.PacketID = d.uint16("SUBSCRIBE packet identifier")
 	if version == ProtocolV5 {
 		s.Properties = d.optionalProperties(subscribeProperties)
 	}
+	n := 0
 	for d.err == nil && d.off < len(d.buf) {
 		filter := d.binary("SUBSCRIBE topic filter")
 		options := d.byte("SUBSCRIBE options")
@@ -71,16 +126,23 @@ func (s *Subscribe) Decode(version byte, fr Frame) error {
 		}
 		sub, err := decodeOptions(version, options)
 		if err != nil {
-			s.Subscriptions = subs
 			return newError(version, err)
 		}
 		sub.Filter = filter
-		subs = append(subs, sub)
+		if err := sub.check(version); err != nil {
+			return newError(version, err)
+		}
+		if collect {
+			subs = append(subs, sub)
+		}
+		if visit != nil {
+			visit(n, sub)
+		}
+		n++
 	}
-	s.Subscriptions = subs
 	err := d.err
 	if err == nil {
-		err = s.check(version, nil)
+		err = s.checkHead(version, n)
 	}
 	if err != nil {
 		return newError(version, err)
@@ -149,23 +211,21 @@ func (s *Subscribe) append(dst []byte, version byte, keep []bool) ([]byte, error
 	}
 	for i := range s.Subscriptions {
 		if keep == nil || keep[i] {
-			sub := &s.Subscriptions[i]
-			w.binary(sub.Filter, "topic filter")
-			w.byte(sub.options())
+			w.subscription(&s.Subscriptions[i])
 		}
 	}
 	return w.finish(byte(TypeSubscribe)<<4|0x02, TypeSubscribe)
 }
 
+// subscription writes sub's filter and options.
+func (w *packetWriter) subscription(sub *Subscription) {
+	w.binary(sub.Filter, "topic filter")
+	w.byte(sub.options())
+}
+
 // check applies the rules of SUBSCRIBE to s, as far as keep keeps its
 // subscriptions (all of them when keep is nil).
 func (s *Subscribe) check(version byte, keep []bool) error {
-	if s.PacketID == 0 {
-		return fmt.Errorf("%w: SUBSCRIBE with packet identifier 0 [MQTT-2.2.1-3]", ErrProtocolViolation)
-	}
-	if version != ProtocolV5 && s.Properties != nil {
-		return fmt.Errorf("%w: SUBSCRIBE properties in MQTT %s", ErrMalformed, versionName(version))
-	}
 	kept := 0
 	for i := range s.Subscriptions {
 		if keep != nil && !keep[i] {
@@ -176,7 +236,19 @@ func (s *Subscribe) check(version byte, keep []bool) error {
 			return err
 		}
 	}
-	if kept == 0 {
+	return s.checkHead(version, kept)
+}
+
+// checkHead applies the rules of SUBSCRIBE to s's packet identifier and
+// properties, for a packet of n subscriptions.
+func (s *Subscribe) checkHead(version byte, n int) error {
+	if s.PacketID == 0 {
+		return fmt.Errorf("%w: SUBSCRIBE with packet identifier 0 [MQTT-2.2.1-3]", ErrProtocolViolation)
+	}
+	if version != ProtocolV5 && s.Properties != nil {
+		return fmt.Errorf("%w: SUBSCRIBE properties in MQTT %s", ErrMalformed, versionName(version))
+	}
+	if n == 0 {
 		return fmt.Errorf("%w: SUBSCRIBE without a topic filter (§3.8.3)", ErrProtocolViolation)
 	}
 	return checkProperties(s.Properties, subscribeProperties)
@@ -374,26 +446,52 @@ var unsubscribeProperties = newPropertySet("UNSUBSCRIBE properties", paho.PropUs
 // Decode decodes fr, an UNSUBSCRIBE, into u. It applies the rules of topic
 // filters as SUBSCRIBE's Decode does.
 func (u *Unsubscribe) Decode(version byte, fr Frame) error {
+	return u.walk(version, fr, true)
+}
+
+// DecodeHead decodes and checks fr, an UNSUBSCRIBE, as Decode does, but
+// keeps none of its filters: u gets its packet identifier and properties,
+// and Filters is left empty, so that an UNSUBSCRIBE of many filters is
+// checked without a slice of them all.
+func (u *Unsubscribe) DecodeHead(version byte, fr Frame) error {
+	return u.walk(version, fr, false)
+}
+
+// walk decodes fr, an UNSUBSCRIBE, into u's packet identifier and
+// properties and checks it whole, appending each filter to u.Filters
+// (reusing its capacity) when collect is set.
+func (u *Unsubscribe) walk(version byte, fr Frame, collect bool) error {
 	if err := checkFrame(version, fr, TypeUnsubscribe); err != nil {
 		return err
 	}
 	filters := u.Filters[:0]
+	if !collect {
+		filters = nil
+	}
+	defer func() { u.Filters = filters }()
 	*u = Unsubscribe{}
 	d := decoder{buf: fr.Body()}
 	u.PacketID = d.uint16("UNSUBSCRIBE packet identifier")
 	if version == ProtocolV5 {
 		u.Properties = d.optionalProperties(unsubscribeProperties)
 	}
+	n := 0
 	for d.err == nil && d.off < len(d.buf) {
 		filter := d.binary("UNSUBSCRIBE topic filter")
-		if d.err == nil {
+		if d.err != nil {
+			break
+		}
+		if err := checkUnsubscribeFilter(filter); err != nil {
+			return newError(version, err)
+		}
+		if collect {
 			filters = append(filters, filter)
 		}
+		n++
 	}
-	u.Filters = filters
 	err := d.err
 	if err == nil {
-		err = u.check(version)
+		err = u.checkHead(version, n)
 	}
 	if err != nil {
 		return newError(version, err)
@@ -418,18 +516,31 @@ func (u *Unsubscribe) Append(dst []byte, version byte) ([]byte, error) {
 }
 
 func (u *Unsubscribe) check(version byte) error {
+	for _, filter := range u.Filters {
+		if err := checkUnsubscribeFilter(filter); err != nil {
+			return err
+		}
+	}
+	return u.checkHead(version, len(u.Filters))
+}
+
+// checkHead applies the rules of UNSUBSCRIBE to u's packet identifier and
+// properties, for a packet of n filters.
+func (u *Unsubscribe) checkHead(version byte, n int) error {
 	switch {
 	case u.PacketID == 0:
 		return fmt.Errorf("%w: UNSUBSCRIBE with packet identifier 0 [MQTT-2.2.1-3]", ErrProtocolViolation)
-	case len(u.Filters) == 0:
+	case n == 0:
 		return fmt.Errorf("%w: UNSUBSCRIBE without a topic filter [MQTT-3.10.3-2]", ErrProtocolViolation)
 	}
-	for _, filter := range u.Filters {
-		if problem := filterProblem(filter); problem != "" {
-			return fmt.Errorf("%w: UNSUBSCRIBE topic filter %q %s", ErrMalformed, filter, problem)
-		}
-	}
 	return checkVersionProperties(version, u.Properties, unsubscribeProperties)
+}
+
+func checkUnsubscribeFilter(filter []byte) error {
+	if problem := filterProblem(filter); problem != "" {
+		return fmt.Errorf("%w: UNSUBSCRIBE topic filter %q %s", ErrMalformed, filter, problem)
+	}
+	return nil
 }
 
 // Unsuback is a decoded UNSUBACK (3.1.1 §3.11, 5.0 §3.11).

@@ -5,6 +5,7 @@ import (
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/filter"
 )
 
@@ -45,6 +46,17 @@ func (a *Authorization) policyFor(req *authn.Request, id *authn.Identity) (*acl.
 	return pol, nil
 }
 
+// judgeWill decides on the will of pk, a CONNECT accepted with rules, as
+// on a PUBLISH of it (topic, QoS, retain flag), and counts the decision:
+// the broker publishes the will for the client, so a will to a topic the
+// client may not publish to refuses the CONNECT, as EMQX and mosquitto
+// check it at CONNECT.
+func (p *Proxy) judgeWill(rules *acl.Policy, pk *packets.Connect) acl.Decision {
+	d := rules.Allow(acl.Request{Action: acl.Publish, Topic: pk.WillTopic, QoS: pk.WillQoS, Retain: pk.WillRetain})
+	p.Metrics.authorized(false, d.Allowed)
+	return d
+}
+
 // compile is the policy of the client req accepted as id, whatever it
 // allows: a re-authentication's new rules replace the session's, even by
 // rules that allow everything.
@@ -57,13 +69,18 @@ func (a *Authorization) compile(req *authn.Request, id *authn.Identity) (*acl.Po
 }
 
 // newFilter is the filter of a session with topic rules (nil: framing
-// only), under pol, the authorization and limits it was accepted with;
-// for a client under an Authentication Method, one that answers its
-// re-authentications (conn.method).
-func (p *Proxy) newFilter(pol *policy, version byte, rules *acl.Policy, conn *openConn, listener string) *filter.Session {
+// only) whose CONNECT was pk, under pol, the authorization and limits it
+// was accepted with; for a client under an Authentication Method, one that
+// answers its re-authentications (conn.method).
+func (p *Proxy) newFilter(pol *policy, pk *packets.Connect, rules *acl.Policy, conn *openConn, listener string) *filter.Session {
 	limit := pol.limits.maxPacketSize()
+	var aliasMax uint16
+	if pk.Properties != nil && pk.Properties.TopicAliasMaximum != nil {
+		aliasMax = *pk.Properties.TopicAliasMaximum
+	}
 	cfg := filter.Config{
-		Version:          version,
+		Version:          pk.ProtocolVersion,
+		ClientAliasMax:   aliasMax,
 		Policy:           rules,
 		DisconnectOnDeny: pol.authorization.DisconnectOnDeny,
 		MaxPacketSize:    [2]int{limit, limit},

@@ -81,8 +81,17 @@ func (p *Proxy) decide(s *session, c net.Conn, pk *packets.Connect, past []byte,
 	if err == nil {
 		rules, err = s.policy.authorization.policyFor(&req, &id)
 	}
+	if err == nil && rules != nil && pk.WillFlag {
+		if d := p.judgeWill(rules, pk); !d.Allowed {
+			return accepted{}, willNotAuthorized(pk, id, d, read)
+		}
+	}
 	if err == nil {
-		upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, &id, log)
+		maxPacket := 0 // what the broker may send: a framed session's limit
+		if rules != nil || id.AuthMethod != "" {
+			maxPacket = s.policy.limits.maxPacketSize()
+		}
+		upstreamConnect, upstreamClientID, err = s.policy.forward.connect(pk, &req, &id, maxPacket, log)
 	}
 	if err != nil {
 		return accepted{}, authenticationRefused(pk, err, read)

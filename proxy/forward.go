@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 
+	paho "github.com/eclipse/paho.golang/packets"
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
@@ -80,8 +81,17 @@ func NewForward(cfg configs.Forward) (*Forward, error) {
 // claim holding U+0000, say), is an error wrapping
 // authn.ErrClaimMismatch. It logs at debug what it rewrote, never the
 // password.
-func (f *Forward) connect(pk *packets.Connect, req *authn.Request, id *authn.Identity, log *connLog) (raw []byte, clientID string, err error) {
-	if f == nil && id.AuthMethod == "" {
+//
+// maxPacket, when not 0, is the largest packet the proxy takes from the
+// broker for this client (a framed session's limits.max_packet_size): an
+// MQTT 5 CONNECT gets it as its Maximum Packet Size where the client asked
+// for none or a larger one, so that the broker drops a larger message for
+// this client rather than send it [MQTT-3.1.2-25], which would end the
+// session.
+func (f *Forward) connect(pk *packets.Connect, req *authn.Request, id *authn.Identity, maxPacket int, log *connLog) (raw []byte, clientID string, err error) {
+	capPacket := maxPacket > 0 && pk.ProtocolVersion == packets.ProtocolV5 &&
+		(pk.Properties == nil || pk.Properties.MaximumPacketSize == nil || int64(*pk.Properties.MaximumPacketSize) > int64(maxPacket))
+	if f == nil && id.AuthMethod == "" && !capPacket {
 		return pk.Raw, pk.ClientID, nil
 	}
 	out := *pk
@@ -90,9 +100,18 @@ func (f *Forward) connect(pk *packets.Connect, req *authn.Request, id *authn.Ide
 			return nil, "", err
 		}
 	}
-	if id.AuthMethod != "" {
-		props := *pk.Properties // set: the method came in them
-		props.AuthMethod, props.AuthData = "", nil
+	if id.AuthMethod != "" || capPacket {
+		var props paho.Properties
+		if pk.Properties != nil {
+			props = *pk.Properties
+		}
+		if id.AuthMethod != "" {
+			props.AuthMethod, props.AuthData = "", nil
+		}
+		if capPacket {
+			size := uint32(maxPacket)
+			props.MaximumPacketSize = &size
+		}
 		out.Properties = &props
 	}
 	if out.PasswordFlag && !out.UsernameFlag && out.ProtocolVersion != packets.ProtocolV5 {
@@ -116,6 +135,9 @@ func (f *Forward) connect(pk *packets.Connect, req *authn.Request, id *authn.Ide
 	}
 	if id.AuthMethod != "" {
 		rewritten = append(rewritten, "authentication")
+	}
+	if capPacket {
+		rewritten = append(rewritten, "maximum_packet_size")
 	}
 	if len(rewritten) == 0 {
 		return pk.Raw, pk.ClientID, nil

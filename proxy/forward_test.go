@@ -164,7 +164,7 @@ func TestForwardConnect(t *testing.T) {
 				}
 				pk := clientConnect(t, version, client)
 				req := requestOf(pk)
-				got, _, err := f.connect(pk, &req, &authn.Identity{Claims: claims}, newConnLog(zap.NewNop()))
+				got, _, err := f.connect(pk, &req, &authn.Identity{Claims: claims}, 0, newConnLog(zap.NewNop()))
 				if err != nil {
 					t.Fatalf("connect: %v", err)
 				}
@@ -214,7 +214,7 @@ func TestForwardConnectRefuses(t *testing.T) {
 			}
 			pk := clientConnect(t, packets.ProtocolV311, nil)
 			req := requestOf(pk)
-			got, _, err := f.connect(pk, &req, &authn.Identity{Claims: claims}, newConnLog(zap.NewNop()))
+			got, _, err := f.connect(pk, &req, &authn.Identity{Claims: claims}, 0, newConnLog(zap.NewNop()))
 			if got != nil || !errors.Is(err, authn.ErrClaimMismatch) || authn.ReasonOf(err) != authn.ErrClaimMismatch {
 				t.Fatalf("connect = %x, %v; want a claim_mismatch error", got, err)
 			}
@@ -252,7 +252,7 @@ func TestForwardConnectAuthMethod(t *testing.T) {
 			core, logs := observer.New(zapcore.DebugLevel)
 			pk := clientConnect(t, packets.ProtocolV5, client)
 			req := requestOf(pk)
-			got, _, err := f.connect(pk, &req, id, newConnLog(zap.New(core)))
+			got, _, err := f.connect(pk, &req, id, 0, newConnLog(zap.New(core)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -287,7 +287,7 @@ func TestForwardConnectLogs(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	pk := clientConnect(t, packets.ProtocolV5, nil)
 	req := requestOf(pk)
-	if _, _, err := f.connect(pk, &req, &authn.Identity{Claims: map[string]any{"sub": "sensor-7"}}, newConnLog(zap.New(core))); err != nil {
+	if _, _, err := f.connect(pk, &req, &authn.Identity{Claims: map[string]any{"sub": "sensor-7"}}, 0, newConnLog(zap.New(core))); err != nil {
 		t.Fatal(err)
 	}
 	entries := logs.FilterMessage("connect rewritten for the upstream").All()

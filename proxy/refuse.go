@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 )
@@ -33,6 +35,9 @@ const (
 	reasonNoRoute     = "no_route"
 	reasonProxyClosed = "proxy_closed"
 	reasonInternal    = "internal_error"
+	// reasonWillNotAuthorized: the CONNECT's will is to a topic its
+	// client's rules deny publishing to.
+	reasonWillNotAuthorized = "will_not_authorized"
 	// reasonTLSHandshake: the TLS handshake failed (no or a wrong client
 	// certificate, an old TLS version, a timeout).
 	reasonTLSHandshake = "tls_handshake_failed"
@@ -179,6 +184,14 @@ func authenticationRefused(pk *packets.Connect, err error, read time.Time) *refu
 	}
 	return &refusal{message: "authentication refused", reason: reason, err: err, bridge: pk.Bridge,
 		version: pk.ProtocolVersion, code: RefuseCode(authn.ReasonOf(err)), decided: read}
+}
+
+// willNotAuthorized: pk, read at read and accepted as id, carries a will
+// that its rules deny publishing (decision d): the CONNECT is refused with
+// not authorized (0x87; 5 in MQTT 3.1.1), as EMQX refuses it.
+func willNotAuthorized(pk *packets.Connect, id authn.Identity, d acl.Decision, read time.Time) *refusal {
+	return &refusal{message: "authorization refused", reason: reasonWillNotAuthorized, id: &id, bridge: pk.Bridge,
+		err: fmt.Errorf("will to %q: %s", pk.WillTopic, d), version: pk.ProtocolVersion, code: packets.NotAuthorized, decided: read}
 }
 
 // clientIDRateExceeded: the client ID the broker would get, for pk

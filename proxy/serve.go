@@ -98,7 +98,7 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 		conn.method = p.newMethodSession(s, &a, conn)
 	}
 	if a.acl != nil || conn.method != nil {
-		o.Filter = p.newFilter(s.policy, pk.ProtocolVersion, a.acl, conn, s.listener)
+		o.Filter = p.newFilter(s.policy, pk, a.acl, conn, s.listener)
 		o.FromClient, first = ahead, a.upstreamConnect
 		conn.rawLen = int64(len(pk.Raw)) // the engine counts what it forwards of ahead
 	}

@@ -241,6 +241,13 @@ type Request struct {
 	QoS byte
 	// Retain is the PUBLISH's retain flag; ignored for Subscribe.
 	Retain bool
+	// Delivery, with Subscribe, asks whether the client may receive a
+	// message the broker delivers to Topic, a topic name: whether a
+	// subscription the rules allow receives it. An allow rule `eq F`
+	// applies when F matches the topic (the subscription F receives it); a
+	// deny rule `eq F` does not apply (it denies the one subscription F,
+	// not the topics that others receive).
+	Delivery bool
 }
 
 // Source is where a decision came from.
@@ -333,7 +340,7 @@ func (p *Policy) Allow(req Request) Decision {
 			return Decision{Source: SourceToken, Index: -1, expired: true}
 		}
 		for i := range p.token {
-			if r := &p.token[i]; r.applies(req.Action, topic, req.QoS, req.Retain) {
+			if r := &p.token[i]; r.applies(&req, topic) {
 				return Decision{Allowed: r.allow, Source: SourceToken, Index: i, rule: r}
 			}
 		}
@@ -342,7 +349,7 @@ func (p *Policy) Allow(req Request) Decision {
 		}
 	}
 	for i := range p.config {
-		if r := &p.config[i]; r.applies(req.Action, topic, req.QoS, req.Retain) {
+		if r := &p.config[i]; r.applies(&req, topic) {
 			return Decision{Allowed: r.allow, Source: SourceConfig, Index: i, rule: r}
 		}
 	}

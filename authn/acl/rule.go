@@ -322,15 +322,21 @@ func safeRendering(text, shape string) bool {
 
 // applies reports whether the rule decides on a request for action a on
 // topic (already without its prefixes) with qos and retain.
-func (r *rule) applies(a Action, topic string, qos byte, retain bool) bool {
-	if r.actions&a == 0 || r.qos&(1<<qos) == 0 {
+func (r *rule) applies(req *Request, topic string) bool {
+	a := req.Action
+	if r.actions&a == 0 || r.qos&(1<<req.QoS) == 0 {
 		return false
 	}
-	if a == Publish && r.retain != retainEither && retain != (r.retain == retainSet) {
+	if a == Publish && r.retain != retainEither && req.Retain != (r.retain == retainSet) {
 		return false
 	}
+	delivery := a == Subscribe && req.Delivery
 	for i := range r.filters {
-		if r.filters[i].applies(a, topic, r.allow) {
+		if f := &r.filters[i]; delivery && f.kind == kindEq {
+			if r.allow && covers(f.text, topic) {
+				return true
+			}
+		} else if f.applies(a, topic, r.allow) {
 			return true
 		}
 	}

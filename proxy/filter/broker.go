@@ -6,6 +6,7 @@ import (
 
 	paho "github.com/eclipse/paho.golang/packets"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 )
 
@@ -15,6 +16,7 @@ import (
 func (s *Session) fromBroker(in, fwd, back []byte) ([]byte, []byte, error) {
 	f := &s.framers[FromBroker]
 	out := output{in: in, buf: fwd}
+	var last lastPublish
 	f.Feed(in)
 	for {
 		fr, ok, err := f.Next()
@@ -34,6 +36,10 @@ func (s *Session) fromBroker(in, fwd, back []byte) ([]byte, []byte, error) {
 			err = protocolError(s.version, "AUTH from the broker, which got a CONNECT without an Authentication Method [MQTT-4.12.0-6]")
 		case fr.Type == packets.TypeSuback && s.pendingSubacks.Load() > 0:
 			err = s.suback(fr, &out)
+		case fr.Type == packets.TypePublish && s.policy.Load() != nil:
+			back, err = s.delivery(s.policy.Load(), fr, &out, back, &last)
+		case fr.Type == packets.TypePubrel && s.deliveryPubrecs.n > 0:
+			back, err = s.deliveryPubrel(fr, &out, back)
 		default:
 			out.pass(fr)
 		}
@@ -44,9 +50,12 @@ func (s *Session) fromBroker(in, fwd, back []byte) ([]byte, []byte, error) {
 }
 
 // firstConnack reads the broker's first CONNACK for the limits it sets on
-// the client, hands them to the client direction, and forwards it: with
-// the client's Authentication Method added when the proxy authenticated
-// the client under one and the broker accepts it [MQTT-4.12.0-5].
+// the client, hands them to the client direction, and forwards it. An
+// MQTT 5 client's successful CONNACK is rewritten where it must say more
+// than the broker's: the limits the proxy holds the client to (a Topic
+// Alias Maximum of at most maxTopicAliases, the Maximum Packet Size of
+// the client direction), and the client's Authentication Method when the
+// proxy authenticated the client under one [MQTT-4.12.0-5].
 func (s *Session) firstConnack(fr packets.Frame, out *output) error {
 	s.connackSeen = true
 	if s.version != packets.ProtocolV5 {
@@ -57,31 +66,40 @@ func (s *Session) firstConnack(fr packets.Frame, out *output) error {
 	if err := c.Decode(s.version, fr); err != nil {
 		return err
 	}
-	if p := c.Properties; p != nil {
-		if p.TopicAliasMaximum != nil {
-			s.brokerAliasMax = *p.TopicAliasMaximum
-		}
-		if p.MaximumPacketSize != nil {
-			s.brokerMaxPacket = int(min(*p.MaximumPacketSize, packets.MaxPacketSize))
-		}
+	p := c.Properties
+	if p == nil {
+		p = &paho.Properties{}
 	}
-	if s.methodAuth == nil {
-		s.connack.Store(true)
-		out.pass(fr)
-		return nil
+	if p.TopicAliasMaximum != nil {
+		s.brokerAliasMax = *p.TopicAliasMaximum
 	}
-	if p := c.Properties; p != nil && (p.AuthMethod != "" || p.AuthData != nil) {
+	if p.MaximumPacketSize != nil {
+		s.brokerMaxPacket = int(min(*p.MaximumPacketSize, packets.MaxPacketSize))
+	}
+	if s.methodAuth != nil && (p.AuthMethod != "" || p.AuthData != nil) {
 		return protocolError(s.version, "CONNACK with an Authentication Method or Data, to a CONNECT without one [MQTT-4.12.0-6]")
 	}
+	rewrite := false
+	if s.brokerAliasMax > maxTopicAliases {
+		s.brokerAliasMax = maxTopicAliases
+		p.TopicAliasMaximum = &s.brokerAliasMax
+		rewrite = true
+	}
+	if s.clientMax < packets.MaxPacketSize && (s.brokerMaxPacket == 0 || s.brokerMaxPacket > s.clientMax) {
+		limit := uint32(s.clientMax)
+		p.MaximumPacketSize = &limit
+		rewrite = true
+	}
+	if s.methodAuth != nil {
+		p.AuthMethod = s.methodAuth.method
+		rewrite = true
+	}
 	s.connack.Store(true)
-	if c.ReasonCode != packets.Success {
-		out.pass(fr) // a refusal need not name the method
+	if !rewrite || c.ReasonCode != packets.Success {
+		out.pass(fr) // a refusal need not say more: the connection ends
 		return nil
 	}
-	if c.Properties == nil {
-		c.Properties = &paho.Properties{}
-	}
-	c.Properties.AuthMethod = s.methodAuth.method
+	c.Properties = p
 	out.flush()
 	var err error
 	out.buf, err = c.Append(out.buf, s.version)
@@ -101,7 +119,7 @@ func (s *Session) suback(fr packets.Frame, out *output) error {
 	p, pending := s.subacks[id]
 	if pending {
 		delete(s.subacks, id)
-		s.pendingRefusals -= len(p.refused)
+		s.pendingBytes -= p.cost()
 		if len(s.subacks) == 0 {
 			s.subacks = nil // an idle session holds no map
 		}
@@ -116,13 +134,15 @@ func (s *Session) suback(fr packets.Frame, out *output) error {
 	if err := ack.Decode(s.version, fr); err != nil {
 		return err
 	}
-	if kept := p.filters - len(p.refused); len(ack.Codes) != kept {
+	if kept := p.filters - p.refusals; len(ack.Codes) != kept {
 		return protocolError(s.version, "SUBACK %d with %d codes for the %d filters forwarded", id, len(ack.Codes), kept)
 	}
 	refusal := packets.SubscriptionRefusal(s.version)
-	inserts := make([]packets.Insertion, len(p.refused))
-	for i, index := range p.refused {
-		inserts[i] = packets.Insertion{Index: int(index), Code: refusal}
+	inserts := make([]packets.Insertion, 0, p.refusals)
+	for index := range p.filters {
+		if p.refused.has(index) {
+			inserts = append(inserts, packets.Insertion{Index: index, Code: refusal})
+		}
 	}
 	out.flush()
 	var err error
@@ -130,4 +150,71 @@ func (s *Session) suback(fr packets.Frame, out *output) error {
 		return fmt.Errorf("SUBACK %d: %w", id, err)
 	}
 	return nil
+}
+
+// delivery judges a PUBLISH from the broker by policy: forwarded when a
+// subscription the client may make receives it (acl.Request.Delivery); else
+// dropped, and answered to the broker as its QoS requires, with the
+// broker's packet identifier. A session resumed by the broker may hold
+// subscriptions made under rules that allowed more than the client's
+// rules do now: what they deliver stops here.
+func (s *Session) delivery(policy *acl.Policy, fr packets.Frame, out *output, back []byte, last *lastPublish) ([]byte, error) {
+	var p packets.Publish
+	if err := p.Decode(s.version, fr); err != nil {
+		return back, err
+	}
+	topic := p.Topic
+	if s.version == packets.ProtocolV5 {
+		var err error
+		if topic, err = s.deliveryAliases.Resolve(&p); err != nil {
+			return back, err
+		}
+	}
+	if p.QoS == 2 && s.deliveryPubrecs.has(p.PacketID) {
+		// A retransmission of a dropped one, before its PUBREL: PUBREC
+		// again [MQTT-4.3.3-2].
+		return appendAck(back, s.version, packets.TypePubrec, p.PacketID, packets.Success), nil
+	}
+	d, known := last.decision(policy, topic, p.QoS, false)
+	if !known {
+		d = allowDelivery(policy, topic, p.QoS)
+		last.remember(policy, topic, p.QoS, false, d)
+	}
+	if d.Allowed {
+		if s.version == packets.ProtocolV5 && s.deliveryAliases.Forward(&p) {
+			// The alias was set by a delivery the client never got.
+			out.flush()
+			p.Topic = topic
+			var err error
+			out.buf, err = p.Append(out.buf, s.version)
+			return back, err
+		}
+		out.pass(fr)
+		return back, nil
+	}
+	switch p.QoS {
+	case 1:
+		back = appendAck(back, s.version, packets.TypePuback, p.PacketID, packets.NotAuthorized)
+	case 2:
+		back = appendAck(back, s.version, packets.TypePubrec, p.PacketID, packets.NotAuthorized)
+		if s.version != packets.ProtocolV5 {
+			s.deliveryPubrecs.add(p.PacketID) // the broker goes on with PUBREL
+		}
+	}
+	return back, nil
+}
+
+// deliveryPubrel answers the broker's PUBREL of an MQTT 3 QoS 2 delivery
+// the proxy dropped, and forwards the others.
+func (s *Session) deliveryPubrel(fr packets.Frame, out *output, back []byte) ([]byte, error) {
+	var a packets.Ack
+	if err := a.Decode(s.version, fr); err != nil {
+		return back, err
+	}
+	if !s.deliveryPubrecs.has(a.PacketID) {
+		out.pass(fr)
+		return back, nil
+	}
+	s.deliveryPubrecs.remove(a.PacketID)
+	return appendAck(back, s.version, packets.TypePubcomp, a.PacketID, packets.Success), nil
 }

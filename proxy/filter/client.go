@@ -97,8 +97,8 @@ func (s *Session) publish(policy *acl.Policy, fr packets.Frame, out *output, bac
 			return back, s.refuse(err)
 		}
 	}
-	if p.QoS > 0 && (s.pubrecs != nil || s.pendingSubacks.Load() > 0) {
-		if _, answered := s.pubrecs[p.PacketID]; answered {
+	if p.QoS > 0 && (s.pubrecs.n > 0 || s.pendingSubacks.Load() > 0) {
+		if s.pubrecs.has(p.PacketID) {
 			if p.QoS == 2 {
 				// The denied PUBLISH again, before its PUBREL: the
 				// receiver answers PUBREC again [MQTT-4.3.3-2].
@@ -152,10 +152,7 @@ func (s *Session) publish(policy *acl.Policy, fr packets.Frame, out *output, bac
 		if s.version != packets.ProtocolV5 {
 			// MQTT 3's PUBREC has no reason: the client goes on with
 			// PUBREL, which the proxy answers.
-			if s.pubrecs == nil {
-				s.pubrecs = make(map[uint16]struct{})
-			}
-			s.pubrecs[p.PacketID] = struct{}{}
+			s.pubrecs.add(p.PacketID)
 		}
 	}
 	return back, nil
@@ -164,7 +161,7 @@ func (s *Session) publish(policy *acl.Policy, fr packets.Frame, out *output, bac
 // pubrel answers the PUBREL of an MQTT 3 QoS 2 exchange the proxy answered
 // with PUBREC, and forwards the others.
 func (s *Session) pubrel(fr packets.Frame, out *output, back []byte) ([]byte, error) {
-	if len(s.pubrecs) == 0 {
+	if s.pubrecs.n == 0 {
 		out.pass(fr)
 		return back, nil
 	}
@@ -172,53 +169,54 @@ func (s *Session) pubrel(fr packets.Frame, out *output, back []byte) ([]byte, er
 	if err := a.Decode(s.version, fr); err != nil {
 		return back, s.refuse(err)
 	}
-	if _, answered := s.pubrecs[a.PacketID]; !answered {
+	if !s.pubrecs.has(a.PacketID) {
 		out.pass(fr)
 		return back, nil
 	}
-	delete(s.pubrecs, a.PacketID)
-	if len(s.pubrecs) == 0 {
-		s.pubrecs = nil // an idle session holds no map
-	}
+	s.pubrecs.remove(a.PacketID)
 	return appendAck(back, s.version, packets.TypePubcomp, a.PacketID, packets.Success), nil
 }
 
 // subscribe judges each filter of a SUBSCRIBE by policy: all allowed, it
 // is forwarded; some, it is forwarded without the others and its SUBACK
-// awaited; none, it is answered.
+// awaited; none, it is answered. The filters are judged as they are read,
+// with a bit per filter kept for the refused ones: a SUBSCRIBE of many
+// short filters costs no more than a fraction of its size.
 func (s *Session) subscribe(policy *acl.Policy, fr packets.Frame, out *output, back []byte) ([]byte, error) {
 	var sub packets.Subscribe
-	if err := sub.Decode(s.version, fr); err != nil {
+	if err := sub.DecodeHead(s.version, fr); err != nil {
 		return back, s.refuse(err)
 	}
 	if err := s.checkNewID(packets.TypeSubscribe, sub.PacketID); err != nil {
 		return back, err
 	}
-	keep := make([]bool, len(sub.Subscriptions))
-	var refused []uint32
+	var refused bitset
+	filters, denials := 0, 0
+	var firstDenied []byte // a sub-slice of fr.Raw
 	var firstDenial acl.Decision
-	for i := range sub.Subscriptions {
-		filter := &sub.Subscriptions[i]
-		d := allow(policy, acl.Subscribe, filter.Filter, filter.QoS, false)
+	sub.Each(s.version, fr, func(i int, f packets.Subscription) {
+		filters++
+		d := allow(policy, acl.Subscribe, f.Filter, f.QoS, false)
 		if s.onDecision != nil {
-			s.onDecision(acl.Subscribe, filter.Filter, d)
+			s.onDecision(acl.Subscribe, f.Filter, d)
 		}
-		keep[i] = d.Allowed
-		if !d.Allowed {
-			if len(refused) == 0 {
-				firstDenial = d
-			}
-			refused = append(refused, uint32(i))
+		if d.Allowed {
+			return
 		}
-	}
+		if denials == 0 {
+			firstDenied, firstDenial = f.Filter, d
+		}
+		denials++
+		refused.set(i)
+	})
 	switch {
-	case len(refused) == 0:
+	case denials == 0:
 		out.pass(fr)
 		return back, nil
 	case s.disconnectOnDeny:
-		return back, s.denied(fmt.Errorf("SUBSCRIBE to %q: %s", sub.Subscriptions[refused[0]].Filter, firstDenial))
-	case len(refused) == len(sub.Subscriptions):
-		codes := make([]packets.ReasonCode, len(refused))
+		return back, s.denied(fmt.Errorf("SUBSCRIBE to %q: %s", firstDenied, firstDenial))
+	case denials == filters:
+		codes := make([]packets.ReasonCode, filters)
 		for i := range codes {
 			codes[i] = packets.SubscriptionRefusal(s.version)
 		}
@@ -229,13 +227,13 @@ func (s *Session) subscribe(policy *acl.Policy, fr packets.Frame, out *output, b
 		}
 		return back, nil
 	}
-	if err := s.awaitSuback(sub.PacketID, pendingSuback{filters: len(sub.Subscriptions), refused: refused}); err != nil {
+	if err := s.awaitSuback(sub.PacketID, pendingSuback{filters: filters, refusals: denials, refused: refused}); err != nil {
 		return back, err
 	}
 	// Recorded before the SUBSCRIBE leaves: its SUBACK cannot come first.
 	out.flush()
 	var err error
-	if out.buf, err = sub.AppendKept(out.buf, s.version, keep); err != nil {
+	if out.buf, err = sub.AppendKeptOf(out.buf, s.version, fr, func(i int) bool { return !refused.has(i) }); err != nil {
 		return back, s.refuse(err)
 	}
 	return back, nil
@@ -244,7 +242,7 @@ func (s *Session) subscribe(policy *acl.Policy, fr packets.Frame, out *output, b
 // unsubscribe checks an UNSUBSCRIBE and forwards it.
 func (s *Session) unsubscribe(fr packets.Frame, out *output) error {
 	var u packets.Unsubscribe
-	if err := u.Decode(s.version, fr); err != nil {
+	if err := u.DecodeHead(s.version, fr); err != nil {
 		return s.refuse(err)
 	}
 	if err := s.checkNewID(packets.TypeUnsubscribe, u.PacketID); err != nil {
@@ -256,10 +254,18 @@ func (s *Session) unsubscribe(fr packets.Frame, out *output) error {
 
 // allow asks policy.
 func allow(policy *acl.Policy, action acl.Action, topic []byte, qos byte, retain bool) acl.Decision {
-	// Allow keeps nothing of its request, so the topic is lent to it as a
-	// string without a copy: no allocation per packet.
-	return policy.Allow(acl.Request{Action: action, Topic: unsafe.String(unsafe.SliceData(topic), len(topic)), QoS: qos, Retain: retain})
+	return policy.Allow(acl.Request{Action: action, Topic: lend(topic), QoS: qos, Retain: retain})
 }
+
+// allowDelivery asks policy whether the client may receive a PUBLISH the
+// broker delivers to topic at qos.
+func allowDelivery(policy *acl.Policy, topic []byte, qos byte) acl.Decision {
+	return policy.Allow(acl.Request{Action: acl.Subscribe, Topic: lend(topic), QoS: qos, Delivery: true})
+}
+
+// lend returns topic as a string without a copy, for acl.Policy.Allow,
+// which keeps nothing of its request: no allocation per packet.
+func lend(topic []byte) string { return unsafe.String(unsafe.SliceData(topic), len(topic)) }
 
 // maxRememberedTopic is the longest topic lastPublish keeps a copy of.
 const maxRememberedTopic = 128
@@ -308,7 +314,7 @@ func (s *Session) denied(cause error) *End {
 // checkNewID refuses the identifier of a new SUBSCRIBE or UNSUBSCRIBE when
 // the proxy still holds an exchange with it.
 func (s *Session) checkNewID(t packets.PacketType, id uint16) error {
-	if _, answered := s.pubrecs[id]; answered || s.subackPending(id) {
+	if s.pubrecs.has(id) || s.subackPending(id) {
 		return s.idInUse(t, id)
 	}
 	return nil
@@ -343,18 +349,19 @@ func (s *Session) subackPending(id uint16) bool {
 	return pending
 }
 
-// awaitSuback records a SUBSCRIBE forwarded without its refused filters.
+// awaitSuback records a SUBSCRIBE forwarded without its refused filters,
+// within the session's budget for them.
 func (s *Session) awaitSuback(id uint16, p pendingSuback) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.pendingRefusals+len(p.refused) > maxPendingRefusals {
-		return s.endClient(packets.QuotaExceeded, fmt.Errorf("SUBSCRIBE %d: more than %d refused filters awaiting their SUBACK", id, maxPendingRefusals))
+	if cost := p.cost(); s.pendingBytes+cost > s.pendingBudget {
+		return s.endClient(packets.QuotaExceeded, fmt.Errorf("SUBSCRIBE %d: the SUBSCRIBEs awaiting their SUBACK would hold more than %d bytes", id, s.pendingBudget))
 	}
 	if s.subacks == nil {
 		s.subacks = make(map[uint16]pendingSuback)
 	}
 	s.subacks[id] = p
-	s.pendingRefusals += len(p.refused)
+	s.pendingBytes += p.cost()
 	s.pendingSubacks.Store(int32(len(s.subacks)))
 	return nil
 }

@@ -167,25 +167,25 @@ func TestFilterBothDirectionsConcurrently(t *testing.T) {
 }
 
 // TestFilterRefusalsAwaitingSubacksAreCapped: a client that keeps more
-// refused filters waiting for their SUBACK than the cap ends its session
+// SUBSCRIBEs with refused filters waiting for their SUBACK than its budget
+// (its packet limit, at least minPendingBudget) holds ends its session
 // with quota exceeded, rather than growing the proxy's memory.
 func TestFilterRefusalsAwaitingSubacksAreCapped(t *testing.T) {
 	for _, v := range []byte{v3, v5} {
 		t.Run(versionName(v), func(t *testing.T) {
-			s := New(Config{Version: v, Policy: testPolicy(t)})
+			s := New(Config{Version: v, Policy: testPolicy(t), MaxPacketSize: [2]int{1024, 1024}})
 			defer s.Release()
-			filters := []filterQoS{{"ok/a", 0}}
-			for range maxPendingRefusals {
-				filters = append(filters, filterQoS{"no", 0})
+			fits := minPendingBudget / (pendingEntryCost + 8) // one word of bits each
+			for id := 1; id <= fits; id++ {
+				fwd, _, err := s.Filter(FromClient, subscribe(v, uint16(id), nil, filterQoS{"ok/a", 0}, filterQoS{"no", 0}), nil, nil)
+				if err != nil {
+					t.Fatalf("SUBSCRIBE %d of %d within the budget: %v", id, fits, err)
+				}
+				if want := subscribe(v, uint16(id), nil, filterQoS{"ok/a", 0}); !bytes.Equal(fwd, want) {
+					t.Fatalf("fwd % x, want % x", fwd, want)
+				}
 			}
-			fwd, _, err := s.Filter(FromClient, subscribe(v, 1, nil, filters...), nil, nil)
-			if err != nil {
-				t.Fatalf("%d refused filters, at the cap: %v", maxPendingRefusals, err)
-			}
-			if want := subscribe(v, 1, nil, filterQoS{"ok/a", 0}); !bytes.Equal(fwd, want) {
-				t.Fatalf("fwd % x, want % x", fwd, want)
-			}
-			_, _, err = s.Filter(FromClient, subscribe(v, 2, nil, filterQoS{"ok/a", 0}, filterQoS{"no", 0}), nil, nil)
+			_, _, err := s.Filter(FromClient, subscribe(v, uint16(fits+1), nil, filterQoS{"ok/a", 0}, filterQoS{"no", 0}), nil, nil)
 			var end *End
 			if !errors.As(err, &end) || end.Code != packets.QuotaExceeded || end.Reason != "quota_exceeded" {
 				t.Fatalf("one more: err = %v, want an End with quota exceeded", err)
@@ -193,7 +193,7 @@ func TestFilterRefusalsAwaitingSubacksAreCapped(t *testing.T) {
 			if want := disconnect(v, 0x97); !bytes.Equal(end.ToClient, want) {
 				t.Errorf("ToClient % x, want % x", end.ToClient, want)
 			}
-			if !strings.Contains(err.Error(), "refused filters") {
+			if !strings.Contains(err.Error(), "awaiting their SUBACK") {
 				t.Errorf("error %q does not say why", err)
 			}
 		})

@@ -84,6 +84,17 @@
 //     3), so the client sees one code per filter it sent, in its order. A
 //     SUBSCRIBE whose filters are all denied is answered by the proxy.
 //
+// From the broker to the client, a PUBLISH is judged by its topic (its
+// MQTT 5 topic alias resolved, up to Config.ClientAliasMax) and QoS, as a
+// delivery (acl.Request.Delivery: would a subscription the rules allow
+// receive it?): a session the broker resumed may hold subscriptions made
+// under rules that allowed more. A denied one never reaches the client and
+// is answered to the broker as a denied PUBLISH of the client's is, with
+// the broker's packet identifier: PUBACK, PUBREC (0x87 in MQTT 5), and in
+// MQTT 3 PUBCOMP for the broker's PUBREL, which the client never sees.
+// Denied deliveries are not counted by OnDecision, and never end the
+// session.
+//
 // With DisconnectOnDeny set (deny_action: disconnect), the first denial ends
 // the session: an MQTT 5 client gets DISCONNECT 0x87, an MQTT 3 client a
 // close. UNSUBSCRIBE and the rest pass, and AUTH too, unless the client
@@ -125,14 +136,16 @@
 // is a protocol error. The others are only framed, and the broker judges
 // them. From the broker, the filter frames every packet, reads the CONNACK
 // for the limits it sets on the client (Topic Alias Maximum, Maximum Packet
-// Size) and rewrites the SUBACKs it must; a broken broker stream ends the
+// Size), tells an MQTT 5 client in that CONNACK the limits the proxy holds
+// it to (a Topic Alias Maximum of at most 16, its MaxPacketSize as Maximum
+// Packet Size), and rewrites the SUBACKs it must; a broken broker stream ends the
 // session with DISCONNECT 0x80 (unspecified error) to an MQTT 5 client.
 //
 // # Packet identifiers
 //
 // The proxy writes to the client only answers to the client's own packets,
-// with their identifiers, and never writes a packet to the broker. It
-// remembers the identifiers of the SUBSCRIBEs whose SUBACK it must rewrite
+// with their identifiers, and to the broker only answers to the deliveries
+// it drops, with the broker's. It remembers the identifiers of the SUBSCRIBEs whose SUBACK it must rewrite
 // and of the MQTT 3 QoS 2 exchanges it answers itself until they complete:
 // a client that reuses one of those before then breaks [MQTT-2.2.1-3] and
 // the session ends with a protocol error. Identifiers of packets forwarded
@@ -143,10 +156,14 @@
 // Between packets a Session holds no buffer: a packet split across reads is
 // gathered in a pooled buffer that grows with what arrives, up to the
 // direction's MaxPacketSize. Its other state is the client's topic aliases
-// (as many topics as the broker's Topic Alias Maximum allows), and the
-// identifiers above: at most 65,535 of each, and at most 65,535 refused
-// filters awaiting their SUBACK, beyond which the session ends with quota
-// exceeded (0x97). A session under an Authentication Method holds the AUTH
+// (at most 16 topics, of at most the client's MaxPacketSize together: an
+// alias that would take more ends the session with quota exceeded, 0x97),
+// and the identifiers above: the MQTT 3 QoS 2 exchanges as a bit each (8
+// KiB while there are any), and the SUBSCRIBEs awaiting their SUBACK as a
+// bit per filter plus a record each, within the client's MaxPacketSize (at
+// least 64 KiB), beyond which the session ends with quota exceeded (0x97).
+// A SUBSCRIBE's filters are judged as they are read, without a slice of
+// them. A session under an Authentication Method holds the AUTH
 // that answers a re-authentication well (a few dozen bytes), and a copy of
 // the token of the one that awaits its answer, until the hook lets go of
 // it.
@@ -169,11 +186,24 @@ const (
 	FromBroker = 1
 )
 
-// maxPendingRefusals caps the refused filters a session keeps for SUBACKs
-// the broker has not answered yet: a client pipelining SUBSCRIBEs cannot
-// make the proxy hold more than that (about 4 bytes each, plus an entry per
-// SUBSCRIBE).
-const maxPendingRefusals = 65535
+// minPendingBudget is the least a session may hold for the SUBSCRIBEs
+// awaiting their SUBACK, whatever the client's packet limit: a small
+// max_packet_size must not make a few pipelined SUBSCRIBEs a quota
+// violation.
+const minPendingBudget = 64 << 10
+
+// pendingEntryCost is what one SUBSCRIBE awaiting its SUBACK is charged
+// beyond its bits: its map entry and record, rounded up.
+const pendingEntryCost = 64
+
+// maxTopicAliases caps the Topic Alias Maximum an MQTT 5 client is told
+// (the broker's, when smaller): the session keeps a copy of the topic of
+// each alias the client sets, to judge the PUBLISHes that name it by its
+// alias alone, and a client gains little from more aliases than the few
+// topics it publishes to most (mosquitto announces 10 by default, EMQX
+// 65,535). Together the topics are bounded by the client's packet limit
+// (TopicAliases.MaxBytes).
+const maxTopicAliases = 16
 
 // Config is what a Session needs to know of its client. The zero value
 // frames an MQTT 3.1.1 session without authorization, at the protocol's
@@ -193,6 +223,10 @@ type Config struct {
 	// (authorization.deny_action: disconnect); unset, denials are answered
 	// and the session goes on (ignore, the default).
 	DisconnectOnDeny bool
+	// ClientAliasMax is the Topic Alias Maximum of an MQTT 5 client's
+	// CONNECT: the aliases the broker may set on its PUBLISHes to the
+	// client, which the filter follows to judge them.
+	ClientAliasMax uint16
 	// MaxPacketSize is the largest packet, fixed header included, accepted
 	// from each direction, indexed by FromClient and FromBroker: the
 	// configured limit. From the client, the broker's Maximum Packet Size,
@@ -247,15 +281,22 @@ type Session struct {
 
 	// Owned by the client direction.
 	clientLimit  int                  // the largest packet the client may send
+	clientMax    int                  // the configured clientLimit, before the broker's: set once, read by both directions
 	brokerLimits bool                 // the broker's CONNACK limits are applied
 	aliases      packets.TopicAliases // the client's topic aliases
 	// pubrecs are the MQTT 3 QoS 2 exchanges the proxy answered with
-	// PUBREC for a denied PUBLISH, awaiting the client's PUBREL; nil when
-	// there are none.
-	pubrecs map[uint16]struct{}
+	// PUBREC for a denied PUBLISH, awaiting the client's PUBREL.
+	pubrecs idSet
 
 	// Owned by the broker direction.
 	connackSeen bool
+	// deliveryAliases are the topic aliases the broker sets on its
+	// PUBLISHes to an MQTT 5 client, up to the client's Topic Alias
+	// Maximum.
+	deliveryAliases packets.TopicAliases
+	// deliveryPubrecs are the MQTT 3 QoS 2 deliveries the proxy dropped
+	// and answered with PUBREC, awaiting the broker's PUBREL.
+	deliveryPubrecs idSet
 
 	// Shared. brokerAliasMax and brokerMaxPacket are written by the broker
 	// direction before it sets connack, and read by the client direction
@@ -266,18 +307,67 @@ type Session struct {
 	// pendingSubacks is len(subacks), read without mu so that a session
 	// with none takes no lock.
 	pendingSubacks atomic.Int32
-	mu             sync.Mutex // guards subacks and pendingRefusals
+	mu             sync.Mutex // guards subacks and pendingBytes
 	// subacks are the SUBSCRIBEs forwarded without some filters, by packet
 	// identifier, whose SUBACK must get the refusals back; nil when there
 	// are none.
-	subacks         map[uint16]pendingSuback
-	pendingRefusals int // the refusals in subacks
+	subacks      map[uint16]pendingSuback
+	pendingBytes int // what subacks are charged (pendingSuback.cost)
+	// pendingBudget bounds pendingBytes: the client's packet limit, at
+	// least minPendingBudget. Set once.
+	pendingBudget int
 }
 
 // pendingSuback is a SUBSCRIBE forwarded without its refused filters.
 type pendingSuback struct {
-	filters int      // the filters the client sent
-	refused []uint32 // the indexes of the refused ones, ascending
+	filters  int    // the filters the client sent
+	refusals int    // how many of them were refused
+	refused  bitset // which: a bit per filter index
+}
+
+// cost is what p is charged against the session's budget.
+func (p *pendingSuback) cost() int { return pendingEntryCost + 8*len(p.refused) }
+
+// bitset is a set of small integers, a bit each.
+type bitset []uint64
+
+func (b *bitset) set(i int) {
+	for len(*b) <= i/64 {
+		*b = append(*b, 0)
+	}
+	(*b)[i/64] |= 1 << (i % 64)
+}
+
+func (b bitset) has(i int) bool { return i/64 < len(b) && b[i/64]&(1<<(i%64)) != 0 }
+
+// idSet is a set of packet identifiers: a bit each, 8 KiB while it holds
+// any, nothing when empty, so that it never holds more whatever the client
+// does.
+type idSet struct {
+	bits *[1 << 16 / 64]uint64
+	n    int
+}
+
+func (s *idSet) has(id uint16) bool { return s.bits != nil && s.bits[id/64]&(1<<(id%64)) != 0 }
+
+func (s *idSet) add(id uint16) {
+	if s.bits == nil {
+		s.bits = new([1 << 16 / 64]uint64)
+	}
+	if !s.has(id) {
+		s.bits[id/64] |= 1 << (id % 64)
+		s.n++
+	}
+}
+
+func (s *idSet) remove(id uint16) {
+	if !s.has(id) {
+		return
+	}
+	s.bits[id/64] &^= 1 << (id % 64)
+	if s.n--; s.n == 0 {
+		s.bits = nil
+	}
 }
 
 // New returns the filter of a session.
@@ -302,6 +392,13 @@ func New(cfg Config) *Session {
 	if s.clientLimit <= 0 || s.clientLimit > packets.MaxPacketSize {
 		s.clientLimit = packets.MaxPacketSize
 	}
+	s.clientMax = s.clientLimit
+	// The aliases' topics are the client's, held for the session's life:
+	// together, no more than one packet of its.
+	s.aliases.MaxBytes = s.clientMax
+	s.pendingBudget = max(s.clientMax, minPendingBudget)
+	s.deliveryAliases.Max = cfg.ClientAliasMax
+	s.deliveryAliases.MaxBytes = max(cfg.MaxPacketSize[FromBroker], 0)
 	return s
 }
 
@@ -344,9 +441,9 @@ func (s *Session) Release() {
 	for dir := range s.framers {
 		s.framers[dir].Release()
 	}
-	s.pubrecs = nil
+	s.pubrecs, s.deliveryPubrecs = idSet{}, idSet{}
 	s.mu.Lock()
-	s.subacks, s.pendingRefusals = nil, 0
+	s.subacks, s.pendingBytes = nil, 0
 	s.pendingSubacks.Store(0)
 	s.mu.Unlock()
 }

@@ -161,20 +161,20 @@ func checkCaps(t *testing.T, s *Session, cfg Config) {
 			t.Fatalf("direction %d holds %d bytes of a packet, limit %d", dir, held, limit)
 		}
 	}
-	if len(s.pubrecs) > 65535 {
-		t.Fatalf("%d QoS 2 exchanges held", len(s.pubrecs))
+	if s.pubrecs.n > 65535 || (s.pubrecs.n == 0) != (s.pubrecs.bits == nil) {
+		t.Fatalf("%d QoS 2 exchanges held (%v)", s.pubrecs.n, s.pubrecs.bits != nil)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.pendingRefusals > maxPendingRefusals || len(s.subacks) > 65535 {
-		t.Fatalf("%d refusals in %d SUBACKs awaited", s.pendingRefusals, len(s.subacks))
+	if s.pendingBytes > s.pendingBudget || len(s.subacks) > 65535 {
+		t.Fatalf("%d bytes in %d SUBACKs awaited, budget %d", s.pendingBytes, len(s.subacks), s.pendingBudget)
 	}
-	refusals := 0
+	charged := 0
 	for _, p := range s.subacks {
-		refusals += len(p.refused)
+		charged += p.cost()
 	}
-	if refusals != s.pendingRefusals || int(s.pendingSubacks.Load()) != len(s.subacks) {
-		t.Fatalf("the counts of awaited SUBACKs are off: %d refusals counted, %d held; %d SUBACKs counted, %d held",
-			s.pendingRefusals, refusals, s.pendingSubacks.Load(), len(s.subacks))
+	if charged != s.pendingBytes || int(s.pendingSubacks.Load()) != len(s.subacks) {
+		t.Fatalf("the counts of awaited SUBACKs are off: %d bytes counted, %d held; %d SUBACKs counted, %d held",
+			s.pendingBytes, charged, s.pendingSubacks.Load(), len(s.subacks))
 	}
 }

@@ -164,20 +164,24 @@ func readiness(c net.Conn) func() error {
 // write that a client keeps stuck, a WebSocket close frame) fails at once
 // rather than blocking.
 func CloseNow(c net.Conn) {
-	bottom := c
+	if b := bottom(c); b != c {
+		b.Close()
+	}
+	c.Close()
+}
+
+// bottom is the connection at the bottom of c's layers, found through
+// NetConn: c itself when it has none.
+func bottom(c net.Conn) net.Conn {
 	for {
-		u, ok := bottom.(interface{ NetConn() net.Conn })
+		u, ok := c.(interface{ NetConn() net.Conn })
 		if !ok {
-			break
+			return c
 		}
 		next := u.NetConn()
 		if next == nil {
-			break
+			return c
 		}
-		bottom = next
+		c = next
 	}
-	if bottom != c {
-		bottom.Close()
-	}
-	c.Close()
 }

@@ -87,7 +87,8 @@
 // one whose back is queued is parked, a fourth state with no goroutine,
 // until flow 1-j has written it, then restarted on a goroutine. The
 // client's flow starts parked and starts when the broker's flow returns
-// its first output (held). Ending (End, or a Filter's error): no Filter
+// its first output (held); a client that closes or resets its socket
+// while held, with nothing left unread, ends the link. Ending (End, or a Filter's error): no Filter
 // call starts, the broker's flow writes what is queued for the client,
 // then the last words, and shuts the client's sending half; the client's
 // flow writes what is queued for the broker, shuts its sending half, and

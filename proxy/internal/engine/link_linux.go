@@ -231,6 +231,13 @@ func (l *epollLink) readable(i int, closing bool, buf []byte) {
 	defer l.unlock()
 	f := &l.flows[i]
 	switch {
+	case f.state == flowParked && i == 0 && closing && l.ext.fr.held && len(l.ext.fr.fromClient) == 0 && peerClosed(l.fd(0)):
+		// The client closed or reset its connection before the broker's
+		// first words, with nothing left unread or read ahead: the link
+		// ends, as a spliced one would, rather than wait for a broker
+		// that may never answer.
+		l.abortLocked()
+		return
 	case f.state == flowMoving || f.state == flowParked:
 		f.pending = true
 		return

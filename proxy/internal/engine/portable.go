@@ -180,10 +180,8 @@ var errHeld = errors.New("engine: the upstream ended before its first output")
 func (l *copyLink) filterHalf(i int) error {
 	x := l.fr
 	if i == 0 {
-		select {
-		case <-x.started:
-		case <-x.stop:
-			return net.ErrClosed
+		if err := l.awaitStarted(); err != nil {
+			return err
 		}
 		if in := x.fromClient; len(in) > 0 {
 			x.fromClient = nil
@@ -199,6 +197,58 @@ func (l *copyLink) filterHalf(i int) error {
 	return err
 }
 
+// awaitStarted waits, for the client's direction, until the upstream's
+// first output has gone to the client, or the link stops
+// (net.ErrClosed). A client whose peer closes or resets its socket
+// meanwhile, with nothing left unread, ends the link, as it would end a
+// spliced one: the upstream, which may be slow to answer or never answer,
+// is not kept for it. Bytes sent before the close are the Filter's once
+// the upstream has answered.
+func (l *copyLink) awaitStarted() error {
+	x := l.fr
+	wait := func() error {
+		select {
+		case <-x.started:
+			return nil
+		case <-x.stop:
+			return net.ErrClosed
+		}
+	}
+	socket, ok := bottom(l.client).(*net.TCPConn)
+	if !ok || len(x.fromClient) > 0 {
+		// No socket to ask, or bytes read ahead with the CONNECT that
+		// the Filter must have first: the client's close is seen after
+		// the start.
+		return wait()
+	}
+	watch := socketClosed(socket)
+	if watch == nil {
+		return wait()
+	}
+	gone := make(chan bool, 1)
+	go func() {
+		closed, err := watch()
+		gone <- closed || (err != nil && !errors.Is(err, os.ErrDeadlineExceeded))
+	}()
+	select {
+	case closed := <-gone:
+		if closed {
+			l.Abort()
+			return net.ErrClosed
+		}
+		return wait() // bytes to read after the start
+	case <-x.started:
+		// The watch ends at a deadline in the past; the direction reads
+		// the socket from then on, without one.
+		socket.SetReadDeadline(time.Unix(1, 0))
+		<-gone
+		socket.SetReadDeadline(time.Time{})
+		return nil
+	case <-x.stop:
+		return net.ErrClosed // Abort or the end closes the client, which ends the watch
+	}
+}
+
 // filtered passes in, read from direction i, through the Filter and
 // writes its outputs, whole; after End, in is dropped.
 func (l *copyLink) filtered(i int, in []byte) error {
@@ -210,14 +260,10 @@ func (l *copyLink) filtered(i int, in []byte) error {
 	defer func() { putOutBuf(fwd); putOutBuf(back) }()
 	var err error
 	*fwd, *back, err = x.filter.Filter(i, in, (*fwd)[:0], (*back)[:0])
-	var written func()
-	if i == 1 {
-		written = func() { x.startOnce.Do(func() { close(x.started) }) }
-	}
-	if werr := l.write(1-i, *fwd, written); werr != nil {
+	if werr := l.write(1-i, *fwd); werr != nil {
 		return werr
 	}
-	if werr := l.write(i, *back, nil); werr != nil {
+	if werr := l.write(i, *back); werr != nil {
 		return werr
 	}
 	if err != nil && x.ending.CompareAndSwap(false, true) {
@@ -227,11 +273,8 @@ func (l *copyLink) filtered(i int, in []byte) error {
 }
 
 // write writes b, whole units, to the client (j 0) or the upstream (1),
-// unless the link is ending, then calls written, if not nil, before
-// another write to j may begin: the upstream's first output is marked
-// started before Send's writes, which wait for it, can look, although the
-// client may have read it already.
-func (l *copyLink) write(j int, b []byte, written func()) error {
+// unless the link is ending.
+func (l *copyLink) write(j int, b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
@@ -243,8 +286,12 @@ func (l *copyLink) write(j int, b []byte, written func()) error {
 	}
 	n, err := l.conn(j).Write(b)
 	l.n[1-j].Add(int64(n))
-	if err == nil && written != nil {
-		written()
+	if j == 0 && err == nil {
+		// The upstream's first output (nothing else is written to the
+		// client before it) starts the link, under wmu[0], so that Send's
+		// and End's writes, which take it, see it started once it is
+		// written.
+		x.startOnce.Do(func() { close(x.started) })
 	}
 	return err
 }
