@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -211,15 +210,6 @@ func BenchmarkRefresh1MPaced(b *testing.B) {
 		cpu += processCPU(b) - before
 	}
 	b.ReportMetric(cpu.Seconds()/b.Elapsed().Seconds(), "cpu-share")
-}
-
-// processCPU is the CPU time the process has used, user and system.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkRevokedDuringRefresh is the check at CONNECT (List.Revoked)
