@@ -13,11 +13,9 @@ import (
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
-	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
 
@@ -229,16 +227,9 @@ log: {format: json}
 // URL.
 func startPoolProxy(t *testing.T, cfg *configs.File) (string, string) {
 	t.Helper()
-	pools, err := upstreamsConfig(cfg, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	upstreams, err := proxy.NewUpstreams(pools, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := servingProxy(t, cfg)
 	chain := newTestChain(t)
-	p := &proxy.Proxy{Upstreams: upstreams, Verifier: chain}
+	p.Verifier = chain
 	admin := adminTestConfig(false)
 	base := startTestAdmin(t, admin, p, chain, nil)
 	return serveTestProxy(t, p), base
