@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/defaults"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
@@ -113,7 +114,7 @@ func (p *Proxy) dialPool(e engine.Engine, s *session, c net.Conn, a *accepted, f
 	if err != nil {
 		return nil, nil, err
 	}
-	deadline := start.Add(orDefault(a.pool.DialTimeout(), p.dialTimeout()))
+	deadline := start.Add(defaults.Or(a.pool.DialTimeout(), p.dialTimeout()))
 	var headers [3][]byte // by PROXY header version, formatted once
 	var errs []error
 	for i, b := range candidates {

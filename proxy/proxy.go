@@ -74,6 +74,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/defaults"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/transport"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
@@ -231,7 +232,7 @@ func (p *Proxy) Serve(ln net.Listener, name string) error {
 				return ErrProxyClosed
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+			if errors.As(err, &ne) && ne.Timeout() || transport.IsTemporary(err) {
 				// Out of file descriptors and the like: wait, as net/http does.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				p.logger().Warn("accept failed; retrying", zap.String("listener", name), zap.Error(err), zap.Duration("backoff", backoff))
@@ -423,24 +424,12 @@ func (p *Proxy) logger() *zap.Logger {
 
 var nopLogger = zap.NewNop()
 
-func (p *Proxy) dialTimeout() time.Duration { return orDefault(p.DialTimeout, DefaultDialTimeout) }
+func (p *Proxy) dialTimeout() time.Duration { return defaults.Or(p.DialTimeout, DefaultDialTimeout) }
 
 func (p *Proxy) halfCloseTimeout() time.Duration {
-	return orDefault(p.HalfCloseTimeout, DefaultHalfCloseTimeout)
+	return defaults.Or(p.HalfCloseTimeout, DefaultHalfCloseTimeout)
 }
 
 func (l *Limits) connectTimeout() time.Duration {
-	return orDefault(l.ConnectTimeout, DefaultConnectTimeout)
-}
-
-func orDefault(d, def time.Duration) time.Duration {
-	if d <= 0 {
-		return def
-	}
-	return d
-}
-
-func isTemporary(err error) bool {
-	var t interface{ Temporary() bool }
-	return errors.As(err, &t) && t.Temporary()
+	return defaults.Or(l.ConnectTimeout, DefaultConnectTimeout)
 }

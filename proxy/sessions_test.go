@@ -80,26 +80,18 @@ func sessionToken(t *testing.T, sub, jti string, exp time.Time) string {
 // sees.
 type watchedClient struct {
 	*pahoClient
-	// ends gets, once, the reason code of the DISCONNECT the server
-	// sent, or -1 when the connection ended without one.
-	ends chan int
+	ends proxytest.Ending
 }
 
 // connectWatched connects a paho MQTT 5 client through addr as id, with
 // user name username and token as its password.
 func connectWatched(t *testing.T, addr, id, username, token string) *watchedClient {
 	t.Helper()
-	ends := make(chan int, 1)
-	end := func(code int) {
-		select {
-		case ends <- code:
-		default: // told already
-		}
-	}
+	ends := proxytest.NewEnding()
 	cp := &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30, UsernameFlag: true, Username: username, PasswordFlag: true, Password: []byte(token)}
 	c := connectPaho(t, addr, cp, func(cfg *paho.ClientConfig) {
-		cfg.OnServerDisconnect = func(d *paho.Disconnect) { end(int(d.ReasonCode)) }
-		cfg.OnClientError = func(error) { end(-1) }
+		cfg.OnServerDisconnect = func(d *paho.Disconnect) { ends.End(int(d.ReasonCode)) }
+		cfg.OnClientError = func(error) { ends.End(-1) }
 	})
 	return &watchedClient{pahoClient: c, ends: ends}
 }
@@ -108,25 +100,11 @@ func connectWatched(t *testing.T, addr, id, username, token string) *watchedClie
 // the server's DISCONNECT, or -1 when there was none.
 func (c *watchedClient) ended(t *testing.T) int {
 	t.Helper()
-	select {
-	case code := <-c.ends:
-		return code
-	case <-time.After(proxytest.DefaultTimeout):
-		t.Fatalf("client %s still connected after %v", c.ClientID(), proxytest.DefaultTimeout)
-		return 0
-	}
+	return c.ends.Wait(t, c.ClientID())
 }
 
 // connected reports whether the client's connection has not ended.
-func (c *watchedClient) connected() bool {
-	select {
-	case code := <-c.ends:
-		c.ends <- code
-		return false
-	default:
-		return true
-	}
-}
+func (c *watchedClient) connected() bool { return c.ends.Connected() }
 
 // onlySession returns the one session f selects, or fails the test.
 func onlySession(t *testing.T, p *Proxy, f SessionFilter) SessionInfo {

@@ -307,22 +307,7 @@ func TestPoolReloadAddsServer(t *testing.T) {
 		t.Errorf("%d of %d devices moved to the new broker, want between 10%% and 35%%", moved, n)
 	}
 	t.Logf("%d of %d devices (%.1f%%) moved to the fourth broker", moved, n, 100*float64(moved)/float64(n))
-	expectPong(t, held)
-}
-
-// expectPong sends PINGREQ on c, an open session, and reads the broker's
-// PINGRESP.
-func expectPong(t *testing.T, c net.Conn) {
-	t.Helper()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	defer c.SetDeadline(time.Time{})
-	if _, err := c.Write([]byte{0xC0, 0x00}); err != nil {
-		t.Fatalf("PINGREQ: %v", err)
-	}
-	var pong [2]byte
-	if _, err := io.ReadFull(c, pong[:]); err != nil || pong != [2]byte{0xD0, 0x00} {
-		t.Fatalf("PINGRESP: %x, %v", pong, err)
-	}
+	proxytest.ExpectPong(t, held)
 }
 
 // TestPoolReloadDrainsRemovedServer: the connections of a server a
@@ -365,7 +350,7 @@ func TestPoolReloadDrainsRemovedServer(t *testing.T) {
 	}
 	waitLog(t, logs, "upstream server removed; draining its connections", zap.String("server", addrs[1]), zap.Int("connections", 2))
 	for _, id := range ids {
-		expectPong(t, sessions[id]) // within the drain, both brokers' sessions go on
+		proxytest.ExpectPong(t, sessions[id]) // within the drain, both brokers' sessions go on
 	}
 	for _, id := range ids {
 		if where[id][0] != 1 {
@@ -389,7 +374,7 @@ func TestPoolReloadDrainsRemovedServer(t *testing.T) {
 	}
 	for _, id := range ids {
 		if where[id][0] == 0 {
-			expectPong(t, sessions[id])
+			proxytest.ExpectPong(t, sessions[id])
 		}
 	}
 
@@ -448,7 +433,7 @@ func TestPoolReloadTellsFramedV5ToUseAnotherServer(t *testing.T) {
 	if err := p.UpdateUpstreams(defaultPool(upstream.RoundRobin, nil, servers(addrs[1])...), drain); err != nil {
 		t.Fatal(err)
 	}
-	expectPong(t, c) // within the drain the session goes on
+	proxytest.ExpectPong(t, c) // within the drain the session goes on
 	got, err := readToClose(c)
 	if err != nil {
 		t.Fatal(err)
@@ -701,7 +686,7 @@ func TestPoolServerSettings(t *testing.T) {
 		clients = append(clients, c)
 	}
 	for _, c := range clients {
-		expectPong(t, c)
+		proxytest.ExpectPong(t, c)
 	}
 	h := <-headers
 	if h.Version != 1 || h.SourceAddr.String() != clients[2].LocalAddr().String() {
@@ -791,7 +776,7 @@ func TestPoolFailoverFromHungServer(t *testing.T) {
 		t.Fatalf("a client whose first server hangs: CONNACK %d, %v; want 0 from the next", code, err)
 	}
 	defer c.Close()
-	expectPong(t, c)
+	proxytest.ExpectPong(t, c)
 	broker.WaitForClient(t, "patient", proxytest.DefaultTimeout)
 	waitLog(t, logs, "upstream server failed; trying the next", zap.String("server", hung), zap.String("client_id", "patient"))
 	for _, st := range p.Upstreams.Status(nil) {
@@ -882,7 +867,7 @@ func TestPoolReloadReweights(t *testing.T) {
 		t.Errorf("40 clients after the reweighting went %v, want [30 10] (weights 3 and 1)", counts)
 	}
 	for _, c := range held {
-		expectPong(t, c)
+		proxytest.ExpectPong(t, c)
 	}
 	for _, st := range p.Upstreams.Status(nil) {
 		if st.Active < 1 {

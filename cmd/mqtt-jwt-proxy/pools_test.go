@@ -13,11 +13,9 @@ import (
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
-	"go.uber.org/zap"
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 )
 
@@ -161,7 +159,7 @@ func TestServePoolReload(t *testing.T) {
 	}
 	t.Logf("%d of %d devices moved to the fourth broker", moved, len(ids))
 	for _, c := range held {
-		pong(t, c)
+		proxytest.ExpectPong(t, c)
 	}
 
 	os.WriteFile(p.config, []byte(poolConfig(brokers[1:], configs.BalanceClientID, time.Second)), 0o600)
@@ -169,7 +167,7 @@ func TestServePoolReload(t *testing.T) {
 	if line := waitForLog(t, p.lines, "upstream server removed; draining its connections"); line["server"] != brokers[0].Addr || line["connections"] != 1.0 {
 		t.Errorf("drain line %v, want server %s with 1 connection", line, brokers[0].Addr)
 	}
-	pong(t, held[0]) // it goes on within the drain timeout
+	proxytest.ExpectPong(t, held[0]) // it goes on within the drain timeout
 	held[0].SetReadDeadline(time.Now().Add(30 * time.Second))
 	if b, err := io.ReadAll(held[0]); err != nil || len(b) != 0 {
 		t.Errorf("the session on the removed broker read %x, %v; want the end of the stream", b, err)
@@ -177,21 +175,7 @@ func TestServePoolReload(t *testing.T) {
 	if line := waitForLog(t, p.lines, "connection closed"); line["reason"] != "upstream_server_removed" {
 		t.Errorf("closing line %v, want reason upstream_server_removed", line)
 	}
-	pong(t, held[1])
-}
-
-// pong sends PINGREQ on c, an open session, and reads the PINGRESP.
-func pong(t *testing.T, c net.Conn) {
-	t.Helper()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	defer c.SetDeadline(time.Time{})
-	if _, err := c.Write([]byte{0xC0, 0x00}); err != nil {
-		t.Fatalf("PINGREQ: %v", err)
-	}
-	var answer [2]byte
-	if _, err := io.ReadFull(c, answer[:]); err != nil || answer != [2]byte{0xD0, 0x00} {
-		t.Fatalf("PINGRESP: %x, %v", answer, err)
-	}
+	proxytest.ExpectPong(t, held[1])
 }
 
 // TestServeTenantsByClaim: two tenants' devices, routed by their token's
@@ -243,16 +227,9 @@ log: {format: json}
 // URL.
 func startPoolProxy(t *testing.T, cfg *configs.File) (string, string) {
 	t.Helper()
-	pools, err := upstreamsConfig(cfg, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	upstreams, err := proxy.NewUpstreams(pools, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := servingProxy(t, cfg)
 	chain := newTestChain(t)
-	p := &proxy.Proxy{Upstreams: upstreams, Verifier: chain}
+	p.Verifier = chain
 	admin := adminTestConfig(false)
 	base := startTestAdmin(t, admin, p, chain, nil)
 	return serveTestProxy(t, p), base

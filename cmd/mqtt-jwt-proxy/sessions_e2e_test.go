@@ -64,9 +64,7 @@ func e2eToken(t *testing.T, sub string, c sessionClaims) string {
 type v5Client struct {
 	*paho.Client
 	local string // the client's address, as the proxy sees it
-	// ends gets, once, the reason code of the DISCONNECT the server
-	// sent, or -1 when the connection ended without one.
-	ends chan int
+	ends  proxytest.Ending
 }
 
 // connectV5 connects a paho MQTT 5 client to addr as id with token as its
@@ -77,17 +75,11 @@ func connectV5(t *testing.T, addr, id, username, token string) (*v5Client, byte)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &v5Client{local: conn.LocalAddr().String(), ends: make(chan int, 1)}
-	end := func(code int) {
-		select {
-		case c.ends <- code:
-		default: // told already
-		}
-	}
+	c := &v5Client{local: conn.LocalAddr().String(), ends: proxytest.NewEnding()}
 	c.Client = paho.NewClient(paho.ClientConfig{
 		Conn:               conn,
-		OnServerDisconnect: func(d *paho.Disconnect) { end(int(d.ReasonCode)) },
-		OnClientError:      func(error) { end(-1) },
+		OnServerDisconnect: func(d *paho.Disconnect) { c.ends.End(int(d.ReasonCode)) },
+		OnClientError:      func(error) { c.ends.End(-1) },
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), proxytest.DefaultTimeout)
 	defer cancel()
@@ -118,25 +110,11 @@ func mustConnectV5(t *testing.T, addr, id, username, token string) *v5Client {
 // the server's DISCONNECT, or -1 when there was none.
 func (c *v5Client) ended(t *testing.T) int {
 	t.Helper()
-	select {
-	case code := <-c.ends:
-		return code
-	case <-time.After(proxytest.DefaultTimeout):
-		t.Fatalf("client %s still connected after %v", c.ClientID(), proxytest.DefaultTimeout)
-		return 0
-	}
+	return c.ends.Wait(t, c.ClientID())
 }
 
 // connected reports whether the client's connection has not ended.
-func (c *v5Client) connected() bool {
-	select {
-	case code := <-c.ends:
-		c.ends <- code
-		return false
-	default:
-		return true
-	}
-}
+func (c *v5Client) connected() bool { return c.ends.Connected() }
 
 // waitForLogWith returns the first line whose message contains msg and
 // whose fields have the values of want (numbers as JSON gives them,

@@ -55,6 +55,22 @@ func Visit(addr string, connect []byte) (byte, error) {
 	return code, err
 }
 
+// ExpectPong sends PINGREQ on c, an open MQTT session, and reads
+// the PINGRESP, within DefaultTimeout: the session is still open end to
+// end.
+func ExpectPong(t testing.TB, c net.Conn) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(DefaultTimeout))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write([]byte{0xC0, 0x00}); err != nil {
+		t.Fatalf("PINGREQ: %v", err)
+	}
+	var pong [2]byte
+	if _, err := io.ReadFull(c, pong[:]); err != nil || pong != [2]byte{0xD0, 0x00} {
+		t.Fatalf("PINGRESP: %x, %v", pong, err)
+	}
+}
+
 // VisitAll has each of connects make a Visit to addr, a few at a time,
 // and fails the test unless every one is accepted.
 func VisitAll(t testing.TB, addr string, connects [][]byte) {

@@ -12,6 +12,8 @@ import (
 	"github.com/pires/go-proxyproto"
 	"github.com/pires/go-proxyproto/tlvparse"
 	"go.uber.org/zap"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/defaults"
 )
 
 // DefaultProxyProtocolTimeout is ProxyProtocolListener.Timeout's zero value.
@@ -124,7 +126,7 @@ func (l *ProxyProtocolListener) acceptLoop() {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
-			if !l.deliver(acceptResult{err: err}) || !isTemporary(err) {
+			if !l.deliver(acceptResult{err: err}) || !IsTemporary(err) {
 				return
 			}
 			continue
@@ -190,7 +192,7 @@ func (l *ProxyProtocolListener) track(c net.Conn, add bool) bool {
 // logs why it is refused and closes it.
 func (l *ProxyProtocolListener) readHeader(c net.Conn) {
 	defer l.wg.Done()
-	proxied, err := readProxyHeader(c, orDefault(l.Timeout, DefaultProxyProtocolTimeout), l.ClientCertificates)
+	proxied, err := readProxyHeader(c, defaults.Or(l.Timeout, DefaultProxyProtocolTimeout), l.ClientCertificates)
 	l.track(c, false)
 	if err != nil {
 		if l.Logger != nil {
@@ -339,17 +341,9 @@ func closeWrite(c net.Conn) error {
 	return errors.ErrUnsupported
 }
 
-// orDefault is d, or def when d is zero or negative.
-func orDefault(d, def time.Duration) time.Duration {
-	if d <= 0 {
-		return def
-	}
-	return d
-}
-
-// isTemporary reports whether a listener's error passes (out of
-// descriptors, say).
-func isTemporary(err error) bool {
+// IsTemporary reports whether a listener's error passes (out of
+// descriptors, say): an accept loop retries after it.
+func IsTemporary(err error) bool {
 	var t interface{ Temporary() bool }
 	return errors.As(err, &t) && t.Temporary()
 }

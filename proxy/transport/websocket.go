@@ -17,6 +17,8 @@ import (
 	"github.com/gorilla/websocket"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/defaults"
 )
 
 // Defaults for the zero values of WebSocketListener's fields.
@@ -209,14 +211,14 @@ func (l *WebSocketListener) Start() *WebSocketListener {
 	l.served = make(chan struct{})
 	l.done = make(chan struct{})
 	l.upgrader = websocket.Upgrader{
-		HandshakeTimeout: orDefault(l.HandshakeTimeout, DefaultHandshakeTimeout),
+		HandshakeTimeout: defaults.Or(l.HandshakeTimeout, DefaultHandshakeTimeout),
 		WriteBufferPool:  &sync.Pool{},
 		Subprotocols:     WebSocketSubprotocols,
 		CheckOrigin:      l.checkOrigin,
 	}
 	l.server = &http.Server{
 		Handler:           http.HandlerFunc(l.serveHTTP),
-		ReadHeaderTimeout: orDefault(l.HandshakeTimeout, DefaultHandshakeTimeout),
+		ReadHeaderTimeout: defaults.Or(l.HandshakeTimeout, DefaultHandshakeTimeout),
 		MaxHeaderBytes:    maxUpgradeRequestBytes,
 		ErrorLog:          errorLog,
 		ConnContext:       withConn,

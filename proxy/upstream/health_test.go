@@ -123,15 +123,15 @@ func TestHealthChecksFollowBrokers(t *testing.T) {
 func TestFirstCheckDecides(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	dead := proxytest.ClosedAddr(t)
-	ln := listen(t, func(c net.Conn) { c.Close() })
+	addr := proxytest.ServeTCP(t, func(c net.Conn) { c.Close() })
 	check := &HealthCheck{Interval: time.Hour, Fall: 5}
-	p, err := NewPool("p", PoolConfig[int]{Servers: testServers(ln.Addr().String(), dead), Balance: RoundRobin, HealthCheck: check}, tcpDial, nil)
+	p, err := NewPool("p", PoolConfig[int]{Servers: testServers(addr, dead), Balance: RoundRobin, HealthCheck: check}, tcpDial, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer p.Close()
 	waitFor(t, "the dead server marked down", func() bool { return !statusOf(t, p, dead).Up })
-	if got := pick(t, p, ""); !slices.Equal(got, []string{ln.Addr().String()}) {
+	if got := pick(t, p, ""); !slices.Equal(got, []string{addr}) {
 		t.Errorf("candidates %v, want the live server only", got)
 	}
 }
@@ -142,8 +142,7 @@ func TestFirstCheckDecides(t *testing.T) {
 // count. Without health checks, failures mark nothing down.
 func TestDialFailuresMarkDown(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
-	ln := listen(t, func(c net.Conn) { c.Close() })
-	addr := ln.Addr().String()
+	addr := proxytest.ServeTCP(t, func(c net.Conn) { c.Close() })
 	// The first check passes; the next is an hour away.
 	check := &HealthCheck{Interval: time.Hour, Fall: 3, Rise: 2}
 	p, err := NewPool("p", PoolConfig[int]{Servers: testServers(addr, "10.0.0.2:1883"), Balance: RoundRobin, HealthCheck: check}, tcpDial, nil)
@@ -276,37 +275,6 @@ func TestProbeThroughTheDialer(t *testing.T) {
 	}
 }
 
-// listen serves each connection to a loopback listener with serve, until
-// the test ends.
-func listen(t testing.TB, serve func(net.Conn)) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				serve(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	return ln
-}
-
 // TestProbeAnswers: what a check makes of each answer to its CONNECT.
 func TestProbeAnswers(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
@@ -330,7 +298,7 @@ func TestProbeAnswers(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			received := make(chan []byte, 1)
-			ln := listen(t, func(c net.Conn) {
+			addr := proxytest.ServeTCP(t, func(c net.Conn) {
 				defer c.Close()
 				got := make([]byte, len(probe))
 				c.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
@@ -345,7 +313,7 @@ func TestProbeAnswers(t *testing.T) {
 			p := &Pool[int]{dial: tcpDial}
 			// The silent broker waits it out; the others answer well
 			// within it, also on a busy machine under -race.
-			err := p.checkOnce(context.Background(), &Server[int]{Address: ln.Addr().String()}, 2*time.Second, probe)
+			err := p.checkOnce(context.Background(), &Server[int]{Address: addr}, 2*time.Second, probe)
 			switch {
 			case tc.want == "" && err != nil:
 				t.Errorf("check failed: %v", err)
@@ -365,14 +333,14 @@ func TestProbeAnswers(t *testing.T) {
 func TestCloseStopsAChecksUnderWay(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
 	accepted := make(chan struct{}, 1)
-	ln := listen(t, func(c net.Conn) {
+	addr := proxytest.ServeTCP(t, func(c net.Conn) {
 		defer c.Close()
 		accepted <- struct{}{}
 		c.Read(make([]byte, 1024))
 		c.Read(make([]byte, 1)) // until the probe gives up
 	})
 	check := &HealthCheck{Interval: time.Hour, Timeout: time.Hour, Connect: &ProbeConnect{}}
-	p, err := NewPool("p", PoolConfig[int]{Servers: testServers(ln.Addr().String()), Balance: RoundRobin, HealthCheck: check}, tcpDial, nil)
+	p, err := NewPool("p", PoolConfig[int]{Servers: testServers(addr), Balance: RoundRobin, HealthCheck: check}, tcpDial, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +355,7 @@ func TestCloseStopsAChecksUnderWay(t *testing.T) {
 	case <-time.After(proxytest.DefaultTimeout):
 		t.Fatal("Close waits on the check's hour-long timeout")
 	}
-	if !statusOf(t, p, ln.Addr().String()).Up {
+	if !statusOf(t, p, addr).Up {
 		t.Error("a check stopped by Close counted as a failure")
 	}
 }

@@ -47,6 +47,8 @@ import (
 	"fmt"
 	"net"
 	"time"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/defaults"
 )
 
 // Balance is how a pool chooses among its servers that are up.
@@ -147,7 +149,7 @@ type ProbeConnect struct {
 	Password []byte
 }
 
-func (h HealthCheck) interval() time.Duration { return orDefault(h.Interval, DefaultCheckInterval) }
+func (h HealthCheck) interval() time.Duration { return defaults.Or(h.Interval, DefaultCheckInterval) }
 
 func (h HealthCheck) timeout() time.Duration {
 	if h.Timeout > 0 {
@@ -156,16 +158,9 @@ func (h HealthCheck) timeout() time.Duration {
 	return min(DefaultCheckTimeout, h.interval())
 }
 
-func (h HealthCheck) fall() int { return orDefault(h.Fall, DefaultFall) }
+func (h HealthCheck) fall() int { return defaults.Or(h.Fall, DefaultFall) }
 
-func (h HealthCheck) rise() int { return orDefault(h.Rise, DefaultRise) }
-
-func orDefault[N int | time.Duration](v, def N) N {
-	if v <= 0 {
-		return def
-	}
-	return v
-}
+func (h HealthCheck) rise() int { return defaults.Or(h.Rise, DefaultRise) }
 
 // ErrNoServerUp is wrapped by the error Pick returns when every server of
 // the pool is marked down: the client is refused with CONNACK 0x88 server

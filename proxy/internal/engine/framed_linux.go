@@ -72,14 +72,9 @@ func (l *epollLink) readableFramed(i int, closing bool, buf []byte) {
 		return
 	}
 	for full := 0; ; {
-		n, err := rawRead(l.fd(i), buf)
+		n := l.readLocked(i, buf)
 		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return
-		case err != nil:
-			l.stopFlowLocked(i, false)
+		case n < 0:
 			return
 		case n == 0:
 			l.framedEOFLocked(i)

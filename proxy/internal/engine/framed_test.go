@@ -84,7 +84,8 @@ func engineKinds(t *testing.T) []Kind {
 	return []Kind{Portable}
 }
 
-// tcpConns returns both ends of a loopback TCP connection.
+// tcpConns returns both ends of a loopback TCP connection, closed when
+// the test ends.
 func tcpConns(t *testing.T) (dialed, accepted *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -100,6 +101,7 @@ func tcpConns(t *testing.T) (dialed, accepted *net.TCPConn) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { d.Close(); a.Close() })
 	return d.(*net.TCPConn), a.(*net.TCPConn)
 }
 
@@ -108,7 +110,6 @@ func joinFramed(t *testing.T, e Engine, fromClient string, halfClose time.Durati
 	client, proxyClient := tcpConns(t)
 	proxyUp, broker := tcpConns(t)
 	fl := &framedLink{client: client, broker: broker, filter: &lineFilter{t: t}, done: make(chan [2]int64, 1)}
-	t.Cleanup(func() { client.Close(); broker.Close() })
 	fl.link = e.Join(proxyClient, proxyUp, Options{HalfClose: halfClose, Filter: fl.filter, FromClient: []byte(fromClient),
 		Done: func(from, to int64) { fl.done <- [2]int64{from, to} }})
 	return fl

@@ -248,14 +248,9 @@ func (l *epollLink) readable(i int, closing bool, buf []byte) {
 		return
 	}
 	for full := 0; ; {
-		n, err := rawRead(l.fd(i), buf)
+		n := l.readLocked(i, buf)
 		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return
-		case err != nil:
-			l.stopFlowLocked(i, false)
+		case n < 0:
 			return
 		case n == 0:
 			l.stopFlowLocked(i, true)
@@ -288,6 +283,26 @@ func (l *epollLink) readable(i int, closing bool, buf []byte) {
 			// edge.
 			return
 		}
+	}
+}
+
+// readLocked reads flow i's source into buf on the watcher, again after
+// EINTR. It returns the count read, 0 at the source's EOF, for the caller
+// to end the flow its way, or -1 when the socket is empty for now or the
+// read failed, which stopped the flow. l.mu is held.
+func (l *epollLink) readLocked(i int, buf []byte) int {
+	for {
+		n, err := rawRead(l.fd(i), buf)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return -1
+		case err != nil:
+			l.stopFlowLocked(i, false)
+			return -1
+		}
+		return n
 	}
 }
 

@@ -34,34 +34,14 @@ func testEpoll(t *testing.T) *epoll {
 	return &epoll{ws: testWatchers(t)}
 }
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (dialed, accepted *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	d, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close(); a.Close() })
-	return d.(*net.TCPConn), a.(*net.TCPConn)
-}
-
 // TestRelayCarriesWhatTheDestinationCannotTake: with the broker's side
 // full, the watcher has read bytes it cannot write; a goroutine carries
 // them until the broker reads again, while the client goes on sending.
 // Everything arrives intact and in order, and done reports the counts.
 func TestRelayCarriesWhatTheDestinationCannotTake(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
-	client, proxyClient := tcpPair(t)
-	proxyUp, broker := tcpPair(t)
+	client, proxyClient := tcpConns(t)
+	proxyUp, broker := tcpConns(t)
 	// Fill the proxy's send buffer and the broker's receive buffer: a
 	// write that cannot finish within the deadline has filled them.
 	filler := make([]byte, 1<<20)
@@ -166,7 +146,7 @@ func TestDialWaitsForTheBroker(t *testing.T) {
 		c.Write([]byte("connack"))
 		io.Copy(io.Discard, c)
 	}))
-	client, proxyClient := tcpPair(t)
+	client, proxyClient := tcpConns(t)
 	e := testEpoll(t)
 	type dialed struct {
 		c   net.Conn
@@ -276,8 +256,8 @@ func TestDialFailures(t *testing.T) {
 // expiry, Close): done is called and both peers see the connection end.
 func TestAbortWakesAWaitingFlow(t *testing.T) {
 	proxytest.VerifyNoLeaks(t)
-	client, proxyClient := tcpPair(t)
-	proxyUp, broker := tcpPair(t)
+	client, proxyClient := tcpConns(t)
+	proxyUp, broker := tcpConns(t)
 	e := testEpoll(t)
 	done := make(chan struct{})
 	r, ok := e.Join(proxyClient, proxyUp, Options{HalfClose: time.Minute, Done: func(int64, int64) { close(done) }}).(*epollLink)
