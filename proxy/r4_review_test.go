@@ -3,6 +3,11 @@ package proxy
 import (
 	"errors"
 	"net"
+
+	"github.com/lestrrat-go/jwx/v2/jwt"
+
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"os"
 	"testing"
 	"time"
@@ -75,4 +80,47 @@ func TestR4PoolServerReaddedWithinDrain(t *testing.T) {
 		t.Errorf("the drain of a server put back by the next reload closed its connections (%d lines)", n)
 	}
 	expectPong(t, sessions[onB])
+}
+
+// TestR4ReauthWithTokenRoutedElsewhere: pools routed by the token's
+// tenant claim; an MQTT 5 client under the Authentication Method JWT
+// connects with a tenant acme token (acme's broker), then
+// re-authenticates with a token of the same sub whose tenant is globex.
+// The routes say such a token belongs on globex's broker, but the
+// re-authentication is accepted and the session goes on at acme's broker
+// under globex's token: a re-authentication should be refused (or the
+// session told 0x9C, use another server) when its token routes to
+// another pool than the one the session is on.
+func TestR4ReauthWithTokenRoutedElsewhere(t *testing.T) {
+	proxytest.RequireMosquitto(t)
+	acme, globex := proxytest.StartMosquitto(t), proxytest.StartMosquitto(t)
+	cfg := UpstreamsConfig{
+		Pools: map[string]upstream.PoolConfig[ServerSettings]{
+			"acme":   {Servers: servers(acme.Addr), Balance: upstream.RoundRobin},
+			"globex": {Servers: servers(globex.Addr), Balance: upstream.RoundRobin},
+		},
+		Routes: []upstream.Route{
+			{Claims: map[string]string{"tenant": "acme"}, Pool: "acme"},
+			{Claims: map[string]string{"tenant": "globex"}, Pool: "globex"},
+		},
+	}
+	pools, err := NewUpstreams(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := acl.FromConfig(configs.Authorization{NoMatch: "deny"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := startObserved(t, &Proxy{Upstreams: pools, Verifier: jwtChain(t, boundHS256), Authorization: Authorization{Rules: rules}})
+	tenant := func(name string) func(*jwt.Builder) { return func(b *jwt.Builder) { b.Claim("tenant", name) } }
+	const id = "dev-1"
+	c := connectMethod(t, o.addr, id, tokenOf(t, e2eSecret, id, ownTopics("devices"), tenant("acme")))
+	if where := proxytest.WhereConnected(t, []*proxytest.Mosquitto{acme, globex}, nil); len(where[id]) != 1 || where[id][0] != 0 {
+		t.Fatalf("%s connected at brokers %v, want [0] (acme)", id, where[id])
+	}
+	r := c.reauthenticate(t, "JWT", tokenOf(t, e2eSecret, id, ownTopics("devices"), tenant("globex")))
+	if r != nil && r.Success {
+		t.Errorf("re-authentication with a token the routes send to pool globex accepted on a session at pool acme's broker")
+	}
 }
