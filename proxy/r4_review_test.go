@@ -8,7 +8,9 @@ import (
 
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/packets"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -122,5 +124,40 @@ func TestR4ReauthWithTokenRoutedElsewhere(t *testing.T) {
 	r := c.reauthenticate(t, "JWT", tokenOf(t, e2eSecret, id, ownTopics("devices"), tenant("globex")))
 	if r != nil && r.Success {
 		t.Errorf("re-authentication with a token the routes send to pool globex accepted on a session at pool acme's broker")
+	}
+}
+
+// TestR4SessionsListedWhileFramedConnects: the sessions API lists
+// (Proxy.Sessions) while framed sessions connect. handOver publishes a
+// session's openConn under Proxy.mu (identified), then, for a framed
+// session, rewrites conn.rawLen outside any lock, which Sessions reads
+// under Proxy.mu: a data race, which -race reports (run this test with
+// -race).
+func TestR4SessionsListedWhileFramedConnects(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	o := reauthProxy(t, broker.Addr)
+	var connects [][]byte
+	for i := range 300 {
+		id := "listed-" + strconv.Itoa(i)
+		connects = append(connects, connectAs(t, packets.ProtocolV311, id, tokenOf(t, e2eSecret, id, ownTopics("devices"))))
+	}
+	stop := make(chan struct{})
+	listed := make(chan int)
+	go func() {
+		most := 0
+		for {
+			select {
+			case <-stop:
+				listed <- most
+				return
+			default:
+			}
+			most = max(most, len(o.Sessions(SessionFilter{})))
+		}
+	}()
+	proxytest.VisitAll(t, o.addr, connects)
+	close(stop)
+	if most := <-listed; most == 0 {
+		t.Log("the lister saw no session while they connected")
 	}
 }
