@@ -190,6 +190,28 @@ func BenchmarkParse1M(b *testing.B) {
 	}
 }
 
+// BenchmarkRefresh1MPaced is what a refresh that finds a new document
+// of a million jti values costs with its pacing (refreshCPUShare): the
+// document hashed, parsed and its set built, as List does it. ns/op is
+// the wall time the new set takes to be ready; cpu-share is the process's
+// CPU time (the garbage collector's included) over that wall time, in
+// cores.
+func BenchmarkRefresh1MPaced(b *testing.B) {
+	doc := jtiDocument(b, uuids(million))
+	b.SetBytes(int64(len(doc)))
+	var cpu time.Duration
+	for b.Loop() {
+		before := processCPU(b)
+		pace := newPacer(context.Background())
+		hashDocument(doc, pace)
+		if _, err := parse(doc, pace); err != nil {
+			b.Fatal(err)
+		}
+		cpu += processCPU(b) - before
+	}
+	b.ReportMetric(cpu.Seconds()/b.Elapsed().Seconds(), "cpu-share")
+}
+
 // BenchmarkRevokedDuringRefresh is the check at CONNECT (List.Revoked)
 // against a list of a million jti values, first with the list idle, then
 // while another goroutine refreshes it from a URL again and again, each

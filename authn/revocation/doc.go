@@ -31,9 +31,12 @@
 //
 // A file is checked every refresh_interval (its size, modification time
 // and inode) and read again when it changed, and at every Refresh; a URL
-// is fetched every refresh_interval with the JWKS fetch's rules. A new
-// document replaces the whole set at once; lookups never wait for a
-// refresh. A failed refresh keeps the last good set. While there is none,
+// is fetched every refresh_interval with the JWKS fetch's rules, asking
+// for it only if it changed when the server sends an ETag or
+// Last-Modified. A document identical to the last is not parsed again; a
+// new one is parsed at a quarter of a core at most, so that a large list
+// leaves the CPU to the connections, and replaces the whole set at once;
+// lookups never wait for a refresh. A failed refresh keeps the last good set. While there is none,
 // or it is older than max_stale, on_unavailable decides: deny (the
 // default) refuses every new connection, allow lets it in with the last
 // good set applied, if any.

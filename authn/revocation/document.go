@@ -120,7 +120,10 @@ func (s *Set) counts() (jti, subject, clientID, issuedBefore int) {
 // without that claim), a time that is not RFC 3339 with a zone, invalid
 // UTF-8 and anything after the object are errors, as is a document over
 // MaxDocumentSize. A string listed twice counts once.
-func Parse(data []byte) (*Set, error) {
+func Parse(data []byte) (*Set, error) { return parse(data, nil) }
+
+// parse is Parse, paced by p (nil: at full speed).
+func parse(data []byte, p *pacer) (*Set, error) {
 	if len(data) > MaxDocumentSize {
 		return nil, fmt.Errorf("document of %d bytes is over the %d-byte limit", len(data), MaxDocumentSize)
 	}
@@ -137,8 +140,8 @@ func Parse(data []byte) (*Set, error) {
 		return nil, fmt.Errorf("a JSON %s, not an object", kindName(tok.Kind()))
 	}
 	arena := make([]byte, 0, len(data))
-	jti, subject, clientID := setBuilder{arena: &arena}, setBuilder{arena: &arena}, setBuilder{arena: &arena}
-	issuedBefore := setBuilder{arena: &arena, withValues: true}
+	jti, subject, clientID := setBuilder{arena: &arena, pace: p}, setBuilder{arena: &arena, pace: p}, setBuilder{arena: &arena, pace: p}
+	issuedBefore := setBuilder{arena: &arena, withValues: true, pace: p}
 	for dec.PeekKind() != '}' {
 		name, err := dec.ReadToken()
 		if err != nil {

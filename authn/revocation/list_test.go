@@ -2,7 +2,9 @@ package revocation
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -55,6 +57,9 @@ type listServer struct {
 	status     int // 0: 200 with doc
 	lastHeader http.Header
 	requests   int
+	// etags, when not nil, makes the server send an ETag and answer 304
+	// to a request for the document it has, with a signal on etags.
+	etags chan struct{}
 }
 
 func newListServer(t *testing.T, doc string) *listServer {
@@ -85,7 +90,7 @@ func newTLSListServer(t *testing.T, doc string) (*listServer, string) {
 
 func (s *listServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
-	doc, status := s.doc, s.status
+	doc, status, etags := s.doc, s.status, s.etags
 	s.lastHeader = r.Header.Clone()
 	s.requests++
 	s.mu.Unlock()
@@ -94,6 +99,18 @@ func (s *listServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
+	if etags != nil {
+		tag := fmt.Sprintf(`"%x"`, sha256.Sum256([]byte(doc)))
+		w.Header().Set("ETag", tag)
+		if r.Header.Get("If-None-Match") == tag {
+			w.WriteHeader(http.StatusNotModified)
+			select {
+			case etags <- struct{}{}:
+			default:
+			}
+			return
+		}
+	}
 	io.WriteString(w, doc)
 }
 
@@ -420,6 +437,47 @@ func TestRefreshLoop(t *testing.T) {
 	waitVersion(t, versions, 2)
 	if r := revoked(l, Token{Subject: "mallory"}); r != ReasonSubject {
 		t.Errorf("Revoked = %q after the loop's refresh, want sub", r)
+	}
+}
+
+// TestURLNotModified: a server that sends an ETag is asked for the
+// document only if it changed, and its 304 is a successful refresh that
+// keeps the set; a new document under a new ETag is loaded; Refresh asks
+// unconditionally.
+func TestURLNotModified(t *testing.T) {
+	verifyNoLeaks(t)
+	srv := newListServer(t, `{"sub": ["mallory"]}`)
+	notModified := make(chan struct{}, 1)
+	srv.mu.Lock()
+	srv.etags = notModified
+	srv.mu.Unlock()
+	l, _ := newTestList(t, configs.Revocation{URL: srv.URL, RefreshInterval: configs.Duration(20 * time.Millisecond)}, newTestClock())
+	waitFirstRefresh(t, l)
+	versions, stop := l.Subscribe()
+	defer stop()
+	for range 2 { // two 304s: the loop goes on asking
+		select {
+		case <-notModified:
+		case <-time.After(waitTimeout):
+			t.Fatalf("no conditional request answered 304 within %s", waitTimeout)
+		}
+	}
+	if st := l.Status(); st.Version != 1 || st.Refreshes < 2 || st.Failures != 0 || !st.InForce {
+		t.Errorf("after 304s: %+v, want version 1 in force, refreshed, no failure", st)
+	}
+	if r := revoked(l, Token{Subject: "mallory"}); r != ReasonSubject {
+		t.Errorf("after 304s: Revoked = %q, want sub", r)
+	}
+	srv.serve(`{"sub": ["mallory", "eve"]}`)
+	waitVersion(t, versions, 2)
+	if r := revoked(l, Token{Subject: "eve"}); r != ReasonSubject {
+		t.Errorf("after the change: Revoked = %q, want sub", r)
+	}
+	if err := l.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if h := srv.header().Get("If-None-Match"); h != "" {
+		t.Errorf("Refresh sent If-None-Match %q, want an unconditional request", h)
 	}
 }
 

@@ -61,6 +61,7 @@ type setBuilder struct {
 	ends       []uint32 // where each string ends in the arena
 	values     []int64  // a value per string, when withValues
 	withValues bool
+	pace       *pacer // steps at each string ended, and in build's loops
 }
 
 // begin starts the builder's strings at the end of the arena.
@@ -78,6 +79,7 @@ func (b *setBuilder) pending() []byte { return (*b.arena)[b.start(len(b.ends)):]
 
 // end ends the pending string, with value (kept when withValues).
 func (b *setBuilder) end(value int64) {
+	b.pace.step()
 	b.ends = append(b.ends, uint32(len(*b.arena)))
 	if b.withValues {
 		b.values = append(b.values, value)
@@ -118,6 +120,7 @@ func (b *setBuilder) build() stringSet {
 		s.values = make([]int64, 0, n)
 	}
 	for i, e := range order {
+		b.pace.step()
 		str := b.at(int(e.index))
 		if b.duplicate(order[:i], e.hash, str) {
 			continue
@@ -131,17 +134,18 @@ func (b *setBuilder) build() stringSet {
 	s.text = text.String()
 	// Duplicates leave room at the ends: give it back.
 	s.entries, s.values = slices.Clip(s.entries), slices.Clip(s.values)
-	s.buildDir()
+	s.buildDir(b.pace)
 	return s
 }
 
 // buildDir builds the directory of the sorted hashes: 2^k buckets, k
 // such that each holds about entriesPerBucket entries.
-func (s *stringSet) buildDir() {
+func (s *stringSet) buildDir(p *pacer) {
 	s.shift = bucketShift(len(s.entries))
 	s.dir = make([]uint32, 1<<(64-s.shift)+1)
 	b := 0
 	for i := range s.entries {
+		p.step()
 		for ; b <= int(s.entries[i].hash()>>s.shift); b++ {
 			s.dir[b] = uint32(i)
 		}
@@ -162,6 +166,7 @@ func (b *setBuilder) sorted(seed maphash.Seed) []hashedString {
 	hashes := make([]uint64, n)
 	starts := make([]uint32, 1<<(64-shift)+1) // starts[k+1] counts bucket k, then is where it starts
 	for i := range hashes {
+		b.pace.step()
 		hashes[i] = maphash.Bytes(seed, b.at(i))
 		starts[hashes[i]>>shift+1]++
 	}
@@ -170,6 +175,7 @@ func (b *setBuilder) sorted(seed maphash.Seed) []hashedString {
 	}
 	order := make([]hashedString, n)
 	for i, h := range hashes { // in document order: a stable sort
+		b.pace.step()
 		k := h >> shift
 		order[starts[k]] = hashedString{h, uint32(i)}
 		starts[k]++
@@ -178,6 +184,7 @@ func (b *setBuilder) sorted(seed maphash.Seed) []hashedString {
 	// begins.
 	begin := uint32(0)
 	for _, end := range starts[:len(starts)-1] {
+		b.pace.step()
 		bucket := order[begin:end]
 		for i := 1; i < len(bucket); i++ { // insertion sort: stable
 			for j := i; j > 0 && bucket[j].hash < bucket[j-1].hash; j-- {

@@ -185,25 +185,51 @@ func hostPort(u *url.URL) string {
 // Get fetches the URL and returns the body of a 2xx answer, within
 // f.Timeout and MaxBody. A context's cancellation ends it.
 func (f *Fetcher) Get(ctx context.Context) ([]byte, error) {
+	body, _, err := f.GetIfModified(ctx, Validators{})
+	return body, err
+}
+
+// Validators are what a server said identifies the body it sent, its
+// ETag and Last-Modified headers; empty when it said nothing.
+type Validators struct {
+	ETag, LastModified string
+}
+
+// GetIfModified is Get, asking the server (If-None-Match,
+// If-Modified-Since) to send the body only when it is not the one v
+// describes: an unchanged document then costs an answer without a body
+// rather than the whole of it. It returns the body with its validators,
+// or, when the server answers 304 Not Modified to a conditional request,
+// a nil body and v. With empty v it is Get.
+func (f *Fetcher) GetIfModified(ctx context.Context, v Validators) ([]byte, Validators, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, f.url, nil)
 	if err != nil {
-		return nil, fmt.Errorf("build request: %w", err)
+		return nil, v, fmt.Errorf("build request: %w", err)
 	}
 	for name, value := range f.headers {
 		req.Header.Set(name, value)
 	}
+	if v.ETag != "" {
+		req.Header.Set("If-None-Match", v.ETag)
+	}
+	if v.LastModified != "" {
+		req.Header.Set("If-Modified-Since", v.LastModified)
+	}
 	resp, err := f.client.Do(req)
 	if err != nil {
-		return nil, err // already names the method and URL
+		return nil, v, err // already names the method and URL
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotModified && v != (Validators{}) {
+		return nil, v, nil
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, fmt.Errorf("unexpected status %s", resp.Status)
+		return nil, v, fmt.Errorf("unexpected status %s", resp.Status)
 	}
 	if resp.ContentLength > f.maxBody {
-		return nil, fmt.Errorf("body of %d bytes is over the %d-byte limit", resp.ContentLength, f.maxBody)
+		return nil, v, fmt.Errorf("body of %d bytes is over the %d-byte limit", resp.ContentLength, f.maxBody)
 	}
 	var body bytes.Buffer
 	if resp.ContentLength > 0 {
@@ -212,12 +238,12 @@ func (f *Fetcher) Get(ctx context.Context) ([]byte, error) {
 		body.Grow(int(resp.ContentLength) + bytes.MinRead)
 	}
 	if _, err := body.ReadFrom(io.LimitReader(resp.Body, f.maxBody+1)); err != nil {
-		return nil, fmt.Errorf("read body: %w", err)
+		return nil, v, fmt.Errorf("read body: %w", err)
 	}
 	if int64(body.Len()) > f.maxBody {
-		return nil, fmt.Errorf("body is over the %d-byte limit", f.maxBody)
+		return nil, v, fmt.Errorf("body is over the %d-byte limit", f.maxBody)
 	}
-	return body.Bytes(), nil
+	return body.Bytes(), Validators{ETag: resp.Header.Get("ETag"), LastModified: resp.Header.Get("Last-Modified")}, nil
 }
 
 // URL is the URL fetched, credentials included: not for logs.

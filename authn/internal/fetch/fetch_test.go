@@ -3,6 +3,7 @@ package fetch
 import (
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -127,6 +128,62 @@ func TestGet(t *testing.T) {
 		if _, err := f(path).Get(t.Context()); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: Get = %v, want %q", path, err, want)
 		}
+	}
+}
+
+// TestGetIfModified: the validators of a body go back with the next
+// request, and a 304 answer to them is the body unchanged; without them,
+// a 304 is an error.
+func TestGetIfModified(t *testing.T) {
+	s := newServer(t, false)
+	modified := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	doc := `{"jti": ["a"]}`
+	var mu sync.Mutex
+	serve := func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		d := doc
+		mu.Unlock()
+		w.Header().Set("ETag", fmt.Sprintf("%q", fmt.Sprint(len(d))))
+		http.ServeContent(w, r, "", modified, strings.NewReader(d)) // answers If-None-Match and If-Modified-Since
+	}
+	s.handle("/etag", serve)
+	s.handle("/modified", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "", modified, strings.NewReader(`{}`))
+	})
+	s.handle("/304", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNotModified) })
+
+	f := newFetcher(t, s.URL+"/etag", Options{MaxBody: 100})
+	got, v, err := f.GetIfModified(t.Context(), Validators{})
+	want := Validators{ETag: `"14"`, LastModified: modified.Format(http.TimeFormat)}
+	if err != nil || string(got) != doc || v != want {
+		t.Fatalf("first GetIfModified = %q, %+v, %v; want the document and %+v", got, v, err, want)
+	}
+	got, again, err := f.GetIfModified(t.Context(), v)
+	if err != nil || got != nil || again != v {
+		t.Errorf("unchanged: GetIfModified = %q, %+v, %v; want no body and the same validators", got, again, err)
+	}
+	if h := s.requests("/etag")[1]; h.Get("If-None-Match") != `"14"` || h.Get("If-Modified-Since") != want.LastModified {
+		t.Errorf("conditional request headers %v", h)
+	}
+	mu.Lock()
+	doc = `{"jti": ["a", "b"]}`
+	mu.Unlock()
+	if got, v, err := f.GetIfModified(t.Context(), v); err != nil || string(got) != `{"jti": ["a", "b"]}` || v.ETag != `"19"` {
+		t.Errorf("changed: GetIfModified = %q, %+v, %v; want the new document and its ETag", got, v, err)
+	}
+
+	f = newFetcher(t, s.URL+"/modified", Options{MaxBody: 100})
+	_, v, err = f.GetIfModified(t.Context(), Validators{})
+	if err != nil || v.ETag != "" || v.LastModified == "" {
+		t.Fatalf("GetIfModified = %+v, %v; want Last-Modified alone", v, err)
+	}
+	if got, _, err := f.GetIfModified(t.Context(), v); err != nil || got != nil {
+		t.Errorf("unchanged by Last-Modified: GetIfModified = %q, %v; want no body", got, err)
+	}
+
+	f = newFetcher(t, s.URL+"/304", Options{MaxBody: 100})
+	if _, err := f.Get(t.Context()); err == nil || !strings.Contains(err.Error(), "unexpected status 304") {
+		t.Errorf("a 304 to an unconditional request: Get = %v, want an error", err)
 	}
 }
 
