@@ -91,7 +91,9 @@ func (pc *pendingConnect) Resume() { pc.p.serveConnect(pc.s) }
 // connection, which makes serveConn give up. Closing happens outside
 // Proxy.mu: a WebSocket close frame may take a while, and accepting must
 // not wait for it. It reports false when s was being ended already, whose
-// first reason stays.
+// first reason stays. An accepted session's expiry is disarmed and its
+// re-authentication under way, if any, ended at once: the client may take
+// HalfCloseTimeout to close, and no new token is accepted meanwhile.
 func (p *Proxy) terminate(s *session, reason EndReason) bool {
 	p.mu.Lock()
 	first := !s.aborted
@@ -100,8 +102,11 @@ func (p *Proxy) terminate(s *session, reason EndReason) bool {
 		s.endReason = reason
 	}
 	s.stopVerifyLocked()
-	link, client, version := s.link, s.client, s.version
+	link, client, version, conn := s.link, s.client, s.version, s.conn
 	p.mu.Unlock()
+	if conn != nil {
+		conn.stop()
+	}
 	if link != nil {
 		link.End(filter.Disconnect(version, reason.code()))
 		return first

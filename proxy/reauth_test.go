@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	ppk "github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/lestrrat-go/jwx/v2/jwt"
 	"go.uber.org/zap"
@@ -398,6 +399,55 @@ func TestReauthenticationOffTheEngine(t *testing.T) {
 	o.waitLogged(t, "re-authentication refused", zap.String("client_id", "c-other"), zap.String("reason", reasonSessionEnded))
 	cancel()
 	<-waited
+}
+
+// TestReauthenticationRefusedForEndedSession: an MQTT 5 client under the
+// Authentication Method JWT sends AUTH 0x19 with a new token; while the
+// token is verified an operator ends the session (EndSessions, as DELETE
+// /sessions does) and the client gets DISCONNECT 0x98, but does not close
+// its side at once (it has HalfCloseTimeout to). The re-authentication is
+// refused with reason session_ended, as operations.md says, not accepted,
+// counted and given a new expiry timer once its token is decided.
+func TestReauthenticationRefusedForEndedSession(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	rules, err := acl.FromConfig(configs.Authorization{NoMatch: "deny"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := &heldReauthenticator{Chain: jwtChain(t, boundHS256), started: make(chan struct{}, 1), release: make(chan struct{})}
+	o := startObserved(t, &Proxy{Upstream: broker.Addr, Verifier: held, Authorization: Authorization{Rules: rules}, HalfCloseTimeout: time.Minute})
+	const id = "kicked"
+	cp := &ppk.Connect{ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: id, CleanStart: true, KeepAlive: 30,
+		Properties: &ppk.Properties{AuthMethod: "JWT", AuthData: []byte(tokenOf(t, e2eSecret, id, ownTopics("devices")))}}
+	c := rawConnect(t, o.addr, cp)
+	auth := &ppk.Auth{ReasonCode: 0x19, Properties: &ppk.Properties{AuthMethod: "JWT", AuthData: []byte(tokenOf(t, e2eSecret, id, ownTopics("devices")))}}
+	if _, err := auth.WriteTo(c); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-held.started:
+	case <-time.After(proxytest.DefaultTimeout):
+		t.Fatalf("the re-authentication did not start; logged %v", o.logs.All())
+	}
+	if n := o.EndSessions(SessionFilter{ClientID: id}, EndedByAdmin); n != 1 {
+		t.Fatalf("EndSessions ended %d sessions, want 1", n)
+	}
+	c.SetReadDeadline(time.Now().Add(proxytest.DefaultTimeout))
+	pk, err := ppk.ReadPacket(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, ok := pk.Content.(*ppk.Disconnect); !ok || d.ReasonCode != 0x98 {
+		t.Fatalf("got %v, want DISCONNECT 0x98", pk)
+	}
+	close(held.release) // lets the verification go on, if the end did not stop it
+	waitFor(t, func() bool {
+		return o.logs.FilterMessage("re-authentication accepted").Len()+o.logs.FilterMessage("re-authentication refused").Len() > 0
+	})
+	if o.logs.FilterMessage("re-authentication accepted").Len() > 0 {
+		t.Fatalf("the re-authentication of a session an operator ended while its token was verified was accepted; want refused, reason %s", reasonSessionEnded)
+	}
+	o.waitLogged(t, "re-authentication refused", zap.String("client_id", id), zap.String("reason", reasonSessionEnded))
 }
 
 // TestReauthenticatedSessionListedAndRevoked: a session that

@@ -86,12 +86,11 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 		rawLen:    int64(len(pk.Raw) + len(ahead)),
 	}
 	conn.setToken(a.id)
-	p.identified(s, conn)
-	if p.revokedAtAccept(conn) {
-		return revokedWhileVerified(pk, a.id)
-	}
 	o := engine.Options{Done: func(fromClient, toClient int64) { p.ended(s, conn, fromClient, toClient) }}
 	first := append(a.upstreamConnect, ahead...)
+	// The framing is decided before the session is listed (identified):
+	// the sessions API reads rawLen and terminate reads method under
+	// Proxy.mu, and neither changes after.
 	if a.id.AuthMethod != "" {
 		// The proxy answers the client's AUTH packets: the session is
 		// framed, rules or not.
@@ -101,6 +100,13 @@ func (p *Proxy) handOver(s *session, c net.Conn, a accepted, start time.Time, re
 		o.Filter = p.newFilter(s.policy, pk, a.acl, conn, s.listener)
 		o.FromClient, first = ahead, a.upstreamConnect
 		conn.rawLen = int64(len(pk.Raw)) // the engine counts what it forwards of ahead
+	}
+	p.identified(s, conn)
+	if p.revokedAtAccept(conn) {
+		if o.Filter != nil {
+			o.Filter.Release()
+		}
+		return revokedWhileVerified(pk, a.id)
 	}
 	p.armExpiry(s, conn, a.id, a.acl)
 	through := false // the broker has the CONNECT

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -271,5 +272,40 @@ func TestEndSessionsBeforeRelayed(t *testing.T) {
 	}
 	if got := p.Sessions(SessionFilter{}); len(got) != 0 {
 		t.Errorf("Sessions() = %+v after the end, want none", got)
+	}
+}
+
+// TestSessionsListedWhileFramedSessionsConnect: the sessions API lists
+// (Proxy.Sessions) while framed sessions connect. A session's openConn
+// must be complete when handOver lists it: Sessions reads its rawLen
+// under Proxy.mu, and a framed session's rawLen was rewritten after, a
+// data race that -race reports. Nothing may change it after listing, or
+// a listing could count the bytes read past the CONNECT twice.
+func TestSessionsListedWhileFramedSessionsConnect(t *testing.T) {
+	broker := proxytest.StartMosquitto(t)
+	o := reauthProxy(t, broker.Addr)
+	var connects [][]byte
+	for i := range 300 {
+		id := "listed-" + strconv.Itoa(i)
+		connects = append(connects, connectAs(t, packets.ProtocolV311, id, tokenOf(t, e2eSecret, id, ownTopics("devices"))))
+	}
+	stop := make(chan struct{})
+	listed := make(chan int)
+	go func() {
+		most := 0
+		for {
+			select {
+			case <-stop:
+				listed <- most
+				return
+			default:
+			}
+			most = max(most, len(o.Sessions(SessionFilter{})))
+		}
+	}()
+	proxytest.VisitAll(t, o.addr, connects)
+	close(stop)
+	if most := <-listed; most == 0 {
+		t.Log("the lister saw no session while they connected")
 	}
 }
