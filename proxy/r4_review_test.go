@@ -21,16 +21,13 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
-// TestR4PoolServerReaddedWithinDrain: a reload removes a server, and the
-// next reload, within the drain timeout, puts it back (an operator
-// rolling back a mistaken file). docs/cluster.md promises that a server
-// kept (same address, same pool) keeps its connections; the server is in
-// the configuration again, so its connections should be counted against
-// it and go on. Today the re-added server is a new Backend: its count of
-// connections is 0 while a client is connected to it (least_connections
-// balances on that count), and the old Backend's drain timer still ends
-// the session with reason upstream_server_removed.
-func TestR4PoolServerReaddedWithinDrain(t *testing.T) {
+// TestPoolServerPutBackWithinDrainKeepsSessions: a reload removes a
+// server, and the next reload, within the drain timeout, puts it back (an
+// operator rolling back a mistaken file). The server is kept, as one
+// that was never removed is (docs/cluster.md): its connection is counted
+// against it (Active 1, which least_connections balances on), and the
+// first drain's timer does not end its session.
+func TestPoolServerPutBackWithinDrainKeepsSessions(t *testing.T) {
 	proxytest.RequireMosquitto(t)
 	proxytest.VerifyNoLeaks(t)
 	brokers := startBrokers(t, 2)
