@@ -18,16 +18,13 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
-// TestR4PoolServerReaddedWithinDrain: a reload removes a server, and the
-// next reload, within the drain timeout, puts it back (an operator
-// rolling back a mistaken file). docs/cluster.md promises that a server
-// kept (same address, same pool) keeps its connections; the server is in
-// the configuration again, so its connections should be counted against
-// it and go on. Today the re-added server is a new Backend: its count of
-// connections is 0 while a client is connected to it (least_connections
-// balances on that count), and the old Backend's drain timer still ends
-// the session with reason upstream_server_removed.
-func TestR4PoolServerReaddedWithinDrain(t *testing.T) {
+// TestPoolServerPutBackWithinDrainKeepsSessions: a reload removes a
+// server, and the next reload, within the drain timeout, puts it back (an
+// operator rolling back a mistaken file). The server is kept, as one
+// that was never removed is (docs/cluster.md): its connection is counted
+// against it (Active 1, which least_connections balances on), and the
+// first drain's timer does not end its session.
+func TestPoolServerPutBackWithinDrainKeepsSessions(t *testing.T) {
 	proxytest.RequireMosquitto(t)
 	proxytest.VerifyNoLeaks(t)
 	brokers := startBrokers(t, 2)
@@ -82,16 +79,14 @@ func TestR4PoolServerReaddedWithinDrain(t *testing.T) {
 	expectPong(t, sessions[onB])
 }
 
-// TestR4ReauthWithTokenRoutedElsewhere: pools routed by the token's
+// TestReauthRoutedToAnotherPoolRefused: pools routed by the token's
 // tenant claim; an MQTT 5 client under the Authentication Method JWT
 // connects with a tenant acme token (acme's broker), then
 // re-authenticates with a token of the same sub whose tenant is globex.
-// The routes say such a token belongs on globex's broker, but the
-// re-authentication is accepted and the session goes on at acme's broker
-// under globex's token: a re-authentication should be refused (or the
-// session told 0x9C, use another server) when its token routes to
-// another pool than the one the session is on.
-func TestR4ReauthWithTokenRoutedElsewhere(t *testing.T) {
+// The routes send such a token to globex's broker, and a session cannot
+// move: the re-authentication is refused (DISCONNECT 0x87, reason
+// route_changed), never accepted on acme's broker under globex's token.
+func TestReauthRoutedToAnotherPoolRefused(t *testing.T) {
 	proxytest.RequireMosquitto(t)
 	acme, globex := proxytest.StartMosquitto(t), proxytest.StartMosquitto(t)
 	cfg := UpstreamsConfig{
@@ -120,7 +115,9 @@ func TestR4ReauthWithTokenRoutedElsewhere(t *testing.T) {
 		t.Fatalf("%s connected at brokers %v, want [0] (acme)", id, where[id])
 	}
 	r := c.reauthenticate(t, "JWT", tokenOf(t, e2eSecret, id, ownTopics("devices"), tenant("globex")))
-	if r != nil && r.Success {
-		t.Errorf("re-authentication with a token the routes send to pool globex accepted on a session at pool acme's broker")
+	if r == nil || r.Success || r.ReasonCode != 0x87 {
+		t.Fatalf("re-authentication with a token the routes send to pool globex, on a session at pool acme's broker: answer %+v, want DISCONNECT 0x87", r)
 	}
+	disconnected(t, c.disconnects, 0x87)
+	waitLog(t, o.logs, "re-authentication refused", zap.String("reason", "route_changed"))
 }

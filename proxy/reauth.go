@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/filter"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/internal/engine"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
 
 // methodSession is the part of an MQTT 5 session whose client presented
@@ -40,6 +42,9 @@ type methodSession struct {
 	// identifier, user name and certificate that bind every new token as
 	// they bound the first.
 	req authn.Request
+	// pool is the pool of Proxy.Upstreams the session was routed to; nil
+	// without Upstreams. A new token must route to it too.
+	pool *upstream.Pool[ServerSettings]
 
 	mu sync.Mutex // guards the fields below
 	// id is what Chain.Reauthenticate needs of the session's identity:
@@ -56,7 +61,7 @@ type methodSession struct {
 func (p *Proxy) newMethodSession(s *session, a *accepted, conn *openConn) *methodSession {
 	req := a.req
 	req.Password, req.AuthData = nil, nil // the CONNECT's bytes: no template reads them
-	return &methodSession{p: p, s: s, conn: conn, listener: s.listener, req: req,
+	return &methodSession{p: p, s: s, conn: conn, listener: s.listener, req: req, pool: a.pool,
 		id: authn.Identity{Authenticator: a.id.Authenticator, AuthMethod: a.id.AuthMethod, Subject: a.id.Subject}}
 }
 
@@ -68,7 +73,8 @@ func (m *methodSession) reauthenticate(token []byte, answer func(filter.Reauth))
 
 // verify decides on a re-authentication's token with the current
 // configuration's verifier: a new token of the session's authenticator,
-// method and binding (sub and client identifier). Accepted, the session's
+// method and binding (sub and client identifier), whose claims the
+// current routes send to the session's pool. Accepted, the session's
 // expiry moves to the new token's, and its rules are compiled from it,
 // before the client is answered AUTH 0x00; refused, the session ends with
 // DISCONNECT 0x87. Either way one log line and one count say so.
@@ -93,6 +99,9 @@ func (m *methodSession) verify(token []byte, answer func(filter.Reauth)) {
 		err = errReauthTooLate
 	case ok:
 		id, err = r.Reauthenticate(ctx, first, req)
+	}
+	if err == nil {
+		err = m.routedHere(id)
 	}
 	if err == nil {
 		rules, err = pol.authorization.compile(&req, &id)
@@ -124,6 +133,28 @@ func (m *methodSession) verify(token []byte, answer func(filter.Reauth)) {
 	answer(filter.Reauth{Policy: rules})
 }
 
+// routedHere refuses with reason route_changed when the routes of Proxy.Upstreams
+// send id, a re-authentication's new identity, to another pool than the
+// session's, or to none: the session's broker is another tenant's than
+// the token's, and the session cannot move.
+func (m *methodSession) routedHere(id authn.Identity) error {
+	if m.pool == nil {
+		return nil
+	}
+	pool, err := m.p.Upstreams.Route(m.listener, id.Subject, id.Claims)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: the session is on pool %q: %w", reasonRouteChanged, m.pool.Name(), err)
+	case pool != m.pool:
+		return fmt.Errorf("%w: the token routes to pool %q, the session is on pool %q", reasonRouteChanged, pool.Name(), m.pool.Name())
+	}
+	return nil
+}
+
+// reasonRouteChanged refuses a re-authentication whose token the routes
+// send to another pool than the session's, or to none.
+const reasonRouteChanged authn.RefuseReason = "route_changed"
+
 // errReauthTooLate refuses a token that was good, but came after its
 // session's end: its old token expired meanwhile, or the session was
 // ended.
@@ -148,7 +179,8 @@ const (
 )
 
 // refused logs and counts a refused re-authentication: reason as for a
-// refused CONNECT, or session_ended when the session ended while the token
+// refused CONNECT, route_changed for a token routed to another pool, or
+// session_ended when the session ended while the token
 // was checked.
 func (m *methodSession) refused(err error, took time.Duration) {
 	reason := string(authn.ReasonOf(err))

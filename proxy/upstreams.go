@@ -126,7 +126,8 @@ func (p *Proxy) forgetServerLocked(server *upstream.Backend[ServerSettings], set
 // upstream.Router.Update): established connections go on, counted against
 // the servers they have; a server that cfg removes, alone or with its
 // pool, takes no new client, and its connections are given drain to end
-// by themselves, then closed. On error nothing changes.
+// by themselves, then closed; one that cfg puts back in its pool before
+// then is kept, its drain stopped. On error nothing changes.
 func (p *Proxy) UpdateUpstreams(cfg UpstreamsConfig, drain time.Duration) error {
 	if p.Upstreams == nil {
 		return errors.New("proxy: no Upstreams to update")
@@ -140,6 +141,7 @@ func (p *Proxy) UpdateUpstreams(cfg UpstreamsConfig, drain time.Duration) error 
 	for server, set := range p.servers {
 		switch {
 		case !isRemoved(server):
+			p.keepLocked(server, set)
 		case len(set.sessions) == 0:
 			p.forgetServerLocked(server, set)
 		default:
@@ -159,8 +161,13 @@ func (p *Proxy) drainLocked(server *upstream.Backend[ServerSettings], set *serve
 	address := server.Server().Address
 	p.logger().Info("upstream server removed; draining its connections", zap.String("server", address),
 		zap.Int("connections", len(set.sessions)), zap.Duration("drain_timeout", p.serverDrain))
-	set.drain = time.AfterFunc(p.serverDrain, func() {
+	var drain *time.Timer
+	drain = time.AfterFunc(p.serverDrain, func() {
 		p.mu.Lock()
+		if set.drain != drain { // the server was put back meanwhile
+			p.mu.Unlock()
+			return
+		}
 		set.drained = true
 		left := make([]*session, 0, len(set.sessions))
 		for s := range set.sessions {
@@ -173,6 +180,20 @@ func (p *Proxy) drainLocked(server *upstream.Backend[ServerSettings], set *serve
 		}
 		p.endSessions(left, EndedServerRemoved)
 	})
+	set.drain = drain
+}
+
+// keepLocked stops the drain of server, if it had begun: a reload put
+// the server back in its pool before the drain's end, so its sessions go
+// on. p.mu is held.
+func (p *Proxy) keepLocked(server *upstream.Backend[ServerSettings], set *serverSessions) {
+	if set.drain == nil {
+		return
+	}
+	set.drain.Stop()
+	set.drain, set.drained = nil, false
+	p.logger().Info("upstream server put back; its connections are kept", zap.String("server", server.Server().Address),
+		zap.Int("connections", len(set.sessions)))
 }
 
 // isRemoved reports whether a reload has removed server.

@@ -418,6 +418,57 @@ func BenchmarkPick(b *testing.B) {
 	}
 }
 
+// TestUpdatePutsBackDrainingServer: a server removed by a reload while it
+// has a connection, and put back by the next, is the same Backend, its
+// connection counted and its Removed channel open; one put back once its
+// connections have ended is a new one.
+func TestUpdatePutsBackDrainingServer(t *testing.T) {
+	p := newTestPool(t, LeastConnections, "a:1", "b:1")
+	backend := func(addr string) *Backend[int] {
+		for _, b := range p.set.Load().backends {
+			if b.Server().Address == addr {
+				return b
+			}
+		}
+		t.Fatalf("no server %s", addr)
+		return nil
+	}
+	update := func(servers ...string) {
+		t.Helper()
+		if err := p.Update(PoolConfig[int]{Servers: testServers(servers...), Balance: LeastConnections}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b := backend("b:1")
+	b.Acquire()
+	update("a:1")
+	select {
+	case <-b.Removed():
+	default:
+		t.Fatal("b was removed, and its Removed channel is open")
+	}
+	update("a:1", "b:1")
+	if got := backend("b:1"); got != b || got.Active() != 1 {
+		t.Fatalf("b put back while connected: Backend %p (was %p), Active %d, want the same, 1", got, b, got.Active())
+	}
+	select {
+	case <-b.Removed():
+		t.Error("b was put back, and its Removed channel is closed")
+	default:
+	}
+	if got := pick(t, p, ""); got[0] != "a:1" {
+		t.Errorf("least connections picked %v, want a first: b has a connection", got)
+	}
+
+	update("a:1")
+	b.Release()
+	update("a:1") // b has no connection left: forgotten
+	update("a:1", "b:1")
+	if got := backend("b:1"); got == b || got.Active() != 0 {
+		t.Errorf("b put back after its drain: the old Backend (Active %d), want a new one", got.Active())
+	}
+}
+
 // TestUpdateKeepsServers: a reload keeps the state of the servers it
 // keeps (connections, health), takes their new weight, and closes the
 // Removed channel of those it drops.

@@ -52,6 +52,11 @@ type Pool[T any] struct {
 	check    *HealthCheck
 	probe    []byte // the CONNECT of check.Connect, encoded
 	checkers map[*Backend[T]]*checker
+	// draining are the servers removed by an Update that still had
+	// connections then, by address: one that a later Update puts back
+	// while its connections last is the same Backend again, so that they
+	// go on counted against it.
+	draining map[string]*Backend[T]
 }
 
 // serverSet is a generation of a pool's servers: Update replaces it
@@ -74,12 +79,15 @@ type serverSet[T any] struct {
 // Backend is a server of a pool with its state: health, active
 // connections and dial outcomes. A Backend stays the same object across
 // reloads that keep its address, so connections that hold it count
-// against the server they were opened to.
+// against the server they were opened to, and so does one removed and
+// put back while it still has connections.
 type Backend[T any] struct {
-	pool    string
-	server  atomic.Pointer[Server[T]]
-	logger  *zap.Logger
-	removed chan struct{}
+	pool   string
+	server atomic.Pointer[Server[T]]
+	logger *zap.Logger
+	// removed is closed when a reload removes the server; a reload that
+	// puts it back gives it a new one.
+	removed atomic.Pointer[chan struct{}]
 
 	up           atomic.Bool
 	active       atomic.Int64
@@ -116,6 +124,7 @@ func NewPool[T any](name string, cfg PoolConfig[T], dial Dialer[T], logger *zap.
 		logger:     logger,
 		noServerUp: fmt.Errorf("%w in pool %q", ErrNoServerUp, name),
 		checkers:   map[*Backend[T]]*checker{},
+		draining:   map[string]*Backend[T]{},
 	}
 	if err := p.Update(cfg); err != nil {
 		return nil, err
@@ -134,6 +143,9 @@ func (p *Pool[T]) DialTimeout() time.Duration { return p.set.Load().dialTimeout 
 // weight and settings; new servers start up, and are checked at once;
 // removed servers are no longer picked, their checks stop and their
 // Removed channel closes, so that the caller can drain their connections.
+// A removed server put back while it still has connections is kept: it
+// is the same Backend, with its connections and a new Removed channel
+// that is open, and is checked at once.
 // A change of health check restarts the checks, keeping each server's
 // state. On error nothing changes.
 func (p *Pool[T]) Update(cfg PoolConfig[T]) error {
@@ -169,12 +181,24 @@ func (p *Pool[T]) Update(cfg PoolConfig[T]) error {
 		dialTimeout: cfg.DialTimeout,
 	}
 	var added []*Backend[T]
+	for address, b := range p.draining {
+		if b.Active() == 0 {
+			delete(p.draining, address) // drained: a new Backend if it comes back
+		}
+	}
 	for i, s := range cfg.Servers {
 		b, ok := old[s.Address]
-		if ok {
+		switch {
+		case ok:
 			delete(old, s.Address)
-		} else {
-			b = &Backend[T]{pool: p.name, logger: p.logger, removed: make(chan struct{})}
+		case p.draining[s.Address] != nil:
+			b = p.draining[s.Address]
+			delete(p.draining, s.Address)
+			b.restore()
+			added = append(added, b)
+		default:
+			b = &Backend[T]{pool: p.name, logger: p.logger}
+			b.restore()
 			b.up.Store(true)
 			added = append(added, b)
 		}
@@ -186,9 +210,12 @@ func (p *Pool[T]) Update(cfg PoolConfig[T]) error {
 	next.equalWeights = !slices.ContainsFunc(cfg.Servers, func(s Server[T]) bool { return s.Weight != cfg.Servers[0].Weight })
 
 	checkChanged := !reflect.DeepEqual(p.check, cfg.HealthCheck)
-	for _, b := range old {
+	for address, b := range old {
 		p.stopChecker(b)
-		close(b.removed)
+		b.remove()
+		if b.Active() > 0 {
+			p.draining[address] = b
+		}
 	}
 	if checkChanged {
 		for b := range p.checkers {
@@ -232,7 +259,7 @@ func (p *Pool[T]) Close() {
 func (p *Pool[T]) retire() {
 	p.Close()
 	for _, b := range p.set.Load().backends {
-		close(b.removed)
+		b.remove()
 	}
 }
 
@@ -313,7 +340,17 @@ func (b *Backend[T]) Active() int64 { return b.active.Load() }
 
 // Removed returns a channel that is closed when a reload removes the
 // server (or its pool): its connections are then to be drained.
-func (b *Backend[T]) Removed() <-chan struct{} { return b.removed }
+func (b *Backend[T]) Removed() <-chan struct{} { return *b.removed.Load() }
+
+// remove closes the server's Removed channel. Pool.mu is held.
+func (b *Backend[T]) remove() { close(*b.removed.Load()) }
+
+// restore gives the server an open Removed channel: it is configured
+// (again). Pool.mu is held.
+func (b *Backend[T]) restore() {
+	removed := make(chan struct{})
+	b.removed.Store(&removed)
+}
 
 // Dialed reports how a dial of the server that took took ended. A
 // failure counts as a failed health check, in a pool that has them,
