@@ -3,17 +3,15 @@ package proxy
 import (
 	"errors"
 	"net"
-
-	"github.com/lestrrat-go/jwx/v2/jwt"
-
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
-	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"os"
 	"testing"
 	"time"
 
+	"github.com/lestrrat-go/jwx/v2/jwt"
 	"go.uber.org/zap"
 
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/authn/acl"
+	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/configs"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/proxytest"
 	"github.com/mqtt-jwt-proxy/mqtt-jwt-proxy/proxy/upstream"
 )
@@ -76,7 +74,7 @@ func TestPoolServerPutBackWithinDrainKeepsSessions(t *testing.T) {
 	if n := logs.FilterMessage("drain timeout reached; closing the connections left on a removed upstream server").Len(); n != 0 {
 		t.Errorf("the drain of a server put back by the next reload closed its connections (%d lines)", n)
 	}
-	expectPong(t, sessions[onB])
+	proxytest.ExpectPong(t, sessions[onB])
 }
 
 // TestReauthRoutedToAnotherPoolRefused: pools routed by the token's
