@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"errors"
-	"net"
 	"os"
 	"testing"
 	"time"
@@ -30,15 +29,7 @@ func TestPoolServerPutBackWithinDrainKeepsSessions(t *testing.T) {
 	both := defaultPool(upstream.RoundRobin, nil, servers(addrs...)...)
 	p, addr, logs := startPools(t, both, passwordVerifier{})
 	ids, connects := deviceConnects(t, "readd", 2)
-	sessions := map[string]net.Conn{}
-	for i, id := range ids {
-		c, code, err := proxytest.OpenSession(addr, connects[i])
-		if err != nil || code != 0 {
-			t.Fatalf("%s: CONNACK %d, %v", id, code, err)
-		}
-		defer c.Close()
-		sessions[id] = c
-	}
+	sessions := openSessions(t, addr, ids, connects)
 	where := proxytest.WhereConnected(t, brokers, nil)
 	var onB string
 	for _, id := range ids {

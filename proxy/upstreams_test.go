@@ -326,15 +326,7 @@ func TestPoolReloadDrainsRemovedServer(t *testing.T) {
 	o := startObserved(t, &Proxy{Upstreams: pools, Verifier: passwordVerifier{}})
 	p, addr, logs := o.Proxy, o.addr, o.logs
 	ids, connects := deviceConnects(t, "drain", 4)
-	sessions := map[string]net.Conn{}
-	for i, id := range ids {
-		c, code, err := proxytest.OpenSession(addr, connects[i])
-		if err != nil || code != 0 {
-			t.Fatalf("%s: CONNACK %d, %v", id, code, err)
-		}
-		defer c.Close()
-		sessions[id] = c
-	}
+	sessions := openSessions(t, addr, ids, connects)
 	where := proxytest.WhereConnected(t, brokers, nil)
 	since := proxytest.ClientCounts(t, brokers)
 	var onRemoved string // a device on the broker to remove
@@ -874,4 +866,21 @@ func TestPoolReloadReweights(t *testing.T) {
 			t.Errorf("%s holds %d connections after the reload, want its held session still counted", st.Address, st.Active)
 		}
 	}
+}
+
+// openSessions opens a session through the proxy at addr for each of ids
+// with its CONNECT, failing the test on a refusal; each is closed at
+// cleanup.
+func openSessions(t *testing.T, addr string, ids []string, connects [][]byte) map[string]net.Conn {
+	t.Helper()
+	sessions := map[string]net.Conn{}
+	for i, id := range ids {
+		c, code, err := proxytest.OpenSession(addr, connects[i])
+		if err != nil || code != 0 {
+			t.Fatalf("%s: CONNACK %d, %v", id, code, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		sessions[id] = c
+	}
+	return sessions
 }
